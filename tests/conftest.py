@@ -1,0 +1,36 @@
+"""Shared fixtures: the golden reference folder and markers for GPU and network tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> Path:
+    """The folder of reference outputs: $NADA_GOLDEN, else ../shared/golden beside the checkout."""
+    return Path(os.environ.get("NADA_GOLDEN", ROOT.parent / "shared" / "golden"))
+
+
+@pytest.fixture
+def golden() -> Path:
+    """Path of the golden folder; the test is skipped, with the reason shown, when it is missing."""
+    path = golden_dir()
+    if not path.is_dir():
+        pytest.skip(f"golden reference folder not found at {path} (set NADA_GOLDEN to its location)")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_net = pytest.mark.skip(reason="needs network access: set NADA_TEST_NETWORK=1")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "network" in item.keywords and os.environ.get("NADA_TEST_NETWORK") != "1":
+            item.add_marker(skip_net)
