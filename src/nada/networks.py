@@ -1,0 +1,463 @@
+"""StyleGAN2 generator in pure PyTorch with exactly the state-dict layout of rosinality's stylegan2-pytorch.
+
+The module names, parameter names, shapes and buffers (``noises.noise_i``, blur ``kernel`` buffers,
+``input.input``, ``style.1.weight`` ...) follow rosinality's ``Generator`` so that the public FFHQ
+checkpoint loads with ``strict=True``. The arithmetic follows the same formulas, reorganised for speed:
+blurs are depthwise convolutions instead of the generic upfirdn2d, the skip up-sampling is one
+depthwise transposed convolution, and a batch of one skips the grouped-convolution reshapes.
+
+Layout conventions: images are [N, 3, H, W] with values around [-1, 1]; latents z and w are
+[N, style_dim]; W+ latents ("ws") are [N, n_latent, style_dim].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nada.errors import NadaError
+
+NOISE_MODES = ("const", "random", "none")
+
+# ---------------------------------------------------------------- configuration
+
+
+def default_channels(size: int, channel_multiplier: int = 2) -> dict[int, int]:
+    """rosinality's channel table (resolution -> feature maps), restricted to resolutions 4 .. size."""
+    table = {
+        4: 512,
+        8: 512,
+        16: 512,
+        32: 512,
+        64: 256 * channel_multiplier,
+        128: 128 * channel_multiplier,
+        256: 64 * channel_multiplier,
+        512: 32 * channel_multiplier,
+        1024: 16 * channel_multiplier,
+    }
+    return {res: ch for res, ch in table.items() if res <= size}
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Constructor arguments of `Generator`; `channels` is an optional (resolution, count) table."""
+
+    size: int
+    style_dim: int = 512
+    n_mlp: int = 8
+    channel_multiplier: int = 2
+    blur_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    lr_mlp: float = 0.01
+    channels: tuple[tuple[int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Normalise containers so that equal configs compare equal and the dataclass stays hashable.
+        object.__setattr__(self, "blur_kernel", tuple(int(k) for k in self.blur_kernel))
+        if self.channels is not None:
+            items = self.channels.items() if isinstance(self.channels, Mapping) else self.channels
+            object.__setattr__(self, "channels", tuple(sorted((int(r), int(c)) for r, c in items)))
+        log_size = math.log2(self.size) if self.size > 0 else 0.5
+        if self.size < 8 or log_size != int(log_size):
+            raise NadaError(f"generator size {self.size} is not supported: use a power of two >= 8 (e.g. 256 or 1024)")
+        if self.n_mlp < 1 or self.style_dim < 1:
+            raise NadaError(f"bad generator config (n_mlp={self.n_mlp}, style_dim={self.style_dim}): both must be >= 1")
+        missing = [r for r in self.resolutions if r not in self.channel_table]
+        if missing:
+            raise NadaError(f"channel table {dict(self.channels or ())} lacks resolutions {missing}: give a count for every resolution 4 .. {self.size}")
+
+    @property
+    def resolutions(self) -> list[int]:
+        """The synthesis resolutions 4, 8, ..., size."""
+        return [2**i for i in range(2, int(math.log2(self.size)) + 1)]
+
+    @property
+    def channel_table(self) -> dict[int, int]:
+        """Resolution -> feature maps actually used (the override, else rosinality's default table)."""
+        if self.channels is None:
+            return default_channels(self.size, self.channel_multiplier)
+        return dict(self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-type dict (ints, floats, lists, an int->int dict) that `from_dict` turns back into this config."""
+        d = asdict(self)
+        d["blur_kernel"] = list(self.blur_kernel)
+        d["channels"] = None if self.channels is None else dict(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GeneratorConfig":
+        """Inverse of `to_dict`; accepts string resolution keys as produced by JSON."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NadaError(f"unknown generator config keys {unknown}: the checkpoint was written by another tool or version; expected {sorted(known)}")
+        return cls(**dict(d))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One synthesis layer: its module name inside the generator, kind, output resolution and driving W+ row."""
+
+    name: str
+    kind: str  # "conv" or "to_rgb"
+    resolution: int
+    wplus_index: int
+
+
+# ---------------------------------------------------------------- low-level ops
+
+
+def make_kernel(k: Sequence[int]) -> torch.Tensor:
+    """Separable 1-D taps -> normalised 2-D FIR kernel [K, K] summing to 1."""
+    k = torch.tensor(k, dtype=torch.float32)
+    if k.ndim == 1:
+        k = k[None, :] * k[:, None]
+    return k / k.sum()
+
+
+def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2, scale: float = math.sqrt(2)) -> torch.Tensor:
+    """Add a per-channel bias (dim 1), leaky-ReLU, and multiply by sqrt(2) to keep unit variance; any [N, C, ...]."""
+    assert x.shape[1] == bias.shape[0], f"bias for {bias.shape[0]} channels applied to {tuple(x.shape)}"
+    b = bias.view(1, -1, *([1] * (x.ndim - 2)))
+    return F.leaky_relu(x + b, negative_slope) * scale
+
+
+def depthwise_fir(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """Convolve each channel of [N, C, H, W] with the 2-D FIR `kernel` after zero padding (pad0 before, pad1 after)."""
+    c = x.shape[1]
+    # F.conv2d correlates; flipping makes it a true convolution like upfirdn2d.
+    w = kernel.flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    if pad[0] == pad[1]:
+        return F.conv2d(x, w, padding=pad[0], groups=c)
+    return F.conv2d(F.pad(x, [pad[0], pad[1], pad[0], pad[1]]), w, groups=c)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+class PixelNorm(nn.Module):
+    """Normalise each latent [N, D] to unit root-mean-square over D."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x**2, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalized learning rate (weights scaled at run time), optional fused leaky-ReLU; [N, in] -> [N, out]."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activation: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.zeros(out_dim).fill_(bias_init))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 2 and x.shape[1] == self.weight.shape[1], f"expected [N, {self.weight.shape[1]}], got {tuple(x.shape)}"
+        if self.activation:
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul)
+        return F.linear(x, self.weight * self.scale, bias=self.bias * self.lr_mul)
+
+
+class FusedLeakyReLU(nn.Module):
+    """Learned per-channel bias followed by the scaled leaky-ReLU; [N, C, H, W] -> same."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias)
+
+
+class Blur(nn.Module):
+    """FIR low-pass filter (rosinality `Blur`), applied as a depthwise convolution; [N, C, H, W] -> [N, C, H', W']."""
+
+    def __init__(self, kernel: Sequence[int], pad: tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        # The gain factor**2 restores the energy lost to the zeros inserted by a preceding up-sampling.
+        self.register_buffer("kernel", make_kernel(kernel) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_fir(x, self.kernel, self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR up-sampling of [N, C, H, W] -> [N, C, 2H, 2W] (upfirdn2d with up=2 as one depthwise transposed conv)."""
+
+    def __init__(self, kernel: Sequence[int], factor: int = 2) -> None:
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(kernel) * factor**2)
+        self.factor = factor
+        k = self.kernel.shape[0]
+        assert k % 2 == 0 and factor == 2, "the transposed-conv form needs an even kernel and factor 2"
+        # upfirdn2d pads (pad0, pad1) = ((p+1)//2 + factor-1, p//2) with p = k - factor; for a
+        # transposed conv of stride 2 the same output is obtained with padding (k - 2) // 2.
+        self.padding = (k - factor) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        w = self.kernel.flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *self.kernel.shape)
+        return F.conv_transpose2d(x, w, stride=self.factor, padding=self.padding, groups=c)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated (optionally demodulated, optionally 2x up-sampling) convolution; x [N, C, H, W], style [N, D]."""
+
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[int] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
+        self.upsample, self.demodulate = upsample, demodulate
+        # Registration order matters: `weight`, then `blur`, then `modulation` as in the reference state dict.
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+
+    def modulated_weight(self, style: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights [N, out, in, k, k] from styles [N, style_dim]."""
+        n = style.shape[0]
+        s = self.modulation(style).view(n, 1, self.in_channel, 1, 1)
+        weight = self.scale * self.weight * s
+        if self.demodulate:
+            demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)
+            weight = weight * demod.view(n, self.out_channel, 1, 1, 1)
+        return weight
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        assert c == self.in_channel, f"expected {self.in_channel} input channels, got {tuple(x.shape)}"
+        assert style.ndim == 2 and style.shape[0] == n, f"style {tuple(style.shape)} does not match input batch {n}"
+        weight = self.modulated_weight(style)
+        k = self.kernel_size
+        if self.upsample:
+            # Transposed conv wants [in, out, k, k] per group; batch folded into groups.
+            weight = weight.transpose(1, 2).reshape(n * c, self.out_channel, k, k)
+            out = F.conv_transpose2d(x.reshape(1, n * c, h, w), weight, stride=2, groups=n)
+            out = out.view(n, self.out_channel, *out.shape[2:])
+            return self.blur(out)
+        weight = weight.reshape(n * self.out_channel, c, k, k)
+        out = F.conv2d(x.reshape(1, n * c, h, w), weight, padding=self.padding, groups=n)
+        return out.view(n, self.out_channel, *out.shape[2:])
+
+
+class NoiseInjection(nn.Module):
+    """Add per-pixel noise [N or 1, 1, H, W] scaled by one learned strength; `None` adds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:
+            return x
+        assert noise.ndim == 4 and noise.shape[1] == 1 and noise.shape[2:] == x.shape[2:], (
+            f"noise {tuple(noise.shape)} does not fit activations {tuple(x.shape)}"
+        )
+        return x + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 constant that starts synthesis, repeated over the batch; -> [N, C, 4, 4]."""
+
+    def __init__(self, channel: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv + noise + biased leaky-ReLU: one synthesis "conv" layer; [N, C, H, W] -> [N, C', H', W']."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, upsample: bool = False, blur_kernel: Sequence[int] = (1, 3, 3, 1)) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, style), noise))
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv to RGB plus bias, added to the up-sampled previous RGB skip; -> [N, 3, H, W]."""
+
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True, blur_kernel: Sequence[int] = (1, 3, 3, 1)) -> None:
+        super().__init__()
+        # Registration order matters: `bias`, `upsample`, `conv` as in the reference state dict.
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x, style) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+# ---------------------------------------------------------------- generator
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator (rosinality layout): mapping z -> w and synthesis W+ -> image [N, 3, size, size]."""
+
+    def __init__(
+        self,
+        size: int,
+        style_dim: int = 512,
+        n_mlp: int = 8,
+        channel_multiplier: int = 2,
+        blur_kernel: Sequence[int] = (1, 3, 3, 1),
+        lr_mlp: float = 0.01,
+        channels: Mapping[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = GeneratorConfig(size, style_dim, n_mlp, channel_multiplier, tuple(blur_kernel), lr_mlp, channels)  # type: ignore[arg-type]
+        self.config = cfg
+        self.size, self.style_dim = size, style_dim
+        self.log_size = int(math.log2(size))
+        self.num_layers = (self.log_size - 2) * 2 + 1
+        self.n_latent = self.log_size * 2 - 2
+        self.channels = cfg.channel_table
+        ch, bk = self.channels, cfg.blur_kernel
+
+        self.style = nn.Sequential(PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)])
+        self.input = ConstantInput(ch[4])
+        self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=bk)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.upsamples = nn.ModuleList()  # empty, kept so the module tree mirrors the reference
+        self.to_rgbs = nn.ModuleList()
+        in_channel = ch[4]
+        for res in cfg.resolutions[1:]:
+            self.convs.append(StyledConv(in_channel, ch[res], 3, style_dim, upsample=True, blur_kernel=bk))
+            self.convs.append(StyledConv(ch[res], ch[res], 3, style_dim, blur_kernel=bk))
+            self.to_rgbs.append(ToRGB(ch[res], style_dim, blur_kernel=bk))
+            in_channel = ch[res]
+        self.noises = nn.Module()
+        for i in range(self.num_layers):
+            r = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
+        # Not part of the state dict, so the state dict equals the reference layout; loaders set it.
+        self.register_buffer("mean_latent", torch.zeros(style_dim), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: GeneratorConfig) -> "Generator":
+        """Build a generator (random weights) from a `GeneratorConfig`."""
+        return cls(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.blur_kernel, cfg.lr_mlp, cfg.channel_table if cfg.channels is not None else None)
+
+    # ------------------------------------------------------------ latents
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """Mapping network: z [N, style_dim] -> w [N, style_dim]."""
+        assert z.ndim == 2 and z.shape[1] == self.style_dim, f"z must be [N, {self.style_dim}], got {tuple(z.shape)}"
+        return self.style(z)
+
+    def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
+        """Move w [N, style_dim] (or ws [N, L, style_dim]) towards `mean_latent` by factor psi (1 = unchanged)."""
+        if psi == 1:
+            return w
+        if not bool(self.mean_latent.any()):
+            raise NadaError("truncation needs the mean latent, which is not set: load a checkpoint that stores it or call G.compute_mean_latent()")
+        return self.mean_latent + psi * (w - self.mean_latent)
+
+    def broadcast_w(self, w: torch.Tensor) -> torch.Tensor:
+        """w [N, style_dim] -> ws [N, n_latent, style_dim] (the same w for every layer)."""
+        assert w.ndim == 2 and w.shape[1] == self.style_dim, f"w must be [N, {self.style_dim}], got {tuple(w.shape)}"
+        return w.unsqueeze(1).repeat(1, self.n_latent, 1)
+
+    def mix_ws(self, w1: torch.Tensor, w2: torch.Tensor, inject_index: int) -> torch.Tensor:
+        """Style mixing: ws [N, n_latent, style_dim] with rows < inject_index from w1 [N, D], the rest from w2 [N, D]."""
+        assert w1.shape == w2.shape, f"w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} differ"
+        assert 0 <= inject_index <= self.n_latent, f"inject_index {inject_index} outside 0 .. {self.n_latent}"
+        ws1, ws2 = self.broadcast_w(w1), self.broadcast_w(w2)
+        return torch.cat([ws1[:, :inject_index], ws2[:, inject_index:]], dim=1)
+
+    @torch.no_grad()
+    def compute_mean_latent(self, n: int = 4096, seed: int = 0, batch_size: int = 1024) -> torch.Tensor:
+        """Set and return `mean_latent` [style_dim]: the mean of w over n latents z drawn on the CPU from `seed`."""
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.style_dim, generator=gen)
+        total = torch.zeros(self.style_dim, dtype=torch.float64, device=self.mean_latent.device)
+        for chunk in z.split(batch_size):
+            total += self.mapping(chunk.to(self.mean_latent)).double().sum(0)
+        self.mean_latent.copy_(total / n)
+        return self.mean_latent
+
+    # ------------------------------------------------------------ synthesis
+
+    def noise_buffers(self) -> list[torch.Tensor]:
+        """The stored per-layer noise tensors [1, 1, r, r], in layer order."""
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+
+    def _layer_noise(self, i: int, noise: Sequence[torch.Tensor] | None, noise_mode: str, ref: torch.Tensor) -> torch.Tensor | None:
+        """Noise [N or 1, 1, r, r] for conv layer i from the explicit list or the mode; `ref` gives batch, device, dtype."""
+        if noise is not None:
+            return noise[i]
+        if noise_mode == "const":
+            return getattr(self.noises, f"noise_{i}")
+        if noise_mode == "random":
+            r = 2 ** ((i + 5) // 2)
+            return torch.randn(ref.shape[0], 1, r, r, device=ref.device, dtype=ref.dtype)
+        return None
+
+    def synthesis(self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const") -> torch.Tensor:
+        """Synthesis network: ws [N, n_latent, style_dim] -> image [N, 3, size, size] (about [-1, 1])."""
+        assert ws.ndim == 3 and ws.shape[1:] == (self.n_latent, self.style_dim), (
+            f"ws must be [N, {self.n_latent}, {self.style_dim}], got {tuple(ws.shape)}"
+        )
+        if noise_mode not in NOISE_MODES:
+            raise NadaError(f"unknown noise_mode {noise_mode!r}: use one of {', '.join(NOISE_MODES)}")
+        if noise is not None:
+            assert len(noise) == self.num_layers, f"expected {self.num_layers} noise tensors, got {len(noise)}"
+        # Noise for layer i is drawn right before that layer, so random mode uses the RNG in layer order.
+        out = self.input(ws.shape[0])
+        out = self.conv1(out, ws[:, 0], self._layer_noise(0, noise, noise_mode, ws))
+        skip = self.to_rgb1(out, ws[:, 1])
+        for j, to_rgb in enumerate(self.to_rgbs):
+            i = 2 * j + 1  # index of the up-sampling conv, both in noise layers and W+ rows
+            out = self.convs[2 * j](out, ws[:, i], self._layer_noise(i, noise, noise_mode, ws))
+            out = self.convs[2 * j + 1](out, ws[:, i + 1], self._layer_noise(i + 1, noise, noise_mode, ws))
+            skip = to_rgb(out, ws[:, i + 2], skip)
+        return skip
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const") -> torch.Tensor:
+        """z [N, style_dim] -> image [N, 3, size, size], with truncation towards `mean_latent`."""
+        w = self.truncate(self.mapping(z), truncation_psi)
+        return self.synthesis(self.broadcast_w(w), noise=noise, noise_mode=noise_mode)
+
+    # ------------------------------------------------------------ introspection
+
+    def layer_table(self) -> list[LayerInfo]:
+        """Every synthesis layer in execution order with the W+ row that drives it (conv1<-0, to_rgb1<-1, convs[k]<-k+1, to_rgbs[j]<-2j+3)."""
+        table = [LayerInfo("conv1", "conv", 4, 0), LayerInfo("to_rgb1", "to_rgb", 4, 1)]
+        for j in range(len(self.to_rgbs)):
+            res = 2 ** (j + 3)
+            table.append(LayerInfo(f"convs.{2 * j}", "conv", res, 2 * j + 1))
+            table.append(LayerInfo(f"convs.{2 * j + 1}", "conv", res, 2 * j + 2))
+            table.append(LayerInfo(f"to_rgbs.{j}", "to_rgb", res, 2 * j + 3))
+        return table

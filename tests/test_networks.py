@@ -1,0 +1,266 @@
+"""Generator tests: exact agreement with rosinality's outputs, the FFHQ state-dict layout, and behaviour."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nada.errors import NadaError
+from nada.networks import Generator, GeneratorConfig, ModulatedConv2d
+
+TOL = 1e-5
+
+
+@functools.lru_cache(maxsize=1)
+def _load_golden_a(path: str) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture
+def gold_a(golden: Path) -> dict:
+    return _load_golden_a(str(golden / "rosinality_A.pt"))
+
+
+@pytest.fixture
+def G_a(gold_a: dict) -> Generator:
+    c = gold_a["config"]
+    G = Generator(c["size"], c["style_dim"], c["n_mlp"], c["channel_multiplier"], c["blur_kernel"], c["lr_mlp"], channels=c["channels"])
+    G.load_state_dict(gold_a["ckpt"]["g_ema"], strict=True)
+    G.mean_latent.copy_(gold_a["ckpt"]["latent_avg"])
+    return G.eval()
+
+
+def tiny(seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(32, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 8, 32: 8}).eval()
+
+
+def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, f"{tuple(a.shape)} vs {tuple(b.shape)}"
+    return (a - b).abs().max().item()
+
+
+# ---------------------------------------------------------------- golden: rosinality_A
+
+
+def test_golden_layout_and_sizes(G_a: Generator, gold_a: dict) -> None:
+    sd = G_a.state_dict()
+    ref = gold_a["ckpt"]["g_ema"]
+    assert list(sd) == list(ref)
+    assert all(sd[k].shape == ref[k].shape for k in ref)
+    assert G_a.n_latent == gold_a["n_latent"] == 10
+    assert G_a.num_layers == gold_a["config"]["num_layers"]
+    assert "mean_latent" not in sd
+
+
+@torch.no_grad()
+def test_golden_mapping_and_mean_latent(G_a: Generator, gold_a: dict) -> None:
+    assert maxdiff(G_a.mapping(gold_a["z"]), gold_a["w"]) < TOL
+    assert maxdiff(G_a.mapping(gold_a["latent_avg_z"]).mean(0), gold_a["ckpt"]["latent_avg"]) < TOL
+    assert maxdiff(G_a.broadcast_w(G_a.mapping(gold_a["z"])), gold_a["latent"]) < TOL
+
+
+@torch.no_grad()
+def test_golden_images(G_a: Generator, gold_a: dict) -> None:
+    z, noises = gold_a["z"], gold_a["noises"]
+    assert maxdiff(G_a(z, noise=noises), gold_a["img"]) < TOL
+    assert maxdiff(G_a(z, truncation_psi=0.7, noise=noises), gold_a["img_trunc"]) < TOL
+    assert maxdiff(G_a.synthesis(gold_a["wplus"], noise=noises), gold_a["img_wplus"]) < TOL
+    assert maxdiff(G_a(z, noise_mode="const"), gold_a["img_buffer_noise"]) < TOL
+    ws = G_a.mix_ws(G_a.mapping(z), G_a.mapping(gold_a["z2"]), gold_a["mix_inject_index"])
+    assert maxdiff(G_a.synthesis(ws, noise=noises), gold_a["img_mix"]) < TOL
+    # The images are far from trivial, so the tolerance above is meaningful.
+    assert gold_a["img"].std() > 0.1
+
+
+@torch.no_grad()
+def test_golden_batch_of_one_matches(G_a: Generator, gold_a: dict) -> None:
+    # A batch of one takes a different code path (no grouped convolution).
+    for i in (0, 3):
+        img = G_a(gold_a["z"][i : i + 1], noise=gold_a["noises"])
+        assert maxdiff(img, gold_a["img"][i : i + 1]) < TOL
+
+
+def test_golden_1024_schema(golden: Path) -> None:
+    schema = json.loads((golden / "rosinality_1024_schema.json").read_text())
+    c = schema["constructor"]
+    with torch.device("meta"):
+        G = Generator(c["size"], c["style_dim"], c["n_mlp"], channel_multiplier=c["channel_multiplier"], blur_kernel=c["blur_kernel"], lr_mlp=c["lr_mlp"])
+    sd = G.state_dict()
+    assert [e["key"] for e in schema["state_dict"]] == list(sd)
+    params = dict(G.named_parameters())
+    for e in schema["state_dict"]:
+        t = sd[e["key"]]
+        assert list(t.shape) == e["shape"], e["key"]
+        assert str(t.dtype).removeprefix("torch.") == e["dtype"], e["key"]
+        assert (e["key"] in params) == (e["kind"] == "parameter"), e["key"]
+    assert len(sd) == schema["num_state_dict_entries"] == 171
+    assert len(params) == schema["num_parameter_tensors"]
+    assert sum(p.numel() for p in G.parameters()) == schema["num_parameters"] == 30_370_060
+    assert sum(b.numel() for k, b in sd.items() if k not in params) == schema["num_buffer_elements"]
+    assert G.n_latent == schema["n_latent"] == 18
+    assert G.num_layers == schema["num_layers"]
+    assert G.channels == {int(k): v for k, v in schema["channels"].items()}
+
+
+# ---------------------------------------------------------------- layer table
+
+
+def test_layer_table_covers_every_layer_once() -> None:
+    G = tiny()
+    table = G.layer_table()
+    names = [info.name for info in table]
+    assert len(names) == len(set(names))
+    modulated = {name.removesuffix(".conv") for name, m in G.named_modules() if isinstance(m, ModulatedConv2d)}
+    assert set(names) == modulated
+    assert [i.kind for i in table].count("conv") == G.num_layers
+    sizes: dict[str, int] = {}
+    hooks = [G.get_submodule(i.name).register_forward_hook(lambda m, inp, out, n=i.name: sizes.__setitem__(n, out.shape[-1])) for i in table]
+    with torch.no_grad():
+        G(torch.randn(1, G.style_dim))
+    for h in hooks:
+        h.remove()
+    assert sizes == {i.name: i.resolution for i in table}
+    assert {i.kind for i in table if i.name.startswith(("to_rgb", "to_rgbs"))} == {"to_rgb"}
+    assert sorted({i.wplus_index for i in table}) == list(range(G.n_latent))
+
+
+@torch.no_grad()
+def test_layer_table_wplus_index_is_the_driving_row() -> None:
+    G = tiny()
+    table = G.layer_table()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        G.get_submodule(info.name).conv.modulation.register_forward_hook(lambda m, inp, out, name=info.name: seen.__setitem__(name, inp[0].clone()))
+        for info in table
+    ]
+    ws = torch.randn(2, G.n_latent, G.style_dim)
+    G.synthesis(ws)
+    base = dict(seen)
+    for row in range(G.n_latent):
+        ws2 = ws.clone()
+        ws2[:, row] += 1.0
+        G.synthesis(ws2)
+        changed = {name for name in base if not torch.equal(base[name], seen[name])}
+        assert changed == {i.name for i in table if i.wplus_index == row}, row
+    for h in hooks:
+        h.remove()
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+def test_shape_checks() -> None:
+    G = tiny()
+    with pytest.raises(AssertionError):
+        G.mapping(torch.randn(2, G.style_dim + 1))
+    with pytest.raises(AssertionError):
+        G(torch.randn(G.style_dim))
+    with pytest.raises(AssertionError):
+        G.synthesis(torch.randn(2, G.n_latent - 1, G.style_dim))
+    with pytest.raises(AssertionError):
+        G.synthesis(torch.randn(2, G.n_latent, G.style_dim), noise=G.noise_buffers()[:-1])
+    bad = [torch.zeros(1, 1, 3, 3)] * G.num_layers
+    with pytest.raises(AssertionError):
+        G.synthesis(torch.randn(2, G.n_latent, G.style_dim), noise=bad)
+    with pytest.raises(NadaError, match="noise_mode"):
+        G.synthesis(torch.randn(2, G.n_latent, G.style_dim), noise_mode="fixed")
+
+
+@torch.no_grad()
+def test_noise_modes() -> None:
+    G = tiny()
+    ws = G.broadcast_w(G.mapping(torch.randn(2, G.style_dim)))
+    # Non-zero noise strengths so that every mode shows.
+    for name, p in G.named_parameters():
+        if name.endswith("noise.weight"):
+            p.fill_(0.5)
+    const = G.synthesis(ws, noise_mode="const")
+    assert torch.equal(const, G.synthesis(ws, noise=G.noise_buffers()))
+    zeros = [torch.zeros_like(b) for b in G.noise_buffers()]
+    none = G.synthesis(ws, noise_mode="none")
+    assert maxdiff(none, G.synthesis(ws, noise=zeros)) < 1e-6
+    assert maxdiff(none, const) > 1e-3
+    torch.manual_seed(5)
+    r1 = G.synthesis(ws, noise_mode="random")
+    r2 = G.synthesis(ws, noise_mode="random")
+    torch.manual_seed(5)
+    r1_again = G.synthesis(ws, noise_mode="random")
+    assert maxdiff(r1, r2) > 1e-3
+    assert torch.equal(r1, r1_again)
+    # Random noise differs between samples of a batch: same ws rows give different images.
+    same = G.synthesis(ws[:1].expand(2, -1, -1).contiguous(), noise_mode="random")
+    assert maxdiff(same[0], same[1]) > 1e-3
+
+
+@torch.no_grad()
+def test_cpu_determinism_and_batch_independence() -> None:
+    G = tiny()
+    z = torch.randn(3, G.style_dim)
+    a, b = G(z), G(z)
+    assert torch.equal(a, b)
+    assert a.shape == (3, 3, 32, 32)
+    assert maxdiff(G(z[1:2]), a[1:2]) < TOL
+    assert torch.equal(tiny(0).state_dict()["convs.0.conv.weight"], G.state_dict()["convs.0.conv.weight"])
+
+
+def test_backward_reaches_every_synthesis_parameter() -> None:
+    G = tiny()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.1)
+    G(torch.randn(2, G.style_dim)).square().mean().backward()
+    missing = [n for n, p in G.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_truncation_needs_mean_latent() -> None:
+    G = tiny()
+    z = torch.randn(2, G.style_dim)
+    with pytest.raises(NadaError, match="mean latent"):
+        G(z, truncation_psi=0.5)
+    m1 = G.compute_mean_latent(n=256, seed=3).clone()
+    assert torch.equal(m1, G.compute_mean_latent(n=256, seed=3))
+    assert not torch.equal(m1, G.compute_mean_latent(n=256, seed=4))
+    with torch.no_grad():
+        w = G.mapping(z)
+        assert maxdiff(G.truncate(w, 0.0), G.mean_latent.expand_as(w)) == 0
+        assert torch.equal(G(z, truncation_psi=1.0), G(z))
+
+
+def test_mix_ws() -> None:
+    G = tiny()
+    w1, w2 = torch.randn(2, G.style_dim), torch.randn(2, G.style_dim)
+    ws = G.mix_ws(w1, w2, 3)
+    assert ws.shape == (2, G.n_latent, G.style_dim)
+    assert torch.equal(ws[:, 2], w1) and torch.equal(ws[:, 3], w2) and torch.equal(ws[:, -1], w2)
+    with pytest.raises(AssertionError):
+        G.mix_ws(w1, w2, G.n_latent + 1)
+
+
+def test_config_round_trip() -> None:
+    G = tiny()
+    cfg = G.config
+    assert isinstance(cfg, GeneratorConfig)
+    d = cfg.to_dict()
+    assert GeneratorConfig.from_dict(d) == cfg
+    assert GeneratorConfig.from_dict(json.loads(json.dumps(d))) == cfg  # JSON turns resolutions into strings
+    with pytest.raises(Exception):
+        cfg.size = 64  # frozen
+    G2 = Generator.from_config(cfg)
+    assert {k: v.shape for k, v in G2.state_dict().items()} == {k: v.shape for k, v in G.state_dict().items()}
+    assert Generator.from_config(GeneratorConfig(64, style_dim=8, n_mlp=1, channel_multiplier=1)).channels[64] == 256
+
+
+def test_config_errors() -> None:
+    with pytest.raises(NadaError, match="power of two"):
+        GeneratorConfig(48)
+    with pytest.raises(NadaError, match="lacks resolutions"):
+        GeneratorConfig(32, channels={4: 8, 8: 8, 16: 8})
+    with pytest.raises(NadaError, match="unknown generator config keys"):
+        GeneratorConfig.from_dict({"size": 32, "channel_divisor": 8})
