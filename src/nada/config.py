@@ -1,0 +1,125 @@
+"""Configuration of a domain adaptation run: one frozen dataclass, the single source of defaults.
+
+The CLI (``nada adapt``), the Python API (``nada.adapt.adapt``) and any front end read their
+defaults from `AdaptConfig`, so a default changes in exactly one place. Values follow the official
+StyleGAN-NADA code (rinongal/StyleGAN-nada, ``ZSSGAN/options/train_options.py`` and ``train.py``)
+unless a comment says why not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from nada.errors import NadaError
+
+# Template sets for text prompts: "imagenet" is CLIP's 79 ImageNet prompts (the official choice),
+# "plain" uses the bare text, "toy" the prompts the project's tiny CLIP was trained with.
+TEMPLATE_CHOICES = ("imagenet", "plain", "toy")
+NOISE_CHOICES = ("random", "const", "none")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Everything that defines an adaptation run (plain types only, so it round-trips through JSON)."""
+
+    # What to adapt, towards what.
+    target: str = ""  # target domain text, e.g. "sketch"; may stay empty when target_images is given
+    source: str = "photo"  # source domain text describing what the generator makes now
+    generator: str = "toy"  # checkpoint path or registered name (see nada.checkpoints.load_generator)
+    target_images: str | None = None  # folder of example images of the target style (image-guided)
+    target_images_batch: int = 16  # generated source images whose mean embedding the image direction starts from (official img2img_batch)
+
+    # CLIP guidance.
+    clip: str = "ViT-B/32"  # one model or a weighted ensemble, e.g. "ViT-B/32,ViT-B/16:0.5"
+    templates: str = "imagenet"
+    antialias: bool = True  # antialiased resize to CLIP's input (see nada.clip); False = official numbers
+    lambda_direction: float = 1.0
+    lambda_global: float = 0.0
+    lambda_manifold: float = 0.0
+    lambda_texture: float = 0.0
+    lambda_patch: float = 0.0
+
+    # Which layers train (see nada.layers for the specs).
+    layers: str = "auto:3"
+    select_every: int = 1  # re-run a data-driven selection every N iterations (the official code: every one)
+    auto_batch: int = 8  # latents used by the auto/grad selection (official auto_layer_batch)
+
+    # Optimisation.
+    iterations: int = 300
+    batch_size: int = 2
+    # Given as in the official command line; like the official train.py the optimizer multiplies lr by
+    # g_reg_ratio = 4/5 and raises both betas to that power (Adam lr 0.0016, betas (0, 0.99197)), so
+    # published StyleGAN-NADA settings reproduce the same effective step sizes here.
+    lr: float = 0.002
+    beta1: float = 0.0
+    beta2: float = 0.99
+    # The official default is 0.0: rosinality's 0.9 belongs to GAN training, where mixing is a regulariser.
+    mixing_prob: float = 0.0
+    # "random" draws fresh noise each iteration from the run's generator and gives the SAME noise to the
+    # frozen and the trained generator, so their difference is the domain change alone (the official
+    # code draws independent noise for each); "const" uses the stored noise buffers.
+    noise_mode: str = "random"
+    seed: int = 0
+
+    # Outputs.
+    out_dir: str = "runs/adapt"
+    n_sample_images: int = 8  # sample grids show the latents of seeds 0 .. n-1 (the same as `nada generate`)
+    sample_truncation: float = 0.7
+    sample_every: int = 50  # iterations between sample grids (0: only at the start and the end)
+    save_every: int = 100  # iterations between checkpoints + resume state (0: only at the end)
+
+    # Execution.
+    device: str = "auto"
+    bf16: bool = False  # bfloat16 autocast for generator and CLIP forward passes on CUDA (ignored on CPU)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AdaptConfig":
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NadaError(f"unknown adaptation settings {unknown}: valid names are {sorted(known)}")
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any) -> "AdaptConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raise one NadaError for the first setting that cannot work (texts, numbers, choices)."""
+        if not self.source.strip():
+            raise NadaError("the source text is empty: describe what the generator makes now, e.g. --source 'photo'")
+        if not self.target.strip() and not self.target_images:
+            raise NadaError("the target text is empty: describe the new domain, e.g. --target 'sketch' (or give --target-images)")
+        if self.target.strip() and self.source.strip().lower() == self.target.strip().lower():
+            raise NadaError(f"source and target are the same text ({self.source!r}): the target must describe a different domain")
+        positive_ints = ("iterations", "batch_size", "select_every", "auto_batch", "n_sample_images", "target_images_batch")
+        for name in positive_ints:
+            if int(getattr(self, name)) < 1:
+                raise NadaError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("sample_every", "save_every", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise NadaError(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise NadaError(f"lr must be a positive number (got {self.lr})")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise NadaError(f"Adam betas must lie in [0, 1) (got {self.beta1}, {self.beta2})")
+        if not 0 <= self.mixing_prob <= 1:
+            raise NadaError(f"mixing_prob must lie in [0, 1] (got {self.mixing_prob})")
+        lambdas = {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith("lambda_")}
+        if any(v < 0 or not math.isfinite(v) for v in lambdas.values()):
+            raise NadaError(f"loss weights must be finite and >= 0 (got {lambdas})")
+        if not any(v > 0 for v in lambdas.values()):
+            raise NadaError("every loss weight is 0, so nothing would train: set e.g. lambda_direction to 1")
+        if self.templates not in TEMPLATE_CHOICES:
+            raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join(TEMPLATE_CHOICES)}")
+        if self.noise_mode not in NOISE_CHOICES:
+            raise NadaError(f"unknown noise_mode {self.noise_mode!r}: use one of {', '.join(NOISE_CHOICES)}")
+        if not self.out_dir.strip():
+            raise NadaError("out_dir is empty: give a folder for the run's outputs, e.g. --out runs/sketch")

@@ -1,0 +1,307 @@
+"""Which synthesis layers to train: layer-freezing strategies behind one small interface.
+
+A strategy is parsed from a short spec and returns layer names of ``G.layer_table()``:
+
+- ``all``: every synthesis layer (``conv1``, ``to_rgb1``, every ``convs.k`` and ``to_rgbs.j``).
+- ``last:K``: the last K synthesis *blocks*. A block is everything that works at one resolution:
+  at 4x4 the pair ``conv1`` + ``to_rgb1``; at resolution ``2**(j+3)`` the up-sampling conv
+  ``convs.{2j}``, the conv ``convs.{2j+1}`` and ``to_rgbs.{j}``. ``last:1`` is the block of the
+  output resolution; K may be at most the number of resolutions (log2(size) - 1).
+- ``auto:K`` or ``auto:K:ITERS``: StyleGAN-NADA's adaptive layer freezing. A batch of z goes through
+  the frozen mapping to w, is lifted to W+ (the same w in all ``n_latent`` rows), and ITERS plain
+  SGD steps (default 1, learning rate 0.01 as in the reference code) are taken on the W+ codes alone
+  to lower the CLIP global loss towards the target, through the generator being trained. The K W+
+  rows that moved most (L2 norm of the change, averaged over the batch) are chosen, and the result
+  is every layer that each chosen row *actually drives* according to ``layer_table()``:
+  row 0 -> ``conv1``; row 1 -> ``to_rgb1`` and ``convs.0``; row k+1 -> ``convs.k``; row 2j+3 ->
+  ``to_rgbs.j`` as well. The reference implementation maps row i to ``convs[i-2]`` (and rows 0/1
+  to ``conv1``/``to_rgb1``), which is off by one: the layer it trains is driven by row i-1, and
+  the to_rgb layers of rows 3, 5, ... are never trained. This module uses the true mapping, so an
+  odd row selects two layers (a conv and a to_rgb) and ``auto:K`` may return more than K names.
+  SGD (not Adam) is deliberate: Adam's first step moves every coordinate by about the learning
+  rate whatever its gradient, which would erase the ranking that the selection relies on.
+- ``grad:K``: the K layers (each conv and each to_rgb is one unit) whose parameters receive the
+  largest gradient (L2 norm over all of the layer's parameters) of the CLIP global loss, from one
+  backward pass through the generator being trained.
+- ``NAME,NAME,...``: an explicit list of layer names, e.g. ``convs.4,convs.5,to_rgbs.2``.
+
+The mapping network (``style.*``) and the learned 4x4 constant (``input.input``) are never trained.
+Selection is a pure decision: it reads the generator's weights but never changes them, and it
+leaves no gradients and no changed ``requires_grad`` flags behind (gradients are taken with
+``torch.autograd.grad``, which does not touch ``.grad``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nada.errors import NadaError
+
+# ---------------------------------------------------------------- layer bookkeeping
+
+
+def layer_names(G: nn.Module) -> list[str]:
+    """Every synthesis layer name of ``G.layer_table()``, in execution order."""
+    return [info.name for info in G.layer_table()]
+
+
+def synthesis_blocks(G: nn.Module) -> list[list[str]]:
+    """Layer names grouped by resolution (the blocks of ``last:K``), from 4x4 up to the output size."""
+    by_res: dict[int, list[str]] = {}
+    for info in G.layer_table():
+        by_res.setdefault(info.resolution, []).append(info.name)
+    return [by_res[r] for r in sorted(by_res)]
+
+
+def layers_for_wplus(G: nn.Module, indices: list[int]) -> list[str]:
+    """Names of the layers driven by the given W+ rows, in ``layer_table()`` order."""
+    wanted = set(int(i) for i in indices)
+    return [info.name for info in G.layer_table() if info.wplus_index in wanted]
+
+
+def layer_parameters(G: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """All parameters of the named synthesis layers, in the order given."""
+    return [p for name in names for p in G.get_submodule(name).parameters()]
+
+
+def synthesis_parameters(G: nn.Module) -> list[nn.Parameter]:
+    """All parameters of every synthesis layer (what an optimizer may ever touch)."""
+    return layer_parameters(G, layer_names(G))
+
+
+def set_trainable(G: nn.Module, names: list[str]) -> None:
+    """Freeze every parameter of G, then let only the named synthesis layers require gradients."""
+    known = set(layer_names(G))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise NadaError(f"unknown layer names {unknown}: the generator's synthesis layers are {sorted(known)}")
+    G.requires_grad_(False)
+    for p in layer_parameters(G, names):
+        p.requires_grad_(True)
+
+
+# ---------------------------------------------------------------- selection interface
+
+
+@dataclass(frozen=True)
+class SelectionContext:
+    """What a data-driven strategy may use: latents from the frozen mapping and the image loss.
+
+    ``sample_w(n)`` returns w [n, style_dim] (no gradient) drawn from the run's own random generator;
+    ``image_loss(img)`` maps images [N, 3, H, W] in [-1, 1] to a scalar, the (ensemble-weighted) CLIP
+    global loss towards the target.
+    """
+
+    sample_w: Callable[[int], torch.Tensor]
+    image_loss: Callable[[torch.Tensor], torch.Tensor]
+    batch_size: int = 8
+
+
+class LayerSelector(ABC):
+    """A layer-freezing strategy: ``select(G, ctx)`` names the synthesis layers to train next."""
+
+    spec: str
+    # Static strategies give the same answer every time, so the loop selects them only once.
+    dynamic: bool = False
+
+    @abstractmethod
+    def validate(self, G: nn.Module) -> None:
+        """Raise NadaError if this strategy cannot be applied to G (e.g. K too large)."""
+
+    @abstractmethod
+    def select(self, G: nn.Module, ctx: SelectionContext | None = None) -> list[str]:
+        """Layer names of ``G.layer_table()`` to train, in table order; never changes G."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+class AllLayers(LayerSelector):
+    """Every synthesis layer."""
+
+    def __init__(self) -> None:
+        self.spec = "all"
+
+    def validate(self, G: nn.Module) -> None:
+        pass
+
+    def select(self, G: nn.Module, ctx: SelectionContext | None = None) -> list[str]:
+        return layer_names(G)
+
+
+class NamedLayers(LayerSelector):
+    """An explicit, fixed list of layer names."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(dict.fromkeys(names))  # drop repeats, keep order
+        self.spec = ",".join(self.names)
+
+    def validate(self, G: nn.Module) -> None:
+        known = layer_names(G)
+        unknown = [n for n in self.names if n not in known]
+        if unknown:
+            raise NadaError(f"layers {unknown} do not exist in this generator: choose among {known}")
+
+    def select(self, G: nn.Module, ctx: SelectionContext | None = None) -> list[str]:
+        order = layer_names(G)
+        return sorted(self.names, key=order.index)
+
+
+class LastBlocks(LayerSelector):
+    """The last K synthesis blocks (all layers of the K highest resolutions)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.spec = f"last:{k}"
+
+    def validate(self, G: nn.Module) -> None:
+        n = len(synthesis_blocks(G))
+        if self.k > n:
+            raise NadaError(f"layers {self.spec!r} asks for {self.k} blocks but this {G.size}x{G.size} generator has {n}: use K <= {n}")
+
+    def select(self, G: nn.Module, ctx: SelectionContext | None = None) -> list[str]:
+        self.validate(G)
+        return [name for block in synthesis_blocks(G)[-self.k :] for name in block]
+
+
+class AdaptiveWPlus(LayerSelector):
+    """StyleGAN-NADA's adaptive layer freezing: the layers driven by the K W+ rows that move most (see module doc)."""
+
+    dynamic = True
+
+    def __init__(self, k: int, iters: int = 1, lr: float = 0.01) -> None:
+        self.k, self.iters, self.lr = k, iters, lr
+        self.spec = f"auto:{k}" if iters == 1 else f"auto:{k}:{iters}"
+
+    def validate(self, G: nn.Module) -> None:
+        if self.k > G.n_latent:
+            raise NadaError(f"layers {self.spec!r} asks for {self.k} W+ rows but this {G.size}x{G.size} generator has {G.n_latent}: use K <= {G.n_latent}")
+
+    def row_scores(self, G: nn.Module, ctx: SelectionContext) -> torch.Tensor:
+        """How far each W+ row moves under the global loss: [n_latent], mean over the batch of the L2 change."""
+        w = ctx.sample_w(ctx.batch_size).detach()
+        ws0 = G.broadcast_w(w)  # [B, n_latent, style_dim]
+        ws = ws0.clone()
+        # Only the codes need gradients; freezing G meanwhile saves the weight-gradient work.
+        with _requires_grad(list(G.parameters()), False):
+            for _ in range(self.iters):
+                ws.requires_grad_(True)
+                loss = ctx.image_loss(G.synthesis(ws, noise_mode="const"))
+                (grad,) = torch.autograd.grad(loss, [ws])
+                ws = (ws - self.lr * grad).detach()
+        return (ws - ws0).norm(dim=-1).mean(dim=0)
+
+    def select(self, G: nn.Module, ctx: SelectionContext | None = None) -> list[str]:
+        self.validate(G)
+        assert ctx is not None, "auto layer selection needs a SelectionContext (latents and a loss)"
+        scores = self.row_scores(G, ctx)
+        # A stable descending sort makes ties (e.g. rows with no effect) resolve by row order.
+        rows = torch.argsort(scores.cpu(), descending=True, stable=True)[: self.k].tolist()
+        return layers_for_wplus(G, rows)
+
+
+class GradNorm(LayerSelector):
+    """The K layers whose parameters get the largest global-loss gradient norm."""
+
+    dynamic = True
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.spec = f"grad:{k}"
+
+    def validate(self, G: nn.Module) -> None:
+        n = len(layer_names(G))
+        if self.k > n:
+            raise NadaError(f"layers {self.spec!r} asks for {self.k} layers but this generator has {n} synthesis layers: use K <= {n}")
+
+    def layer_scores(self, G: nn.Module, ctx: SelectionContext) -> dict[str, float]:
+        """Layer name -> L2 norm of the global-loss gradient over all of that layer's parameters."""
+        names = layer_names(G)
+        params = {name: list(G.get_submodule(name).parameters()) for name in names}
+        flat = [p for name in names for p in params[name]]
+        with _requires_grad(flat):
+            w = ctx.sample_w(ctx.batch_size).detach()
+            loss = ctx.image_loss(G.synthesis(G.broadcast_w(w), noise_mode="const"))
+            grads = torch.autograd.grad(loss, flat, allow_unused=True)
+        norms: dict[str, float] = {}
+        it = iter(grads)
+        for name in names:
+            sq = sum(float(g.double().pow(2).sum()) if g is not None else 0.0 for g in (next(it) for _ in params[name]))
+            norms[name] = sq**0.5
+        return norms
+
+    def select(self, G: nn.Module, ctx: SelectionContext | None = None) -> list[str]:
+        self.validate(G)
+        assert ctx is not None, "grad layer selection needs a SelectionContext (latents and a loss)"
+        scores = self.layer_scores(G, ctx)
+        names = layer_names(G)
+        ranked = sorted(names, key=lambda n: -scores[n])  # sorted() is stable: ties keep table order
+        chosen = set(ranked[: self.k])
+        return [n for n in names if n in chosen]
+
+
+class _requires_grad:
+    """Context manager: parameters get ``requires_grad=flag`` inside, their previous flags come back afterwards."""
+
+    def __init__(self, params: list[nn.Parameter], flag: bool = True) -> None:
+        self.params, self.flag = params, flag
+        self.saved: list[bool] = []
+
+    def __enter__(self) -> None:
+        self.saved = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(self.flag)
+
+    def __exit__(self, *exc: object) -> None:
+        for p, flag in zip(self.params, self.saved):
+            p.requires_grad_(flag)
+
+
+# ---------------------------------------------------------------- parsing
+
+LAYER_SPEC_HELP = "all | last:K | auto:K[:ITERS] | grad:K | NAME,NAME,... (e.g. convs.4,to_rgbs.2)"
+
+
+def _positive_int(text: str, spec: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise NadaError(f"bad layers spec {spec!r}: {text!r} is not a positive integer (use {LAYER_SPEC_HELP})")
+    return value
+
+
+def parse_layers(spec: str) -> LayerSelector:
+    """Parse a layer spec such as ``"auto:3"``, ``"grad:4"``, ``"last:2"``, ``"all"`` into a strategy."""
+    text = str(spec).strip()
+    kind, _, rest = text.partition(":")
+    kind = kind.lower()
+    if kind == "all" and not rest:
+        return AllLayers()
+    if kind in ("last", "grad", "auto") and rest:
+        parts = rest.split(":")
+        if kind == "auto" and len(parts) == 2:
+            return AdaptiveWPlus(_positive_int(parts[0], text), iters=_positive_int(parts[1], text))
+        if len(parts) != 1:
+            raise NadaError(f"bad layers spec {text!r}: use {LAYER_SPEC_HELP}")
+        k = _positive_int(parts[0], text)
+        return {"last": LastBlocks, "grad": GradNorm, "auto": AdaptiveWPlus}[kind](k)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names and all(_looks_like_layer(n) for n in names):
+        return NamedLayers(names)
+    raise NadaError(f"bad layers spec {text!r}: use {LAYER_SPEC_HELP}")
+
+
+def _looks_like_layer(name: str) -> bool:
+    """True for names shaped like synthesis layers (conv1, to_rgb1, convs.N, to_rgbs.N)."""
+    if name in ("conv1", "to_rgb1"):
+        return True
+    head, _, idx = name.partition(".")
+    return head in ("convs", "to_rgbs") and idx.isdigit()
+
