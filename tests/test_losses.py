@@ -1,0 +1,197 @@
+"""nada.losses and nada.templates against the official StyleGAN-NADA numbers on the golden tiny CLIP."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+import nada.losses as L
+from nada.errors import NadaError
+from nada.templates import IMAGENET_TEMPLATES, PART_TEMPLATES, compose
+
+ATOL = 1e-5
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str):
+    from nada.clip import load_clip
+
+    return load_clip(path)
+
+
+@pytest.fixture
+def tiny(golden: Path):
+    return _load(str(golden / "tiny_clip_openai.pt"))
+
+
+@pytest.fixture
+def ref(golden: Path) -> dict:
+    return torch.load(golden / "nada_clip_loss.pt", weights_only=True)
+
+
+@pytest.fixture
+def feats(tiny, ref) -> dict:
+    """Unnormalised image features of the golden inputs, both antialias settings."""
+    inp = ref["inputs"]
+    out = {k: tiny.encode_image(inp[f"{k}_img"]) for k in ("src", "target", "texture")}
+    out.update({f"{k}_legacy": tiny.encode_image(inp[f"{k}_img"], antialias=False) for k in ("src", "target")})
+    return out
+
+
+def _close(value: torch.Tensor, expected: torch.Tensor) -> None:
+    assert value.shape == expected.shape
+    assert torch.allclose(value, expected, atol=ATOL), f"{value} != {expected}"
+
+
+def test_templates_equal_reference(ref) -> None:
+    assert isinstance(IMAGENET_TEMPLATES, tuple) and isinstance(PART_TEMPLATES, tuple)
+    assert list(IMAGENET_TEMPLATES) == ref["constants"]["imagenet_templates"] and len(IMAGENET_TEMPLATES) == 79
+    assert list(PART_TEMPLATES) == ref["constants"]["part_templates"] and len(PART_TEMPLATES) == 15
+    assert compose("cat", None) == ["cat"]
+    assert compose("cat", ("a {}.", "the {}s fangs.")) == ["a cat.", "the cats fangs."]
+
+
+def test_text_features_and_direction(tiny, ref) -> None:
+    exp = ref["expected"]
+    _close(L.text_features(tiny, "photo"), exp["text_features_source"])
+    _close(L.text_features(tiny, "sketch", IMAGENET_TEMPLATES), exp["text_features_target"])
+    _close(L.text_direction(tiny, "photo", "sketch"), exp["text_direction"])
+    _close(L.mean_text_feature(tiny, "photo"), exp["src_text_features_mean"])
+    _close(L.mean_text_feature(tiny, "sketch"), exp["target_text_features_mean"])
+    plain = L.text_direction(tiny, "photo", "sketch", templates=None)
+    assert plain.shape == (1, 64) and torch.allclose(plain.norm(dim=-1), torch.ones(1))
+    assert not torch.allclose(plain, exp["text_direction"], atol=1e-3)
+
+
+def test_directional_loss(tiny, ref, feats) -> None:
+    direction = ref["expected"]["text_direction"]
+    _close(L.directional_loss(feats["src"], feats["target"], direction), ref["expected"]["directional_loss"])
+    assert L.directional_loss(feats["src"], feats["target"], direction).item() == pytest.approx(0.908360, abs=1e-5)
+
+
+def test_global_loss_uses_a_target_prompt(tiny, ref, feats) -> None:
+    exp = ref["expected"]
+    scale = tiny.logit_scale
+    _close(L.global_loss(feats["target"], tiny.encode_text(["sketch"]), scale), exp["global_loss_target_class"])
+    _close(L.global_loss(feats["target"], tiny.encode_text(["a sketch"]), scale), exp["global_loss_a_target"])
+    # With OpenAI's logit scale of 100 the loss is plain 1 - cosine.
+    cos = torch.nn.functional.cosine_similarity(feats["target"], tiny.encode_text(["a sketch"]), dim=-1)
+    assert L.global_loss(feats["target"], tiny.encode_text(["a sketch"])).item() == pytest.approx((1 - cos).mean().item(), abs=1e-6)
+
+
+def test_manifold_and_texture_losses(tiny, ref, feats) -> None:
+    exp = ref["expected"]
+    src_t, tgt_t = L.mean_text_feature(tiny, "photo"), L.mean_text_feature(tiny, "sketch")
+    _close(L.manifold_angle_loss(feats["src"], feats["target"], src_t, tgt_t), exp["manifold_angle_loss"])
+    _close(L.texture_loss(feats["texture"], feats["target"]), exp["texture_loss"])
+
+
+def test_reference_forward_total(tiny, ref, feats) -> None:
+    """The reference CLIPLoss.forward with every weight 1 except the patch term: the four terms summed."""
+    total = (
+        L.global_loss(feats["target"], tiny.encode_text(["a sketch"]), tiny.logit_scale)
+        + L.directional_loss(feats["src"], feats["target"], L.text_direction(tiny, "photo", "sketch"))
+        + L.manifold_angle_loss(feats["src"], feats["target"], L.mean_text_feature(tiny, "photo"), L.mean_text_feature(tiny, "sketch"))
+        + L.texture_loss(feats["texture"], feats["target"])
+    )
+    _close(total, ref["expected"]["forward_all_but_patch"])
+
+
+def test_legacy_no_antialias_numbers(tiny, ref, feats) -> None:
+    legacy = ref["legacy_no_antialias"]
+    direction = L.text_direction(tiny, "photo", "sketch")
+    loss = L.directional_loss(feats["src_legacy"], feats["target_legacy"], direction)
+    _close(loss, legacy["directional_loss"])
+    assert loss.item() == pytest.approx(0.910307, abs=1e-5)
+    src_t, tgt_t = L.mean_text_feature(tiny, "photo"), L.mean_text_feature(tiny, "sketch")
+    _close(L.manifold_angle_loss(feats["src_legacy"], feats["target_legacy"], src_t, tgt_t), legacy["manifold_angle_loss"])
+    _close(L.global_loss(feats["target_legacy"], tiny.encode_text(["sketch"]), tiny.logit_scale), legacy["global_loss_target_class"])
+    _close(L.global_loss(feats["target_legacy"], tiny.encode_text(["a sketch"]), tiny.logit_scale), legacy["global_loss_a_target"])
+
+
+def _up512(x: torch.Tensor) -> torch.Tensor:
+    """The golden recipe: first two images, upsampled x8 by repetition."""
+    return x[:2].repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+
+
+def test_patch_directional_loss(tiny, ref) -> None:
+    exp = ref["expected"]
+    directions = L.part_text_directions(tiny, "photo", "sketch")
+    _close(directions, exp["patch_text_directions"])
+    loss = L.patch_directional_loss(tiny, _up512(ref["inputs"]["src_img"]), _up512(ref["inputs"]["target_img"]),
+                                    directions, exp["patch_directional_centers_512"], size=510)
+    _close(loss, exp["patch_directional_loss_512"])
+
+
+def test_patch_similarity_loss(tiny, ref) -> None:
+    exp = ref["expected"]
+    src_parts = tiny.encode_text(compose("photo", PART_TEMPLATES))
+    tgt_parts = tiny.encode_text(compose("sketch", PART_TEMPLATES))
+    loss = L.patch_similarity_loss(tiny, _up512(ref["inputs"]["src_img"]), _up512(ref["inputs"]["target_img"]),
+                                   src_parts, tgt_parts, exp["patch_similarity_centers_512"], size=196)
+    _close(loss, exp["patch_similarity_loss_512"])
+
+
+def test_patch_centers_and_extraction() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centers = L.random_patch_centers((3, 3, 40, 50), 4, 20, generator=gen)
+    assert centers.shape == (12, 2) and centers.dtype == torch.int64
+    assert centers[:, 0].min() >= 10 and centers[:, 0].max() <= 40  # x within the width 50
+    assert centers[:, 1].min() >= 10 and centers[:, 1].max() <= 30  # y within the height 40
+    img = torch.arange(3 * 3 * 40 * 50, dtype=torch.float32).view(3, 3, 40, 50)
+    patches = L.extract_patches(img, centers, 20)
+    assert patches.shape == (12, 3, 20, 20)
+    x, y = centers[5].tolist()  # image 1 (four patches per image)
+    assert torch.equal(patches[5], img[1, :, y - 10 : y + 10, x - 10 : x + 10])
+    with pytest.raises(NadaError, match="does not fit 64x64"):
+        L.random_patch_centers((1, 3, 64, 64), 1, 510)
+
+
+def test_image_direction(tiny, ref) -> None:
+    inp = ref["inputs"]
+    direction = L.image_direction(tiny, inp["target_img"], inp["src_img"])
+    expected = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(tiny.encode_image(inp["target_img"]), dim=-1).mean(0, keepdim=True)
+        - torch.nn.functional.normalize(tiny.encode_image(inp["src_img"]), dim=-1).mean(0, keepdim=True), dim=-1)
+    _close(direction, expected)
+    # A list of differently sized references works too; each image counts once.
+    refs = [inp["target_img"][0], inp["target_img"][1:2, :, :48, :]]
+    listed = L.image_direction(tiny, refs, inp["src_img"])
+    assert listed.shape == (1, 64) and torch.isfinite(listed).all()
+    with pytest.raises(NadaError):
+        L.image_direction(tiny, [], inp["src_img"])
+
+
+def test_clip_directional_loss_ensemble_and_gradients(tiny, ref) -> None:
+    inp = ref["inputs"]
+    direction = L.text_direction(tiny, "photo", "sketch")
+    train = inp["target_img"].clone().requires_grad_(True)
+    loss = L.clip_directional_loss([(tiny, 1.0), (tiny, 0.5)], [direction, direction], inp["src_img"], train)
+    assert loss.item() == pytest.approx(1.5 * ref["expected"]["directional_loss"].item(), abs=1e-5)
+    loss.backward()
+    assert train.grad is not None and torch.isfinite(train.grad).all() and train.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        L.clip_directional_loss([(tiny, 1.0)], [direction, direction], inp["src_img"], train)
+
+
+def test_identical_images_give_finite_loss_and_gradient(tiny, ref) -> None:
+    """At the first step both generators agree; the loss must not be NaN and must still push the image."""
+    src = ref["inputs"]["src_img"]
+    train = src.clone().requires_grad_(True)
+    loss = L.clip_directional_loss([(tiny, 1.0)], [L.text_direction(tiny, "photo", "sketch")], src, train)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(train.grad).all() and train.grad.abs().sum() > 0
+
+
+def test_losses_have_no_state() -> None:
+    """Pure functions: no module-level tensors are created or cached by calling them."""
+    before = {k for k, v in vars(L).items() if isinstance(v, torch.Tensor)}
+    f = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    d = torch.nn.functional.normalize(torch.randn(1, 8, generator=torch.Generator().manual_seed(2)), dim=-1)
+    a = L.directional_loss(f, f.flip(0), d)
+    b = L.directional_loss(f, f.flip(0), d)
+    assert torch.equal(a, b)
+    assert {k for k, v in vars(L).items() if isinstance(v, torch.Tensor)} == before == set()
