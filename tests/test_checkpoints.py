@@ -160,6 +160,7 @@ def test_nada_checkpoint_round_trip(tmp_path: Path) -> None:
         "trained_layers": ["convs.0", "to_rgbs.1"],
         "iterations": 300,
         "adaptation_config": {"lr": 0.002, "clip_models": ["ViT-B/32"], "weights": (1.0, 0.5)},
+        "base_config": G.config,  # dataclasses are stored as plain dicts
     }
     path = save_checkpoint(tmp_path / "adapted.pt", G, meta)
     raw = torch.load(path, weights_only=True)  # plain types and tensors only
@@ -170,7 +171,10 @@ def test_nada_checkpoint_round_trip(tmp_path: Path) -> None:
     assert torch.equal(render(loaded), render(G)) and torch.equal(render(loaded, 0.5), render(G, 0.5))
     got = read_metadata(path)
     for key, value in meta.items():
-        assert got[key] == (json.loads(json.dumps(value)) if key == "adaptation_config" else value)
+        if key == "base_config":
+            assert GeneratorConfig.from_dict(got[key]) == G.config
+        else:
+            assert got[key] == (json.loads(json.dumps(value)) if key == "adaptation_config" else value)
     assert got["generator_config"] == G.config.to_dict()
     assert GeneratorConfig.from_dict(got["generator_config"]) == G.config
     assert got["nada_version"] and got["format_version"] == 1

@@ -125,6 +125,13 @@ def test_truncated_snapshot(golden: Path, tmp_path: Path) -> None:
         load_generator(bad)
 
 
+def test_tensorflow_pickle_gets_conversion_hint(tmp_path: Path) -> None:
+    path = tmp_path / "stylegan2-ffhq-config-f.pkl"
+    path.write_bytes(b"\x80\x02cdnnlib.tflib.network\nNetwork\n)\x81.")  # GLOBAL, EMPTY_TUPLE, NEWOBJ, STOP
+    with pytest.raises(NadaError, match="TensorFlow StyleGAN2 pickle.*convert it"):
+        load_generator(path)
+
+
 # ---------------------------------------------------------------- malicious snapshots
 
 
@@ -180,6 +187,14 @@ def test_embedded_source_is_never_executed(fake_persistence, tmp_path: Path) -> 
     with pytest.raises(NadaError, match="not a stylegan2-ada-pytorch Generator"):
         load_generator(path)
     assert not marker.exists()
+
+
+def test_bare_network_pickle_is_read_as_generator(fake_persistence, tmp_path: Path) -> None:
+    meta = dict(type="class", version=6, module_src="raise SystemExit", class_name="MappingNetwork", state={"_modules": {}})
+    path = tmp_path / "G.pkl"
+    path.write_bytes(pickle.dumps(Reduce(fake_persistence, meta), protocol=4))
+    with pytest.raises(NadaError, match="MappingNetwork is not a stylegan2-ada-pytorch Generator"):
+        load_generator(path)
 
 
 @pytest.mark.parametrize("fn", [os.system, exec, eval], ids=["os.system", "builtins.exec", "builtins.eval"])

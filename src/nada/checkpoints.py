@@ -14,6 +14,7 @@ The generator configuration is inferred from the state-dict shapes (rosinality) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import re
@@ -242,9 +243,11 @@ def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 def _plain(value: Any, where: str) -> Any:
-    """`value` as plain types (dict/list/str/int/float/bool/None), tuples as lists; NadaError naming anything else."""
+    """`value` as plain types (dict/list/str/int/float/bool/None): tuples as lists, dataclasses as dicts; NadaError otherwise."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a frozen config dataclass
+        return _plain(dataclasses.asdict(value), where)
     if isinstance(value, (list, tuple)):
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, Mapping):

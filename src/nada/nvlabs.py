@@ -70,6 +70,11 @@ class PersistentObject:
         """An attribute of the original object (an entry of its pickled `__dict__`)."""
         return self.state.get(name, default)
 
+    @property
+    def init_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the original object was constructed with (recorded by torch_utils.persistence)."""
+        return dict(self.state.get("_init_kwargs") or {})
+
     def child(self, name: str) -> "PersistentObject":
         """The submodule `name`, which must itself be a persistent object."""
         sub = (self.state.get("_modules") or {}).get(name)
@@ -183,6 +188,11 @@ class SnapshotUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         obj = self.allowed.get((module, name))
+        if obj is None and module.startswith("dnnlib.tflib"):
+            raise NadaError(
+                f"{self.path} is a TensorFlow StyleGAN2 pickle (it names '{module}.{name}'): convert it to a PyTorch "
+                "snapshot first, e.g. with stylegan2-ada-pytorch's legacy.py, or use a rosinality .pt converted from it"
+            )
         if obj is None:
             raise NadaError(
                 f"{self.path}: refused to unpickle global '{module}.{name}': nada reads snapshots as data and never runs code "
@@ -210,6 +220,8 @@ def read_snapshot(path: str | os.PathLike) -> dict[str, Any]:
         raise
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, MemoryError) as e:
         raise NadaError(f"{path} is truncated or corrupt ({_first_line(e)}): download or copy it again") from None
+    if isinstance(data, PersistentObject):  # a network pickled on its own rather than a snapshot dict
+        data = {"G_ema": data}
     if not isinstance(data, dict):
         raise NadaError(f"{path} holds a {type(data).__name__}, not a snapshot dict: use a network-snapshot-*.pkl from stylegan2-ada-pytorch")
     return data
