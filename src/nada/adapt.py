@@ -1,0 +1,559 @@
+"""The StyleGAN-NADA adaptation loop: train a copy of a generator so that its images move, in CLIP
+space, from the source domain towards the target domain while a frozen copy stays as the anchor.
+
+Read `adapt` from top to bottom: set-up (run folder, generators, CLIP, directions, optimizer), then
+per iteration: choose the layers to train, sample latents, render the frozen and the trained image
+from the same latents and noise, compute the weighted CLIP losses, take an Adam step; log, draw
+samples, save checkpoints and the resume state.
+
+A run folder holds:
+
+- ``config.json``: the `AdaptConfig` of the run.
+- ``log.jsonl``: one JSON object per iteration: step, total loss, every active loss term
+  (ensemble-weighted, before its lambda), the layers trained in that step, seconds.
+- ``samples/step_000050.png``: grids, top row the frozen generator, bottom row the trained one, for
+  the latents of seeds 0 .. n-1 at truncation 0.7 towards the stored mean latent.
+- ``checkpoints/step_000100.pt`` every ``save_every`` steps and ``generator.pt`` at the end:
+  nada checkpoints (rosinality layout + metadata), loadable by ``nada.checkpoints.load_generator``.
+- ``state.pt``: what a resumed run needs besides the weights: step, Adam state, the state of the
+  run's random generator, the current layer selection, and which checkpoint holds the weights.
+
+Determinism: every random number of the loop (latents, mixing, noise, selection latents, patch
+centres) comes from one ``torch.Generator`` on the CPU seeded by ``config.seed``, never from the
+global RNG, so a run is reproducible for a seed and device, and N iterations in one go equal,
+bit for bit on the CPU, N/2 iterations, an interruption and a resumed run of the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import warnings
+from contextlib import nullcontext
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from nada.config import AdaptConfig
+from nada.errors import NadaError
+from nada.io import atomic_save_image, atomic_torch_save, atomic_write, image_grid, resolve_device, z_from_seeds
+from nada.layers import LayerSelector, SelectionContext, parse_layers, set_trainable, synthesis_parameters
+
+if TYPE_CHECKING:
+    from nada.clip import ClipModel
+    from nada.networks import Generator
+
+# Official StyleGAN-NADA builds its optimizer like rosinality's GAN training with lazy regularisation
+# every 4 steps: lr * 4/5 and betas ** (4/5). Kept so that published hyperparameters mean the same here.
+G_REG_RATIO = 4 / 5
+# Settings that may change when a run is resumed: they do not change what is computed.
+RESUMABLE_CHANGES = ("iterations", "device", "out_dir", "sample_every", "save_every")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """File layout of a run folder (see the module docstring)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "generator.pt"
+
+    def sample(self, step: int) -> Path:
+        return self.root / "samples" / f"step_{step:06d}.png"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.root / "checkpoints" / f"step_{step:06d}.pt"
+
+    def has_run(self) -> bool:
+        """True when the folder already holds (part of) a run."""
+        return any(p.exists() for p in (self.config, self.log, self.state, self.final))
+
+    def clear(self) -> None:
+        """Delete the files a run writes (only those), for ``force``."""
+        for p in (self.config, self.log, self.state, self.final):
+            p.unlink(missing_ok=True)
+        for sub, pattern in (("samples", "step_*.png"), ("checkpoints", "step_*.pt")):
+            folder = self.root / sub
+            for p in folder.glob(pattern):
+                p.unlink()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def prepare_run_dir(config: AdaptConfig, resume: bool, force: bool) -> RunPaths:
+    """Check that out_dir is writable and that starting here overwrites nothing unasked for."""
+    paths = RunPaths(Path(config.out_dir).expanduser())
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        probe = paths.root / f".nada-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise NadaError(f"cannot write to the output folder {paths.root} ({e.strerror or e}): choose another --out or fix its permissions") from None
+    if paths.has_run() and not (resume or force):
+        raise NadaError(f"{paths.root} already holds an adaptation run: pass --resume to continue it, --force to start it over, or choose another --out")
+    return paths
+
+
+def _check_resumable(stored: dict[str, Any], config: AdaptConfig, where: Path) -> None:
+    """Refuse to resume a run whose computation-relevant settings differ from the current ones."""
+    current = config.to_dict()
+    diff = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    if diff:
+        details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise NadaError(f"cannot resume the run in {where} with different settings ({details}): use the original settings, --force to start over, or another --out")
+
+
+def _read_log(path: Path, upto: int) -> list[str]:
+    """Lines of a JSON-lines log whose step is at most ``upto`` (later ones belong to lost work)."""
+    if not path.exists():
+        return []
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= upto:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    return keep
+
+
+# ---------------------------------------------------------------- CLIP guidance
+
+
+@dataclass(frozen=True)
+class Guide:
+    """One CLIP model of the ensemble with everything precomputed that its losses need (features [1,D] or [P,D])."""
+
+    clip: "ClipModel"
+    weight: float
+    direction: torch.Tensor  # unit source -> target direction (from texts or target images)
+    select_target: torch.Tensor  # what the auto/grad layer selection pulls images towards
+    global_target: torch.Tensor  # the global loss's target text (or mean target image feature)
+    source_anchor: torch.Tensor  # template-mean source text feature (manifold loss)
+    target_anchor: torch.Tensor  # template-mean target text feature (manifold loss)
+    part_directions: torch.Tensor | None  # per-part directions (patch loss), None when unused
+
+
+def _templates(choice: str) -> Sequence[str] | None:
+    """The prompt templates named by ``AdaptConfig.templates``."""
+    if choice == "plain":
+        return None
+    if choice == "toy":
+        from nada.toy.render import TEMPLATES
+
+        return TEMPLATES
+    from nada.templates import IMAGENET_TEMPLATES
+
+    return IMAGENET_TEMPLATES
+
+
+def load_target_images(folder: str | os.PathLike) -> list[torch.Tensor]:
+    """Every readable image of a folder as [1, 3, H, W] in [-1, 1] (sorted by name); NadaError if none."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise NadaError(f"target images folder {root} does not exist or is not a folder: give a folder of example images")
+    images = []
+    for p in sorted(root.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            with Image.open(p) as im:
+                arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8).view(im.height, im.width, 3)
+        except (OSError, UnidentifiedImageError, ValueError):
+            warnings.warn(f"skipping unreadable image {p}")
+            continue
+        images.append(arr.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1)
+    if not images:
+        raise NadaError(f"target images folder {root} holds no readable image ({', '.join(IMAGE_SUFFIXES)}): add example images of the target style")
+    return images
+
+
+@torch.no_grad()
+def build_guides(
+    ensemble: Sequence[tuple["ClipModel", float]], config: AdaptConfig, G_frozen: "Generator", target_images: list[torch.Tensor] | None
+) -> list[Guide]:
+    """Precompute, per CLIP model, the directions and anchors of the losses (constants of the objective)."""
+    from nada import losses
+
+    templates = _templates(config.templates)
+    source_imgs = None
+    if target_images is not None:
+        # The image direction starts from the mean embedding of generated source images, drawn from
+        # a stream of their own so that the loop's random numbers do not depend on this option.
+        gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+        z = torch.randn(config.target_images_batch, G_frozen.style_dim, generator=gen)
+        source_imgs = torch.cat([G_frozen(c.to(_device_of(G_frozen))) for c in z.split(config.batch_size)])
+    guides = []
+    for clip, weight in ensemble:
+        unit = lambda f: torch.nn.functional.normalize(f, dim=-1)  # noqa: E731
+        if target_images is not None:
+            direction = losses.image_direction(clip, target_images, source_imgs)
+            image_mean = unit(torch.cat([unit(clip.encode_image(t.to(clip.device))) for t in target_images]).mean(0, keepdim=True))
+        has_text = bool(config.target.strip())
+        if target_images is None:
+            direction = losses.text_direction(clip, config.source, config.target, templates)
+        # The official code pulls towards the bare target text during layer selection and towards
+        # "a <target>" in its global loss term; both are kept as they are.
+        select_target = unit(clip.encode_text([config.target])) if has_text else image_mean
+        global_target = unit(clip.encode_text([f"a {config.target}"])) if has_text else image_mean
+        source_anchor = losses.mean_text_feature(clip, config.source, templates)
+        target_anchor = losses.mean_text_feature(clip, config.target, templates) if has_text else image_mean
+        parts = losses.part_text_directions(clip, config.source, config.target, templates=templates) if config.lambda_patch > 0 else None
+        guides.append(Guide(clip, float(weight), direction, select_target, global_target, source_anchor, target_anchor, parts))
+    return guides
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """Device of a module's first parameter."""
+    return next(module.parameters()).device
+
+
+def patch_size_for(resolution: int) -> int:
+    """Patch side for the patch loss: the official 510 at 1024, scaled with the image size."""
+    return max(2, (510 * resolution) // 1024)
+
+
+def loss_terms(
+    guides: Sequence[Guide], img_frozen: torch.Tensor, img_train: torch.Tensor, config: AdaptConfig, rng: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Every active loss term (lambda > 0), each summed over the ensemble with the models' weights.
+
+    Images [N, 3, H, W] in [-1, 1]; gradients reach ``img_train`` only. Each model encodes each image
+    batch once and all of its terms reuse those features.
+    """
+    from nada import losses
+
+    terms: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        terms[name] = terms.get(name, 0) + value
+
+    centers = None
+    if config.lambda_patch > 0:
+        centers = losses.random_patch_centers(img_train.shape, 1, patch_size_for(img_train.shape[-1]), generator=rng)
+    for g in guides:
+        with torch.no_grad():
+            f_src = g.clip.encode_image(img_frozen)
+        f_tgt = g.clip.encode_image(img_train)
+        if config.lambda_direction > 0:
+            f_dir = f_tgt
+            if (torch.nn.functional.normalize(f_tgt, dim=-1) == torch.nn.functional.normalize(f_src, dim=-1)).all(dim=-1).any():
+                # Equal images (step 0, with the same latents and noise) have no edit direction; like the
+                # official code, measure it for a minimally shifted image instead of dividing 0 by 0.
+                f_dir = g.clip.encode_image(img_train + 1e-6)
+            add("direction", g.weight * losses.directional_loss(f_src, f_dir, g.direction))
+        if config.lambda_global > 0:
+            add("global", g.weight * losses.global_loss(f_tgt, g.global_target))
+        if config.lambda_manifold > 0:
+            add("manifold", g.weight * losses.manifold_angle_loss(f_src, f_tgt, g.source_anchor, g.target_anchor))
+        if config.lambda_texture > 0:
+            add("texture", g.weight * losses.texture_loss(f_src, f_tgt))
+        if config.lambda_patch > 0:
+            size = patch_size_for(img_train.shape[-1])
+            add("patch", g.weight * losses.patch_directional_loss(g.clip, img_frozen, img_train, g.part_directions, centers, size))
+    return terms
+
+
+def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
+    """The layer selection's objective: ensemble-weighted global loss of images [N,3,H,W] towards the target."""
+    from nada import losses
+
+    return sum(g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target) for g in guides)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- latents and noise
+
+
+def sample_latents(G: "Generator", n: int, mixing_prob: float, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """W+ latents [n, n_latent, style_dim] through G's mapping (no gradient), with optional style mixing."""
+    z = torch.randn(n, G.style_dim, generator=rng).to(device)
+    with torch.no_grad():
+        w = G.mapping(z)
+        if mixing_prob > 0 and float(torch.rand((), generator=rng)) < mixing_prob:
+            w2 = G.mapping(torch.randn(n, G.style_dim, generator=rng).to(device))
+            inject = int(torch.randint(1, G.n_latent, (), generator=rng))
+            return G.mix_ws(w, w2, inject)
+        return G.broadcast_w(w)
+
+
+def sample_noise(G: "Generator", n: int, mode: str, rng: torch.Generator, device: torch.device) -> list[torch.Tensor] | None:
+    """Per-layer noise [n, 1, r, r] drawn on the CPU from ``rng`` for mode "random"; None otherwise."""
+    if mode != "random":
+        return None
+    return [torch.randn(n, 1, *b.shape[2:], generator=rng).to(device) for b in G.noise_buffers()]
+
+
+@torch.no_grad()
+def render_samples(G: "Generator", n: int, truncation: float, batch_size: int) -> torch.Tensor:
+    """Images [n, 3, H, W] for the latents of seeds 0 .. n-1 at the given truncation, stored noise."""
+    z = z_from_seeds(list(range(n)), G.style_dim).to(_device_of(G))
+    return torch.cat([G(chunk, truncation_psi=truncation, noise_mode="const") for chunk in z.split(batch_size)])
+
+
+# ---------------------------------------------------------------- Ctrl-C handling
+
+
+class _DeferredInterrupt:
+    """Turn the first Ctrl-C into a flag checked between iterations (a second one interrupts at once).
+
+    Only possible in the main thread; elsewhere this does nothing and a KeyboardInterrupt is handled
+    by the loop's own guard.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> "_DeferredInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _as_ensemble(clip: Any) -> list[tuple["ClipModel", float]]:
+    """A ClipModel or a list of (ClipModel, weight) -> list of (ClipModel, weight)."""
+    if isinstance(clip, (list, tuple)):
+        return [(m, float(w)) for m, w in clip]
+    return [(clip, 1.0)]
+
+
+def adapt(
+    config: AdaptConfig,
+    progress: bool = True,
+    G_base: "Generator | None" = None,
+    clip: "ClipModel | Sequence[tuple[ClipModel, float]] | None" = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    callback: Callback | None = None,
+) -> "Generator":
+    """Adapt a generator from ``config.source`` to ``config.target``; returns the trained generator (eval mode).
+
+    ``G_base`` and ``clip`` replace loading ``config.generator`` / ``config.clip`` (``clip`` is one
+    ClipModel or a list of (ClipModel, weight)); ``config.generator`` still names the base model in
+    the checkpoint metadata. ``resume`` continues the run in ``config.out_dir``
+    from its last saved state; ``force`` starts that folder over. ``callback(step, record)`` is called
+    after every iteration with the record written to the log.
+    """
+    from nada import __version__
+    from nada.checkpoints import load_generator, save_checkpoint
+
+    # ---- validate cheaply, before anything heavy is loaded
+    config.validate()
+    selector: LayerSelector = parse_layers(config.layers)
+    if config.lambda_patch > 0 and not config.target.strip():
+        raise NadaError("the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0")
+    paths = prepare_run_dir(config, resume, force)
+    device = resolve_device(config.device)
+
+    # ---- generators: G_frozen is the fixed anchor, G_train the copy whose chosen layers learn
+    base = G_base if G_base is not None else load_generator(config.generator, device=device)
+    selector.validate(base)
+    G_frozen = deepcopy(base).to(device).eval().requires_grad_(False)
+    if not bool(G_frozen.mean_latent.any()):
+        G_frozen.compute_mean_latent(seed=config.seed)  # samples need a truncation centre
+    G_train = deepcopy(G_frozen)  # requires_grad stays False until layers are selected
+
+    # ---- CLIP ensemble and the constant parts of the objective
+    if clip is None:
+        from nada.clip import load_clip_ensemble
+
+        ensemble = load_clip_ensemble(config.clip, device, antialias=config.antialias)
+    else:
+        ensemble = _as_ensemble(clip)
+    target_images = load_target_images(config.target_images) if config.target_images else None
+    guides = build_guides(ensemble, config, G_frozen, target_images)
+
+    # ---- optimizer over every synthesis parameter; only selected layers get gradients, and Adam
+    # skips parameters whose gradient is None, so unselected layers never move.
+    optimizer = torch.optim.Adam(
+        synthesis_parameters(G_train),
+        lr=config.lr * G_REG_RATIO,
+        betas=(config.beta1**G_REG_RATIO, config.beta2**G_REG_RATIO),
+    )
+    rng = torch.Generator().manual_seed(config.seed)
+    step, selected, trained = 0, None, set()
+
+    # ---- fresh start or resume
+    state = torch.load(paths.state, map_location="cpu", weights_only=True) if resume and paths.state.exists() else None
+    if state is not None:
+        _check_resumable(state["config"], config, paths.root)
+        ckpt = torch.load(paths.root / state["checkpoint"], map_location=device, weights_only=True)
+        G_train.load_state_dict(ckpt["g_ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.set_state(state["rng"])
+        step, selected, trained = int(state["step"]), list(state["selected"]), set(state["trained"])
+        if step > config.iterations:
+            raise NadaError(f"the run in {paths.root} already has {step} iterations: ask for at least that many (--iterations {step})")
+        set_trainable(G_train, selected)
+        log_lines = _read_log(paths.log, step)
+    else:
+        if paths.has_run():
+            if paths.config.exists() and resume:
+                _check_resumable(json.loads(paths.config.read_text(encoding="utf-8")), config, paths.root)
+            paths.clear()  # force, or a resume with nothing saved yet: start over
+        log_lines = []
+    atomic_write(paths.config, lambda tmp: tmp.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
+    atomic_write(paths.log, lambda tmp: tmp.write_text("".join(line + "\n" for line in log_lines), encoding="utf-8"))
+
+    def save_samples(at: int) -> None:
+        with torch.no_grad():
+            rows = [render_samples(G, config.n_sample_images, config.sample_truncation, config.batch_size) for G in (G_frozen, G_train)]
+        atomic_save_image(image_grid(rows), paths.sample(at))
+
+    def save(at: int, boundary: dict[str, Any], final: bool) -> Path:
+        """Checkpoint the trained generator, then the resume state that points at it."""
+        target = paths.final if final else paths.checkpoint(at)
+        order = [info.name for info in G_train.layer_table()]
+        metadata = {
+            "base_model": config.generator,
+            "source": config.source,
+            "target": config.target,
+            "target_images": config.target_images,
+            "layers": config.layers,
+            "trained_layers": [n for n in order if n in boundary["trained"]],
+            "iterations": at,
+            "adapt_config": config.to_dict(),
+            "nada_version": __version__,
+        }
+        save_checkpoint(target, G_train, metadata, overwrite=True)
+        atomic_torch_save(
+            {
+                "step": at,
+                "optimizer": optimizer.state_dict(),
+                "rng": boundary["rng"],
+                "selected": list(boundary["selected"] or []),
+                "trained": sorted(boundary["trained"]),
+                "checkpoint": str(target.relative_to(paths.root)),
+                "config": config.to_dict(),
+            },
+            paths.state,
+        )
+        return target
+
+    ctx = SelectionContext(
+        sample_w=lambda n: sample_latents(G_frozen, n, 0.0, rng, device)[:, 0],
+        image_loss=lambda img: selection_loss(guides, img),
+        batch_size=config.auto_batch,
+    )
+    use_bf16 = config.bf16 and device.type == "cuda"
+    if config.bf16 and not use_bf16:
+        warnings.warn("bf16 autocast is only used on CUDA; running in float32")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    if step == 0:
+        save_samples(0)
+    bar = _progress_bar(progress, step, config.iterations)
+    # The state at the start of the current iteration: what a save after an interruption must record.
+    boundary = {"rng": rng.get_state(), "selected": selected, "trained": set(trained)}
+    updating = False
+    try:
+        with _DeferredInterrupt() as interrupt:
+            while step < config.iterations:
+                t0 = time.perf_counter()
+                boundary = {"rng": rng.get_state(), "selected": selected, "trained": set(trained)}
+
+                # 1. layers to train (dynamic strategies every select_every steps, static ones once)
+                if selected is None or (selector.dynamic and step % config.select_every == 0):
+                    with autocast():
+                        selected = selector.select(G_train, ctx)
+                    set_trainable(G_train, selected)
+
+                # 2. the same latents and noise for both generators
+                ws = sample_latents(G_frozen, config.batch_size, config.mixing_prob, rng, device)
+                noise = sample_noise(G_frozen, config.batch_size, config.noise_mode, rng, device)
+                noise_mode = "const" if config.noise_mode == "random" else config.noise_mode
+                with autocast():
+                    with torch.no_grad():
+                        img_frozen = G_frozen.synthesis(ws, noise=noise, noise_mode=noise_mode)
+                    img_train = G_train.synthesis(ws, noise=noise, noise_mode=noise_mode)
+
+                    # 3. weighted CLIP losses
+                    terms = loss_terms(guides, img_frozen, img_train, config, rng)
+                loss = sum(getattr(config, f"lambda_{name}") * value for name, value in terms.items())
+
+                # 4. one Adam step on the selected layers
+                updating = True
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                trained.update(selected)
+                boundary = {"rng": rng.get_state(), "selected": selected, "trained": set(trained)}
+                updating = False
+
+                # 5. log, samples, checkpoints
+                record = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}, "layers": selected, "seconds": round(time.perf_counter() - t0, 4)}
+                with open(paths.log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                bar.update(1)
+                if config.sample_every and step % config.sample_every == 0 and step < config.iterations:
+                    save_samples(step)
+                if config.save_every and step % config.save_every == 0 and step < config.iterations:
+                    save(step, boundary, final=False)
+                if callback is not None:
+                    callback(step, record)
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        # Save where the last complete iteration left off, unless the interrupt hit the weight update.
+        if not updating and step > 0:
+            save(step, boundary, final=False)
+        raise
+    finally:
+        bar.close()
+
+    if state is None or int(state["step"]) < config.iterations:  # else the run was already complete
+        save_samples(step)
+        save(step, boundary, final=True)
+    return G_train.eval().requires_grad_(False)
+
+
+def _progress_bar(enabled: bool, start: int, total: int) -> Any:
+    """A tqdm bar (loss in the postfix, ETA from tqdm) or a silent stand-in."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc="adapt", unit="it", dynamic_ncols=True)

@@ -1,0 +1,284 @@
+"""The adaptation loop on a tiny generator and the tiny golden CLIP: learning, freezing, resume, refusals, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nada.adapt import RunPaths, adapt
+from nada.config import AdaptConfig
+from nada.errors import NadaError
+from nada.networks import Generator
+
+CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+_CLIPS: dict[Path, object] = {}
+
+
+@pytest.fixture
+def clip(golden: Path):
+    """The tiny OpenAI-layout CLIP of the golden folder, loaded once per test session."""
+    from nada.clip import load_clip
+
+    path = golden / "tiny_clip_openai.pt"
+    if path not in _CLIPS:
+        _CLIPS[path] = load_clip(str(path))
+    return _CLIPS[path]
+
+
+def make_generator(seed: int = 0) -> Generator:
+    """A 32x32 generator with seeded random weights and its mean latent set."""
+    torch.manual_seed(seed)
+    G = Generator(32, style_dim=32, n_mlp=2, channels=CHANNELS).eval()
+    G.compute_mean_latent(n=512, seed=0)
+    return G
+
+
+def weights(G: Generator) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in G.state_dict().items()}
+
+
+def config(tmp_path: Path, **kw) -> AdaptConfig:
+    base = dict(source="photo", target="sketch", generator="tiny-test", templates="plain", layers="all", iterations=4,
+                batch_size=2, auto_batch=2, lr=0.01, out_dir=str(tmp_path / "run"), n_sample_images=3, sample_every=2,
+                save_every=2, device="cpu")
+    base.update(kw)
+    return AdaptConfig(**base)
+
+
+def log_of(cfg: AdaptConfig) -> list[dict]:
+    return [json.loads(line) for line in RunPaths(Path(cfg.out_dir)).log.read_text().splitlines()]
+
+
+def grid_rows(path: Path, size: int = 32, pad: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Top (frozen) and bottom (trained) row of a sample grid."""
+    a = np.asarray(Image.open(path))
+    return a[pad : pad + size], a[2 * pad + size : 2 * pad + 2 * size]
+
+
+# ---------------------------------------------------------------- learning and freezing
+
+
+def test_loss_falls_and_frozen_generator_never_changes(tmp_path: Path, clip) -> None:
+    G = make_generator()
+    base = weights(G)
+    cfg = config(tmp_path, iterations=30, noise_mode="const", sample_every=0, save_every=0)
+    G_train = adapt(cfg, progress=False, G_base=G, clip=clip)
+    losses = [r["direction"] for r in log_of(cfg)]
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.02, losses
+    # The base generator passed in is untouched, and the frozen row of the grids never changes.
+    assert all(torch.equal(base[k], v) for k, v in G.state_dict().items())
+    paths = RunPaths(Path(cfg.out_dir))
+    top0, bottom0 = grid_rows(paths.sample(0))
+    top30, bottom30 = grid_rows(paths.sample(30))
+    assert np.array_equal(top0, bottom0)  # before training both generators agree
+    assert np.array_equal(top0, top30)
+    assert not np.array_equal(bottom0, bottom30)
+    # The mapping network and the constant input never train.
+    trained = G_train.state_dict()
+    assert all(torch.equal(base[k], trained[k]) for k in base if k.startswith(("style.", "input.")))
+    assert not G_train.training and not any(p.requires_grad for p in G_train.parameters())
+
+
+@pytest.mark.parametrize("layers", ["last:1", "auto:1"])
+def test_layers_never_selected_stay_bit_identical(tmp_path: Path, clip, layers: str) -> None:
+    G = make_generator()
+    base = weights(G)
+    cfg = config(tmp_path, layers=layers, iterations=3, sample_every=0, save_every=0)
+    G_train = adapt(cfg, progress=False, G_base=G, clip=clip)
+    selected = set().union(*(r["layers"] for r in log_of(cfg)))
+    assert selected and selected < {info.name for info in G.layer_table()}
+    if layers == "last:1":
+        assert selected == {"convs.4", "convs.5", "to_rgbs.2"}
+    trained = G_train.state_dict()
+    for k in base:
+        parts = k.split(".")
+        layer = ".".join(parts[:2]) if parts[0] in ("convs", "to_rgbs") else parts[0]
+        changed = not torch.equal(base[k], trained[k])
+        if layer not in selected:
+            assert not changed, f"{k} changed although {layer} was never selected"
+    assert any(not torch.equal(base[k], trained[k]) for k in base if k.startswith(tuple(n + "." for n in selected)))
+    meta = torch.load(RunPaths(Path(cfg.out_dir)).final, weights_only=True)["nada"]
+    assert set(meta["trained_layers"]) == selected and meta["iterations"] == 3
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_is_bit_identical(tmp_path: Path, clip) -> None:
+    # Dynamic selection every 2 steps, style mixing and random noise: every random stream matters.
+    kw = dict(layers="auto:2", select_every=2, mixing_prob=0.5, iterations=6, save_every=2)
+    full = adapt(config(tmp_path / "a", **kw), progress=False, G_base=make_generator(), clip=clip)
+
+    # Ctrl-C after step 3: the state is saved right there.
+    cfg_b = config(tmp_path / "b", **kw)
+
+    def interrupt(step: int, record: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        adapt(cfg_b, progress=False, G_base=make_generator(), clip=clip, callback=interrupt)
+    assert torch.load(RunPaths(Path(cfg_b.out_dir)).state, weights_only=True)["step"] == 3
+    resumed = adapt(cfg_b, progress=False, G_base=make_generator(), clip=clip, resume=True)
+
+    # A kill after step 5: only the periodic save of step 4 exists, the log has a stale line.
+    cfg_c = config(tmp_path / "c", **kw)
+
+    def kill(step: int, record: dict) -> None:
+        if step == 5:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        adapt(cfg_c, progress=False, G_base=make_generator(), clip=clip, callback=kill)
+    assert torch.load(RunPaths(Path(cfg_c.out_dir)).state, weights_only=True)["step"] == 4
+    killed = adapt(cfg_c, progress=False, G_base=make_generator(), clip=clip, resume=True)
+
+    ref = full.state_dict()
+    for other in (resumed, killed):
+        assert all(torch.equal(ref[k], v) for k, v in other.state_dict().items())
+    drop_time = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
+    log_a = drop_time(log_of(config(tmp_path / "a", **kw)))
+    assert [r["step"] for r in log_a] == [1, 2, 3, 4, 5, 6]
+    assert log_a == drop_time(log_of(cfg_b)) == drop_time(log_of(cfg_c))
+
+
+def test_resume_of_a_finished_run_and_extension(tmp_path: Path, clip) -> None:
+    cfg = config(tmp_path, iterations=2, sample_every=0, save_every=0)
+    first = adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
+    again = adapt(cfg, progress=False, G_base=make_generator(), clip=clip, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert len(log_of(cfg)) == 2
+    longer = adapt(cfg.replace(iterations=3), progress=False, G_base=make_generator(), clip=clip, resume=True)
+    assert [r["step"] for r in log_of(cfg)] == [1, 2, 3]
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), longer.state_dict().values()))
+    with pytest.raises(NadaError, match="different settings"):
+        adapt(cfg.replace(iterations=3, lr=0.1), progress=False, G_base=make_generator(), clip=clip, resume=True)
+    with pytest.raises(NadaError, match="already has 3 iterations"):
+        adapt(cfg.replace(iterations=2), progress=False, G_base=make_generator(), clip=clip, resume=True)
+
+
+def test_existing_run_is_never_overwritten(tmp_path: Path, clip) -> None:
+    cfg = config(tmp_path, iterations=1, sample_every=0, save_every=0)
+    adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
+    final = RunPaths(Path(cfg.out_dir)).final
+    before = final.read_bytes()
+    with pytest.raises(NadaError, match="already holds an adaptation run.*--resume.*--force"):
+        adapt(cfg.replace(seed=1), progress=False, G_base=make_generator(), clip=clip)
+    assert final.read_bytes() == before
+    adapt(cfg.replace(seed=1), progress=False, G_base=make_generator(), clip=clip, force=True)
+    assert final.read_bytes() != before
+    assert json.loads(RunPaths(Path(cfg.out_dir)).config.read_text())["seed"] == 1
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(target=""), "target text is empty"),
+        (dict(source="  "), "source text is empty"),
+        (dict(target="Photo"), "source and target are the same"),
+        (dict(layers="auto:99"), "K <= 8"),
+        (dict(layers="grad:12"), "K <= 11"),
+        (dict(layers="sideways"), "bad layers spec"),
+        (dict(clip="ViT-Z/99"), "unknown CLIP model"),
+        (dict(lambda_direction=0.0), "every loss weight is 0"),
+        (dict(templates="klingon"), "unknown templates"),
+    ],
+)
+def test_validation_errors(tmp_path: Path, changes: dict, message: str) -> None:
+    cfg = config(tmp_path).replace(**changes)
+    with pytest.raises(NadaError, match=message):
+        adapt(cfg, progress=False, G_base=make_generator())  # clip=None: load by name from cfg.clip
+
+
+def test_unwritable_out_dir(tmp_path: Path, clip) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(NadaError, match="cannot write to the output folder"):
+        adapt(config(tmp_path, out_dir=str(blocker / "run")), progress=False, G_base=make_generator(), clip=clip)
+
+
+def test_target_images(tmp_path: Path, clip) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.txt").write_text("no image here")
+    (bad / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(NadaError, match="no readable image"), pytest.warns(UserWarning, match="broken.png"):
+        adapt(config(tmp_path, target="", target_images=str(bad)), progress=False, G_base=make_generator(), clip=clip)
+    with pytest.raises(NadaError, match="does not exist"):
+        adapt(config(tmp_path, target="", target_images=str(tmp_path / "nowhere")), progress=False, G_base=make_generator(), clip=clip)
+
+    good = tmp_path / "good"
+    good.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 48), (64, 64)]):  # style references of different sizes
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(good / f"style{i}.png")
+    cfg = config(tmp_path, target="", target_images=str(good), iterations=2, lambda_global=0.5, sample_every=0, save_every=0)
+    adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
+    log = log_of(cfg)
+    assert len(log) == 2 and {"direction", "global"} <= set(log[0]) and np.isfinite(log[-1]["loss"])
+
+
+def test_all_loss_terms_are_logged(tmp_path: Path, clip) -> None:
+    cfg = config(tmp_path, iterations=1, lambda_global=0.5, lambda_manifold=0.5, lambda_texture=0.5, lambda_patch=0.5,
+                 layers="grad:3", sample_every=0, save_every=0)
+    adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
+    (record,) = log_of(cfg)
+    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch")}
+    assert all(np.isfinite(v) for v in terms.values())
+    expected = terms["direction"] + 0.5 * (terms["global"] + terms["manifold"] + terms["texture"] + terms["patch"])
+    assert record["loss"] == pytest.approx(expected, rel=1e-5)
+    assert len(record["layers"]) == 3
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_end_to_end(tmp_path: Path, golden: Path, capsys) -> None:
+    from nada.checkpoints import load_generator, read_metadata, save_checkpoint
+    from nada.cli import main
+
+    gen_path = save_checkpoint(tmp_path / "tiny.pt", make_generator(), {"note": "random test generator"})
+    out = tmp_path / "cli-run"
+    argv = ["adapt", "--source", "photo", "--target", "sketch", "--generator", str(gen_path),
+            "--clip", str(golden / "tiny_clip_openai.pt"), "--layers", "auto:2", "--iterations", "3", "--batch-size", "2",
+            "--auto-batch", "2", "--templates", "plain", "--n-samples", "2", "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    paths = RunPaths(out)
+    for p in (paths.sample(3), paths.log, paths.final):
+        assert str(p) in printed and p.is_file()
+    assert Image.open(paths.sample(3)).size == (2 * 34 + 2, 2 * 34 + 2)
+    assert [json.loads(line)["step"] for line in paths.log.read_text().splitlines()] == [1, 2, 3]
+    G = load_generator(paths.final)
+    assert G.size == 32 and torch.isfinite(G(torch.randn(1, 32))).all()
+    meta = read_metadata(paths.final)
+    assert meta["source"] == "photo" and meta["target"] == "sketch" and meta["iterations"] == 3
+    assert meta["base_model"] == str(gen_path) and meta["adapt_config"]["layers"] == "auto:2"
+
+    # A second run into the same folder is refused with one line on stderr and exit code 2.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds an adaptation run" in err and len(err.strip().splitlines()) == 1
+    assert main(argv + ["--resume"]) == 0  # already complete: nothing to do
+    assert main(argv + ["--target", "photo", "--out", str(tmp_path / "x")]) == 2  # later flags win
+    assert "same text" in capsys.readouterr().err

@@ -1,0 +1,232 @@
+"""Layer-freezing strategies: parsing, counts, the true W+ -> layer mapping, and purity of selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nada.errors import NadaError
+from nada.layers import (
+    AdaptiveWPlus,
+    AllLayers,
+    GradNorm,
+    LastBlocks,
+    NamedLayers,
+    SelectionContext,
+    layer_names,
+    layers_for_wplus,
+    parse_layers,
+    set_trainable,
+    synthesis_blocks,
+)
+from nada.networks import Generator
+
+CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_generator(seed: int = 0) -> Generator:
+    """A 32x32 generator (n_latent 8, 11 synthesis layers) with seeded random weights."""
+    torch.manual_seed(seed)
+    G = Generator(32, style_dim=32, n_mlp=2, channels=CHANNELS).eval().requires_grad_(False)
+    with torch.no_grad():  # perturb biases and noise strengths too, so nothing is trivially zero
+        for p in G.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return G
+
+
+def context(G: Generator, seed: int = 0, loss=None, batch: int = 4) -> SelectionContext:
+    """Latents from a seeded generator through G's mapping; by default a simple image loss."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def sample_w(n: int) -> torch.Tensor:
+        with torch.no_grad():
+            return G.mapping(torch.randn(n, G.style_dim, generator=gen))
+
+    def default_loss(img: torch.Tensor) -> torch.Tensor:
+        return (img - 0.3).pow(2).mean()
+
+    return SelectionContext(sample_w=sample_w, image_loss=loss or default_loss, batch_size=batch)
+
+
+def snapshot(G: Generator) -> tuple[dict, dict, dict]:
+    """Weights, requires_grad flags and gradients of every parameter, copied."""
+    weights = {k: v.detach().clone() for k, v in G.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in G.named_parameters()}
+    grads = {k: None if p.grad is None else p.grad.clone() for k, p in G.named_parameters()}
+    return weights, flags, grads
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    "spec, cls, k",
+    [("all", AllLayers, None), ("last:2", LastBlocks, 2), ("auto:3", AdaptiveWPlus, 3), ("AUTO:2:4", AdaptiveWPlus, 2),
+     ("grad:4", GradNorm, 4), ("convs.0, to_rgbs.1", NamedLayers, None)],
+)
+def test_parse_layers(spec: str, cls: type, k: int | None) -> None:
+    sel = parse_layers(spec)
+    assert isinstance(sel, cls)
+    if k is not None:
+        assert sel.k == k
+    if spec == "AUTO:2:4":
+        assert sel.iters == 4 and sel.spec == "auto:2:4"
+
+
+@pytest.mark.parametrize("spec", ["", "auto", "auto:0", "auto:-1", "grad:x", "last:2:3", "all:3", "fancy:2", "convs.x", "style.1"])
+def test_parse_layers_rejects_bad_specs(spec: str) -> None:
+    with pytest.raises(NadaError, match="layers spec"):
+        parse_layers(spec)
+
+
+# ---------------------------------------------------------------- static strategies
+
+
+def test_blocks_and_static_strategies() -> None:
+    G = tiny_generator()
+    names = layer_names(G)
+    assert len(names) == 11 and names[:2] == ["conv1", "to_rgb1"]
+    assert synthesis_blocks(G) == [
+        ["conv1", "to_rgb1"],
+        ["convs.0", "convs.1", "to_rgbs.0"],
+        ["convs.2", "convs.3", "to_rgbs.1"],
+        ["convs.4", "convs.5", "to_rgbs.2"],
+    ]
+    assert parse_layers("all").select(G) == names
+    assert parse_layers("last:1").select(G) == ["convs.4", "convs.5", "to_rgbs.2"]
+    assert parse_layers("last:4").select(G) == names
+    assert parse_layers("to_rgbs.2,conv1").select(G) == ["conv1", "to_rgbs.2"]  # table order
+    with pytest.raises(NadaError, match="K <= 4"):
+        parse_layers("last:5").validate(G)
+    with pytest.raises(NadaError, match="do not exist"):
+        parse_layers("convs.9").validate(G)
+
+
+def test_k_larger_than_available_is_refused() -> None:
+    G = tiny_generator()
+    with pytest.raises(NadaError, match="K <= 8"):
+        parse_layers("auto:9").validate(G)
+    with pytest.raises(NadaError, match="K <= 11"):
+        parse_layers("grad:12").validate(G)
+    parse_layers("auto:8").validate(G)
+    parse_layers("grad:11").validate(G)
+
+
+def test_layers_for_wplus_is_the_true_mapping() -> None:
+    G = tiny_generator()
+    assert layers_for_wplus(G, [0]) == ["conv1"]
+    assert layers_for_wplus(G, [1]) == ["to_rgb1", "convs.0"]
+    assert layers_for_wplus(G, [2]) == ["convs.1"]
+    assert layers_for_wplus(G, [3]) == ["to_rgbs.0", "convs.2"]
+    assert layers_for_wplus(G, [7]) == ["to_rgbs.2"]
+    every = layers_for_wplus(G, list(range(G.n_latent)))
+    assert every == layer_names(G)  # each layer is driven by exactly one row
+
+
+def test_set_trainable_touches_only_named_layers() -> None:
+    G = tiny_generator()
+    set_trainable(G, ["convs.2", "to_rgbs.0"])
+    trainable = {k for k, p in G.named_parameters() if p.requires_grad}
+    assert trainable and all(k.startswith(("convs.2.", "to_rgbs.0.")) for k in trainable)
+    assert {k for k in trainable if k.startswith("convs.2.")} == {"convs.2." + n for n, _ in G.convs[2].named_parameters()}
+    with pytest.raises(NadaError, match="unknown layer"):
+        set_trainable(G, ["style.1"])
+
+
+# ---------------------------------------------------------------- data-driven strategies
+
+
+def isolate_row(G: Generator, row: int) -> None:
+    """Zero the style weights of every layer not driven by `row`: only that row can change the image."""
+    with torch.no_grad():
+        for info in G.layer_table():
+            if info.wplus_index != row:
+                G.get_submodule(info.name).conv.modulation.weight.zero_()
+
+
+@pytest.mark.parametrize("row", [0, 1, 3, 5, 7])
+def test_auto_selects_layers_the_moving_row_drives(row: int) -> None:
+    G = tiny_generator()
+    isolate_row(G, row)
+    sel = parse_layers("auto:1")
+    scores = sel.row_scores(G, context(G))
+    assert scores[row] > 0 and int(torch.count_nonzero(scores)) == 1  # only that row moves
+    chosen = sel.select(G, context(G))
+    assert chosen == layers_for_wplus(G, [row])
+    if row == 3:
+        # The official code would train convs[1] (row i -> convs[i-2]), a layer row 3 does not drive.
+        assert chosen == ["to_rgbs.0", "convs.2"] and "convs.1" not in chosen
+
+
+def test_auto_count_and_iterations() -> None:
+    G = tiny_generator()
+    for k in (1, 3, 8):
+        chosen = parse_layers(f"auto:{k}:2").select(G, context(G))
+        rows = {info.wplus_index for info in G.layer_table() if info.name in chosen}
+        assert len(rows) == k
+        assert chosen == layers_for_wplus(G, sorted(rows))
+    assert parse_layers("auto:8").select(G, context(G)) == layer_names(G)
+
+
+def test_grad_selects_top_k_gradient_norms() -> None:
+    G = tiny_generator()
+    # Reference: one plain backward with every synthesis layer trainable, norms read from .grad.
+    H = tiny_generator()
+    set_trainable(H, layer_names(H))
+    ctx = context(H, seed=3)
+    w = ctx.sample_w(ctx.batch_size)
+    ctx.image_loss(H.synthesis(H.broadcast_w(w), noise_mode="const")).backward()
+    norms = {n: torch.cat([p.grad.flatten() for p in H.get_submodule(n).parameters()]).norm().item() for n in layer_names(H)}
+    top4 = sorted(norms, key=lambda n: -norms[n])[:4]
+    chosen = parse_layers("grad:4").select(G, context(G, seed=3))
+    assert len(chosen) == 4 and set(chosen) == set(top4)
+    assert chosen == [n for n in layer_names(G) if n in chosen]
+
+
+@pytest.mark.parametrize("spec", ["all", "last:2", "auto:3", "auto:2:3", "grad:3", "conv1,convs.1"])
+def test_selection_is_pure(spec: str) -> None:
+    G = tiny_generator()
+    set_trainable(G, ["convs.1"])  # a state left by a previous iteration, which must survive
+    G.convs[1].conv.weight.grad = torch.ones_like(G.convs[1].conv.weight)
+    before = snapshot(G)
+    chosen = parse_layers(spec).select(G, context(G))
+    assert chosen and set(chosen) <= set(layer_names(G))
+    after = snapshot(G)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert before[1] == after[1]
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(before[2].values(), after[2].values()))
+
+
+def test_selection_is_deterministic_for_a_seed() -> None:
+    G = tiny_generator()
+    for spec in ("auto:3", "grad:3"):
+        assert parse_layers(spec).select(G, context(G, seed=7)) == parse_layers(spec).select(G, context(G, seed=7))
+
+
+def test_auto_with_tiny_clip_global_loss(golden) -> None:
+    from nada.clip import load_clip
+
+    clip = load_clip(str(golden / "tiny_clip_openai.pt"))
+    G = tiny_generator()
+    with torch.no_grad():
+        text = clip.encode_text(["sketch"])
+    text = text / text.norm(dim=-1, keepdim=True)
+
+    def global_loss(img: torch.Tensor) -> torch.Tensor:
+        f = clip.encode_image(img)
+        return (1 - (f / f.norm(dim=-1, keepdim=True)) @ text.T).mean()
+
+    ctx = context(G, loss=global_loss, batch=2)
+    scores = parse_layers("auto:2").row_scores(G, ctx)
+    assert scores.shape == (G.n_latent,) and bool((scores > 0).all())
+    chosen = parse_layers("auto:2").select(G, context(G, loss=global_loss, batch=2))
+    assert chosen == layers_for_wplus(G, torch.argsort(scores, descending=True)[:2].tolist())
