@@ -221,6 +221,6 @@ def test_payload_inside_tensor_storage_bytes_is_refused(tmp_path: Path) -> None:
     torch.save(Reduce(os.system, f"touch {marker}"), blob, _use_new_zipfile_serialization=False)
     path = tmp_path / "network-snapshot-000000.pkl"
     path.write_bytes(_snapshot_bytes(Reduce(torch.storage._load_from_bytes, blob.getvalue())))
-    with pytest.raises(NadaError, match="tensor storage in the snapshot holds more than tensor data"):
+    with pytest.raises(NadaError, match="network-snapshot-000000.pkl: a tensor storage in the snapshot holds more than tensor data"):
         load_generator(path)
     assert not marker.exists()

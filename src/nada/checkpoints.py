@@ -215,16 +215,27 @@ def _mean_latent(obj: Mapping[str, Any], style_dim: int, path: Path) -> torch.Te
 
 def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":  # noqa: F821
     """Generator (eval mode, on `device`) from a rosinality .pt, NVlabs .pkl, nada checkpoint or registered name."""
+    path = _resolve_source(source)
+    try:
+        G = _load_file(path)
+    except NadaError as e:  # every message names the file, also those raised deep inside the conversion
+        if str(path) in str(e):
+            raise
+        raise NadaError(f"{path}: {e}") from None
+    return G.to(device)
+
+
+def _load_file(path: Path) -> "Generator":  # noqa: F821
+    """The generator stored in the existing file `path`, on the CPU, in eval mode."""
     from nada.networks import Generator
 
-    path = _resolve_source(source)
     if _sniff(path) == "pickle":
         from nada.nvlabs import generator_from_snapshot
 
         G = generator_from_snapshot(path)
         _check_finite(G.state_dict(), path)
         _check_finite({"mapping.w_avg": G.mean_latent}, path)
-        return G.to(device)
+        return G
 
     obj = _torch_load(path)
     kind, sd = _state_dict_of(obj, path)
@@ -235,11 +246,11 @@ def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu"
     G.load_state_dict(sd, strict=True)
     mean = _mean_latent(obj, cfg.style_dim, path) if kind != "state_dict" else None
     if mean is None:
-        warnings.warn(f"{path} stores no mean latent (latent_avg); computing it from 4096 samples (seed 0)", stacklevel=2)
+        warnings.warn(f"{path} stores no mean latent (latent_avg); computing it from 4096 samples (seed 0)", stacklevel=3)
         G.compute_mean_latent()
     else:
         G.mean_latent.copy_(mean)
-    return G.eval().to(device)
+    return G.eval()
 
 
 def _plain(value: Any, where: str) -> Any:
