@@ -192,8 +192,12 @@ def registered_tiny(tmp_path: Path, monkeypatch) -> Path:
     cfg_path.parent.mkdir()
     cfg_path.write_text(json.dumps(TINY_CONFIG))
     open_clip.add_model_config(cfg_path)
+    tags = {
+        "v1": {"hf_hub": "nobody/tiny/", "quick_gelu": True},
+        "openai": {"hf_hub": "nobody/tiny/", "url": "https://example.invalid/abc/tiny-openai.pt", "quick_gelu": True},
+    }
     monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg",
-                        lambda model, tag: {"hf_hub": "nobody/tiny/", "quick_gelu": True} if (model, tag) == ("nada-test-tiny", "v1") else {})
+                        lambda model, tag: tags.get(tag, {}) if model == "nada-test-tiny" else {})
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_network)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setenv("NADA_CLIP_CACHE", str(tmp_path / "cache"))
@@ -228,6 +232,62 @@ def test_missing_pretrained_file_offline(registered_tiny: Path, monkeypatch) -> 
     with pytest.raises(NadaError, match="nobody/tiny/resolve/main/open_clip_model.safetensors") as err:
         load_clip("open_clip:nada-test-tiny/v1")
     assert str(registered_tiny / "nada-test-tiny_v1.safetensors") in str(err.value)
+
+
+def _torchscript_tiny(golden: Path, path: Path) -> Path:
+    """Save the tiny CLIP as a TorchScript archive, the way OpenAI distributes its weights."""
+    import warnings
+
+    from nada.clip import load_clip
+
+    model = load_clip(str(golden / "tiny_clip_openai.pt")).model
+    model.register_buffer("input_resolution", torch.tensor(224))  # OpenAI's files carry it as a tensor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated, yet it is what OpenAI's files are
+        traced = torch.jit.trace_module(model, inputs={"encode_text": (torch.zeros(1, 77, dtype=torch.long),)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    return path
+
+
+def test_openai_torchscript_cache_file_loads_without_running_code(registered_tiny: Path, tmp_path: Path, golden: Path,
+                                                                 monkeypatch, tiny, ref) -> None:
+    """OpenAI's own file in ~/.cache/clip (a TorchScript archive) is found offline and read as data only."""
+    from nada.clip import load_clip
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NADA_OFFLINE", "1")
+    _torchscript_tiny(golden, tmp_path / "home" / ".cache" / "clip" / "tiny-openai.pt")
+    monkeypatch.setattr(torch.jit, "load", _no_code)
+    model = load_clip("open_clip:nada-test-tiny/openai")
+    img = ref["inputs"]["src_img"]
+    assert torch.equal(model.encode_image(img), tiny.encode_image(img))
+
+
+def test_malicious_torchscript_archive_is_refused(tmp_path: Path) -> None:
+    import os
+    import pickle
+    import zipfile
+
+    from nada.clip import load_clip
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(Evil(), protocol=2))
+        archive.writestr("evil/code/__torch__.py", "")
+    with pytest.raises(NadaError, match="not allowed"):
+        load_clip(str(path))
+    assert not marker.exists()
+
+
+def _no_code(*args, **kwargs):
+    raise AssertionError("TorchScript code must never be loaded")
 
 
 def _no_network(*args, **kwargs):

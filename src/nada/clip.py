@@ -11,24 +11,32 @@
   the architecture is read from the tensor shapes.
 - a path to a folder holding an open_clip config JSON and a weights file (see ``load_clip_from_config``).
 
-Pretrained weights download on first use into the Hugging Face cache that open_clip uses. A file can
-also be placed by hand in ``clip_cache_dir()`` (``$NADA_CLIP_CACHE``, default ``~/.cache/nada/clip``)
-under the name the error message gives. With ``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` nothing is
-downloaded. Every file is read without executing code from it (``weights_only=True`` or safetensors).
+Pretrained weights download on first use into the Hugging Face cache that open_clip uses. Before
+downloading, three places are searched: ``clip_cache_dir()`` (``$NADA_CLIP_CACHE``, default
+``~/.cache/nada/clip``) for a file placed by hand under the name the error message gives, the Hugging
+Face cache, and ``~/.cache/clip`` where OpenAI's ``clip`` package (used by the official StyleGAN-NADA
+code) keeps its TorchScript files. With ``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` nothing is downloaded.
+No file is ever trusted to run code: state dicts load with ``weights_only=True``, safetensors as such,
+and TorchScript archives are read as data (``read_torchscript_tensors``), never compiled.
 
 Preprocessing (``ClipModel.preprocess``) maps generator output in [-1, 1] to CLIP input inside the
 autograd graph: ``(x + 1) / 2``, bicubic resize of the shorter side to the model's input size, centre
 crop, mean/std normalisation. The resize is antialiased by default: that is what current torchvision
-does in CLIP's own preprocessing of PIL images, and without it down-sampling 1024 -> 224 aliases
-(every 4.6th pixel decides the result). ``antialias=False`` reproduces the official StyleGAN-NADA
-numbers, computed with the non-antialiased tensor resize of the torchvision of its time.
+does in CLIP's own preprocessing of PIL images, and without it a 1024 -> 224 resize reads a 4x4
+bicubic window per output pixel, so detail finer than the output grid aliases into the features the
+generator is trained against. ``antialias=False`` reproduces the official StyleGAN-NADA numbers,
+computed with the non-antialiased tensor resize of the torchvision of its time.
 """
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import math
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -209,6 +217,7 @@ class ClipModel(nn.Module):
         return self.encode_image(img)
 
     def extra_repr(self) -> str:
+        """Name, input size and resize setting, shown by print(model)."""
         return f"name={self.name!r}, image_size={self.image_size}, antialias={self.antialias}"
 
 
@@ -343,20 +352,106 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             sd: Any = load_file(str(path), device="cpu")
+        elif _is_torchscript_archive(path):
+            sd = read_torchscript_tensors(path)
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        if "TorchScript" in str(e):
-            raise NadaError(
-                f"CLIP weights {path} are a TorchScript archive, which cannot be read without running code from it: "
-                "use the safetensors weights instead (load the model by name, e.g. 'ViT-B/32', to fetch them)"
-            ) from None
-        raise NadaError(f"CLIP weights {path} could not be read ({_short(e)}): the file is truncated or not a weights file; download it again") from None
+        raise NadaError(f"CLIP weights {path} could not be read ({_short(e)}): "
+                        "the file is truncated or not a weights file; download it again") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise NadaError(f"CLIP weights {path} hold a {type(sd).__name__}, not a state dict: give a CLIP state-dict file")
-    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    # OpenAI's files carry three sizes as tensors; the architecture is read from the shapes instead.
+    return {k.removeprefix("module."): v for k, v in sd.items()
+            if isinstance(v, torch.Tensor) and k not in ("input_resolution", "context_length", "vocab_size")}
+
+
+# ---------------------------------------------------------------- TorchScript archives, read as data only
+
+# OpenAI distributes CLIP as TorchScript archives (the files in ~/.cache/clip). torch.load refuses them
+# under weights_only=True and torch.jit.load compiles the code inside, so the tensors are read directly:
+# the archive's data.pkl is unpickled with every TorchScript class replaced by an inert attribute holder.
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """Stands in for a TorchScript class while unpickling: it only keeps the attributes it is given."""
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
+    """A tensor view of a flat storage, copied so it owns its memory."""
+    return torch.as_strided(storage, size, stride, offset).clone()
+
+
+def _first_argument(value: Any, *_: Any) -> Any:
+    """TorchScript's type-tagging helpers (torch.jit._pickle) return their first argument unchanged."""
+    return value
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript data.pkl allowing only tensor rebuilding; nothing from the file runs."""
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch.jit._pickle" and (name.startswith("build_") or name == "restore_type_tag"):
+            return _first_argument
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        kind, dtype, key, _location, numel = pid
+        if kind != "storage" or not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"unexpected storage record {pid!r}")
+        if key not in self.storages:
+            raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype)[:numel] if raw else torch.empty(0, dtype=dtype)
+        return self.storages[key]
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """True for a zip holding TorchScript code (``<prefix>/code/``) beside its ``data.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in n for n in archive.namelist())
+
+
+def read_torchscript_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor attribute of a TorchScript module archive, as a flat dict with dotted names (CPU)."""
+    with zipfile.ZipFile(path) as archive:
+        pkl = next(n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1)
+        prefix = pkl[: -len("data.pkl")]
+        root = _TorchScriptUnpickler(archive.read(pkl), archive, prefix).load()
+
+    def walk(obj: Any, name: str) -> dict[str, torch.Tensor]:
+        found: dict[str, torch.Tensor] = {}
+        for key, value in vars(obj).items():
+            if isinstance(value, torch.Tensor) and key != "attn_mask":  # masks are rebuilt, not weights
+                found[name + key] = value
+            elif isinstance(value, _ScriptObject):
+                found.update(walk(value, f"{name}{key}."))
+        return found
+
+    if not isinstance(root, _ScriptObject):
+        raise ValueError("the archive does not hold a TorchScript module")
+    return walk(root, "")
 
 
 def _build_openai_layout(sd: dict[str, torch.Tensor]) -> nn.Module:
@@ -561,7 +656,7 @@ def _find_cached(src: _PretrainedSource) -> Path | None:
             hit = try_to_load_from_cache(src.hf_repo, filename)
             if isinstance(hit, str) and Path(hit).is_file():
                 return Path(hit)
-    elif src.url:
+    if src.url:  # where OpenAI's clip package and open_clip put URL downloads
         candidate = Path("~/.cache/clip").expanduser() / os.path.basename(src.url)
         if candidate.is_file():
             return candidate
@@ -614,6 +709,10 @@ def _load_pretrained(model: str, tag: str, display: str, device: str | torch.dev
 
     src, cfg = _pretrained_source(model, tag, display)
     path = _pretrained_file(src, display)
+    if tag.lower() == "openai":
+        # OpenAI's weights, whether open_clip's safetensors copy or OpenAI's own TorchScript file, are in
+        # OpenAI's layout: build from the shapes, with QuickGELU, in float32.
+        return load_clip_openai_file(path, device, antialias, precision, name=display)
     pp_overrides = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "fill_color") if k in cfg}
     try:
         net = open_clip.create_model(
