@@ -6,11 +6,14 @@ import functools
 import json
 from pathlib import Path
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nada.errors import NadaError
-from nada.networks import Generator, GeneratorConfig, ModulatedConv2d
+from nada.networks import Generator, GeneratorConfig, ModulatedConv2d, StyledConv, ToRGB
 
 TOL = 1e-5
 
@@ -264,3 +267,93 @@ def test_config_errors() -> None:
         GeneratorConfig(32, channels={4: 8, 8: 8, 16: 8})
     with pytest.raises(NadaError, match="unknown generator config keys"):
         GeneratorConfig.from_dict({"size": 32, "channel_divisor": 8})
+
+
+# ---------------------------------------------------------------- fast ops == plain formulas, values and gradients
+
+
+def upfirdn_plain(x: torch.Tensor, k: torch.Tensor, up: int, pad: tuple[int, int]) -> torch.Tensor:
+    """Zero-insertion up-sampling, zero padding, true convolution with k; [N, C, H, W]."""
+    n, c, h, w = x.shape
+    u = torch.zeros(n, c, h * up, w * up, dtype=x.dtype)
+    u[:, :, ::up, ::up] = x
+    u = F.pad(u, [pad[0], pad[1], pad[0], pad[1]])
+    out = F.conv2d(u.reshape(n * c, 1, *u.shape[2:]), k.flip([0, 1]).to(x.dtype)[None, None])
+    return out.view(n, c, *out.shape[2:])
+
+
+def modconv_plain(m: ModulatedConv2d, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """rosinality's modulated conv written out: grouped conv over the batch, transposed conv then blur."""
+    n, c, h, w = x.shape
+    s = F.linear(style, m.modulation.weight * m.modulation.scale, m.modulation.bias * m.modulation.lr_mul)
+    weight = m.scale * m.weight * s.view(n, 1, c, 1, 1)
+    if m.demodulate:
+        weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8).view(n, -1, 1, 1, 1)
+    o, k = m.out_channel, m.kernel_size
+    if m.upsample:
+        wt = weight.transpose(1, 2).reshape(n * c, o, k, k)
+        out = F.conv_transpose2d(x.reshape(1, n * c, h, w), wt, stride=2, groups=n)
+        return upfirdn_plain(out.view(n, o, *out.shape[2:]), m.blur.kernel, 1, m.blur.pad)
+    out = F.conv2d(x.reshape(1, n * c, h, w), weight.reshape(n * o, c, k, k), padding=k // 2, groups=n)
+    return out.view(n, o, h, w)
+
+
+def styled_conv_plain(layer: StyledConv, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    out = modconv_plain(layer.conv, x, style) + layer.noise.weight * noise
+    return F.leaky_relu(out + layer.activate.bias.view(1, -1, 1, 1), 0.2) * math.sqrt(2)
+
+
+def to_rgb_plain(layer: ToRGB, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return modconv_plain(layer.conv, x, style) + layer.bias + upfirdn_plain(skip, layer.upsample.kernel, 2, (2, 1))
+
+
+def _randomise(module: torch.nn.Module) -> None:
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_styled_conv_matches_plain_formulas_with_gradients(upsample: bool, channels_last: bool) -> None:
+    layer = StyledConv(6, 5, 3, 8, upsample=upsample).double()
+    _randomise(layer)
+    x = torch.randn(3, 6, 8, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    style = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    r = 16 if upsample else 8
+    noise = torch.randn(3, 1, r, r, dtype=torch.float64)
+    outs, grads = [], []
+    for fn in (layer, lambda a, b, c: styled_conv_plain(layer, a, b, c)):
+        layer.zero_grad()
+        out = fn(x, style, noise)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad.clone(), style.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
+        x.grad = style.grad = None
+    assert outs[0].shape == (3, 5, r, r)
+    assert maxdiff(outs[0], outs[1]) < 1e-12
+    for g_fast, g_plain in zip(*grads):
+        assert maxdiff(g_fast, g_plain) < 1e-11
+
+
+def test_to_rgb_matches_plain_formulas_with_gradients() -> None:
+    layer = ToRGB(6, 8).double()
+    _randomise(layer)
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64, requires_grad=True)
+    style = torch.randn(2, 8, dtype=torch.float64)
+    skip = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for fn in (layer, lambda a, b, c: to_rgb_plain(layer, a, b, c)):
+        layer.zero_grad()
+        out = fn(x, style, skip)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad.clone(), skip.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
+        x.grad = skip.grad = None
+    assert maxdiff(outs[0], outs[1]) < 1e-12
+    for g_fast, g_plain in zip(*grads):
+        assert maxdiff(g_fast, g_plain) < 1e-11
