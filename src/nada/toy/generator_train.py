@@ -1,0 +1,380 @@
+"""Train the toy world's small StyleGAN2 generator on "photo" faces by supervised latent-to-image regression.
+
+Adversarial training of even a small StyleGAN2 needs far more compute than the project's CPU budget
+(about 40 minutes on one core). The toy world lets us do better: its renderer is a known,
+deterministic map from Gaussian vectors to faces (`params_from_latent`). So the generator is
+trained as a regressor: draw z ~ N(0, I), read the face latent u = face_latent(z) off it, render
+the target `render(params_from_latent(u), "photo")` and minimise an L1 loss (full resolution, two
+coarser scales and image gradients for sharpness) between G(z, noise_mode="const") and the target.
+The generator then covers every attribute by construction, and the content of G(z) is known,
+which the toy-world metrics rely on. The per-pixel texture noise of the photo style cannot be
+predicted from z, so regression averages it out: samples are clean, slightly flat photo faces.
+Only the photo style is ever rendered here, and the evaluator network is never used.
+
+Run `python -m nada.toy.generator_train --out DIR --steps N --seed S`. The run is resumable:
+DIR/state.pt (atomic, every --ckpt-every steps) holds the weights, the EMA weights, the optimiser
+and the RNG state, and rerunning the same command continues from it. DIR/train.log gets the
+losses, DIR/samples/ the sample grids (top row: renders, bottom row: generator). At the end the
+mean latent is set (4096 samples, seed 0) and the EMA generator is exported with
+`nada.checkpoints.save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nada.errors import NadaError
+
+STYLE = "photo"  # the only style the toy generator ever sees
+MEAN_LATENT_SAMPLES, MEAN_LATENT_SEED = 4096, 0
+EVAL_SEED = 1_000_003  # seed of the held-out latents for the logged error, never used for training
+STATE_FILE = "state.pt"
+STATE_VERSION = 1
+RESUME_FREE = ("steps", "ckpt_every", "sample_every", "eval_size")  # settings a resumed run may change
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; a resumed run must have the same values (except `steps`)."""
+
+    steps: int = 3000
+    seed: int = 0
+    batch_size: int = 16
+    lr: float = 2e-3
+    # Effective learning-rate factor of the mapping network relative to synthesis. The network keeps
+    # rosinality's lr_mlp=0.01 parameterisation; the optimiser group rescales so the factor applies.
+    mapping_lr: float = 0.1
+    style_dim: int = 64
+    n_mlp: int = 4
+    channels: tuple[tuple[int, int], ...] = ((4, 128), (8, 128), (16, 96), (32, 64), (64, 32))
+    ema_half_life: float = 50.0  # in steps
+    multiscale_weight: float = 1.0
+    gradient_weight: float = 1.0
+    decay_start: float = 0.6  # fraction of `steps` after which the learning rate follows a cosine to 5 %
+    ckpt_every: int = 50
+    sample_every: int = 200
+    eval_size: int = 64  # held-out latents behind the logged error (the first 8 also make the sample grids)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-type dict (channels as [[res, count], ...]) for checkpoints and metadata."""
+        d = asdict(self)
+        d["channels"] = [list(rc) for rc in self.channels]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of `to_dict`."""
+        d = dict(d)
+        d["channels"] = tuple((int(r), int(c)) for r, c in d["channels"])
+        return cls(**d)
+
+
+# ---------------------------------------------------------------- the supervised target
+
+
+def face_latent(z: torch.Tensor, latent_dim: int) -> np.ndarray:
+    """Face latent u [N, latent_dim] (float64, about N(0, 1)) that G(z) is trained to draw, from z [N, style_dim].
+
+    u is the first `latent_dim` coordinates of z after the mapping network's pixel norm
+    (z / rms(z)), so it depends only on what the generator sees: the pixel norm discards |z|, and a
+    target depending on |z| could not be learnt exactly.
+    """
+    assert z.ndim == 2 and z.shape[1] >= latent_dim, f"z must be [N, >= {latent_dim}], got {tuple(z.shape)}"
+    zn = z.double() * torch.rsqrt(z.double().pow(2).mean(dim=1, keepdim=True) + 1e-8)
+    return zn[:, :latent_dim].cpu().numpy()
+
+
+def render_targets(z: torch.Tensor, seed: int) -> torch.Tensor:
+    """Photo renders [N, 3, 64, 64] in [-1, 1] of the faces that latents z [N, style_dim] stand for."""
+    from nada.toy import render as R
+
+    return R.render_tensor(R.params_from_latent(face_latent(z, R.LATENT_DIM)), STYLE, seed=seed)
+
+
+# ---------------------------------------------------------------- loss and schedule
+
+
+def regression_loss(img: torch.Tensor, target: torch.Tensor, multiscale_weight: float = 1.0, gradient_weight: float = 1.0) -> torch.Tensor:
+    """L1 at full, 1/2 and 1/4 resolution plus L1 of horizontal/vertical differences; img, target [N, 3, H, W]."""
+    assert img.shape == target.shape, f"image {tuple(img.shape)} and target {tuple(target.shape)} differ"
+    loss = F.l1_loss(img, target)
+    # Coarse scales weigh the face layout (position, shape, hair mass) more than pixel detail.
+    a, b = img, target
+    for _ in range(2):
+        a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        loss = loss + 0.5 * multiscale_weight * F.l1_loss(a, b)
+    # Differences keep edges (eyes, mouth, glasses frames) sharp where plain L1 is content to blur.
+    dx = F.l1_loss(img[..., :, 1:] - img[..., :, :-1], target[..., :, 1:] - target[..., :, :-1])
+    dy = F.l1_loss(img[..., 1:, :] - img[..., :-1, :], target[..., 1:, :] - target[..., :-1, :])
+    return loss + gradient_weight * (dx + dy)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at `step`: 1, then a cosine from `decay_start * steps` down to 0.05 at `steps`."""
+    start = cfg.decay_start * cfg.steps
+    if step < start:
+        return 1.0
+    t = min(1.0, (step - start) / max(1.0, cfg.steps - start))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# ---------------------------------------------------------------- model, optimiser, state
+
+
+def build_generator(cfg: TrainConfig) -> "torch.nn.Module":
+    """The project's Generator at 64x64 with the run's small channel table (random init seeded by cfg.seed)."""
+    from nada.networks import Generator
+
+    # Seed a forked RNG so the initialisation is reproducible without touching the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return Generator(64, style_dim=cfg.style_dim, n_mlp=cfg.n_mlp, channels=dict(cfg.channels))
+
+
+def build_optimizer(G: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with two groups: synthesis at cfg.lr, mapping ("style.*") scaled so its effective rate is cfg.mapping_lr * cfg.lr."""
+    mapping = [p for n, p in G.named_parameters() if n.startswith("style.")]
+    synthesis = [p for n, p in G.named_parameters() if not n.startswith("style.")]
+    # Equalised lr: a mapping weight w is used as w * lr_mlp, so Adam steps of size lr/lr_mlp move it like lr.
+    lr_mlp = G.config.lr_mlp
+    groups = [
+        {"params": synthesis, "lr": cfg.lr, "base_lr": cfg.lr},
+        {"params": mapping, "lr": cfg.lr * cfg.mapping_lr / lr_mlp, "base_lr": cfg.lr * cfg.mapping_lr / lr_mlp},
+    ]
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-8)
+
+
+@torch.no_grad()
+def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
+    """G_ema <- beta * G_ema + (1 - beta) * G, parameters only (buffers are identical and fixed)."""
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.lerp_(p, 1.0 - beta)
+
+
+def save_state(path: Path, cfg: TrainConfig, step: int, elapsed_s: float, G: torch.nn.Module, G_ema: torch.nn.Module, opt: torch.optim.Optimizer, rng: torch.Generator) -> None:
+    """Atomically write the resumable training state (plain types and tensors only) to `path`."""
+    from nada.io import atomic_torch_save
+
+    state = {
+        "version": STATE_VERSION,
+        "train_config": cfg.to_dict(),
+        "step": step,
+        "elapsed_s": elapsed_s,
+        "G": G.state_dict(),
+        "G_ema": G_ema.state_dict(),
+        "opt": opt.state_dict(),
+        "rng": rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_torch_save(state, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a training state written by `save_state`, without executing code from the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise NadaError(f"training state {path} is unreadable ({type(e).__name__}: {e}): delete it to restart the run from scratch") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise NadaError(f"{path} is not a toy-generator training state of version {STATE_VERSION}: use another --out folder")
+    return state
+
+
+def check_resumable(saved: TrainConfig, cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume a run whose settings (other than those in RESUME_FREE) differ from the command line."""
+    a, b = saved.to_dict(), cfg.to_dict()
+    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUME_FREE}
+    if diff:
+        detail = ", ".join(f"{k}: saved {v[0]} vs given {v[1]}" for k, v in diff.items())
+        raise NadaError(f"{path} belongs to a run with other settings ({detail}): repeat its settings or use another --out folder")
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+@torch.no_grad()
+def evaluate(G: torch.nn.Module, z: torch.Tensor, target: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean absolute pixel error (images in [-1, 1]) between G(z) with const noise and the targets [N, 3, 64, 64]."""
+    err = 0.0
+    for zc, tc in zip(z.split(batch_size), target.split(batch_size)):
+        err += (G(zc, noise_mode="const") - tc).abs().mean().item() * zc.shape[0]
+    return err / z.shape[0]
+
+
+@torch.no_grad()
+def save_samples(path: Path, G: torch.nn.Module, z: torch.Tensor, target: torch.Tensor) -> None:
+    """Write a two-row grid PNG: renders of the faces of z on top, G(z) below; z [8, style_dim]."""
+    from nada.io import atomic_save_image, image_grid
+
+    atomic_save_image(image_grid([target, G(z, noise_mode="const")]), path)
+
+
+def make_logger(path: Path) -> logging.Logger:
+    """A logger writing timestamped lines to `path` (appending, so resumed runs keep their history)."""
+    logger = logging.getLogger(f"nada.toy.generator_train.{path}")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+    return logger
+
+
+# ---------------------------------------------------------------- training loop
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True, stop_after: int | None = None) -> Path:
+    """Train (or resume) in `out_dir` up to cfg.steps, or for at most `stop_after` steps in this call; returns the state file."""
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    log = make_logger(out_dir / "train.log")
+    state_path = out_dir / STATE_FILE
+
+    G = build_generator(cfg).to(device)
+    G_ema = build_generator(cfg).to(device).eval()
+    G_ema.load_state_dict(G.state_dict())
+    G_ema.requires_grad_(False)
+    opt = build_optimizer(G, cfg)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed = 0, 0.0
+    if state_path.exists():
+        state = load_state(state_path)
+        check_resumable(TrainConfig.from_dict(state["train_config"]), cfg, state_path)
+        G.load_state_dict(state["G"])
+        G_ema.load_state_dict(state["G_ema"])
+        opt.load_state_dict(state["opt"])
+        rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        log.info(f"resumed from {state_path} at step {step} ({elapsed:.0f} s trained so far)")
+    else:
+        log.info(f"new run: {cfg.to_dict()}")
+
+    # Fixed held-out latents (own seed) for the logged error and the sample grids.
+    z_eval = torch.randn(cfg.eval_size, cfg.style_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
+    t_eval = render_targets(z_eval, seed=EVAL_SEED)
+    z_eval, t_eval = z_eval.to(device), t_eval.to(device)
+    beta = 0.5 ** (1.0 / cfg.ema_half_life)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="toy generator", disable=not progress, dynamic_ncols=True)
+    t0, running = time.time() - elapsed, None
+    last = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    while step < last:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, cfg)
+        z = torch.randn(cfg.batch_size, cfg.style_dim, generator=rng)
+        # A fresh texture seed per step: the photo texture is noise the regression should average out.
+        target = render_targets(z, seed=cfg.seed * 1_000_000 + step).to(device)
+        loss = regression_loss(G(z.to(device), noise_mode="const"), target, cfg.multiscale_weight, cfg.gradient_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        update_ema(G_ema, G, beta)
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % cfg.sample_every == 0 or step == cfg.steps:
+            err = evaluate(G_ema, z_eval, t_eval)
+            save_samples(out_dir / "samples" / f"step{step:06d}.png", G_ema, z_eval[:8], t_eval[:8])
+            log.info(f"step {step} loss {running:.4f} eval_l1 {err:.4f} lr_factor {lr_factor(step, cfg):.3f} elapsed {time.time() - t0:.0f} s")
+        if step % cfg.ckpt_every == 0 or step == last:
+            save_state(state_path, cfg, step, time.time() - t0, G, G_ema, opt, rng)
+    bar.close()
+    return state_path
+
+
+def export_generator(state_path: Path, export_path: str | Path, overwrite: bool = False) -> Path:
+    """Load the EMA generator from a finished state, set its mean latent and save it as a nada checkpoint."""
+    from nada.checkpoints import save_checkpoint
+
+    state = load_state(state_path)
+    cfg = TrainConfig.from_dict(state["train_config"])
+    G = build_generator(cfg)
+    G.load_state_dict(state["G_ema"])
+    G.eval().requires_grad_(False)
+    G.compute_mean_latent(MEAN_LATENT_SAMPLES, seed=MEAN_LATENT_SEED)
+    z_eval = torch.randn(cfg.eval_size, cfg.style_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
+    err = evaluate(G, z_eval, render_targets(z_eval, seed=EVAL_SEED))
+    from nada.toy.render import LATENT_DIM
+
+    metadata = {
+        "base": "toy",
+        "style": STYLE,
+        "method": (
+            "supervised regression z -> render(params_from_latent(face_latent(z)), 'photo'): L1 at 3 scales "
+            "+ L1 of image gradients, Adam, EMA weights exported; no adversarial loss, evaluator never used"
+        ),
+        "face_latent": f"u = (z / rms(z))[:, :{LATENT_DIM}] (pixel-normalised z, first LATENT_DIM coordinates)",
+        "latent_dim": LATENT_DIM,
+        "steps": int(state["step"]),
+        "seed": cfg.seed,
+        "train_config": cfg.to_dict(),
+        "train_time_s": round(float(state["elapsed_s"]), 1),
+        "eval_l1": round(err, 5),
+        "mean_latent": f"{MEAN_LATENT_SAMPLES} samples, seed {MEAN_LATENT_SEED}",
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": str(torch.__version__),  # TorchVersion is a str subclass that weights_only loading refuses
+    }
+    return save_checkpoint(export_path, G, metadata, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m nada.toy.generator_train", description="Train the toy StyleGAN2 generator on photo-style faces (resumable).")
+    p.add_argument("--out", required=True, help="run folder: state.pt, train.log, samples/ (rerun to resume)")
+    p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the latents (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="latents per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state checkpoints (default: %(default)s)")
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids and logged errors (default: %(default)s)")
+    p.add_argument("--export", default=None, help="nada checkpoint written at the end (default: OUT/generator.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --export file")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s, leaving the other cores free)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: train or resume, then export; user errors print one line and return 2."""
+    from nada.io import resolve_device
+
+    args = parse_args(argv)
+    try:
+        if args.steps < 1 or args.batch_size < 1:
+            raise NadaError(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be positive")
+        export = Path(args.export) if args.export else Path(args.out) / "generator.pt"
+        if export.exists() and not args.force:
+            raise NadaError(f"{export} exists: pass --force to replace it or choose another --export path")
+        torch.set_num_threads(args.threads)
+        cfg = TrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, ckpt_every=args.ckpt_every, sample_every=args.sample_every)
+        state_path = train(cfg, args.out, device=resolve_device(args.device), progress=not args.no_progress)
+        path = export_generator(state_path, export, overwrite=args.force)
+        print(f"wrote {path}")
+        return 0
+    except NadaError as e:
+        print(f"generator_train: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Toy generator: the regression-training pieces on tiny models, and the shipped weights (nada.load_generator("toy"))."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nada.errors import NadaError
+from nada.toy import generator_train as gt
+
+# A model small enough that a few steps take well under a second.
+TINY = dict(style_dim=32, n_mlp=2, channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 8)), batch_size=2, ckpt_every=2, sample_every=2, eval_size=8)
+
+
+def tiny_config(**overrides) -> gt.TrainConfig:
+    return gt.TrainConfig(**{**TINY, "steps": 4, **overrides})
+
+
+def test_face_latent_depends_only_on_direction_of_z():
+    z = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))
+    u = gt.face_latent(z, 18)
+    assert u.shape == (5, 18)
+    # The mapping network pixel-normalises z, so the target must not change with |z|.
+    assert abs(gt.face_latent(3.0 * z, 18) - u).max() < 1e-6
+    # It is the normalised z itself, hence still about standard normal per coordinate.
+    big = gt.face_latent(torch.randn(4000, 64, generator=torch.Generator().manual_seed(1)), 18)
+    assert abs(big.mean()) < 0.05 and abs(big.std() - 1.0) < 0.05
+
+
+def test_render_targets_are_photo_renders_of_the_face_latent():
+    from nada.toy import render as R
+
+    z = torch.randn(3, 64, generator=torch.Generator().manual_seed(2))
+    t = gt.render_targets(z, seed=7)
+    assert t.shape == (3, 3, 64, 64) and t.min() >= -1 and t.max() <= 1
+    expected = R.render_tensor(R.params_from_latent(gt.face_latent(z, R.LATENT_DIM)), "photo", seed=7)
+    assert torch.equal(t, expected)
+
+
+def test_regression_loss_is_zero_only_for_equal_images():
+    a = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    assert gt.regression_loss(a, a).item() == 0.0
+    b = a.clone()
+    b[:, :, 10:20, 10:20] += 0.5
+    loss = gt.regression_loss(a, b)
+    assert loss.item() > 0
+    # The gradient term reacts to edges, so a sharp square costs more than the plain L1 alone.
+    assert loss.item() > torch.nn.functional.l1_loss(a, b).item()
+
+
+def test_lr_schedule_holds_then_decays_to_five_percent():
+    cfg = gt.TrainConfig(steps=1000, decay_start=0.6)
+    assert gt.lr_factor(0, cfg) == 1.0 and gt.lr_factor(599, cfg) == 1.0
+    assert 0.05 < gt.lr_factor(800, cfg) < 1.0
+    assert gt.lr_factor(1000, cfg) == pytest.approx(0.05)
+
+
+def test_mapping_group_has_the_requested_effective_rate():
+    cfg = tiny_config(mapping_lr=0.1)
+    G = gt.build_generator(cfg)
+    opt = gt.build_optimizer(G, cfg)
+    synth, mapping = opt.param_groups
+    assert synth["lr"] == cfg.lr
+    # Mapping weights are used multiplied by lr_mlp, so their Adam step is divided by it.
+    assert mapping["lr"] * G.config.lr_mlp == pytest.approx(cfg.lr * cfg.mapping_lr)
+    n_mapping = sum(p.numel() for n, p in G.named_parameters() if n.startswith("style."))
+    assert sum(p.numel() for p in mapping["params"]) == n_mapping > 0
+
+
+def test_initialisation_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = gt.build_generator(tiny_config(seed=5)).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    b = gt.build_generator(tiny_config(seed=5)).state_dict()
+    c = gt.build_generator(tiny_config(seed=6)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["input.input"], c["input.input"])
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path / gt.STATE_FILE, weights_only=True)
+
+
+def test_interrupted_run_resumes_exactly_like_an_uninterrupted_one(tmp_path: Path):
+    cfg = tiny_config()
+    gt.train(cfg, tmp_path / "whole", progress=False)
+    gt.train(cfg, tmp_path / "split", progress=False, stop_after=2)
+    assert _state(tmp_path / "split")["step"] == 2
+    gt.train(cfg, tmp_path / "split", progress=False)
+    whole, split = _state(tmp_path / "whole"), _state(tmp_path / "split")
+    assert whole["step"] == split["step"] == 4
+    for key in ("G", "G_ema"):
+        assert all(torch.equal(whole[key][k], split[key][k]) for k in whole[key]), key
+    assert torch.equal(whole["rng"], split["rng"])
+    # Training changed the weights, and the log and the sample grids were written.
+    init = gt.build_generator(cfg).state_dict()
+    assert not torch.equal(init["input.input"], whole["G"]["input.input"])
+    log = (tmp_path / "split" / "train.log").read_text()
+    assert "resumed from" in log and "eval_l1" in log
+    assert (tmp_path / "split" / "samples" / "step000004.png").is_file()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path):
+    gt.train(tiny_config(), tmp_path, progress=False, stop_after=2)
+    with pytest.raises(NadaError, match="batch_size"):
+        gt.train(tiny_config(batch_size=3), tmp_path, progress=False)
+    # The step count and the checkpoint cadence may change on resume.
+    gt.train(tiny_config(steps=6, ckpt_every=3), tmp_path, progress=False, stop_after=1)
+    assert _state(tmp_path)["step"] == 3
+
+
+def test_corrupt_state_gives_a_clear_error(tmp_path: Path):
+    (tmp_path / gt.STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(NadaError, match="delete it"):
+        gt.train(tiny_config(), tmp_path, progress=False)
+
+
+def test_export_writes_a_loadable_nada_checkpoint(tmp_path: Path):
+    from nada.checkpoints import load_generator, read_metadata
+
+    state = gt.train(tiny_config(steps=2), tmp_path, progress=False)
+    path = gt.export_generator(state, tmp_path / "g.pt")
+    meta = read_metadata(path)
+    assert meta["base"] == "toy" and meta["style"] == "photo" and meta["steps"] == 2 and meta["seed"] == 0
+    assert meta["train_config"]["batch_size"] == 2 and meta["eval_l1"] > 0
+    G = load_generator(path)
+    assert G.size == 64 and G.style_dim == 32
+    assert G.mean_latent.abs().sum() > 0  # set from 4096 samples at export
+    ema = torch.load(state, weights_only=True)["G_ema"]
+    assert all(torch.equal(G.state_dict()[k], ema[k]) for k in ema)
+    with pytest.raises(NadaError, match="exists"):
+        gt.export_generator(state, path)
+
+
+def test_cli_refuses_to_overwrite_an_export_before_training(tmp_path: Path, capsys):
+    target = tmp_path / "g.pt"
+    target.write_bytes(b"keep me")
+    rc = gt.main(["--out", str(tmp_path / "run"), "--steps", "1", "--export", str(target), "--no-progress"])
+    assert rc == 2 and "--force" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep me" and not (tmp_path / "run").exists()
