@@ -71,6 +71,33 @@ def grid_rows(path: Path, size: int = 32, pad: int = 2) -> tuple[np.ndarray, np.
     return a[pad : pad + size], a[2 * pad + size : 2 * pad + 2 * size]
 
 
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_defaults_and_auto_choices() -> None:
+    d = AdaptConfig(target="sketch")
+    assert (d.lr, d.beta1, d.beta2, d.mixing_prob, d.iterations, d.batch_size) == (0.002, 0.0, 0.99, 0.0, 300, 2)
+    assert (d.resolved_clip(), d.resolved_templates()) == ("toy", "toy")  # the default generator is the toy one
+    ffhq = d.replace(generator="ffhq.pt")
+    assert (ffhq.resolved_clip(), ffhq.resolved_templates()) == ("ViT-B/32", "imagenet")
+    assert d.replace(clip="ViT-B/16").resolved_templates() == "imagenet"
+    assert AdaptConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    with pytest.raises(NadaError, match="unknown adaptation settings"):
+        AdaptConfig.from_dict({**d.to_dict(), "learning_rate": 1})
+
+
+def test_cli_defaults_come_from_the_config() -> None:
+    from dataclasses import fields
+
+    from nada.cli import build_parser
+
+    args = build_parser().parse_args(["adapt", "--target", "sketch"])
+    cfg = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
+    assert cfg == AdaptConfig(target="sketch")
+    args = build_parser().parse_args(["adapt", "--target", "x", "--no-antialias", "--bf16", "--mixing", "0.9", "--out", "o"])
+    assert (args.antialias, args.bf16, args.mixing_prob, args.out_dir) == (False, True, 0.9, "o")
+
+
 # ---------------------------------------------------------------- learning and freezing
 
 

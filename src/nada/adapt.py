@@ -204,7 +204,7 @@ def build_guides(
     """Precompute, per CLIP model, the directions and anchors of the losses (constants of the objective)."""
     from nada import losses
 
-    templates = _templates(config.templates)
+    templates = _templates(config.resolved_templates())
     source_imgs = None
     if target_images is not None:
         # The image direction starts from the mean embedding of generated source images, drawn from
@@ -293,16 +293,21 @@ def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- latents and noise
 
 
+@torch.no_grad()
+def sample_w(G: "Generator", n: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """w [n, style_dim] through G's mapping for z drawn on the CPU from ``rng`` (the same on every device)."""
+    return G.mapping(torch.randn(n, G.style_dim, generator=rng).to(device))
+
+
+@torch.no_grad()
 def sample_latents(G: "Generator", n: int, mixing_prob: float, rng: torch.Generator, device: torch.device) -> torch.Tensor:
-    """W+ latents [n, n_latent, style_dim] through G's mapping (no gradient), with optional style mixing."""
-    z = torch.randn(n, G.style_dim, generator=rng).to(device)
-    with torch.no_grad():
-        w = G.mapping(z)
-        if mixing_prob > 0 and float(torch.rand((), generator=rng)) < mixing_prob:
-            w2 = G.mapping(torch.randn(n, G.style_dim, generator=rng).to(device))
-            inject = int(torch.randint(1, G.n_latent, (), generator=rng))
-            return G.mix_ws(w, w2, inject)
-        return G.broadcast_w(w)
+    """W+ latents [n, n_latent, style_dim] (no gradient); with probability ``mixing_prob`` two w's are style-mixed."""
+    w = sample_w(G, n, rng, device)
+    if mixing_prob > 0 and float(torch.rand((), generator=rng)) < mixing_prob:
+        # As in rosinality's mixing: rows before a random crossover from one w, the rest from another.
+        inject = int(torch.randint(1, G.n_latent, (), generator=rng))
+        return G.mix_ws(w, sample_w(G, n, rng, device), inject)
+    return G.broadcast_w(w)
 
 
 def sample_noise(G: "Generator", n: int, mode: str, rng: torch.Generator, device: torch.device) -> list[torch.Tensor] | None:
@@ -399,7 +404,7 @@ def adapt(
     if clip is None:
         from nada.clip import load_clip_ensemble
 
-        ensemble = load_clip_ensemble(config.clip, device, antialias=config.antialias)
+        ensemble = load_clip_ensemble(config.resolved_clip(), device, antialias=config.antialias)
     else:
         ensemble = _as_ensemble(clip)
     target_images = load_target_images(config.target_images) if config.target_images else None
@@ -451,6 +456,8 @@ def adapt(
             "source": config.source,
             "target": config.target,
             "target_images": config.target_images,
+            "clip": config.resolved_clip() if clip is None else ", ".join(f"{m.name}:{w}" for m, w in ensemble),
+            "templates": config.resolved_templates(),
             "layers": config.layers,
             "trained_layers": [n for n in order if n in boundary["trained"]],
             "iterations": at,
@@ -473,7 +480,7 @@ def adapt(
         return target
 
     ctx = SelectionContext(
-        sample_w=lambda n: sample_latents(G_frozen, n, 0.0, rng, device)[:, 0],
+        sample_w=lambda n: sample_w(G_frozen, n, rng, device),
         image_loss=lambda img: selection_loss(guides, img),
         batch_size=config.auto_batch,
     )

@@ -13,22 +13,80 @@ from nada.errors import NadaError
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from nada.checkpoints import load_generator
     from nada.generate import generate_images, save_outputs
     from nada.io import parse_seeds, resolve_device
 
     seeds = parse_seeds(args.seeds)
+    compare_out = _comparison_target(args) if args.compare else None  # refuse before any loading
     device = resolve_device(args.device)
-    G = load_generator(args.checkpoint, device=device)
-    images = generate_images(G, seeds, truncation_psi=args.truncation, batch_size=args.batch_size, device=device)
-    written = save_outputs(images, seeds, out=args.out, out_dir=args.out_dir, force=args.force)
+    G, base_source = _generate_source(args, device)
+    if compare_out is not None:
+        written = [_save_comparison(compare_out, base_source, G, args, seeds, device)]
+    else:
+        images = generate_images(G, seeds, truncation_psi=args.truncation, batch_size=args.batch_size, device=device)
+        written = save_outputs(images, seeds, out=args.out, out_dir=args.out_dir, force=args.force)
     for path in written:
         print(f"wrote {path}")
     return 0
 
 
+def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple["Generator", str | None]:  # noqa: F821
+    """The generator to render (from --preset or --checkpoint) and the source of its base (None if unknown)."""
+    from nada.checkpoints import load_generator, read_metadata
+
+    if args.preset is not None:
+        from nada.presets import get_preset, load_preset
+
+        return load_preset(args.preset, device=device), args.base or get_preset(args.preset).base
+    G = load_generator(args.checkpoint, device=device)
+    base = args.base
+    if args.compare and base is None:
+        try:
+            base = read_metadata(args.checkpoint).get("base_model")
+        except NadaError:
+            base = None
+    return G, base
+
+
+def _comparison_target(args: argparse.Namespace) -> Path:
+    """The grid file --compare writes; NadaError for --out-dir, a bad suffix or an existing file without --force."""
+    from nada.generate import IMAGE_SUFFIXES
+
+    if args.out_dir is not None:
+        raise NadaError("--compare writes one grid (base row above adapted row): use --out instead of --out-dir")
+    out = Path(args.out or "grid.png")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise NadaError(f"cannot write image {out}: use a file name ending in {', '.join(IMAGE_SUFFIXES)}")
+    if out.exists() and not args.force:
+        raise NadaError(f"{out} already exists: choose another output or pass --force to overwrite")
+    return out
+
+
+def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: argparse.Namespace,  # noqa: F821
+                     seeds: list[int], device: "torch.device") -> Path:  # noqa: F821
+    """Render the adapted and the base generator for the same seeds; one grid, base row above adapted row."""
+    from nada.checkpoints import load_generator
+    from nada.generate import GRID_COLUMNS, generate_images
+    from nada.io import atomic_save_image, image_grid
+    from nada.presets import comparison_rows, share_mean_latent
+
+    if base_source is None:
+        raise NadaError(f"--compare needs the base generator, and {args.checkpoint} does not record one: pass --base NAME_OR_PATH")
+    base = load_generator(base_source, device=device)
+    if base.size != G.size:
+        raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
+    share_mean_latent(base, G)  # one truncation centre for both rows (adaptation never trains the mapping)
+    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device}
+    rows = comparison_rows(generate_images(base, seeds, **render), generate_images(G, seeds, **render), GRID_COLUMNS)
+    return atomic_save_image(image_grid(rows), out)
+
+
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt) or a registered name")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt) or a registered name (nada presets generators)")
+    what.add_argument("--preset", help="an adapted generator by preset name (see nada presets list); downloads released weights on first use")
+    p.add_argument("--compare", action="store_true", help="one grid with the base generator's row above the adapted row, same seeds")
+    p.add_argument("--base", default=None, help="base generator for --compare (default: the preset's base or the checkpoint's recorded base)")
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. '0-15' or '1,5,9' (default: %(default)s)")
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi towards the mean latent (default: %(default)s)")
     p.add_argument("--out", default=None, help="write one grid image here (default: grid.png unless --out-dir is given)")
@@ -46,8 +104,8 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "target": ("--target", "text describing the new domain, e.g. 'sketch' (required unless --target-images)"),
     "target_images": ("--target-images", "folder of example images of the target style (image-guided adaptation)"),
     "generator": ("--generator", "base generator: checkpoint path or registered name"),
-    "clip": ("--clip", "CLIP model or weighted ensemble, e.g. 'ViT-B/32,ViT-B/16:0.5'"),
-    "templates": ("--templates", "prompt templates for text directions: imagenet, plain or toy"),
+    "clip": ("--clip", "CLIP model or weighted ensemble, e.g. 'ViT-B/32,ViT-B/16:0.5'; auto: the toy CLIP for the toy generator, else ViT-B/32"),
+    "templates": ("--templates", "prompt templates for text directions: imagenet, plain, toy or auto (toy for the toy CLIP, else imagenet)"),
     "layers": ("--layers", "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,..."),
     "select_every": ("--select-every", "re-select auto/grad layers every N iterations"),
     "auto_batch": ("--auto-batch", "latents used by the auto/grad layer selection"),
@@ -109,12 +167,105 @@ def _run_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- presets
+
+
+def _presets_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="table of presets: name, base, domain, whether it is on this machine")
+    sub.add_parser("generators", help="table of registered base generators (names for --checkpoint and --generator)")
+    show = sub.add_parser("show", help="details of one preset, with the `nada adapt` command that trains it")
+    show.add_argument("name", help="preset name")
+    pack = sub.add_parser("pack", help="write the compact preset file of an adapted checkpoint (float16 differences to its base)")
+    pack.add_argument("name", help="preset name; the file goes where the preset table expects it unless --out is given")
+    pack.add_argument("checkpoint", help="adapted checkpoint, e.g. runs/toy-sketch/generator.pt from nada adapt")
+    pack.add_argument("--out", default=None, help="output file (default: the preset's packaged or cache location)")
+    pack.add_argument("--base", default=None, help="registered base generator (default: the checkpoint's recorded base)")
+    pack.add_argument("--force", action="store_true", help="overwrite an existing preset file")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain-text table, columns padded to their widest cell."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _run_presets(args: argparse.Namespace) -> int:
+    from nada import presets
+
+    if args.presets_command == "list":
+        rows = []
+        for name in presets.known_presets():
+            p = presets.get_preset(name)
+            rows.append((p.name, p.base, p.domain, presets.preset_status(p).note))
+        print(_table(("NAME", "BASE", "DOMAIN (SOURCE -> TARGET)", "LOCAL"), rows))
+    elif args.presets_command == "generators":
+        from nada.registry import GENERATORS, is_local
+
+        def local(g: "RegisteredGenerator") -> str:  # noqa: F821
+            if is_local(g.name):
+                return "yes"
+            return "no (not packaged here)" if g.weights.kind == "package" else "no (downloads on first use)"
+
+        rows = [(g.name, str(g.resolution), local(g), g.description) for g in GENERATORS.values()]
+        print(_table(("NAME", "SIZE", "LOCAL", "DESCRIPTION"), rows))
+    elif args.presets_command == "show":
+        _show_preset(presets.get_preset(args.name))
+    else:
+        _pack_preset(args)
+    return 0
+
+
+def _show_preset(p: "Preset") -> None:  # noqa: F821
+    from nada import presets
+
+    status = presets.preset_status(p)
+    print(f"preset:      {p.name} ({p.description})")
+    print(f"base:        {p.base}")
+    print(f"domain:      {p.domain}")
+    if p.weights is None:
+        print("weights:     none released: train on demand")
+    elif p.weights.kind == "package":
+        print(f"weights:     packaged with nada as {p.weights.address}")
+    else:
+        print(f"weights:     {p.weights.address}")
+        print(f"sha256:      {p.weights.sha256 or 'not published: the file is not verified'}")
+    print(f"local:       {status.note}" + (f" at {status.path}" if status.path else ""))
+    if status.path is not None and presets.is_compact(status.path):
+        info = presets.packed_info(status.path)
+        trained = {k: info["metadata"][k] for k in ("iterations", "layers", "clip") if k in info["metadata"]}
+        print(f"packed:      {info['tensors']} changed tensors, {info['parameters']:,} parameters; trained with {trained or 'unknown settings'}")
+    print(f"recipe:      {', '.join(f'{k}={v}' for k, v in p.options) or '(defaults)'}")
+    print(f"train with:  {presets.adapt_command(p)}")
+    print(f"then:        nada generate --preset {p.name} --seeds 0-7 --compare")
+
+
+def _pack_preset(args: argparse.Namespace) -> None:
+    from nada import presets
+    from nada.download import human_size, local_path
+
+    p = presets.get_preset(args.name)
+    if args.out is not None:
+        out = Path(args.out)
+    elif p.weights is not None and p.weights.kind == "package":
+        out = local_path(p.weights, p.name)
+    else:
+        out = presets.trained_dir(p.name) / "generator.pt"
+    written = presets.pack_preset(args.checkpoint, out, base=args.base or None, name=p.name, overwrite=args.force)
+    info = presets.packed_info(written)
+    full = Path(args.checkpoint).stat().st_size
+    print(f"wrote {written}: {info['tensors']} changed tensors ({info['parameters']:,} parameters), "
+          f"{human_size(info['bytes'])} instead of {human_size(full)} for the full checkpoint")
+
+
 # ---------------------------------------------------------------- entry point
 
 # Subcommand name -> (help, add_arguments, run).
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "generate": ("render images from a generator checkpoint for a list of seeds", _generate_arguments, _run_generate),
     "adapt": ("adapt a generator to a new domain described by text (StyleGAN-NADA)", _adapt_arguments, _run_adapt),
+    "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
 }
 
 

@@ -15,8 +15,13 @@ from typing import Any, Mapping
 from nada.errors import NadaError
 
 # Template sets for text prompts: "imagenet" is CLIP's 79 ImageNet prompts (the official choice),
-# "plain" uses the bare text, "toy" the prompts the project's tiny CLIP was trained with.
-TEMPLATE_CHOICES = ("imagenet", "plain", "toy")
+# "plain" uses the bare text, "toy" the prompts the project's tiny CLIP was trained with, and
+# "auto" picks "toy" for the toy CLIP and "imagenet" otherwise.
+TEMPLATE_CHOICES = ("auto", "imagenet", "plain", "toy")
+# "auto" for the CLIP means: the project's toy CLIP for the toy generator, else the paper's ViT-B/32.
+AUTO = "auto"
+TOY = "toy"
+PAPER_CLIP = "ViT-B/32"
 NOISE_CHOICES = ("random", "const", "none")
 
 
@@ -32,8 +37,8 @@ class AdaptConfig:
     target_images_batch: int = 16  # generated source images whose mean embedding the image direction starts from (official img2img_batch)
 
     # CLIP guidance.
-    clip: str = "ViT-B/32"  # one model or a weighted ensemble, e.g. "ViT-B/32,ViT-B/16:0.5"
-    templates: str = "imagenet"
+    clip: str = AUTO  # one model or a weighted ensemble, e.g. "ViT-B/32,ViT-B/16:0.5"; see resolved_clip
+    templates: str = AUTO  # see TEMPLATE_CHOICES and resolved_templates
     antialias: bool = True  # antialiased resize to CLIP's input (see nada.clip); False = official numbers
     lambda_direction: float = 1.0
     lambda_global: float = 0.0
@@ -86,6 +91,18 @@ class AdaptConfig:
         if unknown:
             raise NadaError(f"unknown adaptation settings {unknown}: valid names are {sorted(known)}")
         return cls(**dict(d))
+
+    def resolved_clip(self) -> str:
+        """The CLIP spec actually used: "auto" means the toy CLIP for the toy generator, else ViT-B/32."""
+        if self.clip.strip().lower() != AUTO:
+            return self.clip
+        return TOY if self.generator == TOY else PAPER_CLIP
+
+    def resolved_templates(self) -> str:
+        """The template set actually used: "auto" means "toy" with the toy CLIP alone, else "imagenet"."""
+        if self.templates != AUTO:
+            return self.templates
+        return TOY if self.resolved_clip() == TOY else "imagenet"
 
     def replace(self, **changes: Any) -> "AdaptConfig":
         """A copy with some fields changed."""
