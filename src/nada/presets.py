@@ -1,0 +1,374 @@
+"""Presets: named adapted generators (base model + source -> target domain + recipe) and where their weights are.
+
+A `Preset` names its base generator (a `nada.registry` name), the source and target texts, the
+adaptation options (`AdaptConfig` fields, the recipe) and where its weights come from. `load_preset`
+looks, in this order, for:
+
+1. the preset's own weights: a file packaged with nada (the toy presets, ``nada/assets/toy/presets/NAME.pt``)
+   or a released file downloaded on first use into ``$NADA_CACHE/weights/NAME/`` (the FFHQ presets
+   released by the StyleGAN-NADA authors);
+2. a run trained on this machine, ``$NADA_CACHE/presets/NAME/generator.pt``: a preset without released
+   weights ("train on demand") is made by the ``nada adapt`` command that `adapt_command` prints, whose
+   ``--out`` is that folder.
+
+The FFHQ presets with weights are the StyleGAN-NADA authors' files in the Hugging Face repository
+``rinong/stylegan-nada-models`` (the one their own demo loads), pinned to a commit. Their SHA-256 comes
+from the repository's Git LFS pointers where the pointer was found (``sketch.pt``: not found, so not
+verified). The files record no training prompts: for them, source and target describe the domain,
+and the recipe is the official README command (ViT-B/32 + ViT-B/16, adaptive layers k=18, 301 iterations).
+
+Compact preset files (format version 1, written by `pack_preset`, read by `load_preset_file`): an
+adapted generator differs from its base only in the layers that trained, so a preset stores, for each
+state-dict tensor that changed, ``adapted - base`` in float16 (half the bytes, and the rounding error
+is relative to the small difference, not to the weight), plus the mean latent and a fingerprint of
+the base weights it was made against::
+
+    {"nada_preset": {"format": "nada-preset-delta", "format_version": 1, "name": ..., "base": "toy",
+                     "base_fingerprint": sha256 hex, "metadata": {... the run's checkpoint metadata ...}},
+     "delta": {state-dict key: float16 tensor},       # float32 where float16 would overflow
+     "latent_avg": float32 [style_dim]}
+
+Only tensors, strings and numbers: it loads with ``torch.load(weights_only=True)``, and loading gives a
+normal `nada.networks.Generator`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nada.download import WeightsSource, cache_dir, fetch, human_size, local_path
+from nada.errors import NadaError
+from nada.io import atomic_torch_save
+
+if TYPE_CHECKING:
+    from nada.config import AdaptConfig
+    from nada.networks import Generator
+
+FORMAT = "nada-preset-delta"
+FORMAT_VERSION = 1
+NADA_MODELS_REPO = "rinong/stylegan-nada-models"
+NADA_MODELS_REVISION = "d1d03db8190a4867e9278aa8bdea3c121fa5742e"  # "Upload pixar.pt", 18 May 2022
+NADA_MODEL_BYTES = 132724587  # every file of that repository has this size (its LFS pointers say so)
+
+# The official README's training command, as AdaptConfig options.
+OFFICIAL_RECIPE: tuple[tuple[str, Any], ...] = (
+    ("clip", "ViT-B/32,ViT-B/16"),
+    ("layers", "auto:18"),
+    ("iterations", 301),
+    ("batch_size", 2),
+    ("lr", 0.002),
+    ("mixing_prob", 0.0),
+)
+TOY_RECIPE: tuple[tuple[str, Any], ...] = (("layers", "auto:3"), ("iterations", 300), ("lr", 0.002), ("seed", 0))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An adapted generator by name: base, source -> target, recipe (AdaptConfig options) and weights (None: train on demand)."""
+
+    name: str
+    base: str
+    source: str
+    target: str
+    options: tuple[tuple[str, Any], ...] = ()
+    weights: WeightsSource | None = None
+    description: str = ""
+
+    @property
+    def domain(self) -> str:
+        return f"{self.source} -> {self.target}"
+
+    def adapt_config(self, out_dir: str | os.PathLike | None = None) -> "AdaptConfig":
+        """The AdaptConfig that trains this preset; its run folder is `trained_dir` unless `out_dir` is given."""
+        from nada.config import AdaptConfig
+
+        out = str(out_dir if out_dir is not None else trained_dir(self.name))
+        return AdaptConfig(generator=self.base, source=self.source, target=self.target, out_dir=out, **dict(self.options))
+
+
+def _toy(style: str, description: str) -> Preset:
+    name = "toy-" + style.replace(" ", "-")
+    return Preset(name, "toy", "photo", style, TOY_RECIPE, WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt"), description)
+
+
+def _nada(name: str, filename: str, source: str, target: str, sha256: str | None, description: str) -> Preset:
+    weights = WeightsSource(filename, hf_repo=NADA_MODELS_REPO, hf_revision=NADA_MODELS_REVISION, sha256=sha256, size=NADA_MODEL_BYTES)
+    return Preset(name, "ffhq", source, target, OFFICIAL_RECIPE, weights, description)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        _toy("sketch", "toy faces drawn in pencil"),
+        _toy("watercolor", "toy faces as watercolour washes"),
+        _toy("pixel art", "toy faces as blocky pixel art"),
+        _toy("neon", "toy faces as glowing neon outlines"),
+        _toy("pop art", "toy faces inked and dotted like pop art"),
+        _nada("ffhq-sketch", "sketch.pt", "photo", "sketch", None, "pencil sketches (StyleGAN-NADA release)"),
+        _nada("ffhq-pixar", "pixar.pt", "photo", "Pixar character", "e690afbf1518362220e663f3db74b40f40667f13daab7689d86e90035d8d537f", "3D animated characters (StyleGAN-NADA release)"),
+        _nada("ffhq-anime", "anime.pt", "photo", "anime painting", "1424d2a668f7b97ee4b993c5bf5fa4eaeff9250a514d5e5e3050d52c0315f1fb", "anime faces (StyleGAN-NADA release)"),
+        _nada("ffhq-joker", "joker.pt", "person", "the Joker", "9a00c9664d1862a22e448b0aae4fc975978c4b2a13e0f800c777f1b9bbbec827", "Joker make-up (StyleGAN-NADA release)"),
+        _nada("ffhq-ukiyoe", "ukiyoe.pt", "photo", "Ukiyo-e painting", "220fedd0fd51f965d9b166978ba41602146cc8f84b617066b3d45c7fab2e43a8", "Japanese woodblock prints (StyleGAN-NADA release)"),
+        _nada("ffhq-botero", "botero.pt", "photo", "Botero painting", "a4954705a6b7565e07b7ba70fca255058dec8c5f89ea94b99d6b672ffedee932", "Fernando Botero's style (StyleGAN-NADA release)"),
+        _nada("ffhq-shrek", "shrek.pt", "person", "Shrek", "b92a8e5912d1e369f0611eccd0ed06034d4e52486b6926ab5c6810259ab90951", "ogres (StyleGAN-NADA release)"),
+        _nada("ffhq-ghibli", "ghibli.pt", "photo", "Studio Ghibli character", "94c25e6a83a14fb90e6f39741f93eb7217dbbe357abc37619955c102a899a075", "Ghibli animation (StyleGAN-NADA release)"),
+        _nada("ffhq-elf", "elf.pt", "human", "elf", "2965fd5d0dda16a70f8a53a44f108a7bf601b01790f797cd72fc0ea3e3274c43", "elves (StyleGAN-NADA release)"),
+        _nada("ffhq-super-saiyan", "ssj.pt", "person", "Super Saiyan", "713a5da9fa3459bf8d1eeb2d6d9527725e32405e58ce741e7b5fc8da5c018f8e", "Dragon Ball hair (StyleGAN-NADA release)"),
+        Preset("ffhq-werewolf", "ffhq", "human", "werewolf", OFFICIAL_RECIPE, None, "werewolves (paper example; train on demand)"),
+        Preset("ffhq-zombie", "ffhq", "human", "zombie", OFFICIAL_RECIPE, None, "zombies (train on demand)"),
+        Preset("afhqdog-nicolas-cage", "afhqdog", "dog", "Nicolas Cage", OFFICIAL_RECIPE, None, "dogs to Nicolas Cage (paper example; train on demand)"),
+    )
+}
+
+
+def known_presets() -> list[str]:
+    """Preset names in table order."""
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`; NadaError listing the valid names otherwise."""
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise NadaError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)} (see `nada presets list`)")
+    return preset
+
+
+def trained_dir(name: str) -> Path:
+    """Run folder of a preset trained on this machine: $NADA_CACHE/presets/<name>."""
+    return cache_dir() / "presets" / name
+
+
+# ---------------------------------------------------------------- availability
+
+
+@dataclass(frozen=True)
+class PresetStatus:
+    """Whether a preset loads without training or downloading, from which file, and a one-line note."""
+
+    available: bool
+    path: Path | None  # the file load_preset would read (None: nothing on this machine)
+    note: str
+
+
+def preset_status(preset: Preset) -> PresetStatus:
+    """Where `preset`'s weights are on this machine, if anywhere; nothing is fetched."""
+    own = local_path(preset.weights, preset.name) if preset.weights is not None else None
+    if own is not None and own.is_file():
+        return PresetStatus(True, own, "yes (packaged)" if preset.weights.kind == "package" else "yes (downloaded)")
+    trained = trained_dir(preset.name) / "generator.pt"
+    if trained.is_file():
+        return PresetStatus(True, trained, "yes (trained here)")
+    if preset.weights is not None and preset.weights.kind != "package":
+        return PresetStatus(False, None, f"no: downloads {human_size(preset.weights.size)} on first use")
+    if preset.weights is None:
+        return PresetStatus(False, None, f"no: train on demand (nada presets show {preset.name})")
+    return PresetStatus(False, None, f"not available: not packaged here (nada presets show {preset.name})")
+
+
+def adapt_command(preset: Preset, out_dir: str | os.PathLike | None = None) -> str:
+    """The exact `nada adapt` command line that trains `preset` (into `trained_dir` unless `out_dir` is given)."""
+    from nada.cli import _ADAPT_FLAGS
+
+    config = preset.adapt_config(out_dir)
+    wanted = {"generator", "source", "target", "out_dir"} | {k for k, _ in preset.options}
+    args = ["nada", "adapt"]
+    for field, (flag, _) in _ADAPT_FLAGS.items():
+        if field in wanted:
+            args += [flag, str(getattr(config, field))]
+    options = dict(preset.options)
+    if options.get("antialias") is False:
+        args.append("--no-antialias")
+    if options.get("bf16"):
+        args.append("--bf16")
+    return shlex.join(args)
+
+
+def load_preset(name: str, device: str | torch.device = "cpu", progress: bool = True) -> "Generator":
+    """The adapted Generator of preset `name` (eval mode, on `device`), downloading released weights on first use."""
+    preset = get_preset(name)
+    status = preset_status(preset)
+    if status.available:
+        path = status.path
+    elif preset.weights is not None and preset.weights.kind != "package":
+        path = fetch(preset.weights, preset.name, progress=progress)
+    else:
+        why = "has no released weights" if preset.weights is None else "is not packaged in this installation"
+        raise NadaError(
+            f"preset {name!r} ({preset.domain} on {preset.base}) {why} and was not trained here: "
+            f"train it first with `{adapt_command(preset)}`, then use --preset {name} again"
+        )
+    assert path is not None
+    return load_preset_file(path, device)
+
+
+# ---------------------------------------------------------------- compact files
+
+
+def state_fingerprint(G: torch.nn.Module) -> str:
+    """SHA-256 over the names, shapes and float32 bytes of G's state dict: identifies the exact base weights."""
+    h = hashlib.sha256()
+    for key, t in sorted(G.state_dict().items()):
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{key}:{list(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read(path: Path, mmap: bool = False) -> Any:
+    """torch.load(weights_only=True) of a preset file; NadaError naming the file when it is unreadable.
+
+    mmap=True maps instead of reading the tensors, so a look at the keys of a large checkpoint costs nothing.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated, not a torch file, a refused global: one advice
+        raise NadaError(f"{path} is not a readable preset file ({' '.join(str(e).split())[:160]}): download or pack it again") from None
+
+
+def is_compact(path: str | os.PathLike) -> bool:
+    """True when `path` is a compact preset file (a zip-format torch file with a 'nada_preset' record)."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):  # compact files are always written in torch's zip format
+        return False
+    try:
+        obj = _read(path, mmap=True)
+    except NadaError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("nada_preset"), dict)
+
+
+def load_preset_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":
+    """Generator from a compact preset file (base + float16 deltas) or from any checkpoint `load_generator` reads."""
+    from nada.checkpoints import load_generator
+
+    path = Path(path)
+    if not path.is_file() or not is_compact(path):
+        return load_generator(path, device=device)
+    obj = _read(path)
+    meta = obj["nada_preset"]
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise NadaError(f"{path} is a preset file of format {meta.get('format')} v{meta.get('format_version')}: this nada reads {FORMAT} v{FORMAT_VERSION}; update nada")
+    G = load_generator(meta["base"])
+    if state_fingerprint(G) != meta.get("base_fingerprint"):
+        raise NadaError(
+            f"{path} was packed against other weights of the base generator {meta['base']!r} than this machine has: "
+            "re-pack it from its run with `nada presets pack`, or use the base it was made for"
+        )
+    state = G.state_dict()
+    for key, delta in obj["delta"].items():
+        if key not in state or state[key].shape != delta.shape:
+            raise NadaError(f"{path}: delta {key} {list(delta.shape)} does not fit the base generator {meta['base']!r}: the file is corrupt")
+        state[key] = state[key] + delta.to(state[key].dtype)
+    G.load_state_dict(state, strict=True)
+    G.mean_latent.copy_(obj["latent_avg"].reshape(G.mean_latent.shape))
+    return G.eval().to(device)
+
+
+def pack_preset(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    base: str | None = None,
+    name: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """Write the compact preset file of an adapted checkpoint: float16 differences to its registered base.
+
+    `base` defaults to the ``base_model`` in the checkpoint's nada metadata and must be a registered
+    generator name (the file is loaded later by that name).
+    """
+    from nada.checkpoints import load_generator, read_metadata
+    from nada.registry import known_generators
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NadaError(f"{out} already exists: choose another path or pass --force to overwrite")
+    try:
+        metadata = read_metadata(checkpoint)
+    except NadaError:
+        metadata = {}
+    base = base or metadata.get("base_model")
+    if base not in known_generators():
+        raise NadaError(f"the base generator {base!r} is not a registered name: pass the registered base of {checkpoint} (one of {', '.join(known_generators())})")
+    G, B = load_generator(checkpoint), load_generator(base)
+    if G.config != B.config:
+        raise NadaError(f"{checkpoint} is a {G.config.size}px generator of another architecture than the base {base!r}: pass the base it was adapted from")
+    base_state = B.state_dict()
+    delta: dict[str, torch.Tensor] = {}
+    for key, t in G.state_dict().items():
+        if not torch.equal(t, base_state[key]):
+            d = (t.float() - base_state[key].float()).cpu()
+            half = d.half()
+            delta[key] = half if bool(torch.isfinite(half).all()) else d  # float16 overflows beyond 65504
+    payload = {
+        "nada_preset": {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "base": base,
+            "base_fingerprint": state_fingerprint(B),
+            "metadata": metadata,  # plain types already (read_metadata)
+        },
+        "delta": delta,
+        "latent_avg": G.mean_latent.detach().float().cpu().clone(),
+    }
+    return atomic_torch_save(payload, out)
+
+
+def packed_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Summary of a compact preset file: base, number of changed tensors and parameters, bytes on disk."""
+    obj = _read(Path(path))
+    if not (isinstance(obj, dict) and isinstance(obj.get("nada_preset"), dict)):
+        raise NadaError(f"{path} is not a compact preset file: it holds no 'nada_preset' record")
+    delta = obj["delta"]
+    return {
+        "base": obj["nada_preset"].get("base"),
+        "tensors": len(delta),
+        "parameters": sum(t.numel() for t in delta.values()),
+        "bytes": Path(path).stat().st_size,
+        "metadata": obj["nada_preset"].get("metadata", {}),
+    }
+
+
+# ---------------------------------------------------------------- side-by-side comparison
+
+
+def share_mean_latent(base: "Generator", adapted: "Generator") -> bool:
+    """Give `adapted` the base's mean latent when both have the same mapping network; True if it was shared.
+
+    Adaptation never trains the mapping network, so the base's stored mean latent is the right truncation
+    centre for both; a released checkpoint without one would otherwise use a re-estimated mean.
+    """
+    base_map = {k: v for k, v in base.state_dict().items() if k.startswith("style.")}
+    adapted_map = {k: v for k, v in adapted.state_dict().items() if k.startswith("style.")}
+    if base_map.keys() != adapted_map.keys() or not all(torch.equal(v, adapted_map[k].to(v.device)) for k, v in base_map.items()):
+        return False
+    with torch.no_grad():
+        adapted.mean_latent.copy_(base.mean_latent.to(adapted.mean_latent.device))
+    return True
+
+
+def comparison_rows(base: torch.Tensor, adapted: torch.Tensor, columns: int = 8) -> list[torch.Tensor]:
+    """Rows for `nada.io.image_grid`: up to `columns` base images [n,3,H,W] in [-1,1], then the adapted images of the same seeds below.
+
+    With more seeds than columns the pairs of rows repeat; the last pair is padded with white tiles.
+    """
+    assert base.shape == adapted.shape and base.ndim == 4, f"need matching [N,3,H,W] batches, got {tuple(base.shape)} and {tuple(adapted.shape)}"
+    n = base.shape[0]
+    cols = min(n, columns)
+    pad = (-n) % cols
+    if pad:
+        white = base.new_ones(pad, *base.shape[1:])
+        base, adapted = torch.cat([base, white]), torch.cat([adapted, white])
+    rows: list[torch.Tensor] = []
+    for b, a in zip(base.split(cols), adapted.split(cols)):
+        rows += [b, a]
+    return rows
