@@ -252,6 +252,9 @@ def test_cli_pack(capsys: pytest.CaptureFixture[str], world: dict, tmp_path: Pat
     target = presets.trained_dir("tiny-on-demand") / "generator.pt"
     assert target.is_file() and f"wrote {target}" in out and "changed tensors" in out
     assert preset_status(world["on_demand"]).available  # packed into the place load_preset looks at
+    assert main(["presets", "show", "tiny-on-demand"]) == 0
+    shown = capsys.readouterr().out
+    assert "yes (trained here)" in shown and "packed:" in shown and "'iterations': 7" in shown
     assert main(["presets", "pack", "tiny-on-demand", str(world["run"])]) == 2  # no silent overwrite
 
 
