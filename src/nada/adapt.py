@@ -265,12 +265,7 @@ def loss_terms(
             f_src = g.clip.encode_image(img_frozen)
         f_tgt = g.clip.encode_image(img_train)
         if config.lambda_direction > 0:
-            f_dir = f_tgt
-            if (torch.nn.functional.normalize(f_tgt, dim=-1) == torch.nn.functional.normalize(f_src, dim=-1)).all(dim=-1).any():
-                # Equal images (step 0, with the same latents and noise) have no edit direction; like the
-                # official code, measure it for a minimally shifted image instead of dividing 0 by 0.
-                f_dir = g.clip.encode_image(img_train + 1e-6)
-            add("direction", g.weight * losses.directional_loss(f_src, f_dir, g.direction))
+            add("direction", g.weight * directional_term(f_src, f_tgt, g.direction))
         if config.lambda_global > 0:
             add("global", g.weight * losses.global_loss(f_tgt, g.global_target))
         if config.lambda_manifold > 0:
@@ -281,6 +276,30 @@ def loss_terms(
             size = patch_size_for(img_train.shape[-1])
             add("patch", g.weight * losses.patch_directional_loss(g.clip, img_frozen, img_train, g.part_directions, centers, size))
     return terms
+
+
+def directional_term(f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """The directional loss over features [N, D], with its first-order limit for samples whose images are equal.
+
+    Where the trained image still equals the frozen one (the first step, when both render the same
+    latents with the same noise) the edit e = unit(f_tgt) - unit(f_src) is zero and has no direction.
+    There the loss is 1 - e . direction: it equals 1 at e = 0 and its gradient points along the edit
+    that best follows the direction, with the magnitude of an ordinary step. The official code
+    instead measures the edit of a 1e-6-shifted image; the gradient of that normalised near-zero
+    edit is about a million times too large and fills Adam's second-moment estimate, which then
+    (beta2 = 0.992) shrinks every later step for thousands of iterations.
+    """
+    from nada import losses
+
+    edit = torch.nn.functional.normalize(f_tgt, dim=-1) - torch.nn.functional.normalize(f_src, dim=-1)
+    still = (edit == 0).all(dim=-1)
+    if not bool(still.any()):
+        return losses.directional_loss(f_src, f_tgt, direction)
+    total = (1 - edit[still] @ direction[0]).sum()
+    moving = ~still
+    if bool(moving.any()):
+        total = total + losses.directional_loss(f_src[moving], f_tgt[moving], direction) * int(moving.sum())
+    return total / f_src.shape[0]
 
 
 def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
