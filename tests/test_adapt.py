@@ -211,6 +211,10 @@ def test_resume_of_a_finished_run_and_extension(tmp_path: Path, clip) -> None:
         adapt(cfg.replace(iterations=3, lr=0.1), progress=False, G_base=make_generator(), clip=clip, resume=True)
     with pytest.raises(NadaError, match="already has 3 iterations"):
         adapt(cfg.replace(iterations=2), progress=False, G_base=make_generator(), clip=clip, resume=True)
+    state = RunPaths(Path(cfg.out_dir)).state
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    with pytest.raises(NadaError, match="cannot be read.*--force"):
+        adapt(cfg.replace(iterations=3), progress=False, G_base=make_generator(), clip=clip, resume=True)
 
 
 def test_existing_run_is_never_overwritten(tmp_path: Path, clip) -> None:
@@ -239,6 +243,7 @@ def test_existing_run_is_never_overwritten(tmp_path: Path, clip) -> None:
         (dict(layers="grad:12"), "K <= 11"),
         (dict(layers="sideways"), "bad layers spec"),
         (dict(clip="ViT-Z/99"), "unknown CLIP model"),
+        (dict(clip="ViT-B/32:-1"), "must be a positive number"),
         (dict(lambda_direction=0.0), "every loss weight is 0"),
         (dict(templates="klingon"), "unknown templates"),
     ],

@@ -130,6 +130,16 @@ def _check_resumable(stored: dict[str, Any], config: AdaptConfig, where: Path) -
         raise NadaError(f"cannot resume the run in {where} with different settings ({details}): use the original settings, --force to start over, or another --out")
 
 
+def _load_state(paths: RunPaths) -> dict[str, Any]:
+    """The resume state plus the weights of the checkpoint it names (key "g_ema"); NadaError if unreadable."""
+    try:
+        state = torch.load(paths.state, map_location="cpu", weights_only=True)
+        ckpt = torch.load(paths.root / state["checkpoint"], map_location="cpu", weights_only=True)
+        return {**state, "g_ema": ckpt["g_ema"]}
+    except Exception as e:  # truncated file, missing checkpoint, foreign content: all end the same way
+        raise NadaError(f"the saved state of the run in {paths.root} cannot be read ({type(e).__name__}: {e}): start over with --force") from None
+
+
 def _read_log(path: Path, upto: int) -> list[str]:
     """Lines of a JSON-lines log whose step is at most ``upto`` (later ones belong to lost work)."""
     if not path.exists():
@@ -248,7 +258,8 @@ def loss_terms(
     """Every active loss term (lambda > 0), each summed over the ensemble with the models' weights.
 
     Images [N, 3, H, W] in [-1, 1]; gradients reach ``img_train`` only. Each model encodes each image
-    batch once and all of its terms reuse those features.
+    batch once and all of its terms reuse those features. The texture term compares the unnormalised
+    features of the ensemble's own models (the official code always loads CLIP RN50 for it).
     """
     from nada import losses
 
@@ -408,6 +419,10 @@ def adapt(
     selector: LayerSelector = parse_layers(config.layers)
     if config.lambda_patch > 0 and not config.target.strip():
         raise NadaError("the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0")
+    if clip is None:
+        from nada.clip import parse_clip_spec
+
+        parse_clip_spec(config.resolved_clip())  # a malformed list fails here, before any loading
     paths = prepare_run_dir(config, resume, force)
     device = resolve_device(config.device)
 
@@ -440,11 +455,10 @@ def adapt(
     step, selected, trained = 0, None, set()
 
     # ---- fresh start or resume
-    state = torch.load(paths.state, map_location="cpu", weights_only=True) if resume and paths.state.exists() else None
+    state = _load_state(paths) if resume and paths.state.exists() else None
     if state is not None:
         _check_resumable(state["config"], config, paths.root)
-        ckpt = torch.load(paths.root / state["checkpoint"], map_location=device, weights_only=True)
-        G_train.load_state_dict(ckpt["g_ema"])
+        G_train.load_state_dict(state["g_ema"])
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         step, selected, trained = int(state["step"]), list(state["selected"]), set(state["trained"])
