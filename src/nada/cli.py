@@ -259,6 +259,56 @@ def _pack_preset(args: argparse.Namespace) -> None:
           f"{human_size(info['bytes'])} instead of {human_size(full)} for the full checkpoint")
 
 
+# ---------------------------------------------------------------- stylize
+
+
+def _stylize_arguments(p: argparse.ArgumentParser) -> None:
+    from nada.align import ALIGN_MODES
+    from nada.invert import InvertConfig
+
+    d = InvertConfig()
+    p.add_argument("--image", action="append", required=True, metavar="PATH", help="photo to stylize; repeat for several")
+    p.add_argument("--preset", action="append", default=[], metavar="NAME", help="style preset (see `nada presets list`); repeatable")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted generator checkpoint; repeatable")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/<image>/{aligned,reconstruction,<style>}.png, DIR/grid.png")
+    p.add_argument("--base", default=None, help="base generator the styles were adapted from (default: what their metadata says)")
+    p.add_argument("--align", choices=ALIGN_MODES, default="auto",
+                   help="ffhq: detect the face and align it like FFHQ (needs nada[faces]); none: image is already aligned; "
+                        "auto: none for the toy world, else ffhq (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="inversion steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="inversion learning rate (default: %(default)s)")
+    p.add_argument("--mse", dest="lambda_mse", metavar="W", type=float, default=d.lambda_mse, help="weight of the pixel MSE loss (default: %(default)s)")
+    p.add_argument("--lpips", dest="lambda_lpips", metavar="W", type=float, default=d.lambda_lpips,
+                   help="weight of the perceptual loss: LPIPS, or toy CLIP features for the toy world (default: %(default)s)")
+    p.add_argument("--id", dest="lambda_id", metavar="W", type=float, default=d.lambda_id, help="weight of the ArcFace identity loss (default: %(default)s)")
+    p.add_argument("--lpips-net", choices=("vgg", "alex"), default=d.lpips_net, help="LPIPS backbone (default: %(default)s)")
+    p.add_argument("--allow-missing-losses", action="store_true", help="run without losses whose weights are missing (they are named)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_stylize(args: argparse.Namespace) -> int:
+    from nada.invert import InvertConfig
+    from nada.io import resolve_device
+    from nada.stylize import stylize
+
+    config = InvertConfig(steps=args.steps, lr=args.lr, lambda_mse=args.lambda_mse, lambda_lpips=args.lambda_lpips,
+                          lambda_id=args.lambda_id, lpips_net=args.lpips_net)
+    report = stylize(
+        args.image, args.out, presets=args.preset, checkpoints=args.checkpoint, base=args.base, align=args.align,
+        config=config, device=resolve_device(args.device), allow_missing_losses=args.allow_missing_losses,
+        force=args.force, progress=not args.quiet, log=lambda msg: print(msg, file=sys.stderr),
+    )
+    for r in report.results:
+        quality = f"MSE {r.mse:.4f}"
+        if r.perceptual is not None:
+            quality += f", {report.perceptual_name} {r.perceptual:.4f}"
+        print(f"{r.source}: reconstruction {quality} -> {Path(args.out) / r.folder}")
+    print(f"grid: {Path(args.out) / 'grid.png'} ({len(report.written)} files written)")
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 # Subcommand name -> (help, add_arguments, run).
@@ -266,6 +316,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "generate": ("render images from a generator checkpoint for a list of seeds", _generate_arguments, _run_generate),
     "adapt": ("adapt a generator to a new domain described by text (StyleGAN-NADA)", _adapt_arguments, _run_adapt),
     "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
+    "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
 }
 
 
