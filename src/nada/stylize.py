@@ -195,8 +195,9 @@ def stylize(
     planned = plan_outputs(out_dir, folders, [s.name for s in styles])
     existing = [out_dir / p for p in planned if (out_dir / p).exists()]
     if existing and not force:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise NadaError(f"{existing[0]}{more} already exists: choose another --out or pass --force to overwrite")
+        more = f" and {len(existing) - 1} more files" if len(existing) > 1 else ""
+        verb = "exist" if len(existing) > 1 else "exists"
+        raise NadaError(f"{existing[0]}{more} already {verb}: choose another --out or pass --force to overwrite")
     base = resolve_base(styles, base)
     base_G = load_generator(base, device=device)
     _check_compatible(base_G, styles, base)
