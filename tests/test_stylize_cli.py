@@ -86,7 +86,7 @@ def test_refuses_to_overwrite_without_force(world, capsys):
     capsys.readouterr()
     assert main(_args(world, *MSE_ONLY)) == 2
     err = capsys.readouterr().err
-    assert "already exists" in err and "--force" in err
+    assert "already exist" in err and "--force" in err
     assert (world["out"] / "alice" / "aligned.png").stat().st_mtime_ns == before
     assert main(_args(world, *MSE_ONLY, "--force")) == 0
 
