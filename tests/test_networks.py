@@ -314,17 +314,19 @@ def _randomise(module: torch.nn.Module) -> None:
             p.add_(0.3 * torch.randn_like(p))
 
 
+# Input side 8 takes the per-sample-weight path (6*3*3 <= 8*8), side 2 the activation-scaling path.
+@pytest.mark.parametrize("side", [8, 2])
 @pytest.mark.parametrize("upsample", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_styled_conv_matches_plain_formulas_with_gradients(upsample: bool, channels_last: bool) -> None:
+def test_styled_conv_matches_plain_formulas_with_gradients(side: int, upsample: bool, channels_last: bool) -> None:
     layer = StyledConv(6, 5, 3, 8, upsample=upsample).double()
     _randomise(layer)
-    x = torch.randn(3, 6, 8, 8, dtype=torch.float64)
+    x = torch.randn(3, 6, side, side, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     style = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
-    r = 16 if upsample else 8
+    r = 2 * side if upsample else side
     noise = torch.randn(3, 1, r, r, dtype=torch.float64)
     outs, grads = [], []
     for fn in (layer, lambda a, b, c: styled_conv_plain(layer, a, b, c)):
@@ -340,12 +342,13 @@ def test_styled_conv_matches_plain_formulas_with_gradients(upsample: bool, chann
         assert maxdiff(g_fast, g_plain) < 1e-11
 
 
-def test_to_rgb_matches_plain_formulas_with_gradients() -> None:
+@pytest.mark.parametrize("side", [8, 2])
+def test_to_rgb_matches_plain_formulas_with_gradients(side: int) -> None:
     layer = ToRGB(6, 8).double()
     _randomise(layer)
-    x = torch.randn(2, 6, 8, 8, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 6, side, side, dtype=torch.float64, requires_grad=True)
     style = torch.randn(2, 8, dtype=torch.float64)
-    skip = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(2, 3, side // 2, side // 2, dtype=torch.float64, requires_grad=True)
     outs, grads = [], []
     for fn in (layer, lambda a, b, c: to_rgb_plain(layer, a, b, c)):
         layer.zero_grad()

@@ -147,7 +147,8 @@ def per_sample(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torc
     with (folding the batch into groups would need an NCHW copy) and gives every sample the same
     numbers whatever the batch it is computed in.
     """
-    outs = [op(x[i : i + 1], weights[i]) for i in range(x.shape[0])]
+    # split/unbind rather than indexing: their backward is one concatenation, not N zero-filled copies.
+    outs = [op(xi, wi) for xi, wi in zip(x.split(1), weights.unbind(0))]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
@@ -174,9 +175,9 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 2 and x.shape[1] == self.weight.shape[1], f"expected [N, {self.weight.shape[1]}], got {tuple(x.shape)}"
-        if self.activation:
-            return fused_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul)
-        return F.linear(x, self.weight * self.scale, bias=self.bias * self.lr_mul)
+        # Scaling the small product instead of the weight saves a pass over [out, in] on every call.
+        out = torch.addmm(self.bias * self.lr_mul, x, self.weight.t(), alpha=self.scale)
+        return F.leaky_relu(out, 0.2) * math.sqrt(2) if self.activation else out
 
 
 class FusedLeakyReLU(nn.Module):
@@ -252,28 +253,54 @@ class ModulatedConv2d(nn.Module):
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
 
+    def styles(self, style: torch.Tensor) -> torch.Tensor:
+        """Per-sample input-channel scales [N, in] from styles [N, style_dim], equalized-lr scale included."""
+        return self.modulation(style) * self.scale
+
+    def demodulation(self, s: torch.Tensor) -> torch.Tensor:
+        """Output-channel factors [N, out] that give every modulated filter unit norm, from scales s [N, in]."""
+        # sum over (in, k, k) of (w * s)^2 as a small matmul, without building per-sample weights.
+        return torch.rsqrt(s.square() @ self.weight[0].square().sum([2, 3]).t() + 1e-8)
+
     def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         """Per-sample weights [N, out, in, k, k] from styles [N, style_dim], times an output gain."""
-        s = self.modulation(style) * self.scale  # [N, in]; the equalized-lr scale rides on the style
-        w = self.weight[0]  # [out, in, k, k]
-        coef = s[:, None, :] * gain  # [N, 1, in]
-        if self.demodulate:
-            # sum over (in, k, k) of (w * s)^2 as a small matmul, without building the per-sample weights twice.
-            demod = torch.rsqrt(s.square() @ w.square().sum([2, 3]).t() + 1e-8)  # [N, out]
-            coef = coef * demod[:, :, None]  # [N, out, in]
-        return w[None] * coef[..., None, None]
+        s = self.styles(style)
+        coef = s[:, None, :] * (self.demodulation(s)[:, :, None] * gain if self.demodulate else gain)
+        return self.weight[0][None] * coef[..., None, None]
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None) -> torch.Tensor:
         """gain * modconv(x, style) + bias: x [N, in, H, W] -> [N, out, H', W'] (H' = 2H when up-sampling)."""
-        n, c = x.shape[:2]
+        n, c, h, w = x.shape
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {tuple(x.shape)}"
         assert style.ndim == 2 and style.shape[0] == n, f"style {tuple(style.shape)} does not match input batch {n}"
+        # Same result two ways; pick the one that touches less memory. Where a filter bank is
+        # larger than a feature map (low resolutions), scale the activations and share one weight
+        # across the batch; elsewhere build per-sample weights and convolve each sample with its own.
+        if c * self.kernel_size**2 > h * w:
+            return self._modulate_activations(x, style, gain, bias)
+        return self._modulate_weights(x, style, gain, bias)
+
+    def _modulate_weights(self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None) -> torch.Tensor:
         weight = self.modulated_weight(style, gain)
         if self.upsample:
             # conv_transpose2d wants [in, out, k, k]; the bias goes after the blur, as in the reference.
             out = per_sample(lambda xi, wi: F.conv_transpose2d(xi, wi.transpose(0, 1), stride=2), x, weight)
             return self.blur(out, bias)
         return per_sample(lambda xi, wi: F.conv2d(xi, wi, bias, padding=self.padding), x, weight)
+
+    def _modulate_activations(self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None) -> torch.Tensor:
+        n = x.shape[0]
+        s = self.styles(style)
+        x = x * s.view(n, -1, 1, 1)
+        w = self.weight[0]
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, w.transpose(0, 1), stride=2))
+        else:
+            out = F.conv2d(x, w, padding=self.padding)
+        d = self.demodulation(s) * gain if self.demodulate else s.new_full((n, self.out_channel), gain)
+        if bias is None:
+            return out * d.view(n, -1, 1, 1)
+        return torch.addcmul(bias.view(1, -1, 1, 1), out, d.view(n, -1, 1, 1))
 
 
 class NoiseInjection(nn.Module):
