@@ -120,7 +120,7 @@ def resolve_base(styles: Sequence[Style], base: str | None) -> str:
         raise NadaError("nothing to stylize with: give at least one --preset or --checkpoint (or --base to only invert)")
     unknown = [s.name for s in styles if s.base is None]
     if unknown:
-        raise NadaError(f"cannot tell which base generator {unknown[0]!r} was adapted from (its file has no nada metadata): "
+        raise NadaError(f"cannot tell which base generator {unknown[0]!r} was adapted from (its file does not record it): "
                         "pass --base with the base checkpoint or name")
     bases = sorted({str(s.base) for s in styles})
     if len(bases) > 1:
