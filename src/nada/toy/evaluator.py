@@ -1,0 +1,160 @@
+"""An independent judge of toy-world images: a small CNN that classifies the style and every attribute.
+
+It is used for metrics only, never by adaptation, and deliberately differs from the toy CLIP (a
+ViT trained contrastively on captions): a plain convolutional network trained with labels, so
+that an adapted generator cannot score well by exploiting the CLIP that guided it.
+
+``load_evaluator()`` loads the shipped weights (``nada/assets/toy/evaluator.pt``). Then
+``predict(img)`` gives class indices per key ("style" and every key of ``render.ATTRIBUTES``; the
+names are in ``evaluator.classes``) and ``embed(img)`` gives L2-normalised features for diversity
+measures. Images are [N, 3, 64, 64] in [-1, 1] (other sizes are resized to 64x64).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nada.errors import NadaError
+
+WEIGHTS_FILE = "evaluator.pt"
+IMAGE_SIZE = 64
+
+
+def class_names() -> dict[str, tuple[str, ...]]:
+    """Key -> class names: "style" first, then every attribute of the toy world."""
+    from nada.toy import render as R
+
+    return {"style": R.STYLES, **R.ATTRIBUTES}
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """Architecture of the evaluator CNN."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # stem width, then one stride-2 stage per further entry
+    embed_dim: int = 128
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvaluatorConfig":
+        return cls(channels=tuple(int(c) for c in d["channels"]), embed_dim=int(d["embed_dim"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": list(self.channels), "embed_dim": self.embed_dim}
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution, batch norm, ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class Evaluator(nn.Module):
+    """CNN: a stem at 64x64, stride-2 stages, global average pooling, an embedding and one linear head per key."""
+
+    def __init__(self, config: EvaluatorConfig = EvaluatorConfig(), classes: dict[str, tuple[str, ...]] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.classes = dict(classes) if classes is not None else class_names()
+        c = config.channels
+        layers: list[nn.Module] = [_conv_bn(3, c[0])]
+        for c_in, c_out in zip(c[:-1], c[1:]):
+            layers += [_conv_bn(c_in, c_out, stride=2), _conv_bn(c_out, c_out)]
+        self.body = nn.Sequential(*layers)
+        self.embedding = nn.Linear(c[-1], config.embed_dim)
+        self.heads = nn.ModuleDict({k: nn.Linear(config.embed_dim, len(v)) for k, v in self.classes.items()})
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embedding [N, E] of images [N, 3, H, W] in [-1, 1]."""
+        assert img.ndim == 4 and img.shape[1] == 3, f"expected images [N,3,H,W], got {tuple(img.shape)}"
+        if img.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            img = F.interpolate(img, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        x = self.body(img.float())
+        return self.embedding(x.mean((2, 3)))
+
+    def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per key: {key: [N, n_classes]} for images [N, 3, H, W] in [-1, 1]."""
+        h = F.relu(self.features(img))
+        return {k: head(h) for k, head in self.heads.items()}
+
+    @torch.no_grad()
+    def predict(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted class index per key: {key: LongTensor [N]} (names in ``self.classes[key]``)."""
+        was = self.training
+        self.eval()
+        out = {k: v.argmax(1) for k, v in self(img).items()}
+        self.train(was)
+        return out
+
+    @torch.no_grad()
+    def embed(self, img: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embedding [N, E] of images [N, 3, H, W] in [-1, 1], for diversity measures."""
+        was = self.training
+        self.eval()
+        out = F.normalize(self.features(img), dim=-1)
+        self.train(was)
+        return out
+
+
+def default_weights_path() -> Path:
+    """Where the shipped evaluator weights live inside the package."""
+    return Path(__file__).resolve().parents[1] / "assets" / "toy" / WEIGHTS_FILE
+
+
+def save_evaluator(path: str | os.PathLike, model: Evaluator, metadata: dict[str, Any]) -> Path:
+    """Atomically write config, class names, weights and metadata (plain types and tensors only)."""
+    from nada.io import atomic_torch_save
+
+    payload = {
+        "config": model.config.to_dict(),
+        "classes": {k: list(v) for k, v in model.classes.items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metadata": metadata,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_evaluator(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Evaluator:
+    """The trained evaluator in eval mode (default: the weights shipped with nada)."""
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        raise NadaError(f"evaluator weights {path} not found: train them with `python -m nada.toy.evaluator_train` "
+                        "or reinstall nada")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model = Evaluator(EvaluatorConfig.from_dict(payload["config"]), {k: tuple(v) for k, v in payload["classes"].items()})
+        model.load_state_dict(payload["state_dict"])
+    except Exception as e:
+        raise NadaError(f"evaluator weights {path} are unreadable or do not fit the architecture ({type(e).__name__}: {e}): "
+                        "train them again or reinstall nada") from None
+    model.metadata = payload.get("metadata", {})
+    return model.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def accuracy(model: Evaluator, images: torch.Tensor, labels: dict[str, torch.Tensor], batch_size: int = 256) -> dict[str, float]:
+    """Fraction of correct predictions per key, for images [N,3,64,64] in [-1,1] and true indices {key: [N]}."""
+    preds: dict[str, list[torch.Tensor]] = {k: [] for k in labels}
+    for i in range(0, len(images), batch_size):
+        out = model.predict(images[i : i + batch_size])
+        for k in labels:
+            preds[k].append(out[k].cpu())
+    return {k: (torch.cat(preds[k]) == labels[k].cpu()).float().mean().item() for k in labels}
+
+
+def fresh_renders(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """n faces in every style in turn (face i in style i mod S): images [n,3,64,64] in [-1,1] and labels per key."""
+    from nada.toy import render as R
+
+    params = R.sample_params(n, seed=seed)
+    styles = [R.STYLES[i % len(R.STYLES)] for i in range(n)]
+    images = R.to_tensor(R.render_mixed(params, styles, seed=seed))
+    labels = {"style": torch.tensor([R.STYLES.index(s) for s in styles])}
+    labels.update({k: torch.from_numpy(v) for k, v in params.labels().items()})
+    return images, labels
+

@@ -1,0 +1,214 @@
+"""Train the toy world's evaluator CNN (``nada.toy.evaluator``) on labelled renders of every style.
+
+Each step renders fresh faces (never a fixed data set), in uniformly random styles, and augments
+them so that the evaluator also judges generator outputs fairly: blur (generators are softer than
+the renderer), noise, small shifts, brightness/contrast/saturation changes. The loss is the sum
+of one cross-entropy per key (style and every attribute).
+
+Run ``python -m nada.toy.evaluator_train --out DIR --steps N --seed S [--export src/nada/assets/toy/evaluator.pt]``.
+The run is resumable: DIR/state.pt (atomic, every --ckpt-every steps) holds the weights, the
+optimiser and the RNG state; every step's data is a function of (seed, step), so rerunning the same
+command continues where it stopped. At the end it measures the accuracy on fresh renders (seeds
+never used in training), writes DIR/evaluator.pt and copies it to --export when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nada.errors import NadaError
+from nada.toy import render as R
+from nada.toy import runs
+from nada.toy.evaluator import WEIGHTS_FILE, Evaluator, EvaluatorConfig, accuracy, fresh_renders, save_evaluator
+
+EVAL_SEED = 123_456_789  # held-out faces and textures; training draws from SeedSequence([seed, step]) instead
+STATE_FILE = "state.pt"
+STATE_VERSION = 1
+RESUME_FREE = ("steps", "ckpt_every", "eval_every", "threads", "eval_faces")
+
+log = logging.getLogger("nada.toy.evaluator_train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; a resumed run must match except for RESUME_FREE fields."""
+
+    steps: int = 1500
+    seed: int = 0
+    batch: int = 96
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 1e-4
+    ckpt_every: int = 100
+    eval_every: int = 250
+    threads: int = 1
+    eval_faces: int = 1200  # fresh renders for the final accuracy
+
+
+def make_batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Augmented renders [B,3,64,64] in [-1,1] and their labels, a pure function of (cfg.seed, step)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    params = R.sample_params(cfg.batch, seed=int(rng.integers(2**62)))
+    style_idx = rng.integers(len(R.STYLES), size=cfg.batch)
+    images = R.to_tensor(R.render_mixed(params, [R.STYLES[i] for i in style_idx], seed=int(rng.integers(2**62))))
+    labels = {"style": torch.from_numpy(style_idx)}
+    labels.update({k: torch.from_numpy(v) for k, v in params.labels().items()})
+    return augment(images, rng), labels
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian blur of [N,3,H,W] with sigma [N] (pixels; 0 leaves the image as it is)."""
+    x = torch.arange(-3, 4, dtype=torch.float32)
+    k = torch.exp(-(x[None] ** 2) / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # [N, 7]
+    n, c, h, w = img.shape
+    flat = img.reshape(1, n * c, h, w)
+    kx = k.repeat_interleave(c, 0)  # one separable kernel per (image, channel)
+    flat = F.conv2d(F.pad(flat, (3, 3, 0, 0), mode="replicate"), kx.view(n * c, 1, 1, 7), groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, 3, 3), mode="replicate"), kx.view(n * c, 1, 7, 1), groups=n * c)
+    return flat.view(n, c, h, w)
+
+
+def augment(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Blur, shift, colour and noise changes of [N,3,64,64] in [-1,1] that keep every label true."""
+    n = img.shape[0]
+
+    def per_image(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values.astype(np.float32)).view(n, 1, 1, 1)
+
+    sigma = torch.from_numpy(((rng.random(n) < 0.5) * rng.uniform(0.3, 1.4, n)).astype(np.float32))
+    img = _gaussian_blur(img, sigma)
+    # Small shifts with edge replication (faces already vary in position; this covers generator drift).
+    dx, dy = (int(v) for v in rng.integers(-2, 3, size=2))
+    h, w = img.shape[-2:]
+    img = F.pad(img, (2, 2, 2, 2), mode="replicate")[..., 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
+    # Brightness, contrast and saturation, mild enough to keep hair and skin colours apart.
+    grey = img.mean(1, keepdim=True)
+    img = grey + (img - grey) * per_image(rng.uniform(0.8, 1.2, n))
+    mean = img.mean((1, 2, 3), keepdim=True)
+    img = mean + (img - mean) * per_image(rng.uniform(0.85, 1.15, n)) + per_image(rng.uniform(-0.08, 0.08, n))
+    noise = per_image((rng.random(n) < 0.5) * rng.uniform(0.0, 0.08, n)) * torch.from_numpy(rng.standard_normal(img.shape).astype(np.float32))
+    return (img + noise).clamp(-1, 1)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then a cosine down to 2 % of the peak at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def build(seed: int) -> Evaluator:
+    """A freshly initialised evaluator (weights from ``seed``, caller's RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Evaluator(EvaluatorConfig())
+
+
+def train(cfg: TrainConfig, out: Path, export_to: Path | None = None) -> dict[str, Any]:
+    """Run (or continue) training in ``out`` with ``cfg.threads`` CPU threads; returns the final accuracies."""
+    with runs.torch_threads(cfg.threads):
+        return _train(cfg, out, export_to)
+
+
+def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs.setup_logging(log, out / "train.log")
+    state_path = out / STATE_FILE
+    model = build(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = runs.load_state(state_path, STATE_VERSION)
+        runs.check_resume(state["config"], asdict(cfg), RESUME_FREE, state_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start, elapsed = int(state["step"]), float(state["elapsed_s"])
+        log.info("resuming at step %d (%.0f s trained so far)", start, elapsed)
+    else:
+        log.info("new run: %s, %d parameters", asdict(cfg), sum(p.numel() for p in model.parameters()))
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="toy evaluator", dynamic_ncols=True)
+    t0 = time.time()
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        images, labels = make_batch(cfg, step)
+        logits = model(images)
+        terms = {k: F.cross_entropy(logits[k], labels[k]) for k in labels}
+        loss = torch.stack(list(terms.values())).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1
+        if done % 20 == 0:
+            log.info("step %d loss %.4f %s", done, loss.item(), " ".join(f"{k} {v.item():.3f}" for k, v in terms.items()))
+        if done % cfg.eval_every == 0 and done < cfg.steps:
+            log.info("step %d accuracy (300 fresh renders): %s", done, _fmt(accuracy(model, *fresh_renders(300, EVAL_SEED))))
+            model.train()
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            runs.save_state(state_path, STATE_VERSION, asdict(cfg), done, elapsed + time.time() - t0, model, opt)
+    bar.close()
+    total_s = elapsed + time.time() - t0
+    model.eval()
+    acc = accuracy(model, *fresh_renders(cfg.eval_faces, EVAL_SEED))
+    metadata = {"steps": cfg.steps, "seed": cfg.seed, "train_seconds": round(total_s, 1), "eval_faces": cfg.eval_faces, "accuracy_fresh": acc,
+                "trained_with": "nada.toy.evaluator_train " + " ".join(f"{k}={v}" for k, v in asdict(cfg).items())}
+    weights = save_evaluator(out / WEIGHTS_FILE, model, metadata)
+    log.info("training time %.0f s (%.1f min) for %d steps", total_s, total_s / 60, cfg.steps)
+    log.info("accuracy on %d fresh renders: %s", cfg.eval_faces, _fmt(acc))
+    log.info("wrote %s", weights)
+    if export_to is not None:
+        export_to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, export_to)
+        log.info("copied it to %s", export_to)
+    return {"accuracy": acc, "train_seconds": total_s}
+
+
+def _fmt(acc: dict[str, float]) -> str:
+    return "  ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: python -m nada.toy.evaluator_train --out DIR --steps N --seed S [--export FILE]."""
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m nada.toy.evaluator_train", description="Train the toy world's evaluator CNN (resumable).")
+    ap.add_argument("--out", required=True, type=Path, help="run folder: state.pt, train.log, evaluator.pt")
+    ap.add_argument("--steps", type=int, default=d.steps, help="total training steps (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=d.batch, help="images per step (default: %(default)s)")
+    ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)")
+    ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between accuracy checks (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
+    ap.add_argument("--export", type=Path, default=None, help="also copy evaluator.pt to this file, e.g. src/nada/assets/toy/evaluator.pt")
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr, ckpt_every=args.ckpt_every,
+                      eval_every=args.eval_every, threads=args.threads)
+    try:
+        train(cfg, args.out, args.export)
+    except NadaError as e:
+        print(f"evaluator_train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Resumable training runs of the toy world: the state file, the settings check and the log."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from nada.errors import NadaError
+
+
+def save_state(path: Path, version: int, config: dict[str, Any], step: int, elapsed_s: float,
+               model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Atomically write everything needed to continue: weights, optimiser, torch RNG, step, seconds so far."""
+    from nada.io import atomic_torch_save
+
+    state = {
+        "version": version,
+        "config": config,
+        "step": step,
+        "elapsed_s": elapsed_s,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_torch_save(state, path)
+
+
+def load_state(path: Path, version: int) -> dict[str, Any]:
+    """Read a state file written by ``save_state`` (tensors and plain data only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise NadaError(f"training state {path} is unreadable ({type(e).__name__}): delete it to start over") from None
+    if not isinstance(state, dict) or state.get("version") != version:
+        got = state.get("version") if isinstance(state, dict) else None
+        raise NadaError(f"training state {path} has version {got}, expected {version}: delete it to start over")
+    return state
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], free: tuple[str, ...], path: Path) -> None:
+    """Refuse to continue a run whose settings differ, except those named in ``free``."""
+    diff = {k: (saved.get(k), v) for k, v in current.items() if k not in free and saved.get(k) != v}
+    if diff:
+        names = ", ".join(f"{k} (saved {a}, now {b})" for k, (a, b) in diff.items())
+        raise NadaError(f"{path} belongs to a run with other settings: {names}; use the same options or another --out")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def setup_logging(log: logging.Logger, path: Path) -> None:
+    """Log INFO lines to ``path`` (appending, so a resumed run keeps one log) and to stdout, once each;
+    a file handler of an earlier run in the same process is closed."""
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename) != path.resolve():
+            log.removeHandler(h)
+            h.close()
+    if not any(isinstance(h, logging.FileHandler) for h in log.handlers):
+        fh = logging.FileHandler(path)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(fh)
+    if not any(type(h) is logging.StreamHandler for h in log.handlers):
+        log.addHandler(logging.StreamHandler(sys.stdout))
