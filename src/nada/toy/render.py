@@ -69,7 +69,7 @@ TEMPLATES: tuple[str, ...] = (
 )
 # Attribute -> one prompt per value, for zero-shot classification of that attribute.
 ATTRIBUTE_PROMPTS: dict[str, tuple[str, ...]] = {
-    "face_shape": tuple(f"a {v} face" for v in ATTRIBUTES["face_shape"]),
+    "face_shape": ("a round face", "an oval face", "a square face"),
     "hair_color": tuple(f"a face with {v} hair" for v in ATTRIBUTES["hair_color"]),
     "hair_style": tuple(f"a face with {v} hair" for v in ATTRIBUTES["hair_style"]),
     "eyes": tuple(f"a face with {v} eyes" for v in ATTRIBUTES["eyes"]),
