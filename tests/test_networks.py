@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nada.errors import NadaError
-from nada.networks import Generator, GeneratorConfig, ModulatedConv2d, StyledConv, ToRGB
+from nada.networks import Blur, Generator, GeneratorConfig, ModulatedConv2d, StyledConv, ToRGB, Upsample
 
 TOL = 1e-5
 
@@ -265,6 +265,8 @@ def test_config_errors() -> None:
         GeneratorConfig(48)
     with pytest.raises(NadaError, match="lacks resolutions"):
         GeneratorConfig(32, channels={4: 8, 8: 8, 16: 8})
+    with pytest.raises(NadaError, match="blur kernel"):
+        GeneratorConfig(32, blur_kernel=(1, 2, 1))
     with pytest.raises(NadaError, match="unknown generator config keys"):
         GeneratorConfig.from_dict({"size": 32, "channel_divisor": 8})
 
@@ -280,6 +282,17 @@ def upfirdn_plain(x: torch.Tensor, k: torch.Tensor, up: int, pad: tuple[int, int
     u = F.pad(u, [pad[0], pad[1], pad[0], pad[1]])
     out = F.conv2d(u.reshape(n * c, 1, *u.shape[2:]), k.flip([0, 1]).to(x.dtype)[None, None])
     return out.view(n, c, *out.shape[2:])
+
+
+@pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 5, 3), (1, 4, 2, 7, 3, 1)])
+def test_fir_filters_match_upfirdn(taps: tuple[int, ...]) -> None:
+    # Asymmetric taps catch a flipped kernel; six taps check the padding formulas.
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    up = Upsample(taps).double()
+    p = len(taps) - 2
+    assert maxdiff(up(x), upfirdn_plain(x, up.kernel, 2, ((p + 1) // 2 + 1, p // 2))) < 1e-12
+    blur = Blur(taps, pad=(2, 1), upsample_factor=2).double()
+    assert maxdiff(blur(x), upfirdn_plain(x, blur.kernel, 1, (2, 1))) < 1e-12
 
 
 def modconv_plain(m: ModulatedConv2d, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,8 @@ class GeneratorConfig:
         if self.channels is not None:
             items = self.channels.items() if isinstance(self.channels, Mapping) else self.channels
             object.__setattr__(self, "channels", tuple(sorted((int(r), int(c)) for r, c in items)))
+        if len(self.blur_kernel) < 2 or len(self.blur_kernel) % 2:
+            raise NadaError(f"blur kernel {list(self.blur_kernel)} is not supported: give an even number of taps, e.g. [1, 3, 3, 1]")
         log_size = math.log2(self.size) if self.size > 0 else 0.5
         if self.size < 8 or log_size != int(log_size):
             raise NadaError(f"generator size {self.size} is not supported: use a power of two >= 8 (e.g. 256 or 1024)")
@@ -213,13 +215,14 @@ class Upsample(nn.Module):
         self.factor = factor
         k = self.kernel.shape[0]
         assert k % 2 == 0 and factor == 2, "the transposed-conv form needs an even kernel and factor 2"
-        # upfirdn2d pads (pad0, pad1) = ((p+1)//2 + factor-1, p//2) with p = k - factor; for a
-        # transposed conv of stride 2 the same output is obtained with padding (k - 2) // 2.
+        # upfirdn2d zero-inserts, pads pad0 = (p+1)//2 + factor-1 with p = k - factor, and convolves
+        # with the kernel; a stride-2 transposed conv with the unflipped kernel and padding
+        # k-1-pad0 = (k-2)//2 gives the same output.
         self.padding = (k - factor) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        w = self.kernel.flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *self.kernel.shape)
+        w = self.kernel.to(x.dtype)[None, None].expand(c, 1, *self.kernel.shape)
         return F.conv_transpose2d(x, w, stride=self.factor, padding=self.padding, groups=c)
 
 
