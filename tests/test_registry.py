@@ -97,8 +97,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         cut = srv.cut_once.pop(path, None)
         body = body if cut is None else body[:cut]
-        self.wfile.write(body)
+        # Counted before the write: the client may finish reading before this thread resumes.
         srv.bytes_sent += len(body)
+        self.wfile.write(body)
         if cut is not None:
             self.close_connection = True  # the client sees the stream end before Content-Length
 
