@@ -309,6 +309,36 @@ def _run_stylize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- web
+
+
+def _web_arguments(p: argparse.ArgumentParser) -> None:
+    from nada.config import AdaptConfig
+    from nada.web import DEFAULT_HOST, DEFAULT_PORT
+
+    d = AdaptConfig()
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on; 0.0.0.0 opens the demo to the network (default: %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+    p.add_argument("--generator", default=d.generator, help="base generator: checkpoint path or registered name (default: %(default)s)")
+    p.add_argument("--clip", default=d.clip, help="CLIP model or ensemble for adaptation (default: %(default)s)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
+    p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401  (checked here: nada.web imports it only when the page is built)
+    except ImportError:
+        raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
+    from nada.web import WebBackend, build_app, serve
+
+    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir)
+    print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
+    serve(build_app(backend), host=args.host, port=args.port, block=True)
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 # Subcommand name -> (help, add_arguments, run).
@@ -317,6 +347,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "adapt": ("adapt a generator to a new domain described by text (StyleGAN-NADA)", _adapt_arguments, _run_adapt),
     "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
     "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
+    "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),
 }
 
 

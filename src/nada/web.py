@@ -1,0 +1,602 @@
+"""`nada web`: a Gradio demo with three tabs, Generate, Adapt and Stylize, on one base generator.
+
+Read it in three layers:
+
+1. `AdaptJob` and `JobQueue`: adaptation runs in a background worker thread, one run at a time per
+   device; further runs wait in a queue that reports each job's position. A job is cancelled between
+   two iterations (the loop's callback raises), or removed from the queue before it starts.
+2. `WebBackend`: every action of the page as a plain method (no Gradio inside), raising `NadaError`
+   for anything the user can fix. It owns the *style catalogue*: the presets of the base generator,
+   checkpoints given on the command line, and every generator adapted in this session, which becomes
+   usable in the other tabs as soon as its run ends.
+3. `build_app`: the Gradio page. Each callback calls one backend method through `_user_errors`, which
+   turns a `NadaError` (or any unexpected error) into a short `gr.Error` message in the page, never a
+   stack trace, so the server keeps serving.
+
+Gradio is an optional dependency (``pip install 'nada[web]'``); it is imported only by `build_app`
+and `serve`, never when `nada` is imported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import torch
+
+from nada.config import AdaptConfig
+from nada.errors import NadaError
+
+if TYPE_CHECKING:
+    import gradio as gr
+    from PIL import Image
+
+    from nada.invert import InvertConfig
+    from nada.networks import Generator
+    from nada.stylize import StylizeReport
+
+DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine only unless asked otherwise
+DEFAULT_PORT = 7860
+MAX_SEEDS = 64  # images per Generate click; more would keep a CPU busy for minutes
+LAYER_CHOICES = ("auto:3", "auto:6", "all", "last:3", "grad:3")
+POLL_SECONDS = 0.5  # how often the Adapt tab refreshes a running job
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class JobCancelled(Exception):
+    """Raised inside the adaptation loop's callback to stop a cancelled job between two iterations."""
+
+
+@dataclass
+class AdaptJob:
+    """One adaptation run and its live state (written by the worker thread, read by the page)."""
+
+    id: int
+    config: AdaptConfig
+    name: str  # catalogue name of the result, e.g. "run-1-photo-to-sketch"
+    state: str = "queued"  # queued, running, done, cancelled, failed
+    step: int = 0
+    loss: float | None = None
+    message: str = ""
+    result: Path | None = None  # the adapted checkpoint once state == "done"
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def total(self) -> int:
+        return self.config.iterations
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "cancelled", "failed")
+
+    def latest_sample(self) -> Path | None:
+        """The newest sample grid of the run (frozen row above adapted row), or None before the first."""
+        samples = sorted((Path(self.config.out_dir) / "samples").glob("step_*.png"))
+        return samples[-1] if samples else None
+
+
+class JobQueue:
+    """Runs jobs one at a time in a daemon worker thread; `position` tells where a waiting job stands."""
+
+    def __init__(self) -> None:
+        self._pending: list[AdaptJob] = []
+        self._runners: dict[int, Callable[[AdaptJob], None]] = {}  # job id -> what runs it (pages may differ)
+        self._lock = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.current: AdaptJob | None = None
+
+    def submit(self, job: AdaptJob, run: Callable[[AdaptJob], None]) -> None:
+        """Queue `job` to be run by `run(job)`; the worker thread starts on the first submission."""
+        with self._lock:
+            self._pending.append(job)
+            self._runners[id(job)] = run
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._loop, name="nada-web-adapt", daemon=True)
+                self._worker.start()
+            self._lock.notify()
+
+    def position(self, job: AdaptJob) -> int:
+        """1 for the next job to run, 2 for the one after ...; 0 when `job` is not waiting."""
+        with self._lock:
+            return self._pending.index(job) + 1 if job in self._pending else 0
+
+    def cancel(self, job: AdaptJob) -> None:
+        """Drop a waiting job at once; ask a running one to stop after its current iteration."""
+        with self._lock:
+            job.cancel_requested.set()
+            if job in self._pending:
+                self._pending.remove(job)
+                self._runners.pop(id(job), None)
+                job.state, job.message = "cancelled", "cancelled before it started"
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._lock.wait()
+                job = self._pending.pop(0)
+                run = self._runners.pop(id(job))
+                self.current = job
+            try:
+                run(job)
+            finally:
+                with self._lock:
+                    self.current = None
+
+
+_QUEUES: dict[str, JobQueue] = {}
+_QUEUES_LOCK = threading.Lock()
+
+
+def queue_for(device: torch.device) -> JobQueue:
+    """The process-wide job queue of `device` (created on first use): one adaptation at a time per device."""
+    with _QUEUES_LOCK:
+        return _QUEUES.setdefault(str(device), JobQueue())
+
+
+# ---------------------------------------------------------------- the style catalogue
+
+
+@dataclass(frozen=True)
+class StyleEntry:
+    """An adapted generator the page offers: a preset by name or a checkpoint file, and the base it came from."""
+
+    key: str  # dropdown value: "preset:NAME", "checkpoint:PATH" or "run:NAME"
+    label: str  # what the page shows
+    preset: str | None = None
+    checkpoint: Path | None = None
+    base: str | None = None
+
+
+def _slug(text: str) -> str:
+    """Lower-case file-name-safe words joined by dashes ("Pixar character" -> "pixar-character")."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "style"
+
+
+def _pil(img: torch.Tensor) -> "Image.Image":
+    """[3, H, W] or [1, 3, H, W] in [-1, 1] -> PIL RGB image."""
+    from PIL import Image
+
+    from nada.io import to_uint8_image
+
+    img = img if img.ndim == 4 else img.unsqueeze(0)
+    return Image.fromarray(to_uint8_image(img[:1])[0].numpy())
+
+
+# ---------------------------------------------------------------- the backend: every action as a plain method
+
+
+class WebBackend:
+    """What the web page does, without Gradio: generate, adapt (queued), stylize; NadaError for user mistakes."""
+
+    def __init__(
+        self,
+        generator: str = "toy",
+        clip: str = AdaptConfig.clip,
+        checkpoints: Sequence[str] = (),
+        device: str | torch.device = "auto",
+        work_dir: str | Path | None = None,
+    ) -> None:
+        from nada.io import resolve_device
+
+        self.base = str(generator)
+        self.clip = clip
+        self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="nada-web-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._styles: dict[str, StyleEntry] = {}
+        self._generators: OrderedDict[str, "Generator"] = OrderedDict()  # small LRU of loaded generators
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._outputs = itertools.count(1)
+        self.jobs: dict[int, AdaptJob] = {}
+        self.queue = queue_for(self.device)
+        self._add_presets()
+        for path in checkpoints:
+            self.add_checkpoint(path)
+
+    # ---- catalogue
+
+    def _add_presets(self) -> None:
+        """Every preset adapted from this base that is here or downloads on first use (train-on-demand ones are left out)."""
+        from nada.presets import get_preset, known_presets, preset_status
+
+        for name in known_presets():
+            p = get_preset(name)
+            status = preset_status(p)
+            downloadable = p.weights is not None and p.weights.kind != "package"
+            if p.base == self.base and (status.available or downloadable):
+                note = "" if status.available else " (downloads on first use)"
+                self._styles[f"preset:{name}"] = StyleEntry(f"preset:{name}", f"{name}: {p.domain}{note}", preset=name, base=p.base)
+
+    def add_checkpoint(self, path: str | Path, name: str | None = None, key_prefix: str = "checkpoint") -> StyleEntry:
+        """Offer an adapted checkpoint file in every tab; its base comes from its metadata (else this app's base)."""
+        from nada.checkpoints import read_metadata
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise NadaError(f"checkpoint {path} not found: check the path")
+        try:
+            base = read_metadata(path).get("base_model") or self.base
+        except NadaError:  # rosinality/NVlabs files carry no metadata
+            base = self.base
+        label = name or (path.parent.name if path.stem == "generator" else path.stem)
+        key = f"{key_prefix}:{label if key_prefix == 'run' else path}"
+        entry = StyleEntry(key, label, checkpoint=path, base=str(base))
+        with self._lock:
+            self._styles[key] = entry
+        return entry
+
+    def style_choices(self) -> list[tuple[str, str]]:
+        """(label, key) pairs for the style pickers, presets first, then checkpoints and this session's runs."""
+        with self._lock:
+            return [(e.label, e.key) for e in self._styles.values()]
+
+    def style(self, key: str) -> StyleEntry:
+        """The catalogue entry for a dropdown value; NadaError when nothing (or something unknown) is chosen."""
+        if not key:
+            raise NadaError("no style chosen: pick a preset or an adapted generator (or give a checkpoint path)")
+        with self._lock:
+            entry = self._styles.get(key)
+        if entry is None:
+            raise NadaError(f"unknown style {key!r}: reload the page to see the current list")
+        return entry
+
+    def _load(self, source: str, loader: Callable[[], "Generator"]) -> "Generator":
+        """A generator from the LRU cache, loading it on a miss (a few generators stay in memory)."""
+        with self._lock:
+            if source in self._generators:
+                self._generators.move_to_end(source)
+                return self._generators[source]
+        G = loader().to(self.device).eval().requires_grad_(False)
+        with self._lock:
+            self._generators[source] = G
+            while len(self._generators) > 6:
+                self._generators.popitem(last=False)
+        return G
+
+    def load_style(self, entry: StyleEntry) -> "Generator":
+        """The adapted generator of a catalogue entry."""
+        from nada.checkpoints import load_generator
+        from nada.presets import load_preset
+
+        if entry.preset is not None:
+            return self._load(entry.key, lambda: load_preset(entry.preset, device="cpu", progress=False))
+        return self._load(entry.key, lambda: load_generator(entry.checkpoint, device="cpu"))
+
+    def load_base(self, source: str | None = None) -> "Generator":
+        """The base generator (this app's, or the one a style names)."""
+        from nada.checkpoints import load_generator
+
+        source = source or self.base
+        return self._load(f"base:{source}", lambda: load_generator(source, device="cpu"))
+
+    def _new_output_dir(self, kind: str) -> Path:
+        out = self.work_dir / kind / f"{next(self._outputs):04d}"
+        out.mkdir(parents=True, exist_ok=False)
+        return out
+
+    # ---- Generate
+
+    def generate(
+        self, style_key: str, checkpoint: str = "", seeds: str = "", count: int = 4, truncation: float = 0.7
+    ) -> tuple[list[tuple["Image.Image", str]], list[Path]]:
+        """Pairs (frozen base | adapted) per seed with captions, plus files to download: the comparison grid and a zip of all images."""
+        from nada.generate import GRID_COLUMNS, generate_images
+        from nada.io import atomic_save_image, image_grid, parse_seeds
+        from nada.presets import comparison_rows, share_mean_latent
+
+        entry = self.add_checkpoint(checkpoint.strip()) if checkpoint and checkpoint.strip() else self.style(style_key)
+        seed_list = parse_seeds(seeds) if seeds and seeds.strip() else list(range(int(count)))
+        if not seed_list:
+            raise NadaError("no images asked for: give seeds such as '0-7' or a count of 1 or more")
+        if len(seed_list) > MAX_SEEDS:
+            raise NadaError(f"{len(seed_list)} seeds asked for: give at most {MAX_SEEDS} at once")
+        adapted = self.load_style(entry)
+        base = self.load_base(entry.base)
+        if (base.size, base.style_dim) != (adapted.size, adapted.style_dim):
+            raise NadaError(f"{entry.label} is not adapted from the base {entry.base!r} (different size or latent width): choose another style")
+        share_mean_latent(base, adapted)
+        render = {"truncation_psi": float(truncation), "batch_size": 4}
+        with torch.no_grad():
+            frozen, styled = generate_images(base, seed_list, **render), generate_images(adapted, seed_list, **render)
+        pairs = [(_pil(torch.cat([f, s], dim=-1)), f"seed {k}: base | {entry.label}") for k, f, s in zip(seed_list, frozen, styled)]
+
+        out = self._new_output_dir("generate")
+        grid = atomic_save_image(image_grid(comparison_rows(frozen, styled, GRID_COLUMNS)), out / "comparison.png")
+        archive = out / "images.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for k, f, s in zip(seed_list, frozen, styled):
+                for tag, img in (("base", f), (_slug(entry.label), s)):
+                    path = out / f"seed{k:04d}-{tag}.png"
+                    _pil(img).save(path)
+                    zf.write(path, path.name)
+        return pairs, [grid, archive]
+
+    # ---- Adapt
+
+    def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path) -> AdaptConfig:
+        """The run's AdaptConfig: AdaptConfig defaults, the page's four choices, samples about every tenth of the run."""
+        d = AdaptConfig()
+        iterations = int(iterations)
+        return AdaptConfig(
+            source=(source or "").strip(), target=(target or "").strip(), layers=(layers or d.layers).strip(),
+            iterations=iterations, generator=self.base, clip=self.clip, out_dir=str(run_dir), device=str(self.device),
+            sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0,
+        )
+
+    def submit_adapt(self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations) -> AdaptJob:
+        """Check the settings and queue an adaptation; NadaError for empty texts, equal texts, bad layers ..."""
+        from nada.layers import parse_layers
+
+        job_id = next(self._ids)
+        name = f"run-{job_id}-{_slug(source or '')}-to-{_slug(target or '')}"
+        config = self.adapt_config(source, target, layers, iterations, self.work_dir / "runs" / name)
+        config.validate()
+        parse_layers(config.layers)  # a bad layer spec fails now, not in the worker
+        job = AdaptJob(job_id, config, name)
+        self.jobs[job_id] = job
+        self.queue.submit(job, self._run_job)
+        return job
+
+    def _run_job(self, job: AdaptJob) -> None:
+        """Worker thread: run one adaptation, then offer its generator in the catalogue."""
+        from nada.adapt import adapt
+
+        if job.cancel_requested.is_set():
+            job.state, job.message = "cancelled", "cancelled before it started"
+            return
+        job.state = "running"
+
+        def on_step(step: int, record: dict[str, Any]) -> None:
+            job.step, job.loss = step, float(record["loss"])
+            if job.cancel_requested.is_set():
+                raise JobCancelled
+
+        try:
+            adapt(job.config, progress=False, G_base=self.load_base(), clip=self._clip_ensemble(), callback=on_step)
+            entry = self.add_checkpoint(Path(job.config.out_dir) / "generator.pt", name=job.name, key_prefix="run")
+            job.result = entry.checkpoint
+            job.state, job.message = "done", f"finished: '{job.name}' is now a style in Generate and Stylize"
+        except JobCancelled:
+            job.state, job.message = "cancelled", f"cancelled at step {job.step} of {job.total}"
+        except NadaError as e:
+            job.state, job.message = "failed", str(e)
+        except Exception as e:  # the worker must survive anything; the page shows one line
+            job.state, job.message = "failed", f"adaptation failed ({type(e).__name__}: {_one_line(e)})"
+            print(f"nada web: adaptation job {job.id} failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def _clip_ensemble(self) -> list[tuple[Any, float]]:
+        """The CLIP ensemble of this app's runs, loaded once (the config's 'auto' resolved for this base)."""
+        from nada.clip import load_clip_ensemble
+
+        spec = AdaptConfig(generator=self.base, clip=self.clip).resolved_clip()
+        with self._lock:
+            cached = getattr(self, "_ensemble", None)
+        if cached is None:
+            cached = load_clip_ensemble(spec, self.device)
+            with self._lock:
+                self._ensemble = cached
+        return cached
+
+    def job(self, job_id: int | None) -> AdaptJob | None:
+        """The job with this id (None for none)."""
+        return self.jobs.get(int(job_id)) if job_id is not None else None
+
+    def cancel(self, job_id: int | None) -> AdaptJob:
+        """Cancel a queued or running job; NadaError when there is none to cancel."""
+        job = self.job(job_id)
+        if job is None or job.finished:
+            raise NadaError("no adaptation is running or queued in this page: start one first")
+        self.queue.cancel(job)
+        return job
+
+    def job_status(self, job: AdaptJob) -> str:
+        """One line of status: the queue position, step/total with the loss, or the end."""
+        if job.state == "queued":
+            position = self.queue.position(job)
+            return f"queued: position {position} in the queue (one adaptation at a time on {self.device})"
+        if job.state == "running":
+            loss = f", loss {job.loss:.4f}" if job.loss is not None else ""
+            return f"running: step {job.step} of {job.total}{loss}"
+        return f"{job.state}: {job.message}"
+
+    # ---- Stylize
+
+    def stylize(self, photo: str | None, style_keys: Sequence[str], steps: int) -> tuple[list[tuple["Image.Image", str]], list[str]]:
+        """Aligned input, reconstruction and one image per chosen style (captioned), plus notes (dropped losses ...)."""
+        from nada.invert import InvertConfig
+
+        if not photo:
+            raise NadaError("no photo uploaded: upload a photo (PNG or JPEG) first")
+        if not style_keys:
+            raise NadaError("no style chosen: tick at least one preset or adapted generator")
+        entries = [self.style(k) for k in style_keys]
+        notes: list[str] = []
+        try:
+            report = self._stylize(photo, entries, InvertConfig(steps=int(steps)), notes)
+        except NadaError as e:  # the upload's temporary path means nothing to the person: name the file only
+            raise NadaError(str(e).replace(str(photo), Path(photo).name)) from None
+        r = report.results[0]
+        quality = f"MSE {r.mse:.4f}" + (f", {report.perceptual_name} {r.perceptual:.4f}" if r.perceptual is not None else "")
+        gallery = [(_pil(r.aligned), "aligned input"), (_pil(r.reconstruction), f"reconstruction ({quality})")]
+        gallery += [(_pil(img), name) for name, img in r.styled.items()]
+        return gallery, [n for n in notes if n.startswith("dropped")]
+
+    def _stylize(self, photo: str, entries: Sequence[StyleEntry], config: "InvertConfig", notes: list[str]) -> "StylizeReport":
+        """nada.stylize.stylize on one photo into a fresh output folder; styles split into presets and checkpoint files."""
+        from nada.stylize import stylize
+
+        return stylize(
+            [photo], self._new_output_dir("stylize"),
+            presets=[e.preset for e in entries if e.preset is not None],
+            checkpoints=[str(e.checkpoint) for e in entries if e.preset is None],
+            config=config, device=self.device, allow_missing_losses=True, progress=False, log=notes.append,
+        )
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    return " ".join(str(e).split())[:limit]
+
+
+# ---------------------------------------------------------------- the Gradio page
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a callback so any failure reaches the page as one short gr.Error (no stack trace); the server keeps serving."""
+    import functools
+
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except NadaError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:
+            print(f"nada web: {fn.__name__} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            raise gr.Error(f"{type(e).__name__}: {_one_line(e)}", print_exception=False) from None
+
+    return wrapped
+
+
+def _progress_html(job: AdaptJob | None, status: str) -> str:
+    """A native <progress> bar with the status line under it."""
+    import html
+
+    value = job.step if job is not None else 0
+    total = job.total if job is not None else 1
+    return f'<progress id="adapt-progress" value="{value}" max="{total}" style="width:100%"></progress><p id="adapt-status">{html.escape(status)}</p>'
+
+
+def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.Blocks":
+    """The Gradio page (Generate, Adapt, Stylize) over `backend` (default: WebBackend(**backend_options))."""
+    import gradio as gr
+
+    from nada.invert import InvertConfig
+
+    be = backend if backend is not None else WebBackend(**backend_options)
+    d = AdaptConfig()
+    first = (be.style_choices() or [("", None)])[0][1]
+
+    with gr.Blocks(title="nada: StyleGAN-NADA", analytics_enabled=False) as app:
+        gr.Markdown(f"## nada: text-driven domain adaptation of StyleGAN2\nBase generator: `{be.base}` on `{be.device}`.")
+        with gr.Tab("Generate") as tab_generate:
+            with gr.Row():
+                g_style = gr.Dropdown(be.style_choices(), value=first, label="style (preset or adapted generator)", elem_id="gen-style")
+                g_ckpt = gr.Textbox(label="or a checkpoint path", placeholder="runs/sketch/generator.pt", elem_id="gen-checkpoint")
+            with gr.Row():
+                g_seeds = gr.Textbox(value="", label="seeds, e.g. 0-7 or 1,5,9 (empty: use the count)", elem_id="gen-seeds")
+                g_count = gr.Number(value=4, precision=0, minimum=1, maximum=MAX_SEEDS, label="count", elem_id="gen-count")
+                g_trunc = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="truncation", elem_id="gen-truncation")
+            g_button = gr.Button("Generate", variant="primary", elem_id="gen-button")
+            g_gallery = gr.Gallery(label="base | adapted, per seed", columns=4, object_fit="contain", elem_id="gen-gallery")
+            g_files = gr.File(label="download", file_count="multiple", elem_id="gen-files")
+
+        with gr.Tab("Adapt") as tab_adapt:
+            with gr.Row():
+                a_source = gr.Textbox(value=d.source, label="source text (what the generator makes now)", elem_id="adapt-source")
+                a_target = gr.Textbox(value=d.target, label="target text (the new domain)", placeholder="sketch", elem_id="adapt-target")
+            with gr.Row():
+                a_layers = gr.Dropdown(list(dict.fromkeys([d.layers, *LAYER_CHOICES])), value=d.layers, allow_custom_value=True,
+                                       label="layers to train (all, last:K, auto:K, grad:K or names)", elem_id="adapt-layers")
+                a_iters = gr.Number(value=d.iterations, precision=0, minimum=1, label="iterations", elem_id="adapt-iterations")
+            with gr.Row():
+                a_start = gr.Button("Adapt", variant="primary", elem_id="adapt-button")
+                a_cancel = gr.Button("Cancel", variant="stop", elem_id="adapt-cancel")
+            a_status = gr.HTML(_progress_html(None, "idle"), elem_id="adapt-status-box")
+            a_grid = gr.Image(label="samples: base row above adapted row", type="filepath", interactive=False, elem_id="adapt-grid")
+            a_job = gr.State(None)
+
+        with gr.Tab("Stylize") as tab_stylize:
+            with gr.Row():
+                s_photo = gr.File(label="photo", type="filepath", elem_id="stylize-photo")
+                s_styles = gr.CheckboxGroup(be.style_choices(), value=[first] if first else [], label="styles", elem_id="stylize-styles")
+            s_steps = gr.Slider(1, 1000, value=InvertConfig().steps, step=1, label="inversion steps", elem_id="stylize-steps")
+            s_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
+            s_gallery = gr.Gallery(label="aligned input, reconstruction, styles", columns=4, elem_id="stylize-gallery")
+
+        # ---- callbacks: thin wrappers over the backend
+
+        @_user_errors
+        def on_generate(style: str, ckpt: str, seeds: str, count: float, trunc: float) -> tuple[Any, ...]:
+            pairs, files = be.generate(style, ckpt, seeds, int(count or 0), trunc)
+            return pairs, [str(f) for f in files], gr.update(choices=be.style_choices())
+
+        def refresh() -> tuple[Any, Any]:
+            return gr.update(choices=be.style_choices()), gr.update(choices=be.style_choices())
+
+        def adapt_stream(source: str, target: str, layers: str, iterations: float, progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:
+            job = _user_errors(be.submit_adapt)(source, target, layers, int(iterations or 0))
+            keep = gr.update()
+            while True:
+                status = be.job_status(job)
+                sample = job.latest_sample()
+                if job.state == "running":
+                    progress((job.step, job.total), desc="adapting", unit="steps")
+                if job.finished:
+                    break
+                yield job.id, _progress_html(job, status), str(sample) if sample else keep, keep, keep
+                time.sleep(POLL_SECONDS)
+            if job.state == "failed":
+                raise gr.Error(job.message, print_exception=False)
+            if job.state == "cancelled":
+                gr.Warning(f"adaptation {job.message}")
+            choices = be.style_choices()
+            final = str(sample) if sample else keep
+            pick = {"value": f"run:{job.name}"} if job.result else {}
+            yield None, _progress_html(job, status), final, gr.update(choices=choices, **pick), gr.update(choices=choices)
+
+        @_user_errors
+        def on_cancel(job_id: int | None) -> str:
+            job = be.cancel(job_id)
+            return _progress_html(job, "cancelling: stops after the current iteration" if job.state == "running" else be.job_status(job))
+
+        @_user_errors
+        def on_stylize(photo: str | None, styles: list[str], steps: float) -> tuple[Any, ...]:
+            gallery, notes = be.stylize(photo, styles or [], int(steps))
+            for note in notes:
+                gr.Info(note)
+            return gallery
+
+        g_button.click(on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc], [g_gallery, g_files, g_style])
+        a_start.click(adapt_stream, [a_source, a_target, a_layers, a_iters], [a_job, a_status, a_grid, g_style, s_styles],
+                      concurrency_limit=None)  # many pages may watch their jobs; the JobQueue runs one at a time
+        a_cancel.click(on_cancel, [a_job], [a_status], concurrency_limit=None)
+        s_button.click(on_stylize, [s_photo, s_styles, s_steps], [s_gallery])
+        for tab in (tab_generate, tab_stylize):
+            tab.select(refresh, None, [g_style, s_styles])
+    app.nada_backend = be  # type: ignore[attr-defined]  # tests and serve() reach the backend through the app
+    return app
+
+
+def _local_theme() -> "gr.themes.Base":
+    """Gradio's default look with system fonts: the default theme fetches web fonts, which offline machines cannot."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def serve(app: "gr.Blocks", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True) -> str:
+    """Start the page on host:port (queue on, no share link, no telemetry); returns its URL. block=False returns at once."""
+    be: WebBackend = app.nada_backend  # type: ignore[attr-defined]
+    app.queue(default_concurrency_limit=1)
+    _, url, _ = app.launch(
+        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=False, quiet=not block,
+        allowed_paths=[str(be.work_dir)], ssr_mode=False, theme=_local_theme(), footer_links=[],
+    )
+    return url
