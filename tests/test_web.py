@@ -60,31 +60,37 @@ def world(tmp_path_factory):
         not_image = root / "notes.png"  # an image suffix, text inside: the browser accepts it, nada must not
         not_image.write_text("this is not a picture\n")
         if _toy_world_ready():
-            options = {"generator": "toy", "clip": "auto", "checkpoints": ()}
-            style_size = 64
+            from nada.checkpoints import load_generator
+
+            G, base, clip = load_generator("toy").eval(), "toy", "auto"
         else:
             from conftest import golden_dir
 
-            clip = golden_dir() / "tiny_clip_openai.pt"
-            if not clip.is_file():
+            clip = str(golden_dir() / "tiny_clip_openai.pt")
+            if not Path(clip).is_file():
                 pytest.skip(f"neither the toy world nor the golden tiny CLIP ({clip}) is available")
             torch.manual_seed(0)
             G = Generator(16, style_dim=16, n_mlp=1, channels={4: 16, 8: 16, 16: 16}).eval()
             G.compute_mean_latent(256)
-            base = save_checkpoint(root / "base.pt", G, {"alignment": "none"})
-            styled = copy.deepcopy(G)
-            with torch.no_grad():
-                styled.to_rgbs[-1].conv.weight.mul_(-1)  # an obviously different "style"
-            (root / "negative").mkdir()
-            style = save_checkpoint(root / "negative" / "generator.pt", styled, {"base_model": str(base)})
-            options = {"generator": str(base), "clip": str(clip), "checkpoints": (str(style),)}
-            style_size = 16
+            base = str(save_checkpoint(root / "base.pt", G, {"alignment": "none"}))
+        # One adapted style that exists in either world (the toy presets may not be packaged yet).
+        styled = copy.deepcopy(G)
+        with torch.no_grad():
+            styled.to_rgbs[-1].conv.weight.mul_(-1)  # an obviously different "style"
+        style = save_checkpoint(root / "negative" / "generator.pt", styled, {"base_model": base})
+        options = {"generator": base, "clip": clip, "checkpoints": (str(style),)}
+        style_size = G.size
         yield {"options": options, "root": root, "photo": photo, "not_image": not_image, "size": style_size}
 
 
 @pytest.fixture
 def backend(world, tmp_path):
     return WebBackend(device="cpu", work_dir=tmp_path / "work", **world["options"])
+
+
+def _negative(world) -> str:
+    """Style key of the world's "negative" checkpoint."""
+    return f"checkpoint:{world['options']['checkpoints'][0]}"
 
 
 def _wait(job, seconds: float = 60.0) -> None:
@@ -98,7 +104,7 @@ def _wait(job, seconds: float = 60.0) -> None:
 
 
 def test_generate_gives_pairs_and_downloads(backend, world):
-    key = backend.style_choices()[0][1]
+    key = _negative(world)
     pairs, files = backend.generate(key, seeds="0-2", truncation=0.7)
     s = world["size"]
     assert [c.split(":")[0] for _, c in pairs] == ["seed 0", "seed 1", "seed 2"]
@@ -112,15 +118,15 @@ def test_generate_gives_pairs_and_downloads(backend, world):
     assert np.array_equal(np.asarray(again[1][0]), np.asarray(pairs[1][0]))
 
 
-def test_generate_refuses_user_mistakes(backend):
+def test_generate_refuses_user_mistakes(backend, world):
     with pytest.raises(NadaError, match="no style chosen"):
         backend.generate("", seeds="0")
     with pytest.raises(NadaError, match="bad seed"):
-        backend.generate(backend.style_choices()[0][1], seeds="x-y")
+        backend.generate(_negative(world), seeds="x-y")
     with pytest.raises(NadaError, match="not found"):
         backend.generate("", checkpoint="/nonexistent/gen.pt")
     with pytest.raises(NadaError, match="at most"):
-        backend.generate(backend.style_choices()[0][1], seeds="0-100")
+        backend.generate(_negative(world), seeds="0-100")
 
 
 def test_callback_errors_are_short_page_messages():
@@ -206,7 +212,7 @@ def test_job_queue_runs_one_at_a_time():
 
 
 def test_stylize_shows_input_reconstruction_and_styles(backend, world):
-    key = backend.style_choices()[0][1]
+    key = _negative(world)
     gallery, notes = backend.stylize(str(world["photo"]), [key], steps=2)
     captions = [c for _, c in gallery]
     assert captions[0] == "aligned input" and captions[1].startswith("reconstruction (MSE")
@@ -215,7 +221,7 @@ def test_stylize_shows_input_reconstruction_and_styles(backend, world):
 
 
 def test_stylize_refuses_non_images_and_missing_choices(backend, world):
-    key = backend.style_choices()[0][1]
+    key = _negative(world)
     with pytest.raises(NadaError, match="not an image") as info:
         backend.stylize(str(world["not_image"]), [key], steps=2)
     assert str(info.value).startswith("notes.png is not an image")  # the file's name, not the upload's temporary path
