@@ -194,7 +194,7 @@ def _aa(dist: np.ndarray, px: np.ndarray) -> np.ndarray:
 
 
 def _ellipse_dist(x: np.ndarray, y: np.ndarray, a: np.ndarray | float, b: np.ndarray | float, squarish: bool = False) -> np.ndarray:
-    """Approximate signed distance to the ellipse (x/a)^2 + (y/b)^2 = 1, or the superellipse with power 4 when
+    """Approximate signed distance to the ellipse (x/a)^2 + (y/b)^2 = 1, or the superellipse with power 6 when
     ``squarish`` (first order: exact on the boundary, which is all antialiasing needs)."""
     qx, qy = np.abs(x) / a + 1e-6, np.abs(y) / b + 1e-6
     qx2, qy2 = qx * qx, qy * qy
@@ -202,9 +202,10 @@ def _ellipse_dist(x: np.ndarray, y: np.ndarray, a: np.ndarray | float, b: np.nda
         r = np.sqrt(qx2 + qy2)
         grad = np.sqrt(qx2 / (a * a) + qy2 / (b * b)) / r
     else:
-        sp = qx2 * qx2 + qy2 * qy2
-        r = np.sqrt(np.sqrt(sp))
-        grad = np.sqrt((qx2 * qx / a) ** 2 + (qy2 * qy / b) ** 2) * r / sp
+        qx4, qy4 = qx2 * qx2, qy2 * qy2
+        sp = qx4 * qx2 + qy4 * qy2
+        r = np.cbrt(np.sqrt(sp))
+        grad = np.sqrt((qx4 * qx / a) ** 2 + (qy4 * qy / b) ** 2) * r / sp
     return (r - 1.0) / grad
 
 
@@ -338,8 +339,8 @@ def _face_layers(p: FaceParams, warp: tuple[np.ndarray, np.ndarray] | None = Non
     px = scale * (s / 2)
 
     shape = p.face_shape
-    fa = _col(np.choose(shape, [0.42, 0.37, 0.41]).astype(np.float32))  # face half-width
-    fb = _col(np.choose(shape, [0.44, 0.52, 0.47]).astype(np.float32))  # face half-height
+    fa = _col(np.choose(shape, [0.43, 0.35, 0.42]).astype(np.float32))  # face half-width
+    fb = _col(np.choose(shape, [0.43, 0.55, 0.46]).astype(np.float32))  # face half-height
     face_d = _ellipse_dist(x, y, fa, fb)
     square = shape == 2
     if square.any():
@@ -381,12 +382,12 @@ def _face_layers(p: FaceParams, warp: tuple[np.ndarray, np.ndarray] | None = Non
     m["brows"] = _aa(_curve_dist(ex, y + 0.15, 0.0, 0.02, 0.08, 0.016), px)
 
     # Mouth: smiling (open crescent with teeth), neutral (straight), frowning (arched down at the corners).
-    mw = 0.17 * _col(p.mouth_width)
+    mw = 0.2 * _col(p.mouth_width)
     my = y - 0.27 - 0.6 * (fb - 0.44)
     mood = _col(p.mouth)
-    bend = _col(np.array([-0.075, 0.0, 0.085], np.float32)[p.mouth])
-    stroke = _curve_dist(x, my, 0.0, bend, mw, 0.024)
-    crescent = np.maximum(np.maximum(-(my - (-0.015 + bend * (x / mw) ** 2)), my - (0.07 - 0.08 * (x / mw) ** 2)), np.abs(x) - mw)
+    bend = _col(np.array([-0.09, 0.0, 0.11], np.float32)[p.mouth])
+    stroke = _curve_dist(x, my, 0.0, bend, mw, 0.028)
+    crescent = np.maximum(np.maximum(-(my - (-0.015 + bend * (x / mw) ** 2)), my - (0.09 - 0.1 * (x / mw) ** 2)), np.abs(x) - mw)
     m["mouth"] = _aa(np.where(mood == 0, np.minimum(stroke, crescent), stroke), px)
     teeth = np.maximum(crescent + 0.015, my - 0.02)
     m["teeth"] = np.where(mood == 0, _aa(teeth, px), 0.0)
