@@ -58,7 +58,7 @@ class JobCancelled(Exception):
     """Raised inside the adaptation loop's callback to stop a cancelled job between two iterations."""
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: queue membership compares identities
 class AdaptJob:
     """One adaptation run and its live state (written by the worker thread, read by the page)."""
 
