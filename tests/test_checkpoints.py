@@ -331,3 +331,12 @@ def test_no_warning_for_clean_checkpoint(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_generator(path)
+
+
+def test_random_source_is_seeded_and_validated() -> None:
+    a, b, c = load_generator("random:32"), load_generator("random:32"), load_generator("random:32:1")
+    z = torch.randn(2, a.style_dim, generator=torch.Generator().manual_seed(0))
+    assert a.size == 32 and a.mean_latent.abs().sum() > 0
+    assert torch.equal(a(z), b(z)) and not torch.equal(a(z), c(z))
+    with pytest.raises(NadaError, match="power of two"):
+        load_generator("random:48")

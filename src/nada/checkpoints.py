@@ -213,8 +213,14 @@ def _mean_latent(obj: Mapping[str, Any], style_dim: int, path: Path) -> torch.Te
 # ---------------------------------------------------------------- public API
 
 
+_RANDOM_SOURCE = re.compile(r"random:(\d+)(?::(\d+))?")
+
+
 def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":  # noqa: F821
-    """Generator (eval mode, on `device`) from a rosinality .pt, NVlabs .pkl, nada checkpoint or registered name."""
+    """Generator (eval mode, on `device`) from a rosinality .pt, NVlabs .pkl, nada checkpoint, registered name or "random:SIZE[:SEED]"."""
+    match = _RANDOM_SOURCE.fullmatch(str(source))
+    if match:
+        return random_generator(int(match[1]), seed=int(match[2] or 0)).to(device)
     path = _resolve_source(source)
     try:
         G = _load_file(path)
@@ -223,6 +229,19 @@ def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu"
             raise
         raise NadaError(f"{path}: {e}") from None
     return G.to(device)
+
+
+def random_generator(size: int, seed: int = 0) -> "Generator":  # noqa: F821
+    """An untrained small generator (style_dim 64, 64 channels) with seeded random weights: for smoke tests and demos."""
+    from nada.networks import Generator
+
+    if size < 4 or size > 1024 or size & (size - 1):
+        raise NadaError(f"random:{size}: the size must be a power of two from 4 to 1024, e.g. random:64")
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's global RNG
+        torch.manual_seed(seed)
+        G = Generator(size, style_dim=64, n_mlp=4, channels={4 * 2**i: 64 for i in range(size.bit_length() - 2)})
+    G.compute_mean_latent(seed=seed)
+    return G.eval()
 
 
 def _load_file(path: Path) -> "Generator":  # noqa: F821

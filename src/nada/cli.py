@@ -83,7 +83,7 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt) or a registered name (nada presets generators)")
+    what.add_argument("--checkpoint", help="checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt), a registered name (nada presets generators) or random:SIZE for an untrained generator")
     what.add_argument("--preset", help="an adapted generator by preset name (see nada presets list); downloads released weights on first use")
     p.add_argument("--compare", action="store_true", help="one grid with the base generator's row above the adapted row, same seeds")
     p.add_argument("--base", default=None, help="base generator for --compare (default: the preset's base or the checkpoint's recorded base)")
