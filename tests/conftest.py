@@ -34,3 +34,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "network" in item.keywords and os.environ.get("NADA_TEST_NETWORK") != "1":
             item.add_marker(skip_net)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs torch on one thread: the tiny models of the suite are fastest so, above all on a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

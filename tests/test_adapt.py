@@ -18,15 +18,6 @@ from nada.networks import Generator
 CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 _CLIPS: dict[Path, object] = {}
 
 

@@ -10,15 +10,6 @@ from nada.invert import InvertConfig, ReconstructionLosses, build_losses, invert
 from nada.networks import Generator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much faster when the CPU is shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch):
     """No downloads and empty caches: every pretrained loss is unavailable."""

@@ -24,15 +24,6 @@ from nada.networks import Generator
 CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_generator(seed: int = 0) -> Generator:
     """A 32x32 generator (n_latent 8, 11 synthesis layers) with seeded random weights."""
     torch.manual_seed(seed)

@@ -19,15 +19,6 @@ FAST = ["--steps", "4", "--quiet", "--device", "cpu"]
 MSE_ONLY = ["--lpips", "0", "--id", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much faster when the CPU is shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     """A tiny base generator, one adapted copy (metadata names the base) and two photos, all in tmp_path."""

@@ -33,15 +33,6 @@ CHROMIUM = os.environ.get("NADA_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts" / "web"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much faster when the CPU is shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _toy_world_ready() -> bool:
     return all((TOY / f).is_file() for f in ("generator.pt", "clip.pt", "clip_config.json"))
 
