@@ -285,6 +285,8 @@ def test_directional_term_has_a_sane_gradient_at_equal_images() -> None:
     assert float(loss.detach()) == 1.0 and torch.isfinite(grad).all() and 1e-3 < float(grad.norm()) < 10
     moved = f_src + torch.randn(3, 8)
     assert torch.allclose(directional_term(f_src, moved, direction), losses.directional_loss(f_src, moved, direction))
+    rounding = f_src + 1e-7 * torch.randn(3, 8)  # equal images, features apart by rounding only
+    assert torch.allclose(directional_term(f_src, rounding, direction), torch.tensor(1.0), atol=1e-6)
     mixed = torch.cat([f_src[:1], moved[1:]])
     expected = (1.0 + 2 * losses.directional_loss(f_src[1:], moved[1:], direction)) / 3
     assert torch.allclose(directional_term(f_src, mixed, direction), expected)
