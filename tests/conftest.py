@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -45,3 +46,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=None)
+def load_tiny_clip(path: str, antialias: bool = True):
+    """A CLIP loaded once per test session (they are read-only in every test)."""
+    from nada.clip import load_clip
+
+    return load_clip(path, antialias=antialias)
+
+
+@pytest.fixture
+def tiny(golden: Path):
+    """The golden tiny CLIP (OpenAI state-dict layout)."""
+    return load_tiny_clip(str(golden / "tiny_clip_openai.pt"))
+
+
+@pytest.fixture
+def ref(golden: Path) -> dict:
+    """The official StyleGAN-NADA loss values on the tiny CLIP."""
+    import torch
+
+    return torch.load(golden / "nada_clip_loss.pt", weights_only=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_tiny_clip
 from nada.errors import NadaError
 
 TINY_CONFIG = {
@@ -17,24 +17,6 @@ TINY_CONFIG = {
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
 }
-
-
-@functools.lru_cache(maxsize=None)
-def _load(path: str, antialias: bool = True):
-    from nada.clip import load_clip
-
-    return load_clip(path, antialias=antialias)
-
-
-@pytest.fixture
-def tiny(golden: Path):
-    """The golden tiny CLIP (OpenAI layout), loaded once per session."""
-    return _load(str(golden / "tiny_clip_openai.pt"))
-
-
-@pytest.fixture
-def ref(golden: Path) -> dict:
-    return torch.load(golden / "nada_clip_loss.pt", weights_only=True)
 
 
 def _write_config_pair(folder: Path, golden: Path, config_name: str, weights_name: str) -> None:
@@ -61,7 +43,7 @@ def test_preprocess_matches_golden_both_antialias_settings(tiny, ref) -> None:
 
 
 def test_model_level_antialias_option(golden: Path, ref) -> None:
-    legacy_model = _load(str(golden / "tiny_clip_openai.pt"), antialias=False)
+    legacy_model = load_tiny_clip(str(golden / "tiny_clip_openai.pt"), antialias=False)
     out = legacy_model.preprocess(ref["inputs"]["src_img"])
     assert torch.allclose(out, ref["legacy_no_antialias"]["preprocessed_src"], atol=1e-5)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,6 @@ from nada.errors import NadaError
 from nada.templates import IMAGENET_TEMPLATES, PART_TEMPLATES, compose
 
 ATOL = 1e-5
-
-
-@functools.lru_cache(maxsize=None)
-def _load(path: str):
-    from nada.clip import load_clip
-
-    return load_clip(path)
-
-
-@pytest.fixture
-def tiny(golden: Path):
-    return _load(str(golden / "tiny_clip_openai.pt"))
-
-
-@pytest.fixture
-def ref(golden: Path) -> dict:
-    return torch.load(golden / "nada_clip_loss.pt", weights_only=True)
 
 
 @pytest.fixture

@@ -20,15 +20,6 @@ def missing_toy_assets() -> list[str]:
     return [str(folder / name) for name in needed if not (folder / name).is_file()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much faster when the CPU is shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_photo_to_sketch_end_to_end(tmp_path):
     missing = missing_toy_assets()

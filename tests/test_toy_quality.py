@@ -12,14 +12,6 @@ from nada.toy import render as R
 from nada.toy.evaluator import Evaluator, EvaluatorConfig, default_weights_path, load_evaluator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def evaluator():
     if not default_weights_path().is_file():
