@@ -41,13 +41,21 @@ def test_render_targets_are_photo_renders_of_the_face_latent():
 
 def test_regression_loss_is_zero_only_for_equal_images():
     a = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    assert gt.regression_loss(a, a).item() == 0.0
     b = a.clone()
     b[:, :, 10:20, 10:20] += 0.5
-    loss = gt.regression_loss(a, b)
-    assert loss.item() > 0
-    # The gradient term reacts to edges, so a sharp square costs more than the plain L1 alone.
-    assert loss.item() > torch.nn.functional.l1_loss(a, b).item()
+    for kind in gt.LOSSES:
+        assert gt.regression_loss(a, a, kind).item() == 0.0
+        assert gt.regression_loss(a, b, kind).item() > 0
+    # A 0.5 error on 100 of 4096 pixels: squared error is half the absolute one at full resolution.
+    frac = 100 / 4096
+    plain = gt.regression_loss(a, b, "mse", multiscale_weight=0.0).item()
+    assert plain == pytest.approx(0.25 * frac, rel=1e-4)
+    assert gt.regression_loss(a, b, "l1", multiscale_weight=0.0).item() == pytest.approx(0.5 * frac, rel=1e-4)
+    # The difference term reacts to the square's edges, the coarse scales to its blurred mass.
+    assert gt.regression_loss(a, b, "mse", multiscale_weight=0.0, gradient_weight=1.0).item() > plain
+    assert gt.regression_loss(a, b, "mse").item() > plain
+    with pytest.raises(NadaError, match="unknown regression loss"):
+        gt.regression_loss(a, b, "l3")
 
 
 def test_lr_schedule_holds_then_decays_to_five_percent():
@@ -141,3 +149,4 @@ def test_cli_refuses_to_overwrite_an_export_before_training(tmp_path: Path, caps
     rc = gt.main(["--out", str(tmp_path / "run"), "--steps", "1", "--export", str(target), "--no-progress"])
     assert rc == 2 and "--force" in capsys.readouterr().err
     assert target.read_bytes() == b"keep me" and not (tmp_path / "run").exists()
+
