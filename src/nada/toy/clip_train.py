@@ -1,0 +1,506 @@
+"""Train the toy world's tiny CLIP on rendered image-caption pairs of every style.
+
+The model is an ordinary open_clip ``CLIP`` built from ``CLIP_CONFIG`` (a small ViT on 64x64 input, a
+small text transformer, OpenAI's BPE tokenizer with a context of 32 tokens), so ``nada.clip`` loads it
+like any open_clip model from ``clip_config.json`` + ``clip.pt``.
+
+Every step renders fresh faces (``nada.toy.render``), never a fixed data set. Half the faces of a
+batch are rendered twice in two different styles, the other half twice in one style with one
+attribute changed; each image gets a random caption ("a sketch of a smiling face with glasses",
+"sketch", "a face with red hair" ...). Because the world is known, the loss knows exactly which
+captions are true of which image, so it is a *multi-positive* contrastive loss (no false
+negatives: "a sketch" is true of every sketch in the batch). Two terms are added:
+- zero-shot classification: for each attribute and for the style, cross-entropy of the image against
+  the attribute's class prompts (``render.ATTRIBUTE_PROMPTS``; style prompts from ``render.TEMPLATES``),
+  which is exactly how the zero-shot accuracy is measured;
+- direction: for each pair, the change of the image embedding should point along the change of
+  the text embedding (style A -> style B, or "a smiling face" -> "a frowning face"). This is the
+  property StyleGAN-NADA's directional loss relies on.
+Images are lightly augmented (blur, noise, brightness) so that generator outputs stay in distribution.
+
+Run ``python -m nada.toy.clip_train --out DIR --steps N --seed S [--export src/nada/assets/toy]``.
+The run is resumable: DIR/state.pt (atomic, every --ckpt-every steps) holds the weights, the
+optimiser and the RNG state, and every step's data is a function of (seed, step), so rerunning the
+same command continues exactly where it stopped. At the end it writes DIR/clip.pt (fp16 state dict)
+and DIR/clip_config.json, prints the zero-shot accuracies and the direction check, and copies the
+two files to --export when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nada.errors import NadaError
+from nada.toy import render as R
+from nada.toy import runs
+
+# The architecture, as open_clip reads it (plus the preprocessing that nada.clip applies).
+CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+    "quick_gelu": False,
+    # Images in [-1, 1] become (x + 1) / 2, then (x - 0.5) / 0.5: the network sees the [-1, 1] image itself.
+    "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "shortest"},
+}
+FACT_KEYS: tuple[str, ...] = ("style", *R.ATTRIBUTES)  # columns of the truth / fact tables
+EVAL_SEED = 987_654_321  # held-out faces and textures; training draws from SeedSequence([seed, step]) instead
+STATE_FILE, WEIGHTS_FILE, CONFIG_FILE = "state.pt", "clip.pt", "clip_config.json"
+STATE_VERSION = 2
+RESUME_FREE = ("steps", "ckpt_every", "eval_every", "threads", "eval_faces", "direction_faces")  # settings a resumed run may change
+
+log = logging.getLogger("nada.toy.clip_train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; a resumed run must match except for RESUME_FREE fields."""
+
+    steps: int = 3000
+    seed: int = 0
+    faces: int = 48  # faces per step; each is rendered twice, so the image batch is 2 * faces
+    lr: float = 1e-3
+    warmup: int = 150
+    weight_decay: float = 0.05
+    dir_weight: float = 0.5
+    cls_weight: float = 1.0
+    probe_weight: float = 2.0
+    init_from: str = ""  # optional clip.pt whose weights start the run (fine-tuning) instead of a random init
+    ckpt_every: int = 100
+    eval_every: int = 500
+    threads: int = 1
+    eval_faces: int = 600  # fresh faces for the final zero-shot accuracy
+    direction_faces: int = 120  # faces for the final direction check
+
+
+# ---------------------------------------------------------------- model
+
+
+def model_kwargs(config: dict[str, Any] = CLIP_CONFIG) -> dict[str, Any]:
+    """The constructor arguments of ``open_clip.CLIP`` from a config dict (drops the preprocessing)."""
+    return {k: v for k, v in config.items() if k != "preprocess_cfg"}
+
+
+def build_model(seed: int, config: dict[str, Any] = CLIP_CONFIG) -> torch.nn.Module:
+    """A freshly initialised open_clip CLIP (random weights from ``seed``, caller's RNG untouched)."""
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return open_clip.CLIP(**model_kwargs(config))
+
+
+class Trainee(torch.nn.Module):
+    """What training optimises: the CLIP plus linear probes on its image embedding (one per fact key).
+
+    The probes are discarded at export. They break a symmetric plateau: for attributes that need
+    fine detail (the mouth's curve, the face outline) a randomly initialised CLIP gives every class
+    prompt the same text embedding and no image feature separates the classes, so the contrastive
+    and zero-shot gradients on both towers vanish together; a probe's labels move the image tower
+    off that point, and the text tower follows.
+    """
+
+    def __init__(self, clip: torch.nn.Module, embed_dim: int) -> None:
+        super().__init__()
+        self.clip = clip
+        self.probes = torch.nn.ModuleDict({k: torch.nn.Linear(embed_dim, len(v)) for k, v in fact_values().items()})
+
+
+def fact_values() -> dict[str, tuple[str, ...]]:
+    """Fact key -> its value names ("style" first, then the attributes)."""
+    return {"style": R.STYLES, **R.ATTRIBUTES}
+
+
+def build_trainee(cfg: "TrainConfig") -> Trainee:
+    """The CLIP (random from cfg.seed, or cfg.init_from's weights) with fresh probes."""
+    clip = build_model(cfg.seed)
+    if cfg.init_from:
+        sd = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+        clip.load_state_dict({k: v.float() for k, v in sd.items()})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        return Trainee(clip, CLIP_CONFIG["embed_dim"])
+
+
+def tokenizer(config: dict[str, Any] = CLIP_CONFIG):
+    """OpenAI's BPE tokenizer with the config's context length: list[str] -> LongTensor [T, context]."""
+    import open_clip
+
+    return open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
+
+
+def to_clip_input(img: torch.Tensor, config: dict[str, Any] = CLIP_CONFIG) -> torch.Tensor:
+    """[N,3,64,64] in [-1,1] -> normalised network input, exactly as nada.clip preprocesses at 64x64."""
+    pp = config["preprocess_cfg"]
+    mean = torch.tensor(pp["mean"], device=img.device).view(1, 3, 1, 1)
+    std = torch.tensor(pp["std"], device=img.device).view(1, 3, 1, 1)
+    return ((img + 1) / 2 - mean) / std
+
+
+def encode_images(model: torch.nn.Module, img: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image features [N, D] of images [N,3,64,64] in [-1,1]."""
+    return F.normalize(model.encode_image(to_clip_input(img)), dim=-1)
+
+
+def encode_texts(model: torch.nn.Module, tok, texts: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
+    """L2-normalised text features [T, D]."""
+    return F.normalize(model.encode_text(tok(list(texts)).to(device)), dim=-1)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Batch:
+    """One training step's data: images, their truth table, captions with their fact tables, pairs."""
+
+    images: torch.Tensor  # [2F, 3, 64, 64] in [-1, 1]; image i and i + F form a pair
+    truth: np.ndarray  # [2F, len(FACT_KEYS)] value indices (style index in column 0)
+    texts: list[str]  # captions of every image, then the class prompts
+    facts: np.ndarray  # [T, len(FACT_KEYS)] value index, or -1 where the text says nothing
+    class_text: dict[str, np.ndarray]  # fact key -> indices into texts of its class prompts, in value order
+    pair_key: np.ndarray  # [F] which fact key differs inside each pair (0 = style)
+
+
+def truth_table(params: R.FaceParams, styles: Sequence[str]) -> np.ndarray:
+    """[N, len(FACT_KEYS)] int64: the style index then every attribute's value index."""
+    cols = [np.array([R.STYLES.index(s) for s in styles], np.int64)] + [getattr(params, k) for k in R.ATTRIBUTES]
+    return np.stack(cols, 1)
+
+
+def facts_row(facts: dict[str, str]) -> list[int]:
+    """A caption's facts as one row of value indices (-1 = not stated)."""
+    values = {"style": R.STYLES, **R.ATTRIBUTES}
+    return [values[k].index(facts[k]) if k in facts else -1 for k in FACT_KEYS]
+
+
+def class_prompts(rng: np.random.Generator) -> tuple[list[str], list[list[int]], dict[str, list[int]]]:
+    """Prompts for every class of every fact key (style prompts through a random template): texts, facts, index."""
+    texts: list[str] = []
+    facts: list[list[int]] = []
+    index: dict[str, list[int]] = {}
+    template = R.TEMPLATES[int(rng.integers(len(R.TEMPLATES)))]
+    for key in FACT_KEYS:
+        prompts = [template.format(s) for s in R.STYLES] if key == "style" else list(R.ATTRIBUTE_PROMPTS[key])
+        index[key] = []
+        for v, prompt in enumerate(prompts):
+            row = [-1] * len(FACT_KEYS)
+            row[FACT_KEYS.index(key)] = v
+            index[key].append(len(texts))
+            texts.append(prompt)
+            facts.append(row)
+    return texts, facts, index
+
+
+def _change_one(params: R.FaceParams, key_idx: np.ndarray, rng: np.random.Generator) -> R.FaceParams:
+    """Copy of params where face i has attribute FACT_KEYS[key_idx[i]] moved to another random value (0 = keep)."""
+    values = {k: getattr(params, k).copy() for k in params.__dataclass_fields__}
+    for i, k in enumerate(key_idx):
+        if k == 0:
+            continue
+        name = FACT_KEYS[k]
+        n = len(R.ATTRIBUTES[name])
+        values[name][i] = (values[name][i] + rng.integers(1, n)) % n
+    return R.FaceParams(**values)
+
+
+def make_batch(cfg: TrainConfig, step: int) -> Batch:
+    """The data of one step, a pure function of (cfg.seed, step)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    n = cfg.faces
+    params = R.sample_params(n, seed=int(rng.integers(2**62)))
+    style_a = rng.integers(len(R.STYLES), size=n)
+    # Pair kind: 0 = same face in another style; k >= 1 = same style, attribute FACT_KEYS[k] changed.
+    pair_key = np.where(rng.random(n) < 0.5, 0, rng.integers(1, len(FACT_KEYS), size=n))
+    style_b = np.where(pair_key == 0, (style_a + rng.integers(1, len(R.STYLES), size=n)) % len(R.STYLES), style_a)
+    params_b = _change_one(params, pair_key, rng)
+    all_params = R.FaceParams.concat([params, params_b])
+    styles = [R.STYLES[s] for s in np.concatenate([style_a, style_b])]
+    images = R.to_tensor(R.render_mixed(all_params, styles, seed=int(rng.integers(2**62))))
+    caption_seed = int(rng.integers(2**62))
+    parts = R.caption_parts(all_params, styles, seed=caption_seed)
+    cap_rng = np.random.default_rng([caption_seed, 1])
+    texts = [R.caption_from_parts(f, cap_rng) for f in parts]
+    facts = [facts_row(f) for f in parts]
+    c_texts, c_facts, c_index = class_prompts(rng)
+    offset = len(texts)
+    return Batch(
+        images=augment(images, rng),
+        truth=truth_table(all_params, styles),
+        texts=texts + c_texts,
+        facts=np.array(facts + c_facts, np.int64),
+        class_text={k: np.array(v) + offset for k, v in c_index.items()},
+        pair_key=pair_key,
+    )
+
+
+def augment(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Light, content-preserving changes of [N,3,64,64] in [-1,1]: blur, noise, brightness/contrast."""
+    n = img.shape[0]
+    blur = torch.from_numpy(rng.random(n) < 0.25).view(n, 1, 1, 1)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    img = torch.where(blur, blurred, img)
+    sigma = torch.from_numpy((rng.random(n) < 0.25) * rng.uniform(0.0, 0.06, n)).float().view(n, 1, 1, 1)
+    noise = torch.from_numpy(rng.standard_normal(img.shape).astype(np.float32))
+    gain = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float().view(n, 1, 1, 1)
+    shift = torch.from_numpy(rng.uniform(-0.06, 0.06, n)).float().view(n, 1, 1, 1)
+    return (img * gain + shift + sigma * noise).clamp(-1, 1)
+
+
+# ---------------------------------------------------------------- loss
+
+
+def compatibility(truth: np.ndarray, facts: np.ndarray) -> torch.Tensor:
+    """[N, T] bool: text j is true of image i (every fact it states matches the image)."""
+    ok = (facts[None, :, :] == -1) | (facts[None, :, :] == truth[:, None, :])
+    return torch.from_numpy(ok.all(-1))
+
+
+def multi_positive_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Supervised-contrastive loss: mean over rows, and over each row's positives, of -log softmax; rows
+    without a positive or without a negative carry no information and are skipped."""
+    useful = positive.any(1) & ~positive.all(1)
+    if not useful.any():
+        return logits.sum() * 0.0
+    lg, pos = logits[useful], positive[useful].float()
+    log_p = lg - torch.logsumexp(lg, 1, keepdim=True)
+    return (-(log_p * pos).sum(1) / pos.sum(1)).mean()
+
+
+def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The loss terms of one step (see the module docstring and ``Trainee``)."""
+    model = trainee.clip
+    fi = encode_images(model, batch.images)
+    ft = encode_texts(model, tok, batch.texts)
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    logits = scale * fi @ ft.T
+    pos = compatibility(batch.truth, batch.facts)
+    out = {"i2t": multi_positive_loss(logits, pos), "t2i": multi_positive_loss(logits.T, pos.T)}
+    truth = torch.from_numpy(batch.truth)
+    ce = [F.cross_entropy(logits[:, idx], truth[:, FACT_KEYS.index(key)]) for key, idx in batch.class_text.items()]
+    out["cls"] = torch.stack(ce).mean()
+    # Direction: the pair's image change against the text change between the classes that differ.
+    n = len(batch.pair_key)
+    d_img = F.normalize(fi[n:] - fi[:n], dim=-1)
+    d_txt = []
+    for i, k in enumerate(batch.pair_key):
+        idx = batch.class_text[FACT_KEYS[k]]
+        d_txt.append(ft[idx[batch.truth[n + i, k]]] - ft[idx[batch.truth[i, k]]])
+    out["dir"] = (1 - (d_img * F.normalize(torch.stack(d_txt), dim=-1)).sum(-1)).mean()
+    out["probe"] = torch.stack([F.cross_entropy(head(fi) * 10.0, truth[:, FACT_KEYS.index(k)]) for k, head in trainee.probes.items()]).mean()
+    out["total"] = out["i2t"] + out["t2i"] + cfg.cls_weight * out["cls"] + cfg.dir_weight * out["dir"] + cfg.probe_weight * out["probe"]
+    return out
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def style_text_features(model: torch.nn.Module, tok, templates: Sequence[str] = R.TEMPLATES) -> torch.Tensor:
+    """[S, D] normalised, template-averaged text features of every style (the ImageNet-template recipe)."""
+    feats = [encode_texts(model, tok, [t.format(s) for t in templates]).mean(0) for s in R.STYLES]
+    return F.normalize(torch.stack(feats), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: torch.nn.Module, tok, n: int = 600, seed: int = EVAL_SEED, batch_size: int = 200) -> dict[str, Any]:
+    """Zero-shot accuracy on n fresh faces (face i in style i mod 6): overall per fact key, and per style."""
+    model.eval()
+    params = R.sample_params(n, seed=seed)
+    styles = [R.STYLES[i % len(R.STYLES)] for i in range(n)]
+    images = R.to_tensor(R.render_mixed(params, styles, seed=seed))
+    fi = torch.cat([encode_images(model, images[i : i + batch_size]) for i in range(0, n, batch_size)])
+    truth = torch.from_numpy(truth_table(params, styles))
+    classes = {"style": style_text_features(model, tok)}
+    classes.update({k: encode_texts(model, tok, R.ATTRIBUTE_PROMPTS[k]) for k in R.ATTRIBUTES})
+    acc: dict[str, Any] = {}
+    per_style: dict[str, dict[str, float]] = {s: {} for s in R.STYLES}
+    for key, feats in classes.items():
+        correct = (fi @ feats.T).argmax(1) == truth[:, FACT_KEYS.index(key)]
+        acc[key] = correct.float().mean().item()
+        for s_idx, s in enumerate(R.STYLES):
+            per_style[s][key] = correct[truth[:, 0] == s_idx].float().mean().item()
+    acc["per_style"] = per_style
+    return acc
+
+
+@torch.no_grad()
+def direction_check(model: torch.nn.Module, tok, source: str = "photo", n: int = 120, seed: int = EVAL_SEED + 1) -> dict[str, float]:
+    """Mean cosine between CLIP(target render) - CLIP(source render) of the same faces and the template-averaged
+    text direction source -> target (NADA's recipe), for every target style."""
+    model.eval()
+    params = R.sample_params(n, seed=seed)
+    f_src = encode_images(model, R.render_tensor(params, source, seed=seed))
+    out = {}
+    for target in R.STYLES:
+        if target == source:
+            continue
+        f_tgt = encode_images(model, R.render_tensor(params, target, seed=seed))
+        t_src, t_tgt = [encode_texts(model, tok, [t.format(s) for t in R.TEMPLATES]) for s in (source, target)]
+        text_dir = F.normalize((t_tgt - t_src).mean(0, keepdim=True), dim=-1)
+        out[target] = F.cosine_similarity(f_tgt - f_src, text_dir).mean().item()
+    return out
+
+
+def format_accuracy(acc: dict[str, Any]) -> str:
+    """One line of overall accuracies in percent."""
+    return "  ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items() if k != "per_style")
+
+
+# ---------------------------------------------------------------- optimiser, state, export
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on gains, biases, embeddings and the temperature."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embedding" not in name and "token" not in name else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then a cosine down to 5 % of the peak at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def export(model: torch.nn.Module, out_dir: Path) -> tuple[Path, Path]:
+    """Write clip.pt (fp16 state dict) and clip_config.json into out_dir, atomically."""
+    from nada.io import atomic_torch_save, atomic_write
+
+    half = {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    weights = atomic_torch_save(half, out_dir / WEIGHTS_FILE)
+    config = atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(CLIP_CONFIG, indent=2) + "\n", encoding="utf-8"))
+    return weights, config
+
+
+def load_exported(folder: str | Path) -> torch.nn.Module:
+    """Rebuild a model written by ``export`` with plain open_clip (fp32, eval mode)."""
+    import open_clip
+
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    model = open_clip.CLIP(**model_kwargs(config))
+    sd = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in sd.items()})
+    return model.eval()
+
+
+# ---------------------------------------------------------------- training loop
+
+
+def train(cfg: TrainConfig, out: Path, export_to: Path | None = None) -> dict[str, Any]:
+    """Run (or continue) training in ``out`` with ``cfg.threads`` CPU threads; returns the final metrics."""
+    with runs.torch_threads(cfg.threads):
+        return _train(cfg, out, export_to)
+
+
+def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs.setup_logging(log, out / "train.log")
+    state_path = out / STATE_FILE
+    trainee = build_trainee(cfg)
+    model = trainee.clip
+    opt = make_optimizer(trainee, cfg)
+    tok = tokenizer()
+    start, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = runs.load_state(state_path, STATE_VERSION)
+        runs.check_resume(state["config"], asdict(cfg), RESUME_FREE, state_path)
+        trainee.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start, elapsed = int(state["step"]), float(state["elapsed_s"])
+        log.info("resuming at step %d (%.0f s trained so far)", start, elapsed)
+    else:
+        n_params = sum(p.numel() for p in model.parameters())  # the probes are not counted: they are not shipped
+        log.info("new run: %s, %d parameters", json.dumps(asdict(cfg)), n_params)
+    trainee.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="toy CLIP", dynamic_ncols=True)
+    t0 = time.time()
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = make_batch(cfg, step)
+        terms = losses(trainee, tok, batch, cfg)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_(trainee.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        values = {k: f"{v.item():.3f}" for k, v in terms.items()}
+        bar.set_postfix(values)
+        done = step + 1
+        if done % 20 == 0:
+            log.info("step %d %s lr %.2e scale %.1f", done, " ".join(f"{k} {v}" for k, v in values.items()), lr_at(step, cfg), model.logit_scale.exp().item())
+        if done % cfg.eval_every == 0 and done < cfg.steps:
+            log.info("step %d zero-shot (300 faces): %s", done, format_accuracy(zero_shot_accuracy(model, tok, n=300)))
+            trainee.train()
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            runs.save_state(state_path, STATE_VERSION, asdict(cfg), done, elapsed + time.time() - t0, trainee, opt)
+    bar.close()
+    total_s = elapsed + time.time() - t0
+    model.eval()
+    acc = zero_shot_accuracy(model, tok, n=cfg.eval_faces)
+    dirs = direction_check(model, tok, n=cfg.direction_faces)
+    weights, config = export(model, out)
+    log.info("training time %.0f s (%.1f min) for %d steps", total_s, total_s / 60, cfg.steps)
+    log.info("zero-shot accuracy on %d fresh renders: %s", cfg.eval_faces, format_accuracy(acc))
+    for s, a in acc["per_style"].items():
+        log.info("  %-10s %s", s, "  ".join(f"{k} {100 * v:.0f}%" for k, v in a.items()))
+    log.info("direction check cos(CLIP(style) - CLIP(photo), text(style) - text(photo)): %s", "  ".join(f"{k} {v:.3f}" for k, v in dirs.items()))
+    log.info("wrote %s and %s", weights, config)
+    if export_to is not None:
+        export_to.mkdir(parents=True, exist_ok=True)
+        for f in (weights, config):
+            shutil.copyfile(f, export_to / f.name)
+        log.info("copied them to %s", export_to)
+    return {"accuracy": acc, "direction": dirs, "train_seconds": total_s}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: python -m nada.toy.clip_train --out DIR --steps N --seed S [--export DIR]."""
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m nada.toy.clip_train", description="Train the toy world's tiny CLIP (resumable).")
+    ap.add_argument("--out", required=True, type=Path, help="run folder: state.pt, train.log, clip.pt, clip_config.json")
+    ap.add_argument("--steps", type=int, default=d.steps, help="total training steps (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)")
+    ap.add_argument("--faces", type=int, default=d.faces, help="faces per step, each rendered twice (default: %(default)s)")
+    ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)")
+    ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between zero-shot checks (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
+    ap.add_argument("--init-from", default="", help="start from the weights of this clip.pt instead of a random init")
+    ap.add_argument("--export", type=Path, default=None, help="also copy clip.pt and clip_config.json here, e.g. src/nada/assets/toy")
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, ckpt_every=args.ckpt_every, eval_every=args.eval_every, threads=args.threads, init_from=args.init_from)
+    try:
+        train(cfg, args.out, args.export)
+    except NadaError as e:
+        print(f"clip_train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The toy CLIP: its training pieces (fast, untrained) and the shipped weights (loaded through nada.clip)."""
+
+from __future__ import annotations
+
+import json
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nada.toy import clip_train as T
+from nada.toy import render as R
+
+ASSETS = T.Path(__file__).resolve().parents[1] / "src" / "nada" / "assets" / "toy"
+
+
+def shipped() -> tuple[T.Path, T.Path]:
+    config, weights = ASSETS / T.CONFIG_FILE, ASSETS / T.WEIGHTS_FILE
+    if not (config.is_file() and weights.is_file()):
+        pytest.skip(f"toy CLIP weights not found in {ASSETS} (train them with python -m nada.toy.clip_train)")
+    return config, weights
+
+
+# ---------------------------------------------------------------- training pieces
+
+
+def test_batch_pairs_truth_and_compatibility():
+    cfg = T.TrainConfig(faces=12)
+    batch = T.make_batch(cfg, step=3)
+    n = cfg.faces
+    assert batch.images.shape == (2 * n, 3, 64, 64) and batch.images.abs().max() <= 1
+    assert batch.truth.shape == (2 * n, len(T.FACT_KEYS)) and len(batch.texts) == len(batch.facts)
+    # Each pair differs in exactly the fact its pair_key names.
+    for i, k in enumerate(batch.pair_key):
+        differs = np.nonzero(batch.truth[i] != batch.truth[n + i])[0]
+        assert list(differs) == [k]
+    pos = T.compatibility(batch.truth, batch.facts)
+    assert pos[:, : 2 * n].diagonal().all(), "an image's own caption must be true of it"
+    for key, idx in batch.class_text.items():
+        col = T.FACT_KEYS.index(key)
+        assert torch.equal(pos[:, idx].float().argmax(1), torch.from_numpy(batch.truth[:, col]))
+    again = T.make_batch(cfg, step=3)
+    assert torch.equal(batch.images, again.images) and batch.texts == again.texts
+
+
+def test_multi_positive_loss_prefers_positives():
+    positive = torch.tensor([[True, False, True], [False, True, False]])
+    good = torch.tensor([[5.0, -5.0, 5.0], [-5.0, 5.0, -5.0]])
+    assert T.multi_positive_loss(good, positive) < T.multi_positive_loss(-good, positive)
+    assert T.multi_positive_loss(good, torch.ones(2, 3, dtype=torch.bool)) == 0  # nothing to tell apart
+
+
+def test_training_resumes_exactly(tmp_path):
+    cfg = dict(faces=3, ckpt_every=1, eval_every=1000, eval_faces=12, direction_faces=4)
+    T.train(T.TrainConfig(steps=3, **cfg), tmp_path / "straight")
+    T.train(T.TrainConfig(steps=2, **cfg), tmp_path / "resumed")
+    T.train(T.TrainConfig(steps=3, **cfg), tmp_path / "resumed")
+    assert "resuming at step 2" in (tmp_path / "resumed" / "train.log").read_text()
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    with pytest.raises(T.NadaError, match="other settings"):
+        T.train(T.TrainConfig(steps=4, **{**cfg, "faces": 4}), tmp_path / "resumed")
+    model = T.load_exported(tmp_path / "resumed")
+    assert json.loads((tmp_path / "resumed" / "clip_config.json").read_text()) == T.CLIP_CONFIG
+    assert model.visual.image_size == (64, 64)
+
+
+# ---------------------------------------------------------------- shipped weights
+
+
+@pytest.fixture(scope="module")
+def toy_clip():
+    shipped()
+    return T.load_exported(ASSETS), T.tokenizer()
+
+
+def test_shipped_files_are_small_and_safe():
+    config, weights = shipped()
+    assert json.loads(config.read_text()) == T.CLIP_CONFIG
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v.float()).all() for v in sd.values())
+    assert weights.stat().st_size < 12e6
+
+
+def test_loads_through_nada_clip_with_the_same_features(toy_clip):
+    clip = pytest.importorskip("nada.clip")
+    model, tok = toy_clip
+    wrapped = clip.load_clip("toy")
+    img = R.render_tensor(R.sample_params(6, seed=5), "watercolor", seed=5)
+    ours = T.encode_images(model, img)
+    theirs = F.normalize(wrapped.encode_image(img), dim=-1)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    texts = ["a sketch of a smiling face", "photo"]
+    assert torch.allclose(T.encode_texts(model, tok, texts), F.normalize(wrapped.encode_text(texts), dim=-1), atol=1e-4)
+
+
+def test_zero_shot_accuracy_on_fresh_renders(toy_clip):
+    model, tok = toy_clip
+    acc = T.zero_shot_accuracy(model, tok, n=300, seed=2024)  # a seed the training never used
+    assert acc["style"] >= 0.95, T.format_accuracy(acc)
+    for key in R.ATTRIBUTES:
+        assert acc[key] >= 0.90, T.format_accuracy(acc)
+
+
+def test_sketch_minus_photo_follows_the_text_direction(toy_clip):
+    model, tok = toy_clip
+    cos = T.direction_check(model, tok, source="photo", n=48, seed=77)
+    assert cos["sketch"] > 0.2 and min(cos.values()) > 0.1, cos
