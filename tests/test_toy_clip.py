@@ -43,6 +43,21 @@ def test_batch_pairs_truth_and_compatibility():
     assert torch.equal(batch.images, again.images) and batch.texts == again.texts
 
 
+def test_appearance_changes_keep_labels_and_only_touch_the_chosen_images():
+    plain = T.make_batch(T.TrainConfig(faces=12), step=3)
+    changed = T.make_batch(T.TrainConfig(faces=12, appearance_aug=1.0), step=3)
+    # Same faces, styles and captions: only the pixels differ, and they stay in range.
+    assert np.array_equal(plain.truth, changed.truth) and plain.texts == changed.texts
+    assert changed.images.abs().max() <= 1 and not torch.equal(plain.images, changed.images)
+    img = R.render_tensor(R.sample_params(6, seed=0), "photo")
+    out = T.appearance_change(img, np.random.default_rng(0))
+    assert out.shape == img.shape and (out - img).abs().mean(dim=(1, 2, 3)).min() > 0.01
+    # With the share at 0 no image is changed and the random stream is the one of older runs.
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    assert torch.equal(T.augment(img, rng_a, 0.0), T.augment(img, rng_b))
+    assert rng_a.random() == rng_b.random()
+
+
 def test_multi_positive_loss_prefers_positives():
     positive = torch.tensor([[True, False, True], [False, True, False]])
     good = torch.tensor([[5.0, -5.0, 5.0], [-5.0, 5.0, -5.0]])

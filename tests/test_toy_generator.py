@@ -58,6 +58,29 @@ def test_regression_loss_is_zero_only_for_equal_images():
         gt.regression_loss(a, b, "l3")
 
 
+def test_pixel_weights_single_out_eyes_mouth_and_glasses():
+    from nada.toy import render as R
+
+    z = torch.randn(4, 64, generator=torch.Generator().manual_seed(4))
+    w = gt.pixel_weights(z, 9.0)
+    mask = torch.from_numpy(R.detail_mask(R.params_from_latent(gt.face_latent(z, R.LATENT_DIM))))
+    assert w.shape == (4, 1, 64, 64) and torch.equal(w[:, 0], 1.0 + 9.0 * mask)
+    assert w.min() == 1.0 and w.max() == pytest.approx(10.0)
+    # Details are a small share of the image, all inside the face's middle.
+    share = (mask > 0.5).float().mean().item()
+    assert 0.005 < share < 0.08
+    assert mask[:, :16].sum() == 0 and mask[:, -12:].sum() == 0
+    # The weight multiplies each pixel's error: an error on a detail pixel costs more.
+    target = gt.render_targets(z, seed=0)
+    on, off = target.clone(), target.clone()
+    detail = (mask[0] > 0.9).nonzero()[0]
+    on[0, :, detail[0], detail[1]] += 0.5
+    off[0, :, 2, 2] += 0.5
+    plain = gt.regression_loss(on, target, "mse", multiscale_weight=0.0).item()
+    assert plain == pytest.approx(gt.regression_loss(off, target, "mse", multiscale_weight=0.0).item())
+    assert gt.regression_loss(on, target, "mse", 0.0, weight=w).item() > 9 * gt.regression_loss(off, target, "mse", 0.0, weight=w).item()
+
+
 def test_lr_schedule_holds_then_decays_to_five_percent():
     cfg = gt.TrainConfig(steps=1000, decay_start=0.6)
     assert gt.lr_factor(0, cfg) == 1.0 and gt.lr_factor(599, cfg) == 1.0
@@ -102,13 +125,39 @@ def test_interrupted_run_resumes_exactly_like_an_uninterrupted_one(tmp_path: Pat
     assert whole["step"] == split["step"] == 4
     for key in ("G", "G_ema"):
         assert all(torch.equal(whole[key][k], split[key][k]) for k in whole[key]), key
-    assert torch.equal(whole["rng"], split["rng"])
+    assert torch.equal(whole["opt"]["state"][0]["exp_avg"], split["opt"]["state"][0]["exp_avg"])
     # Training changed the weights, and the log and the sample grids were written.
     init = gt.build_generator(cfg).state_dict()
     assert not torch.equal(init["input.input"], whole["G"]["input.input"])
     log = (tmp_path / "split" / "train.log").read_text()
     assert "resumed from" in log and "eval_l1" in log
     assert (tmp_path / "split" / "samples" / "step000004.png").is_file()
+
+
+def test_batches_depend_only_on_seed_and_step_and_workers_render_the_same():
+    cfg = tiny_config()
+    z3, t3, w3 = gt.batch_for_step(cfg, 3)
+    assert z3.shape == (2, 32) and t3.shape == (2, 3, 64, 64) and w3.shape == (2, 1, 64, 64)
+    again = gt.batch_for_step(cfg, 3)
+    assert all(torch.equal(a, b) for a, b in zip((z3, t3, w3), again))
+    assert not torch.equal(z3, gt.batch_for_step(cfg, 4)[0])
+    assert not torch.equal(z3, gt.batch_for_step(tiny_config(seed=1), 3)[0])
+    assert torch.equal(t3, gt.render_targets(z3, seed=3))
+    in_process = list(gt.step_batches(cfg, 2, 5, workers=0, pin_memory=False))
+    by_workers = list(gt.step_batches(cfg, 2, 5, workers=2, pin_memory=False))
+    assert len(in_process) == len(by_workers) == 3
+    for a, b in zip(in_process, by_workers):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(in_process[1][0], z3)
+
+
+def test_time_limit_stops_after_a_saved_step_and_the_run_continues(tmp_path: Path):
+    cfg = tiny_config(ckpt_every=100)
+    gt.train(cfg, tmp_path, progress=False, time_limit_s=0.0)
+    assert _state(tmp_path)["step"] == 1 and not gt.is_finished(tmp_path / gt.STATE_FILE)
+    assert "time limit" in (tmp_path / "train.log").read_text()
+    gt.train(cfg, tmp_path, progress=False)
+    assert gt.is_finished(tmp_path / gt.STATE_FILE)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path):
@@ -149,4 +198,3 @@ def test_cli_refuses_to_overwrite_an_export_before_training(tmp_path: Path, caps
     rc = gt.main(["--out", str(tmp_path / "run"), "--steps", "1", "--export", str(target), "--no-progress"])
     assert rc == 2 and "--force" in capsys.readouterr().err
     assert target.read_bytes() == b"keep me" and not (tmp_path / "run").exists()
-

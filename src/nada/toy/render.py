@@ -680,6 +680,19 @@ def render_mixed(params: FaceParams, styles: Sequence[str], seed: int = 0) -> np
     return out
 
 
+# Small parts that carry the attributes eyes, mouth and glasses (and the brows that frame the eyes).
+DETAIL_PARTS = ("brows", "eye_white", "iris", "lids", "mouth", "teeth", "lens", "glasses")
+
+
+def detail_mask(params: FaceParams) -> np.ndarray:
+    """Visible coverage float32 [N, 64, 64] in [0, 1] of DETAIL_PARTS, aligned with the photo render (no hand-drawn wobble)."""
+    out = np.empty((len(params), IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    for start in range(0, len(params), _CHUNK):
+        visible = _visible(_face_layers(params.subset(slice(start, start + _CHUNK))))
+        out[start : start + _CHUNK] = np.clip(sum(visible[name] for name in DETAIL_PARTS), 0.0, 1.0)
+    return out
+
+
 def to_tensor(images: np.ndarray, device: "torch.device | str" = "cpu") -> "torch.Tensor":
     """uint8 [N, 64, 64, 3] -> float32 [N, 3, 64, 64] in [-1, 1]."""
     import torch
