@@ -30,6 +30,26 @@ def test_parse_target_styles_and_attributes():
         Q.parse_target("cubism")
 
 
+@pytest.mark.parametrize(
+    "source, target, expected",
+    [
+        ("photo", "sketch", "sketch"),
+        ("photo", "a pixel art image", "pixel art"),
+        ("a photo of a face", "a watercolor painting of a face", "watercolor"),
+        ("face", "smiling face", "mouth=smiling"),
+        ("face", "a face with glasses", "glasses=yes"),
+        ("face with glasses", "face without glasses", "glasses=no"),
+        ("face", "a face with blonde hair", "hair_color=blond"),
+        ("photo", "werewolf", None),  # nothing the evaluator knows
+        ("face", "smiling face with glasses", None),  # two edits: no single target
+        ("sketch", "sketch", None),
+    ],
+)
+def test_infer_target_reads_what_the_texts_ask_for(source, target, expected):
+    found = Q.infer_target(source, target)
+    assert (None if found is None else str(found)) == expected
+
+
 def test_compared_keys_leave_out_only_what_the_target_changes():
     keys = ["style", "mouth", "eyes"]
     assert Q.compared_keys(Q.parse_target("sketch"), keys) == ["mouth", "eyes"]

@@ -155,7 +155,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     config = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
     paths = RunPaths(Path(config.out_dir))
     try:
-        adapt(config, progress=not args.quiet, resume=args.resume, force=args.force)
+        G_train = adapt(config, progress=not args.quiet, resume=args.resume, force=args.force)
     except KeyboardInterrupt:
         if paths.state.exists():
             print(f"progress saved in {paths.root}: run the same command with --resume to continue", file=sys.stderr)
@@ -164,7 +164,30 @@ def _run_adapt(args: argparse.Namespace) -> int:
     print(f"sample grid: {samples[-1] if samples else '(none)'}")
     print(f"log:         {paths.log}")
     print(f"checkpoint:  {paths.final}")
+    if config.generator == "toy":  # the registered toy base: its evaluator can judge the result
+        _toy_metrics(config, G_train, paths.root / "metrics.json")
     return 0
+
+
+def _toy_metrics(config: "AdaptConfig", G_train: "Generator", path: Path) -> None:  # noqa: F821
+    """Judge a toy-world run with the independent evaluator; write and summarise metrics.json."""
+    import json
+
+    from nada.checkpoints import load_generator
+    from nada.io import atomic_write
+    from nada.toy.quality import run_metrics
+
+    G_frozen = load_generator("toy", device=next(G_train.parameters()).device)
+    report = run_metrics(G_frozen, G_train, config.source, config.target)
+    if report is None:
+        print(f"metrics:     none (the toy evaluator knows no style or attribute in {config.target!r})")
+        return
+    record = {**report.to_dict(), "judge": "nada.toy.evaluator, independent of the guiding CLIP", "latents": "seeds of torch.Generator().manual_seed(0)"}
+    atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
+    print(
+        f"metrics:     {path} ({report.target}: {report.target_rate:.0%} of {report.n} adapted images, {report.frozen_target_rate:.0%} "
+        f"before; content kept {report.content_kept:.0%}; diversity {report.diversity_ratio:.2f})"
+    )
 
 
 # ---------------------------------------------------------------- presets

@@ -19,6 +19,7 @@ Every function is pure (no cached state); images are [N, 3, H, W] in [-1, 1].
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -171,3 +172,49 @@ def measure_quality(G_frozen: "Generator", G_train: "Generator", evaluator: "Eva
     target = parse_target(target)  # fail on a bad target before rendering anything
     img_f, img_t = render_pairs(G_frozen, G_train, n, seed, truncation, batch_size)
     return quality_from_images(evaluator, img_f, img_t, target, batch_size)
+
+
+# Words that name an attribute value in a prompt, for the values a text edit can ask for.
+_VALUE_WORDS: dict[str, dict[str, str]] = {
+    "face_shape": {"round": "round", "oval": "oval", "square": "square"},
+    "hair_color": {"black": "black", "brown": "brown", "blond": "blond", "blonde": "blond", "red": "red"},
+    "hair_style": {"short": "short", "long": "long", "curly": "curly"},
+    "eyes": {"closed": "closed", "open": "open"},
+    "mouth": {"smiling": "smiling", "smile": "smiling", "neutral": "neutral", "frowning": "frowning", "frown": "frowning"},
+    "glasses": {"glasses": "yes", "without glasses": "no", "no glasses": "no"},
+}
+
+
+def _has(text: str, phrase: str) -> bool:
+    """Whether `phrase` stands in `text` as whole words."""
+    return re.search(rf"\b{re.escape(phrase)}\b", text) is not None
+
+
+def infer_target(source: str, target: str) -> QualityTarget | None:
+    """What the evaluator should look for after adapting `source` -> `target` text: a style the target names
+    and the source does not ("photo" -> "a sketch"), else the one attribute value only the target names
+    ("face" -> "smiling face"); None when the texts name neither or several."""
+    src, tgt = source.lower(), target.lower()
+    from nada.toy.evaluator import class_names
+
+    styles = [s for s in sorted(class_names()[STYLE_KEY], key=len, reverse=True) if _has(tgt, s) and not _has(src, s)]
+    if styles:
+        return QualityTarget(STYLE_KEY, styles[0])
+    found = set()
+    for key, words in _VALUE_WORDS.items():
+        for phrase in sorted(words, key=len, reverse=True):  # "without glasses" before "glasses"
+            if _has(tgt, phrase) and not _has(src, phrase):
+                found.add((key, words[phrase]))
+                break
+    return QualityTarget(*found.pop()) if len(found) == 1 else None
+
+
+def run_metrics(G_frozen: "Generator", G_train: "Generator", source: str, target: str, n: int = 128, seed: int = 0) -> QualityReport | None:
+    """Evaluator metrics of a toy-world run on n seeded latents, or None when the texts name no toy style or attribute."""
+    what = infer_target(source, target)
+    if what is None:
+        return None
+    from nada.toy.evaluator import load_evaluator
+
+    device = next(G_train.parameters()).device
+    return measure_quality(G_frozen, G_train, load_evaluator(device=device), what, n=n, seed=seed)
