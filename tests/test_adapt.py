@@ -229,6 +229,7 @@ def test_existing_run_is_never_overwritten(tmp_path: Path, clip) -> None:
         (dict(clip="ViT-B/32:-1"), "must be a positive number"),
         (dict(lambda_direction=0.0), "every loss weight is 0"),
         (dict(templates="klingon"), "unknown templates"),
+        (dict(clip_views=-1), "clip_views must be 0 or more"),
     ],
 )
 def test_validation_errors(tmp_path: Path, changes: dict, message: str) -> None:
@@ -284,14 +285,43 @@ def test_directional_term_has_a_sane_gradient_at_equal_images() -> None:
     assert torch.allclose(directional_term(f_src, mixed, direction), expected)
 
 
+def test_clip_views_are_paired_seeded_crops() -> None:
+    from nada.adapt import apply_views, paired_views
+
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(2, 2, 3)
+    assert torch.allclose(apply_views(img, identity), img, atol=1e-5)
+    theta = paired_views(2, 3, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert theta.shape == (6, 2, 3) and torch.equal(theta, paired_views(2, 3, torch.Generator().manual_seed(1), torch.device("cpu")))
+    views = apply_views(img, theta)
+    assert views.shape == (6, 3, 32, 32) and views.abs().max() <= 1 + 1e-5
+    assert not torch.allclose(views[0], views[1])  # the views of one image differ
+    # View j of image i is a crop of image i: it correlates with its own image far more than with the other one.
+    own = torch.corrcoef(torch.stack([views[4].flatten(), img[1].flatten()]))[0, 1]
+    other = torch.corrcoef(torch.stack([views[4].flatten(), img[0].flatten()]))[0, 1]
+    assert own > 0.3 > abs(other)
+
+
+def test_views_keep_the_first_step_at_rest_and_train(tmp_path: Path, clip) -> None:
+    from nada.adapt import build_guides, loss_terms
+
+    cfg = config(tmp_path, clip_views=3)
+    guides = build_guides([(clip, 1.0)], cfg, make_generator(), None)
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    terms = loss_terms(guides, img, img.clone(), cfg, torch.Generator().manual_seed(0))
+    assert float(terms["direction"]) == pytest.approx(1.0, abs=1e-6)  # the same views of equal images: no edit yet
+    adapt(cfg.replace(iterations=2, sample_every=0, save_every=0), progress=False, G_base=make_generator(), clip=clip)
+    assert all(np.isfinite(r["loss"]) for r in log_of(cfg))
+
+
 def test_all_loss_terms_are_logged(tmp_path: Path, clip) -> None:
     cfg = config(tmp_path, iterations=1, lambda_global=0.5, lambda_manifold=0.5, lambda_texture=0.5, lambda_patch=0.5,
-                 layers="grad:3", sample_every=0, save_every=0)
+                 lambda_structure=0.5, layers="grad:3", sample_every=0, save_every=0)
     adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
     (record,) = log_of(cfg)
-    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch")}
+    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch", "structure")}
     assert all(np.isfinite(v) for v in terms.values())
-    expected = terms["direction"] + 0.5 * (terms["global"] + terms["manifold"] + terms["texture"] + terms["patch"])
+    expected = terms["direction"] + 0.5 * (terms["global"] + terms["manifold"] + terms["texture"] + terms["patch"] + terms["structure"])
     assert record["loss"] == pytest.approx(expected, rel=1e-5)
     assert len(record["layers"]) == 3
 

@@ -177,3 +177,21 @@ def test_losses_have_no_state() -> None:
     b = L.directional_loss(f, f.flip(0), d)
     assert torch.equal(a, b)
     assert {k for k, v in vars(L).items() if isinstance(v, torch.Tensor)} == before == set()
+
+
+def test_structure_loss_keeps_layout_not_style():
+    from nada.toy import render as R
+
+    params = R.sample_params(8, seed=2)
+    photo, sketch = R.render_tensor(params, "photo"), R.render_tensor(params, "sketch")
+    same = L.structure_loss(photo, photo).item()
+    restyled = L.structure_loss(photo, sketch).item()
+    other_faces = L.structure_loss(photo, sketch.roll(1, dims=0)).item()
+    blank = L.structure_loss(photo, torch.full_like(photo, 0.9)).item()
+    assert abs(same) < 1e-5 and restyled < other_faces - 0.1 and other_faces < blank
+    assert blank == pytest.approx(1.0, abs=0.05)  # no edges: no correlation
+    # Edge strength is free to change: a low-contrast copy keeps the layout exactly.
+    assert L.structure_loss(photo, 0.3 * photo).item() < 1e-3
+    x = photo.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(L.structure_loss(photo, x + 0.1 * sketch), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -271,10 +271,16 @@ def loss_terms(
     centers = None
     if config.lambda_patch > 0:
         centers = losses.random_patch_centers(img_train.shape, 1, patch_size_for(img_train.shape[-1]), generator=rng)
+    if config.lambda_structure > 0:  # on the generated images themselves, before any CLIP view
+        add("structure", losses.structure_loss(img_frozen, img_train))
+    seen_frozen, seen_train = img_frozen, img_train  # what the CLIP terms encode; the patch term cuts its own crops
+    if config.clip_views > 0:
+        views = paired_views(img_frozen.shape[0], config.clip_views, rng, img_train.device)
+        seen_frozen, seen_train = apply_views(img_frozen, views), apply_views(img_train, views)
     for g in guides:
         with torch.no_grad():
-            f_src = g.clip.encode_image(img_frozen)
-        f_tgt = g.clip.encode_image(img_train)
+            f_src = g.clip.encode_image(seen_frozen)
+        f_tgt = g.clip.encode_image(seen_train)
         if config.lambda_direction > 0:
             add("direction", g.weight * directional_term(f_src, f_tgt, g.direction))
         if config.lambda_global > 0:
@@ -287,6 +293,30 @@ def loss_terms(
             size = patch_size_for(img_train.shape[-1])
             add("patch", g.weight * losses.patch_directional_loss(g.clip, img_frozen, img_train, g.part_directions, centers, size))
     return terms
+
+
+def paired_views(n: int, views: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Affine sampling matrices [n * views, 2, 3]: each image's views zoom 1-1.25x, shift and turn up to 6 degrees.
+
+    The same matrices serve the frozen and the trained image of a pair, so a pair's views differ only
+    by the domain change. Drawn on the CPU from the run's generator (resumable, device-independent).
+    """
+    m = n * views
+    zoom = 1.0 / (1.0 + 0.25 * torch.rand(m, generator=rng))  # < 1: a crop, magnified to the full size
+    angle = (torch.rand(m, generator=rng) * 2 - 1) * (6.0 * torch.pi / 180)
+    shift = (torch.rand(m, 2, generator=rng) * 2 - 1) * (1.0 - zoom[:, None] + 0.06)
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    return theta.to(device)
+
+
+def apply_views(img: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Views [n * V, 3, H, W] of images [n, 3, H, W] (view j of image i at row i * V + j), reflected at the borders."""
+    views = theta.shape[0] // img.shape[0]
+    assert views * img.shape[0] == theta.shape[0], f"{theta.shape[0]} views do not split over {img.shape[0]} images"
+    src = img.repeat_interleave(views, dim=0)
+    grid = torch.nn.functional.affine_grid(theta.to(img.dtype), list(src.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 # Unit-feature edits shorter than this are rounding noise between equal images (seen: 7e-8).

@@ -45,6 +45,11 @@ class AdaptConfig:
     lambda_manifold: float = 0.0
     lambda_texture: float = 0.0
     lambda_patch: float = 0.0
+    lambda_structure: float = 0.0  # edge-map correlation with the frozen image (nada's own content anchor; see losses.structure_loss)
+    # Random views (zoomed, shifted, slightly rotated crops) per image pair for the CLIP terms; 0 uses
+    # the plain images, as the official code. Views blunt pixel patterns that fool one exact input of
+    # a weak CLIP: the toy CLIP needs them (see docs/toy_quality.md).
+    clip_views: int = 0
 
     # Which layers train (see nada.layers for the specs).
     layers: str = "auto:3"
@@ -120,7 +125,7 @@ class AdaptConfig:
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise NadaError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("sample_every", "save_every", "seed"):
+        for name in ("sample_every", "save_every", "seed", "clip_views"):
             if int(getattr(self, name)) < 0:
                 raise NadaError(f"{name} must be 0 or more (got {getattr(self, name)})")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -100,6 +100,28 @@ def directional_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.
     return (1.0 - F.cosine_similarity(edit, direction, dim=-1, eps=1e-8)).mean()
 
 
+def edge_map(img: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude [N,1,H,W] of the luminance of images [N,3,H,W] in [-1,1]."""
+    luma = (img * img.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    k = img.new_tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 8
+    g = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), torch.stack([k, k.T])[:, None])
+    return (g.square().sum(1, keepdim=True) + 1e-6).sqrt()
+
+
+def structure_loss(img_src: torch.Tensor, img_tgt: torch.Tensor) -> torch.Tensor:
+    """Mean over N of 1 - correlation between the edge maps of each source and target image [N,3,H,W].
+
+    Not part of StyleGAN-NADA: a content anchor in pixel space for a CLIP too weak to keep content by
+    itself. Styles redraw outlines (pencil lines, ink, pixel steps) where the source had them, so the
+    correlation stays high for a restyled image and falls for one whose layout dissolved or went blank.
+    Correlation ignores the edges' strength and sign, which styles may change freely.
+    """
+    assert img_src.shape == img_tgt.shape and img_src.ndim == 4, f"image shapes differ: {img_src.shape} vs {img_tgt.shape}"
+    a, b = edge_map(img_src).flatten(1), edge_map(img_tgt).flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-8)).mean()
+
+
 def global_loss(img_feat: torch.Tensor, text_feat: torch.Tensor, logit_scale: float | torch.Tensor = 100.0) -> torch.Tensor:
     """Mean over [N,T] of 1 - logit_scale * cos(image, text) / 100; img_feat [N,D], text_feat [T,D].
 
