@@ -79,6 +79,10 @@ def test_pixel_weights_single_out_eyes_mouth_and_glasses():
     plain = gt.regression_loss(on, target, "mse", multiscale_weight=0.0).item()
     assert plain == pytest.approx(gt.regression_loss(off, target, "mse", multiscale_weight=0.0).item())
     assert gt.regression_loss(on, target, "mse", 0.0, weight=w).item() > 9 * gt.regression_loss(off, target, "mse", 0.0, weight=w).item()
+    # The face outline adds its own weight where asked.
+    outline = torch.from_numpy(R.outline_mask(R.params_from_latent(gt.face_latent(z, R.LATENT_DIM))))
+    assert torch.allclose(gt.pixel_weights(z, 9.0, 4.0)[:, 0], 1.0 + 9.0 * mask + 4.0 * outline)
+    assert 0.02 < (outline > 0.5).float().mean().item() < 0.12
 
 
 def test_lr_schedule_holds_then_decays_to_five_percent():

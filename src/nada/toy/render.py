@@ -693,6 +693,15 @@ def detail_mask(params: FaceParams) -> np.ndarray:
     return out
 
 
+def outline_mask(params: FaceParams) -> np.ndarray:
+    """Outline band float32 [N, 64, 64] in [0, 1] of the visible face and ears (what tells face shapes apart), photo-aligned."""
+    out = np.empty((len(params), IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    for start in range(0, len(params), _CHUNK):
+        visible = _visible(_face_layers(params.subset(slice(start, start + _CHUNK))))
+        out[start : start + _CHUNK] = np.clip(_edges(np.clip(visible["face"] + visible["ears"], 0.0, 1.0)), 0.0, 1.0)
+    return out
+
+
 def to_tensor(images: np.ndarray, device: "torch.device | str" = "cpu") -> "torch.Tensor":
     """uint8 [N, 64, 64, 3] -> float32 [N, 3, 64, 64] in [-1, 1]."""
     import torch
