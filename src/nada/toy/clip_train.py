@@ -83,6 +83,7 @@ class TrainConfig:
     # images the model ever saw were sketches, and adaptation learnt to pass off a washed-out photo as
     # a sketch (CLIP zero-shot said "sketch" for 100 % of such images, the evaluator for 5 %).
     appearance_aug: float = 0.0
+    appearance_max: float = 0.8  # strongest wash-out / desaturation (0.97: almost a blank page, still labelled)
     init_from: str = ""  # optional clip.pt whose weights start the run (fine-tuning) instead of a random init
     ckpt_every: int = 100
     eval_every: int = 500
@@ -243,7 +244,7 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     c_texts, c_facts, c_index = class_prompts(rng)
     offset = len(texts)
     return Batch(
-        images=augment(images, rng, cfg.appearance_aug),
+        images=augment(images, rng, cfg.appearance_aug, cfg.appearance_max),
         truth=truth_table(all_params, styles),
         texts=texts + c_texts,
         facts=np.array(facts + c_facts, np.int64),
@@ -252,12 +253,12 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     )
 
 
-def appearance_change(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def appearance_change(img: torch.Tensor, rng: np.random.Generator, strongest: float = 0.8) -> torch.Tensor:
     """Change the overall look of each image [N,3,64,64] in [-1,1] but not its style: wash out, desaturate or blur."""
     n = img.shape[0]
     kind = rng.integers(3, size=n)
     grey = img.mean(1, keepdim=True).expand_as(img)
-    amount = torch.from_numpy(rng.uniform(0.3, 0.8, n)).float().view(n, 1, 1, 1)
+    amount = torch.from_numpy(rng.uniform(0.3, max(0.3, strongest), n)).float().view(n, 1, 1, 1)
     flat = torch.from_numpy(rng.uniform(0.4, 1.0, (n, 3))).float().view(n, 3, 1, 1)  # light, random tint
     washed = img + amount * (flat - img)
     desaturated = img + amount * (grey - img)
@@ -269,13 +270,13 @@ def appearance_change(img: torch.Tensor, rng: np.random.Generator) -> torch.Tens
     return torch.where(pick == 0, washed, torch.where(pick == 1, desaturated, blurred))
 
 
-def augment(img: torch.Tensor, rng: np.random.Generator, appearance_aug: float = 0.0) -> torch.Tensor:
+def augment(img: torch.Tensor, rng: np.random.Generator, appearance_aug: float = 0.0, appearance_max: float = 0.8) -> torch.Tensor:
     """Content-preserving changes of [N,3,64,64] in [-1,1]: blur, noise, brightness/contrast, and for a share
     `appearance_aug` of the images an `appearance_change`."""
     n = img.shape[0]
     if appearance_aug > 0:  # drawn first and only when enabled, so runs without it keep their data
         change = torch.from_numpy(rng.random(n) < appearance_aug).view(n, 1, 1, 1)
-        img = torch.where(change, appearance_change(img, rng), img)
+        img = torch.where(change, appearance_change(img, rng, appearance_max), img)
     blur = torch.from_numpy(rng.random(n) < 0.25).view(n, 1, 1, 1)
     k = torch.tensor([1.0, 2.0, 1.0])
     kernel = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
@@ -517,12 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between zero-shot checks (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
     ap.add_argument("--appearance-aug", type=float, default=d.appearance_aug, help="share of images washed out, desaturated or blurred, style label kept (default: %(default)s)")
+    ap.add_argument("--appearance-max", type=float, default=d.appearance_max, help="strongest wash-out or desaturation, 0.3-1 (default: %(default)s)")
     ap.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps (default: %(default)s)")
     ap.add_argument("--init-from", default="", help="start from the weights of this clip.pt instead of a random init")
     ap.add_argument("--export", type=Path, default=None, help="also copy clip.pt and clip_config.json here, e.g. src/nada/assets/toy")
     args = ap.parse_args(argv)
     cfg = TrainConfig(
-        steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, warmup=args.warmup, appearance_aug=args.appearance_aug,
+        steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, warmup=args.warmup, appearance_aug=args.appearance_aug, appearance_max=args.appearance_max,
         ckpt_every=args.ckpt_every, eval_every=args.eval_every, threads=args.threads, init_from=args.init_from,
     )
     try:
