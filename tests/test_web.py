@@ -106,7 +106,10 @@ def test_generate_gives_pairs_and_downloads(backend, world):
     assert grid.is_file() and Image.open(grid).size[0] > 3 * s
     assert len(zipfile.ZipFile(archive).namelist()) == 6
     again, _ = backend.generate(key, count=2)  # a count instead of seeds: seeds 0 and 1, same images
-    assert np.array_equal(np.asarray(again[1][0]), np.asarray(pairs[1][0]))
+    # Same up to float rounding (batches of 2 and 3 take different convolution kernels: ~1e-6), which can
+    # flip a pixel by one level of 255.
+    diff = np.abs(np.asarray(again[1][0]).astype(int) - np.asarray(pairs[1][0]).astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
 
 
 def test_generate_refuses_user_mistakes(backend, world):
