@@ -152,7 +152,12 @@ def test_adapt_refuses_bad_settings(backend, source, target, layers, match):
 def test_adapt_job_becomes_a_style(backend, world):
     before = {k for _, k in backend.style_choices()}
     job = backend.submit_adapt("photo", "sketch", "all", 2)
-    assert job.config.iterations == 2 and job.config.lr == 0.002  # untouched fields keep AdaptConfig's defaults
+    from nada.presets import TOY_RECIPE
+
+    # Untouched fields keep AdaptConfig's defaults; the toy base runs with the toy presets' recipe.
+    recipe = dict(TOY_RECIPE) if backend.base == "toy" else {"lr": 0.002, "clip_views": 0, "lambda_structure": 0.0}
+    assert job.config.iterations == 2 and job.config.beta2 == 0.99
+    assert (job.config.lr, job.config.clip_views, job.config.lambda_structure) == (recipe["lr"], recipe["clip_views"], recipe["lambda_structure"])
     _wait(job)
     assert job.state == "done", job.message
     assert job.step == 2 and job.latest_sample() is not None

@@ -327,13 +327,17 @@ class WebBackend:
     # ---- Adapt
 
     def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path) -> AdaptConfig:
-        """The run's AdaptConfig: AdaptConfig defaults, the page's four choices, samples about every tenth of the run."""
+        """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' lr, views and structure
+        term), the page's four choices, samples about every tenth of the run."""
+        from nada.presets import TOY_RECIPE
+
         d = AdaptConfig()
         iterations = int(iterations)
+        recipe = {k: v for k, v in TOY_RECIPE if k in ("lr", "clip_views", "lambda_structure")} if self.base == "toy" else {}
         return AdaptConfig(
             source=(source or "").strip(), target=(target or "").strip(), layers=(layers or d.layers).strip(),
             iterations=iterations, generator=self.base, clip=self.clip, out_dir=str(run_dir), device=str(self.device),
-            sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0,
+            sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0, **recipe,
         )
 
     def submit_adapt(self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations) -> AdaptJob:
