@@ -185,7 +185,7 @@ def _toy_metrics(config: "AdaptConfig", G_train: "Generator", path: Path) -> Non
     if report is None:
         print(f"metrics:     none (the toy evaluator knows no style or attribute in {config.target!r})")
         return
-    record = {**report.to_dict(), "judge": "nada.toy.evaluator, independent of the guiding CLIP", "latents": "seeds of torch.Generator().manual_seed(0)"}
+    record = {**report.to_dict(), "judge": "nada.toy.evaluator, independent of the guiding CLIP", "latents": "z = torch.randn(n, style_dim) from torch.Generator().manual_seed(0)"}
     atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
     print(
         f"metrics:     {path} ({report.target}: {report.target_rate:.0%} of {report.n} adapted images, {report.frozen_target_rate:.0%} "
