@@ -74,3 +74,22 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
 def test_toy_run_makes_sketches_the_evaluator_recognises(sketch_run):
     report, _, _, _ = sketch_run
     assert report.target_rate > 0.60 and report.content_kept > 0.70, f"{report.to_dict()}"
+
+
+def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):
+    if missing_toy_assets():
+        pytest.skip("needs the trained toy assets: " + ", ".join(missing_toy_assets()))
+    from nada.cli import main
+
+    out = tmp_path / "run"
+    assert main(["adapt", "--generator", "toy", "--source", "photo", "--target", "pixel art", "--iterations", "2",
+                 "--layers", "all", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["target"] == "pixel art" and metrics["n"] == N_JUDGED
+    assert 0 <= metrics["target_rate"] <= 1 and metrics["frozen_target_rate"] < 0.1 and metrics["diversity_ratio"] > 0
+    assert f"metrics:     {out / 'metrics.json'} (pixel art:" in printed
+    # A target the evaluator knows nothing about: the run still succeeds and says so.
+    assert main(["adapt", "--generator", "toy", "--source", "photo", "--target", "werewolf", "--iterations", "1",
+                 "--out", str(tmp_path / "wolf"), "--quiet", "--device", "cpu"]) == 0
+    assert "metrics:     none" in capsys.readouterr().out and not (tmp_path / "wolf" / "metrics.json").exists()
