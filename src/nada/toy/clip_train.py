@@ -16,7 +16,8 @@ negatives: "a sketch" is true of every sketch in the batch). Two terms are added
 - direction: for each pair, the change of the image embedding should point along the change of
   the text embedding (style A -> style B, or "a smiling face" -> "a frowning face"). This is the
   property StyleGAN-NADA's directional loss relies on.
-Images are lightly augmented (blur, noise, brightness) so that generator outputs stay in distribution.
+Images are lightly augmented (blur, noise, brightness) so that generator outputs stay in distribution;
+``--appearance-aug`` also washes out, desaturates or blurs a share of them, keeping their style label.
 
 Run ``python -m nada.toy.clip_train --out DIR --steps N --seed S [--export src/nada/assets/toy]``.
 The run is resumable: DIR/state.pt (atomic, every --ckpt-every steps) holds the weights, the
