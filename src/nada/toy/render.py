@@ -684,22 +684,22 @@ def render_mixed(params: FaceParams, styles: Sequence[str], seed: int = 0) -> np
 DETAIL_PARTS = ("brows", "eye_white", "iris", "lids", "mouth", "teeth", "lens", "glasses")
 
 
-def detail_mask(params: FaceParams) -> np.ndarray:
-    """Visible coverage float32 [N, 64, 64] in [0, 1] of DETAIL_PARTS, aligned with the photo render (no hand-drawn wobble)."""
+def _photo_part_map(params: FaceParams, combine: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
+    """float32 [N, 64, 64]: ``combine`` of the visible part coverages, chunk by chunk, in the photo render's geometry."""
     out = np.empty((len(params), IMAGE_SIZE, IMAGE_SIZE), np.float32)
     for start in range(0, len(params), _CHUNK):
-        visible = _visible(_face_layers(params.subset(slice(start, start + _CHUNK))))
-        out[start : start + _CHUNK] = np.clip(sum(visible[name] for name in DETAIL_PARTS), 0.0, 1.0)
+        out[start : start + _CHUNK] = combine(_visible(_face_layers(params.subset(slice(start, start + _CHUNK)))))
     return out
+
+
+def detail_mask(params: FaceParams) -> np.ndarray:
+    """Visible coverage float32 [N, 64, 64] in [0, 1] of DETAIL_PARTS, aligned with the photo render (no hand-drawn wobble)."""
+    return _photo_part_map(params, lambda visible: np.clip(sum(visible[name] for name in DETAIL_PARTS), 0.0, 1.0))
 
 
 def outline_mask(params: FaceParams) -> np.ndarray:
     """Outline band float32 [N, 64, 64] in [0, 1] of the visible face and ears (what tells face shapes apart), photo-aligned."""
-    out = np.empty((len(params), IMAGE_SIZE, IMAGE_SIZE), np.float32)
-    for start in range(0, len(params), _CHUNK):
-        visible = _visible(_face_layers(params.subset(slice(start, start + _CHUNK))))
-        out[start : start + _CHUNK] = np.clip(_edges(np.clip(visible["face"] + visible["ears"], 0.0, 1.0)), 0.0, 1.0)
-    return out
+    return _photo_part_map(params, lambda visible: np.clip(_edges(np.clip(visible["face"] + visible["ears"], 0.0, 1.0)), 0.0, 1.0))
 
 
 def to_tensor(images: np.ndarray, device: "torch.device | str" = "cpu") -> "torch.Tensor":
