@@ -58,6 +58,29 @@ def test_appearance_changes_keep_labels_and_only_touch_the_chosen_images():
     assert rng_a.random() == rng_b.random()
 
 
+def test_stability_attack_stays_in_its_ball_and_moves_the_embedding_more_than_noise():
+    model = T.build_model(seed=0)
+    img = R.render_tensor(R.sample_params(8, seed=1), "photo")
+    eps = 0.05
+    attacked = T.stability_attack(model, img, eps, steps=3, seed=4)
+    assert attacked.abs().max() <= 1 and (attacked - img).abs().max() <= eps + 1e-6
+    assert all(p.grad is None for p in model.parameters()), "the attack must leave no parameter gradients"
+    assert torch.equal(attacked, T.stability_attack(model, img, eps, steps=3, seed=4))
+    noise = (img + eps * torch.randn(img.shape, generator=torch.Generator().manual_seed(0)).sign()).clamp(-1, 1)
+    clean = T.encode_images(model, img)
+    moved = lambda x: (T.encode_images(model, x) - clean).norm(dim=-1).mean()
+    assert moved(attacked) > 2 * moved(noise)
+
+
+def test_stability_term_is_in_the_loss_only_when_asked():
+    batch = T.make_batch(T.TrainConfig(faces=4), step=0)
+    trainee = T.build_trainee(T.TrainConfig())
+    plain = T.losses(trainee, T.tokenizer(), batch, T.TrainConfig())
+    robust = T.losses(trainee, T.tokenizer(), batch, T.TrainConfig(adv_eps=0.05))
+    assert "adv" not in plain and robust["adv"] > 0
+    assert torch.allclose(robust["total"], plain["total"] + 10.0 * robust["adv"])
+
+
 def test_multi_positive_loss_prefers_positives():
     positive = torch.tensor([[True, False, True], [False, True, False]])
     good = torch.tensor([[5.0, -5.0, 5.0], [-5.0, 5.0, -5.0]])

@@ -86,6 +86,14 @@ class TrainConfig:
     appearance_aug: float = 0.0
     appearance_max: float = 0.8  # strongest wash-out / desaturation (0.97: almost a blank page, still labelled)
     init_from: str = ""  # optional clip.pt whose weights start the run (fine-tuning) instead of a random init
+    # Embedding stability (adversarial training): each step, projected gradient ascent finds a perturbation
+    # of at most adv_eps per pixel (images in [-1, 1]) that moves each image's unit embedding furthest,
+    # and adv_weight x that squared move is added to the loss. Without it a change of 0.1 per pixel moved
+    # the embedding by 1.5 (unit vectors), so adaptation followed such pixel-level directions (colour
+    # noise) instead of drawing a style. 0 = off.
+    adv_eps: float = 0.0
+    adv_steps: int = 3
+    adv_weight: float = 10.0
     ckpt_every: int = 100
     eval_every: int = 500
     threads: int = 1
@@ -180,6 +188,7 @@ class Batch:
     facts: np.ndarray  # [T, len(FACT_KEYS)] value index, or -1 where the text says nothing
     class_text: dict[str, np.ndarray]  # fact key -> indices into texts of its class prompts, in value order
     pair_key: np.ndarray  # [F] which fact key differs inside each pair (0 = style)
+    attack_seed: int = 0  # random start of the embedding-stability attack
 
 
 def truth_table(params: R.FaceParams, styles: Sequence[str]) -> np.ndarray:
@@ -251,6 +260,7 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
         facts=np.array(facts + c_facts, np.int64),
         class_text={k: np.array(v) + offset for k, v in c_index.items()},
         pair_key=pair_key,
+        attack_seed=int(rng.integers(2**62)),
     )
 
 
@@ -293,6 +303,24 @@ def augment(img: torch.Tensor, rng: np.random.Generator, appearance_aug: float =
 # ---------------------------------------------------------------- loss
 
 
+def stability_attack(model: torch.nn.Module, images: torch.Tensor, eps: float, steps: int, seed: int) -> torch.Tensor:
+    """Images [N,3,64,64] in [-1,1] moved by at most ``eps`` per pixel so that their unit embeddings move furthest.
+
+    Projected gradient ascent on the squared embedding change, from a random start in the L-inf ball;
+    the model's parameters receive no gradient (``torch.autograd.grad`` on the perturbation only).
+    """
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    clean = encode_images(model, images).detach()
+    delta = (torch.rand(images.shape, generator=gen, device=images.device) * 2 - 1) * eps
+    step_size = 2.5 * eps / max(1, steps)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        moved = (encode_images(model, (images + delta).clamp(-1, 1)) - clean).pow(2).sum(-1).sum()
+        (grad,) = torch.autograd.grad(moved, delta)
+        delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+    return (images + delta).clamp(-1, 1).detach()
+
+
 def compatibility(truth: np.ndarray, facts: np.ndarray) -> torch.Tensor:
     """[N, T] bool: text j is true of image i (every fact it states matches the image)."""
     ok = (facts[None, :, :] == -1) | (facts[None, :, :] == truth[:, None, :])
@@ -332,6 +360,10 @@ def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, t
     out["dir"] = (1 - (d_img * F.normalize(torch.stack(d_txt), dim=-1)).sum(-1)).mean()
     out["probe"] = torch.stack([F.cross_entropy(head(fi) * 10.0, truth[:, FACT_KEYS.index(k)]) for k, head in trainee.probes.items()]).mean()
     out["total"] = out["i2t"] + out["t2i"] + cfg.cls_weight * out["cls"] + cfg.dir_weight * out["dir"] + cfg.probe_weight * out["probe"]
+    if cfg.adv_eps > 0:
+        attacked = stability_attack(model, batch.images, cfg.adv_eps, cfg.adv_steps, batch.attack_seed)
+        out["adv"] = (encode_images(model, attacked) - fi.detach()).pow(2).sum(-1).mean()
+        out["total"] = out["total"] + cfg.adv_weight * out["adv"]
     return out
 
 
@@ -521,12 +553,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--appearance-aug", type=float, default=d.appearance_aug, help="share of images washed out, desaturated or blurred, style label kept (default: %(default)s)")
     ap.add_argument("--appearance-max", type=float, default=d.appearance_max, help="strongest wash-out or desaturation, 0.3-1 (default: %(default)s)")
     ap.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps (default: %(default)s)")
+    ap.add_argument("--adv-eps", type=float, default=d.adv_eps, help="embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off (default: %(default)s)")
+    ap.add_argument("--adv-steps", type=int, default=d.adv_steps, help="gradient-ascent steps of that attack (default: %(default)s)")
+    ap.add_argument("--adv-weight", type=float, default=d.adv_weight, help="weight of the embedding move under attack (default: %(default)s)")
     ap.add_argument("--init-from", default="", help="start from the weights of this clip.pt instead of a random init")
     ap.add_argument("--export", type=Path, default=None, help="also copy clip.pt and clip_config.json here, e.g. src/nada/assets/toy")
     args = ap.parse_args(argv)
     cfg = TrainConfig(
         steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, warmup=args.warmup, appearance_aug=args.appearance_aug, appearance_max=args.appearance_max,
         ckpt_every=args.ckpt_every, eval_every=args.eval_every, threads=args.threads, init_from=args.init_from,
+        adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_weight=args.adv_weight,
     )
     try:
         train(cfg, args.out, args.export)
