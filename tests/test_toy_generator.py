@@ -204,6 +204,17 @@ def test_cli_refuses_to_overwrite_an_export_before_training(tmp_path: Path, caps
     assert target.read_bytes() == b"keep me" and not (tmp_path / "run").exists()
 
 
+def test_channel_table_option_reaches_the_network_and_bad_tables_are_refused(capsys):
+    table = gt.parse_channels("4:16,8:16,16:12,32:8,64:8")
+    assert table == ((4, 16), (8, 16), (16, 12), (32, 8), (64, 8))
+    G = gt.build_generator(tiny_config(channels=table))
+    assert G.channels[64] == 8 and G.channels[16] == 12
+    for bad in ("4:16,8:16", "4:16,8:x,16:12,32:8,64:8", "4:16,8:16,16:12,32:8,64:0"):
+        with pytest.raises(SystemExit):
+            gt.parse_args(["--out", "x", "--channels", bad])
+        assert "--channels" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the shipped weights
 
 # Mean absolute pixel error (images in [-1, 1]) of G(z) against the photo render of its face, on the

@@ -433,6 +433,17 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
 # ---------------------------------------------------------------- command line
 
 
+def parse_channels(text: str) -> tuple[tuple[int, int], ...]:
+    """"4:128,8:128,...,64:32" -> ((4, 128), ..., (64, 32)): resolutions 4, 8, ... up to 64, each with a positive count."""
+    try:
+        table = tuple((int(r), int(c)) for r, c in (item.split(":") for item in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad channel table {text!r}: write RES:COUNT pairs, e.g. 4:128,8:128,16:96,32:64,64:32") from None
+    if [r for r, _ in table] != [4, 8, 16, 32, 64] or any(c < 1 for _, c in table):
+        raise argparse.ArgumentTypeError(f"bad channel table {text!r}: give a positive count for each of 4, 8, 16, 32 and 64")
+    return table
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m nada.toy.generator_train", description="Train the toy StyleGAN2 generator on photo-style faces (resumable).")
@@ -445,6 +456,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gradient-weight", type=float, default=d.gradient_weight, help="weight of the error on image differences (edges) (default: %(default)s)")
     p.add_argument("--detail-weight", type=float, default=d.detail_weight, help="extra loss weight of eye, brow, mouth and glasses pixels (default: %(default)s)")
     p.add_argument("--outline-weight", type=float, default=d.outline_weight, help="extra loss weight of the face outline pixels (default: %(default)s)")
+    p.add_argument("--channels", type=parse_channels, default=d.channels, metavar="RES:C,...",
+                   help="feature maps per resolution, e.g. 4:128,8:128,16:128,32:96,64:64 (default: %s)" % ",".join(f"{r}:{c}" for r, c in d.channels))
     p.add_argument("--decay-start", type=float, default=d.decay_start, help="fraction of --steps after which the learning rate decays (default: %(default)s)")
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state checkpoints (default: %(default)s)")
     p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids and logged errors (default: %(default)s)")
@@ -472,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         cfg = TrainConfig(
             steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, loss=args.loss, gradient_weight=args.gradient_weight, detail_weight=args.detail_weight, outline_weight=args.outline_weight,
-            decay_start=args.decay_start, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
+            channels=args.channels, decay_start=args.decay_start, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
         )
         limit = None if args.max_minutes is None else 60.0 * args.max_minutes
         state_path = train(cfg, args.out, device=resolve_device(args.device), progress=not args.no_progress, time_limit_s=limit, workers=args.workers)
