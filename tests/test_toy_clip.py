@@ -106,6 +106,19 @@ def test_training_resumes_exactly(tmp_path):
     assert model.visual.image_size == (64, 64)
 
 
+def test_runs_saved_before_an_option_existed_resume_with_its_default(tmp_path):
+    cfg = dict(faces=3, ckpt_every=1, eval_every=1000, eval_faces=12, direction_faces=4)
+    T.train(T.TrainConfig(steps=1, **cfg), tmp_path)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    for key in ("adv_eps", "adv_steps", "adv_weight"):
+        del state["config"][key]
+    torch.save(state, tmp_path / "state.pt")
+    T.train(T.TrainConfig(steps=2, **cfg), tmp_path)
+    assert "resuming at step 1" in (tmp_path / "train.log").read_text()
+    with pytest.raises(T.NadaError, match="adv_eps"):
+        T.train(T.TrainConfig(steps=3, adv_eps=0.1, **cfg), tmp_path)
+
+
 # ---------------------------------------------------------------- shipped weights
 
 

@@ -485,7 +485,8 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
     start, elapsed = 0, 0.0
     if state_path.is_file():
         state = runs.load_state(state_path, STATE_VERSION)
-        runs.check_resume(state["config"], asdict(cfg), RESUME_FREE, state_path)
+        # Settings added after a run was saved read as their defaults, which is what that run used.
+        runs.check_resume({**asdict(TrainConfig()), **state["config"]}, asdict(cfg), RESUME_FREE, state_path)
         trainee.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])

@@ -434,7 +434,7 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
 
 
 def parse_channels(text: str) -> tuple[tuple[int, int], ...]:
-    """"4:128,8:128,...,64:32" -> ((4, 128), ..., (64, 32)): resolutions 4, 8, ... up to 64, each with a positive count."""
+    """Parse a channel table "4:128,8:128,...,64:32" into ((4, 128), ..., (64, 32)): every resolution 4-64, positive counts."""
     try:
         table = tuple((int(r), int(c)) for r, c in (item.split(":") for item in text.split(",")))
     except ValueError:
