@@ -230,6 +230,8 @@ def test_existing_run_is_never_overwritten(tmp_path: Path, clip) -> None:
         (dict(lambda_direction=0.0), "every loss weight is 0"),
         (dict(templates="klingon"), "unknown templates"),
         (dict(clip_views=-1), "clip_views must be 0 or more"),
+        (dict(clip_noise=-0.1), "clip_noise must lie in"),
+        (dict(clip_noise=1.5), "clip_noise must lie in"),
     ],
 )
 def test_validation_errors(tmp_path: Path, changes: dict, message: str) -> None:
@@ -310,6 +312,25 @@ def test_views_keep_the_first_step_at_rest_and_train(tmp_path: Path, clip) -> No
     img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     terms = loss_terms(guides, img, img.clone(), cfg, torch.Generator().manual_seed(0))
     assert float(terms["direction"]) == pytest.approx(1.0, abs=1e-6)  # the same views of equal images: no edit yet
+    adapt(cfg.replace(iterations=2, sample_every=0, save_every=0), progress=False, G_base=make_generator(), clip=clip)
+    assert all(np.isfinite(r["loss"]) for r in log_of(cfg))
+
+
+def test_clip_noise_is_shared_by_a_pair_and_seeded(tmp_path: Path, clip) -> None:
+    from nada.adapt import build_guides, loss_terms, paired_noise
+
+    a = paired_noise(torch.Size([2, 3, 8, 8]), 0.2, torch.Generator().manual_seed(3), torch.device("cpu"))
+    assert torch.equal(a, paired_noise(torch.Size([2, 3, 8, 8]), 0.2, torch.Generator().manual_seed(3), torch.device("cpu")))
+    assert 0.15 < float(a.std()) < 0.25
+    cfg = config(tmp_path, clip_noise=0.2, clip_views=2)
+    guides = build_guides([(clip, 1.0)], cfg, make_generator(), None)
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    other = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    terms = loss_terms(guides, img, img.clone(), cfg, torch.Generator().manual_seed(0))
+    assert float(terms["direction"]) == pytest.approx(1.0, abs=1e-6)  # the same noise on equal images: no edit yet
+    noisy = loss_terms(guides, img, other, cfg, torch.Generator().manual_seed(0))["direction"]
+    plain = loss_terms(guides, img, other, cfg.replace(clip_noise=0.0), torch.Generator().manual_seed(0))["direction"]
+    assert float(noisy) != pytest.approx(float(plain), abs=1e-4)  # the noise reaches what CLIP sees
     adapt(cfg.replace(iterations=2, sample_every=0, save_every=0), progress=False, G_base=make_generator(), clip=clip)
     assert all(np.isfinite(r["loss"]) for r in log_of(cfg))
 

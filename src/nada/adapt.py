@@ -277,6 +277,9 @@ def loss_terms(
     if config.clip_views > 0:
         views = paired_views(img_frozen.shape[0], config.clip_views, rng, img_train.device)
         seen_frozen, seen_train = apply_views(img_frozen, views), apply_views(img_train, views)
+    if config.clip_noise > 0:
+        noise = paired_noise(seen_frozen.shape, config.clip_noise, rng, img_train.device)
+        seen_frozen, seen_train = seen_frozen + noise, seen_train + noise
     for g in guides:
         with torch.no_grad():
             f_src = g.clip.encode_image(seen_frozen)
@@ -308,6 +311,15 @@ def paired_views(n: int, views: int, rng: torch.Generator, device: torch.device)
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     return theta.to(device)
+
+
+def paired_noise(shape: torch.Size, std: float, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Gaussian noise [N, 3, H, W] with standard deviation ``std``, drawn on the CPU from the run's generator.
+
+    The same tensor is added to the frozen and the trained image of each pair, so it never looks like an
+    edit; it only smooths the guide (its gradient becomes an average over noisy inputs).
+    """
+    return (torch.randn(shape, generator=rng) * std).to(device)
 
 
 def apply_views(img: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

@@ -123,6 +123,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "lambda_patch": ("--lambda-patch", "weight of the patch directional loss"),
     "lambda_structure": ("--lambda-structure", "weight of the structure loss (edge maps kept from the frozen image)"),
     "clip_views": ("--clip-views", "random crops per image pair for the CLIP terms (0: the plain images)"),
+    "clip_noise": ("--clip-noise", "std of Gaussian noise added to the CLIP terms' images, the same for both images of a pair"),
     "out_dir": ("--out", "run folder for samples, log, checkpoints"),
     "n_sample_images": ("--n-samples", "images per row of the sample grids (seeds 0..n-1)"),
     "sample_truncation": ("--sample-truncation", "truncation of the sample grids"),

@@ -50,6 +50,10 @@ class AdaptConfig:
     # the plain images, as the official code. Views blunt pixel patterns that fool one exact input of
     # a weak CLIP: the toy CLIP needs them (see docs/toy_quality.md).
     clip_views: int = 0
+    # Gaussian noise (this standard deviation, images in [-1, 1]) added to every image the CLIP terms
+    # see, the same noise for the frozen and the trained image of a pair: the guide's gradient becomes
+    # an average over noisy copies (randomised smoothing), which favours changes that survive noise.
+    clip_noise: float = 0.0
 
     # Which layers train (see nada.layers for the specs).
     layers: str = "auto:3"
@@ -128,6 +132,8 @@ class AdaptConfig:
         for name in ("sample_every", "save_every", "seed", "clip_views"):
             if int(getattr(self, name)) < 0:
                 raise NadaError(f"{name} must be 0 or more (got {getattr(self, name)})")
+        if not (0 <= self.clip_noise <= 1):
+            raise NadaError(f"clip_noise must lie in [0, 1] (got {self.clip_noise}): it is a standard deviation for images in [-1, 1]")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise NadaError(f"lr must be a positive number (got {self.lr})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
