@@ -97,25 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = load_evaluator()
     z = torch.randn(args.n, G0.style_dim, generator=torch.Generator().manual_seed(0))
 
-    def loss_of(frozen: torch.Tensor, x: torch.Tensor) -> float:
-        total = 0.0
-        for clip, weight in guides:
-            d = losses.text_direction(clip, "photo", args.target)
-            total += weight * float(losses.directional_loss(clip.encode_image(frozen), clip.encode_image(x), d))
-        return total / sum(w for _, w in guides)
-
     with torch.no_grad():
         frozen = G0(z, noise_mode="const")
+        # Per guide: weight, text direction and features of the frozen images, computed once.
+        anchors = [(w, losses.text_direction(clip, "photo", args.target), clip.encode_image(frozen)) for clip, w in guides]
+
+    def loss_of(x: torch.Tensor) -> float:
+        """Weighted mean over the guides of the directional loss frozen -> x."""
+        total = sum(w * float(losses.directional_loss(f0, clip.encode_image(x), d)) for (clip, _), (w, d, f0) in zip(guides, anchors))
+        return total / sum(w for w, _, _ in anchors)
+
+    with torch.no_grad():
         print(f"1. directional loss photo -> {args.target} (frozen -> X; 0 = along the text direction) and evaluator {args.target} rate, {args.n} latents")
         target = true_renders(z, args.target)
         for style in R.STYLES:
             x = true_renders(z, style)
-            print(f"   true {style:<12s} loss {loss_of(frozen, x):.3f}   evaluator {style_rate(evaluator, x, args.target):.2f}")
+            print(f"   true {style:<12s} loss {loss_of(x):.3f}   evaluator {style_rate(evaluator, x, args.target):.2f}")
         for path in filter(None, args.adapted.split(",")):
             x = load_generator(path).eval()(z, noise_mode="const")
-            print(f"   adapted {path}: loss {loss_of(frozen, x):.3f}   evaluator {style_rate(evaluator, x, args.target):.2f}")
+            print(f"   adapted {path}: loss {loss_of(x):.3f}   evaluator {style_rate(evaluator, x, args.target):.2f}")
         print(f"2. loss along the blend (1 - t) frozen + t true {args.target}")
-        print("   " + "  ".join(f"t={t:g}: {loss_of(frozen, (1 - t) * frozen + t * target):.3f}" for t in BLEND_STEPS))
+        print("   " + "  ".join(f"t={t:g}: {loss_of((1 - t) * frozen + t * target):.3f}" for t in BLEND_STEPS))
     if args.oracle:
         t0 = time.time()
         G = oracle_finetune(G0, z, args.target, args.oracle_steps, args.oracle_lr)

@@ -303,14 +303,16 @@ def augment(img: torch.Tensor, rng: np.random.Generator, appearance_aug: float =
 # ---------------------------------------------------------------- loss
 
 
-def stability_attack(model: torch.nn.Module, images: torch.Tensor, eps: float, steps: int, seed: int) -> torch.Tensor:
+def stability_attack(model: torch.nn.Module, images: torch.Tensor, eps: float, steps: int, seed: int,
+                     clean: torch.Tensor | None = None) -> torch.Tensor:
     """Images [N,3,64,64] in [-1,1] moved by at most ``eps`` per pixel so that their unit embeddings move furthest.
 
     Projected gradient ascent on the squared embedding change, from a random start in the L-inf ball;
     the model's parameters receive no gradient (``torch.autograd.grad`` on the perturbation only).
+    ``clean`` may pass the images' unit embeddings [N, D] when the caller has them already.
     """
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    clean = encode_images(model, images).detach()
+    clean = (encode_images(model, images) if clean is None else clean).detach()
     delta = (torch.rand(images.shape, generator=gen, device=images.device) * 2 - 1) * eps
     step_size = 2.5 * eps / max(1, steps)
     for _ in range(steps):
@@ -361,7 +363,7 @@ def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, t
     out["probe"] = torch.stack([F.cross_entropy(head(fi) * 10.0, truth[:, FACT_KEYS.index(k)]) for k, head in trainee.probes.items()]).mean()
     out["total"] = out["i2t"] + out["t2i"] + cfg.cls_weight * out["cls"] + cfg.dir_weight * out["dir"] + cfg.probe_weight * out["probe"]
     if cfg.adv_eps > 0:
-        attacked = stability_attack(model, batch.images, cfg.adv_eps, cfg.adv_steps, batch.attack_seed)
+        attacked = stability_attack(model, batch.images, cfg.adv_eps, cfg.adv_steps, batch.attack_seed, clean=fi)
         out["adv"] = (encode_images(model, attacked) - fi.detach()).pow(2).sum(-1).mean()
         out["total"] = out["total"] + cfg.adv_weight * out["adv"]
     return out
