@@ -153,7 +153,7 @@ def test_build_random_clip_is_seeded_and_leaves_rng_alone() -> None:
 def test_toy_name_resolves_package_assets(tmp_path: Path, golden: Path, monkeypatch, tiny) -> None:
     import nada.clip as clip
 
-    monkeypatch.setattr(clip, "toy_clip_dir", lambda: tmp_path / "toy")
+    monkeypatch.setattr(clip, "toy_clip_dir", lambda name="toy": tmp_path / name)
     with pytest.raises(NadaError, match="toy CLIP files are missing") as err:
         clip.load_clip("toy")
     assert str(tmp_path / "toy" / "clip_config.json") in str(err.value)

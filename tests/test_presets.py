@@ -291,3 +291,9 @@ def test_cli_generate_preset_errors(world: dict, capsys: pytest.CaptureFixture[s
     assert "--base" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "--preset", "a", "--checkpoint", "b"])
+
+
+def test_packaged_toy_world_fits_its_30_mb_budget() -> None:
+    assets = Path(__file__).resolve().parents[1] / "src" / "nada" / "assets"
+    total = sum(f.stat().st_size for f in assets.rglob("*") if f.is_file())
+    assert 20e6 < total <= 30e6, f"packaged assets: {total / 1e6:.2f} MB"

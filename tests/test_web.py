@@ -155,9 +155,12 @@ def test_adapt_job_becomes_a_style(backend, world):
     from nada.presets import TOY_RECIPE
 
     # Untouched fields keep AdaptConfig's defaults; the toy base runs with the toy presets' recipe.
-    recipe = dict(TOY_RECIPE) if backend.base == "toy" else {"lr": 0.002, "clip_views": 0, "lambda_structure": 0.0}
+    recipe = dict(TOY_RECIPE) if backend.base == "toy" else {"lr": 0.002, "clip_views": 0, "clip_noise": 0.0, "lambda_structure": 0.0}
     assert job.config.iterations == 2 and job.config.beta2 == 0.99
-    assert (job.config.lr, job.config.clip_views, job.config.lambda_structure) == (recipe["lr"], recipe["clip_views"], recipe["lambda_structure"])
+    keys = ("lr", "clip_views", "clip_noise", "lambda_structure")
+    assert tuple(getattr(job.config, k) for k in keys) == tuple(recipe[k] for k in keys)
+    if backend.base == "toy":
+        assert job.config.clip == recipe["clip"] == "toy,toy-robust:2"
     _wait(job)
     assert job.state == "done", job.message
     assert job.step == 2 and job.latest_sample() is not None

@@ -6,7 +6,8 @@
   ``<arch>-quickgelu`` models with the ``openai`` weights: QuickGELU is the activation OpenAI trained
   with, so the features equal those of OpenAI's own code.
 - ``"open_clip:MODEL/TAG"``, any pair listed by ``open_clip.list_pretrained()``.
-- ``"toy"``, the project's tiny CLIP shipped inside the package (``nada/assets/toy``).
+- ``"toy"``, the project's tiny CLIP shipped inside the package (``nada/assets/toy``), and
+  ``"toy-robust"``, the same model after embedding-stability training (``nada/assets/toy/clip_robust``).
 - a path to a weights file in OpenAI's state-dict layout (``.pt``, ``.pth``, ``.bin``, ``.safetensors``);
   the architecture is read from the tensor shapes.
 - a path to a folder holding an open_clip config JSON and a weights file (see ``load_clip_from_config``).
@@ -61,6 +62,8 @@ OPENAI_MODELS: dict[str, str] = {
 }
 OPEN_CLIP_PREFIX = "open_clip:"
 TOY_NAME = "toy"
+# The project's packaged tiny CLIPs: name -> folder under nada/assets (clip_config.json + clip.pt).
+TOY_CLIPS = {TOY_NAME: "toy", "toy-robust": "toy/clip_robust"}
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -260,7 +263,7 @@ def load_clip_ensemble(
 def valid_names_hint() -> str:
     """One sentence listing every form of CLIP name that ``load_clip`` accepts."""
     return (
-        f"use one of {', '.join(OPENAI_MODELS)}, {TOY_NAME!r}, 'open_clip:MODEL/TAG' "
+        f"use one of {', '.join(OPENAI_MODELS)}, {', '.join(map(repr, TOY_CLIPS))}, 'open_clip:MODEL/TAG' "
         "(pairs from open_clip.list_pretrained(), e.g. 'open_clip:ViT-B-32/laion2b_s34b_b79k'), "
         "or the path of a weights file or model folder"
     )
@@ -276,15 +279,15 @@ def load_clip(
     if precision not in PRECISIONS:
         raise NadaError(f"unknown CLIP precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     name = str(name).strip()
-    if name == TOY_NAME:
-        folder = toy_clip_dir()
+    if name in TOY_CLIPS:
+        folder = toy_clip_dir(name)
         config, weights = folder / "clip_config.json", folder / "clip.pt"
         if not (config.is_file() and weights.is_file()):
             raise NadaError(
                 f"the toy CLIP files are missing from the installed package (expected {config} and {weights}): "
                 "reinstall nada from a complete checkout (pip install -e .)"
             )
-        clip = load_clip_from_config(config, weights, device, antialias, precision, name=TOY_NAME)
+        clip = load_clip_from_config(config, weights, device, antialias, precision, name=name)
     elif name in OPENAI_MODELS:
         clip = _load_pretrained(f"{OPENAI_MODELS[name]}-quickgelu", "openai", name, device, antialias, precision)
     elif name.startswith(OPEN_CLIP_PREFIX):
@@ -303,9 +306,9 @@ def load_clip(
     return clip
 
 
-def toy_clip_dir() -> Path:
-    """Folder of the project's tiny CLIP inside the installed package."""
-    return Path(__file__).resolve().parent / "assets" / "toy"
+def toy_clip_dir(name: str = TOY_NAME) -> Path:
+    """Folder of one of the project's tiny CLIPs (``TOY_CLIPS``) inside the installed package."""
+    return Path(__file__).resolve().parent / "assets" / TOY_CLIPS[name]
 
 
 def clip_cache_dir() -> Path:

@@ -108,10 +108,13 @@ class AdaptConfig:
         return TOY if self.generator == TOY else PAPER_CLIP
 
     def resolved_templates(self) -> str:
-        """The template set actually used: "auto" means "toy" with the toy CLIP alone, else "imagenet"."""
+        """The template set actually used: "auto" means "toy" when every CLIP is a packaged toy CLIP, else "imagenet"."""
         if self.templates != AUTO:
             return self.templates
-        return TOY if self.resolved_clip() == TOY else "imagenet"
+        from nada.clip import TOY_CLIPS, parse_clip_spec
+
+        names = [name for name, _ in parse_clip_spec(self.resolved_clip())]
+        return TOY if all(name in TOY_CLIPS for name in names) else "imagenet"
 
     def replace(self, **changes: Any) -> "AdaptConfig":
         """A copy with some fields changed."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from nada.config import AdaptConfig
+from nada.config import AUTO, AdaptConfig
 from nada.errors import NadaError
 
 if TYPE_CHECKING:
@@ -327,16 +327,17 @@ class WebBackend:
     # ---- Adapt
 
     def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path) -> AdaptConfig:
-        """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' lr, views and structure
-        term), the page's four choices, samples about every tenth of the run."""
+        """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' guide, lr, views, noise
+        and structure term), the page's four choices, samples about every tenth of the run."""
         from nada.presets import TOY_RECIPE
 
         d = AdaptConfig()
         iterations = int(iterations)
-        recipe = {k: v for k, v in TOY_RECIPE if k in ("lr", "clip_views", "lambda_structure")} if self.base == "toy" else {}
+        keys = ("lr", "clip_views", "clip_noise", "lambda_structure")
+        recipe = {k: v for k, v in TOY_RECIPE if k in keys} if self.base == "toy" else {}
         return AdaptConfig(
             source=(source or "").strip(), target=(target or "").strip(), layers=(layers or d.layers).strip(),
-            iterations=iterations, generator=self.base, clip=self.clip, out_dir=str(run_dir), device=str(self.device),
+            iterations=iterations, generator=self.base, clip=self._clip_spec(), out_dir=str(run_dir), device=str(self.device),
             sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0, **recipe,
         )
 
@@ -381,11 +382,20 @@ class WebBackend:
             job.state, job.message = "failed", f"adaptation failed ({type(e).__name__}: {_one_line(e)})"
             print(f"nada web: adaptation job {job.id} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
+    def _clip_spec(self) -> str:
+        """The CLIP spec of this app's runs: the one asked for, or for 'auto' the toy presets' guide on the toy
+        base and the config's default elsewhere."""
+        from nada.presets import TOY_RECIPE
+
+        if self.clip.strip().lower() == AUTO and self.base == "toy":
+            return dict(TOY_RECIPE)["clip"]
+        return AdaptConfig(generator=self.base, clip=self.clip).resolved_clip()
+
     def _clip_ensemble(self) -> list[tuple[Any, float]]:
-        """The CLIP ensemble of this app's runs, loaded once (the config's 'auto' resolved for this base)."""
+        """The CLIP ensemble of this app's runs (``_clip_spec``), loaded once."""
         from nada.clip import load_clip_ensemble
 
-        spec = AdaptConfig(generator=self.base, clip=self.clip).resolved_clip()
+        spec = self._clip_spec()
         with self._lock:
             cached = getattr(self, "_ensemble", None)
         if cached is None:
