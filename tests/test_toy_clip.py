@@ -171,12 +171,14 @@ ROBUST = ASSETS / "clip_robust"
 def robust_clip():
     if not (ROBUST / T.WEIGHTS_FILE).is_file():
         pytest.skip(f"toy-robust CLIP weights not found in {ROBUST}")
-    return T.load_exported(ROBUST), T.tokenizer()
+    return T.load_exported(ROBUST, tokens_from=ASSETS), T.tokenizer()
 
 
 def test_robust_copy_keeps_zero_shot_accuracy(robust_clip):
     model, tok = robust_clip
     assert json.loads((ROBUST / T.CONFIG_FILE).read_text()) == T.CLIP_CONFIG
+    # It shares the shipped CLIP's token table but for the rows its fine-tuning changed.
+    assert (ROBUST / T.WEIGHTS_FILE).stat().st_size < 3e6
     acc = T.zero_shot_accuracy(model, tok, n=300, seed=2024)
     assert acc["style"] >= 0.95, T.format_accuracy(acc)
     for key in R.ATTRIBUTES:
@@ -196,3 +198,34 @@ def test_robust_copy_moves_far_less_under_attack_and_loads_by_name(toy_clip, rob
     wrapped = clip.load_clip("toy-robust")
     assert wrapped.name == "toy-robust"
     assert torch.allclose(T.encode_images(robust_clip[0], img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
+
+
+def test_token_table_sharing_round_trips_and_refuses_a_foreign_base():
+    from nada.clip import TOKEN_TABLE, pack_token_table, unpack_token_table
+
+    base = T.build_model(seed=0).state_dict()
+    tuned = {k: v.clone() for k, v in base.items()}
+    tuned[TOKEN_TABLE][[3, 70]] += 1.0
+    tuned["logit_scale"] += 0.5
+    packed = pack_token_table(tuned, base)
+    assert TOKEN_TABLE not in packed and packed["token_embedding.changed_rows"].tolist() == [3, 70]
+    rebuilt = unpack_token_table(packed, base)
+    assert set(rebuilt) == set(tuned) and all(torch.equal(rebuilt[k], tuned[k]) for k in tuned)
+    small = {TOKEN_TABLE: base[TOKEN_TABLE][:50]}
+    with pytest.raises(T.NadaError, match="do not fit the base table"):
+        unpack_token_table(packed, small)
+    with pytest.raises(T.NadaError, match="not a shared-table copy"):
+        unpack_token_table(tuned, base)
+
+
+def test_export_can_share_the_token_table(tmp_path):
+    base_model, tuned_model = T.build_model(seed=0), T.build_model(seed=0)
+    with torch.no_grad():
+        tuned_model.token_embedding.weight[5] += 1.0
+        tuned_model.visual.proj += 0.1
+    T.export(base_model, tmp_path / "base")
+    T.export(tuned_model, tmp_path / "copy", share_tokens_with=tmp_path / "base" / T.WEIGHTS_FILE)
+    assert (tmp_path / "copy" / T.WEIGHTS_FILE).stat().st_size < 0.5 * (tmp_path / "base" / T.WEIGHTS_FILE).stat().st_size
+    rebuilt = T.load_exported(tmp_path / "copy", tokens_from=tmp_path / "base").state_dict()
+    for k, v in tuned_model.state_dict().items():
+        assert torch.equal(rebuilt[k], v.half().float()), k

@@ -62,8 +62,12 @@ OPENAI_MODELS: dict[str, str] = {
 }
 OPEN_CLIP_PREFIX = "open_clip:"
 TOY_NAME = "toy"
-# The project's packaged tiny CLIPs: name -> folder under nada/assets (clip_config.json + clip.pt).
-TOY_CLIPS = {TOY_NAME: "toy", "toy-robust": "toy/clip_robust"}
+# The project's packaged tiny CLIPs: name -> (folder under nada/assets with clip_config.json + clip.pt,
+# the packaged CLIP whose token table it shares, or None). Fine-tuning leaves almost every row of the
+# 49408 x 64 token table untouched, so a copy stores only the rows that differ (see pack_token_table).
+TOY_CLIPS: dict[str, tuple[str, str | None]] = {TOY_NAME: ("toy", None), "toy-robust": ("toy/clip_robust", TOY_NAME)}
+TOKEN_TABLE = "token_embedding.weight"
+TABLE_ROWS, TABLE_VALUES = "token_embedding.changed_rows", "token_embedding.changed_values"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -280,14 +284,7 @@ def load_clip(
         raise NadaError(f"unknown CLIP precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     name = str(name).strip()
     if name in TOY_CLIPS:
-        folder = toy_clip_dir(name)
-        config, weights = folder / "clip_config.json", folder / "clip.pt"
-        if not (config.is_file() and weights.is_file()):
-            raise NadaError(
-                f"the toy CLIP files are missing from the installed package (expected {config} and {weights}): "
-                "reinstall nada from a complete checkout (pip install -e .)"
-            )
-        clip = load_clip_from_config(config, weights, device, antialias, precision, name=name)
+        clip = _load_toy(name, device, antialias, precision)
     elif name in OPENAI_MODELS:
         clip = _load_pretrained(f"{OPENAI_MODELS[name]}-quickgelu", "openai", name, device, antialias, precision)
     elif name.startswith(OPEN_CLIP_PREFIX):
@@ -308,7 +305,54 @@ def load_clip(
 
 def toy_clip_dir(name: str = TOY_NAME) -> Path:
     """Folder of one of the project's tiny CLIPs (``TOY_CLIPS``) inside the installed package."""
-    return Path(__file__).resolve().parent / "assets" / TOY_CLIPS[name]
+    return Path(__file__).resolve().parent / "assets" / TOY_CLIPS[name][0]
+
+
+def _toy_files(name: str) -> tuple[Path, Path]:
+    """(clip_config.json, clip.pt) of a packaged toy CLIP; a clear error when the package lacks them."""
+    folder = toy_clip_dir(name)
+    config, weights = folder / "clip_config.json", folder / "clip.pt"
+    if not (config.is_file() and weights.is_file()):
+        raise NadaError(
+            f"the toy CLIP files are missing from the installed package (expected {config} and {weights}): "
+            "reinstall nada from a complete checkout (pip install -e .)"
+        )
+    return config, weights
+
+
+def _load_toy(name: str, device: str | torch.device, antialias: bool, precision: str) -> ClipModel:
+    """A packaged toy CLIP; one that shares another's token table gets the full table rebuilt first."""
+    config, weights = _toy_files(name)
+    base = TOY_CLIPS[name][1]
+    if base is None:
+        return load_clip_from_config(config, weights, device, antialias, precision, name=name)
+    sd = unpack_token_table(_read_state_dict(weights), _read_state_dict(_toy_files(base)[1]))
+    return load_clip_from_config(config, weights, device, antialias, precision, name=name, state_dict=sd)
+
+
+def pack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` with its token table [V, D] replaced by the rows that differ from ``base``'s: indices [R], rows [R, D]."""
+    table, base_table = sd[TOKEN_TABLE], base[TOKEN_TABLE]
+    assert table.shape == base_table.shape, f"token tables differ in shape: {tuple(table.shape)} vs {tuple(base_table.shape)}"
+    rows = torch.nonzero((table != base_table.to(table.dtype)).any(dim=1)).flatten()
+    packed = {k: v for k, v in sd.items() if k != TOKEN_TABLE}
+    packed[TABLE_ROWS], packed[TABLE_VALUES] = rows, table[rows].clone()
+    return packed
+
+
+def unpack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of ``pack_token_table``: the full state dict, its token table rebuilt from ``base``'s."""
+    if TABLE_ROWS not in sd or TABLE_VALUES not in sd:
+        raise NadaError(f"these CLIP weights do not hold {TABLE_ROWS} and {TABLE_VALUES}: they are not a shared-table copy")
+    rows, values = sd[TABLE_ROWS].long(), sd[TABLE_VALUES]
+    table = base[TOKEN_TABLE].to(values.dtype).clone()
+    if values.shape != (len(rows), table.shape[1]) or (len(rows) and int(rows.max()) >= table.shape[0]):
+        raise NadaError(f"the shared token table rows ({tuple(values.shape)}) do not fit the base table ({tuple(table.shape)}): "
+                        "the copy and its base come from different models; reinstall nada")
+    table[rows] = values
+    full = {k: v for k, v in sd.items() if k not in (TABLE_ROWS, TABLE_VALUES)}
+    full[TOKEN_TABLE] = table
+    return full
 
 
 def clip_cache_dir() -> Path:
@@ -545,11 +589,13 @@ def read_clip_config(config_path: str | os.PathLike) -> tuple[dict[str, Any], di
 def load_clip_from_config(
     config_path: str | os.PathLike, weights_path: str | os.PathLike, device: str | torch.device = "cpu",
     antialias: bool = True, precision: str = "fp32", name: str | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> ClipModel:
     """Load an open_clip model from a config JSON (see ``read_clip_config``) and a weights file.
 
     The tokenizer is open_clip's default (OpenAI BPE, with the config's context length) unless
-    ``text_cfg.hf_tokenizer_name`` names another.
+    ``text_cfg.hf_tokenizer_name`` names another. ``state_dict``, when given, holds the weights already
+    read (and rebuilt) from ``weights_path``.
     """
     import open_clip
 
@@ -562,7 +608,10 @@ def load_clip_from_config(
     cls = open_clip.CoCa if "multimodal_cfg" in model_cfg else open_clip.CustomTextCLIP if custom else open_clip.CLIP
     try:
         model = cls(**model_cfg)
-        open_clip.load_checkpoint(model, str(weights_path), strict=True, weights_only=True)
+        if state_dict is None:
+            open_clip.load_checkpoint(model, str(weights_path), strict=True, weights_only=True)
+        else:
+            model.load_state_dict(state_dict, strict=True)
         if text_cfg.get("hf_tokenizer_name"):
             tokenizer: Callable = open_clip.tokenizer.HFTokenizer(
                 text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77))

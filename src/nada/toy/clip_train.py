@@ -443,24 +443,36 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def export(model: torch.nn.Module, out_dir: Path) -> tuple[Path, Path]:
-    """Write clip.pt (fp16 state dict) and clip_config.json into out_dir, atomically."""
+def export(model: torch.nn.Module, out_dir: Path, share_tokens_with: str | Path | None = None) -> tuple[Path, Path]:
+    """Write clip.pt (fp16 state dict) and clip_config.json into out_dir, atomically.
+
+    With ``share_tokens_with`` (another exported clip.pt) the token table is stored as the rows that
+    differ from that file's (``nada.clip.pack_token_table``), as the packaged ``toy-robust`` is.
+    """
+    from nada.clip import pack_token_table
     from nada.io import atomic_torch_save, atomic_write
 
     half = {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    if share_tokens_with:
+        half = pack_token_table(half, torch.load(share_tokens_with, map_location="cpu", weights_only=True))
     weights = atomic_torch_save(half, out_dir / WEIGHTS_FILE)
     config = atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(CLIP_CONFIG, indent=2) + "\n", encoding="utf-8"))
     return weights, config
 
 
-def load_exported(folder: str | Path) -> torch.nn.Module:
-    """Rebuild a model written by ``export`` with plain open_clip (fp32, eval mode)."""
+def load_exported(folder: str | Path, tokens_from: str | Path | None = None) -> torch.nn.Module:
+    """Rebuild a model written by ``export`` with plain open_clip (fp32, eval mode); ``tokens_from`` is the
+    folder whose token table an export with ``share_tokens_with`` shares."""
     import open_clip
+
+    from nada.clip import unpack_token_table
 
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     model = open_clip.CLIP(**model_kwargs(config))
     sd = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    if tokens_from is not None:
+        sd = unpack_token_table(sd, torch.load(Path(tokens_from) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     return model.eval()
 
@@ -468,13 +480,16 @@ def load_exported(folder: str | Path) -> torch.nn.Module:
 # ---------------------------------------------------------------- training loop
 
 
-def train(cfg: TrainConfig, out: Path, export_to: Path | None = None) -> dict[str, Any]:
-    """Run (or continue) training in ``out`` with ``cfg.threads`` CPU threads; returns the final metrics."""
+def train(cfg: TrainConfig, out: Path, export_to: Path | None = None, share_tokens_with: str | Path | None = None) -> dict[str, Any]:
+    """Run (or continue) training in ``out`` with ``cfg.threads`` CPU threads; returns the final metrics.
+
+    The export to ``export_to`` stores its token table as rows that differ from ``share_tokens_with``'s when given.
+    """
     with runs.torch_threads(cfg.threads):
-        return _train(cfg, out, export_to)
+        return _train(cfg, out, export_to, share_tokens_with)
 
 
-def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_with: str | Path | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -535,9 +550,13 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
     log.info("wrote %s and %s", weights, config)
     if export_to is not None:
         export_to.mkdir(parents=True, exist_ok=True)
-        for f in (weights, config):
-            shutil.copyfile(f, export_to / f.name)
-        log.info("copied them to %s", export_to)
+        if share_tokens_with:
+            export(model, export_to, share_tokens_with)
+            log.info("exported them to %s, the token table as the rows that differ from %s", export_to, share_tokens_with)
+        else:
+            for f in (weights, config):
+                shutil.copyfile(f, export_to / f.name)
+            log.info("copied them to %s", export_to)
     return {"accuracy": acc, "direction": dirs, "train_seconds": total_s}
 
 
@@ -561,6 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--adv-weight", type=float, default=d.adv_weight, help="weight of the embedding move under attack (default: %(default)s)")
     ap.add_argument("--init-from", default="", help="start from the weights of this clip.pt instead of a random init")
     ap.add_argument("--export", type=Path, default=None, help="also copy clip.pt and clip_config.json here, e.g. src/nada/assets/toy")
+    ap.add_argument("--share-tokens-with", type=Path, default=None,
+                    help="with --export: store the token table as the rows that differ from this clip.pt's (how toy-robust ships)")
     args = ap.parse_args(argv)
     cfg = TrainConfig(
         steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, warmup=args.warmup, appearance_aug=args.appearance_aug, appearance_max=args.appearance_max,
@@ -568,7 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_weight=args.adv_weight,
     )
     try:
-        train(cfg, args.out, args.export)
+        if args.share_tokens_with is not None and args.export is None:
+            raise NadaError("--share-tokens-with applies to the --export copy: give --export as well")
+        train(cfg, args.out, args.export, args.share_tokens_with)
     except NadaError as e:
         print(f"clip_train: error: {e}", file=sys.stderr)
         return 2
