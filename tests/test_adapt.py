@@ -340,12 +340,12 @@ def test_clip_noise_is_shared_by_a_pair_and_seeded(tmp_path: Path, clip) -> None
 
 def test_all_loss_terms_are_logged(tmp_path: Path, clip) -> None:
     cfg = config(tmp_path, iterations=1, lambda_global=0.5, lambda_manifold=0.5, lambda_texture=0.5, lambda_patch=0.5,
-                 lambda_structure=0.5, layers="grad:3", sample_every=0, save_every=0)
+                 lambda_structure=0.5, lambda_consistency=0.5, batch_size=3, layers="grad:3", sample_every=0, save_every=0)
     adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
     (record,) = log_of(cfg)
-    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch", "structure")}
+    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch", "structure", "consistency")}
     assert all(np.isfinite(v) for v in terms.values())
-    expected = terms["direction"] + 0.5 * (terms["global"] + terms["manifold"] + terms["texture"] + terms["patch"] + terms["structure"])
+    expected = terms["direction"] + 0.5 * sum(v for k, v in terms.items() if k != "direction")
     assert record["loss"] == pytest.approx(expected, rel=1e-5)
     assert len(record["layers"]) == 3
 
@@ -411,3 +411,12 @@ def test_cuda_bf16_run_is_finite_and_deterministic(tmp_path: Path, golden: Path)
     b = adapt(config(tmp_path / "b", **kw), progress=False, G_base=make_generator(), clip=clip_cuda)
     assert all(np.isfinite(r["loss"]) for r in log_of(config(tmp_path / "a", **kw)))
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_consistency_loss_needs_three_images_per_batch(tmp_path: Path, clip) -> None:
+    cfg = config(tmp_path, iterations=1, batch_size=1, clip_views=2, lambda_consistency=1.0, sample_every=0, save_every=0)
+    with pytest.raises(NadaError, match="--batch-size or --clip-views"):
+        adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
+    adapt(cfg.replace(clip_views=3), progress=False, G_base=make_generator(), clip=clip)
+    (record,) = log_of(cfg)
+    assert np.isfinite(record["consistency"]) and record["consistency"] >= 0

@@ -195,3 +195,23 @@ def test_structure_loss_keeps_layout_not_style():
     x = photo.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(L.structure_loss(photo, x + 0.1 * sketch), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_consistency_loss_keeps_who_resembles_whom_not_the_style():
+    g = torch.Generator().manual_seed(3)
+    f_src = torch.randn(6, 16, generator=g)
+    # A shared shift of every feature (a style applied to all images alike) keeps each image's relations.
+    styled = f_src + 0.05 * torch.randn(1, 16, generator=g)
+    same = L.consistency_loss(f_src, f_src).item()
+    shifted = L.consistency_loss(f_src, styled).item()
+    swapped = L.consistency_loss(f_src, f_src[[1, 0, 3, 2, 5, 4]]).item()
+    collapsed = L.consistency_loss(f_src, torch.randn(1, 16, generator=g).expand(6, 16) + 1e-3 * torch.randn(6, 16, generator=g)).item()
+    assert abs(same) < 1e-6 and shifted < 0.1 * swapped and swapped > 0.1 and collapsed > 0.1
+    # Scale does not matter (cosines), and only the adapted features get a gradient.
+    assert L.consistency_loss(f_src, 3.0 * f_src).item() < 1e-6
+    a, b = f_src.clone().requires_grad_(True), f_src[[1, 0, 3, 2, 5, 4]].clone().requires_grad_(True)
+    L.consistency_loss(a, b).backward()
+    assert a.grad is None or a.grad.abs().sum() == 0
+    assert b.grad.abs().sum() > 0
+    with pytest.raises(AssertionError, match="N>=3"):
+        L.consistency_loss(f_src[:2], f_src[:2])

@@ -29,6 +29,24 @@ def test_face_latent_depends_only_on_direction_of_z():
     assert abs(big.mean()) < 0.05 and abs(big.std() - 1.0) < 0.05
 
 
+def test_face_latent_lays_face_shapes_out_so_width_changes_monotonically():
+    from nada.toy import render as R
+
+    z = torch.randn(3000, 64, generator=torch.Generator().manual_seed(5))
+    u = gt.face_latent(z, R.LATENT_DIM)
+    zn = (z / z.pow(2).mean(1, keepdim=True).sqrt()).double().numpy()
+    # Only the reordered coordinate changes; the others are the pixel-normalised z.
+    assert abs(u[:, 1:] - zn[:, 1 : R.LATENT_DIM]).max() < 1e-5
+    shapes = R.params_from_latent(u).face_shape[zn[:, 0].argsort()]
+    names = [R.ATTRIBUTES["face_shape"][i] for i in shapes]
+    # Along z the shapes come in LATENT_ORDER, each a third of the faces, in contiguous runs.
+    assert names[:900] == ["oval"] * 900 and names[1100:1900] == ["square"] * 800 and names[-900:] == ["round"] * 900
+    assert (names[:1000].count("oval") + names[1000:2000].count("square") + names[2000:].count("round")) > 2900
+    # Along that order the drawn face gets wider and shorter, which a smooth network can follow.
+    width = [dict(round=0.43, oval=0.35, square=0.42)[n] for n in gt.LATENT_ORDER["face_shape"]]
+    assert width == sorted(width)
+
+
 def test_render_targets_are_photo_renders_of_the_face_latent():
     from nada.toy import render as R
 
@@ -194,6 +212,44 @@ def test_export_writes_a_loadable_nada_checkpoint(tmp_path: Path):
     assert all(torch.equal(G.state_dict()[k], ema[k]) for k in ema)
     with pytest.raises(NadaError, match="exists"):
         gt.export_generator(state, path)
+
+
+def test_init_from_starts_a_stage_from_a_generator_and_refuses_another_architecture(tmp_path: Path):
+    from nada.checkpoints import read_metadata
+
+    base = gt.export_generator(gt.train(tiny_config(steps=2), tmp_path / "a", progress=False), tmp_path / "a.pt")
+    G = gt.build_generator(tiny_config(seed=3))
+    gt.initial_weights(G, str(base))
+    assert all(torch.equal(v, torch.load(base, weights_only=True)["g_ema"][k]) for k, v in G.state_dict().items())
+    with pytest.raises(NadaError, match="--channels"):
+        gt.initial_weights(gt.build_generator(tiny_config(channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 4)))), str(base))
+    # A stage with a vanishing learning rate ends where its base was, not at a random initialisation.
+    stage = gt.train(tiny_config(steps=1, lr=1e-9, seed=3, init_from=str(base)), tmp_path / "b", progress=False)
+    g_b = torch.load(stage, weights_only=True)["G"]
+    g_a = torch.load(base, weights_only=True)["g_ema"]
+    assert all(torch.allclose(g_b[k], g_a[k], atol=1e-5) for k in g_b)
+    meta = read_metadata(gt.export_generator(stage, tmp_path / "b.pt"))
+    assert "fine-tuned from" in meta["method"] and meta["init_train_time_s"] == read_metadata(base)["train_time_s"]
+
+
+def test_teacher_loss_prefers_the_true_attributes_and_joins_training(tmp_path: Path):
+    from nada.clip import load_clip
+    from nada.toy import render as R
+
+    clip = load_clip("toy")
+    text = gt.attribute_text_features(clip)
+    z = torch.randn(24, 64, generator=torch.Generator().manual_seed(6))
+    img, labels = gt.render_targets(z, seed=0), gt.face_labels(z)
+    assert set(labels) == set(R.ATTRIBUTES) and labels["mouth"].shape == (24,)
+    wrong = {k: (v + 1) % len(R.ATTRIBUTES[k]) for k, v in labels.items()}
+    right_loss = gt.teacher_loss(clip, text, img, labels).item()
+    assert right_loss < 0.5 * gt.teacher_loss(clip, text, img, wrong).item()
+    # The teacher's gradient reaches the images, and a run with it logs the teacher's accuracy.
+    img.requires_grad_(True)
+    gt.teacher_loss(clip, text, img, wrong).backward()
+    assert img.grad.abs().sum() > 0
+    gt.train(tiny_config(steps=2, teacher="toy", teacher_weight=0.5), tmp_path, progress=False)
+    assert "teacher_acc" in (tmp_path / "train.log").read_text()
 
 
 def test_cli_refuses_to_overwrite_an_export_before_training(tmp_path: Path, capsys):

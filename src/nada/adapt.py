@@ -292,6 +292,8 @@ def loss_terms(
             add("manifold", g.weight * losses.manifold_angle_loss(f_src, f_tgt, g.source_anchor, g.target_anchor))
         if config.lambda_texture > 0:
             add("texture", g.weight * losses.texture_loss(f_src, f_tgt))
+        if config.lambda_consistency > 0:
+            add("consistency", g.weight * losses.consistency_loss(f_src, f_tgt))
         if config.lambda_patch > 0:
             size = patch_size_for(img_train.shape[-1])
             add("patch", g.weight * losses.patch_directional_loss(g.clip, img_frozen, img_train, g.part_directions, centers, size))
@@ -465,6 +467,11 @@ def adapt(
     # ---- validate cheaply, before anything heavy is loaded
     config.validate()
     selector: LayerSelector = parse_layers(config.layers)
+    if config.lambda_consistency > 0 and config.batch_size * max(1, config.clip_views) < 3:
+        raise NadaError(
+            f"the consistency loss compares each image with the others of its batch: batch_size {config.batch_size} x clip_views "
+            f"{config.clip_views} gives fewer than 3 images; raise --batch-size or --clip-views, or set lambda_consistency to 0"
+        )
     if config.lambda_patch > 0 and not config.target.strip():
         raise NadaError("the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0")
     if clip is None:

@@ -122,6 +122,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "lambda_texture": ("--lambda-texture", "weight of the texture (feature MSE) loss"),
     "lambda_patch": ("--lambda-patch", "weight of the patch directional loss"),
     "lambda_structure": ("--lambda-structure", "weight of the structure loss (edge maps kept from the frozen image)"),
+    "lambda_consistency": ("--lambda-consistency", "weight of the cross-sample consistency loss (CLIP similarities between the batch's images kept)"),
     "clip_views": ("--clip-views", "random crops per image pair for the CLIP terms (0: the plain images)"),
     "clip_noise": ("--clip-noise", "std of Gaussian noise added to the CLIP terms' images, the same for both images of a pair"),
     "out_dir": ("--out", "run folder for samples, log, checkpoints"),

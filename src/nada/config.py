@@ -46,6 +46,9 @@ class AdaptConfig:
     lambda_texture: float = 0.0
     lambda_patch: float = 0.0
     lambda_structure: float = 0.0  # edge-map correlation with the frozen image (nada's own content anchor; see losses.structure_loss)
+    # Cross-sample consistency: each adapted image's CLIP similarities to the other images of the batch (all
+    # views) keep the frozen images' distribution (Ojha et al.'s cross-domain correspondence; losses.consistency_loss).
+    lambda_consistency: float = 0.0
     # Random views (zoomed, shifted, slightly rotated crops) per image pair for the CLIP terms; 0 uses
     # the plain images, as the official code. Views blunt pixel patterns that fool one exact input of
     # a weak CLIP: the toy CLIP needs them (see docs/toy_quality.md).

@@ -147,6 +147,31 @@ def manifold_angle_loss(
     return F.l1_loss(cos_img, cos_text.expand_as(cos_img))
 
 
+# Softmax temperature of the consistency term: CLIP cosines between images of one domain sit in a narrow
+# band (about 0.6-0.95), so at temperature 1 every row would be nearly uniform and carry no signal.
+CONSISTENCY_TEMPERATURE = 0.05
+
+
+def consistency_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, temperature: float = CONSISTENCY_TEMPERATURE) -> torch.Tensor:
+    """KL(p_src || p_tgt) averaged over images, where p_i is image i's softmax over its cosines to the other images [N,D].
+
+    Not part of StyleGAN-NADA: the cross-domain correspondence of Ojha et al. (CVPR 2021), in CLIP space.
+    The frozen images fix how similar each image is to each other one (who shares glasses, a smile, a
+    hair colour); the adapted batch must keep those relations, so the faces stay distinct in the ways
+    they were, whatever the style does to all of them. Needs N >= 3 (each row spans N - 1 others).
+    """
+    assert f_src.shape == f_tgt.shape and f_src.ndim == 2 and f_src.shape[0] >= 3, f"need paired features [N>=3, D], got {f_src.shape} and {f_tgt.shape}"
+    n = f_src.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool, device=f_src.device)
+
+    def rows(f: torch.Tensor) -> torch.Tensor:
+        u = _unit(f)
+        return ((u @ u.T)[off].view(n, n - 1)) / temperature
+
+    p_src = F.softmax(rows(f_src).detach(), dim=1)
+    return F.kl_div(F.log_softmax(rows(f_tgt), dim=1), p_src, reduction="batchmean")
+
+
 def texture_loss(f_texture: torch.Tensor, f_target: torch.Tensor) -> torch.Tensor:
     """MSE between the unnormalised CLIP features [N,D] of texture reference images and generated images."""
     assert f_texture.shape == f_target.shape, f"feature shapes differ: {f_texture.shape} vs {f_target.shape}"

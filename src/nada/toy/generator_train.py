@@ -76,6 +76,15 @@ class TrainConfig:
     # Extra weight of the face outline (render.outline_mask): with details weighted alone, face shape fell
     # to chance for the evaluator (34 %) while eyes, mouth and glasses rose to 93, 73 and 98 %.
     outline_weight: float = 0.0
+    # A fine-tuning stage: start from this generator's weights (a path or registered name) instead of a
+    # seeded random initialisation. The channel table and mapping settings must match it.
+    init_from: str = ""
+    # CLIP (load_clip name) whose zero-shot reading of each attribute of G(z) joins the loss as a cross-entropy
+    # against the face's true values, times `teacher_weight`. Pixel errors on a thin mouth stroke are
+    # tiny, so the regression left mouths half-smiling (73 % for the evaluator); the teacher asks for the
+    # mouth that the face's label names. The evaluator is a different network and never used.
+    teacher: str = ""
+    teacher_weight: float = 0.1
     decay_start: float = 0.5  # fraction of `steps` after which the learning rate follows a cosine to 5 %
     ckpt_every: int = 50
     sample_every: int = 500
@@ -98,16 +107,38 @@ class TrainConfig:
 # ---------------------------------------------------------------- the supervised target
 
 
+# Order of each discrete attribute's values along its latent coordinate, low to high, where it differs from
+# render.ATTRIBUTES. The renderer's own order for face shape (round, oval, square) makes the face's width
+# go wide-narrow-wide along the coordinate: no smooth function of z fits that better than a constant, so
+# the mapping network of the regression learnt to ignore the coordinate (the same sensitivity of w to it as
+# to an unused one) and every face got one in-between jaw. In this order width grows and height shrinks.
+LATENT_ORDER: dict[str, tuple[str, ...]] = {"face_shape": ("oval", "square", "round")}
+
+
 def face_latent(z: torch.Tensor, latent_dim: int) -> np.ndarray:
     """Face latent u [N, latent_dim] (float64, about N(0, 1)) that G(z) is trained to draw, from z [N, style_dim].
 
     u is the first `latent_dim` coordinates of z after the mapping network's pixel norm
     (z / rms(z)), so it depends only on what the generator sees: the pixel norm discards |z|, and a
-    target depending on |z| could not be learnt exactly.
+    target depending on |z| could not be learnt exactly. The quantile bins of the attributes in
+    LATENT_ORDER are permuted (a measure-preserving map, so u stays standard normal) so that
+    `params_from_latent(u)` meets their values in that order along z.
     """
+    from nada.toy import render as R
+
     assert z.ndim == 2 and z.shape[1] >= latent_dim, f"z must be [N, >= {latent_dim}], got {tuple(z.shape)}"
     zn = z.double() * torch.rsqrt(z.double().pow(2).mean(dim=1, keepdim=True) + 1e-8)
-    return zn[:, :latent_dim].cpu().numpy()
+    u = zn[:, :latent_dim].cpu()
+    for name, order in LATENT_ORDER.items():
+        k, values = list(R.ATTRIBUTES).index(name), R.ATTRIBUTES[name]
+        if k >= latent_dim:
+            continue
+        n = len(values)
+        p = torch.special.ndtr(u[:, k]) * n
+        bin_ = p.floor().clamp(max=n - 1)
+        to_bin = torch.tensor([float(values.index(v)) for v in order], dtype=torch.float64)[bin_.long()]
+        u[:, k] = torch.special.ndtri(((to_bin + p - bin_) / n).clamp(1e-12, 1 - 1e-12))
+    return u.numpy()
 
 
 def render_targets(z: torch.Tensor, seed: int) -> torch.Tensor:
@@ -201,6 +232,34 @@ def regression_loss(
     return loss
 
 
+def face_labels(z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """True attribute indices (int64 [N] per render.ATTRIBUTES key) of the faces that latents z [N, style_dim] stand for."""
+    from nada.toy import render as R
+
+    labels = R.params_from_latent(face_latent(z, R.LATENT_DIM)).labels()
+    return {k: torch.from_numpy(v).to(z.device) for k, v in labels.items()}
+
+
+@torch.no_grad()
+def attribute_text_features(clip: "torch.nn.Module") -> dict[str, torch.Tensor]:
+    """Unit text features [V, D] of the class prompts (render.ATTRIBUTE_PROMPTS) of every attribute, for zero-shot reading."""
+    from nada.toy import render as R
+
+    return {k: F.normalize(clip.encode_text(list(prompts)), dim=-1) for k, prompts in R.ATTRIBUTE_PROMPTS.items()}
+
+
+def teacher_logits(clip: "torch.nn.Module", text: dict[str, torch.Tensor], img: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero-shot logits [N, V] per attribute of images [N, 3, 64, 64] in [-1, 1], scaled by the CLIP's logit scale."""
+    feats = F.normalize(clip.encode_image(img), dim=-1)
+    return {k: clip.logit_scale * feats @ t.T for k, t in text.items()}
+
+
+def teacher_loss(clip: "torch.nn.Module", text: dict[str, torch.Tensor], img: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over attributes of the cross-entropy between the CLIP's zero-shot reading of img and the true labels."""
+    logits = teacher_logits(clip, text, img)
+    return sum(F.cross_entropy(logits[k], labels[k]) for k in text)
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Learning-rate multiplier at `step`: 1, then a cosine from `decay_start * steps` down to 0.05 at `steps`."""
     start = cfg.decay_start * cfg.steps
@@ -221,6 +280,16 @@ def build_generator(cfg: TrainConfig) -> "torch.nn.Module":
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return Generator(64, style_dim=cfg.style_dim, n_mlp=cfg.n_mlp, channels=dict(cfg.channels))
+
+
+def initial_weights(G: torch.nn.Module, source: str) -> None:
+    """Copy the weights of the generator `source` (path or registered name) into G; their architectures must match."""
+    from nada.checkpoints import load_generator
+
+    base = load_generator(source)
+    if base.config != G.config:
+        raise NadaError(f"--init-from {source} is a {base.config} generator, the run builds {G.config}: give the run its --channels")
+    G.load_state_dict(base.state_dict())
 
 
 def build_optimizer(G: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -292,6 +361,14 @@ def evaluate(G: torch.nn.Module, z: torch.Tensor, target: torch.Tensor, batch_si
 
 
 @torch.no_grad()
+def teacher_accuracy(clip: "torch.nn.Module", text: dict[str, torch.Tensor], G: torch.nn.Module, z: torch.Tensor) -> float:
+    """Share of (latent, attribute) pairs of G(z) (const noise) whose zero-shot reading by the teacher is the true value."""
+    logits = teacher_logits(clip, text, G(z, noise_mode="const"))
+    labels = face_labels(z)
+    return torch.stack([(logits[k].argmax(1) == labels[k]).float().mean() for k in text]).mean().item()
+
+
+@torch.no_grad()
 def save_samples(path: Path, G: torch.nn.Module, z: torch.Tensor, target: torch.Tensor) -> None:
     """Write a two-row grid PNG: renders of the faces of z on top, G(z) below; z [8, style_dim]."""
     from nada.io import atomic_save_image, image_grid
@@ -346,7 +423,16 @@ def train(
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         log.info(f"resumed from {state_path} at step {step} ({elapsed:.0f} s trained so far)")
     else:
+        if cfg.init_from:
+            initial_weights(G, cfg.init_from)
+            G_ema.load_state_dict(G.state_dict())
         log.info(f"new run: {cfg.to_dict()} on {device}")
+    teacher, text = None, None
+    if cfg.teacher:
+        from nada.clip import load_clip
+
+        teacher = load_clip(cfg.teacher, device)
+        text = attribute_text_features(teacher)
 
     # Fixed held-out latents (own seed) for the logged error and the sample grids.
     z_eval = torch.randn(cfg.eval_size, cfg.style_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
@@ -360,10 +446,13 @@ def train(
     for z, target, weight in step_batches(cfg, step, last, workers, pin_memory=device.type == "cuda"):
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, cfg)
-        img = G(z.to(device, non_blocking=True), noise_mode="const")
+        z = z.to(device, non_blocking=True)
+        img = G(z, noise_mode="const")
         loss = regression_loss(
             img, target.to(device, non_blocking=True), cfg.loss, cfg.multiscale_weight, cfg.gradient_weight, weight.to(device, non_blocking=True)
         )
+        if teacher is not None:
+            loss = loss + cfg.teacher_weight * teacher_loss(teacher, text, img, face_labels(z))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -375,7 +464,8 @@ def train(
         if step % cfg.sample_every == 0 or step == cfg.steps:
             err = evaluate(G_ema, z_eval, t_eval)
             save_samples(out_dir / "samples" / f"step{step:06d}.png", G_ema, z_eval[:8], t_eval[:8])
-            log.info(f"step {step} loss {running:.4f} eval_l1 {err:.4f} lr_factor {lr_factor(step, cfg):.3f} elapsed {time.time() - t0:.0f} s")
+            read = "" if teacher is None else f" teacher_acc {teacher_accuracy(teacher, text, G_ema, z_eval):.3f}"
+            log.info(f"step {step} loss {running:.4f} eval_l1 {err:.4f}{read} lr_factor {lr_factor(step, cfg):.3f} elapsed {time.time() - t0:.0f} s")
         out_of_time = time_limit_s is not None and time.time() - t_call > time_limit_s
         if step % cfg.ckpt_every == 0 or step == last or out_of_time:
             save_state(state_path, cfg, step, time.time() - t0, G, G_ema, opt)
@@ -390,6 +480,17 @@ def is_finished(state_path: Path) -> bool:
     """Whether the run whose state is at `state_path` has done all its steps."""
     state = load_state(state_path)
     return int(state["step"]) >= int(state["train_config"]["steps"])
+
+
+def _train_time_of(source: str) -> float | None:
+    """The recorded training time of the generator a fine-tuning stage started from (None when it has none)."""
+    from nada.checkpoints import read_metadata
+
+    try:
+        meta = read_metadata(source)
+    except NadaError:
+        return None
+    return meta.get("train_time_s") if isinstance(meta, dict) else None
 
 
 def export_generator(state_path: Path, export_path: str | Path, overwrite: bool = False) -> Path:
@@ -414,6 +515,8 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
             + (f" + {cfg.loss} of image differences" if cfg.gradient_weight else "")
             + (f", eye/brow/mouth/glasses pixels weighted {1 + cfg.detail_weight:g}x" if cfg.detail_weight else "")
             + (f", face outline +{cfg.outline_weight:g}" if cfg.outline_weight else "")
+            + (f", {cfg.teacher_weight:g} x zero-shot attribute cross-entropy of CLIP {cfg.teacher!r}" if cfg.teacher else "")
+            + (f", fine-tuned from {cfg.init_from}" if cfg.init_from else "")
             + ", Adam, EMA weights exported; no adversarial loss, evaluator never used"
         ),
         "face_latent": f"u = (z / rms(z))[:, :{LATENT_DIM}] (pixel-normalised z, first LATENT_DIM coordinates)",
@@ -422,6 +525,7 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
         "seed": cfg.seed,
         "train_config": cfg.to_dict(),
         "train_time_s": round(float(state["elapsed_s"]), 1),
+        **({"init_train_time_s": _train_time_of(cfg.init_from)} if cfg.init_from else {}),
         "eval_l1": round(err, 5),
         "mean_latent": f"{MEAN_LATENT_SAMPLES} samples, seed {MEAN_LATENT_SEED}",
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -458,6 +562,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outline-weight", type=float, default=d.outline_weight, help="extra loss weight of the face outline pixels (default: %(default)s)")
     p.add_argument("--channels", type=parse_channels, default=d.channels, metavar="RES:C,...",
                    help="feature maps per resolution, e.g. 4:128,8:128,16:128,32:96,64:64 (default: %s)" % ",".join(f"{r}:{c}" for r, c in d.channels))
+    p.add_argument("--init-from", default=d.init_from, metavar="GENERATOR", help="start from this generator (path or name, e.g. toy) instead of random weights")
+    p.add_argument("--teacher", default=d.teacher, metavar="CLIP", help="CLIP (e.g. toy-robust) whose zero-shot attribute reading of G(z) joins the loss")
+    p.add_argument("--teacher-weight", type=float, default=d.teacher_weight, help="weight of the teacher's cross-entropy (default: %(default)s)")
     p.add_argument("--decay-start", type=float, default=d.decay_start, help="fraction of --steps after which the learning rate decays (default: %(default)s)")
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state checkpoints (default: %(default)s)")
     p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids and logged errors (default: %(default)s)")
@@ -485,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         cfg = TrainConfig(
             steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, loss=args.loss, gradient_weight=args.gradient_weight, detail_weight=args.detail_weight, outline_weight=args.outline_weight,
-            channels=args.channels, decay_start=args.decay_start, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
+            channels=args.channels, init_from=args.init_from, teacher=args.teacher, teacher_weight=args.teacher_weight, decay_start=args.decay_start, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
         )
         limit = None if args.max_minutes is None else 60.0 * args.max_minutes
         state_path = train(cfg, args.out, device=resolve_device(args.device), progress=not args.no_progress, time_limit_s=limit, workers=args.workers)
