@@ -100,3 +100,26 @@ def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):
     assert main(["adapt", "--generator", "toy", "--source", "photo", "--target", "werewolf", "--iterations", "1",
                  "--out", str(tmp_path / "wolf"), "--quiet", "--device", "cpu"]) == 0
     assert "metrics:     none" in capsys.readouterr().out and not (tmp_path / "wolf" / "metrics.json").exists()
+
+
+def test_cli_judges_a_toy_generator_trained_by_the_user_but_not_other_generators(tmp_path, capsys):
+    if missing_toy_assets():
+        pytest.skip("needs the trained toy assets: " + ", ".join(missing_toy_assets()))
+    from nada.checkpoints import save_checkpoint
+    from nada.cli import main
+    from nada.networks import Generator
+    from nada.toy import generator_train as gt
+
+    cfg = gt.TrainConfig(steps=1, style_dim=32, n_mlp=2, channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 8)), batch_size=2, eval_size=8)
+    own = gt.export_generator(gt.train(cfg, tmp_path / "train", progress=False), tmp_path / "own.pt")
+    assert main(["adapt", "--generator", str(own), "--clip", "toy", "--source", "photo", "--target", "sketch", "--iterations", "1",
+                 "--layers", "all", "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["target"] == "sketch"
+    assert "metrics:     " + str(tmp_path / "run" / "metrics.json") in capsys.readouterr().out
+    # A generator without toy-world metadata is not judged by the toy evaluator.
+    plain = Generator(64, style_dim=32, n_mlp=2, channels=dict(cfg.channels))
+    plain.compute_mean_latent(64, seed=0)
+    other = save_checkpoint(tmp_path / "other.pt", plain, {"note": "not toy"})
+    assert main(["adapt", "--generator", str(other), "--clip", "toy", "--source", "photo", "--target", "sketch", "--iterations", "1",
+                 "--layers", "all", "--out", str(tmp_path / "run2"), "--quiet", "--device", "cpu"]) == 0
+    assert not (tmp_path / "run2" / "metrics.json").exists()

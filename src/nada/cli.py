@@ -169,9 +169,22 @@ def _run_adapt(args: argparse.Namespace) -> int:
     print(f"sample grid: {samples[-1] if samples else '(none)'}")
     print(f"log:         {paths.log}")
     print(f"checkpoint:  {paths.final}")
-    if config.generator == "toy":  # the registered toy base: its evaluator can judge the result
+    if _is_toy_world(config.generator):  # the toy base or one trained like it: the toy evaluator can judge the result
         _toy_metrics(config, G_train, paths.root / "metrics.json")
     return 0
+
+
+def _is_toy_world(generator: str) -> bool:
+    """Whether `generator` is the toy base or a checkpoint written by nada.toy.generator_train (metadata base "toy")."""
+    if generator == "toy":
+        return True
+    from nada.checkpoints import read_metadata
+    from nada.errors import NadaError
+
+    try:
+        return read_metadata(generator).get("base") == "toy"
+    except NadaError:  # not a nada checkpoint: no metadata to tell
+        return False
 
 
 def _toy_metrics(config: "AdaptConfig", G_train: "Generator", path: Path) -> None:  # noqa: F821
@@ -182,7 +195,7 @@ def _toy_metrics(config: "AdaptConfig", G_train: "Generator", path: Path) -> Non
     from nada.io import atomic_write
     from nada.toy.quality import run_metrics
 
-    G_frozen = load_generator("toy", device=next(G_train.parameters()).device)
+    G_frozen = load_generator(config.generator, device=next(G_train.parameters()).device)
     report = run_metrics(G_frozen, G_train, config.source, config.target)
     if report is None:
         print(f"metrics:     none (the toy evaluator knows no style or attribute in {config.target!r})")
