@@ -2,8 +2,8 @@
 toy CLIPs and the toy presets' recipe, through the public API, judged by the independent evaluator
 (a CNN the adaptation never sees).
 
-What it reaches is measured in docs/toy_quality.md. The run follows the text for the CLIPs, about
-half of its images become sketches for the evaluator, and the faces keep most attributes and their
+What it reaches is measured in docs/toy_quality.md. The run follows the text for the CLIPs, 40-70 %
+of its images become sketches for the evaluator, and the faces keep most attributes and their
 variety; but the goal of the toy-world issue (sketch rate above 60 %, content kept above 70 %) is
 not reached, and the last test says so until it is.
 """
@@ -60,12 +60,12 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     weight = sum(w for _, w in parse_clip_spec(dict(TOY_RECIPE)["clip"]))
     assert log[0]["direction"] / weight == pytest.approx(1.0, abs=1e-4)
     assert sum(r["direction"] for r in log[-20:]) / 20 / weight < 0.6, [r["direction"] for r in log[-20:]]
-    # The evaluator's side: no image was a sketch before, after the run many are (measured: 56 %), and the
-    # faces keep their attributes (measured: 0.83 per attribute on average) and their variety (measured:
-    # 0.87); no collapse onto one image.
+    # The evaluator's side: no image was a sketch before, after the run many are (measured: 43 %; 41-67 % for
+    # seeds 0-3), the faces keep their attributes (measured: 0.87 per attribute on average, all six for 44 %;
+    # 38-44 % for seeds 0-3) and their variety (measured: 0.88); no collapse onto one image.
     assert report.frozen_target_rate < 0.10, summary
     assert report.target_rate > 0.30, summary
-    assert report.content_kept_mean > 0.75, summary
+    assert report.content_kept_mean > 0.80 and report.content_kept > 0.30, summary
     assert report.diversity_ratio > 0.8, summary
     # The run wrote what a user loads afterwards, and loading it gives the same generator.
     from nada.checkpoints import load_generator
@@ -77,7 +77,7 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="toy-world goal not reached yet: measured sketch rate 56 %, content kept 30 % (docs/toy_quality.md)")
+@pytest.mark.xfail(strict=True, reason="toy-world goal not reached yet: measured sketch rate 43 %, content kept 44 % (docs/toy_quality.md)")
 def test_toy_run_makes_sketches_the_evaluator_recognises(sketch_run):
     report, _, _, _ = sketch_run
     assert report.target_rate > 0.60 and report.content_kept > 0.70, f"{report.to_dict()}"

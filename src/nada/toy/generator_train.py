@@ -11,6 +11,10 @@ which the toy-world metrics rely on. The per-pixel texture noise of the photo st
 predicted from z, so regression averages it out: samples are clean, slightly flat photo faces.
 Only the photo style is ever rendered here, and the evaluator network is never used.
 
+A second stage (`--init-from` a trained generator, `--teacher toy-robust`) adds a CLIP's zero-shot
+reading of each attribute of G(z) as a cross-entropy against the face's true values: small parts
+whose pixels weigh little (a mouth's curve, the jaw line) are then drawn as the label says.
+
 Run `python -m nada.toy.generator_train --out DIR --steps N --seed S` (add `--device cuda --workers 8`
 on a GPU machine: rendering the targets then needs the CPU cores). The run is resumable:
 DIR/state.pt (atomic, every --ckpt-every steps) holds the weights, the EMA weights and the
