@@ -77,8 +77,9 @@ class TrainConfig:
     # loses almost nothing: without the weight, eyes, mouth and glasses stayed at chance for the
     # evaluator after 12000 steps (eval_l1 0.089).
     detail_weight: float = 10.0
-    # Extra weight of the face outline (render.outline_mask): with details weighted alone, face shape fell
-    # to chance for the evaluator (34 %) while eyes, mouth and glasses rose to 93, 73 and 98 %.
+    # Extra weight of the face outline (render.outline_mask). With details weighted alone, face shape fell
+    # to chance for the evaluator (34 %) while eyes, mouth and glasses rose to 93, 73 and 98 %; this weight
+    # did not bring it back, the order of the shapes along z (LATENT_ORDER) did.
     outline_weight: float = 0.0
     # A fine-tuning stage: start from this generator's weights (a path or registered name) instead of a
     # seeded random initialisation. The channel table and mapping settings must match it.
