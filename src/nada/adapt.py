@@ -467,11 +467,6 @@ def adapt(
     # ---- validate cheaply, before anything heavy is loaded
     config.validate()
     selector: LayerSelector = parse_layers(config.layers)
-    if config.lambda_consistency > 0 and config.batch_size * max(1, config.clip_views) < 3:
-        raise NadaError(
-            f"the consistency loss compares each image with the others of its batch: batch_size {config.batch_size} x clip_views "
-            f"{config.clip_views} gives fewer than 3 images; raise --batch-size or --clip-views, or set lambda_consistency to 0"
-        )
     if config.lambda_patch > 0 and not config.target.strip():
         raise NadaError("the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0")
     if clip is None:

@@ -151,6 +151,11 @@ class AdaptConfig:
             raise NadaError(f"loss weights must be finite and >= 0 (got {lambdas})")
         if not any(v > 0 for v in lambdas.values()):
             raise NadaError("every loss weight is 0, so nothing would train: set e.g. lambda_direction to 1")
+        if self.lambda_consistency > 0 and self.batch_size * max(1, self.clip_views) < 3:
+            raise NadaError(
+                f"the consistency loss compares each image with the others of its batch: batch_size {self.batch_size} x clip_views "
+                f"{self.clip_views} gives fewer than 3 images; raise --batch-size or --clip-views, or set lambda_consistency to 0"
+            )
         if self.templates not in TEMPLATE_CHOICES:
             raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join(TEMPLATE_CHOICES)}")
         if self.noise_mode not in NOISE_CHOICES:
