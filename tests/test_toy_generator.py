@@ -320,6 +320,7 @@ def test_shipped_metadata_describes_the_training():
     assert "regression" in meta["method"] and meta["generator_config"]["size"] == 64
     # Two stages: the regression from scratch, then the CLIP-teacher stage that was exported.
     assert meta["train_config"]["teacher"] == "toy-robust" and meta["train_config"]["init_from"] and meta["init_train_time_s"] > 0
+    assert "face_shape runs oval, square, round" in meta["face_latent"]
 
 
 def test_shipped_generator_draws_the_photo_face_of_each_latent(toy_samples):

@@ -524,7 +524,10 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
             + (f", fine-tuned from {cfg.init_from}" if cfg.init_from else "")
             + ", Adam, EMA weights exported; no adversarial loss, evaluator never used"
         ),
-        "face_latent": f"u = (z / rms(z))[:, :{LATENT_DIM}] (pixel-normalised z, first LATENT_DIM coordinates)",
+        "face_latent": (
+            f"u = (z / rms(z))[:, :{LATENT_DIM}] (pixel-normalised z, first LATENT_DIM coordinates), quantile bins reordered so that"
+            + "; ".join(f" {name} runs {', '.join(order)} along z" for name, order in LATENT_ORDER.items())
+        ),
         "latent_dim": LATENT_DIM,
         "steps": int(state["step"]),
         "seed": cfg.seed,
@@ -591,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.steps < 1 or args.batch_size < 1 or args.workers < 0:
             raise NadaError(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be positive, --workers ({args.workers}) at least 0")
+        if args.teacher_weight < 0:
+            raise NadaError(f"--teacher-weight must be 0 or more (got {args.teacher_weight})")
         export = Path(args.export) if args.export else Path(args.out) / "generator.pt"
         if export.exists() and not args.force:
             raise NadaError(f"{export} exists: pass --force to replace it or choose another --export path")
