@@ -114,9 +114,10 @@ class TrainConfig:
 
 # Order of each discrete attribute's values along its latent coordinate, low to high, where it differs from
 # render.ATTRIBUTES. The renderer's own order for face shape (round, oval, square) makes the face's width
-# go wide-narrow-wide along the coordinate: no smooth function of z fits that better than a constant, so
-# the mapping network of the regression learnt to ignore the coordinate (the same sensitivity of w to it as
-# to an unused one) and every face got one in-between jaw. In this order width grows and height shrinks.
+# go wide-narrow-wide along the coordinate, which a smooth map from z follows only with a sharp up-and-down
+# bump; the regression never found one, its mapping network learnt to ignore the coordinate (the same
+# sensitivity of w to it as to an unused one) and every face got one in-between jaw. In this order width
+# grows and height shrinks, a monotone change the regression learns.
 LATENT_ORDER: dict[str, tuple[str, ...]] = {"face_shape": ("oval", "square", "round")}
 
 
