@@ -77,7 +77,7 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="toy-world goal not reached yet: measured sketch rate 43 %, content kept 44 % (docs/toy_quality.md)")
+@pytest.mark.xfail(strict=True, reason="toy-world goal not reached yet: measured sketch rate 41-43 %, content kept 42-44 % (docs/toy_quality.md)")
 def test_toy_run_makes_sketches_the_evaluator_recognises(sketch_run):
     report, _, _, _ = sketch_run
     assert report.target_rate > 0.60 and report.content_kept > 0.70, f"{report.to_dict()}"
