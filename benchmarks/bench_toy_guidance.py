@@ -49,9 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def true_renders(z: torch.Tensor, style: str, seed: int = 3) -> torch.Tensor:
     """Renders [N,3,64,64] in [-1,1] of the faces that latents z stand for, in ``style``."""
     from nada.toy import render as R
-    from nada.toy.generator_train import face_latent
+    from nada.toy.generator_train import face_params
 
-    return R.render_tensor(R.params_from_latent(face_latent(z.cpu(), R.LATENT_DIM)), style, seed=seed)
+    return R.render_tensor(face_params(z), style, seed=seed)
 
 
 def style_rate(evaluator, images: torch.Tensor, style: str) -> float:

@@ -147,11 +147,18 @@ def face_latent(z: torch.Tensor, latent_dim: int) -> np.ndarray:
     return u.numpy()
 
 
+def face_params(z: torch.Tensor) -> "FaceParams":  # noqa: F821
+    """The faces (render.FaceParams, N of them) that latents z [N, style_dim] stand for."""
+    from nada.toy import render as R
+
+    return R.params_from_latent(face_latent(z.cpu(), R.LATENT_DIM))
+
+
 def render_targets(z: torch.Tensor, seed: int) -> torch.Tensor:
     """Photo renders [N, 3, 64, 64] in [-1, 1] of the faces that latents z [N, style_dim] stand for."""
     from nada.toy import render as R
 
-    return R.render_tensor(R.params_from_latent(face_latent(z, R.LATENT_DIM)), STYLE, seed=seed)
+    return R.render_tensor(face_params(z), STYLE, seed=seed)
 
 
 def pixel_weights(z: torch.Tensor, detail_weight: float, outline_weight: float = 0.0) -> torch.Tensor:
@@ -159,7 +166,7 @@ def pixel_weights(z: torch.Tensor, detail_weight: float, outline_weight: float =
     brows, mouth and glasses, plus `outline_weight` on the face outline."""
     from nada.toy import render as R
 
-    params = R.params_from_latent(face_latent(z, R.LATENT_DIM))
+    params = face_params(z)
     weight = 1.0 + detail_weight * torch.from_numpy(R.detail_mask(params))
     if outline_weight:
         weight = weight + outline_weight * torch.from_numpy(R.outline_mask(params))
@@ -240,9 +247,7 @@ def regression_loss(
 
 def face_labels(z: torch.Tensor) -> dict[str, torch.Tensor]:
     """True attribute indices (int64 [N] per render.ATTRIBUTES key) of the faces that latents z [N, style_dim] stand for."""
-    from nada.toy import render as R
-
-    labels = R.params_from_latent(face_latent(z, R.LATENT_DIM)).labels()
+    labels = face_params(z).labels()
     return {k: torch.from_numpy(v).to(z.device) for k, v in labels.items()}
 
 
