@@ -119,6 +119,43 @@ def test_runs_saved_before_an_option_existed_resume_with_its_default(tmp_path):
         T.train(T.TrainConfig(steps=3, adv_eps=0.1, **cfg), tmp_path)
 
 
+def test_locked_text_resnet_run_trains_only_its_image_tower_and_loads_through_nada_clip(tmp_path):
+    from nada.clip import load_clip
+
+    T.export(T.build_model(seed=3), tmp_path / "text")
+    text_file = tmp_path / "text" / T.WEIGHTS_FILE
+    cfg = T.TrainConfig(steps=2, faces=3, ckpt_every=1, eval_every=1000, eval_faces=12, direction_faces=4,
+                        vision="resnet", text_from=str(text_file), seed=5, lr=0.01, warmup=1)
+    T.train(cfg, tmp_path / "run")
+    text = torch.load(text_file, weights_only=True)
+    start = T.build_model(seed=5, config=T.model_config("resnet")).state_dict()
+    trained = torch.load(tmp_path / "run" / T.WEIGHTS_FILE, weights_only=True)
+    for k, v in trained.items():
+        if T.is_text_key(k):
+            assert torch.equal(v, text[k]), k  # frozen: exactly the source's fp16 values
+    moved = [k for k in trained if k.startswith("visual.") and trained[k].is_floating_point()
+             and not torch.allclose(trained[k].float(), start[k], atol=1e-3)]
+    assert any("conv" in k for k in moved) and any("attnpool" in k for k in moved)
+    config = json.loads((tmp_path / "run" / T.CONFIG_FILE).read_text())
+    assert config["vision_cfg"] == T.VISION_TOWERS["resnet"]
+    wrapped = load_clip(str(tmp_path / "run"))
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    direct = T.encode_images(T.load_exported(tmp_path / "run"), img)
+    assert torch.allclose(direct, F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
+
+
+def test_bad_image_tower_or_text_source_is_refused(tmp_path):
+    with pytest.raises(T.NadaError, match="unknown image tower 'rn50'"):
+        T.model_config("rn50")
+    T.export(T.build_model(seed=0), tmp_path / "vit")
+    vit_file = str(tmp_path / "vit" / T.WEIGHTS_FILE)
+    cfg = dict(steps=1, faces=3, eval_every=1000, eval_faces=12, direction_faces=4)
+    with pytest.raises(T.NadaError, match="does not fit the 'resnet' image tower"):
+        T.train(T.TrainConfig(vision="resnet", init_from=vit_file, **cfg), tmp_path / "a")
+    with pytest.raises(T.NadaError, match="no CLIP weights at"):
+        T.train(T.TrainConfig(text_from=str(tmp_path / "missing.pt"), **cfg), tmp_path / "b")
+
+
 # ---------------------------------------------------------------- shipped weights
 
 

@@ -57,6 +57,13 @@ CLIP_CONFIG: dict[str, Any] = {
     # Images in [-1, 1] become (x + 1) / 2, then (x - 0.5) / 0.5: the network sees the [-1, 1] image itself.
     "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "shortest"},
 }
+# Image towers a run may use, as open_clip's vision_cfg. "vit" is the shipped toy CLIP's; "resnet" is
+# open_clip's ModifiedResNet (the RN50 family's layout: three-conv stem, one bottleneck per stage,
+# attention pooling) at width 16, whose convolutions see 3x3 neighbourhoods instead of 8x8 patches.
+VISION_TOWERS: dict[str, dict[str, Any]] = {
+    "vit": CLIP_CONFIG["vision_cfg"],
+    "resnet": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
+}
 FACT_KEYS: tuple[str, ...] = ("style", *R.ATTRIBUTES)  # columns of the truth / fact tables
 EVAL_SEED = 987_654_321  # held-out faces and textures; training draws from SeedSequence([seed, step]) instead
 STATE_FILE, WEIGHTS_FILE, CONFIG_FILE = "state.pt", "clip.pt", "clip_config.json"
@@ -86,6 +93,11 @@ class TrainConfig:
     appearance_aug: float = 0.0
     appearance_max: float = 0.8  # strongest wash-out / desaturation (0.97: almost a blank page, still labelled)
     init_from: str = ""  # optional clip.pt whose weights start the run (fine-tuning) instead of a random init
+    vision: str = "vit"  # image tower, a key of VISION_TOWERS
+    # Locked-text training: a clip.pt whose text tower (token table, transformer, projection) is loaded
+    # and frozen, so the image tower learns to embed into that CLIP's text space. A second guide trained
+    # this way shares the first one's text features and token table, and only its image tower is new.
+    text_from: str = ""
     # Embedding stability (adversarial training): each step, projected gradient ascent finds a perturbation
     # of at most adv_eps per pixel (images in [-1, 1]) that moves each image's unit embedding furthest,
     # and adv_weight x that squared move is added to the loss. Without it a change of 0.1 per pixel moved
@@ -102,6 +114,18 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- model
+
+
+def model_config(vision: str = "vit") -> dict[str, Any]:
+    """CLIP_CONFIG with the image tower ``vision`` (a key of VISION_TOWERS)."""
+    if vision not in VISION_TOWERS:
+        raise NadaError(f"unknown image tower {vision!r}: choose one of {', '.join(VISION_TOWERS)}")
+    return {**CLIP_CONFIG, "vision_cfg": dict(VISION_TOWERS[vision])}
+
+
+def is_text_key(key: str) -> bool:
+    """True for the state-dict keys of the text tower (what ``TrainConfig.text_from`` loads and freezes)."""
+    return not key.startswith("visual.") and key != "logit_scale"
 
 
 def model_kwargs(config: dict[str, Any] = CLIP_CONFIG) -> dict[str, Any]:
@@ -140,14 +164,32 @@ def fact_values() -> dict[str, tuple[str, ...]]:
 
 
 def build_trainee(cfg: "TrainConfig") -> Trainee:
-    """The CLIP (random from cfg.seed, or cfg.init_from's weights) with fresh probes."""
-    clip = build_model(cfg.seed)
+    """The CLIP (random from cfg.seed, or cfg.init_from's weights; cfg.text_from's text tower, frozen) with fresh probes."""
+    clip = build_model(cfg.seed, model_config(cfg.vision))
     if cfg.init_from:
-        sd = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
-        clip.load_state_dict({k: v.float() for k, v in sd.items()})
+        sd = _read_weights(cfg.init_from)
+        try:
+            clip.load_state_dict(sd)
+        except RuntimeError as e:
+            raise NadaError(f"--init-from {cfg.init_from} does not fit the {cfg.vision!r} image tower (give --vision to match it): {e}") from None
+    if cfg.text_from:
+        text = {k: v for k, v in _read_weights(cfg.text_from).items() if is_text_key(k)}
+        own = {k: v for k, v in clip.state_dict().items() if is_text_key(k)}
+        if text.keys() != own.keys() or any(text[k].shape != own[k].shape for k in own):
+            raise NadaError(f"--text-from {cfg.text_from} has no text tower of this config (keys or shapes differ)")
+        clip.load_state_dict(text, strict=False)
+        for name, p in clip.named_parameters():
+            p.requires_grad_(not is_text_key(name))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         return Trainee(clip, CLIP_CONFIG["embed_dim"])
+
+
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    """An exported clip.pt as an fp32 state dict (tensors only: nothing in the file is executed)."""
+    if not Path(path).is_file():
+        raise NadaError(f"no CLIP weights at {path}: give the clip.pt written by a clip_train run")
+    return {k: v.float() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
 
 
 def tokenizer(config: dict[str, Any] = CLIP_CONFIG):
@@ -431,6 +473,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     """AdamW; no weight decay on gains, biases, embeddings and the temperature."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (decay if p.ndim >= 2 and "embedding" not in name and "token" not in name else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
@@ -443,8 +487,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def export(model: torch.nn.Module, out_dir: Path, share_tokens_with: str | Path | None = None) -> tuple[Path, Path]:
-    """Write clip.pt (fp16 state dict) and clip_config.json into out_dir, atomically.
+def export(model: torch.nn.Module, out_dir: Path, share_tokens_with: str | Path | None = None,
+           config: dict[str, Any] = CLIP_CONFIG) -> tuple[Path, Path]:
+    """Write clip.pt (fp16 state dict) and clip_config.json (``config``, the model's architecture) into out_dir, atomically.
 
     With ``share_tokens_with`` (another exported clip.pt) the token table is stored as the rows that
     differ from that file's (``nada.clip.pack_token_table``), as the packaged ``toy-robust`` is.
@@ -456,7 +501,7 @@ def export(model: torch.nn.Module, out_dir: Path, share_tokens_with: str | Path 
     if share_tokens_with:
         half = pack_token_table(half, torch.load(share_tokens_with, map_location="cpu", weights_only=True))
     weights = atomic_torch_save(half, out_dir / WEIGHTS_FILE)
-    config = atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(CLIP_CONFIG, indent=2) + "\n", encoding="utf-8"))
+    config = atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
     return weights, config
 
 
@@ -511,7 +556,8 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_wit
         log.info("resuming at step %d (%.0f s trained so far)", start, elapsed)
     else:
         n_params = sum(p.numel() for p in model.parameters())  # the probes are not counted: they are not shipped
-        log.info("new run: %s, %d parameters", json.dumps(asdict(cfg)), n_params)
+        n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("new run: %s, %d parameters (%d trained)", json.dumps(asdict(cfg)), n_params, n_trained)
     trainee.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="toy CLIP", dynamic_ncols=True)
     t0 = time.time()
@@ -541,7 +587,7 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_wit
     model.eval()
     acc = zero_shot_accuracy(model, tok, n=cfg.eval_faces)
     dirs = direction_check(model, tok, n=cfg.direction_faces)
-    weights, config = export(model, out)
+    weights, config = export(model, out, config=model_config(cfg.vision))
     log.info("training time %.0f s (%.1f min) for %d steps", total_s, total_s / 60, cfg.steps)
     log.info("zero-shot accuracy on %d fresh renders: %s", cfg.eval_faces, format_accuracy(acc))
     for s, a in acc["per_style"].items():
@@ -551,7 +597,7 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_wit
     if export_to is not None:
         export_to.mkdir(parents=True, exist_ok=True)
         if share_tokens_with:
-            export(model, export_to, share_tokens_with)
+            export(model, export_to, share_tokens_with, config=model_config(cfg.vision))
             log.info("exported them to %s, the token table as the rows that differ from %s", export_to, share_tokens_with)
         else:
             for f in (weights, config):
@@ -579,6 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--adv-steps", type=int, default=d.adv_steps, help="gradient-ascent steps of that attack (default: %(default)s)")
     ap.add_argument("--adv-weight", type=float, default=d.adv_weight, help="weight of the embedding move under attack (default: %(default)s)")
     ap.add_argument("--init-from", default="", help="start from the weights of this clip.pt instead of a random init")
+    ap.add_argument("--vision", choices=tuple(VISION_TOWERS), default=d.vision, help="image tower (default: %(default)s)")
+    ap.add_argument("--text-from", default="", help="load the text tower of this clip.pt and keep it frozen (locked-text training)")
     ap.add_argument("--export", type=Path, default=None, help="also copy clip.pt and clip_config.json here, e.g. src/nada/assets/toy")
     ap.add_argument("--share-tokens-with", type=Path, default=None,
                     help="with --export: store the token table as the rows that differ from this clip.pt's (how toy-robust ships)")
@@ -586,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(
         steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, warmup=args.warmup, appearance_aug=args.appearance_aug, appearance_max=args.appearance_max,
         ckpt_every=args.ckpt_every, eval_every=args.eval_every, threads=args.threads, init_from=args.init_from,
-        adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_weight=args.adv_weight,
+        adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_weight=args.adv_weight, vision=args.vision, text_from=args.text_from,
     )
     try:
         if args.share_tokens_with is not None and args.export is None:
