@@ -65,7 +65,7 @@ def test_config_defaults_and_auto_choices() -> None:
     assert (ffhq.resolved_clip(), ffhq.resolved_templates()) == ("ViT-B/32", "imagenet")
     assert d.replace(clip="ViT-B/16").resolved_templates() == "imagenet"
     # The toy prompt templates go with every packaged toy CLIP, alone or together; a mix with another CLIP uses ImageNet's.
-    assert d.replace(clip="toy,toy-robust:2").resolved_templates() == "toy"
+    assert d.replace(clip="toy,toy-robust:2,toy-rn").resolved_templates() == "toy"
     assert d.replace(clip="toy,ViT-B/32").resolved_templates() == "imagenet"
     assert AdaptConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d
     with pytest.raises(NadaError, match="unknown adaptation settings"):

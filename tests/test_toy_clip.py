@@ -204,11 +204,16 @@ def test_sketch_minus_photo_follows_the_text_direction(toy_clip):
 ROBUST = ASSETS / "clip_robust"
 
 
+def packaged_copy(folder, name: str):
+    """A packaged toy CLIP that shares the shipped one's token table, with the tokenizer (skips when absent)."""
+    if not (folder / T.WEIGHTS_FILE).is_file():
+        pytest.skip(f"{name} CLIP weights not found in {folder}")
+    return T.load_exported(folder, tokens_from=ASSETS), T.tokenizer()
+
+
 @pytest.fixture(scope="module")
 def robust_clip():
-    if not (ROBUST / T.WEIGHTS_FILE).is_file():
-        pytest.skip(f"toy-robust CLIP weights not found in {ROBUST}")
-    return T.load_exported(ROBUST, tokens_from=ASSETS), T.tokenizer()
+    return packaged_copy(ROBUST, "toy-robust")
 
 
 def test_robust_copy_keeps_zero_shot_accuracy(robust_clip):
@@ -236,6 +241,34 @@ def test_robust_copy_moves_far_less_under_attack_and_loads_by_name(toy_clip, rob
     wrapped = clip.load_clip("toy-robust")
     assert wrapped.name == "toy-robust"
     assert torch.allclose(T.encode_images(robust_clip[0], img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
+
+
+# ---------------------------------------------------------------- the convolutional guide ("toy-rn")
+
+RESNET = ASSETS / "clip_rn"
+
+
+@pytest.fixture(scope="module")
+def resnet_clip():
+    return packaged_copy(RESNET, "toy-rn")
+
+
+def test_resnet_guide_shares_the_text_tower_and_reads_every_attribute(toy_clip, resnet_clip):
+    model, tok = resnet_clip
+    assert json.loads((RESNET / T.CONFIG_FILE).read_text()) == T.model_config("resnet")
+    assert (RESNET / T.WEIGHTS_FILE).stat().st_size < 4e6
+    texts = ["a sketch of a smiling face", "a photo of a face with glasses"]
+    assert torch.equal(T.encode_texts(model, tok, texts), T.encode_texts(toy_clip[0], tok, texts))  # locked text tower
+    acc = T.zero_shot_accuracy(model, tok, n=300, seed=2024)
+    assert acc["style"] >= 0.95, T.format_accuracy(acc)
+    for key in R.ATTRIBUTES:
+        assert acc[key] >= 0.95, T.format_accuracy(acc)
+    cos = T.direction_check(model, tok, source="photo", n=48, seed=77)
+    assert cos["sketch"] > 0.5 and min(cos.values()) > 0.3, cos
+    clip = pytest.importorskip("nada.clip")
+    wrapped = clip.load_clip("toy-rn")
+    img = R.render_tensor(R.sample_params(4, seed=9), "sketch", seed=9)
+    assert torch.allclose(T.encode_images(model, img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
 
 
 def test_token_table_sharing_round_trips_and_refuses_a_foreign_base():

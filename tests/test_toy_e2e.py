@@ -2,10 +2,11 @@
 toy CLIPs and the toy presets' recipe, through the public API, judged by the independent evaluator
 (a CNN the adaptation never sees).
 
-What it reaches is measured in docs/toy_quality.md. The run follows the text for the CLIPs, 40-70 %
-of its images become sketches for the evaluator, and the faces keep most attributes and their
-variety; but the goal of the toy-world issue (sketch rate above 60 %, content kept above 70 %) is
-not reached, and the last test says so until it is.
+What it reaches is measured in docs/toy_quality.md. The run follows the text for the CLIPs, 76-93 %
+of its images become sketches for the evaluator (seeds 0-3), and the faces keep most attributes and
+their variety; the sketch half of the toy-world issue's goal (above 60 %) is asserted, the content
+half (all six attributes kept for above 70 % of the faces; measured 51-56 %) is not reached, and the
+last test says so until it is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ N_JUDGED = 128
 def missing_toy_assets() -> list[str]:
     """Toy-world files the run needs that the package does not hold."""
     folder = Path(__file__).resolve().parents[1] / "src" / "nada" / "assets" / "toy"
-    needed = ["generator.pt", "clip.pt", "clip_config.json", "clip_robust/clip.pt", "clip_robust/clip_config.json", "evaluator.pt"]
+    needed = ["generator.pt", "clip.pt", "clip_config.json", "evaluator.pt"]
+    needed += [f"{guide}/{name}" for guide in ("clip_robust", "clip_rn") for name in ("clip.pt", "clip_config.json")]
     return [str(folder / name) for name in needed if not (folder / name).is_file()]
 
 
@@ -56,16 +58,16 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     from nada.presets import TOY_RECIPE
 
     # The CLIP side: the directional loss (summed over the guides with their weights) starts at 1 per unit of
-    # weight (equal images) and falls (measured: 0.23 per unit over the last 20 iterations).
+    # weight (equal images) and falls (measured: 0.26 per unit over the last 20 iterations).
     weight = sum(w for _, w in parse_clip_spec(dict(TOY_RECIPE)["clip"]))
     assert log[0]["direction"] / weight == pytest.approx(1.0, abs=1e-4)
     assert sum(r["direction"] for r in log[-20:]) / 20 / weight < 0.6, [r["direction"] for r in log[-20:]]
-    # The evaluator's side: no image was a sketch before, after the run many are (measured: 43 %; 41-67 % for
-    # seeds 0-3), the faces keep their attributes (measured: 0.87 per attribute on average, all six for 44 %;
-    # 38-44 % for seeds 0-3) and their variety (measured: 0.88); no collapse onto one image.
+    # The evaluator's side: no image was a sketch before, after the run most are (measured: 76 %; 76-93 % for
+    # seeds 0-3), the faces keep their attributes (measured: 0.91 per attribute on average, all six for 52 %;
+    # 51-56 % for seeds 0-3) and their variety (measured: 0.91); no collapse onto one image.
     assert report.frozen_target_rate < 0.10, summary
-    assert report.target_rate > 0.30, summary
-    assert report.content_kept_mean > 0.80 and report.content_kept > 0.30, summary
+    assert report.target_rate > 0.60, summary
+    assert report.content_kept_mean > 0.85 and report.content_kept > 0.40, summary
     assert report.diversity_ratio > 0.8, summary
     # The run wrote what a user loads afterwards, and loading it gives the same generator.
     from nada.checkpoints import load_generator
@@ -77,7 +79,7 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="toy-world goal not reached yet: measured sketch rate 41-43 %, content kept 42-44 % (docs/toy_quality.md)")
+@pytest.mark.xfail(strict=True, reason="toy-world goal not reached yet: content kept measured 51-56 % for seeds 0-3 (docs/toy_quality.md)")
 def test_toy_run_makes_sketches_the_evaluator_recognises(sketch_run):
     report, _, _, _ = sketch_run
     assert report.target_rate > 0.60 and report.content_kept > 0.70, f"{report.to_dict()}"

@@ -230,6 +230,10 @@ def test_init_from_starts_a_stage_from_a_generator_and_refuses_another_architect
     assert all(torch.allclose(g_b[k], g_a[k], atol=1e-5) for k in g_b)
     meta = read_metadata(gt.export_generator(stage, tmp_path / "b.pt"))
     assert "fine-tuned from" in meta["method"] and meta["init_train_time_s"] == read_metadata(base)["train_time_s"]
+    # A third stage counts the time of both stages before it.
+    third = gt.train(tiny_config(steps=1, seed=4, init_from=str(tmp_path / "b.pt")), tmp_path / "c", progress=False)
+    meta_c = read_metadata(gt.export_generator(third, tmp_path / "c.pt"))
+    assert meta_c["init_train_time_s"] == pytest.approx(meta["train_time_s"] + meta["init_train_time_s"], abs=0.11)
 
 
 def test_teacher_loss_prefers_the_true_attributes_and_joins_training(tmp_path: Path):
@@ -318,8 +322,10 @@ def test_shipped_metadata_describes_the_training():
     assert meta["seed"] == meta["train_config"]["seed"] and meta["steps"] == meta["train_config"]["steps"] > 0
     assert meta["latent_dim"] == LATENT_DIM and meta["train_time_s"] > 0
     assert "regression" in meta["method"] and meta["generator_config"]["size"] == 64
-    # Two stages: the regression from scratch, then the CLIP-teacher stage that was exported.
-    assert meta["train_config"]["teacher"] == "toy-robust" and meta["train_config"]["init_from"] and meta["init_train_time_s"] > 0
+    # Three stages: the regression from scratch, a stage taught by toy-robust, then the exported stage taught by
+    # the stability-trained ResNet CLIP; the time of the stages before it is recorded too.
+    assert meta["train_config"]["teacher"] == "runs/toy_clip_rn_robust" and meta["train_config"]["init_from"]
+    assert meta["init_train_time_s"] > meta["train_time_s"] > 0
     assert "face_shape runs oval, square, round" in meta["face_latent"]
 
 

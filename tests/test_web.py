@@ -160,7 +160,7 @@ def test_adapt_job_becomes_a_style(backend, world):
     keys = ("lr", "clip_views", "clip_noise", "lambda_structure")
     assert tuple(getattr(job.config, k) for k in keys) == tuple(recipe[k] for k in keys)
     if backend.base == "toy":
-        assert job.config.clip == recipe["clip"] == "toy,toy-robust:2"
+        assert job.config.clip == recipe["clip"] == "toy,toy-robust:2,toy-rn"
     _wait(job)
     assert job.state == "done", job.message
     assert job.step == 2 and job.latest_sample() is not None

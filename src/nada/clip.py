@@ -7,7 +7,9 @@
   with, so the features equal those of OpenAI's own code.
 - ``"open_clip:MODEL/TAG"``, any pair listed by ``open_clip.list_pretrained()``.
 - ``"toy"``, the project's tiny CLIP shipped inside the package (``nada/assets/toy``), and
-  ``"toy-robust"``, the same model after embedding-stability training (``nada/assets/toy/clip_robust``).
+  ``"toy-robust"``, the same model after embedding-stability training (``nada/assets/toy/clip_robust``),
+  and ``"toy-rn"``, a convolutional image tower (open_clip's ModifiedResNet) trained into the toy
+  CLIP's frozen text space (``nada/assets/toy/clip_rn``).
 - a path to a weights file in OpenAI's state-dict layout (``.pt``, ``.pth``, ``.bin``, ``.safetensors``);
   the architecture is read from the tensor shapes.
 - a path to a folder holding an open_clip config JSON and a weights file (see ``load_clip_from_config``).
@@ -65,7 +67,11 @@ TOY_NAME = "toy"
 # The project's packaged tiny CLIPs: name -> (folder under nada/assets with clip_config.json + clip.pt,
 # the packaged CLIP whose token table it shares, or None). Fine-tuning leaves almost every row of the
 # 49408 x 64 token table untouched, so a copy stores only the rows that differ (see pack_token_table).
-TOY_CLIPS: dict[str, tuple[str, str | None]] = {TOY_NAME: ("toy", None), "toy-robust": ("toy/clip_robust", TOY_NAME)}
+TOY_CLIPS: dict[str, tuple[str, str | None]] = {
+    TOY_NAME: ("toy", None),
+    "toy-robust": ("toy/clip_robust", TOY_NAME),
+    "toy-rn": ("toy/clip_rn", TOY_NAME),
+}
 TOKEN_TABLE = "token_embedding.weight"
 TABLE_ROWS, TABLE_VALUES = "token_embedding.changed_rows", "token_embedding.changed_values"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -67,11 +67,12 @@ OFFICIAL_RECIPE: tuple[tuple[str, Any], ...] = (
     ("lr", 0.002),
     ("mixing_prob", 0.0),
 )
-# A tiny CLIP is easy to satisfy with colour changes that are no style: the guide is the packaged toy
-# CLIP plus its stability-trained copy (weighted 2), smoothed by noise; views and the structure term
+# A tiny CLIP is easy to satisfy with colour changes that are no style, and each architecture has its
+# own such changes: the guide is the packaged toy CLIP, its stability-trained copy (weighted 2) and the
+# convolutional toy-rn, which share one text space, smoothed by noise; views and the structure term
 # keep the faces (docs/toy_quality.md measures each part and what the recipe reaches).
 TOY_RECIPE: tuple[tuple[str, Any], ...] = (
-    ("clip", "toy,toy-robust:2"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 4),
+    ("clip", "toy,toy-robust:2,toy-rn"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 4),
     ("clip_noise", 0.4), ("lambda_structure", 1.0), ("seed", 0),
 )
 

@@ -494,14 +494,17 @@ def is_finished(state_path: Path) -> bool:
 
 
 def _train_time_of(source: str) -> float | None:
-    """The recorded training time of the generator a fine-tuning stage started from (None when it has none)."""
+    """The recorded training time of the generator a fine-tuning stage started from, its own earlier
+    stages included (None when it records none)."""
     from nada.checkpoints import read_metadata
 
     try:
         meta = read_metadata(source)
     except NadaError:
         return None
-    return meta.get("train_time_s") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("train_time_s") is None:
+        return None
+    return round(float(meta["train_time_s"]) + float(meta.get("init_train_time_s") or 0.0), 1)
 
 
 def export_generator(state_path: Path, export_path: str | Path, overwrite: bool = False) -> Path:
