@@ -351,3 +351,12 @@ def test_evaluator_sees_photo_faces_with_the_right_attributes(toy_samples):
     print(f"photo {photo_rate:.3f}, attributes {rates}")
     assert photo_rate >= 0.9
     assert all(rates[k] >= bound for k, bound in MIN_RATES.items()), rates
+
+
+def test_a_run_folder_linked_to_nowhere_is_a_clear_error(tmp_path: Path):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "missing")
+    with pytest.raises(NadaError, match="does not exist: create that folder"):
+        gt.train(tiny_config(steps=1), link, progress=False)
+    (tmp_path / "missing").mkdir()
+    assert gt.train(tiny_config(steps=1), link, progress=False).is_file()

@@ -537,7 +537,7 @@ def train(cfg: TrainConfig, out: Path, export_to: Path | None = None, share_toke
 def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_with: str | Path | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
+    runs.make_run_dir(out)
     runs.setup_logging(log, out / "train.log")
     state_path = out / STATE_FILE
     trainee = build_trainee(cfg)

@@ -127,7 +127,7 @@ def train(cfg: TrainConfig, out: Path, export_to: Path | None = None) -> dict[st
 def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any]:
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
+    runs.make_run_dir(out)
     runs.setup_logging(log, out / "train.log")
     state_path = out / STATE_FILE
     model = build(cfg.seed)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from nada.errors import NadaError
+from nada.toy import runs
 
 STYLE = "photo"  # the only style the toy generator ever sees
 MEAN_LATENT_SAMPLES, MEAN_LATENT_SEED = 4096, 0
@@ -415,7 +416,7 @@ def train(
 
     device = torch.device(device)
     out_dir = Path(out_dir)
-    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (runs.make_run_dir(out_dir) / "samples").mkdir(exist_ok=True)
     log = make_logger(out_dir / "train.log")
     state_path = out_dir / STATE_FILE
 

@@ -61,6 +61,15 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def make_run_dir(path: Path) -> Path:
+    """Create a run folder (and its parents); a link to a folder that does not exist is a clear error."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise NadaError(f"the run folder {path} is a link to {path.readlink()}, which does not exist: create that folder or choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def setup_logging(log: logging.Logger, path: Path) -> None:
     """Log INFO lines to ``path`` (appending, so a resumed run keeps one log) and to stdout, once each;
     a file handler of an earlier run in the same process is closed."""
