@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -254,6 +255,35 @@ def test_teacher_loss_prefers_the_true_attributes_and_joins_training(tmp_path: P
     assert img.grad.abs().sum() > 0
     gt.train(tiny_config(steps=2, teacher="toy", teacher_weight=0.5), tmp_path, progress=False)
     assert "teacher_acc" in (tmp_path / "train.log").read_text()
+
+
+def test_border_latents_sit_next_to_a_border_and_leave_other_runs_unchanged(capsys):
+    from scipy.stats import norm
+
+    from nada.toy import render as R
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(400, 64, generator=gen)
+    moved_z = gt.near_borders(z, share=0.5, width=0.04, gen=gen)
+    changed = moved_z != z
+    moved = changed.any(1)
+    assert 0.4 < moved.float().mean() < 0.6 and changed[moved].sum(1).eq(1).all()  # one coordinate each
+    assert changed[:, len(R.ATTRIBUTES):].sum() == 0  # only the discrete attributes' coordinates move
+    zn = moved_z.double() * torch.rsqrt(moved_z.double().pow(2).mean(1, keepdim=True))
+    values = list(R.ATTRIBUTES.values())
+    for i in torch.nonzero(moved).flatten().tolist():
+        k = int(torch.nonzero(changed[i])[0])
+        q = norm.cdf(float(zn[i, k])) * len(values[k])
+        border = min(max(round(q), 1), len(values[k]) - 1)
+        assert abs(q - border) / len(values[k]) <= 0.04 + 1e-9
+    # Off by default, and then the batches are the ones drawn before the option existed.
+    z_plain, _, _ = gt.batch_for_step(tiny_config(), 3)
+    seed = int(np.random.SeedSequence([0, 3]).generate_state(1)[0])
+    assert torch.equal(z_plain, torch.randn(2, 32, generator=torch.Generator().manual_seed(seed)))
+    z_border, _, _ = gt.batch_for_step(tiny_config(border_share=1.0, batch_size=8), 3)
+    assert (z_border != gt.batch_for_step(tiny_config(batch_size=8), 3)[0]).any(1).all()
+    assert gt.main(["--out", "x", "--border-share", "1.5"]) == 2
+    assert "--border-share" in capsys.readouterr().err
 
 
 def test_cli_refuses_to_overwrite_an_export_before_training(tmp_path: Path, capsys):
