@@ -3,7 +3,8 @@
 Each row adapts the toy generator (photo style only) with `nada.adapt.adapt` and measures the result
 with `nada.toy.quality` on the same seeded latents for the frozen and the adapted generator. Rows:
 
-- styles: photo -> sketch, watercolor, pixel art (directional loss, AdaptConfig defaults);
+- styles: photo -> sketch, watercolor, pixel art (directional loss; the toy presets' recipe
+  ``nada.presets.TOY_RECIPE`` unless ``--recipe defaults`` asks for the plain AdaptConfig defaults);
 - a content edit: "face" -> "smiling face", judged as mouth=smiling;
 - the loss: sketch with the global CLIP loss alone (lambda_direction 0, lambda_global 1);
 - the layer-freezing strategies on sketch: auto:K, grad:K, last:K, all.
@@ -12,10 +13,11 @@ Goals (directional loss): target rate >= 0.9, content kept >= 0.9, diversity rat
 global-only baseline should collapse (low diversity). Prints a table, writes ``results.json`` and
 ``quality.png`` (per row: frozen images above adapted ones, then a bar chart of the three numbers).
 
-    python benchmarks/bench_toy_quality.py                                  # every row, defaults
+    python benchmarks/bench_toy_quality.py                                  # every row, the toy recipe
+    python benchmarks/bench_toy_quality.py --recipe defaults --rows sketch  # AdaptConfig's defaults, toy CLIP
     python benchmarks/bench_toy_quality.py --rows sketch,global-only --iterations 150
     python benchmarks/bench_toy_quality.py --set lr=0.01 --set layers=last:2 --rows sketch
-    python benchmarks/bench_toy_quality.py --generator /tmp/gen.pt --clip /tmp/clip_folder   # other assets
+    python benchmarks/bench_toy_quality.py --generator /tmp/gen.pt --clip toy,/tmp/clip_folder:2   # other assets
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=None, help="adaptation iterations (default: AdaptConfig's)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="change an AdaptConfig field for every row (a row's own setting wins), e.g. lr=0.01")
+    p.add_argument("--recipe", choices=("toy", "defaults"), default="toy",
+                   help="base settings of every row: the toy presets' recipe, or AdaptConfig's defaults (default: %(default)s)")
     p.add_argument("--generator", default="toy", help="base generator: 'toy' or a checkpoint path")
-    p.add_argument("--clip", default="toy", help="CLIP: 'toy' or a model folder")
+    p.add_argument("--clip", default=None, help="CLIP guides, 'NAME[:WEIGHT],...' (default: the recipe's; 'toy' for --recipe defaults)")
     p.add_argument("--n", type=int, default=256, help="latents judged per row")
     p.add_argument("--seed", type=int, default=0, help="adaptation seed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
@@ -76,6 +80,13 @@ def parse_changes(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def base_settings(recipe: str) -> dict[str, Any]:
+    """AdaptConfig changes every row starts from: the toy presets' recipe, or none (AdaptConfig's defaults, toy CLIP)."""
+    from nada.presets import TOY_RECIPE
+
+    return dict(TOY_RECIPE) if recipe == "toy" else {"clip": "toy"}
+
+
 def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, clip, evaluator) -> tuple[dict[str, Any], Any, Any]:
     """Adapt for one row, judge it; returns the record and the (frozen, adapted) sample images."""
     from nada.adapt import adapt
@@ -83,16 +94,18 @@ def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, cli
     from nada.toy.quality import measure_quality, render_pairs
 
     source, target, judged, own = ROWS[name]
-    settings = {**changes, **own}
+    settings = {**base_settings(args.recipe), "seed": args.seed, **changes, **own}
+    if args.clip is not None:
+        settings["clip"] = args.clip
     if args.iterations is not None:
         settings["iterations"] = args.iterations
-    cfg = AdaptConfig(source=source, target=target, generator="toy", clip="toy", seed=args.seed, device=args.device,
+    cfg = AdaptConfig(source=source, target=target, generator="toy", device=args.device,
                       out_dir=str(Path(args.out) / "runs" / name.replace(":", "-")), sample_every=0, save_every=0, **settings)
     t0 = time.perf_counter()
     G_train = adapt(cfg, progress=False, G_base=G, clip=clip, force=True)
     seconds = time.perf_counter() - t0
     report = measure_quality(G, G_train, evaluator, judged, n=args.n)
-    record = {"row": name, "source": source, "target": target, "judged": judged, "layers": cfg.layers, "lr": cfg.lr,
+    record = {"row": name, "source": source, "target": target, "judged": judged, "clip": cfg.clip, "layers": cfg.layers, "lr": cfg.lr,
               "iterations": cfg.iterations, "lambda_direction": cfg.lambda_direction, "lambda_global": cfg.lambda_global,
               "seconds": round(seconds, 1), **report.to_dict()}
     return record, *render_pairs(G, G_train, 8, seed=1_000)
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from nada.checkpoints import load_generator
-    from nada.clip import load_clip
+    from nada.clip import load_clip_ensemble
     from nada.io import atomic_save_image, atomic_write
     from nada.toy.evaluator import load_evaluator
 
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown rows {unknown}: known are {', '.join(ROWS)}")
     changes = parse_changes(args.set)
     G = load_generator(args.generator, device=args.device)
-    clip = load_clip(args.clip, device=args.device)
+    clip = load_clip_ensemble(args.clip or base_settings(args.recipe)["clip"], device=args.device)
     evaluator = load_evaluator(device=args.device)
     out = Path(args.out)
     records, pairs = [], []

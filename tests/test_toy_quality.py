@@ -113,3 +113,30 @@ def test_ground_truth_edit_and_collapse(evaluator):
     collapsed = R.render_tensor(params.subset([0] * 48), "sketch", seed=1)
     bad = Q.quality_from_images(evaluator, photo, collapsed, "sketch")
     assert bad.target_rate > 0.9 and bad.diversity_ratio < 0.3 and bad.content_kept < 0.3
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_toy_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_toy_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_benchmark_runs_the_toy_recipe_and_writes_its_table_and_figure(tmp_path, capsys):
+    import json
+
+    from nada.presets import TOY_RECIPE
+
+    bench = _bench_module()
+    assert bench.main(["--rows", "sketch,last:2", "--iterations", "1", "--n", "8", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["sketch", "last:2"]
+    assert rows[0]["clip"] == dict(TOY_RECIPE)["clip"] and rows[0]["layers"] == "all" and rows[1]["layers"] == "last:2"
+    assert rows[0]["lr"] == dict(TOY_RECIPE)["lr"] and all(0 <= r["target_rate"] <= 1 for r in rows)
+    assert (tmp_path / "quality.png").stat().st_size > 1000 and "goal met" in capsys.readouterr().out
+    assert bench.base_settings("defaults") == {"clip": "toy"}
+
