@@ -18,6 +18,9 @@ negatives: "a sketch" is true of every sketch in the batch). Two terms are added
   property StyleGAN-NADA's directional loss relies on.
 Images are lightly augmented (blur, noise, brightness) so that generator outputs stay in distribution;
 ``--appearance-aug`` also washes out, desaturates or blurs a share of them, keeping their style label.
+``--vision resnet`` builds open_clip's ModifiedResNet image tower instead of the ViT, and
+``--text-from CLIP.pt`` loads another run's text tower and keeps it frozen (locked-text training):
+the packaged ``toy-rn`` is such an image tower in the shipped toy CLIP's text space.
 
 Run ``python -m nada.toy.clip_train --out DIR --steps N --seed S [--export src/nada/assets/toy]``.
 The run is resumable: DIR/state.pt (atomic, every --ckpt-every steps) holds the weights, the
