@@ -72,7 +72,7 @@ OFFICIAL_RECIPE: tuple[tuple[str, Any], ...] = (
 # convolutional toy-rn, which share one text space, smoothed by noise; views and the structure term
 # keep the faces (docs/toy_quality.md measures each part and what the recipe reaches).
 TOY_RECIPE: tuple[tuple[str, Any], ...] = (
-    ("clip", "toy,toy-robust:2,toy-rn"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 4),
+    ("clip", "toy,toy-robust:2,toy-rn"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 8),
     ("clip_noise", 0.4), ("lambda_structure", 1.0), ("seed", 0),
 )
 
