@@ -187,13 +187,15 @@ def near_borders(z: torch.Tensor, share: float, width: float, gen: torch.Generat
     from nada.toy import render as R
 
     b, dim = z.shape
+    n_values = [len(values) for values in R.ATTRIBUTES.values()]
     pick = torch.rand(b, generator=gen) < share
     key = torch.randint(len(R.ATTRIBUTES), (b,), generator=gen)
     where = torch.rand(b, generator=gen)
     offset = (torch.rand(b, generator=gen) * 2 - 1) * width
     out = z.clone().double()
     for i in torch.nonzero(pick).flatten().tolist():
-        k, n = int(key[i]), len(list(R.ATTRIBUTES.values())[int(key[i])])
+        k = int(key[i])
+        n = n_values[k]
         border = 1 + min(int(where[i] * (n - 1)), n - 2)  # interior borders lie at quantiles 1/n ... (n-1)/n
         t = torch.special.ndtri(torch.tensor(border / n + float(offset[i]), dtype=torch.float64))
         rest = out[i].pow(2).sum() - out[i, k].pow(2)
