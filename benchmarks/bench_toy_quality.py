@@ -5,7 +5,8 @@ with `nada.toy.quality` on the same seeded latents for the frozen and the adapte
 
 - styles: photo -> sketch, watercolor, pixel art (directional loss; the toy presets' recipe
   ``nada.presets.TOY_RECIPE`` unless ``--recipe defaults`` asks for the plain AdaptConfig defaults);
-- a content edit: "face" -> "smiling face", judged as mouth=smiling;
+- the keep term: sketch without it (``keep`` empty);
+- a content edit: "face" -> "smiling face", judged as mouth=smiling (keeping the other five attributes);
 - the loss: sketch with the global CLIP loss alone (lambda_direction 0, lambda_global 1);
 - the layer-freezing strategies on sketch: auto:K, grad:K, last:K, all.
 
@@ -36,7 +37,9 @@ ROWS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "sketch": ("photo", "sketch", "sketch", {}),
     "watercolor": ("photo", "watercolor", "watercolor", {}),
     "pixel-art": ("photo", "pixel art", "pixel art", {}),
-    "smiling": ("face", "smiling face", "mouth=smiling", {}),
+    "no-keep": ("photo", "sketch", "sketch", {"keep": ""}),
+    # An edit of one attribute keeps the other five, not the one it edits.
+    "smiling": ("face", "smiling face", "mouth=smiling", {"keep": "toy:face_shape,hair_color,hair_style,eyes,glasses"}),
     "global-only": ("photo", "sketch", "sketch", {"lambda_direction": 0.0, "lambda_global": 1.0}),
     "auto:3": ("photo", "sketch", "sketch", {"layers": "auto:3"}),
     "grad:3": ("photo", "sketch", "sketch", {"layers": "grad:3"}),
@@ -106,7 +109,7 @@ def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, cli
     seconds = time.perf_counter() - t0
     report = measure_quality(G, G_train, evaluator, judged, n=args.n)
     record = {"row": name, "source": source, "target": target, "judged": judged, "clip": cfg.clip, "layers": cfg.layers, "lr": cfg.lr,
-              "iterations": cfg.iterations, "lambda_direction": cfg.lambda_direction, "lambda_global": cfg.lambda_global,
+              "iterations": cfg.iterations, "lambda_direction": cfg.lambda_direction, "lambda_global": cfg.lambda_global, "keep": cfg.keep,
               "seconds": round(seconds, 1), **report.to_dict()}
     return record, *render_pairs(G, G_train, 8, seed=1_000)
 

@@ -340,10 +340,11 @@ def test_clip_noise_is_shared_by_a_pair_and_seeded(tmp_path: Path, clip) -> None
 
 def test_all_loss_terms_are_logged(tmp_path: Path, clip) -> None:
     cfg = config(tmp_path, iterations=1, lambda_global=0.5, lambda_manifold=0.5, lambda_texture=0.5, lambda_patch=0.5,
-                 lambda_structure=0.5, lambda_consistency=0.5, batch_size=3, layers="grad:3", sample_every=0, save_every=0)
+                 lambda_structure=0.5, lambda_consistency=0.5, keep="a smiling face|a frowning face", lambda_keep=0.5,
+                 batch_size=3, layers="grad:3", sample_every=0, save_every=0)
     adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
     (record,) = log_of(cfg)
-    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch", "structure", "consistency")}
+    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch", "structure", "consistency", "keep")}
     assert all(np.isfinite(v) for v in terms.values())
     expected = terms["direction"] + 0.5 * sum(v for k, v in terms.items() if k != "direction")
     assert record["loss"] == pytest.approx(expected, rel=1e-5)
@@ -420,3 +421,26 @@ def test_consistency_loss_needs_three_images_per_batch(tmp_path: Path, clip) -> 
     adapt(cfg.replace(clip_views=3), progress=False, G_base=make_generator(), clip=clip)
     (record,) = log_of(cfg)
     assert np.isfinite(record["consistency"]) and record["consistency"] >= 0
+
+
+def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path, clip) -> None:
+    from nada.adapt import build_guides, loss_terms
+
+    cfg = config(tmp_path, iterations=1, keep="a smiling face|a neutral face|a frowning face; glasses|no glasses", sample_every=0, save_every=0)
+    (guide,) = build_guides([(clip, 1.0)], cfg, make_generator(), None)
+    dim = clip.encode_text(["x"]).shape[1]
+    assert [tuple(t.shape) for t in guide.keep_text] == [(3, dim), (2, dim)]
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    rng = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert float(loss_terms([guide], img, img.clone(), cfg, rng())["keep"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss_terms([guide], img, img.flip(-2), cfg, rng())["keep"]) > 0
+    (plain,) = build_guides([(clip, 1.0)], cfg.replace(keep=""), make_generator(), None)
+    assert plain.keep_text == () and "keep" not in loss_terms([plain], img, img.flip(-2), cfg.replace(keep=""), rng())
+    assert cfg.replace(keep="toy").resolved_keep()[-1] == ["a face without glasses", "a face with glasses"]
+    assert len(cfg.replace(keep="toy").resolved_keep()) == 6 and cfg.replace(keep="toy:glasses").resolved_keep() == [["a face without glasses", "a face with glasses"]]
+    with pytest.raises(NadaError, match="unknown toy attributes \\['beard'\\]"):
+        cfg.replace(keep="toy:glasses,beard").validate()
+    with pytest.raises(NadaError, match="fewer than 2 values"):
+        cfg.replace(keep="a smiling face").validate()
+    with pytest.raises(NadaError, match="every loss weight is 0"):
+        cfg.replace(keep="", lambda_direction=0.0).validate()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import nada.losses as L
 from nada.errors import NadaError
@@ -215,3 +216,30 @@ def test_consistency_loss_keeps_who_resembles_whom_not_the_style():
     assert b.grad.abs().sum() > 0
     with pytest.raises(AssertionError, match="N>=3"):
         L.consistency_loss(f_src[:2], f_src[:2])
+
+
+def test_keep_loss_sees_only_the_named_attributes():
+    g = torch.Generator().manual_seed(5)
+    smile, glasses, style = F.normalize(torch.randn(3, 32, generator=g), dim=-1)
+    groups = [torch.stack([smile, -smile]), torch.stack([glasses, -glasses])]  # two attributes, two values each
+    # Image features that smile and wear glasses, then the same in another style (a move orthogonal to both).
+    f_src = (1.5 * smile + 1.5 * glasses + style).repeat(4, 1) + 0.05 * torch.randn(4, 32, generator=g)
+    styled = f_src + 2.0 * (style - (style @ smile) * smile - (style @ glasses) * glasses)
+    frowning = f_src - 3.0 * smile
+    same = L.keep_loss(f_src, f_src, groups, 20.0).item()
+    restyled = L.keep_loss(f_src, styled, groups, 20.0).item()
+    changed = L.keep_loss(f_src, frowning, groups, 20.0).item()
+    assert abs(same) < 1e-6 and changed > 1.0 and restyled < 0.05 * changed
+    # Only the adapted features get a gradient, and an attribute outside the groups costs nothing.
+    a, b = f_src.clone().requires_grad_(True), frowning.clone().requires_grad_(True)
+    L.keep_loss(a, b, groups, 20.0).backward()
+    assert a.grad is None and b.grad.abs().sum() > 0
+    assert L.keep_loss(f_src, frowning, groups[1:], 20.0).item() < 0.05 * changed
+    with pytest.raises(AssertionError, match="K>=2"):
+        L.keep_loss(f_src, f_src, [smile[None]], 20.0)
+
+
+def test_keep_groups_parse_and_name_what_is_missing():
+    assert L.keep_groups(" a smiling face | a frowning face ; glasses|no glasses;") == [["a smiling face", "a frowning face"], ["glasses", "no glasses"]]
+    with pytest.raises(NadaError, match="fewer than 2 values"):
+        L.keep_groups("a smiling face; glasses|no glasses")

@@ -2,11 +2,9 @@
 toy CLIPs and the toy presets' recipe, through the public API, judged by the independent evaluator
 (a CNN the adaptation never sees).
 
-What it reaches is measured in docs/toy_quality.md. The run follows the text for the CLIPs, 78-98 %
-of its images become sketches for the evaluator (seeds 0-3), and the faces keep most attributes and
-their variety; the sketch half of the toy-world issue's goal (above 60 %) is asserted, the content
-half (all six attributes kept for above 70 % of the faces; measured 50-61 %) is not reached, and the
-last test says so until it is.
+What it reaches is measured in docs/toy_quality.md: for seeds 0-3, 70-93 % of its images become
+sketches for the evaluator, and 75-84 % of the faces keep all six attributes (the toy-world issue's
+goal for this test: above 60 % and above 70 %).
 """
 
 from __future__ import annotations
@@ -58,16 +56,16 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     from nada.presets import TOY_RECIPE
 
     # The CLIP side: the directional loss (summed over the guides with their weights) starts at 1 per unit of
-    # weight (equal images) and falls (measured: 0.26 per unit over the last 20 iterations).
+    # weight (equal images) and falls (measured: 0.27 per unit over the last 20 iterations).
     weight = sum(w for _, w in parse_clip_spec(dict(TOY_RECIPE)["clip"]))
     assert log[0]["direction"] / weight == pytest.approx(1.0, abs=1e-4)
     assert sum(r["direction"] for r in log[-20:]) / 20 / weight < 0.6, [r["direction"] for r in log[-20:]]
-    # The evaluator's side: no image was a sketch before, after the run most are (measured: 95 %; 78-98 % for
-    # seeds 0-3), the faces keep their attributes (measured: 0.90 per attribute on average, all six for 52 %;
-    # 50-61 % for seeds 0-3) and their variety (measured: 0.91); no collapse onto one image.
+    # The evaluator's side: no image was a sketch before, after the run most are (measured: 90 %; 70-93 % for
+    # seeds 0-3), the faces keep their attributes (measured: all six for 78 %, 75-84 % for seeds 0-3; 0.96 per
+    # attribute on average) and their variety (measured: 0.94); no collapse onto one image.
     assert report.frozen_target_rate < 0.10, summary
     assert report.target_rate > 0.60, summary
-    assert report.content_kept_mean > 0.85 and report.content_kept > 0.40, summary
+    assert report.content_kept > 0.70 and report.content_kept_mean > 0.9, summary
     assert report.diversity_ratio > 0.8, summary
     # The run wrote what a user loads afterwards, and loading it gives the same generator.
     from nada.checkpoints import load_generator
@@ -76,13 +74,6 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     z = torch.randn(2, adapted.style_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(z), adapted(z))
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="toy-world goal not reached yet: content kept measured 50-61 % for seeds 0-3 (docs/toy_quality.md)")
-def test_toy_run_makes_sketches_the_evaluator_recognises(sketch_run):
-    report, _, _, _ = sketch_run
-    assert report.target_rate > 0.60 and report.content_kept > 0.70, f"{report.to_dict()}"
 
 
 def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):

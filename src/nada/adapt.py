@@ -169,6 +169,7 @@ class Guide:
     source_anchor: torch.Tensor  # template-mean source text feature (manifold loss)
     target_anchor: torch.Tensor  # template-mean target text feature (manifold loss)
     part_directions: torch.Tensor | None  # per-part directions (patch loss), None when unused
+    keep_text: tuple[torch.Tensor, ...] = ()  # unit text features [K,D] of each attribute to keep (keep loss)
 
 
 def _templates(choice: str) -> Sequence[str] | None:
@@ -238,7 +239,8 @@ def build_guides(
         source_anchor = losses.mean_text_feature(clip, config.source, templates)
         target_anchor = losses.mean_text_feature(clip, config.target, templates) if has_text else image_mean
         parts = losses.part_text_directions(clip, config.source, config.target, templates=templates) if config.lambda_patch > 0 else None
-        guides.append(Guide(clip, float(weight), direction, select_target, global_target, source_anchor, target_anchor, parts))
+        keep = tuple(unit(clip.encode_text(group)) for group in config.resolved_keep()) if config.lambda_keep > 0 else ()
+        guides.append(Guide(clip, float(weight), direction, select_target, global_target, source_anchor, target_anchor, parts, keep))
     return guides
 
 
@@ -292,6 +294,8 @@ def loss_terms(
             add("manifold", g.weight * losses.manifold_angle_loss(f_src, f_tgt, g.source_anchor, g.target_anchor))
         if config.lambda_texture > 0:
             add("texture", g.weight * losses.texture_loss(f_src, f_tgt))
+        if g.keep_text:
+            add("keep", g.weight * losses.keep_loss(f_src, f_tgt, g.keep_text, g.clip.logit_scale))
         if config.lambda_consistency > 0:
             add("consistency", g.weight * losses.consistency_loss(f_src, f_tgt))
         if config.lambda_patch > 0:

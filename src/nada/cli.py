@@ -123,6 +123,8 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "lambda_patch": ("--lambda-patch", "weight of the patch directional loss"),
     "lambda_structure": ("--lambda-structure", "weight of the structure loss (edge maps kept from the frozen image)"),
     "lambda_consistency": ("--lambda-consistency", "weight of the cross-sample consistency loss (CLIP similarities between the batch's images kept)"),
+    "keep": ("--keep", "attributes the adapted images keep, read by CLIP: 'a smiling face|a neutral face; a face with glasses|a face without glasses', or toy"),
+    "lambda_keep": ("--lambda-keep", "weight of the keep loss (used only with --keep)"),
     "clip_views": ("--clip-views", "random crops per image pair for the CLIP terms (0: the plain images)"),
     "clip_noise": ("--clip-noise", "std of Gaussian noise added to the CLIP terms' images, the same for both images of a pair"),
     "out_dir": ("--out", "run folder for samples, log, checkpoints"),

@@ -49,6 +49,12 @@ class AdaptConfig:
     # Cross-sample consistency: each adapted image's CLIP similarities to the other images of the batch (all
     # views) keep the frozen images' distribution (Ojha et al.'s cross-domain correspondence; losses.consistency_loss).
     lambda_consistency: float = 0.0
+    # Attributes the adapted images must keep, read zero-shot by the CLIP: prompt groups split by ';', the
+    # values of one attribute by '|' ("a smiling face|a neutral face|a frowning face; a face with glasses|a
+    # face without glasses"), "toy" for the toy world's six face attributes, or "toy:mouth,glasses" for some of
+    # them (an edit of one attribute keeps the others). Empty: no such term.
+    keep: str = ""
+    lambda_keep: float = 1.0  # weight of the keep term (losses.keep_loss); used only when `keep` names attributes
     # Random views (zoomed, shifted, slightly rotated crops) per image pair for the CLIP terms; 0 uses
     # the plain images, as the official code. Views blunt pixel patterns that fool one exact input of
     # a weak CLIP: the toy CLIP needs them (see docs/toy_quality.md).
@@ -119,6 +125,21 @@ class AdaptConfig:
         names = [name for name, _ in parse_clip_spec(self.resolved_clip())]
         return TOY if all(name in TOY_CLIPS for name in names) else "imagenet"
 
+    def resolved_keep(self) -> list[list[str]]:
+        """The keep term's prompt groups (one list of value prompts per attribute); [] when `keep` is empty."""
+        spec = self.keep.strip()
+        if spec == TOY or spec.startswith(TOY + ":"):
+            from nada.toy.render import ATTRIBUTE_PROMPTS
+
+            names = [n.strip() for n in spec[len(TOY) + 1 :].split(",") if n.strip()] or list(ATTRIBUTE_PROMPTS)
+            unknown = [n for n in names if n not in ATTRIBUTE_PROMPTS]
+            if unknown:
+                raise NadaError(f"keep {spec!r} names unknown toy attributes {unknown}: choose from {', '.join(ATTRIBUTE_PROMPTS)}")
+            return [list(ATTRIBUTE_PROMPTS[n]) for n in names]
+        from nada.losses import keep_groups
+
+        return keep_groups(spec)
+
     def replace(self, **changes: Any) -> "AdaptConfig":
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -149,6 +170,8 @@ class AdaptConfig:
         lambdas = {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith("lambda_")}
         if any(v < 0 or not math.isfinite(v) for v in lambdas.values()):
             raise NadaError(f"loss weights must be finite and >= 0 (got {lambdas})")
+        if not self.keep.strip():
+            lambdas.pop("lambda_keep")  # without attributes to keep the term does not exist
         if not any(v > 0 for v in lambdas.values()):
             raise NadaError("every loss weight is 0, so nothing would train: set e.g. lambda_direction to 1")
         if self.lambda_consistency > 0 and self.batch_size * max(1, self.clip_views) < 3:
@@ -156,6 +179,8 @@ class AdaptConfig:
                 f"the consistency loss compares each image with the others of its batch: batch_size {self.batch_size} x clip_views "
                 f"{self.clip_views} gives fewer than 3 images; raise --batch-size or --clip-views, or set lambda_consistency to 0"
             )
+        if self.keep.strip():
+            self.resolved_keep()
         if self.templates not in TEMPLATE_CHOICES:
             raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join(TEMPLATE_CHOICES)}")
         if self.noise_mode not in NOISE_CHOICES:

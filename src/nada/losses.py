@@ -172,6 +172,36 @@ def consistency_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, temperature: floa
     return F.kl_div(F.log_softmax(rows(f_tgt), dim=1), p_src, reduction="batchmean")
 
 
+def keep_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, groups: Sequence[torch.Tensor], logit_scale: float | torch.Tensor = 100.0) -> torch.Tensor:
+    """Mean over prompt groups of KL(p_src || p_tgt), p an image's zero-shot softmax over one group's prompts.
+
+    Image features [N,D] (frozen, trained); each group is unit text features [K,D] (K >= 2) of the
+    values of one attribute ("a smiling face", "a neutral face", ...). Not part of StyleGAN-NADA: the
+    directional loss fixes where the edit goes, not what it must leave alone; this term asks the
+    adapted image to be read like the frozen one on each attribute the user names, and only on those.
+    """
+    assert f_src.shape == f_tgt.shape and f_src.ndim == 2, f"need paired features [N, D], got {f_src.shape} and {f_tgt.shape}"
+    total = f_tgt.new_zeros(())
+    for text in groups:
+        assert text.ndim == 2 and text.shape[0] >= 2 and text.shape[1] == f_src.shape[1], f"a group needs [K>=2, D] features, got {tuple(text.shape)}"
+        p_src = F.softmax(logit_scale * _unit(f_src).detach() @ text.T, dim=1)
+        log_p_tgt = F.log_softmax(logit_scale * _unit(f_tgt) @ text.T, dim=1)
+        total = total + F.kl_div(log_p_tgt, p_src, reduction="batchmean")
+    return total / max(1, len(groups))
+
+
+def keep_groups(spec: str) -> list[list[str]]:
+    """Prompt groups of a keep spec: groups split by ';', the values of a group by '|' ("smiling|frowning; glasses|no glasses")."""
+    groups = [[v.strip() for v in g.split("|") if v.strip()] for g in spec.split(";") if g.strip()]
+    for g in groups:
+        if len(g) < 2:
+            raise NadaError(
+                f"the keep group {g!r} names fewer than 2 values: an attribute to keep needs its alternatives, "
+                "e.g. 'a smiling face|a neutral face|a frowning face' (groups separated by ';')"
+            )
+    return groups
+
+
 def texture_loss(f_texture: torch.Tensor, f_target: torch.Tensor) -> torch.Tensor:
     """MSE between the unnormalised CLIP features [N,D] of texture reference images and generated images."""
     assert f_texture.shape == f_target.shape, f"feature shapes differ: {f_texture.shape} vs {f_target.shape}"

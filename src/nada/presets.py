@@ -69,11 +69,12 @@ OFFICIAL_RECIPE: tuple[tuple[str, Any], ...] = (
 )
 # A tiny CLIP is easy to satisfy with colour changes that are no style, and each architecture has its
 # own such changes: the guide is the packaged toy CLIP, its stability-trained copy (weighted 2) and the
-# convolutional toy-rn, which share one text space, smoothed by noise; views and the structure term
-# keep the faces (docs/toy_quality.md measures each part and what the recipe reaches).
+# convolutional toy-rn, which share one text space, smoothed by noise; views, the structure term and
+# the keep term on the six face attributes keep the faces (docs/toy_quality.md measures each part and
+# what the recipe reaches).
 TOY_RECIPE: tuple[tuple[str, Any], ...] = (
     ("clip", "toy,toy-robust:2,toy-rn"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 8),
-    ("clip_noise", 0.4), ("lambda_structure", 1.0), ("seed", 0),
+    ("clip_noise", 0.4), ("lambda_structure", 1.0), ("keep", "toy"), ("lambda_keep", 0.1), ("seed", 0),
 )
 
 
