@@ -7,7 +7,7 @@ with `nada.toy.quality` on the same seeded latents for the frozen and the adapte
   ``nada.presets.TOY_RECIPE`` unless ``--recipe defaults`` asks for the plain AdaptConfig defaults);
 - the keep term: sketch without it (``keep`` empty);
 - a content edit: "face" -> "smiling face", judged as mouth=smiling (keeping the other five attributes);
-- the loss: sketch with the global CLIP loss alone (lambda_direction 0, lambda_global 1);
+- the loss: sketch with the global CLIP loss alone (lambda_direction 0, lambda_global 1, no keep term);
 - the layer-freezing strategies on sketch: auto:K, grad:K, last:K, all.
 
 Goals (directional loss): target rate >= 0.9, content kept >= 0.9, diversity ratio >= 0.8; the
@@ -40,7 +40,8 @@ ROWS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "no-keep": ("photo", "sketch", "sketch", {"keep": ""}),
     # An edit of one attribute keeps the other five, not the one it edits.
     "smiling": ("face", "smiling face", "mouth=smiling", {"keep": "toy:face_shape,hair_color,hair_style,eyes,glasses"}),
-    "global-only": ("photo", "sketch", "sketch", {"lambda_direction": 0.0, "lambda_global": 1.0}),
+    # The paper's baseline: the global loss and nothing else (no keep term either).
+    "global-only": ("photo", "sketch", "sketch", {"lambda_direction": 0.0, "lambda_global": 1.0, "keep": ""}),
     "auto:3": ("photo", "sketch", "sketch", {"layers": "auto:3"}),
     "grad:3": ("photo", "sketch", "sketch", {"layers": "grad:3"}),
     "last:2": ("photo", "sketch", "sketch", {"layers": "last:2"}),

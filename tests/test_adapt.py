@@ -437,6 +437,7 @@ def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path,
     (plain,) = build_guides([(clip, 1.0)], cfg.replace(keep=""), make_generator(), None)
     assert plain.keep_text == () and "keep" not in loss_terms([plain], img, img.flip(-2), cfg.replace(keep=""), rng())
     assert cfg.replace(keep="toy").resolved_keep()[-1] == ["a face without glasses", "a face with glasses"]
+    assert cfg.replace(keep=" ").resolved_keep() == [] and AdaptConfig().resolved_keep() == []
     assert len(cfg.replace(keep="toy").resolved_keep()) == 6 and cfg.replace(keep="toy:glasses").resolved_keep() == [["a face without glasses", "a face with glasses"]]
     with pytest.raises(NadaError, match="unknown toy attributes \\['beard'\\]"):
         cfg.replace(keep="toy:glasses,beard").validate()

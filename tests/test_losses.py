@@ -243,3 +243,5 @@ def test_keep_groups_parse_and_name_what_is_missing():
     assert L.keep_groups(" a smiling face | a frowning face ; glasses|no glasses;") == [["a smiling face", "a frowning face"], ["glasses", "no glasses"]]
     with pytest.raises(NadaError, match="fewer than 2 values"):
         L.keep_groups("a smiling face; glasses|no glasses")
+    with pytest.raises(NadaError, match="names no attribute"):
+        L.keep_groups(" ; | ;")

@@ -128,6 +128,8 @@ class AdaptConfig:
     def resolved_keep(self) -> list[list[str]]:
         """The keep term's prompt groups (one list of value prompts per attribute); [] when `keep` is empty."""
         spec = self.keep.strip()
+        if not spec:
+            return []
         if spec == TOY or spec.startswith(TOY + ":"):
             from nada.toy.render import ATTRIBUTE_PROMPTS
 

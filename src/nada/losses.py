@@ -192,7 +192,9 @@ def keep_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, groups: Sequence[torch.T
 
 def keep_groups(spec: str) -> list[list[str]]:
     """Prompt groups of a keep spec: groups split by ';', the values of a group by '|' ("smiling|frowning; glasses|no glasses")."""
-    groups = [[v.strip() for v in g.split("|") if v.strip()] for g in spec.split(";") if g.strip()]
+    groups = [values for values in ([v.strip() for v in g.split("|") if v.strip()] for g in spec.split(";")) if values]
+    if not groups:
+        raise NadaError(f"keep {spec!r} names no attribute: give groups such as 'a smiling face|a frowning face; glasses|no glasses'")
     for g in groups:
         if len(g) < 2:
             raise NadaError(

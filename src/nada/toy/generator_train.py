@@ -94,7 +94,8 @@ class TrainConfig:
     # Share of each batch's latents with one attribute's coordinate moved to within `border_width` (in
     # probability, along z) of a border between two of its values. A smooth generator draws in-between
     # faces there: 55-77 % of such latents were read right against 98-100 % away from the borders.
-    # A quarter of the latents there for 1500 steps gave no gain beyond the run-to-run spread (toy README).
+    # A quarter of the latents there for 1500 steps gave no gain beyond the run-to-run spread (toy README);
+    # the mapping network was the bottleneck, and `nada.toy.sharpen` is the stage that removes those faces.
     border_share: float = 0.0
     border_width: float = 0.05
     decay_start: float = 0.5  # fraction of `steps` after which the learning rate follows a cosine to 5 %

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 
 from nada.errors import NadaError
-from nada.toy.generator_train import EVAL_SEED, MEAN_LATENT_SAMPLES, MEAN_LATENT_SEED  # as the earlier stages: comparable numbers
+from nada.toy.generator_train import EVAL_SEED, MEAN_LATENT_SAMPLES, MEAN_LATENT_SEED, evaluate, render_targets  # as stages 1-3
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ def snap_latent(z: torch.Tensor, margin: float) -> torch.Tensor:
     z [N, D] as the generator takes it. Coordinate k < len(render.ATTRIBUTES) of u = z / rms(z) holds
     attribute k in n equal-probability bins; its probability p = Phi(u_k) is clamped to
     [b / n + m, (b + 1) / n - m] of its own bin b, m = min(margin, 1 / (2n)) (a bin narrower than
-    2 margin sends it to its centre), so the attribute keeps its value. The other coordinates are rescaled together so that the result has rms 1 again (the mapping's pixel
-    norm then leaves it as it is).
+    2 margin sends it to its centre), so the attribute keeps its value. The other coordinates are
+    rescaled together so that the result has rms 1 again (the mapping's pixel norm then leaves it
+    as it is).
     """
     from nada.toy import render as R
 
@@ -114,23 +115,19 @@ def sharpen(cfg: SharpenConfig, out: str | Path, overwrite: bool = False, progre
         raise NadaError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
     G = load_generator(cfg.base)
     try:
-        base_meta = read_metadata(cfg.base)
-    except NadaError:
-        base_meta = {}
-    with torch.random.fork_rng(devices=[]):
-        t0 = time.time()
-        history = distill_mapping(G, cfg, progress=progress)
-        seconds = time.time() - t0
+        meta = read_metadata(cfg.base)
+    except NadaError:  # a generator without nada metadata: the stage records only its own settings
+        meta = {}
+    t0 = time.time()
+    history = distill_mapping(G, cfg, progress=progress)
+    seconds = time.time() - t0
     G.compute_mean_latent(MEAN_LATENT_SAMPLES, seed=MEAN_LATENT_SEED)
-    before = dict(base_meta) if isinstance(base_meta, dict) else {}
-    if G.size == 64:  # the toy generator's pixel error against the renders of its faces, as generator_train logs it
-        from nada.toy.generator_train import evaluate, render_targets
-
+    if G.size == 64:  # the pixel error against the renders of its faces, as generator_train logs it
         z_eval = torch.randn(64, G.style_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
-        before["eval_l1"] = round(evaluate(G, z_eval, render_targets(z_eval, seed=EVAL_SEED)), 5)
+        meta["eval_l1"] = round(evaluate(G, z_eval, render_targets(z_eval, seed=EVAL_SEED)), 5)
     metadata = {
-        **before,
-        "method": f"{before.get('method', 'toy generator')}; mapping network distilled to w(snap(z)) (nada.toy.sharpen)",
+        **meta,
+        "method": f"{meta.get('method', 'toy generator')}; mapping network distilled to w(snap(z)) (nada.toy.sharpen)",
         "sharpen_config": asdict(cfg),
         "sharpen_history": history,
         "sharpen_time_s": round(seconds, 1),
