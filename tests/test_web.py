@@ -149,15 +149,25 @@ def test_adapt_refuses_bad_settings(backend, source, target, layers, match):
     assert backend.jobs == {} or all(j.state != "queued" for j in backend.jobs.values())
 
 
+def test_adapt_keeps_the_attributes_the_page_names(backend):
+    with pytest.raises(NadaError, match="fewer than 2 values"):
+        backend.submit_adapt("face", "smiling face", "all", 3, keep="a smiling face")
+    config = backend.adapt_config("face", "smiling face", "all", 3, backend.work_dir / "x", keep=" toy:glasses ")
+    assert config.keep == "toy:glasses" and config.resolved_keep() == [["a face without glasses", "a face with glasses"]]
+    assert backend.adapt_config("photo", "sketch", "all", 3, backend.work_dir / "y").keep == backend.default_keep()
+    assert backend.adapt_config("photo", "sketch", "all", 3, backend.work_dir / "z", keep="").keep == ""
+
+
 def test_adapt_job_becomes_a_style(backend, world):
     before = {k for _, k in backend.style_choices()}
     job = backend.submit_adapt("photo", "sketch", "all", 2)
     from nada.presets import TOY_RECIPE
 
     # Untouched fields keep AdaptConfig's defaults; the toy base runs with the toy presets' recipe.
-    recipe = dict(TOY_RECIPE) if backend.base == "toy" else {"lr": 0.002, "clip_views": 0, "clip_noise": 0.0, "lambda_structure": 0.0}
+    plain = {"lr": 0.002, "clip_views": 0, "clip_noise": 0.0, "lambda_structure": 0.0, "keep": "", "lambda_keep": 1.0}
+    recipe = dict(TOY_RECIPE) if backend.base == "toy" else plain
     assert job.config.iterations == 2 and job.config.beta2 == 0.99
-    keys = ("lr", "clip_views", "clip_noise", "lambda_structure")
+    keys = ("lr", "clip_views", "clip_noise", "lambda_structure", "keep", "lambda_keep")
     assert tuple(getattr(job.config, k) for k in keys) == tuple(recipe[k] for k in keys)
     if backend.base == "toy":
         assert job.config.clip == recipe["clip"] == "toy,toy-robust:2,toy-rn"

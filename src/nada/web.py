@@ -326,28 +326,37 @@ class WebBackend:
 
     # ---- Adapt
 
-    def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path) -> AdaptConfig:
-        """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' guide, lr, views, noise
-        and structure term), the page's four choices, samples about every tenth of the run."""
+    def default_keep(self) -> str:
+        """The attributes an adaptation keeps unless the page says otherwise: the toy recipe's for the toy base, none otherwise."""
+        from nada.presets import TOY_RECIPE
+
+        return dict(TOY_RECIPE)["keep"] if self.base == "toy" else AdaptConfig.keep
+
+    def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path, keep: str | None = None) -> AdaptConfig:
+        """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' guide, lr, views, noise,
+        structure and keep terms), the page's choices (keep None: `default_keep`), samples about every tenth of the run."""
         from nada.presets import TOY_RECIPE
 
         d = AdaptConfig()
         iterations = int(iterations)
-        keys = ("lr", "clip_views", "clip_noise", "lambda_structure")
+        keys = ("lr", "clip_views", "clip_noise", "lambda_structure", "lambda_keep")
         recipe = {k: v for k, v in TOY_RECIPE if k in keys} if self.base == "toy" else {}
         return AdaptConfig(
             source=(source or "").strip(), target=(target or "").strip(), layers=(layers or d.layers).strip(),
             iterations=iterations, generator=self.base, clip=self._clip_spec(), out_dir=str(run_dir), device=str(self.device),
-            sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0, **recipe,
+            sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0,
+            keep=(self.default_keep() if keep is None else keep).strip(), **recipe,
         )
 
-    def submit_adapt(self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations) -> AdaptJob:
-        """Check the settings and queue an adaptation; NadaError for empty texts, equal texts, bad layers ..."""
+    def submit_adapt(
+        self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations, keep: str | None = None
+    ) -> AdaptJob:
+        """Check the settings and queue an adaptation; NadaError for empty texts, equal texts, bad layers or keep groups ..."""
         from nada.layers import parse_layers
 
         job_id = next(self._ids)
         name = f"run-{job_id}-{_slug(source or '')}-to-{_slug(target or '')}"
-        config = self.adapt_config(source, target, layers, iterations, self.work_dir / "runs" / name)
+        config = self.adapt_config(source, target, layers, iterations, self.work_dir / "runs" / name, keep)
         config.validate()
         parse_layers(config.layers)  # a bad layer spec fails now, not in the worker
         job = AdaptJob(job_id, config, name)
@@ -529,6 +538,8 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
                 a_layers = gr.Dropdown(list(dict.fromkeys([d.layers, *LAYER_CHOICES])), value=d.layers, allow_custom_value=True,
                                        label="layers to train (all, last:K, auto:K, grad:K or names)", elem_id="adapt-layers")
                 a_iters = gr.Number(value=d.iterations, precision=0, minimum=1, label="iterations", elem_id="adapt-iterations")
+            a_keep = gr.Textbox(value=be.default_keep(), label="attributes to keep, read by CLIP: 'a smiling face|a frowning face; "
+                                "glasses|no glasses', toy (the toy faces' six) or toy:mouth,glasses; empty: none", elem_id="adapt-keep")
             with gr.Row():
                 a_start = gr.Button("Adapt", variant="primary", elem_id="adapt-button")
                 a_cancel = gr.Button("Cancel", variant="stop", elem_id="adapt-cancel")
@@ -554,8 +565,10 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
         def refresh() -> tuple[Any, Any]:
             return gr.update(choices=be.style_choices()), gr.update(choices=be.style_choices())
 
-        def adapt_stream(source: str, target: str, layers: str, iterations: float, progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:
-            job = _user_errors(be.submit_adapt)(source, target, layers, int(iterations or 0))
+        def adapt_stream(
+            source: str, target: str, layers: str, iterations: float, attributes: str, progress: gr.Progress = gr.Progress()
+        ) -> Iterator[tuple[Any, ...]]:
+            job = _user_errors(be.submit_adapt)(source, target, layers, int(iterations or 0), attributes or "")
             keep = gr.update()
             while True:
                 status = be.job_status(job)
@@ -588,7 +601,7 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
             return gallery
 
         g_button.click(on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc], [g_gallery, g_files, g_style])
-        a_start.click(adapt_stream, [a_source, a_target, a_layers, a_iters], [a_job, a_status, a_grid, g_style, s_styles],
+        a_start.click(adapt_stream, [a_source, a_target, a_layers, a_iters, a_keep], [a_job, a_status, a_grid, g_style, s_styles],
                       concurrency_limit=None)  # many pages may watch their jobs; the JobQueue runs one at a time
         a_cancel.click(on_cancel, [a_job], [a_status], concurrency_limit=None)
         s_button.click(on_stylize, [s_photo, s_styles, s_steps], [s_gallery])
