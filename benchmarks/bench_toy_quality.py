@@ -4,7 +4,8 @@ Each row adapts the toy generator (photo style only) with `nada.adapt.adapt` and
 with `nada.toy.quality` on the same seeded latents for the frozen and the adapted generator. Rows:
 
 - styles: photo -> sketch, watercolor, pixel art (directional loss; the toy presets' recipe
-  ``nada.presets.TOY_RECIPE`` unless ``--recipe defaults`` asks for the plain AdaptConfig defaults);
+  ``nada.presets.TOY_RECIPE``, with a packaged preset's own changes for its style, unless ``--recipe
+  defaults`` asks for the plain AdaptConfig defaults);
 - the keep term: sketch without it (``keep`` empty);
 - a content edit: "face" -> "smiling face", judged as mouth=smiling (keeping the other five attributes);
 - the loss: sketch with the global CLIP loss alone (lambda_direction 0, lambda_global 1, no keep term);
@@ -84,11 +85,15 @@ def parse_changes(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def base_settings(recipe: str) -> dict[str, Any]:
-    """AdaptConfig changes every row starts from: the toy presets' recipe, or none (AdaptConfig's defaults, toy CLIP)."""
-    from nada.presets import TOY_RECIPE
+def base_settings(recipe: str, target: str = "") -> dict[str, Any]:
+    """AdaptConfig changes a row starts from: the toy presets' recipe (a packaged preset's own for its target), or
+    none (AdaptConfig's defaults, toy CLIP)."""
+    from nada.presets import PRESETS, TOY_RECIPE
 
-    return dict(TOY_RECIPE) if recipe == "toy" else {"clip": "toy"}
+    if recipe != "toy":
+        return {"clip": "toy"}
+    preset = PRESETS.get("toy-" + target.replace(" ", "-"))
+    return dict(preset.options if preset is not None and preset.source == "photo" else TOY_RECIPE)
 
 
 def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, clip, evaluator) -> tuple[dict[str, Any], Any, Any]:
@@ -98,7 +103,7 @@ def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, cli
     from nada.toy.quality import measure_quality, render_pairs
 
     source, target, judged, own = ROWS[name]
-    settings = {**base_settings(args.recipe), "seed": args.seed, **changes, **own}
+    settings = {**base_settings(args.recipe, target), "seed": args.seed, **changes, **own}
     if args.clip is not None:
         settings["clip"] = args.clip
     if args.iterations is not None:

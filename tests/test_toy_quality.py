@@ -139,4 +139,9 @@ def test_quality_benchmark_runs_the_toy_recipe_and_writes_its_table_and_figure(t
     assert rows[0]["lr"] == dict(TOY_RECIPE)["lr"] and all(0 <= r["target_rate"] <= 1 for r in rows)
     assert (tmp_path / "quality.png").stat().st_size > 1000 and "goal met" in capsys.readouterr().out
     assert bench.base_settings("defaults") == {"clip": "toy"}
+    # A style with a packaged preset starts from that preset's own recipe (pixel art: a larger lr).
+    from nada.presets import get_preset
+
+    assert bench.base_settings("toy", "sketch") == dict(TOY_RECIPE) == dict(get_preset("toy-sketch").options)
+    assert bench.base_settings("toy", "pixel art") == dict(get_preset("toy-pixel-art").options) != dict(TOY_RECIPE)
 
