@@ -181,8 +181,7 @@ class AdaptConfig:
                 f"the consistency loss compares each image with the others of its batch: batch_size {self.batch_size} x clip_views "
                 f"{self.clip_views} gives fewer than 3 images; raise --batch-size or --clip-views, or set lambda_consistency to 0"
             )
-        if self.keep.strip():
-            self.resolved_keep()
+        self.resolved_keep()  # a keep spec that names no attribute or unknown ones fails here, not in the run
         if self.templates not in TEMPLATE_CHOICES:
             raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join(TEMPLATE_CHOICES)}")
         if self.noise_mode not in NOISE_CHOICES:
