@@ -386,14 +386,13 @@ def test_cli_end_to_end(tmp_path: Path, golden: Path, capsys) -> None:
 
 
 def test_ctrl_c_stops_after_the_current_iteration(tmp_path: Path, clip) -> None:
-    import os
     import signal
 
     cfg = config(tmp_path, iterations=4, sample_every=0, save_every=0)
 
     def press_ctrl_c(step: int, record: dict) -> None:
         if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the loop's bookkeeping
+            signal.raise_signal(signal.SIGINT)  # delivered to this thread before the call returns
 
     with pytest.raises(KeyboardInterrupt):
         adapt(cfg, progress=False, G_base=make_generator(), clip=clip, callback=press_ctrl_c)
@@ -420,7 +419,7 @@ def test_consistency_loss_needs_three_images_per_batch(tmp_path: Path, clip) -> 
         adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
     adapt(cfg.replace(clip_views=3), progress=False, G_base=make_generator(), clip=clip)
     (record,) = log_of(cfg)
-    assert np.isfinite(record["consistency"]) and record["consistency"] >= 0
+    assert np.isfinite(record["consistency"]) and record["consistency"] >= -1e-6  # a KL divergence, up to float rounding
 
 
 def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path, clip) -> None:
