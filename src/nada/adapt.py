@@ -26,17 +26,19 @@ bit for bit on the CPU, N/2 iterations, an interruption and a resumed run of the
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 
@@ -84,6 +86,10 @@ class RunPaths:
     def final(self) -> Path:
         return self.root / "generator.pt"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".nada-run.lock"
+
     def sample(self, step: int) -> Path:
         return self.root / "samples" / f"step_{step:06d}.png"
 
@@ -106,19 +112,70 @@ class RunPaths:
                 folder.rmdir()
 
 
-def prepare_run_dir(config: AdaptConfig, resume: bool, force: bool) -> RunPaths:
-    """Check that out_dir is writable and that starting here overwrites nothing unasked for."""
-    paths = RunPaths(Path(config.out_dir).expanduser())
+def claim_run_dir(config: AdaptConfig, resume: bool, force: bool) -> ContextManager[RunPaths]:
+    """Claim out_dir for one run: create it, hold its exclusive lock until the block ends, refuse unasked overwrites.
+
+    A second run into a held folder is refused with one line naming the holder (pid, host, start
+    time); the kernel drops the lock when the holder exits, also after ``kill -9``. Temporary files
+    that a killed save left behind are removed, as no other run can be writing here. ``resume`` in a
+    folder without saved state warns and starts at step 0 rather than failing: a job script that
+    always passes --resume (a preemptible machine restarting it) must also start the run the first time.
+    """
+    return _claimed(RunPaths(Path(config.out_dir).expanduser()), resume, force)
+
+
+@contextmanager
+def _claimed(paths: RunPaths, resume: bool, force: bool) -> Iterator[RunPaths]:
+    fd = _lock_run_dir(paths)
+    try:
+        _remove_stale_temp_files(paths.root)
+        if paths.has_run() and not (resume or force):
+            raise NadaError(f"{paths.root} already holds an adaptation run: pass --resume to continue it, "
+                            "--force to start it over, or choose another --out")
+        if resume and not paths.state.exists():
+            from nada.errors import NadaWarning
+
+            message = f"nothing to resume in {paths.root}: no state was saved yet, so the run starts at step 0"
+            warnings.warn(message, NadaWarning)
+        yield paths
+    finally:
+        os.close(fd)
+
+
+def _lock_run_dir(paths: RunPaths) -> int:
+    """Open and flock the folder's lock file (creating both), write the holder into it; the open descriptor."""
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
-        probe = paths.root / f".nada-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise NadaError(f"cannot write to the output folder {paths.root} ({e.strerror or e}): choose another --out or fix its permissions") from None
-    if paths.has_run() and not (resume or force):
-        raise NadaError(f"{paths.root} already holds an adaptation run: pass --resume to continue it, --force to start it over, or choose another --out")
-    return paths
+        raise NadaError(f"cannot write to the output folder {paths.root} ({e.strerror or e}): "
+                        "choose another --out or fix its permissions") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        raise NadaError(f"{paths.root} is in use by another nada run ({holder}): "
+                        "wait for it to end, or choose another --out") from None
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+    return fd
+
+
+def _read_holder(fd: int) -> str:
+    """The holder line a running run wrote into its lock file (it may not have written it yet)."""
+    text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    return text or "its holder has not written its name yet"
+
+
+def _remove_stale_temp_files(root: Path) -> None:
+    """Delete the temporary files of saves that a kill interrupted (only nada's own, recognised by their suffix)."""
+    from nada.io import TMP_SUFFIX
+
+    for folder in (root, root / "samples", root / "checkpoints"):
+        for p in folder.glob(f".*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
 
 
 def _check_resumable(stored: dict[str, Any], config: AdaptConfig, where: Path) -> None:
@@ -130,14 +187,63 @@ def _check_resumable(stored: dict[str, Any], config: AdaptConfig, where: Path) -
         raise NadaError(f"cannot resume the run in {where} with different settings ({details}): use the original settings, --force to start over, or another --out")
 
 
+# What state.pt holds, each entry with the type it must have.
+STATE_TYPES: dict[str, type] = {"step": int, "optimizer": dict, "rng": torch.Tensor, "selected": list, "trained": list,
+                                "checkpoint": str, "config": dict}
+
+
 def _load_state(paths: RunPaths) -> dict[str, Any]:
-    """The resume state plus the weights of the checkpoint it names (key "g_ema"); NadaError if unreadable."""
+    """The resume state plus the weights of the checkpoint it names (key "g_ema"); NadaError if unreadable or bad."""
+    state = _read_torch_file(paths.state, paths.root)
+    problem = _state_problem(state, paths.root)
+    if problem is None:
+        ckpt = _read_torch_file(paths.root / state["checkpoint"], paths.root)
+        weights = ckpt.get("g_ema") if isinstance(ckpt, dict) else None
+        problem = _tensors_problem(weights, f"the checkpoint {state['checkpoint']}")
+    if problem is not None:
+        raise NadaError(f"the saved state of the run in {paths.root} is unusable ({problem}): start over with --force")
+    return {**state, "g_ema": weights}
+
+
+def _read_torch_file(path: Path, root: Path) -> Any:
+    """torch.load(weights_only=True) of a run file; one-line NadaError (never torch's multi-line advice) if it fails."""
+    import pickle
+
     try:
-        state = torch.load(paths.state, map_location="cpu", weights_only=True)
-        ckpt = torch.load(paths.root / state["checkpoint"], map_location="cpu", weights_only=True)
-        return {**state, "g_ema": ckpt["g_ema"]}
-    except Exception as e:  # truncated file, missing checkpoint, foreign content: all end the same way
-        raise NadaError(f"the saved state of the run in {paths.root} cannot be read ({type(e).__name__}: {e}): start over with --force") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        why = "it holds objects other than tensors and plain values"
+    except Exception as e:  # truncated file, missing file, foreign content: all end the same way
+        why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:160]
+    raise NadaError(f"the saved state of the run in {root} cannot be read ({path.name}: {why}): "
+                    "start over with --force")
+
+
+def _state_problem(state: Any, root: Path) -> str | None:
+    """What is wrong with a loaded state.pt (keys, types, finiteness, a checkpoint outside the run folder), or None."""
+    if not isinstance(state, dict):
+        return "state.pt holds no dictionary"
+    wrong = [k for k, kind in STATE_TYPES.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        return f"state.pt lacks or mistypes {', '.join(wrong)}"
+    target = (root / state["checkpoint"]).resolve()
+    if not target.is_relative_to(root.resolve()):
+        return f"state.pt names the checkpoint {state['checkpoint']!r}, outside the run folder"
+    entries = [e for e in state["optimizer"].get("state", {}).values() if isinstance(e, dict)]
+    moments = [t for entry in entries for t in entry.values()]
+    return _tensors_problem({str(i): t for i, t in enumerate(moments)}, "the optimizer state", allow_empty=True)
+
+
+def _tensors_problem(tensors: Any, what: str, allow_empty: bool = False) -> str | None:
+    """Why ``tensors`` is not a non-empty dict of finite tensors, or None."""
+    if not isinstance(tensors, dict) or not (tensors or allow_empty):
+        return f"{what} holds no weights"
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            return f"{what}: {key} is not a tensor"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"{what}: {key} contains NaN or infinite values"
+    return None
 
 
 def _read_log(path: Path, upto: int) -> list[str]:
@@ -463,8 +569,24 @@ def adapt(
     ClipModel or a list of (ClipModel, weight)); ``config.generator`` still names the base model in
     the checkpoint metadata. ``resume`` continues the run in ``config.out_dir``
     from its last saved state; ``force`` starts that folder over. ``callback(step, record)`` is called
-    after every iteration with the record written to the log.
+    after every iteration with the record written to the log. The run folder stays locked (see
+    `claim_run_dir`) until `adapt` returns or raises.
     """
+    with ExitStack() as held:
+        return _adapt(config, progress, G_base, clip, resume, force, callback, held)
+
+
+def _adapt(
+    config: AdaptConfig,
+    progress: bool,
+    G_base: "Generator | None",
+    clip: "ClipModel | Sequence[tuple[ClipModel, float]] | None",
+    resume: bool,
+    force: bool,
+    callback: Callback | None,
+    held: ExitStack,
+) -> "Generator":
+    """The body of `adapt`; ``held`` keeps the run folder claimed until `adapt` ends."""
     from nada import __version__
     from nada.checkpoints import load_generator, save_checkpoint
 
@@ -477,7 +599,7 @@ def adapt(
         from nada.clip import parse_clip_spec
 
         parse_clip_spec(config.resolved_clip())  # a malformed list fails here, before any loading
-    paths = prepare_run_dir(config, resume, force)
+    paths = held.enter_context(claim_run_dir(config, resume, force))
     device = resolve_device(config.device)
 
     # ---- generators: G_frozen is the fixed anchor, G_train the copy whose chosen layers learn

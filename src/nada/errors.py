@@ -3,3 +3,7 @@
 
 class NadaError(Exception):
     """A problem with the user's input or environment, with a message that says how to fix it."""
+
+
+class NadaWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,20 +14,88 @@ import torch
 from nada.errors import NadaError
 
 
+# Every temporary file nada writes ends so: a kill during a save leaves only names that are recognisably nada's.
+TMP_SUFFIX = ".nada-tmp"
+# errno values that mean "this place takes no new data", with the fix each one needs.
+_WRITE_FIXES = {
+    errno.ENOSPC: ("the disk is full", "free some space or choose another output folder"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space or choose another output folder"),
+    errno.EACCES: ("permission denied", "choose another output or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose another output or fix its permissions"),
+    errno.EROFS: ("the file system is read-only", "choose an output on a writable disk"),
+}
+
+
+def write_error(path: str | os.PathLike, e: BaseException) -> NadaError | None:
+    """The one-line NadaError for an OS or torch write failure at ``path``; None when ``e`` is no write failure."""
+    if isinstance(e, NadaError):
+        return e
+    if isinstance(e, OSError):
+        what, fix = _WRITE_FIXES.get(e.errno or 0, (e.strerror or type(e).__name__, "check the output path"))
+        return NadaError(f"cannot write {path}: {what}: {fix}")
+    if isinstance(e, RuntimeError) and any(m in str(e) for m in ("inline_container", "PytorchStreamWriter")):
+        fix = _WRITE_FIXES[errno.ENOSPC][1]
+        return NadaError(f"cannot write {path}: torch could not finish the file (usually a full disk): {fix}")
+    return None
+
+
+def temp_file_for(path: Path) -> Path:
+    """Create an empty, uniquely named temporary file beside ``path`` (mode 0666 less the umask, as ``open`` gives)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename, so readers never see half a file."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename, so readers never see half a file.
+
+    An OS or torch write error (full disk, no permission) becomes a NadaError naming ``path``, and the
+    temporary file is removed: nothing half-written stays behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp: Path | None = None
     try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_file_for(path)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        error = write_error(path, e)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return path
+
+
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
+    """NadaError unless files can be created in ``folder`` (or, if it is not there yet, in its nearest parent)."""
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NadaError(f"cannot write into {folder}: {existing} is a file, not a folder: choose another {flag}")
+    try:
+        temp_file_for(existing / ".nada-write-test").unlink()
+    except OSError as e:
+        what, _ = _WRITE_FIXES.get(e.errno or 0, (e.strerror or type(e).__name__, ""))
+        raise NadaError(f"cannot write into {folder}: {what}: choose another {flag} or fix its permissions") from None
+
+
+def check_writable_file(path: str | os.PathLike, flag: str) -> None:
+    """NadaError unless a file can be written at ``path``: no folder there, and its folder accepts new files."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise NadaError(f"{path} is a folder: give {flag} a file name such as grid.png")
+    check_writable_folder(path.parent, flag)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
