@@ -3,30 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nada.errors import NadaError
+from nada.errors import NadaError, NadaWarning
+
+# OS errors that mean a write failed for lack of room or rights: the CLI reports them in one line.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 # ---------------------------------------------------------------- generate
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from nada.generate import generate_images, save_outputs
+    from nada.config import check_truncation
+    from nada.generate import check_outputs, write_outputs
     from nada.io import parse_seeds, resolve_device
 
+    # Every refusal (seeds, numbers, outputs) comes before any loading or rendering.
     seeds = parse_seeds(args.seeds)
-    compare_out = _comparison_target(args) if args.compare else None  # refuse before any loading
+    check_truncation(args.truncation)
+    if args.batch_size < 1:
+        raise NadaError(f"batch size {args.batch_size} is invalid: use 1 or more")
+    compare_out = _comparison_target(args) if args.compare else None
+    grid, folder = check_outputs(seeds, args.out, args.out_dir, args.force) if compare_out is None else (None, None)
     device = resolve_device(args.device)
     G, base_source = _generate_source(args, device)
     if compare_out is not None:
-        written = [_save_comparison(compare_out, base_source, G, args, seeds, device)]
-    else:
-        images = generate_images(G, seeds, truncation_psi=args.truncation, batch_size=args.batch_size, device=device)
-        written = save_outputs(images, seeds, out=args.out, out_dir=args.out_dir, force=args.force)
-    for path in written:
+        print(f"wrote {_save_comparison(compare_out, base_source, G, args, seeds, device)}")
+        return 0
+    for path in write_outputs(G, seeds, grid, folder, truncation_psi=args.truncation, batch_size=args.batch_size):
         print(f"wrote {path}")
     return 0
 
@@ -52,6 +61,7 @@ def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple[
 def _comparison_target(args: argparse.Namespace) -> Path:
     """The grid file --compare writes; NadaError for --out-dir, a bad suffix or an existing file without --force."""
     from nada.generate import IMAGE_SUFFIXES
+    from nada.io import check_writable_file
 
     if args.out_dir is not None:
         raise NadaError("--compare writes one grid (base row above adapted row): use --out instead of --out-dir")
@@ -60,6 +70,7 @@ def _comparison_target(args: argparse.Namespace) -> Path:
         raise NadaError(f"cannot write image {out}: use a file name ending in {', '.join(IMAGE_SUFFIXES)}")
     if out.exists() and not args.force:
         raise NadaError(f"{out} already exists: choose another output or pass --force to overwrite")
+    check_writable_file(out, "--out")
     return out
 
 
@@ -67,7 +78,7 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
                      seeds: list[int], device: "torch.device") -> Path:  # noqa: F821
     """Render the adapted and the base generator for the same seeds; one grid, base row above adapted row."""
     from nada.checkpoints import load_generator
-    from nada.generate import GRID_COLUMNS, generate_images
+    from nada.generate import GRID_COLUMNS, check_grid_size, generate_images
     from nada.io import atomic_save_image, image_grid
     from nada.presets import comparison_rows, share_mean_latent
 
@@ -76,6 +87,7 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
     base = load_generator(base_source, device=device)
     if base.size != G.size:
         raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
+    check_grid_size(2 * len(seeds), G.size)
     share_mean_latent(base, G)  # one truncation centre for both rows (adaptation never trains the mapping)
     render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device}
     rows = comparison_rows(generate_images(base, seeds, **render), generate_images(G, seeds, **render), GRID_COLUMNS)
@@ -406,6 +418,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints nada's own warnings as one line (others as Python does)."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: object, **kw: object) -> None:
+        if issubclass(category, NadaWarning):
+            print(f"nada {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, *rest, **kw)
+
+    return show
+
+
+def _write_failure(e: OSError | RuntimeError) -> NadaError | None:
+    """The one-line error for a write that failed outside nada's atomic writes (a full disk mid-run), or None."""
+    from nada.io import write_error
+
+    if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
+        return None
+    return write_error(getattr(e, "filename", None) or "a file", e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line to stderr and return exit code 2."""
     parser = build_parser()
@@ -415,9 +449,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _, _, run = COMMANDS[args.command]
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return run(args)
     except NadaError as e:
         print(f"nada {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as e:
+        error = _write_failure(e)
+        if error is None:
+            raise
+        print(f"nada {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nada {args.command}: interrupted", file=sys.stderr)

@@ -25,6 +25,26 @@ PAPER_CLIP = "ViT-B/32"
 NOISE_CHOICES = ("random", "const", "none")
 
 
+# ---------------------------------------------------------------- limits
+# Sizes and counts nada accepts, so that memory stays bounded whatever the input; docs/adapt.md
+# ("Limits") lists them for users.
+MAX_SEEDS = 1_000_000  # seeds in one seed list (the list itself: about 40 MB); images stream to --out-dir
+MAX_GRID_PIXELS = 64 * 1024 * 1024  # image pixels in one grid file (its uint8 canvas: about 200 MB)
+TRUNCATION_RANGE = (-1.0, 2.0)  # truncation psi; beyond it images leave the generator's range and turn to noise
+MIN_IMAGE_SIDE = 32  # smaller images hold too little detail to align or invert
+MAX_IMAGE_SIDE = 4096  # larger images are downscaled to this longer side before anything else
+MAX_IMAGE_PIXELS = 2 * 89_478_485  # pixels an image header may declare (Pillow's decompression-bomb limit)
+MAX_DECODED_PIXELS = 8192 * 8192  # pixels decoded from one file (RGBA: 256 MB); JPEG decodes reduced first
+
+
+def check_truncation(psi: float, flag: str = "--truncation") -> float:
+    """``psi`` if it is a finite number inside TRUNCATION_RANGE, else a NadaError naming ``flag``."""
+    lo, hi = TRUNCATION_RANGE
+    if not (math.isfinite(psi) and lo <= psi <= hi):
+        raise NadaError(f"{flag} {psi} is outside [{lo}, {hi}]: use e.g. 0.7 (1 means no truncation)")
+    return psi
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     """Everything that defines an adaptation run (plain types only, so it round-trips through JSON)."""
@@ -186,5 +206,6 @@ class AdaptConfig:
             raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join(TEMPLATE_CHOICES)}")
         if self.noise_mode not in NOISE_CHOICES:
             raise NadaError(f"unknown noise_mode {self.noise_mode!r}: use one of {', '.join(NOISE_CHOICES)}")
+        check_truncation(self.sample_truncation, "sample_truncation")
         if not self.out_dir.strip():
             raise NadaError("out_dir is empty: give a folder for the run's outputs, e.g. --out runs/sketch")

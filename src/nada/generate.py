@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
+from nada.config import MAX_GRID_PIXELS, check_truncation
 from nada.errors import NadaError
-from nada.io import atomic_save_image, image_grid, z_from_seeds
+from nada.io import atomic_save_image, check_writable_file, check_writable_folder, image_grid, z_from_seeds
 
 GRID_COLUMNS = 8  # images per grid row; the last row is padded with white tiles
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -31,20 +31,22 @@ def generate_images(
     """
     if batch_size < 1:
         raise NadaError(f"batch size {batch_size} is invalid: use 1 or more")
-    if not math.isfinite(truncation_psi):
-        raise NadaError(f"truncation {truncation_psi} is not a finite number: use e.g. 0.7 or 1")
+    check_truncation(truncation_psi)
     if len(seeds) == 0:
         raise NadaError("no seeds given: pass at least one seed, e.g. '0-7'")
     if device is not None:
         G.to(device)
     G.eval()
     device = next(G.parameters()).device
-    z = z_from_seeds(list(seeds), G.style_dim)
-    images = [
-        G(chunk.to(device), truncation_psi=truncation_psi, noise_mode="const").float().clamp(-1, 1).cpu()
-        for chunk in z.split(batch_size)
-    ]
-    return torch.cat(images)
+    seeds = list(seeds)
+    batches = [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
+    return torch.cat([_render(G, batch, truncation_psi, device) for batch in batches])
+
+
+def _render(G: torch.nn.Module, seeds: list[int], truncation_psi: float, device: torch.device) -> torch.Tensor:
+    """One batch: images [N, 3, H, W] in [-1, 1] (float32, CPU) for `seeds`."""
+    z = z_from_seeds(seeds, G.style_dim).to(device)
+    return G(z, truncation_psi=truncation_psi, noise_mode="const").float().clamp(-1, 1).cpu()
 
 
 def _grid_rows(images: torch.Tensor, columns: int) -> list[torch.Tensor]:
@@ -62,6 +64,48 @@ def _check_suffix(path: Path) -> None:
         raise NadaError(f"cannot write image {path}: use a file name ending in {', '.join(IMAGE_SUFFIXES)}")
 
 
+def check_outputs(
+    seeds: Sequence[int], out: str | os.PathLike | None, out_dir: str | os.PathLike | None, force: bool
+) -> tuple[Path | None, Path | None]:
+    """The grid file and per-seed folder to write (None: not asked for); checks names, existing files, write access.
+
+    Nothing is written; an existing target is refused unless `force`.
+    """
+    if len(set(seeds)) != len(seeds) and out_dir is not None:
+        raise NadaError("the seed list repeats a seed, so per-seed files would overwrite each other: "
+                        "list each seed once")
+    targets: list[Path] = []
+    folder = Path(out_dir) if out_dir is not None else None
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise NadaError(f"{folder} exists and is not a folder: choose another --out-dir")
+        check_writable_folder(folder, "--out-dir")
+        if folder.is_dir():
+            targets += [folder / seed_file(s) for s in seeds]
+    grid = Path(out) if out is not None else (Path("grid.png") if out_dir is None else None)
+    if grid is not None:
+        _check_suffix(grid)
+        check_writable_file(grid, "--out")
+        targets.append(grid)
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise NadaError(f"{existing[0]}{more} already exists: choose another output or pass --force to overwrite")
+    return grid, folder
+
+
+def seed_file(seed: int) -> str:
+    """The file name of one seed's image in --out-dir."""
+    return f"seed{seed:04d}.png"
+
+
+def check_grid_size(n: int, size: int) -> None:
+    """NadaError when a grid of `n` images of `size` x `size` pixels exceeds MAX_GRID_PIXELS."""
+    if n * size * size > MAX_GRID_PIXELS:
+        raise NadaError(f"a grid of {n} images of {size}x{size} pixels exceeds the {MAX_GRID_PIXELS:,} pixels nada puts "
+                        "in one grid: use --out-dir (one file per seed, any number of seeds) or fewer seeds")
+
+
 def save_outputs(
     images: torch.Tensor,
     seeds: Sequence[int],
@@ -77,32 +121,72 @@ def save_outputs(
     assert images.ndim == 4 and images.shape[1] == 3, f"images must be [N, 3, H, W], got {tuple(images.shape)}"
     if images.shape[0] != len(seeds):
         raise ValueError(f"{images.shape[0]} images for {len(seeds)} seeds")
-    if len(set(seeds)) != len(seeds) and out_dir is not None:
-        raise NadaError("the seed list repeats a seed, so per-seed files would overwrite each other: list each seed once")
-    targets: list[Path] = []
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise NadaError(f"{out_dir} exists and is not a folder: choose another --out-dir")
-        targets += [out_dir / f"seed{s:04d}.png" for s in seeds]
-    grid = Path(out) if out is not None else (Path("grid.png") if out_dir is None else None)
-    if grid is not None:
-        _check_suffix(grid)
-        targets.append(grid)
-    existing = [p for p in targets if p.exists()]
-    if existing and not force:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise NadaError(f"{existing[0]}{more} already exists: choose another output or pass --force to overwrite")
+    grid, folder = check_outputs(seeds, out, out_dir, force)
 
     from PIL import Image
 
     from nada.io import to_uint8_image
 
     written: list[Path] = []
-    if out_dir is not None:
+    if folder is not None:
         pixels = to_uint8_image(images)
         for i, seed in enumerate(seeds):
-            written.append(atomic_save_image(Image.fromarray(pixels[i].numpy()), out_dir / f"seed{seed:04d}.png"))
+            written.append(atomic_save_image(Image.fromarray(pixels[i].numpy()), folder / seed_file(seed)))
     if grid is not None:
         written.append(atomic_save_image(image_grid(_grid_rows(images, GRID_COLUMNS)), grid))
     return written
+
+
+@torch.no_grad()
+def write_outputs(
+    G: torch.nn.Module,
+    seeds: Sequence[int],
+    grid: Path | None,
+    out_dir: Path | None,
+    truncation_psi: float = 1.0,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+) -> Iterator[Path]:
+    """Render `seeds` batch by batch into per-seed files in `out_dir` and/or one grid file; yields each path written.
+
+    Memory holds one batch and the grid's uint8 canvas (bounded by MAX_GRID_PIXELS), whatever the seed count.
+    Check the targets with `check_outputs` first.
+    """
+    from PIL import Image
+
+    from nada.io import to_uint8_image
+
+    check_truncation(truncation_psi)
+    if batch_size < 1:
+        raise NadaError(f"batch size {batch_size} is invalid: use 1 or more")
+    if grid is not None:
+        check_grid_size(len(seeds), G.size)
+    if device is not None:
+        G.to(device)
+    G.eval()
+    device = next(G.parameters()).device
+    cols = min(len(seeds), GRID_COLUMNS)
+    canvas = _blank_grid(len(seeds), G.size, cols) if grid is not None else None
+    for start in range(0, len(seeds), batch_size):
+        batch = list(seeds[start : start + batch_size])
+        pixels = to_uint8_image(_render(G, batch, truncation_psi, device))
+        for i, seed in enumerate(batch):
+            if canvas is not None:
+                _paste(canvas, start + i, pixels[i], cols)
+            if out_dir is not None:
+                yield atomic_save_image(Image.fromarray(pixels[i].numpy()), out_dir / seed_file(seed))
+    if grid is not None and canvas is not None:
+        yield atomic_save_image(Image.fromarray(canvas.numpy()), grid)
+
+
+def _blank_grid(n: int, size: int, cols: int, pad: int = 2) -> torch.Tensor:
+    """The white uint8 canvas [H, W, 3] of a grid of `n` square images, `cols` per row, as `image_grid` lays them."""
+    rows = -(-n // cols)
+    return torch.full((rows * (size + pad) + pad, cols * (size + pad) + pad, 3), 255, dtype=torch.uint8)
+
+
+def _paste(canvas: torch.Tensor, index: int, tile: torch.Tensor, cols: int, pad: int = 2) -> None:
+    """Put one uint8 image [S, S, 3] into its place (row-major, `cols` per row) on a grid canvas."""
+    row, col = divmod(index, cols)
+    y, x = pad + row * (tile.shape[0] + pad), pad + col * (tile.shape[1] + pad)
+    canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile

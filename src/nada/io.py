@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from nada.config import MAX_SEEDS
 from nada.errors import NadaError
 
 
@@ -123,11 +124,13 @@ def parse_seeds(spec: str) -> list[int]:
                 lo, hi = int(lo_s), int(hi_s)
                 if hi < lo:
                     raise NadaError(f"bad seed range {part!r}: the end is smaller than the start (write e.g. '0-15')")
-                seeds.extend(range(lo, hi + 1))
             else:
-                seeds.append(int(part))
+                lo = hi = int(part)
         except ValueError:
             raise NadaError(f"bad seed list {spec!r}: use non-negative integers like '0-15' or '1,5,9'") from None
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:  # checked before the list grows
+            raise NadaError(f"{spec!r} names more than {MAX_SEEDS:,} seeds: split the job into several commands")
+        seeds.extend(range(lo, hi + 1))
     if not seeds:
         raise NadaError(f"bad seed list {spec!r}: it names no seed (write e.g. '0-15')")
     if any(s < 0 or s >= 2**32 for s in seeds):

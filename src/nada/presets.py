@@ -266,9 +266,7 @@ def load_preset_file(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not path.is_file() or not is_compact(path):
         return load_generator(path, device=device)
     obj = _read(path)
-    meta = obj["nada_preset"]
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise NadaError(f"{path} is a preset file of format {meta.get('format')} v{meta.get('format_version')}: this nada reads {FORMAT} v{FORMAT_VERSION}; update nada")
+    meta = _checked_record(obj, path)
     G = load_generator(meta["base"])
     if state_fingerprint(G) != meta.get("base_fingerprint"):
         raise NadaError(
@@ -281,8 +279,33 @@ def load_preset_file(path: str | os.PathLike, device: str | torch.device = "cpu"
             raise NadaError(f"{path}: delta {key} {list(delta.shape)} does not fit the base generator {meta['base']!r}: the file is corrupt")
         state[key] = state[key] + delta.to(state[key].dtype)
     G.load_state_dict(state, strict=True)
-    G.mean_latent.copy_(obj["latent_avg"].reshape(G.mean_latent.shape))
+    latent_avg = obj["latent_avg"]
+    if latent_avg.numel() != G.style_dim:
+        raise NadaError(f"{path}: latent_avg has shape {list(latent_avg.shape)}, not [{G.style_dim}] as the base "
+                        f"{meta['base']!r} needs: the file is corrupt; pack it again")
+    G.mean_latent.copy_(latent_avg.reshape(G.mean_latent.shape))
     return G.eval().to(device)
+
+
+def _checked_record(obj: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The 'nada_preset' record of a loaded compact file, every entry checked; NadaError naming the first fault."""
+    meta = obj["nada_preset"]
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise NadaError(f"{path} is a preset file of format {meta.get('format')} v{meta.get('format_version')}: "
+                        f"this nada reads {FORMAT} v{FORMAT_VERSION}; update nada")
+    if not isinstance(meta.get("base"), str):
+        raise NadaError(f"{path}: the preset record names no base generator: the file is corrupt; pack it again")
+    tensors = {"latent_avg": obj.get("latent_avg")}
+    delta = obj.get("delta")
+    if not isinstance(delta, dict):
+        raise NadaError(f"{path} has no 'delta' entry (the changed weights): the file is corrupt; pack it again")
+    tensors.update({f"delta {k}": v for k, v in delta.items()})
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise NadaError(f"{path}: {name} is missing or not a float tensor: the file is corrupt; pack it again")
+        if not bool(torch.isfinite(t).all()):
+            raise NadaError(f"{path}: {name} contains NaN or infinite values: the file is corrupt; pack it again")
+    return meta
 
 
 def pack_preset(
@@ -340,7 +363,9 @@ def packed_info(path: str | os.PathLike) -> dict[str, Any]:
     obj = _read(Path(path))
     if not (isinstance(obj, dict) and isinstance(obj.get("nada_preset"), dict)):
         raise NadaError(f"{path} is not a compact preset file: it holds no 'nada_preset' record")
-    delta = obj["delta"]
+    delta = obj.get("delta")
+    if not isinstance(delta, dict):
+        raise NadaError(f"{path} has no 'delta' entry (the changed weights): the file is corrupt; pack it again")
     return {
         "base": obj["nada_preset"].get("base"),
         "tensors": len(delta),
