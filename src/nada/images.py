@@ -19,12 +19,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from nada.config import MAX_DECODED_PIXELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from nada.errors import NadaError
 
-MIN_SIDE = 32  # smaller images hold too little detail to align or invert
-MAX_SIDE = 4096  # larger images are downscaled to this longer side before anything else
-# Pillow refuses to decode images above 2x this many pixels (decompression bombs); nada refuses them too.
-MAX_PIXELS = 2 * 89_478_485
+MIN_SIDE, MAX_SIDE, MAX_PIXELS = MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS  # the limits live in nada.config
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -52,18 +50,35 @@ def load_image(
     if max(w, h) > max_side and img.format == "JPEG":
         # JPEG can decode directly at 1/2, 1/4 or 1/8 scale, which saves most of the memory of a huge photo.
         img.draft("RGB", (max(1, w * max_side // max(w, h)), max(1, h * max_side // max(w, h))))
+    if img.size[0] * img.size[1] > MAX_DECODED_PIXELS:  # the header's size, checked before a byte is decoded
+        raise NadaError(f"image {path} is {w}x{h} pixels, more than the {MAX_DECODED_PIXELS:,} nada decodes: "
+                        f"downscale it to at most {MAX_SIDE} pixels per side first")
     try:
         img.load()
     except (OSError, ValueError, SyntaxError) as e:  # Pillow reports truncated data as OSError
         raise NadaError(f"image {path} is truncated or corrupt ({_one_line(e)}): copy or export it again") from None
     img = _upright(img, ImageOps)
-    img = _normalise_mode(img, Image)
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
         new = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
         notify(f"image {path} is {w}x{h} pixels; downscaled to {new[0]}x{new[1]} (at most {max_side} pixels per side)")
-        img = img.resize(new, Image.LANCZOS, reducing_gap=3.0)
-    return _to_tensor(img)
+        img = _resizable(img, Image).resize(new, Image.LANCZOS, reducing_gap=3.0)
+    return _to_tensor(_normalise_mode(img, Image))
+
+
+def _resizable(img: "PIL.Image.Image", Image: object) -> "PIL.Image.Image":  # noqa: F821
+    """A mode Pillow resizes faithfully: palettes and 1-bit to 8-bit, 16/32-bit gray to "F"; alpha is kept.
+
+    Pillow resizes RGBA and LA with premultiplied alpha, so compositing on white after the downscale gives
+    the composite of the full image, at the memory of the small one.
+    """
+    if img.mode in _HIGH_DEPTH_MODES:
+        return _normalise_mode(img, Image)
+    if img.mode in ("P", "PA") or "transparency" in img.info:
+        return img.convert("RGBA")
+    if img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+        return img.convert("L" if img.mode == "1" else "RGB")
+    return img
 
 
 def _open(path: Path) -> "PIL.Image.Image":  # noqa: F821

@@ -32,7 +32,7 @@ def write_error(path: str | os.PathLike, e: BaseException) -> NadaError | None:
     if isinstance(e, NadaError):
         return e
     if isinstance(e, OSError):
-        what, fix = _WRITE_FIXES.get(e.errno or 0, (e.strerror or type(e).__name__, "check the output path"))
+        what, fix = _WRITE_FIXES.get(e.errno or 0, (e.strerror or str(e) or type(e).__name__, "check the output path"))
         return NadaError(f"cannot write {path}: {what}: {fix}")
     if isinstance(e, RuntimeError) and any(m in str(e) for m in ("inline_container", "PytorchStreamWriter")):
         fix = _WRITE_FIXES[errno.ENOSPC][1]

@@ -26,6 +26,7 @@ import torch
 
 from nada.errors import NadaError
 from nada.invert import InvertConfig
+from nada.io import check_writable_folder, write_error
 
 STAGING_PREFIX = ".nada-stylize-"
 
@@ -186,6 +187,7 @@ def stylize(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NadaError(f"{out_dir} exists and is not a folder: choose another --out")
+    check_writable_folder(out_dir, "--out")
     paths = [Path(p).expanduser() for p in images]
     folders = _unique([_safe_name(p.stem) for p in paths])
 
@@ -265,6 +267,11 @@ def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Seque
             os.replace(stage / name, out_dir / name)
         done = True
         return [out_dir / name for name in rel]
+    except (OSError, RuntimeError) as e:  # a full disk or lost rights while writing: one line, nothing left
+        error = write_error(getattr(e, "filename", None) or out_dir, e)
+        if error is None:
+            raise
+        raise error from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if created and not done and not any(out_dir.iterdir()):
