@@ -125,10 +125,10 @@ def _normalise_mode(img: "PIL.Image.Image", Image: object) -> "PIL.Image.Image":
             peak = 65535.0 if mode.startswith("I;16") or float(a.max(initial=0.0)) > 255 else 255.0
         return Image.fromarray(np.clip(a / peak, 0.0, 1.0).astype(np.float32))  # type: ignore[attr-defined]
     if mode in _ALPHA_MODES or "transparency" in img.info:
-        rgba = np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0
-        alpha = rgba[..., 3:]
-        rgb = rgba[..., :3] * alpha + (1.0 - alpha)  # composite on white
-        return Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8))  # type: ignore[attr-defined]
+        rgba = np.asarray(img.convert("RGBA"))
+        alpha = rgba[..., 3:].astype(np.uint16)
+        on_white = rgba[..., :3] * alpha + 255 * (255 - alpha)  # composite on white, in 8-bit units times 255
+        return Image.fromarray(((on_white + 127) // 255).astype(np.uint8))  # type: ignore[attr-defined]
     return img.convert("RGB")  # CMYK, palette, 1-bit, L, YCbCr, LAB, HSV ...
 
 
