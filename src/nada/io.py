@@ -34,7 +34,8 @@ def write_error(path: str | os.PathLike, e: BaseException) -> NadaError | None:
     if isinstance(e, OSError):
         what, fix = _WRITE_FIXES.get(e.errno or 0, (e.strerror or str(e) or type(e).__name__, "check the output path"))
         return NadaError(f"cannot write {path}: {what}: {fix}")
-    if isinstance(e, RuntimeError) and any(m in str(e) for m in ("inline_container", "PytorchStreamWriter")):
+    torch_write = any(m in str(e) for m in ("inline_container", "PytorchStreamWriter")) and "Reader" not in str(e)
+    if isinstance(e, RuntimeError) and torch_write:
         fix = _WRITE_FIXES[errno.ENOSPC][1]
         return NadaError(f"cannot write {path}: torch could not finish the file (usually a full disk): {fix}")
     return None
