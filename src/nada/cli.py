@@ -35,7 +35,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     if compare_out is not None:
         print(f"wrote {_save_comparison(compare_out, base_source, G, args, seeds, device)}")
         return 0
-    for path in write_outputs(G, seeds, grid, folder, truncation_psi=args.truncation, batch_size=args.batch_size):
+    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device}
+    for path in write_outputs(G, seeds, grid, folder, **render):
         print(f"wrote {path}")
     return 0
 
