@@ -19,6 +19,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     compare_out = _comparison_target(args) if args.compare else None  # refuse before any loading
+    _preflight_generate(args)
     device = resolve_device(args.device)
     G, base_source = _generate_source(args, device)
     if compare_out is not None:
@@ -47,6 +48,38 @@ def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple[
         except NadaError:
             base = None
     return G, base
+
+
+def _preflight_generate(args: argparse.Namespace) -> None:
+    """Fetch (or list, when they cannot be fetched) every weights file generate needs, before loading any."""
+    from nada import preflight
+
+    if args.preset is not None:
+        from nada.presets import get_preset
+
+        needs = preflight.preset_needs(args.preset)
+        base = args.base or get_preset(args.preset).base
+    else:
+        needs = preflight.generator_needs(args.checkpoint)
+        base = args.base or _recorded_base(args.checkpoint)
+    preflight.ensure(needs + (preflight.generator_needs(base) if args.compare else []))
+
+
+def _metadata(source: str) -> dict:
+    """The metadata of a nada checkpoint file; {} for names and for files of other formats."""
+    from nada.checkpoints import read_metadata
+
+    if not Path(source).is_file():
+        return {}
+    try:
+        return read_metadata(source)
+    except NadaError:
+        return {}
+
+
+def _recorded_base(checkpoint: str) -> str | None:
+    """The base generator a nada checkpoint file records, None for other sources."""
+    return _metadata(checkpoint).get("base_model")
 
 
 def _comparison_target(args: argparse.Namespace) -> Path:
@@ -159,8 +192,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from nada.adapt import RunPaths, adapt
     from nada.config import AdaptConfig
 
+    from nada import preflight
+
     config = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
     paths = RunPaths(Path(config.out_dir))
+    preflight.ensure(preflight.adapt_needs(config))
     try:
         G_train = adapt(config, progress=not args.quiet, resume=args.resume, force=args.force)
     except KeyboardInterrupt:
@@ -338,6 +374,7 @@ def _run_stylize(args: argparse.Namespace) -> int:
 
     config = InvertConfig(steps=args.steps, lr=args.lr, lambda_mse=args.lambda_mse, lambda_lpips=args.lambda_lpips,
                           lambda_id=args.lambda_id, lpips_net=args.lpips_net)
+    _preflight_stylize(args, config)
     report = stylize(
         args.image, args.out, presets=args.preset, checkpoints=args.checkpoint, base=args.base, align=args.align,
         config=config, device=resolve_device(args.device), allow_missing_losses=args.allow_missing_losses,
@@ -350,6 +387,23 @@ def _run_stylize(args: argparse.Namespace) -> int:
         print(f"{r.source}: reconstruction {quality} -> {Path(args.out) / r.folder}")
     print(f"grid: {Path(args.out) / 'grid.png'} ({len(report.written)} files written)")
     return 0
+
+
+def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None:  # noqa: F821
+    """Fetch (or list) the styles', the base generator's and the losses' weights before any work."""
+    from nada import preflight
+    from nada.invert import loss_kind_for_base
+    from nada.presets import get_preset
+
+    needs = [n for name in args.preset for n in preflight.preset_needs(name)]
+    needs += [n for ckpt in args.checkpoint for n in preflight.generator_needs(ckpt)]
+    bases = {args.base} if args.base else {get_preset(p).base for p in args.preset} | {_recorded_base(c) for c in args.checkpoint}
+    base = next(iter(bases)) if len(bases) == 1 else None  # several or unknown bases: stylize explains
+    if base:
+        needs += preflight.generator_needs(base)
+        kind = loss_kind_for_base(base, _metadata(base))
+        needs += preflight.loss_needs(config, kind, optional=args.allow_missing_losses)
+    preflight.ensure(needs)
 
 
 # ---------------------------------------------------------------- web

@@ -49,6 +49,7 @@ CHUNK_BYTES = 1 << 20  # hashing
 NET_CHUNK_BYTES = 1 << 16  # network reads: a dropped connection loses at most this much of what arrived
 HTTP_TIMEOUT_S = 30.0  # per socket read, not for the whole file
 RESUME_ATTEMPTS = 3  # connection drops survived within one download, each resuming where the last stopped
+OFFLINE_REASON = "offline mode is on (NADA_OFFLINE=1 or HF_HUB_OFFLINE=1)"
 
 
 @dataclass(frozen=True)
@@ -152,12 +153,15 @@ def verify(path: Path, source: WeightsSource) -> None:
 # ---------------------------------------------------------------- fetching
 
 
-def fetch(source: WeightsSource, key: str, *, progress: bool = True, endpoint: str | None = None) -> Path:
+def fetch(
+    source: WeightsSource, key: str, *, progress: bool = True, endpoint: str | None = None, dest: Path | None = None
+) -> Path:
     """The verified local file of `source` (downloaded into the cache on first use); `key` names its cache folder.
 
-    `endpoint` replaces https://huggingface.co for hub files (a mirror; tests use a local server).
+    `endpoint` replaces https://huggingface.co for hub files (a mirror; tests use a local server); `dest`
+    replaces the default place ``local_path(source, key)`` (the CLIP cache names files its own way).
     """
-    dest = local_path(source, key)
+    dest = dest if dest is not None else local_path(source, key)
     if source.kind == "package":
         if not dest.is_file():
             raise NadaError(f"{dest} is missing from the nada package: reinstall nada (pip install -e .)")
@@ -167,7 +171,7 @@ def fetch(source: WeightsSource, key: str, *, progress: bool = True, endpoint: s
         verify(dest, source)
         return dest
     if offline():
-        raise missing_file_error(source, dest, "offline mode is on (NADA_OFFLINE or HF_HUB_OFFLINE)")
+        raise missing_file_error(source, dest, OFFLINE_REASON)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.kind == "hub":
         _download_hub(source, dest, progress, endpoint)
