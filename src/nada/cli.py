@@ -409,8 +409,19 @@ def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None
 # ---------------------------------------------------------------- web
 
 
+# WebLimits field -> what its flag bounds, for the help text.
+_WEB_LIMITS = {
+    "max_iterations": "iterations of one Adapt job", "max_batch": "latents per Adapt iteration",
+    "max_views": "CLIP views per image pair in Adapt", "max_seeds": "images per Generate click",
+    "max_steps": "inversion steps per Stylize click", "max_upload_pixels": "pixels (width x height) of an uploaded photo",
+    "max_upload_mb": "megabytes of one uploaded file",
+}
+
+
 def _web_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.config import AdaptConfig
+    from dataclasses import fields
+
+    from nada.config import AdaptConfig, WebLimits
     from nada.web import DEFAULT_HOST, DEFAULT_PORT
 
     d = AdaptConfig()
@@ -419,8 +430,13 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", default=d.generator, help="base generator: checkpoint path or registered name (default: %(default)s)")
     p.add_argument("--clip", default=d.clip, help="CLIP model or ensemble for adaptation (default: %(default)s)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
+    p.add_argument("--checkpoints", default=None, metavar="DIR",
+                   help="folder whose checkpoint files visitors may name in the page (default: none, only presets and registered names)")
     p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    for f in fields(WebLimits):
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, type=int, default=f.default, metavar="N", help=f"most {_WEB_LIMITS[f.name]} (default: %(default)s)")
 
 
 def _run_web(args: argparse.Namespace) -> int:
@@ -428,9 +444,14 @@ def _run_web(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401  (checked here: nada.web imports it only when the page is built)
     except ImportError:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
+    from dataclasses import fields
+
+    from nada.config import WebLimits
     from nada.web import WebBackend, build_app, serve
 
-    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir)
+    limits = WebLimits(**{f.name: getattr(args, f.name) for f in fields(WebLimits)})
+    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device,
+                         work_dir=args.work_dir, checkpoints_dir=args.checkpoints, limits=limits)
     print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
     serve(build_app(backend), host=args.host, port=args.port, block=True)
     return 0
