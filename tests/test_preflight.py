@@ -53,11 +53,13 @@ def _error(capsys) -> str:
 def test_offline_adapt_lists_every_missing_file_at_once(cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NADA_OFFLINE", "1")
     out = tmp_path / "run"
-    rc = main(["adapt", "--generator", "ffhq", "--clip", "ViT-B/32,ViT-B/16:0.5", "--target", "sketch", "--out", str(out)])
+    rc = main(["adapt", "--generator", "ffhq", "--clip", "ViT-B/32,ViT-B/16:0.5", "--target", "sketch",
+               "--out", str(out)])
     err = _error(capsys)
     assert rc == 2
     assert "3 weights files this command needs are not on this machine and offline mode is on (NADA_OFFLINE=1" in err
-    assert FFHQ_URL in err and "(381 MB)" in err and str(cache / "weights" / "ffhq" / "stylegan2-ffhq-config-f.pt") in err
+    assert FFHQ_URL in err and "(381 MB)" in err
+    assert str(cache / "weights" / "ffhq" / "stylegan2-ffhq-config-f.pt") in err
     assert B32_URL in err and str(cache / "clip" / "ViT-B-32-quickgelu_openai.safetensors") in err
     assert B16_URL in err and str(cache / "clip" / "ViT-B-16-quickgelu_openai.safetensors") in err
     assert err.count("\n  - ") == 3
@@ -73,7 +75,8 @@ def test_without_network_one_probe_per_host_and_no_download(cache, tmp_path, mon
         return f"{host}:{port} does not answer ([Errno -3] Temporary failure in name resolution)"
 
     monkeypatch.setattr(preflight, "probe_host", unreachable)
-    rc = main(["adapt", "--generator", "ffhq", "--clip", "ViT-B/32", "--target", "sketch", "--out", str(tmp_path / "run")])
+    rc = main(["adapt", "--generator", "ffhq", "--clip", "ViT-B/32", "--target", "sketch",
+               "--out", str(tmp_path / "run")])
     err = _error(capsys)
     assert rc == 2 and probes == ["huggingface.co"]  # both files live there: one connection attempt in all
     assert "2 weights files" in err and "the network cannot be reached" in err and "NADA_OFFLINE=1" in err
@@ -101,7 +104,8 @@ def test_online_the_missing_files_download_before_the_work(cache, monkeypatch):
         return dest
 
     monkeypatch.setattr(download, "fetch", fake_fetch)
-    preflight.ensure(preflight.generator_needs("ffhq") + preflight.clip_needs("ViT-B/32") + preflight.generator_needs("toy"))
+    needs = preflight.generator_needs("ffhq") + preflight.clip_needs("ViT-B/32") + preflight.generator_needs("toy")
+    preflight.ensure(needs)
     assert fetched == [cache / "weights" / "ffhq" / "stylegan2-ffhq-config-f.pt",
                        cache / "clip" / "ViT-B-32-quickgelu_openai.safetensors"]
 
@@ -111,7 +115,8 @@ def test_generate_compare_lists_the_preset_and_its_base(cache, tmp_path, monkeyp
     rc = main(["generate", "--preset", "ffhq-pixar", "--compare", "--out", str(tmp_path / "grid.png")])
     err = _error(capsys)
     assert rc == 2 and "2 weights files" in err
-    assert "preset 'ffhq-pixar': https://huggingface.co/rinong/stylegan-nada-models/resolve/" in err and "(133 MB)" in err
+    assert "preset 'ffhq-pixar': https://huggingface.co/rinong/stylegan-nada-models/resolve/" in err
+    assert "(133 MB)" in err
     assert str(cache / "weights" / "ffhq-pixar" / "pixar.pt") in err and "generator 'ffhq'" in err
 
 

@@ -186,7 +186,7 @@ def test_uploads_are_measured_before_anything_is_decoded(place, tmp_path, offlin
     key = backend.add_checkpoint(place["good"]).key
     huge = tmp_path / "huge.png"
     huge.write_bytes(_png_header(12000, 12000))
-    with pytest.raises(NadaError, match=r"huge.png has 12000x12000 pixels: this server reads photos of at most 1.0 megapixels"):
+    with pytest.raises(NadaError, match=r"huge.png has 12000x12000 pixels: this server reads photos of at most 1.0 M"):
         backend.stylize(str(huge), [key], steps=1)
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(100_000, 100_000))  # past Pillow's own decompression-bomb bound

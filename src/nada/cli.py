@@ -397,7 +397,8 @@ def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None
 
     needs = [n for name in args.preset for n in preflight.preset_needs(name)]
     needs += [n for ckpt in args.checkpoint for n in preflight.generator_needs(ckpt)]
-    bases = {args.base} if args.base else {get_preset(p).base for p in args.preset} | {_recorded_base(c) for c in args.checkpoint}
+    bases = {get_preset(p).base for p in args.preset} | {_recorded_base(c) for c in args.checkpoint}
+    bases = {args.base} if args.base else bases
     base = next(iter(bases)) if len(bases) == 1 else None  # several or unknown bases: stylize explains
     if base:
         needs += preflight.generator_needs(base)
@@ -413,7 +414,8 @@ def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None
 _WEB_LIMITS = {
     "max_iterations": "iterations of one Adapt job", "max_batch": "latents per Adapt iteration",
     "max_views": "CLIP views per image pair in Adapt", "max_seeds": "images per Generate click",
-    "max_steps": "inversion steps per Stylize click", "max_upload_pixels": "pixels (width x height) of an uploaded photo",
+    "max_steps": "inversion steps per Stylize click",
+    "max_upload_pixels": "pixels (width x height) of an uploaded photo",
     "max_upload_mb": "megabytes of one uploaded file",
 }
 
@@ -431,12 +433,14 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default=d.clip, help="CLIP model or ensemble for adaptation (default: %(default)s)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
     p.add_argument("--checkpoints", default=None, metavar="DIR",
-                   help="folder whose checkpoint files visitors may name in the page (default: none, only presets and registered names)")
+                   help="folder whose checkpoint files visitors may name in the page "
+                        "(default: none, only presets and registered names)")
     p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     for f in fields(WebLimits):
         flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, type=int, default=f.default, metavar="N", help=f"most {_WEB_LIMITS[f.name]} (default: %(default)s)")
+        p.add_argument(flag, type=int, default=f.default, metavar="N",
+                       help=f"most {_WEB_LIMITS[f.name]} (default: %(default)s)")
 
 
 def _run_web(args: argparse.Namespace) -> int:

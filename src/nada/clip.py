@@ -729,7 +729,7 @@ def _find_cached(src: _PretrainedSource) -> Path | None:
 
 
 def _download_candidates(src: _PretrainedSource) -> list[tuple["WeightsSource", Path]]:
-    """Each file that holds the weights of `src` as a nada.download source and its place in clip_cache_dir(), preferred first."""
+    """Each file holding the weights of `src`: its nada.download source and place in clip_cache_dir(), best first."""
     from nada.download import WeightsSource
 
     if src.hf_repo:
@@ -794,8 +794,8 @@ def _pretrained_file(src: _PretrainedSource, display: str) -> Path:
         return cached
     candidates = _download_candidates(src)
     if not candidates:
-        raise NadaError(f"CLIP weights for {display!r} are not on this machine and open_clip knows no address for them: "
-                        f"save them as {clip_cache_dir() / src.local_stem}.pt")
+        raise NadaError(f"CLIP weights for {display!r} are not on this machine and open_clip knows no address "
+                        f"for them: save them as {clip_cache_dir() / src.local_stem}.pt")
     errors: list[NadaError] = []
     for source, dest in candidates:  # a repository may hold only the second (older) file name
         try:

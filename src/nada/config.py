@@ -217,5 +217,7 @@ class WebLimits:
             (config.clip_views, self.max_views, "CLIP views"),
         ):
             if value > limit:
-                raise NadaError(f"{value} {what} asked for: this server runs at most {limit} per adaptation; ask for fewer")
+                raise NadaError(
+                    f"{value} {what} asked for: this server runs at most {limit} per adaptation; ask for fewer"
+                )
 

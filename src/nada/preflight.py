@@ -39,6 +39,7 @@ class Need:
     found: Path | None  # the file on this machine, None when missing
     fetch: Callable[[], Path] | None = None  # downloads it; None: it can only be placed by hand
     optional: bool = False  # the command runs without it (a loss dropped with --allow-missing-losses)
+    hint: str = ""  # another way out, added once to the message (e.g. the flag that drops the loss)
 
     def line(self) -> str:
         """'what: address (size) -> target path', one line of the missing-files message."""
@@ -83,7 +84,7 @@ def preset_needs(name: str) -> list[Need]:
 
 
 def clip_needs(spec: str) -> list[Need]:
-    """The pretrained weights file of every model of a CLIP spec ("ViT-B/32,ViT-B/16:0.5"); toy CLIPs and paths need none."""
+    """The pretrained weights of every model of a CLIP spec ("ViT-B/32,ViT-B/16:0.5"); toy CLIPs and paths need none."""
     from nada.clip import fetch_pretrained_weights, parse_clip_spec, pretrained_weights
 
     needs = []
@@ -118,7 +119,8 @@ def _perceptual_need(key: str, optional: bool) -> Need:
     dest = local_path(source, key)
     found = next((p for p in (dest, *P._elsewhere(key)) if p.is_file()), None)
     getter = None if key in P.MANUAL_ONLY else (lambda: P.resolve_weights(key))
-    return Need(f"weights {key!r}", source, dest, found, getter, optional)
+    hint = "pass --allow-missing-losses to run without the losses whose weights are missing"
+    return Need(f"weights {key!r}", source, dest, found, getter, optional, hint)
 
 
 def adapt_needs(config: "AdaptConfig") -> list[Need]:
@@ -175,14 +177,15 @@ def missing_message(missing: Sequence[Need], reason: str) -> str:
     """The one message that lists every missing file (address, size, target path) and what to do."""
     count = f"{len(missing)} weights files" if len(missing) > 1 else "1 weights file"
     lines = [f"{count} this command needs {'are' if len(missing) > 1 else 'is'} not on this machine and {reason}: "
-             "download each and save it at the path after the arrow, or run again with network access "
+             "download each file and save it as the path after the arrow, or run again with network access "
              "(NADA_OFFLINE unset), which caches them there"]
     lines += [f"  - {n.line()}" for n in missing]
+    lines += [f"or {hint}" for hint in dict.fromkeys(n.hint for n in missing if n.hint)]
     return "\n".join(lines)
 
 
 def check(needs: Iterable[Need]) -> list[Need]:
-    """The required files to download (none fetched here); NadaError listing them all when they cannot be fetched now."""
+    """The required files to download (none fetched here); NadaError listing them all if they cannot be fetched now."""
     missing = [n for n in _unique(needs) if n.found is None and not n.optional]
     if missing:
         reason = _blocked(missing)

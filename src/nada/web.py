@@ -250,7 +250,7 @@ class WebBackend:
                 self._styles[f"preset:{name}"] = StyleEntry(f"preset:{name}", f"{name}: {p.domain}{note}", preset=name, base=p.base)
 
     def add_checkpoint(self, path: str | Path) -> StyleEntry:
-        """Offer an operator's checkpoint file to every visitor; its base comes from its metadata (else this app's base)."""
+        """Offer an operator's checkpoint file to every visitor; its base comes from its metadata (else this app's)."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise NadaError(f"checkpoint {path} not found: check the path")
@@ -320,7 +320,7 @@ class WebBackend:
         return [(e.label, e.key) for e in entries]
 
     def style(self, key: str, session: Session | None = None) -> StyleEntry:
-        """The catalogue (or session) entry for a dropdown value; NadaError when nothing (or something unknown) is chosen."""
+        """The catalogue (or session) entry of a dropdown value; NadaError for no choice or an unknown one."""
         if not key:
             raise NadaError("no style chosen: pick a preset or an adapted generator (or give a checkpoint path)")
         with self._lock:
@@ -467,7 +467,7 @@ class WebBackend:
         return job
 
     def _run_job(self, job: AdaptJob) -> None:
-        """Worker thread: run one adaptation, then offer its generator in the catalogue."""
+        """Worker thread: fetch missing weights, run one adaptation, offer its generator in the visitor's session."""
         from nada import preflight
         from nada.adapt import adapt
 
@@ -525,7 +525,7 @@ class WebBackend:
         return self.jobs.get(int(job_id)) if job_id is not None else None
 
     def cancel(self, job_id: int | None, session: Session | None = None) -> AdaptJob:
-        """Cancel a queued or running job (of this session, when one is given); NadaError when there is none to cancel."""
+        """Cancel a queued or running job (of `session`, when given); NadaError when there is none to cancel."""
         job = self.job(job_id)
         if job is None or job.finished or (session is not None and job.id not in session.jobs):
             raise NadaError("no adaptation is running or queued in this page: start one first")
@@ -619,7 +619,7 @@ def _allowed_folder(folder: str | Path | None) -> Path | None:
 
 
 def _seed_count(spec: str) -> int:
-    """How many seeds "0-15,20" names, without building the list (malformed parts count 1: parse_seeds explains them)."""
+    """How many seeds "0-15,20" names, without building the list (a malformed part counts 1: parse_seeds explains)."""
     total = 0
     for part in str(spec).split(","):
         lo, sep, hi = part.strip().partition("-")
@@ -678,11 +678,12 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
         with gr.Tab("Generate") as tab_generate:
             with gr.Row():
                 g_style = gr.Dropdown(be.style_choices(), value=first, label="style (preset or adapted generator)", elem_id="gen-style")
-                g_ckpt = gr.Textbox(label="or a preset, a registered generator or a file in the server's checkpoint folder",
+                g_ckpt = gr.Textbox(label="or a preset, a registered generator or a file in the server's folder",
                                     placeholder="sketch/generator.pt", elem_id="gen-checkpoint")
             with gr.Row():
                 g_seeds = gr.Textbox(value="", label="seeds, e.g. 0-7 or 1,5,9 (empty: use the count)", elem_id="gen-seeds")
-                g_count = gr.Number(value=4, precision=0, minimum=1, maximum=be.limits.max_seeds, label="count", elem_id="gen-count")
+                g_count = gr.Number(value=4, precision=0, minimum=1, maximum=be.limits.max_seeds, label="count",
+                                    elem_id="gen-count")
                 g_trunc = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="truncation", elem_id="gen-truncation")
             g_button = gr.Button("Generate", variant="primary", elem_id="gen-button")
             g_gallery = gr.Gallery(label="base | adapted, per seed", columns=4, object_fit="contain", elem_id="gen-gallery")
@@ -719,7 +720,7 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
         # ---- callbacks: thin wrappers over the backend
 
         @_user_errors
-        def on_generate(style: str, ckpt: str, seeds: str, count: float, trunc: float, visitor: Session) -> tuple[Any, ...]:
+        def on_generate(style: str, ckpt: str, seeds: str, count: float, trunc: float, visitor: Session) -> tuple:
             pairs, files = be.generate(style, ckpt, seeds, int(count or 0), trunc, session=visitor)
             return pairs, [str(f) for f in files], gr.update(choices=be.style_choices(visitor)), visitor
 
@@ -750,7 +751,8 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
             choices = be.style_choices(visitor)
             final = str(sample) if sample else keep
             pick = {"value": job.entry.key} if job.entry is not None else {}
-            yield None, _progress_html(job, status), final, gr.update(choices=choices, **pick), gr.update(choices=choices), visitor
+            picks = gr.update(choices=choices, **pick), gr.update(choices=choices)
+            yield None, _progress_html(job, status), final, *picks, visitor
 
         @_user_errors
         def on_cancel(job_id: int | None, visitor: Session) -> str:
@@ -764,7 +766,8 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
                 gr.Info(note)
             return gallery
 
-        g_button.click(on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc, session], [g_gallery, g_files, g_style, session])
+        g_button.click(on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc, session],
+                       [g_gallery, g_files, g_style, session])
         a_start.click(adapt_stream, [a_source, a_target, a_layers, a_iters, a_keep, session],
                       [a_job, a_status, a_grid, g_style, s_styles, session],
                       concurrency_limit=None)  # many pages may watch their jobs; the JobQueue runs one at a time
