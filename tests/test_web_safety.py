@@ -165,6 +165,23 @@ def test_jobs_over_the_limits_are_refused(place, tmp_path, offline_cache):
         WebLimits(max_seeds=0).validate()
 
 
+def test_the_operator_sets_folder_and_limits_on_the_command_line(place, tmp_path, offline_cache, monkeypatch, capsys):
+    from nada import web
+    from nada.cli import main
+
+    seen = {}
+    monkeypatch.setattr(web, "serve", lambda app, host, port, block: seen.update(app=app) or "")
+    common = ["web", "--generator", str(place["base"]), "--clip", "toy", "--device", "cpu", "--work-dir", str(tmp_path)]
+    assert main([*common, "--checkpoints", str(place["allowed"] / "sub" / ".."), "--max-iterations", "7"]) == 0
+    backend = seen["app"].nada_backend
+    assert backend.checkpoints_dir == place["allowed"].resolve() and backend.limits.max_iterations == 7
+    assert main([*common, "--checkpoints", str(tmp_path / "none")]) == 2
+    assert "is not a folder: pass an existing folder to --checkpoints" in capsys.readouterr().err
+    assert main([*common, "--max-seeds", "0"]) == 2
+    assert "max_seeds must be a whole number of at least 1" in capsys.readouterr().err
+    assert main(common) == 0 and seen["app"].nada_backend.checkpoints_dir is None  # no folder unless named
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -186,7 +203,8 @@ def test_uploads_are_measured_before_anything_is_decoded(place, tmp_path, offlin
     key = backend.add_checkpoint(place["good"]).key
     huge = tmp_path / "huge.png"
     huge.write_bytes(_png_header(12000, 12000))
-    with pytest.raises(NadaError, match=r"huge.png has 12000x12000 pixels: this server reads photos of at most 1.0 M"):
+    limit = "huge.png has 12000x12000 pixels: this server reads photos of at most 1.0 megapixels"
+    with pytest.raises(NadaError, match=limit):
         backend.stylize(str(huge), [key], steps=1)
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(100_000, 100_000))  # past Pillow's own decompression-bomb bound
