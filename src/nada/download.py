@@ -6,8 +6,9 @@ its SHA-256 where the publisher's records give it (``None`` means the file canno
 is skipped). `fetch` returns the local file, downloading it into the cache when it is missing:
 
 - cache folder: ``cache_dir()`` = ``$NADA_CACHE``, default ``$XDG_CACHE_HOME/nada`` or ``~/.cache/nada``;
-  downloaded weights live at ``cache_dir()/weights/<key>/<filename>``, so a file can also be put there by
-  hand (the error messages give that full path).
+  downloaded weights live at ``cache_dir()/weights/<key>/<filename>`` (CLIP weights at
+  ``cache_dir()/clip``, see `nada.clip`), so a file can also be put there by hand (the error messages
+  give that full path). `nada.preflight` lists every missing file of a command at once.
 - offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `nada.clip.offline`) or no network: a
   `NadaError` names the address to fetch and the exact path to save the file as.
 - verification: a file with a known SHA-256 is hashed every time it is used, a freshly downloaded one
