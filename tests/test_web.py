@@ -25,7 +25,7 @@ gr = pytest.importorskip("gradio", reason="the web demo needs gradio: pip instal
 from nada.checkpoints import save_checkpoint  # noqa: E402
 from nada.errors import NadaError  # noqa: E402
 from nada.networks import Generator  # noqa: E402
-from nada.web import JobQueue, WebBackend, _user_errors, build_app, serve  # noqa: E402
+from nada.web import JobQueue, Session, WebBackend, _user_errors, build_app, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "src" / "nada" / "assets" / "toy"
@@ -117,7 +117,7 @@ def test_generate_refuses_user_mistakes(backend, world):
         backend.generate("", seeds="0")
     with pytest.raises(NadaError, match="bad seed"):
         backend.generate(_negative(world), seeds="x-y")
-    with pytest.raises(NadaError, match="not found"):
+    with pytest.raises(NadaError, match="no such checkpoint"):
         backend.generate("", checkpoint="/nonexistent/gen.pt")
     with pytest.raises(NadaError, match="at most"):
         backend.generate(_negative(world), seeds="0-100")
@@ -159,8 +159,9 @@ def test_adapt_keeps_the_attributes_the_page_names(backend):
 
 
 def test_adapt_job_becomes_a_style(backend, world):
-    before = {k for _, k in backend.style_choices()}
-    job = backend.submit_adapt("photo", "sketch", "all", 2)
+    visitor = Session()
+    before = {k for _, k in backend.style_choices(visitor)}
+    job = backend.submit_adapt("photo", "sketch", "all", 2, session=visitor)
     from nada.presets import TOY_RECIPE
 
     # Untouched fields keep AdaptConfig's defaults; the toy base runs with the toy presets' recipe.
@@ -174,14 +175,15 @@ def test_adapt_job_becomes_a_style(backend, world):
     _wait(job)
     assert job.state == "done", job.message
     assert job.step == 2 and job.latest_sample() is not None
-    new = {k for _, k in backend.style_choices()} - before
+    new = {k for _, k in backend.style_choices(visitor)} - before
     assert new == {f"run:{job.name}"}
-    pairs, _ = backend.generate(f"run:{job.name}", seeds="0")
+    assert {k for _, k in backend.style_choices()} == before  # the run is the visitor's, not everyone's
+    pairs, _ = backend.generate(f"run:{job.name}", seeds="0", session=visitor)
     assert pairs[0][0].size == (2 * world["size"], world["size"])
 
 
 def test_queue_positions_and_cancel(backend):
-    long = backend.submit_adapt("photo", "sketch", "all", 10_000)
+    long = backend.submit_adapt("photo", "sketch", "all", backend.limits.max_iterations)
     waiting = backend.submit_adapt("photo", "pencil drawing", "all", 2)
     end = time.monotonic() + 60
     while long.step < 1 and time.monotonic() < end:
@@ -192,7 +194,7 @@ def test_queue_positions_and_cancel(backend):
     assert waiting.state == "cancelled"
     backend.cancel(long.id)
     _wait(long)
-    assert long.state == "cancelled" and 1 <= long.step < 10_000
+    assert long.state == "cancelled" and 1 <= long.step < backend.limits.max_iterations
     assert "cancelled at step" in backend.job_status(long)
     with pytest.raises(NadaError, match="no adaptation"):
         backend.cancel(long.id)

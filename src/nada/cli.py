@@ -30,6 +30,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise NadaError(f"batch size {args.batch_size} is invalid: use 1 or more")
     compare_out = _comparison_target(args) if args.compare else None
     grid, folder = check_outputs(seeds, args.out, args.out_dir, args.force) if compare_out is None else (None, None)
+    _preflight_generate(args)
     device = resolve_device(args.device)
     G, base_source = _generate_source(args, device)
     if compare_out is not None:
@@ -57,6 +58,38 @@ def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple[
         except NadaError:
             base = None
     return G, base
+
+
+def _preflight_generate(args: argparse.Namespace) -> None:
+    """Fetch (or list, when they cannot be fetched) every weights file generate needs, before loading any."""
+    from nada import preflight
+
+    if args.preset is not None:
+        from nada.presets import get_preset
+
+        needs = preflight.preset_needs(args.preset)
+        base = args.base or get_preset(args.preset).base
+    else:
+        needs = preflight.generator_needs(args.checkpoint)
+        base = args.base or _recorded_base(args.checkpoint)
+    preflight.ensure(needs + (preflight.generator_needs(base) if args.compare else []))
+
+
+def _metadata(source: str) -> dict:
+    """The metadata of a nada checkpoint file; {} for names and for files of other formats."""
+    from nada.checkpoints import read_metadata
+
+    if not Path(source).is_file():
+        return {}
+    try:
+        return read_metadata(source)
+    except NadaError:
+        return {}
+
+
+def _recorded_base(checkpoint: str) -> str | None:
+    """The base generator a nada checkpoint file records, None for other sources."""
+    return _metadata(checkpoint).get("base_model")
 
 
 def _comparison_target(args: argparse.Namespace) -> Path:
@@ -172,8 +205,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from nada.adapt import RunPaths, adapt
     from nada.config import AdaptConfig
 
+    from nada import preflight
+
     config = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
     paths = RunPaths(Path(config.out_dir))
+    preflight.ensure(preflight.adapt_needs(config))
     try:
         G_train = adapt(config, progress=not args.quiet, resume=args.resume, force=args.force)
     except KeyboardInterrupt:
@@ -351,6 +387,7 @@ def _run_stylize(args: argparse.Namespace) -> int:
 
     config = InvertConfig(steps=args.steps, lr=args.lr, lambda_mse=args.lambda_mse, lambda_lpips=args.lambda_lpips,
                           lambda_id=args.lambda_id, lpips_net=args.lpips_net)
+    _preflight_stylize(args, config)
     report = stylize(
         args.image, args.out, presets=args.preset, checkpoints=args.checkpoint, base=args.base, align=args.align,
         config=config, device=resolve_device(args.device), allow_missing_losses=args.allow_missing_losses,
@@ -365,11 +402,41 @@ def _run_stylize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None:  # noqa: F821
+    """Fetch (or list) the styles', the base generator's and the losses' weights before any work."""
+    from nada import preflight
+    from nada.invert import loss_kind_for_base
+    from nada.presets import get_preset
+
+    needs = [n for name in args.preset for n in preflight.preset_needs(name)]
+    needs += [n for ckpt in args.checkpoint for n in preflight.generator_needs(ckpt)]
+    bases = {get_preset(p).base for p in args.preset} | {_recorded_base(c) for c in args.checkpoint}
+    bases = {args.base} if args.base else bases
+    base = next(iter(bases)) if len(bases) == 1 else None  # several or unknown bases: stylize explains
+    if base:
+        needs += preflight.generator_needs(base)
+        kind = loss_kind_for_base(base, _metadata(base))
+        needs += preflight.loss_needs(config, kind, optional=args.allow_missing_losses)
+    preflight.ensure(needs)
+
+
 # ---------------------------------------------------------------- web
 
 
+# WebLimits field -> what its flag bounds, for the help text.
+_WEB_LIMITS = {
+    "max_iterations": "iterations of one Adapt job", "max_batch": "latents per Adapt iteration",
+    "max_views": "CLIP views per image pair in Adapt", "max_seeds": "images per Generate click",
+    "max_steps": "inversion steps per Stylize click",
+    "max_upload_pixels": "pixels (width x height) of an uploaded photo",
+    "max_upload_mb": "megabytes of one uploaded file",
+}
+
+
 def _web_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.config import AdaptConfig
+    from dataclasses import fields
+
+    from nada.config import AdaptConfig, WebLimits
     from nada.web import DEFAULT_HOST, DEFAULT_PORT
 
     d = AdaptConfig()
@@ -378,8 +445,15 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", default=d.generator, help="base generator: checkpoint path or registered name (default: %(default)s)")
     p.add_argument("--clip", default=d.clip, help="CLIP model or ensemble for adaptation (default: %(default)s)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
+    p.add_argument("--checkpoints", default=None, metavar="DIR",
+                   help="folder whose checkpoint files visitors may name in the page "
+                        "(default: none, only presets and registered names)")
     p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    for f in fields(WebLimits):
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, type=int, default=f.default, metavar="N",
+                       help=f"most {_WEB_LIMITS[f.name]} (default: %(default)s)")
 
 
 def _run_web(args: argparse.Namespace) -> int:
@@ -387,9 +461,14 @@ def _run_web(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401  (checked here: nada.web imports it only when the page is built)
     except ImportError:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
+    from dataclasses import fields
+
+    from nada.config import WebLimits
     from nada.web import WebBackend, build_app, serve
 
-    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir)
+    limits = WebLimits(**{f.name: getattr(args, f.name) for f in fields(WebLimits)})
+    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device,
+                         work_dir=args.work_dir, checkpoints_dir=args.checkpoints, limits=limits)
     print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
     serve(build_app(backend), host=args.host, port=args.port, block=True)
     return 0

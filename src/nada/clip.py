@@ -14,11 +14,13 @@
   the architecture is read from the tensor shapes.
 - a path to a folder holding an open_clip config JSON and a weights file (see ``load_clip_from_config``).
 
-Pretrained weights download on first use into the Hugging Face cache that open_clip uses. Before
-downloading, three places are searched: ``clip_cache_dir()`` (``$NADA_CLIP_CACHE``, default
-``~/.cache/nada/clip``) for a file placed by hand under the name the error message gives, the Hugging
-Face cache, and ``~/.cache/clip`` where OpenAI's ``clip`` package (used by the official StyleGAN-NADA
-code) keeps its TorchScript files. With ``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` nothing is downloaded.
+Pretrained weights download on first use into ``clip_cache_dir()`` (``$NADA_CACHE/clip``, like every
+other weights file of nada; ``$NADA_CLIP_CACHE`` overrides it) through `nada.download.fetch`, under the
+name the error messages give (``<model>_<tag>.<ext>``), where a file can also be placed by hand. Before
+downloading, two more places are searched: the Hugging Face cache and ``~/.cache/clip``, where OpenAI's
+``clip`` package (used by the official StyleGAN-NADA code) keeps its TorchScript files. With
+``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` nothing is downloaded; `pretrained_weights` tells a
+preflight (``nada.preflight``) which file a name needs without loading anything.
 No file is ever trusted to run code: state dicts load with ``weights_only=True``, safetensors as such,
 and TorchScript archives are read as data (``read_torchscript_tensors``), never compiled.
 
@@ -39,16 +41,20 @@ import json
 import math
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nada.errors import NadaError
+
+if TYPE_CHECKING:
+    from nada.download import WeightsSource
 
 # OpenAI release name -> open_clip architecture trained by OpenAI (loaded with QuickGELU).
 OPENAI_MODELS: dict[str, str] = {
@@ -362,11 +368,12 @@ def unpack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor
 
 
 def clip_cache_dir() -> Path:
-    """Folder searched first for hand-placed CLIP weights: $NADA_CLIP_CACHE, default ~/.cache/nada/clip."""
+    """Folder of downloaded and hand-placed CLIP weights: $NADA_CLIP_CACHE, default $NADA_CACHE/clip."""
+    from nada.download import cache_dir
+
     if os.environ.get("NADA_CLIP_CACHE"):
         return Path(os.environ["NADA_CLIP_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "nada" / "clip"
+    return cache_dir() / "clip"
 
 
 def offline() -> bool:
@@ -721,44 +728,83 @@ def _find_cached(src: _PretrainedSource) -> Path | None:
     return None
 
 
-def _missing_weights_error(src: _PretrainedSource, display: str, reason: str) -> NadaError:
-    """The error that says which file to fetch and where to put it."""
+def _download_candidates(src: _PretrainedSource) -> list[tuple["WeightsSource", Path]]:
+    """Each file holding the weights of `src`: its nada.download source and place in clip_cache_dir(), best first."""
+    from nada.download import WeightsSource
+
     if src.hf_repo:
-        url = f"https://huggingface.co/{src.hf_repo}/resolve/main/{src.hf_files[0]}"
-        ext = os.path.splitext(src.hf_files[0])[1]
-    else:
-        url, ext = src.url, os.path.splitext(src.url)[1] or ".pt"
-    target = clip_cache_dir() / f"{src.local_stem}{ext}"
-    return NadaError(
-        f"CLIP weights for {display!r} are not on this machine and {reason}: download {url} and save it as {target} "
-        "(or run once with internet access, which caches it)"
-    )
+        return [(WeightsSource(f, hf_repo=src.hf_repo), clip_cache_dir() / f"{src.local_stem}{os.path.splitext(f)[1]}")
+                for f in src.hf_files]
+    if src.url:
+        # OpenAI's addresses carry the file's SHA-256 as their last folder name.
+        folder = src.url.rstrip("/").split("/")[-2] if src.url.count("/") > 3 else ""
+        sha = folder if re.fullmatch(r"[0-9a-f]{64}", folder) else None
+        name = os.path.basename(src.url)
+        dest = clip_cache_dir() / f"{src.local_stem}{os.path.splitext(name)[1] or '.pt'}"
+        return [(WeightsSource(name, url=src.url, sha256=sha), dest)]
+    return []
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """What a pretrained CLIP name needs: the file found on this machine (or None) and where a download goes."""
+
+    display: str
+    found: Path | None
+    source: "WeightsSource | None"  # the preferred file to download; None when open_clip knows no address
+    dest: Path
+
+
+def pretrained_weights(name: str) -> PretrainedWeights | None:
+    """The weights file a pretrained CLIP name needs (None for toy CLIPs and paths); NadaError for unknown names."""
+    name = str(name).strip()
+    pair = _model_tag(name)
+    if pair is None:
+        return None  # toy CLIPs and paths; load_clip explains a malformed open_clip name
+    src, _ = _pretrained_source(*pair, name)
+    candidates = _download_candidates(src)
+    source, dest = candidates[0] if candidates else (None, clip_cache_dir() / f"{src.local_stem}.pt")
+    return PretrainedWeights(name, _find_cached(src), source, dest)
+
+
+def fetch_pretrained_weights(name: str) -> Path:
+    """The weights file of a pretrained CLIP name (OpenAI or open_clip:MODEL/TAG), downloaded when missing."""
+    name = str(name).strip()
+    pair = _model_tag(name)
+    if pair is None:
+        raise NadaError(f"{name!r} is not a pretrained CLIP name: {valid_names_hint()}")
+    src, _ = _pretrained_source(*pair, name)
+    return _pretrained_file(src, name)
+
+
+def _model_tag(name: str) -> tuple[str, str] | None:
+    """The open_clip (model, tag) pair of an OpenAI or 'open_clip:MODEL/TAG' name; None for any other name."""
+    if name in OPENAI_MODELS:
+        return f"{OPENAI_MODELS[name]}-quickgelu", "openai"
+    model, sep, tag = name[len(OPEN_CLIP_PREFIX) :].partition("/")
+    return (model, tag) if name.startswith(OPEN_CLIP_PREFIX) and sep and model and tag else None
 
 
 def _pretrained_file(src: _PretrainedSource, display: str) -> Path:
-    """Path of the weights file, downloading it into open_clip's cache unless offline."""
+    """Path of the weights file: found on this machine, else downloaded into clip_cache_dir() unless offline."""
+    from nada.download import fetch
+
     cached = _find_cached(src)
     if cached is not None:
         return cached
-    if offline():
-        raise _missing_weights_error(src, display, "offline mode is on (NADA_OFFLINE or HF_HUB_OFFLINE)")
-    errors: list[str] = []
-    if src.hf_repo:
-        from huggingface_hub import hf_hub_download
-
-        for filename in src.hf_files:
-            try:
-                return Path(hf_hub_download(repo_id=src.hf_repo, filename=filename))
-            except Exception as e:  # network, missing file, permissions: all end in the same advice
-                errors.append(_short(e, 200))
-    elif src.url:
-        from open_clip.pretrained import download_pretrained_from_url
-
+    candidates = _download_candidates(src)
+    if not candidates:
+        raise NadaError(f"CLIP weights for {display!r} are not on this machine and open_clip knows no address "
+                        f"for them: save them as {clip_cache_dir() / src.local_stem}.pt")
+    errors: list[NadaError] = []
+    for source, dest in candidates:  # a repository may hold only the second (older) file name
         try:
-            return Path(download_pretrained_from_url(src.url))
-        except Exception as e:
-            errors.append(_short(e, 200))
-    raise _missing_weights_error(src, display, f"the download failed ({errors[-1] if errors else 'no source known'})")
+            return fetch(source, "clip", dest=dest)
+        except NadaError as e:
+            errors.append(NadaError(f"CLIP {display!r}: {e}"))
+            if offline():
+                break
+    raise errors[0]
 
 
 def _load_pretrained(model: str, tag: str, display: str, device: str | torch.device, antialias: bool, precision: str) -> ClipModel:

@@ -209,3 +209,36 @@ class AdaptConfig:
         check_truncation(self.sample_truncation, "sample_truncation")
         if not self.out_dir.strip():
             raise NadaError("out_dir is empty: give a folder for the run's outputs, e.g. --out runs/sketch")
+
+
+@dataclass(frozen=True)
+class WebLimits:
+    """Server-side limits on what one visitor of `nada web` may ask for; `nada web --max-...` flags override them."""
+
+    max_iterations: int = 1000  # Adapt iterations per job: the toy recipe's 300 fit, hours of one CPU do not
+    max_batch: int = 8  # latents per Adapt iteration
+    max_views: int = 16  # random CLIP views per image pair (the toy recipe uses 8)
+    max_seeds: int = 64  # images per Generate click
+    max_steps: int = 1000  # inversion steps per Stylize click
+    max_upload_pixels: int = 4096 * 4096  # width x height of an uploaded photo, read from its header before decoding
+    max_upload_mb: int = 25  # size of one uploaded file
+
+    def validate(self) -> None:
+        """NadaError naming the first limit that is not a positive whole number."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 1:
+                raise NadaError(f"web limit {f.name} must be a whole number of at least 1 (got {value!r})")
+
+    def check_adapt(self, config: AdaptConfig) -> None:
+        """NadaError when an Adapt job is larger than these limits (iterations, batch, views)."""
+        for value, limit, what in (
+            (config.iterations, self.max_iterations, "iterations"),
+            (config.batch_size, self.max_batch, "latents per iteration"),
+            (config.clip_views, self.max_views, "CLIP views"),
+        ):
+            if value > limit:
+                raise NadaError(
+                    f"{value} {what} asked for: this server runs at most {limit} per adaptation; ask for fewer"
+                )
+

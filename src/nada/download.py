@@ -6,8 +6,9 @@ its SHA-256 where the publisher's records give it (``None`` means the file canno
 is skipped). `fetch` returns the local file, downloading it into the cache when it is missing:
 
 - cache folder: ``cache_dir()`` = ``$NADA_CACHE``, default ``$XDG_CACHE_HOME/nada`` or ``~/.cache/nada``;
-  downloaded weights live at ``cache_dir()/weights/<key>/<filename>``, so a file can also be put there by
-  hand (the error messages give that full path).
+  downloaded weights live at ``cache_dir()/weights/<key>/<filename>`` (CLIP weights at
+  ``cache_dir()/clip``, see `nada.clip`), so a file can also be put there by hand (the error messages
+  give that full path). `nada.preflight` lists every missing file of a command at once.
 - offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `nada.clip.offline`) or no network: a
   `NadaError` names the address to fetch and the exact path to save the file as.
 - verification: a file with a known SHA-256 is hashed every time it is used, a freshly downloaded one
@@ -49,6 +50,7 @@ CHUNK_BYTES = 1 << 20  # hashing
 NET_CHUNK_BYTES = 1 << 16  # network reads: a dropped connection loses at most this much of what arrived
 HTTP_TIMEOUT_S = 30.0  # per socket read, not for the whole file
 RESUME_ATTEMPTS = 3  # connection drops survived within one download, each resuming where the last stopped
+OFFLINE_REASON = "offline mode is on (NADA_OFFLINE=1 or HF_HUB_OFFLINE=1)"
 
 
 @dataclass(frozen=True)
@@ -152,12 +154,15 @@ def verify(path: Path, source: WeightsSource) -> None:
 # ---------------------------------------------------------------- fetching
 
 
-def fetch(source: WeightsSource, key: str, *, progress: bool = True, endpoint: str | None = None) -> Path:
+def fetch(
+    source: WeightsSource, key: str, *, progress: bool = True, endpoint: str | None = None, dest: Path | None = None
+) -> Path:
     """The verified local file of `source` (downloaded into the cache on first use); `key` names its cache folder.
 
-    `endpoint` replaces https://huggingface.co for hub files (a mirror; tests use a local server).
+    `endpoint` replaces https://huggingface.co for hub files (a mirror; tests use a local server); `dest`
+    replaces the default place ``local_path(source, key)`` (the CLIP cache names files its own way).
     """
-    dest = local_path(source, key)
+    dest = dest if dest is not None else local_path(source, key)
     if source.kind == "package":
         if not dest.is_file():
             raise NadaError(f"{dest} is missing from the nada package: reinstall nada (pip install -e .)")
@@ -167,7 +172,7 @@ def fetch(source: WeightsSource, key: str, *, progress: bool = True, endpoint: s
         verify(dest, source)
         return dest
     if offline():
-        raise missing_file_error(source, dest, "offline mode is on (NADA_OFFLINE or HF_HUB_OFFLINE)")
+        raise missing_file_error(source, dest, OFFLINE_REASON)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.kind == "hub":
         _download_hub(source, dest, progress, endpoint)

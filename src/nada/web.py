@@ -6,9 +6,14 @@ Read it in three layers:
    device; further runs wait in a queue that reports each job's position. A job is cancelled between
    two iterations (the loop's callback raises), or removed from the queue before it starts.
 2. `WebBackend`: every action of the page as a plain method (no Gradio inside), raising `NadaError`
-   for anything the user can fix. It owns the *style catalogue*: the presets of the base generator,
-   checkpoints given on the command line, and every generator adapted in this session, which becomes
-   usable in the other tabs as soon as its run ends.
+   for anything the user can fix. It owns the *style catalogue* every visitor sees: the presets of the
+   base generator and the checkpoints the operator named on the command line. What one visitor adds
+   lives in that visitor's `Session` (a ``gr.State``): a checkpoint named in the Generate tab's box,
+   which must be a preset, a registered generator on this machine or a file inside the operator's
+   folder (``nada web --checkpoints DIR``; anything else, missing, outside, unreadable or not a
+   generator, gets one and the same message), and every generator the visitor adapted. Job sizes
+   are bounded by `nada.config.WebLimits` (iterations, batch, views, seeds, steps, upload size and
+   pixels, read from the image header before anything is decoded).
 3. `build_app`: the Gradio page. Each callback calls one backend method through `_user_errors`, which
    turns a `NadaError` (or any unexpected error) into a short `gr.Error` message in the page, never a
    stack trace, so the server keeps serving.
@@ -20,6 +25,8 @@ and `serve`, never when `nada` is imported.
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import re
 import sys
 import tempfile
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from nada.config import AUTO, AdaptConfig
+from nada.config import AUTO, AdaptConfig, WebLimits
 from nada.errors import NadaError
 
 if TYPE_CHECKING:
@@ -46,7 +53,6 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine only unless asked otherwise
 DEFAULT_PORT = 7860
-MAX_SEEDS = 64  # images per Generate click; more would keep a CPU busy for minutes
 LAYER_CHOICES = ("auto:3", "auto:6", "all", "last:3", "grad:3")
 POLL_SECONDS = 0.5  # how often the Adapt tab refreshes a running job
 
@@ -70,6 +76,8 @@ class AdaptJob:
     loss: float | None = None
     message: str = ""
     result: Path | None = None  # the adapted checkpoint once state == "done"
+    entry: "StyleEntry | None" = None  # the result as a style of the visitor's session
+    session: "Session | None" = None  # the visitor who asked for it
     cancel_requested: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -152,11 +160,27 @@ def queue_for(device: torch.device) -> JobQueue:
 class StyleEntry:
     """An adapted generator the page offers: a preset by name or a checkpoint file, and the base it came from."""
 
-    key: str  # dropdown value: "preset:NAME", "checkpoint:PATH" or "run:NAME"
+    key: str  # dropdown value: "preset:NAME", "checkpoint:PATH", "file:RELATIVE_PATH", "generator:NAME" or "run:NAME"
     label: str  # what the page shows
     preset: str | None = None
     checkpoint: Path | None = None
     base: str | None = None
+    generator: str | None = None  # a registered generator by name
+
+
+@dataclass
+class Session:
+    """One visitor's additions: the styles they named or adapted and the ids of their jobs (kept in a gr.State)."""
+
+    styles: dict[str, StyleEntry] = field(default_factory=dict)
+    jobs: set[int] = field(default_factory=set)
+
+
+# One answer for a checkpoint that is missing, outside the allowed folder, unreadable or no generator.
+NOT_AVAILABLE = (
+    "no such checkpoint on this server: choose a style from the list, or give a preset name, a registered "
+    "generator on this server or a file inside the server's checkpoint folder"
+)
 
 
 def _slug(text: str) -> str:
@@ -187,9 +211,14 @@ class WebBackend:
         checkpoints: Sequence[str] = (),
         device: str | torch.device = "auto",
         work_dir: str | Path | None = None,
+        checkpoints_dir: str | Path | None = None,
+        limits: WebLimits = WebLimits(),
     ) -> None:
         from nada.io import resolve_device
 
+        limits.validate()
+        self.limits = limits
+        self.checkpoints_dir = _allowed_folder(checkpoints_dir)
         self.base = str(generator)
         self.clip = clip
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -220,35 +249,84 @@ class WebBackend:
                 note = "" if status.available else " (downloads on first use)"
                 self._styles[f"preset:{name}"] = StyleEntry(f"preset:{name}", f"{name}: {p.domain}{note}", preset=name, base=p.base)
 
-    def add_checkpoint(self, path: str | Path, name: str | None = None, key_prefix: str = "checkpoint") -> StyleEntry:
-        """Offer an adapted checkpoint file in every tab; its base comes from its metadata (else this app's base)."""
-        from nada.checkpoints import read_metadata
-
+    def add_checkpoint(self, path: str | Path) -> StyleEntry:
+        """Offer an operator's checkpoint file to every visitor; its base comes from its metadata (else this app's)."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise NadaError(f"checkpoint {path} not found: check the path")
+        label = path.parent.name if path.stem == "generator" else path.stem
+        entry = self._file_entry(path, f"checkpoint:{path}", label)
+        with self._lock:
+            self._styles[entry.key] = entry
+        return entry
+
+    def _file_entry(self, path: Path, key: str, label: str) -> StyleEntry:
+        """A style for a checkpoint file, its base read from the file's metadata (this app's base when it has none)."""
+        from nada.checkpoints import read_metadata
+
         try:
             base = read_metadata(path).get("base_model") or self.base
         except NadaError:  # rosinality/NVlabs files carry no metadata
             base = self.base
-        label = name or (path.parent.name if path.stem == "generator" else path.stem)
-        key = f"{key_prefix}:{label if key_prefix == 'run' else path}"
-        entry = StyleEntry(key, label, checkpoint=path, base=str(base))
+        return StyleEntry(key, label, checkpoint=path, base=str(base))
+
+    def open_checkpoint(self, text: str, session: Session) -> StyleEntry:
+        """The style a visitor names in the checkpoint box, added to their session: a preset, a registered
+        generator on this machine or a file inside `checkpoints_dir`; NOT_AVAILABLE for anything else."""
+        text = text.strip()
         with self._lock:
-            self._styles[key] = entry
+            preset = self._styles.get(f"preset:{text}")
+        if preset is not None:
+            return preset
+        entry = self._registered_entry(text) or self._folder_entry(text)
+        if entry is None:
+            raise NadaError(NOT_AVAILABLE)
+        try:
+            self.load_style(entry)  # a file that holds no generator gets the answer a missing one gets
+        except Exception as e:
+            print(f"nada web: refused checkpoint {text!r}: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+            raise NadaError(NOT_AVAILABLE) from None
+        session.styles[entry.key] = entry
         return entry
 
-    def style_choices(self) -> list[tuple[str, str]]:
-        """(label, key) pairs for the style pickers, presets first, then checkpoints and this session's runs."""
-        with self._lock:
-            return [(e.label, e.key) for e in self._styles.values()]
+    def _registered_entry(self, name: str) -> StyleEntry | None:
+        """A registered generator whose weights are on this machine (visitors never start downloads)."""
+        from nada.registry import GENERATORS, is_local
 
-    def style(self, key: str) -> StyleEntry:
-        """The catalogue entry for a dropdown value; NadaError when nothing (or something unknown) is chosen."""
+        if name not in GENERATORS or not is_local(name):
+            return None
+        return StyleEntry(f"generator:{name}", name, base=name, generator=name)
+
+    def _folder_entry(self, text: str) -> StyleEntry | None:
+        """A readable file inside `checkpoints_dir` after resolving '..' and symlinks; None for anything else."""
+        root = self.checkpoints_dir
+        if root is None or not text or "\x00" in text:
+            return None
+        try:
+            path = (root / text).resolve()
+            inside = path.is_relative_to(root) and path.is_file() and os.access(path, os.R_OK)
+        except (OSError, RuntimeError, ValueError):  # symlink loops, names too long
+            return None
+        if not inside:
+            return None
+        relative = str(path.relative_to(root))
+        return self._file_entry(path, f"file:{relative}", relative)
+
+    def style_choices(self, session: Session | None = None) -> list[tuple[str, str]]:
+        """(label, key) pairs for the style pickers: presets and the operator's checkpoints, then the visitor's own."""
+        with self._lock:
+            entries = list(self._styles.values())
+        entries += list(session.styles.values()) if session is not None else []
+        return [(e.label, e.key) for e in entries]
+
+    def style(self, key: str, session: Session | None = None) -> StyleEntry:
+        """The catalogue (or session) entry of a dropdown value; NadaError for no choice or an unknown one."""
         if not key:
             raise NadaError("no style chosen: pick a preset or an adapted generator (or give a checkpoint path)")
         with self._lock:
             entry = self._styles.get(key)
+        if entry is None and session is not None:
+            entry = session.styles.get(key)
         if entry is None:
             raise NadaError(f"unknown style {key!r}: reload the page to see the current list")
         return entry
@@ -273,6 +351,8 @@ class WebBackend:
 
         if entry.preset is not None:
             return self._load(entry.key, lambda: load_preset(entry.preset, device="cpu", progress=False))
+        if entry.generator is not None:
+            return self.load_base(entry.generator)
         return self._load(entry.key, lambda: load_generator(entry.checkpoint, device="cpu"))
 
     def load_base(self, source: str | None = None) -> "Generator":
@@ -290,19 +370,20 @@ class WebBackend:
     # ---- Generate
 
     def generate(
-        self, style_key: str, checkpoint: str = "", seeds: str = "", count: int = 4, truncation: float = 0.7
+        self, style_key: str, checkpoint: str = "", seeds: str = "", count: int = 4, truncation: float = 0.7,
+        session: Session | None = None,
     ) -> tuple[list[tuple["Image.Image", str]], list[Path]]:
         """Pairs (frozen base | adapted) per seed with captions, plus files to download: the comparison grid and a zip of all images."""
         from nada.generate import GRID_COLUMNS, generate_images
-        from nada.io import atomic_save_image, image_grid, parse_seeds
+        from nada.io import atomic_save_image, image_grid
         from nada.presets import comparison_rows, share_mean_latent
 
-        entry = self.add_checkpoint(checkpoint.strip()) if checkpoint and checkpoint.strip() else self.style(style_key)
-        seed_list = parse_seeds(seeds) if seeds and seeds.strip() else list(range(int(count)))
-        if not seed_list:
-            raise NadaError("no images asked for: give seeds such as '0-7' or a count of 1 or more")
-        if len(seed_list) > MAX_SEEDS:
-            raise NadaError(f"{len(seed_list)} seeds asked for: give at most {MAX_SEEDS} at once")
+        session = session if session is not None else Session()
+        seed_list = self._seed_list(seeds, count)
+        if not (math.isfinite(float(truncation)) and 0 <= float(truncation) <= 1):
+            raise NadaError(f"truncation {truncation} is outside 0 .. 1: move the slider back into range")
+        wanted = checkpoint.strip() if checkpoint else ""
+        entry = self.open_checkpoint(wanted, session) if wanted else self.style(style_key, session)
         adapted = self.load_style(entry)
         base = self.load_base(entry.base)
         if (base.size, base.style_dim) != (adapted.size, adapted.style_dim):
@@ -323,6 +404,17 @@ class WebBackend:
                     _pil(img).save(path)
                     zf.write(path, path.name)
         return pairs, [grid, archive]
+
+    def _seed_list(self, seeds: str, count: int) -> list[int]:
+        """The seeds of a Generate click, counted before any list is built; NadaError beyond `limits.max_seeds`."""
+        from nada.io import parse_seeds
+
+        n = _seed_count(seeds) if seeds and seeds.strip() else int(count)
+        if n < 1:
+            raise NadaError("no images asked for: give seeds such as '0-7' or a count of 1 or more")
+        if n > self.limits.max_seeds:
+            raise NadaError(f"{n} seeds asked for: this server renders at most {self.limits.max_seeds} at once")
+        return parse_seeds(seeds) if seeds and seeds.strip() else list(range(n))
 
     # ---- Adapt
 
@@ -349,23 +441,34 @@ class WebBackend:
         )
 
     def submit_adapt(
-        self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations, keep: str | None = None
+        self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations,
+        keep: str | None = None, session: Session | None = None,
     ) -> AdaptJob:
-        """Check the settings and queue an adaptation; NadaError for empty texts, equal texts, bad layers or keep groups ..."""
+        """Check the settings, the limits and the weights, then queue an adaptation; NadaError for anything wrong."""
+        from nada import preflight
         from nada.layers import parse_layers
+
+        if int(iterations) > self.limits.max_iterations:  # before anything else: no config for a huge run
+            raise NadaError(f"{int(iterations)} iterations asked for: this server runs at most "
+                            f"{self.limits.max_iterations} per adaptation; ask for fewer")
 
         job_id = next(self._ids)
         name = f"run-{job_id}-{_slug(source or '')}-to-{_slug(target or '')}"
         config = self.adapt_config(source, target, layers, iterations, self.work_dir / "runs" / name, keep)
         config.validate()
+        self.limits.check_adapt(config)
         parse_layers(config.layers)  # a bad layer spec fails now, not in the worker
-        job = AdaptJob(job_id, config, name)
+        preflight.check(preflight.adapt_needs(config))  # every missing weights file listed now, not in the worker
+        job = AdaptJob(job_id, config, name, session=session)
+        if session is not None:
+            session.jobs.add(job_id)
         self.jobs[job_id] = job
         self.queue.submit(job, self._run_job)
         return job
 
     def _run_job(self, job: AdaptJob) -> None:
-        """Worker thread: run one adaptation, then offer its generator in the catalogue."""
+        """Worker thread: fetch missing weights, run one adaptation, offer its generator in the visitor's session."""
+        from nada import preflight
         from nada.adapt import adapt
 
         if job.cancel_requested.is_set():
@@ -379,9 +482,13 @@ class WebBackend:
                 raise JobCancelled
 
         try:
+            preflight.ensure(preflight.adapt_needs(job.config))
             adapt(job.config, progress=False, G_base=self.load_base(), clip=self._clip_ensemble(), callback=on_step)
-            entry = self.add_checkpoint(Path(job.config.out_dir) / "generator.pt", name=job.name, key_prefix="run")
-            job.result = entry.checkpoint
+            result = Path(job.config.out_dir) / "generator.pt"
+            job.entry = self._file_entry(result, f"run:{job.name}", job.name)
+            if job.session is not None:
+                job.session.styles[job.entry.key] = job.entry
+            job.result = result
             job.state, job.message = "done", f"finished: '{job.name}' is now a style in Generate and Stylize"
         except JobCancelled:
             job.state, job.message = "cancelled", f"cancelled at step {job.step} of {job.total}"
@@ -417,10 +524,10 @@ class WebBackend:
         """The job with this id (None for none)."""
         return self.jobs.get(int(job_id)) if job_id is not None else None
 
-    def cancel(self, job_id: int | None) -> AdaptJob:
-        """Cancel a queued or running job; NadaError when there is none to cancel."""
+    def cancel(self, job_id: int | None, session: Session | None = None) -> AdaptJob:
+        """Cancel a queued or running job (of `session`, when given); NadaError when there is none to cancel."""
         job = self.job(job_id)
-        if job is None or job.finished:
+        if job is None or job.finished or (session is not None and job.id not in session.jobs):
             raise NadaError("no adaptation is running or queued in this page: start one first")
         self.queue.cancel(job)
         return job
@@ -437,7 +544,9 @@ class WebBackend:
 
     # ---- Stylize
 
-    def stylize(self, photo: str | None, style_keys: Sequence[str], steps: int) -> tuple[list[tuple["Image.Image", str]], list[str]]:
+    def stylize(
+        self, photo: str | None, style_keys: Sequence[str], steps: int, session: Session | None = None
+    ) -> tuple[list[tuple["Image.Image", str]], list[str]]:
         """Aligned input, reconstruction and one image per chosen style (captioned), plus notes (dropped losses ...)."""
         from nada.invert import InvertConfig
 
@@ -445,7 +554,10 @@ class WebBackend:
             raise NadaError("no photo uploaded: upload a photo (PNG or JPEG) first")
         if not style_keys:
             raise NadaError("no style chosen: tick at least one preset or adapted generator")
-        entries = [self.style(k) for k in style_keys]
+        if not 1 <= int(steps) <= self.limits.max_steps:
+            raise NadaError(f"{int(steps)} inversion steps asked for: give 1 to {self.limits.max_steps}")
+        entries = [self.style(k, session) for k in style_keys]
+        self._check_upload(Path(photo))
         notes: list[str] = []
         try:
             report = self._stylize(photo, entries, InvertConfig(steps=int(steps)), notes)
@@ -456,6 +568,29 @@ class WebBackend:
         gallery = [(_pil(r.aligned), "aligned input"), (_pil(r.reconstruction), f"reconstruction ({quality})")]
         gallery += [(_pil(img), name) for name, img in r.styled.items()]
         return gallery, [n for n in notes if n.startswith("dropped")]
+
+    def _check_upload(self, path: Path) -> None:
+        """NadaError for an upload over the byte or pixel limit, read from the file size and the image header only."""
+        import warnings
+
+        from PIL import Image
+
+        mb = self.limits.max_upload_mb
+        if path.is_file() and path.stat().st_size > mb * 1_000_000:
+            raise NadaError(f"{path.name} is larger than {mb} MB: upload a smaller photo")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:  # lazy: reads the header, decodes nothing
+                    w, h = img.size
+        except Image.DecompressionBombError:
+            w, h = 2**31, 1  # Pillow's own bound is far above ours
+        except (OSError, ValueError, SyntaxError):
+            return  # not an image: load_image names the file and says so
+        if w * h > self.limits.max_upload_pixels:
+            size = f"{w}x{h} pixels" if w < 2**31 else "too many pixels"
+            raise NadaError(f"{path.name} has {size}: this server reads photos of at most "
+                            f"{self.limits.max_upload_pixels / 1e6:.1f} megapixels; upload a smaller one")
 
     def _stylize(self, photo: str, entries: Sequence[StyleEntry], config: "InvertConfig", notes: list[str]) -> "StylizeReport":
         """nada.stylize.stylize on one photo into a fresh output folder; styles split into presets and checkpoint files."""
@@ -471,6 +606,28 @@ class WebBackend:
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
     return " ".join(str(e).split())[:limit]
+
+
+def _allowed_folder(folder: str | Path | None) -> Path | None:
+    """The operator's checkpoint folder, resolved once (symlinks and '..' gone); NadaError when it is no folder."""
+    if folder is None or not str(folder).strip():
+        return None
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise NadaError(f"checkpoint folder {folder} is not a folder: pass an existing folder to --checkpoints")
+    return path
+
+
+def _seed_count(spec: str) -> int:
+    """How many seeds "0-15,20" names, without building the list (a malformed part counts 1: parse_seeds explains)."""
+    total = 0
+    for part in str(spec).split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if sep and lo.strip().isdigit() and hi.strip().isdigit():
+            total += max(0, int(hi) - int(lo) + 1)
+        elif part.strip():
+            total += 1
+    return total
 
 
 # ---------------------------------------------------------------- the Gradio page
@@ -521,10 +678,12 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
         with gr.Tab("Generate") as tab_generate:
             with gr.Row():
                 g_style = gr.Dropdown(be.style_choices(), value=first, label="style (preset or adapted generator)", elem_id="gen-style")
-                g_ckpt = gr.Textbox(label="or a checkpoint path", placeholder="runs/sketch/generator.pt", elem_id="gen-checkpoint")
+                g_ckpt = gr.Textbox(label="or a preset, a registered generator or a file in the server's folder",
+                                    placeholder="sketch/generator.pt", elem_id="gen-checkpoint")
             with gr.Row():
                 g_seeds = gr.Textbox(value="", label="seeds, e.g. 0-7 or 1,5,9 (empty: use the count)", elem_id="gen-seeds")
-                g_count = gr.Number(value=4, precision=0, minimum=1, maximum=MAX_SEEDS, label="count", elem_id="gen-count")
+                g_count = gr.Number(value=4, precision=0, minimum=1, maximum=be.limits.max_seeds, label="count",
+                                    elem_id="gen-count")
                 g_trunc = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="truncation", elem_id="gen-truncation")
             g_button = gr.Button("Generate", variant="primary", elem_id="gen-button")
             g_gallery = gr.Gallery(label="base | adapted, per seed", columns=4, object_fit="contain", elem_id="gen-gallery")
@@ -537,7 +696,8 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
             with gr.Row():
                 a_layers = gr.Dropdown(list(dict.fromkeys([d.layers, *LAYER_CHOICES])), value=d.layers, allow_custom_value=True,
                                        label="layers to train (all, last:K, auto:K, grad:K or names)", elem_id="adapt-layers")
-                a_iters = gr.Number(value=d.iterations, precision=0, minimum=1, label="iterations", elem_id="adapt-iterations")
+                a_iters = gr.Number(value=min(d.iterations, be.limits.max_iterations), precision=0, minimum=1,
+                                    maximum=be.limits.max_iterations, label="iterations", elem_id="adapt-iterations")
             a_keep = gr.Textbox(value=be.default_keep(), label="attributes to keep, read by CLIP: 'a smiling face|a frowning face; "
                                 "glasses|no glasses', toy (the toy faces' six) or toy:mouth,glasses; empty: none", elem_id="adapt-keep")
             with gr.Row():
@@ -551,24 +711,27 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
             with gr.Row():
                 s_photo = gr.File(label="photo", type="filepath", elem_id="stylize-photo")
                 s_styles = gr.CheckboxGroup(be.style_choices(), value=[first] if first else [], label="styles", elem_id="stylize-styles")
-            s_steps = gr.Slider(1, 1000, value=InvertConfig().steps, step=1, label="inversion steps", elem_id="stylize-steps")
+            s_steps = gr.Slider(1, be.limits.max_steps, value=min(InvertConfig().steps, be.limits.max_steps), step=1,
+                                label="inversion steps", elem_id="stylize-steps")
             s_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
             s_gallery = gr.Gallery(label="aligned input, reconstruction, styles", columns=4, elem_id="stylize-gallery")
+        session = gr.State(Session())  # this visitor's styles and jobs; Gradio gives each visitor a copy
 
         # ---- callbacks: thin wrappers over the backend
 
         @_user_errors
-        def on_generate(style: str, ckpt: str, seeds: str, count: float, trunc: float) -> tuple[Any, ...]:
-            pairs, files = be.generate(style, ckpt, seeds, int(count or 0), trunc)
-            return pairs, [str(f) for f in files], gr.update(choices=be.style_choices())
+        def on_generate(style: str, ckpt: str, seeds: str, count: float, trunc: float, visitor: Session) -> tuple:
+            pairs, files = be.generate(style, ckpt, seeds, int(count or 0), trunc, session=visitor)
+            return pairs, [str(f) for f in files], gr.update(choices=be.style_choices(visitor)), visitor
 
-        def refresh() -> tuple[Any, Any]:
-            return gr.update(choices=be.style_choices()), gr.update(choices=be.style_choices())
+        def refresh(visitor: Session) -> tuple[Any, Any]:
+            return gr.update(choices=be.style_choices(visitor)), gr.update(choices=be.style_choices(visitor))
 
         def adapt_stream(
-            source: str, target: str, layers: str, iterations: float, attributes: str, progress: gr.Progress = gr.Progress()
+            source: str, target: str, layers: str, iterations: float, attributes: str, visitor: Session,
+            progress: gr.Progress = gr.Progress(),
         ) -> Iterator[tuple[Any, ...]]:
-            job = _user_errors(be.submit_adapt)(source, target, layers, int(iterations or 0), attributes or "")
+            job = _user_errors(be.submit_adapt)(source, target, layers, int(iterations or 0), attributes or "", visitor)
             keep = gr.update()
             while True:
                 status = be.job_status(job)
@@ -577,36 +740,41 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
                     progress((job.step, job.total), desc="adapting", unit="steps")
                 if job.finished:
                     break
-                yield job.id, _progress_html(job, status), str(sample) if sample else keep, keep, keep
+                yield job.id, _progress_html(job, status), str(sample) if sample else keep, keep, keep, visitor
                 time.sleep(POLL_SECONDS)
             if job.state == "failed":
                 raise gr.Error(job.message, print_exception=False)
             if job.state == "cancelled":
                 gr.Warning(f"adaptation {job.message}")
-            choices = be.style_choices()
+            if job.entry is not None:  # the worker added it to the same object; Gradio stores what is returned
+                visitor.styles[job.entry.key] = job.entry
+            choices = be.style_choices(visitor)
             final = str(sample) if sample else keep
-            pick = {"value": f"run:{job.name}"} if job.result else {}
-            yield None, _progress_html(job, status), final, gr.update(choices=choices, **pick), gr.update(choices=choices)
+            pick = {"value": job.entry.key} if job.entry is not None else {}
+            picks = gr.update(choices=choices, **pick), gr.update(choices=choices)
+            yield None, _progress_html(job, status), final, *picks, visitor
 
         @_user_errors
-        def on_cancel(job_id: int | None) -> str:
-            job = be.cancel(job_id)
+        def on_cancel(job_id: int | None, visitor: Session) -> str:
+            job = be.cancel(job_id, visitor)
             return _progress_html(job, "cancelling: stops after the current iteration" if job.state == "running" else be.job_status(job))
 
         @_user_errors
-        def on_stylize(photo: str | None, styles: list[str], steps: float) -> tuple[Any, ...]:
-            gallery, notes = be.stylize(photo, styles or [], int(steps))
+        def on_stylize(photo: str | None, styles: list[str], steps: float, visitor: Session) -> tuple[Any, ...]:
+            gallery, notes = be.stylize(photo, styles or [], int(steps), session=visitor)
             for note in notes:
                 gr.Info(note)
             return gallery
 
-        g_button.click(on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc], [g_gallery, g_files, g_style])
-        a_start.click(adapt_stream, [a_source, a_target, a_layers, a_iters, a_keep], [a_job, a_status, a_grid, g_style, s_styles],
+        g_button.click(on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc, session],
+                       [g_gallery, g_files, g_style, session])
+        a_start.click(adapt_stream, [a_source, a_target, a_layers, a_iters, a_keep, session],
+                      [a_job, a_status, a_grid, g_style, s_styles, session],
                       concurrency_limit=None)  # many pages may watch their jobs; the JobQueue runs one at a time
-        a_cancel.click(on_cancel, [a_job], [a_status], concurrency_limit=None)
-        s_button.click(on_stylize, [s_photo, s_styles, s_steps], [s_gallery])
+        a_cancel.click(on_cancel, [a_job, session], [a_status], concurrency_limit=None)
+        s_button.click(on_stylize, [s_photo, s_styles, s_steps, session], [s_gallery])
         for tab in (tab_generate, tab_stylize):
-            tab.select(refresh, None, [g_style, s_styles])
+            tab.select(refresh, [session], [g_style, s_styles])
     app.nada_backend = be  # type: ignore[attr-defined]  # tests and serve() reach the backend through the app
     return app
 
@@ -625,5 +793,6 @@ def serve(app: "gr.Blocks", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
     _, url, _ = app.launch(
         server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=False, quiet=not block,
         allowed_paths=[str(be.work_dir)], ssr_mode=False, theme=_local_theme(), footer_links=[],
+        max_file_size=be.limits.max_upload_mb * 1_000_000,
     )
     return url
