@@ -385,7 +385,7 @@ def shifted_directional_term(
     from nada import losses
 
     unit = torch.nn.functional.normalize
-    if float((unit(f_tgt, dim=-1) - unit(f_src, dim=-1)).sum()) == 0:
+    if float((unit(f_tgt.detach(), dim=-1) - unit(f_src, dim=-1)).sum()) == 0:
         f_tgt = clip.encode_image(img_train + OFFICIAL_SHIFT)
     return losses.directional_loss(f_src, f_tgt, direction)
 
@@ -492,6 +492,7 @@ def adapt(
     resume: bool = False,
     force: bool = False,
     callback: Callback | None = None,
+    G_start: "Generator | None" = None,
 ) -> "Generator":
     """Adapt a generator from ``config.source`` to ``config.target``; returns the trained generator (eval mode).
 
@@ -499,7 +500,8 @@ def adapt(
     ClipModel or a list of (ClipModel, weight)); ``config.generator`` still names the base model in
     the checkpoint metadata. ``resume`` continues the run in ``config.out_dir``
     from its last saved state; ``force`` starts that folder over. ``callback(step, record)`` is called
-    after every iteration with the record written to the log.
+    after every iteration with the record written to the log. ``G_start`` gives the trained copy other
+    starting weights than the frozen base (same architecture), e.g. to replay a reference run.
     """
     from nada import __version__
     from nada.checkpoints import load_generator, save_checkpoint
@@ -523,6 +525,8 @@ def adapt(
     if not bool(G_frozen.mean_latent.any()):
         G_frozen.compute_mean_latent(seed=config.seed)  # samples need a truncation centre
     G_train = deepcopy(G_frozen)  # requires_grad stays False until layers are selected
+    if G_start is not None:
+        G_train.load_state_dict(G_start.state_dict())
 
     # ---- CLIP ensemble and the constant parts of the objective
     if clip is None:
