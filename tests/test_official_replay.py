@@ -35,14 +35,15 @@ def base(golden: Path) -> Generator:
     """The frozen generator of the record: rosinality_A's checkpoint."""
     gold = _load(str(golden / "rosinality_A.pt"))
     c = gold["config"]
-    G = Generator(c["size"], c["style_dim"], c["n_mlp"], c["channel_multiplier"], c["blur_kernel"], c["lr_mlp"], channels=c["channels"])
+    args = (c["size"], c["style_dim"], c["n_mlp"], c["channel_multiplier"], c["blur_kernel"], c["lr_mlp"])
+    G = Generator(*args, channels=c["channels"])
     G.load_state_dict(gold["ckpt"]["g_ema"], strict=True)
     G.mean_latent.copy_(gold["ckpt"]["latent_avg"])
     return G.eval()
 
 
 def perturbed(base: Generator, steps: dict) -> Generator:
-    """The record's trainable start: its trained parameters plus perturb_std * randn from perturb_seed, in sorted order."""
+    """The record's trainable start: its trained parameters + perturb_std * randn from perturb_seed, sorted order."""
     cfg = steps["config"]
     start = {k: v.clone() for k, v in base.state_dict().items()}
     gen = torch.Generator().manual_seed(cfg["perturb_seed"])
@@ -59,7 +60,8 @@ def replay_config(tmp_path: Path, steps: dict, cfg: AdaptConfig) -> AdaptConfig:
     """The record's setting on top of ``cfg``: its texts, batch, lr, trained layers, stored noise, 5 steps."""
     c = steps["config"]
     return cfg.replace(
-        source=c["source"], target=c["target"], generator="golden-A", layers=c["nada_layers"], batch_size=c["batch_size"],
+        source=c["source"], target=c["target"], generator="golden-A", layers=c["nada_layers"],
+        batch_size=c["batch_size"],
         lr=c["lr"], beta1=c["beta1"], beta2=c["beta2"], lambda_direction=c["lambda_direction"], noise_mode="const",
         iterations=c["steps"], seed=c["seed"], out_dir=str(tmp_path / "run"), n_sample_images=1, sample_every=0,
         save_every=1, device="cpu",
@@ -76,7 +78,9 @@ def update_agreement(ours: dict, start: dict, expected: dict) -> tuple[float, fl
     return rel, flipped
 
 
-def run_replay(tmp_path: Path, golden: Path, steps: dict, base: Generator, cfg: AdaptConfig) -> tuple[list[float], dict, dict, dict]:
+def run_replay(
+    tmp_path: Path, golden: Path, steps: dict, base: Generator, cfg: AdaptConfig
+) -> tuple[list[float], dict, dict, dict]:
     """Five steps of nada's loop from the record's start: losses, weights after steps 1 and 5, start weights."""
     clip = load_tiny_clip(str(golden / "tiny_clip_openai.pt"), antialias=cfg.antialias)
     start = perturbed(base, steps)
@@ -95,11 +99,12 @@ def assert_matches_record(tmp_path: Path, golden: Path, steps: dict, base: Gener
     assert losses == pytest.approx(expected, rel=1e-3)
     for ours, ref in ((step1, steps["expected"]["weights_step1"]), (step5, steps["expected"]["weights_step5"])):
         rel, flipped = update_agreement(ours, start, ref)
-        assert rel < 0.05 and flipped < 0.01, f"updates differ from the official ones: relative L2 {rel:.3g}, opposite sign {flipped:.3%}"
+        assert rel < 0.05 and flipped < 0.01, f"updates differ: relative L2 {rel:.3g}, opposite sign {flipped:.3%}"
     untouched = [k for k in start if k not in steps["config"]["trained_keys"]]
     assert all(torch.equal(step5[k], start[k]) for k in untouched)
 
 
+@pytest.mark.slow
 def test_reference_mode_replays_the_official_steps(tmp_path: Path, golden: Path, steps: dict, base: Generator) -> None:
     assert_matches_record(tmp_path, golden, steps, base, AdaptConfig.reference("official"))
 
@@ -116,7 +121,8 @@ def test_reference_mode_gradient_of_step_one(golden: Path, steps: dict, base: Ge
     for k in steps["config"]["trained_keys"]:
         params[k].requires_grad_(True)
     img_frozen = base.synthesis(ws, noise_mode="const").detach()
-    terms = loss_terms(guides, img_frozen, start.synthesis(ws, noise_mode="const"), cfg, torch.Generator().manual_seed(0))
+    img_train = start.synthesis(ws, noise_mode="const")
+    terms = loss_terms(guides, img_frozen, img_train, cfg, torch.Generator().manual_seed(0))
     assert float(terms["direction"].detach()) == pytest.approx(float(steps["expected"]["loss"][0]), rel=1e-4)
     keys = sorted(steps["expected"]["grad_step1"])
     grads = torch.autograd.grad(terms["direction"], [params[k] for k in keys])
@@ -150,12 +156,15 @@ def test_every_default_that_departs_from_the_reference_is_documented() -> None:
     for k in differing:
         value = getattr(official, k)
         shown = str(value).lower() if isinstance(value, bool) else str(value)
-        assert shown in rows[k].lower() or k == "antialias", f"the row of {k} does not name the official value {value!r}"
+        assert shown in rows[k].lower() or k == "antialias", f"the row of {k} does not name the value {value!r}"
     # Every row documents a real departure: a field whose official value differs from the default.
     assert set(rows) <= differing, f"rows for settings that equal the official ones: {sorted(set(rows) - differing)}"
 
 
-def test_default_mode_differs_from_the_record_only_where_documented(tmp_path: Path, golden: Path, steps: dict, base: Generator) -> None:
+@pytest.mark.slow
+def test_default_mode_differs_from_the_record_only_where_documented(
+    tmp_path: Path, golden: Path, steps: dict, base: Generator
+) -> None:
     """From the record's perturbed start with stored noise, the documented departures that do not apply here
     (first-step rule, noise sharing, layer sets: the layers are named) leave the official steps unchanged, so
     the default mode with the record's resize and templates replays them too."""
@@ -186,14 +195,17 @@ def test_reference_preset_and_cli_flag() -> None:
     from nada.cli import adapt_config, build_parser
 
     official = AdaptConfig.reference("official", target="sketch")
-    assert (official.layer_sets, official.noise_mode, official.first_step, official.antialias) == ("official", "independent", "shift", False)
+    switches = (official.layer_sets, official.noise_mode, official.first_step, official.antialias)
+    assert switches == ("official", "independent", "shift", False)
     assert official.select_score == "mean_abs" and official.select_noise == "random"
     parse = build_parser().parse_args
     assert adapt_config(parse(["adapt", "--target", "sketch", "--reference", "official"])) == official
     # A flag given on the command line wins over the preset, even when it names nada's default.
-    chosen = adapt_config(parse(["adapt", "--target", "sketch", "--reference", "official", "--noise-mode", "random", "--lr", "0.01"]))
+    argv = ["adapt", "--target", "sketch", "--reference", "official", "--noise-mode", "random", "--lr", "0.01"]
+    chosen = adapt_config(parse(argv))
     assert chosen == official.replace(noise_mode="random", lr=0.01)
-    assert adapt_config(parse(["adapt", "--target", "sketch", "--first-step", "shift"])) == AdaptConfig(target="sketch", first_step="shift")
+    plain = adapt_config(parse(["adapt", "--target", "sketch", "--first-step", "shift"]))
+    assert plain == AdaptConfig(target="sketch", first_step="shift")
     with pytest.raises(Exception, match="unknown reference mode"):
         AdaptConfig.reference("fast")
 

@@ -46,7 +46,15 @@ import torch
 from nada.config import AdaptConfig
 from nada.errors import NadaError
 from nada.io import atomic_save_image, atomic_torch_save, atomic_write, image_grid, resolve_device, z_from_seeds
-from nada.layers import LayerSelector, SelectionContext, fresh_noise, parse_layers, set_trainable, synthesis_parameters, trainable_names
+from nada.layers import (
+    LayerSelector,
+    SelectionContext,
+    fresh_noise,
+    parse_layers,
+    set_trainable,
+    synthesis_parameters,
+    trainable_names,
+)
 
 if TYPE_CHECKING:
     from nada.clip import ClipModel
@@ -395,7 +403,9 @@ def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
     at each model's logit scale."""
     from nada import losses
 
-    return sum(g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target, g.clip.logit_scale) for g in guides)  # type: ignore[return-value]
+    terms = [g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target, g.clip.logit_scale)
+             for g in guides]
+    return sum(terms)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- latents and noise
@@ -613,7 +623,7 @@ def adapt(
         sample_w=lambda n: sample_w(G_frozen, n, rng, device),
         image_loss=lambda img: selection_loss(guides, img),
         batch_size=config.auto_batch,
-        sample_noise=(lambda n: fresh_noise(G_frozen, n, noise_rng, device)) if config.select_noise == "random" else None,
+        sample_noise=None if config.select_noise == "const" else lambda n: fresh_noise(G_frozen, n, noise_rng, device),
     )
     use_bf16 = config.bf16 and device.type == "cuda"
     if config.bf16 and not use_bf16:
@@ -642,7 +652,9 @@ def adapt(
                     set_trainable(G_train, selected)
 
                 # 3. the same latents (and by default the same noise) for both generators
-                noise_frozen, noise_train = sample_noise(G_frozen, config.batch_size, config.noise_mode, noise_rng, device)
+                noise_frozen, noise_train = sample_noise(
+                    G_frozen, config.batch_size, config.noise_mode, noise_rng, device
+                )
                 noise_mode = "const" if noise_frozen is not None else config.noise_mode
                 with autocast():
                     with torch.no_grad():
@@ -692,7 +704,9 @@ def adapt(
     return G_train.eval().requires_grad_(False)
 
 
-def _boundary(rng: torch.Generator, noise_rng: torch.Generator, selected: list[str] | None, trained: set[str]) -> dict[str, Any]:
+def _boundary(
+    rng: torch.Generator, noise_rng: torch.Generator, selected: list[str] | None, trained: set[str]
+) -> dict[str, Any]:
     """What a save at this point must record: both generators' states and the layer selection so far."""
     return {"rng": rng.get_state(), "noise_rng": noise_rng.get_state(), "selected": selected, "trained": set(trained)}
 

@@ -111,9 +111,12 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "select_every": ("--select-every", "re-select auto/grad layers every N iterations"),
     "auto_batch": ("--auto-batch", "latents used by the auto/grad layer selection"),
     "select_score": ("--select-score", "how auto:K ranks W+ rows: mean_abs (official) or l2"),
-    "select_noise": ("--select-noise", "noise of the layer selection's renders: random (fresh, official) or const (stored)"),
-    "layer_sets": ("--layer-sets", "nada (all = convs + to_rgbs; rows -> the layers they drive) or official (all = constant + convs; official row mapping)"),
-    "first_step": ("--first-step", "directional loss at equal images: limit (first-order limit) or shift (official 1e-6 shift)"),
+    "select_noise": ("--select-noise", "noise of the selection's renders: random (fresh, official) or const (stored)"),
+    "layer_sets": (
+        "--layer-sets",
+        "nada (all: convs + to_rgbs; rows -> layers they drive) or official (all: constant + convs; official mapping)",
+    ),
+    "first_step": ("--first-step", "directional loss at equal images: limit (first-order limit) or shift (official)"),
     "iterations": ("--iterations", "training iterations"),
     "batch_size": ("--batch-size", "latents per iteration"),
     "lr": ("--lr", "learning rate as in the official code (Adam uses lr * 4/5)"),
@@ -143,9 +146,9 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
 class _Given(argparse.Action):
     """Store a value and note its field as given on the command line (it then wins over --reference)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.given = getattr(namespace, "given", set()) | {self.dest}
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, opt: Any = None) -> None:
+        setattr(ns, self.dest, values)
+        ns.given = getattr(ns, "given", set()) | {self.dest}
 
 
 class _GivenFalse(_Given):
@@ -154,8 +157,8 @@ class _GivenFalse(_Given):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, nargs=0, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
-        super().__call__(parser, namespace, False, option_string)
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, opt: Any = None) -> None:
+        super().__call__(parser, ns, False, opt)
 
 
 def _adapt_arguments(p: argparse.ArgumentParser) -> None:
@@ -166,11 +169,14 @@ def _adapt_arguments(p: argparse.ArgumentParser) -> None:
         default = getattr(defaults, field)
         kind = str if default is None else type(default)
         metavar = flag[2:].upper().replace("-", "_")
-        p.add_argument(flag, dest=field, type=kind, default=default, metavar=metavar, action=_Given, help=f"{help} (default: %(default)s)")
+        p.add_argument(
+            flag, dest=field, type=kind, default=default, metavar=metavar, action=_Given,
+            help=f"{help} (default: %(default)s)",
+        )
     p.add_argument("--no-antialias", dest="antialias", action=_GivenFalse, default=defaults.antialias,
                    help="non-antialiased resize to CLIP's input, as the official code computed it")
     p.add_argument("--reference", choices=sorted(REFERENCES), default=None,
-                   help="start from a reference mode's settings (official: the official StyleGAN-NADA loop, docs/adapt.md); flags given win")
+                   help="start from a reference mode's settings (official: see docs/adapt.md); flags given win")
     p.add_argument("--bf16", action="store_true", default=defaults.bf16, help="bfloat16 autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     p.add_argument("--force", action="store_true", help="start over in an --out folder that already holds a run")

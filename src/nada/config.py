@@ -89,7 +89,7 @@ class AdaptConfig:
     select_every: int = 1  # re-run a data-driven selection every N iterations (the official code: every one)
     auto_batch: int = 8  # latents used by the auto/grad selection (official auto_layer_batch)
     select_score: str = "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.layers)
-    select_noise: str = "random"  # the selection renders with fresh noise ("random", official) or the stored buffers ("const")
+    select_noise: str = "random"  # selection renders with fresh noise ("random", official) or stored noise ("const")
     # "official": `all` is the official set (constant, conv1, convs; no to_rgb) and auto:K maps row i to the
     # official code's layer (convs.{i-2}); "nada": `all` is every conv and to_rgb, rows map to the layers they drive.
     layer_sets: str = "nada"

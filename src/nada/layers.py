@@ -287,7 +287,9 @@ class AdaptiveWPlus(LayerSelector):
 
     dynamic = True
 
-    def __init__(self, k: int, iters: int = 1, lr: float = 0.01, score: str = "mean_abs", layer_sets: str = "nada") -> None:
+    def __init__(
+        self, k: int, iters: int = 1, lr: float = 0.01, score: str = "mean_abs", layer_sets: str = "nada"
+    ) -> None:
         self.k, self.iters, self.lr, self.score, self.layer_sets = k, iters, lr, score, layer_sets
         self.spec = f"auto:{k}" if iters == 1 else f"auto:{k}:{iters}"
 
@@ -371,7 +373,7 @@ class _requires_grad:
 
 # ---------------------------------------------------------------- parsing
 
-LAYER_SPEC_HELP = "all | last:K | auto:K[:ITERS] | grad:K | NAME,NAME,... (e.g. convs.4,to_rgbs.2; input is the constant)"
+LAYER_SPEC_HELP = "all | last:K | auto:K[:ITERS] | grad:K | NAME,NAME,... (e.g. convs.4,to_rgbs.2; input: the constant)"
 
 
 def _positive_int(text: str, spec: str) -> int:
