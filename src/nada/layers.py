@@ -28,7 +28,7 @@ A strategy is parsed from a short spec and returns layer names of ``G.layer_tabl
   rate whatever its gradient, which would erase the ranking that the selection relies on.
 - ``grad:K``: the K layers (each conv and each to_rgb is one unit) whose parameters receive the
   largest gradient (L2 norm over all of the layer's parameters) of the CLIP global loss, from one
-  backward pass through the generator being trained.
+  backward pass through the generator being trained (rendered with the selection's noise).
 - ``NAME,NAME,...``: an explicit list of layer names, e.g. ``convs.4,convs.5,to_rgbs.2``; ``input``
   names the learned 4x4 constant.
 
