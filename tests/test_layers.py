@@ -221,3 +221,115 @@ def test_auto_with_tiny_clip_global_loss(golden) -> None:
     assert scores.shape == (G.n_latent,) and bool((scores > 0).all())
     chosen = parse_layers("auto:2").select(G, context(G, loss=global_loss, batch=2))
     assert chosen == layers_for_wplus(G, torch.argsort(scores, descending=True)[:2].tolist())
+
+
+# ---------------------------------------------------------------- the official selection, replayable
+
+
+def seeded_noise(G: Generator, n: int, seed: int) -> list[torch.Tensor]:
+    """Per-layer noise [n, 1, r, r], layer i from seed + i."""
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(G.noise_buffers()))]
+    return [torch.randn(n, 1, *b.shape[2:], generator=g) for b, g in zip(G.noise_buffers(), gens)]
+
+
+def hand_sgd_scores(G: Generator, clip, z: torch.Tensor, noise: list[torch.Tensor] | None) -> torch.Tensor:
+    """The official determine_opt_layers written out: one torch.optim.SGD step on W+, mean |change| per row."""
+    from nada.losses import global_loss
+
+    w0 = G.mapping(z).detach().unsqueeze(1).repeat(1, G.n_latent, 1)
+    codes = w0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([codes], lr=0.01)
+    text = clip.encode_text(["sketch"]).detach()
+    img = G.synthesis(codes, noise=noise, noise_mode="const")
+    unit = torch.nn.functional.normalize
+    logits = clip.logit_scale * unit(clip.encode_image(img), dim=-1) @ unit(text, dim=-1).T
+    loss = (1 - logits / 100).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.allclose(loss, global_loss(clip.encode_image(img), text, clip.logit_scale))
+    return (codes.detach() - w0).abs().mean(dim=-1).mean(dim=0)
+
+
+def test_auto_layer_scores_are_the_official_mean_absolute_change(tiny) -> None:
+    import nada
+
+    G = tiny_generator(2)
+    z = torch.randn(3, G.style_dim, generator=torch.Generator().manual_seed(5))
+    noise = seeded_noise(G, 3, 0)
+    scores, loss = nada.auto_layer_scores(G, tiny, "sketch", z, noise=noise)
+    expected = hand_sgd_scores(G, tiny, z, noise)
+    assert scores.shape == (G.n_latent,) and float(loss) > 0
+    assert torch.allclose(scores, expected, rtol=1e-4, atol=1e-12)
+    # The logit scale enters the loss: the tiny CLIP's is not 100, and the scores scale with it.
+    assert float(tiny.logit_scale) != pytest.approx(100.0, rel=0.01)
+    # The noise argument is honoured: other explicit noise, or fresh noise, moves the scores.
+    other = [torch.randn_like(n) for n in noise]
+    assert not torch.allclose(nada.auto_layer_scores(G, tiny, "sketch", z, noise=other)[0], scores)
+    fresh = [nada.auto_layer_scores(G, tiny, "sketch", z, generator=torch.Generator().manual_seed(s))[0]
+             for s in (1, 1, 2)]
+    assert torch.equal(fresh[0], fresh[1]) and not torch.equal(fresh[0], fresh[2])
+    assert torch.equal(nada.auto_layer_scores(G, tiny, "sketch", z, noise=noise)[0], scores)  # deterministic
+
+
+def test_auto_k_takes_the_top_rows_of_auto_layer_scores_and_maps_them(tiny) -> None:
+    import nada
+    from nada.layers import official_layers_for_wplus
+
+    G = tiny_generator(3)
+    z = torch.randn(4, G.style_dim, generator=torch.Generator().manual_seed(9))
+    noise = seeded_noise(G, 4, 20)
+    scores, _ = nada.auto_layer_scores(G, tiny, "sketch", z, noise=noise)
+    text = tiny.encode_text(["sketch"]).detach()
+    from nada.losses import global_loss
+
+    ctx = SelectionContext(
+        sample_w=lambda n: G.mapping(z[:n]),
+        image_loss=lambda img: global_loss(tiny.encode_image(img), text, tiny.logit_scale),
+        batch_size=4,
+        sample_noise=lambda n: noise,
+    )
+    top = torch.argsort(scores, descending=True, stable=True)[:3].tolist()
+    assert parse_layers("auto:3").select(G, ctx) == layers_for_wplus(G, top)
+    table = {info.name: info.wplus_index for info in G.layer_table()}
+    assert {table[n] for n in parse_layers("auto:3").select(G, ctx)} == set(top)
+    official = parse_layers("auto:3", layer_sets="official").select(G, ctx)
+    assert official == official_layers_for_wplus(G, top)
+    l2 = parse_layers("auto:3", score="l2")
+    assert l2.rows(G, ctx) == torch.argsort(l2.row_scores(G, ctx), descending=True, stable=True)[:3].tolist()
+
+
+def test_official_mapping_and_layer_sets() -> None:
+    from nada.layers import CONST, official_all_layers, official_layers_for_wplus, synthesis_parameters
+
+    G = tiny_generator()
+    assert official_layers_for_wplus(G, [0]) == ["conv1"]
+    assert official_layers_for_wplus(G, [1]) == ["to_rgb1"]
+    assert official_layers_for_wplus(G, [3, 2]) == ["convs.0", "convs.1"]  # row i -> convs.{i-2}, table order
+    assert official_all_layers(G) == [CONST, "conv1"] + [f"convs.{k}" for k in range(6)]
+    assert parse_layers("all", layer_sets="official").select(G) == official_all_layers(G)
+    assert parse_layers("input,convs.1").select(G) == ["input", "convs.1"]
+    set_trainable(G, ["input"])
+    assert [n for n, p in G.named_parameters() if p.requires_grad] == ["input.input"]
+    assert G.input.input in synthesis_parameters(G)
+    with pytest.raises(NadaError, match="unknown layer sets"):
+        parse_layers("all", layer_sets="rosinality")
+    with pytest.raises(NadaError, match="unknown selection score"):
+        parse_layers("auto:2", score="max")
+
+
+def test_selection_noise_from_the_context_is_used() -> None:
+    G = tiny_generator(4)
+    draws: list[int] = []
+
+    def fresh(n: int) -> list[torch.Tensor]:
+        draws.append(n)
+        gen = torch.Generator().manual_seed(len(draws))
+        return [torch.randn(n, 1, *b.shape[2:], generator=gen) for b in G.noise_buffers()]
+
+    stored = parse_layers("auto:2:3").row_scores(G, context(G, seed=1))
+    base = context(G, seed=1)
+    with_fresh = SelectionContext(base.sample_w, base.image_loss, base.batch_size, fresh)
+    noisy = parse_layers("auto:2:3").row_scores(G, with_fresh)
+    assert draws == [4, 4, 4]  # fresh noise for every SGD step, as the official code renders it
+    assert not torch.allclose(stored, noisy)

@@ -16,6 +16,7 @@ _LAZY = {
     "load_generator": "nada.checkpoints",
     "save_checkpoint": "nada.checkpoints",
     "NadaError": "nada.errors",
+    "auto_layer_scores": "nada.layers",
 }
 
 

@@ -2,9 +2,10 @@
 space, from the source domain towards the target domain while a frozen copy stays as the anchor.
 
 Read `adapt` from top to bottom: set-up (run folder, generators, CLIP, directions, optimizer), then
-per iteration: choose the layers to train, sample latents, render the frozen and the trained image
-from the same latents and noise, compute the weighted CLIP losses, take an Adam step; log, draw
-samples, save checkpoints and the resume state.
+per iteration, in the official loop's order: sample the training latents, choose the layers to
+train (the selection draws its own latents after them), render the frozen and the trained image
+from the same latents (and by default the same noise), compute the weighted CLIP losses, take an
+Adam step; log, draw samples, save checkpoints and the resume state.
 
 A run folder holds:
 
@@ -15,13 +16,15 @@ A run folder holds:
   the latents of seeds 0 .. n-1 at truncation 0.7 towards the stored mean latent.
 - ``checkpoints/step_000100.pt`` every ``save_every`` steps and ``generator.pt`` at the end:
   nada checkpoints (rosinality layout + metadata), loadable by ``nada.checkpoints.load_generator``.
-- ``state.pt``: what a resumed run needs besides the weights: step, Adam state, the state of the
-  run's random generator, the current layer selection, and which checkpoint holds the weights.
+- ``state.pt``: what a resumed run needs besides the weights: step, Adam state, the states of the
+  run's two random generators, the current layer selection, and which checkpoint holds the weights.
 
-Determinism: every random number of the loop (latents, mixing, noise, selection latents, patch
-centres) comes from one ``torch.Generator`` on the CPU seeded by ``config.seed``, never from the
-global RNG, so a run is reproducible for a seed and device, and N iterations in one go equal,
-bit for bit on the CPU, N/2 iterations, an interruption and a resumed run of the rest.
+Determinism: the latents, mixing, selection latents, views and patch centres come from one
+``torch.Generator`` on the CPU seeded by ``config.seed`` (the same numbers on every device); the
+per-layer noise of training and selection comes from a second one on the run's device (seeded from
+``config.seed`` too), so no noise crosses from host to device. Neither is the global RNG, so a run
+is reproducible for a seed and device, and N iterations in one go equal, bit for bit on the CPU,
+N/2 iterations, an interruption and a resumed run of the rest.
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ import torch
 from nada.config import AdaptConfig
 from nada.errors import NadaError
 from nada.io import atomic_save_image, atomic_torch_save, atomic_write, image_grid, resolve_device, z_from_seeds
-from nada.layers import LayerSelector, SelectionContext, parse_layers, set_trainable, synthesis_parameters
+from nada.layers import (
+    LayerSelector,
+    SelectionContext,
+    fresh_noise,
+    parse_layers,
+    set_trainable,
+    synthesis_parameters,
+    trainable_names,
+)
 
 if TYPE_CHECKING:
     from nada.clip import ClipModel
@@ -57,6 +68,10 @@ G_REG_RATIO = 4 / 5
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = ("iterations", "device", "out_dir", "sample_every", "save_every")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The noise generator's seed is config.seed plus this, so that noise and latents never share a stream.
+NOISE_STREAM = 1_000_033
+# The official first-step rule: re-encode the trained image shifted by this when its edit is exactly zero.
+OFFICIAL_SHIFT = 1e-6
 
 Callback = Callable[[int, dict[str, Any]], None]
 
@@ -393,9 +408,12 @@ def loss_terms(
             f_src = g.clip.encode_image(seen_frozen)
         f_tgt = g.clip.encode_image(seen_train)
         if config.lambda_direction > 0:
-            add("direction", g.weight * directional_term(f_src, f_tgt, g.direction))
+            if config.first_step == "shift":
+                add("direction", g.weight * shifted_directional_term(g.clip, f_src, f_tgt, seen_train, g.direction))
+            else:
+                add("direction", g.weight * directional_term(f_src, f_tgt, g.direction))
         if config.lambda_global > 0:
-            add("global", g.weight * losses.global_loss(f_tgt, g.global_target))
+            add("global", g.weight * losses.global_loss(f_tgt, g.global_target, g.clip.logit_scale))
         if config.lambda_manifold > 0:
             add("manifold", g.weight * losses.manifold_angle_loss(f_src, f_tgt, g.source_anchor, g.target_anchor))
         if config.lambda_texture > 0:
@@ -473,11 +491,27 @@ def directional_term(f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.
     return total / f_src.shape[0]
 
 
-def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
-    """The layer selection's objective: ensemble-weighted global loss of images [N,3,H,W] towards the target."""
+def shifted_directional_term(
+    clip: "ClipModel", f_src: torch.Tensor, f_tgt: torch.Tensor, img_train: torch.Tensor, direction: torch.Tensor
+) -> torch.Tensor:
+    """The official directional loss over features [N, D]: when the batch's unit edits sum to exactly zero
+    (equal images), the trained images [N, 3, H, W] are encoded again shifted by 1e-6 (``first_step="shift"``)."""
     from nada import losses
 
-    return sum(g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target) for g in guides)  # type: ignore[return-value]
+    unit = torch.nn.functional.normalize
+    if float((unit(f_tgt.detach(), dim=-1) - unit(f_src, dim=-1)).sum()) == 0:
+        f_tgt = clip.encode_image(img_train + OFFICIAL_SHIFT)
+    return losses.directional_loss(f_src, f_tgt, direction)
+
+
+def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
+    """The layer selection's objective: ensemble-weighted global loss of images [N,3,H,W] towards the target,
+    at each model's logit scale."""
+    from nada import losses
+
+    terms = [g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target, g.clip.logit_scale)
+             for g in guides]
+    return sum(terms)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- latents and noise
@@ -500,11 +534,23 @@ def sample_latents(G: "Generator", n: int, mixing_prob: float, rng: torch.Genera
     return G.broadcast_w(w)
 
 
-def sample_noise(G: "Generator", n: int, mode: str, rng: torch.Generator, device: torch.device) -> list[torch.Tensor] | None:
-    """Per-layer noise [n, 1, r, r] drawn on the CPU from ``rng`` for mode "random"; None otherwise."""
-    if mode != "random":
-        return None
-    return [torch.randn(n, 1, *b.shape[2:], generator=rng).to(device) for b in G.noise_buffers()]
+def sample_noise(
+    G: "Generator", n: int, mode: str, rng: torch.Generator, device: torch.device
+) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+    """Per-layer noise [n, 1, r, r] for the frozen and the trained generator, drawn on ``device`` from ``rng``.
+
+    "random": one draw shared by both; "independent": the frozen generator's draw, then the trained one's
+    (the official order); other modes: (None, None), the generators' own noise mode.
+    """
+    if mode not in ("random", "independent"):
+        return None, None
+    frozen = fresh_noise(G, n, rng, device)
+    return frozen, (frozen if mode == "random" else fresh_noise(G, n, rng, device))
+
+
+def noise_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The run's noise generator: on ``device``, seeded from the run's seed (a stream apart from the latents')."""
+    return torch.Generator(device=device).manual_seed(seed + NOISE_STREAM)
 
 
 @torch.no_grad()
@@ -562,6 +608,7 @@ def adapt(
     resume: bool = False,
     force: bool = False,
     callback: Callback | None = None,
+    G_start: "Generator | None" = None,
 ) -> "Generator":
     """Adapt a generator from ``config.source`` to ``config.target``; returns the trained generator (eval mode).
 
@@ -569,11 +616,12 @@ def adapt(
     ClipModel or a list of (ClipModel, weight)); ``config.generator`` still names the base model in
     the checkpoint metadata. ``resume`` continues the run in ``config.out_dir``
     from its last saved state; ``force`` starts that folder over. ``callback(step, record)`` is called
-    after every iteration with the record written to the log. The run folder stays locked (see
-    `claim_run_dir`) until `adapt` returns or raises.
+    after every iteration with the record written to the log. ``G_start`` gives the trained copy other
+    starting weights than the frozen base (same architecture), e.g. to replay a reference run. The run
+    folder stays locked (see `claim_run_dir`) until `adapt` returns or raises.
     """
     with ExitStack() as held:
-        return _adapt(config, progress, G_base, clip, resume, force, callback, held)
+        return _adapt(config, progress, G_base, clip, resume, force, callback, G_start, held)
 
 
 def _adapt(
@@ -584,6 +632,7 @@ def _adapt(
     resume: bool,
     force: bool,
     callback: Callback | None,
+    G_start: "Generator | None",
     held: ExitStack,
 ) -> "Generator":
     """The body of `adapt`; ``held`` keeps the run folder claimed until `adapt` ends."""
@@ -592,7 +641,7 @@ def _adapt(
 
     # ---- validate cheaply, before anything heavy is loaded
     config.validate()
-    selector: LayerSelector = parse_layers(config.layers)
+    selector: LayerSelector = parse_layers(config.layers, score=config.select_score, layer_sets=config.layer_sets)
     if config.lambda_patch > 0 and not config.target.strip():
         raise NadaError("the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0")
     if clip is None:
@@ -609,6 +658,8 @@ def _adapt(
     if not bool(G_frozen.mean_latent.any()):
         G_frozen.compute_mean_latent(seed=config.seed)  # samples need a truncation centre
     G_train = deepcopy(G_frozen)  # requires_grad stays False until layers are selected
+    if G_start is not None:
+        G_train.load_state_dict(G_start.state_dict())
 
     # ---- CLIP ensemble and the constant parts of the objective
     if clip is None:
@@ -628,6 +679,7 @@ def _adapt(
         betas=(config.beta1**G_REG_RATIO, config.beta2**G_REG_RATIO),
     )
     rng = torch.Generator().manual_seed(config.seed)
+    noise_rng = noise_generator(config.seed, device)
     step, selected, trained = 0, None, set()
 
     # ---- fresh start or resume
@@ -637,6 +689,7 @@ def _adapt(
         G_train.load_state_dict(state["g_ema"])
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
+        noise_rng.set_state(state["noise_rng"])
         step, selected, trained = int(state["step"]), list(state["selected"]), set(state["trained"])
         if step > config.iterations:
             raise NadaError(f"the run in {paths.root} already has {step} iterations: ask for at least that many (--iterations {step})")
@@ -659,7 +712,7 @@ def _adapt(
     def save(at: int, boundary: dict[str, Any], final: bool) -> Path:
         """Checkpoint the trained generator, then the resume state that points at it."""
         target = paths.final if final else paths.checkpoint(at)
-        order = [info.name for info in G_train.layer_table()]
+        order = trainable_names(G_train)
         metadata = {
             "base_model": config.generator,
             "source": config.source,
@@ -679,6 +732,7 @@ def _adapt(
                 "step": at,
                 "optimizer": optimizer.state_dict(),
                 "rng": boundary["rng"],
+                "noise_rng": boundary["noise_rng"],
                 "selected": list(boundary["selected"] or []),
                 "trained": sorted(boundary["trained"]),
                 "checkpoint": str(target.relative_to(paths.root)),
@@ -692,6 +746,7 @@ def _adapt(
         sample_w=lambda n: sample_w(G_frozen, n, rng, device),
         image_loss=lambda img: selection_loss(guides, img),
         batch_size=config.auto_batch,
+        sample_noise=None if config.select_noise == "const" else lambda n: fresh_noise(G_frozen, n, noise_rng, device),
     )
     use_bf16 = config.bf16 and device.type == "cuda"
     if config.bf16 and not use_bf16:
@@ -702,34 +757,38 @@ def _adapt(
         save_samples(0)
     bar = _progress_bar(progress, step, config.iterations)
     # The state at the start of the current iteration: what a save after an interruption must record.
-    boundary = {"rng": rng.get_state(), "selected": selected, "trained": set(trained)}
+    boundary = _boundary(rng, noise_rng, selected, trained)
     updating = False
     try:
         with _DeferredInterrupt() as interrupt:
             while step < config.iterations:
                 t0 = time.perf_counter()
-                boundary = {"rng": rng.get_state(), "selected": selected, "trained": set(trained)}
+                boundary = _boundary(rng, noise_rng, selected, trained)
 
-                # 1. layers to train (dynamic strategies every select_every steps, static ones once)
+                # 1. the training latents, drawn before the selection's as in the official loop
+                ws = sample_latents(G_frozen, config.batch_size, config.mixing_prob, rng, device)
+
+                # 2. layers to train (dynamic strategies every select_every steps, static ones once)
                 if selected is None or (selector.dynamic and step % config.select_every == 0):
                     with autocast():
                         selected = selector.select(G_train, ctx)
                     set_trainable(G_train, selected)
 
-                # 2. the same latents and noise for both generators
-                ws = sample_latents(G_frozen, config.batch_size, config.mixing_prob, rng, device)
-                noise = sample_noise(G_frozen, config.batch_size, config.noise_mode, rng, device)
-                noise_mode = "const" if config.noise_mode == "random" else config.noise_mode
+                # 3. the same latents (and by default the same noise) for both generators
+                noise_frozen, noise_train = sample_noise(
+                    G_frozen, config.batch_size, config.noise_mode, noise_rng, device
+                )
+                noise_mode = "const" if noise_frozen is not None else config.noise_mode
                 with autocast():
                     with torch.no_grad():
-                        img_frozen = G_frozen.synthesis(ws, noise=noise, noise_mode=noise_mode)
-                    img_train = G_train.synthesis(ws, noise=noise, noise_mode=noise_mode)
+                        img_frozen = G_frozen.synthesis(ws, noise=noise_frozen, noise_mode=noise_mode)
+                    img_train = G_train.synthesis(ws, noise=noise_train, noise_mode=noise_mode)
 
-                    # 3. weighted CLIP losses
+                    # 4. weighted CLIP losses
                     terms = loss_terms(guides, img_frozen, img_train, config, rng)
                 loss = sum(getattr(config, f"lambda_{name}") * value for name, value in terms.items())
 
-                # 4. one Adam step on the selected layers
+                # 5. one Adam step on the selected layers
                 updating = True
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -737,10 +796,10 @@ def _adapt(
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 trained.update(selected)
-                boundary = {"rng": rng.get_state(), "selected": selected, "trained": set(trained)}
+                boundary = _boundary(rng, noise_rng, selected, trained)
                 updating = False
 
-                # 5. log, samples, checkpoints
+                # 6. log, samples, checkpoints
                 record = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}, "layers": selected, "seconds": round(time.perf_counter() - t0, 4)}
                 with open(paths.log, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
@@ -766,6 +825,13 @@ def _adapt(
         save_samples(step)
         save(step, boundary, final=True)
     return G_train.eval().requires_grad_(False)
+
+
+def _boundary(
+    rng: torch.Generator, noise_rng: torch.Generator, selected: list[str] | None, trained: set[str]
+) -> dict[str, Any]:
+    """What a save at this point must record: both generators' states and the layer selection so far."""
+    return {"rng": rng.get_state(), "noise_rng": noise_rng.get_state(), "selected": selected, "trained": set(trained)}
 
 
 def _progress_bar(enabled: bool, start: int, total: int) -> Any:

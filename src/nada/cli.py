@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from nada.errors import NadaError, NadaWarning
 
@@ -156,11 +156,18 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "layers": ("--layers", "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,..."),
     "select_every": ("--select-every", "re-select auto/grad layers every N iterations"),
     "auto_batch": ("--auto-batch", "latents used by the auto/grad layer selection"),
+    "select_score": ("--select-score", "how auto:K ranks W+ rows: mean_abs (official) or l2"),
+    "select_noise": ("--select-noise", "noise of the selection's renders: random (fresh, official) or const (stored)"),
+    "layer_sets": (
+        "--layer-sets",
+        "nada (all: convs + to_rgbs; rows -> layers they drive) or official (all: constant + convs; official mapping)",
+    ),
+    "first_step": ("--first-step", "directional loss at equal images: limit (first-order limit) or shift (official)"),
     "iterations": ("--iterations", "training iterations"),
     "batch_size": ("--batch-size", "latents per iteration"),
     "lr": ("--lr", "learning rate as in the official code (Adam uses lr * 4/5)"),
     "mixing_prob": ("--mixing", "style-mixing probability"),
-    "noise_mode": ("--noise-mode", "random (fresh, shared by both generators), const or none"),
+    "noise_mode": ("--noise-mode", "random (fresh, shared by both generators), independent (official), const or none"),
     "seed": ("--seed", "seed of every random number of the run"),
     "lambda_direction": ("--lambda-direction", "weight of the directional CLIP loss"),
     "lambda_global": ("--lambda-global", "weight of the global CLIP loss"),
@@ -182,32 +189,65 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Given(argparse.Action):
+    """Store a value and note its field as given on the command line (it then wins over --reference)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, opt: Any = None) -> None:
+        setattr(ns, self.dest, values)
+        ns.given = getattr(ns, "given", set()) | {self.dest}
+
+
+class _GivenFalse(_Given):
+    """A switch that sets its field to False and notes it as given."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, opt: Any = None) -> None:
+        super().__call__(parser, ns, False, opt)
+
+
 def _adapt_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.config import AdaptConfig
+    from nada.config import REFERENCES, AdaptConfig
 
     defaults = AdaptConfig()
     for field, (flag, help) in _ADAPT_FLAGS.items():
         default = getattr(defaults, field)
         kind = str if default is None else type(default)
         metavar = flag[2:].upper().replace("-", "_")
-        p.add_argument(flag, dest=field, type=kind, default=default, metavar=metavar, help=f"{help} (default: %(default)s)")
-    p.add_argument("--no-antialias", dest="antialias", action="store_false", default=defaults.antialias,
+        p.add_argument(
+            flag, dest=field, type=kind, default=default, metavar=metavar, action=_Given,
+            help=f"{help} (default: %(default)s)",
+        )
+    p.add_argument("--no-antialias", dest="antialias", action=_GivenFalse, default=defaults.antialias,
                    help="non-antialiased resize to CLIP's input, as the official code computed it")
+    p.add_argument("--reference", choices=sorted(REFERENCES), default=None,
+                   help="start from a reference mode's settings (official: see docs/adapt.md); flags given win")
     p.add_argument("--bf16", action="store_true", default=defaults.bf16, help="bfloat16 autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     p.add_argument("--force", action="store_true", help="start over in an --out folder that already holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _run_adapt(args: argparse.Namespace) -> int:
+def adapt_config(args: argparse.Namespace) -> "AdaptConfig":  # noqa: F821
+    """The AdaptConfig of parsed ``nada adapt`` arguments; with --reference, its values except for flags given."""
     from dataclasses import fields
 
-    from nada.adapt import RunPaths, adapt
-    from nada.config import AdaptConfig
-
-    from nada import preflight
+    from nada.config import REFERENCES, AdaptConfig
 
     config = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
+    if not args.reference:
+        return config
+    given = getattr(args, "given", set())
+    kept = {k: v for k, v in config.to_dict().items() if k in given or k not in REFERENCES[args.reference]}
+    return AdaptConfig.reference(args.reference, **kept)
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    from nada import preflight
+    from nada.adapt import RunPaths, adapt
+
+    config = adapt_config(args)
     paths = RunPaths(Path(config.out_dir))
     preflight.ensure(preflight.adapt_needs(config))
     try:

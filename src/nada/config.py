@@ -22,7 +22,24 @@ TEMPLATE_CHOICES = ("auto", "imagenet", "plain", "toy")
 AUTO = "auto"
 TOY = "toy"
 PAPER_CLIP = "ViT-B/32"
-NOISE_CHOICES = ("random", "const", "none")
+NOISE_CHOICES = ("random", "independent", "const", "none")
+SELECT_NOISE_CHOICES = ("random", "const")
+FIRST_STEP_CHOICES = ("limit", "shift")
+SCORE_CHOICES = ("mean_abs", "l2")
+LAYER_SET_CHOICES = ("nada", "official")
+# Reference modes: AdaptConfig values that reproduce a published implementation (docs/adapt.md lists
+# every default that departs from it). "official": rinongal/StyleGAN-nada @ dc8406a.
+REFERENCES: dict[str, dict[str, Any]] = {
+    "official": {
+        "layer_sets": "official",
+        "select_score": "mean_abs",
+        "select_noise": "random",
+        "noise_mode": "independent",
+        "first_step": "shift",
+        "antialias": False,
+        "templates": "imagenet",
+    },
+}
 
 
 # ---------------------------------------------------------------- limits
@@ -60,6 +77,9 @@ class AdaptConfig:
     clip: str = AUTO  # one model or a weighted ensemble, e.g. "ViT-B/32,ViT-B/16:0.5"; see resolved_clip
     templates: str = AUTO  # see TEMPLATE_CHOICES and resolved_templates
     antialias: bool = True  # antialiased resize to CLIP's input (see nada.clip); False = official numbers
+    # The directional loss at a pair of equal images (the first step with shared noise): "limit" uses its
+    # first-order limit 1 - edit . direction; "shift" is the official rule (re-encode the image + 1e-6).
+    first_step: str = "limit"
     lambda_direction: float = 1.0
     lambda_global: float = 0.0
     lambda_manifold: float = 0.0
@@ -88,6 +108,11 @@ class AdaptConfig:
     layers: str = "auto:3"
     select_every: int = 1  # re-run a data-driven selection every N iterations (the official code: every one)
     auto_batch: int = 8  # latents used by the auto/grad selection (official auto_layer_batch)
+    select_score: str = "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.layers)
+    select_noise: str = "random"  # selection renders with fresh noise ("random", official) or stored noise ("const")
+    # "official": `all` is the official set (constant, conv1, convs; no to_rgb) and auto:K maps row i to the
+    # official code's layer (convs.{i-2}); "nada": `all` is every conv and to_rgb, rows map to the layers they drive.
+    layer_sets: str = "nada"
 
     # Optimisation.
     iterations: int = 300
@@ -100,9 +125,9 @@ class AdaptConfig:
     beta2: float = 0.99
     # The official default is 0.0: rosinality's 0.9 belongs to GAN training, where mixing is a regulariser.
     mixing_prob: float = 0.0
-    # "random" draws fresh noise each iteration from the run's generator and gives the SAME noise to the
-    # frozen and the trained generator, so their difference is the domain change alone (the official
-    # code draws independent noise for each); "const" uses the stored noise buffers.
+    # "random" draws fresh noise each iteration from the run's noise generator and gives the SAME noise to
+    # the frozen and the trained generator, so their difference is the domain change alone; "independent"
+    # draws one noise for each (the official code); "const" uses the stored noise buffers.
     noise_mode: str = "random"
     seed: int = 0
 
@@ -129,6 +154,13 @@ class AdaptConfig:
         if unknown:
             raise NadaError(f"unknown adaptation settings {unknown}: valid names are {sorted(known)}")
         return cls(**dict(d))
+
+    @classmethod
+    def reference(cls, name: str, **changes: Any) -> "AdaptConfig":
+        """The config of a reference mode (see REFERENCES), with ``changes`` on top."""
+        if name not in REFERENCES:
+            raise NadaError(f"unknown reference mode {name!r}: use one of {', '.join(REFERENCES)}")
+        return cls(**{**REFERENCES[name], **changes})
 
     def resolved_clip(self) -> str:
         """The CLIP spec actually used: "auto" means the toy CLIP for the toy generator, else ViT-B/32."""
@@ -204,8 +236,11 @@ class AdaptConfig:
         self.resolved_keep()  # a keep spec that names no attribute or unknown ones fails here, not in the run
         if self.templates not in TEMPLATE_CHOICES:
             raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join(TEMPLATE_CHOICES)}")
-        if self.noise_mode not in NOISE_CHOICES:
-            raise NadaError(f"unknown noise_mode {self.noise_mode!r}: use one of {', '.join(NOISE_CHOICES)}")
+        choices = {"noise_mode": NOISE_CHOICES, "select_noise": SELECT_NOISE_CHOICES, "first_step": FIRST_STEP_CHOICES}
+        choices.update(select_score=SCORE_CHOICES, layer_sets=LAYER_SET_CHOICES)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise NadaError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         check_truncation(self.sample_truncation, "sample_truncation")
         if not self.out_dir.strip():
             raise NadaError("out_dir is empty: give a folder for the run's outputs, e.g. --out runs/sketch")
