@@ -24,7 +24,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     if compare_out is not None:
         written = [_save_comparison(compare_out, base_source, G, args, seeds, device)]
     else:
-        images = generate_images(G, seeds, truncation_psi=args.truncation, batch_size=args.batch_size, device=device)
+        images = generate_images(G, seeds, truncation_psi=args.truncation, batch_size=args.batch_size, device=device,
+                                 precision=args.precision)
         written = save_outputs(images, seeds, out=args.out, out_dir=args.out_dir, force=args.force)
     for path in written:
         print(f"wrote {path}")
@@ -77,7 +78,7 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
     if base.size != G.size:
         raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
     share_mean_latent(base, G)  # one truncation centre for both rows (adaptation never trains the mapping)
-    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device}
+    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device, "precision": args.precision}
     rows = comparison_rows(generate_images(base, seeds, **render), generate_images(G, seeds, **render), GRID_COLUMNS)
     return atomic_save_image(image_grid(rows), out)
 
@@ -94,6 +95,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default=None, help="write one image per seed into this folder instead of a grid")
     p.add_argument("--batch-size", type=int, default=4, help="images rendered at once (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights' precision: bf16 renders with native bf16 weights (fast only on CPUs with bf16 units), fp32 is exact "
+                   "(default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
@@ -367,6 +371,7 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
     p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="weights' precision of the Generate tab (default: %(default)s)")
 
 
 def _run_web(args: argparse.Namespace) -> int:
@@ -376,7 +381,8 @@ def _run_web(args: argparse.Namespace) -> int:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
     from nada.web import WebBackend, build_app, serve
 
-    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir)
+    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir,
+                         precision=args.precision)
     print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
     serve(build_app(backend), host=args.host, port=args.port, block=True)
     return 0

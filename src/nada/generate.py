@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
@@ -23,18 +24,26 @@ def generate_images(
     truncation_psi: float = 1.0,
     batch_size: int = 4,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Images [N, 3, H, W] in [-1, 1] (float32, CPU) for `seeds`; z is drawn on the CPU so a seed looks the same on any device.
 
     G is moved to `device` when given (else it stays where it is) and put in eval mode; noise is the stored
-    constant noise, so the same seed always gives the same image.
+    constant noise, so the same seed always gives the same image. ``precision`` "bf16" renders with a bf16
+    copy of the weights (G itself is left as it is); "fp32" is exact.
     """
+    from nada.networks import PRECISIONS
+
     if batch_size < 1:
         raise NadaError(f"batch size {batch_size} is invalid: use 1 or more")
     if not math.isfinite(truncation_psi):
         raise NadaError(f"truncation {truncation_psi} is not a finite number: use e.g. 0.7 or 1")
     if len(seeds) == 0:
         raise NadaError("no seeds given: pass at least one seed, e.g. '0-7'")
+    if precision not in PRECISIONS:
+        raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if next(G.parameters()).dtype != PRECISIONS[precision]:
+        G = copy.deepcopy(G).to(PRECISIONS[precision])
     if device is not None:
         G.to(device)
     G.eval()
