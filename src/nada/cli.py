@@ -136,6 +136,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "sample_truncation": ("--sample-truncation", "truncation of the sample grids"),
     "sample_every": ("--sample-every", "iterations between sample grids (0: start and end only)"),
     "save_every": ("--save-every", "iterations between checkpoints and resume state (0: end only)"),
+    "log_every": ("--log-every", "iterations between reads of the losses from the device; the log keeps every iteration"),
     "device": ("--device", "auto, cpu, cuda or cuda:N"),
 }
 
@@ -152,6 +153,7 @@ def _adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-antialias", dest="antialias", action="store_false", default=defaults.antialias,
                    help="non-antialiased resize to CLIP's input, as the official code computed it")
     p.add_argument("--bf16", action="store_true", default=defaults.bf16, help="bfloat16 autocast on CUDA")
+    p.add_argument("--tf32", action="store_true", default=defaults.tf32, help="TF32 matmuls and convolutions on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     p.add_argument("--force", action="store_true", help="start over in an --out folder that already holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
