@@ -438,3 +438,46 @@ def test_bf16_weights_stay_within_two_levels_of_fp32(gold_a: dict) -> None:
     assert levels.mean() > 0  # bf16 really ran: its rounding shows
     with pytest.raises(NadaError, match="unknown precision"):
         G.set_precision("fp8")
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_layouts_match_the_golden_images(gold_a: dict) -> None:
+    """On CUDA "auto" is the grouped layout; every layout reproduces the reference images (IEEE float32)."""
+    from nada.adapt import fp32_precision
+
+    z, noises = gold_a["z"].cuda(), [n.cuda() for n in gold_a["noises"]]
+    with fp32_precision(torch.device("cuda"), tf32=False):
+        for layout in ("auto", "grouped", "activations", "cpu"):
+            G = _golden_generator(gold_a, layout).cuda()
+            assert maxdiff(G(z, noise=noises).cpu(), gold_a["img"]) < 1e-4, layout
+
+
+@pytest.mark.gpu
+def test_cuda_layouts_agree_in_gradients(gold_a: dict) -> None:
+    from nada.adapt import fp32_precision
+
+    grads = {}
+    with fp32_precision(torch.device("cuda"), tf32=False):
+        for layout in ("grouped", "activations", "cpu"):
+            G = _golden_generator(gold_a, layout).cuda()
+            ws = gold_a["wplus"].cuda().requires_grad_(True)
+            G.synthesis(ws, noise=[n.cuda() for n in gold_a["noises"]]).square().mean().backward()
+            grads[layout] = ws.grad.cpu()
+    scale = grads["cpu"].abs().max()
+    assert scale > 0
+    for layout in ("grouped", "activations"):
+        assert maxdiff(grads[layout], grads["cpu"]) < 1e-4 * scale, layout
+
+
+@pytest.mark.gpu
+def test_tf32_switch_sets_and_restores_cuda_precision() -> None:
+    from nada.adapt import fp32_precision
+
+    mm = torch.backends.cuda.matmul
+    before = mm.fp32_precision
+    with fp32_precision(torch.device("cuda"), tf32=True):
+        assert mm.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    with fp32_precision(torch.device("cuda"), tf32=False):
+        assert mm.fp32_precision == "ieee" and torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert mm.fp32_precision == before
