@@ -48,7 +48,7 @@ def random_clip(name: str, device: str):
 
 
 def extra_outputs(iterations: int) -> tuple[int, int]:
-    """(sample grids, saves) that a 300-iteration run with the default intervals writes beyond an N-iteration run without them."""
+    """(grids, saves) that 300 iterations with the default intervals write beyond N iterations without them."""
     grids = len(range(SAMPLE_EVERY, E2E_ITERATIONS, SAMPLE_EVERY))  # in-loop grids; start and end grids both runs write
     saves = len(range(SAVE_EVERY, E2E_ITERATIONS, SAVE_EVERY))
     return grids, saves
@@ -73,11 +73,13 @@ def time_outputs(G, device: str, out: Path) -> tuple[float, float]:
     params = [p for n, p in G.named_parameters() if not n.startswith("style.")]
     t0 = time.perf_counter()
     save_checkpoint(out / "ckpt.pt", G, {"base_model": "bench"}, overwrite=True)
-    atomic_torch_save({"exp_avg": [p.detach().clone() for p in params], "exp_avg_sq": [p.detach().clone() for p in params]}, out / "state.pt")
+    adam_like = {"exp_avg": [p.detach().clone() for p in params], "exp_avg_sq": [p.detach().clone() for p in params]}
+    atomic_torch_save(adam_like, out / "state.pt")
     return t_grid, time.perf_counter() - t0
 
 
-def run_one(size: int, clips: str, layers: str, iterations: int, device: str, threads: int, precision: str, log_every: int) -> dict:
+def run_one(size: int, clips: str, layers: str, iterations: int, device: str, threads: int, precision: str,
+            log_every: int) -> dict:
     """Run one configuration in this process and return its measurements."""
     import torch
 
@@ -107,8 +109,9 @@ def run_one(size: int, clips: str, layers: str, iterations: int, device: str, th
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    return {"size": size, "clip": clips, "layers": layers, "device": device, "precision": precision, "iterations": iterations,
-            "s_per_it": steady, "first_it_s": seconds[0], "total_s": total, "grid_s": t_grid, "save_s": t_save,
+    return {"size": size, "clip": clips, "layers": layers, "device": device, "precision": precision,
+            "iterations": iterations, "s_per_it": steady, "first_it_s": seconds[0], "total_s": total,
+            "grid_s": t_grid, "save_s": t_save,
             "e2e_300_s": e2e, "peak_mb": peak_mb}
 
 
@@ -118,7 +121,7 @@ def main() -> None:
     p.add_argument("--clips", default="ViT-B/32,ViT-B/32+ViT-B/16", help="CLIP sets, '+' joins an ensemble (default: %(default)s)")
     p.add_argument("--layers", default="auto:3,all", help="layer specs (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=3, help="iterations per configuration (default: %(default)s)")
-    p.add_argument("--precisions", default="fp32", help="fp32, tf32 (CUDA), bf16 (CUDA autocast) (default: %(default)s)")
+    p.add_argument("--precisions", default="fp32", help="fp32, tf32 (CUDA), bf16 (CUDA autocast) (default: fp32)")
     p.add_argument("--log-every", type=int, default=10, help="the loop's log_every (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu, plus cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -128,7 +131,8 @@ def main() -> None:
 
     if args.one:
         size, clips, layers, device, precision = args.one.split("|")
-        print(json.dumps(run_one(int(size), clips, layers, args.iterations, device, args.threads, precision, args.log_every)))
+        result = run_one(int(size), clips, layers, args.iterations, device, args.threads, precision, args.log_every)
+        print(json.dumps(result))
         return
 
     if args.device:
@@ -138,7 +142,8 @@ def main() -> None:
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"{args.iterations} iterations per row; peak MB: CUDA max allocated / CPU max RSS, whole process")
-    print(f"{'device':6} {'size':>5} {'clip':20} {'layers':8} {'prec':5} {'s/it':>8} {'first':>8} {'300 it e2e':>11} {'peak MB':>9}")
+    print(f"{'device':6} {'size':>5} {'clip':20} {'layers':8} {'prec':5} {'s/it':>8} {'first':>8} "
+          f"{'300 it e2e':>11} {'peak MB':>9}")
     for device in devices:
         for size in (int(s) for s in args.sizes.split(",")):
             for clips in args.clips.split(","):

@@ -162,7 +162,9 @@ def precision_context(device: torch.device, precision: str) -> ContextManager[No
     return fp32_precision(device, tf32=precision == "tf32")
 
 
-def runner(forward: Callable[[torch.Tensor], torch.Tensor], params: torch.nn.Module, z: torch.Tensor, backward: bool) -> Callable[[], torch.Tensor]:
+def runner(
+    forward: Callable[[torch.Tensor], torch.Tensor], params: torch.nn.Module, z: torch.Tensor, backward: bool
+) -> Callable[[], torch.Tensor]:
     """A timed call: forward(z) without gradients, or forward(z) and the backward of a mean-square loss."""
 
     def call() -> torch.Tensor:
@@ -188,12 +190,14 @@ def bench_size(size: int, device: torch.device, args: argparse.Namespace) -> Non
     """One table: every case x precision x layout, each with its ratio to the naive port measured in the same run."""
     torch.manual_seed(0)
     G = Generator(size, 512, 8, channel_multiplier=2).to(device).eval()
-    layouts = args.layouts.split(",") if args.layouts else (["grouped", "activations", "cpu"] if device.type == "cuda" else ["cpu"])
+    default_layouts = ["grouped", "activations", "cpu"] if device.type == "cuda" else ["cpu"]
+    layouts = args.layouts.split(",") if args.layouts else default_layouts
     mem = "peak CUDA alloc growth" if device.type == "cuda" else "peak RSS growth"
     print(f"\n== Generator({size}, 512, 8, 2) on {device} ({sum(p.numel() for p in G.parameters()):,} parameters); "
           f"median of {args.repeats}; memory: {mem}; ratio = naive time / nada time, same run, same precision switch "
           f"(the naive port always runs in float32 weights)")
-    print(f"{'case':<8}{'prec':<6}{'layout':<13}{'img/s':>10}{'naive img/s':>13}{'ratio':>8}{'(cpu t)':>9}{'MiB':>8}{'naive MiB':>11}{'max|diff|':>11}")
+    print(f"{'case':<8}{'prec':<6}{'layout':<13}{'img/s':>10}{'naive img/s':>13}{'ratio':>8}{'(cpu t)':>9}{'MiB':>8}"
+          f"{'naive MiB':>11}{'max|diff|':>11}")
     for case in args.cases.split(","):
         batch, backward = CASES[case]
         z = torch.randn(batch, 512, device=device)
@@ -212,18 +216,19 @@ def bench_size(size: int, device: torch.device, args: argparse.Namespace) -> Non
                     ratio = f"{naive[0] / t:>7.2f}x{naive[1] / c:>8.2f}x" if naive else f"{'-':>8}{'-':>9}"
                     naive_cols = f"{batch / naive[0]:>13.3f}" if naive else f"{'-':>13}"
                     naive_mem = f"{naive[2]:>11.0f}" if naive else f"{'-':>11}"
-                    print(f"{case:<8}{precision:<6}{layout:<13}{batch / t:>10.3f}{naive_cols}{ratio}{m:>8.0f}{naive_mem}{diff:>11.1e}", flush=True)
+                    head = f"{case:<8}{precision:<6}{layout:<13}{batch / t:>10.3f}"
+                    print(f"{head}{naive_cols}{ratio}{m:>8.0f}{naive_mem}{diff:>11.1e}", flush=True)
     G.layout = "auto"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="256,1024", help="comma-separated generator sizes (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per row, the median is reported (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per row, the median is reported (default: 3)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--cases", default="fwd1,fwd4,bwd2", help=f"cases among {', '.join(CASES)} (default: %(default)s)")
-    p.add_argument("--precisions", default="fp32", help="fp32, tf32 (CUDA), bf16 (native bf16 weights) (default: %(default)s)")
-    p.add_argument("--layouts", default=None, help="nada layouts to time (default: grouped,activations,cpu on CUDA, cpu on CPU)")
+    p.add_argument("--precisions", default="fp32", help="fp32, tf32 (CUDA), bf16 (native bf16 weights) (default: fp32)")
+    p.add_argument("--layouts", default=None, help="nada layouts (default: all three on CUDA, cpu on CPU)")
     p.add_argument(
         "--naive-backward-max-size",
         type=int,

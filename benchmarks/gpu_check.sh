@@ -25,7 +25,8 @@ if [ $DRY = 1 ]; then
 else
     DEVICE=cuda; SIZES=256,1024; BIG=1024; CASES=fwd1,fwd4,bwd2; ITERS=20; T_TEST=60; T_GEN=80; T_ROW=52
     # clip | layers | precision; the ensemble row runs with TF32, the setting to reach its target with.
-    ROWS=("ViT-B/32|all|fp32" "ViT-B/32|all|tf32" "ViT-B/32|auto:3|fp32" "ViT-B/32|auto:3|tf32" "ViT-B/32+ViT-B/16|auto:3|tf32")
+    ROWS=("ViT-B/32|all|fp32" "ViT-B/32|all|tf32" "ViT-B/32|auto:3|fp32" "ViT-B/32|auto:3|tf32"
+          "ViT-B/32+ViT-B/16|auto:3|tf32")
 fi
 
 status=0
@@ -41,7 +42,8 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, tee into $OUT/NAME.l
 
 {
     date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-    python3 -c "import torch, open_clip; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'open_clip', open_clip.__version__)"
+    python3 -c "import torch, open_clip; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+        'open_clip', open_clip.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
 if [ $DRY = 1 ]; then
@@ -50,8 +52,8 @@ else
     part gpu_tests "$T_TEST" python3 -m pytest -q -p no:cacheprovider -m gpu tests/
 fi
 
-part bench_generator "$T_GEN" python3 benchmarks/bench_generator.py --device "$DEVICE" --sizes "$SIZES" --cases "$CASES" \
-    --repeats 5 --precisions fp32,tf32 --naive-backward-max-size 1024
+part bench_generator "$T_GEN" python3 benchmarks/bench_generator.py --device "$DEVICE" --sizes "$SIZES" \
+    --cases "$CASES" --repeats 5 --precisions fp32,tf32 --naive-backward-max-size 1024
 
 for row in "${ROWS[@]}"; do
     IFS='|' read -r clip layers prec <<< "$row"

@@ -483,8 +483,8 @@ def test_buffered_log_survives_kill_9_and_resume_agrees(tmp_path: Path, clip, go
     full = adapt(config(tmp_path / "a", **kw), progress=False, G_base=make_generator(), clip=clip)
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), kill_at=7, out=str(tmp_path / "b"), kw=kw,
                                 clip=str(golden / "tiny_clip_openai.pt"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     cfg_b = config(tmp_path / "b", **kw)
@@ -501,7 +501,7 @@ def test_buffered_log_survives_kill_9_and_resume_agrees(tmp_path: Path, clip, go
 
 
 def test_log_every_is_one_read_per_flush(tmp_path: Path, clip, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without a callback the loss values are read back once per log_every steps (and at the final save), not per step."""
+    """Without a callback the losses are read back once per log_every steps (and at the final save), not per step."""
     from nada.adapt import LogBuffer
 
     reads = []

@@ -161,11 +161,14 @@ def test_cli_subprocess_missing_checkpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "g.png").exists()
 
 
-def test_cli_precision_bf16_renders_close_to_fp32_and_leaves_the_generator(checkpoint: Path, generator: Generator, tmp_path: Path) -> None:
+def test_cli_precision_bf16_renders_close_to_fp32_and_leaves_the_generator(
+    checkpoint: Path, generator: Generator, tmp_path: Path
+) -> None:
     paths = {}
     for precision in ("fp32", "bf16"):
         paths[precision] = tmp_path / f"{precision}.png"
-        args = ["generate", "--checkpoint", str(checkpoint), "--seeds", "0-3", "--out", str(paths[precision]), "--device", "cpu"]
+        out = ["--out", str(paths[precision])]
+        args = ["generate", "--checkpoint", str(checkpoint), "--seeds", "0-3", *out, "--device", "cpu"]
         assert main(args + ["--precision", precision]) == 0
     levels = np.abs(pixels(paths["fp32"]).astype(int) - pixels(paths["bf16"]).astype(int))
     assert 0 < levels.mean() < 2.0, "bf16 rounding shows but stays within two levels on average"

@@ -16,7 +16,7 @@ from nada.errors import NadaError
 from nada.networks import Blur, Generator, GeneratorConfig, ModulatedConv2d, StyledConv, ToRGB, Upsample
 
 TOL = 1e-5
-# The NCHW layouts run other convolution algorithms, whose float32 rounding reaches 1.0e-5 on these images (max |x| ~ 5).
+# The NCHW layouts run other convolution algorithms; their float32 rounding reaches 1.0e-5 on these images (|x| ~ 5).
 LAYOUT_TOL = {"cpu": TOL, "grouped": 1.5e-5, "activations": 1.5e-5}
 
 

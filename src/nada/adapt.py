@@ -177,7 +177,8 @@ class LogBuffer:
         for step, v, names, layers, seconds in self.pending:
             loss, *terms = values[at : at + v.numel()]
             at += v.numel()
-            records.append({"step": step, "loss": loss, **dict(zip(names, terms)), "layers": layers, "seconds": seconds})
+            record = {"step": step, "loss": loss, **dict(zip(names, terms)), "layers": layers, "seconds": seconds}
+            records.append(record)
         self.file.write("".join(json.dumps(r) + "\n" for r in records))
         self.file.flush()
         self.pending = []

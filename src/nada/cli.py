@@ -78,7 +78,8 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
     if base.size != G.size:
         raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
     share_mean_latent(base, G)  # one truncation centre for both rows (adaptation never trains the mapping)
-    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device, "precision": args.precision}
+    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device,
+              "precision": args.precision}
     rows = comparison_rows(generate_images(base, seeds, **render), generate_images(G, seeds, **render), GRID_COLUMNS)
     return atomic_save_image(image_grid(rows), out)
 
@@ -96,8 +97,8 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="images rendered at once (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="weights' precision: bf16 renders with native bf16 weights (fast only on CPUs with bf16 units), fp32 is exact "
-                   "(default: %(default)s)")
+                   help="weights' precision: bf16 renders with native bf16 weights (fast only on CPUs with bf16 "
+                   "units), fp32 is exact (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
@@ -136,7 +137,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "sample_truncation": ("--sample-truncation", "truncation of the sample grids"),
     "sample_every": ("--sample-every", "iterations between sample grids (0: start and end only)"),
     "save_every": ("--save-every", "iterations between checkpoints and resume state (0: end only)"),
-    "log_every": ("--log-every", "iterations between reads of the losses from the device; the log keeps every iteration"),
+    "log_every": ("--log-every", "iterations between reads of the losses from the device; the log keeps all"),
     "device": ("--device", "auto, cpu, cuda or cuda:N"),
 }
 
@@ -373,7 +374,8 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
     p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="weights' precision of the Generate tab (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights' precision of the Generate tab (default: %(default)s)")
 
 
 def _run_web(args: argparse.Namespace) -> int:
@@ -383,8 +385,8 @@ def _run_web(args: argparse.Namespace) -> int:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
     from nada.web import WebBackend, build_app, serve
 
-    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir,
-                         precision=args.precision)
+    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device,
+                         work_dir=args.work_dir, precision=args.precision)
     print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
     serve(build_app(backend), host=args.host, port=args.port, block=True)
     return 0

@@ -159,8 +159,10 @@ class AdaptConfig:
             raise NadaError("the target text is empty: describe the new domain, e.g. --target 'sketch' (or give --target-images)")
         if self.target.strip() and self.source.strip().lower() == self.target.strip().lower():
             raise NadaError(f"source and target are the same text ({self.source!r}): the target must describe a different domain")
-        positive_ints = ("iterations", "batch_size", "select_every", "auto_batch", "n_sample_images", "target_images_batch",
-                         "log_every")
+        positive_ints = (
+            "iterations", "batch_size", "select_every", "auto_batch", "n_sample_images", "target_images_batch",
+            "log_every",
+        )
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise NadaError(f"{name} must be at least 1 (got {getattr(self, name)})")

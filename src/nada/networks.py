@@ -323,7 +323,9 @@ class ModulatedConv2d(nn.Module):
             return self.blur(out, bias)
         return per_sample(lambda xi, wi: F.conv2d(xi, wi, bias, padding=self.padding), x, weight)
 
-    def _modulate_weights_grouped(self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None) -> torch.Tensor:
+    def _modulate_weights_grouped(
+        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         weight = self.modulated_weight(style, gain)
         if self.upsample:
             out = grouped(F.conv_transpose2d, x, weight.transpose(1, 2), stride=2)
