@@ -1,27 +1,31 @@
 """Generator speed and memory: images/s and peak memory of nada's Generator against a naive upfirdn-style path.
 
-Run: python benchmarks/bench_generator.py [--sizes 256,1024] [--repeats 2] [--device cpu|cuda|auto]
+Run: python benchmarks/bench_generator.py [--sizes 256,1024] [--repeats 3] [--device cpu|cuda|auto]
+       [--cases fwd1,fwd4,bwd2] [--precisions fp32,tf32,bf16] [--layouts grouped,activations,cpu]
 
 Both paths use the same random weights. The naive path is a compact, straightforward port of the
 reference's pure-PyTorch ("native") ops: zero-insertion up-sampling followed by a one-channel
 convolution for every FIR filter, and the batch folded into a grouped convolution. Its images are
-compared with nada's (max|diff|), so the speed-up is for the same numbers up to float32 rounding.
+compared with nada's (max|diff|), so the speed-up is for the same numbers up to float32 rounding
+(bf16 rows: up to bf16 rounding). Every row is timed against the naive port in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import math
 import resource
-import sys
+import statistics
 import threading
 import time
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
 
+from nada.adapt import fp32_precision
 from nada.io import resolve_device
 from nada.networks import Generator, ModulatedConv2d, StyledConv, ToRGB
 
@@ -126,10 +130,11 @@ class PeakRSS:
 
 
 def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float]:
-    """(best wall seconds, best process CPU seconds, peak memory MiB) over `repeats` calls after one warm-up.
+    """(median wall seconds, median process CPU seconds, peak memory MiB) over `repeats` calls after one warm-up.
 
     CPU seconds are reported too because on a shared machine they are less disturbed by other
-    processes than wall time is.
+    processes than wall time is. Memory, one way per device: CUDA max allocated above what was
+    allocated before the timed calls; CPU peak resident-set growth.
     """
     fn()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -137,59 +142,93 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> tup
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    best, best_cpu = float("inf"), float("inf")
+    walls, cpus = [], []
     with PeakRSS() as rss:
         for _ in range(repeats):
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
-            best = min(best, time.perf_counter() - t0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
     peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else rss.growth_mib
-    return best, best_cpu, peak
+    return statistics.median(walls), statistics.median(cpus), peak
 
 
-def bench_size(size: int, device: torch.device, repeats: int, naive_backward_max_size: int) -> None:
+CASES = {"fwd1": (1, False), "fwd4": (4, False), "bwd2": (2, True)}
+
+
+def precision_context(device: torch.device, precision: str) -> ContextManager[None]:
+    """fp32: IEEE float32 everywhere; tf32: TF32 CUDA matmuls and convolutions; bf16: weights cast, no switch."""
+    return fp32_precision(device, tf32=precision == "tf32")
+
+
+def runner(
+    forward: Callable[[torch.Tensor], torch.Tensor], params: torch.nn.Module, z: torch.Tensor, backward: bool
+) -> Callable[[], torch.Tensor]:
+    """A timed call: forward(z) without gradients, or forward(z) and the backward of a mean-square loss."""
+
+    def call() -> torch.Tensor:
+        if backward:
+            params.zero_grad(set_to_none=True)
+            img = forward(z)
+            img.float().square().mean().backward()
+            return img.detach()
+        with torch.no_grad():
+            return forward(z)
+
+    return call
+
+
+def variant(G: Generator, layout: str, precision: str) -> Generator:
+    """G itself with the layout set, or a bf16 copy of it."""
+    H = copy.deepcopy(G).set_precision("bf16") if precision == "bf16" else G
+    H.layout = layout
+    return H
+
+
+def bench_size(size: int, device: torch.device, args: argparse.Namespace) -> None:
+    """One table: every case x precision x layout, each with its ratio to the naive port measured in the same run."""
     torch.manual_seed(0)
     G = Generator(size, 512, 8, channel_multiplier=2).to(device).eval()
-    mem = "peak CUDA alloc" if device.type == "cuda" else "peak RSS growth"
-    print(f"\n== Generator({size}, 512, 8, 2) on {device} ({sum(p.numel() for p in G.parameters()):,} parameters); times are best of {repeats}")
-    print(f"{'case':<20}{'nada img/s':>12}{'naive img/s':>13}{'speed-up':>10}{'(cpu time)':>11}{'nada MiB':>10}{'naive MiB':>11}{'max|diff|':>11}")
-    for batch, backward in ((1, False), (4, False), (2, True)):
+    default_layouts = ["grouped", "activations", "cpu"] if device.type == "cuda" else ["cpu"]
+    layouts = args.layouts.split(",") if args.layouts else default_layouts
+    mem = "peak CUDA alloc growth" if device.type == "cuda" else "peak RSS growth"
+    print(f"\n== Generator({size}, 512, 8, 2) on {device} ({sum(p.numel() for p in G.parameters()):,} parameters); "
+          f"median of {args.repeats}; memory: {mem}; ratio = naive time / nada time, same run, same precision switch "
+          f"(the naive port always runs in float32 weights)")
+    print(f"{'case':<8}{'prec':<6}{'layout':<13}{'img/s':>10}{'naive img/s':>13}{'ratio':>8}{'(cpu t)':>9}{'MiB':>8}"
+          f"{'naive MiB':>11}{'max|diff|':>11}")
+    for case in args.cases.split(","):
+        batch, backward = CASES[case]
         z = torch.randn(batch, 512, device=device)
-
-        def run(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], torch.Tensor]:
-            def call() -> torch.Tensor:
-                if backward:
-                    G.zero_grad(set_to_none=True)
-                    img = forward(z)
-                    img.square().mean().backward()
-                    return img.detach()
+        for precision in args.precisions.split(","):
+            with precision_context(device, precision):
+                naive = None
+                if not (backward and size > args.naive_backward_max_size):
+                    naive = measure(runner(lambda zz: generator_naive(G, zz), G, z, backward), device, args.repeats)
                 with torch.no_grad():
-                    return forward(z)
-
-            return call
-
-        with torch.no_grad():
-            diff = (G(z) - generator_naive(G, z)).abs().max().item()
-        t_fast, c_fast, m_fast = measure(run(G), device, repeats)
-        case = f"{'fwd+bwd' if backward else 'forward'} batch {batch}"
-        if backward and size > naive_backward_max_size:
-            print(f"{case:<20}{batch / t_fast:>12.3f}{'-':>13}{'-':>10}{'-':>11}{m_fast:>10.0f}{'-':>11}{diff:>11.1e}")
-            continue
-        t_naive, c_naive, m_naive = measure(run(lambda zz: generator_naive(G, zz)), device, repeats)
-        print(
-            f"{case:<20}{batch / t_fast:>12.3f}{batch / t_naive:>13.3f}{t_naive / t_fast:>9.2f}x{c_naive / c_fast:>10.2f}x"
-            f"{m_fast:>10.0f}{m_naive:>11.0f}{diff:>11.1e}"
-        )
-        sys.stdout.flush()
+                    ref = generator_naive(G, z)
+                for layout in layouts:
+                    H = variant(G, layout, precision)
+                    with torch.no_grad():
+                        diff = (H(z).float() - ref).abs().max().item()
+                    t, c, m = measure(runner(H, H, z, backward), device, args.repeats)
+                    ratio = f"{naive[0] / t:>7.2f}x{naive[1] / c:>8.2f}x" if naive else f"{'-':>8}{'-':>9}"
+                    naive_cols = f"{batch / naive[0]:>13.3f}" if naive else f"{'-':>13}"
+                    naive_mem = f"{naive[2]:>11.0f}" if naive else f"{'-':>11}"
+                    head = f"{case:<8}{precision:<6}{layout:<13}{batch / t:>10.3f}"
+                    print(f"{head}{naive_cols}{ratio}{m:>8.0f}{naive_mem}{diff:>11.1e}", flush=True)
+    G.layout = "auto"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="256,1024", help="comma-separated generator sizes (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=2, help="timed calls per case, best is reported (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per row, the median is reported (default: 3)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--cases", default="fwd1,fwd4,bwd2", help=f"cases among {', '.join(CASES)} (default: %(default)s)")
+    p.add_argument("--precisions", default="fp32", help="fp32, tf32 (CUDA), bf16 (native bf16 weights) (default: fp32)")
+    p.add_argument("--layouts", default=None, help="nada layouts (default: all three on CUDA, cpu on CPU)")
     p.add_argument(
         "--naive-backward-max-size",
         type=int,
@@ -200,7 +239,7 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     for size in (int(s) for s in args.sizes.split(",")):
-        bench_size(size, device, args.repeats, args.naive_backward_max_size)
+        bench_size(size, device, args)
 
 
 if __name__ == "__main__":

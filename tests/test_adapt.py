@@ -444,3 +444,79 @@ def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path,
         cfg.replace(keep="a smiling face").validate()
     with pytest.raises(NadaError, match="every loss weight is 0"):
         cfg.replace(keep="", lambda_direction=0.0).validate()
+
+
+# ---------------------------------------------------------------- buffered log
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import nada.adapt as A
+from conftest import load_tiny_clip
+from test_adapt import config, make_generator
+from pathlib import Path
+
+calls = []
+real = A.sample_latents
+
+def sample_latents(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {kill_at}:  # the start of iteration kill_at: kill -9, no handler runs
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+A.sample_latents = sample_latents
+cfg = config(Path({out!r}), **{kw!r})
+A.adapt(cfg, progress=False, G_base=make_generator(), clip=load_tiny_clip({clip!r}))
+"""
+
+
+def test_buffered_log_survives_kill_9_and_resume_agrees(tmp_path: Path, clip, golden: Path) -> None:
+    """log_every 3, saves every 4: a kill -9 before step 7 leaves state at 4 and a log that reaches it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    kw = dict(layers="all", iterations=8, save_every=4, sample_every=0, log_every=3)
+    full = adapt(config(tmp_path / "a", **kw), progress=False, G_base=make_generator(), clip=clip)
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), kill_at=7, out=str(tmp_path / "b"), kw=kw,
+                                clip=str(golden / "tiny_clip_openai.pt"))
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    cfg_b = config(tmp_path / "b", **kw)
+    paths = RunPaths(Path(cfg_b.out_dir))
+    assert torch.load(paths.state, weights_only=True)["step"] == 4
+    # Written at the reads of steps 3 and 6 and before the save of step 4; nothing of step 7.
+    assert [r["step"] for r in log_of(cfg_b)] == [1, 2, 3, 4, 5, 6]
+    resumed = adapt(cfg_b.replace(log_every=5), progress=False, G_base=make_generator(), clip=clip, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+    drop_time = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
+    log_a = drop_time(log_of(config(tmp_path / "a", **kw)))
+    assert [r["step"] for r in log_a] == list(range(1, 9))
+    assert log_a == drop_time(log_of(cfg_b))
+
+
+def test_log_every_is_one_read_per_flush(tmp_path: Path, clip, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a callback the losses are read back once per log_every steps (and at the final save), not per step."""
+    from nada.adapt import LogBuffer
+
+    reads = []
+    real = LogBuffer.flush
+
+    def counting(self):
+        records = real(self)
+        if records:
+            reads.append([r["step"] for r in records])
+        return records
+
+    monkeypatch.setattr(LogBuffer, "flush", counting)
+    cfg = config(tmp_path, iterations=7, sample_every=0, save_every=0, log_every=3)
+    adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
+    assert reads == [[1, 2, 3], [4, 5, 6], [7]]
+    assert [r["step"] for r in log_of(cfg)] == list(range(1, 8))
+    with pytest.raises(NadaError, match="log_every must be at least 1"):
+        adapt(cfg.replace(log_every=0), progress=False, G_base=make_generator(), clip=clip, force=True)

@@ -159,3 +159,20 @@ def test_cli_subprocess_missing_checkpoint(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_precision_bf16_renders_close_to_fp32_and_leaves_the_generator(
+    checkpoint: Path, generator: Generator, tmp_path: Path
+) -> None:
+    paths = {}
+    for precision in ("fp32", "bf16"):
+        paths[precision] = tmp_path / f"{precision}.png"
+        out = ["--out", str(paths[precision])]
+        args = ["generate", "--checkpoint", str(checkpoint), "--seeds", "0-3", *out, "--device", "cpu"]
+        assert main(args + ["--precision", precision]) == 0
+    levels = np.abs(pixels(paths["fp32"]).astype(int) - pixels(paths["bf16"]).astype(int))
+    assert 0 < levels.mean() < 2.0, "bf16 rounding shows but stays within two levels on average"
+    images = generate_images(generator, [0, 1], precision="bf16")
+    assert images.dtype == torch.float32 and next(generator.parameters()).dtype == torch.float32
+    with pytest.raises(NadaError, match="unknown precision"):
+        generate_images(generator, [0], precision="fp16")

@@ -16,6 +16,8 @@ from nada.errors import NadaError
 from nada.networks import Blur, Generator, GeneratorConfig, ModulatedConv2d, StyledConv, ToRGB, Upsample
 
 TOL = 1e-5
+# The NCHW layouts run other convolution algorithms; their float32 rounding reaches 1.0e-5 on these images (|x| ~ 5).
+LAYOUT_TOL = {"cpu": TOL, "grouped": 1.5e-5, "activations": 1.5e-5}
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,13 +30,19 @@ def gold_a(golden: Path) -> dict:
     return _load_golden_a(str(golden / "rosinality_A.pt"))
 
 
-@pytest.fixture
-def G_a(gold_a: dict) -> Generator:
+def _golden_generator(gold_a: dict, layout: str = "auto") -> Generator:
     c = gold_a["config"]
     G = Generator(c["size"], c["style_dim"], c["n_mlp"], c["channel_multiplier"], c["blur_kernel"], c["lr_mlp"], channels=c["channels"])
     G.load_state_dict(gold_a["ckpt"]["g_ema"], strict=True)
     G.mean_latent.copy_(gold_a["ckpt"]["latent_avg"])
+    G.layout = layout
     return G.eval()
+
+
+# Every activation layout is checked against the reference's images on the CPU ("auto" is "cpu" there).
+@pytest.fixture(params=["cpu", "grouped", "activations"])
+def G_a(gold_a: dict, request: pytest.FixtureRequest) -> Generator:
+    return _golden_generator(gold_a, request.param)
 
 
 def tiny(seed: int = 0) -> Generator:
@@ -70,12 +78,12 @@ def test_golden_mapping_and_mean_latent(G_a: Generator, gold_a: dict) -> None:
 @torch.no_grad()
 def test_golden_images(G_a: Generator, gold_a: dict) -> None:
     z, noises = gold_a["z"], gold_a["noises"]
-    assert maxdiff(G_a(z, noise=noises), gold_a["img"]) < TOL
-    assert maxdiff(G_a(z, truncation_psi=0.7, noise=noises), gold_a["img_trunc"]) < TOL
-    assert maxdiff(G_a.synthesis(gold_a["wplus"], noise=noises), gold_a["img_wplus"]) < TOL
-    assert maxdiff(G_a(z, noise_mode="const"), gold_a["img_buffer_noise"]) < TOL
+    assert maxdiff(G_a(z, noise=noises), gold_a["img"]) < LAYOUT_TOL[G_a.layout]
+    assert maxdiff(G_a(z, truncation_psi=0.7, noise=noises), gold_a["img_trunc"]) < LAYOUT_TOL[G_a.layout]
+    assert maxdiff(G_a.synthesis(gold_a["wplus"], noise=noises), gold_a["img_wplus"]) < LAYOUT_TOL[G_a.layout]
+    assert maxdiff(G_a(z, noise_mode="const"), gold_a["img_buffer_noise"]) < LAYOUT_TOL[G_a.layout]
     ws = G_a.mix_ws(G_a.mapping(z), G_a.mapping(gold_a["z2"]), gold_a["mix_inject_index"])
-    assert maxdiff(G_a.synthesis(ws, noise=noises), gold_a["img_mix"]) < TOL
+    assert maxdiff(G_a.synthesis(ws, noise=noises), gold_a["img_mix"]) < LAYOUT_TOL[G_a.layout]
     # The images are far from trivial, so the tolerance above is meaningful.
     assert gold_a["img"].std() > 0.1
 
@@ -85,7 +93,7 @@ def test_golden_batch_of_one_matches(G_a: Generator, gold_a: dict) -> None:
     # A batch of one takes a different code path (no grouped convolution).
     for i in (0, 3):
         img = G_a(gold_a["z"][i : i + 1], noise=gold_a["noises"])
-        assert maxdiff(img, gold_a["img"][i : i + 1]) < TOL
+        assert maxdiff(img, gold_a["img"][i : i + 1]) < LAYOUT_TOL[G_a.layout]
 
 
 def test_golden_1024_schema(golden: Path) -> None:
@@ -373,3 +381,103 @@ def test_to_rgb_matches_plain_formulas_with_gradients(side: int) -> None:
     assert maxdiff(outs[0], outs[1]) < 1e-12
     for g_fast, g_plain in zip(*grads):
         assert maxdiff(g_fast, g_plain) < 1e-11
+
+
+# ---------------------------------------------------------------- layouts and precision
+
+
+def test_layout_is_chosen_by_device_and_checked() -> None:
+    from nada.networks import resolve_layout
+
+    assert resolve_layout("auto", torch.device("cpu")) == "cpu"
+    assert resolve_layout("auto", torch.device("cuda")) == "grouped"
+    assert resolve_layout("activations", torch.device("cuda")) == "activations"
+    G = tiny()
+    G.layout = "grouped"
+    assert {m.layout for m in G.modules() if isinstance(m, ModulatedConv2d)} == {"grouped"}
+    with pytest.raises(NadaError, match="unknown generator layout"):
+        G.layout = "nhwc"
+
+
+@pytest.mark.parametrize("layout", ["grouped", "activations"])
+def test_layouts_agree_with_cpu_layout_in_gradients(layout: str) -> None:
+    """Forward and backward of a tiny generator in double precision: every layout gives the same numbers."""
+    G = tiny().double()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.1)
+    ws = torch.randn(3, G.n_latent, G.style_dim, dtype=torch.float64)
+    results = []
+    for lay in ("cpu", layout):
+        G.layout = lay
+        G.zero_grad()
+        w = ws.clone().requires_grad_(True)
+        img = G.synthesis(w, noise_mode="const")
+        (img * torch.linspace(-1, 1, img.numel(), dtype=torch.float64).view_as(img)).sum().backward()
+        results.append([img.detach(), w.grad] + [p.grad for p in G.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 20
+    for a, b in zip(*results):
+        assert maxdiff(a, b) < 1e-10
+
+
+@torch.no_grad()
+def test_bf16_weights_stay_within_two_levels_of_fp32(gold_a: dict) -> None:
+    """Native bf16 weights on the golden checkpoint: mean |difference| under 2 of 255 levels, images close to fp32."""
+    from nada.io import to_uint8_image
+
+    G = _golden_generator(gold_a)
+    z, noises = gold_a["z"], gold_a["noises"]
+    ref = G(z, truncation_psi=0.7, noise=noises)
+    G.set_precision("bf16")
+    assert G.dtype == torch.bfloat16 and G.mean_latent.dtype == torch.bfloat16
+    img = G(z, truncation_psi=0.7, noise=noises)
+    assert img.dtype == torch.bfloat16
+    levels = (to_uint8_image(img.float().clamp(-1, 1)).float() - to_uint8_image(ref.clamp(-1, 1)).float()).abs()
+    assert levels.mean() < 2.0
+    assert levels.mean() > 0  # bf16 really ran: its rounding shows
+    with pytest.raises(NadaError, match="unknown precision"):
+        G.set_precision("fp8")
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_layouts_match_the_golden_images(gold_a: dict) -> None:
+    """On CUDA "auto" is the grouped layout; every layout reproduces the reference images (IEEE float32)."""
+    from nada.adapt import fp32_precision
+
+    z, noises = gold_a["z"].cuda(), [n.cuda() for n in gold_a["noises"]]
+    with fp32_precision(torch.device("cuda"), tf32=False):
+        for layout in ("auto", "grouped", "activations", "cpu"):
+            G = _golden_generator(gold_a, layout).cuda()
+            assert maxdiff(G(z, noise=noises).cpu(), gold_a["img"]) < 1e-4, layout
+
+
+@pytest.mark.gpu
+def test_cuda_layouts_agree_in_gradients(gold_a: dict) -> None:
+    from nada.adapt import fp32_precision
+
+    grads = {}
+    with fp32_precision(torch.device("cuda"), tf32=False):
+        for layout in ("grouped", "activations", "cpu"):
+            G = _golden_generator(gold_a, layout).cuda()
+            ws = gold_a["wplus"].cuda().requires_grad_(True)
+            G.synthesis(ws, noise=[n.cuda() for n in gold_a["noises"]]).square().mean().backward()
+            grads[layout] = ws.grad.cpu()
+    scale = grads["cpu"].abs().max()
+    assert scale > 0
+    for layout in ("grouped", "activations"):
+        assert maxdiff(grads[layout], grads["cpu"]) < 1e-4 * scale, layout
+
+
+@pytest.mark.gpu
+def test_tf32_switch_sets_and_restores_cuda_precision() -> None:
+    from nada.adapt import fp32_precision
+
+    mm = torch.backends.cuda.matmul
+    before = mm.fp32_precision
+    with fp32_precision(torch.device("cuda"), tf32=True):
+        assert mm.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    with fp32_precision(torch.device("cuda"), tf32=False):
+        assert mm.fp32_precision == "ieee" and torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert mm.fp32_precision == before

@@ -112,6 +112,16 @@ def test_generate_gives_pairs_and_downloads(backend, world):
     assert diff.max() <= 1 and diff.mean() < 0.01
 
 
+def test_generate_in_bf16_renders_close_to_fp32(backend, world, tmp_path):
+    bf16 = WebBackend(device="cpu", work_dir=tmp_path / "bf16", precision="bf16", **world["options"])
+    ref, _ = backend.generate(_negative(world), seeds="0-1")
+    low, _ = bf16.generate(_negative(world), seeds="0-1")
+    levels = [np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).mean() for (a, _), (b, _) in zip(ref, low)]
+    assert all(0 < x < 2.0 for x in levels), levels
+    with pytest.raises(NadaError, match="unknown precision"):
+        WebBackend(device="cpu", work_dir=tmp_path / "bad", precision="fp16", **world["options"])
+
+
 def test_generate_refuses_user_mistakes(backend, world):
     with pytest.raises(NadaError, match="no style chosen"):
         backend.generate("", seeds="0")

@@ -11,7 +11,9 @@ A run folder holds:
 
 - ``config.json``: the `AdaptConfig` of the run.
 - ``log.jsonl``: one JSON object per iteration: step, total loss, every active loss term
-  (ensemble-weighted, before its lambda), the layers trained in that step, seconds.
+  (ensemble-weighted, before its lambda), the layers trained in that step, seconds (host time; on
+  CUDA exact only summed between two log writes). Records are read from the device and written
+  every ``log_every`` steps, before every save and on Ctrl-C.
 - ``samples/step_000050.png``: grids, top row the frozen generator, bottom row the trained one, for
   the latents of seeds 0 .. n-1 at truncation 0.7 towards the stored mean latent.
 - ``checkpoints/step_000100.pt`` every ``save_every`` steps and ``generator.pt`` at the end:
@@ -37,7 +39,7 @@ import socket
 import threading
 import time
 import warnings
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
 # every 4 steps: lr * 4/5 and betas ** (4/5). Kept so that published hyperparameters mean the same here.
 G_REG_RATIO = 4 / 5
 # Settings that may change when a run is resumed: they do not change what is computed.
-RESUMABLE_CHANGES = ("iterations", "device", "out_dir", "sample_every", "save_every")
+RESUMABLE_CHANGES = ("iterations", "device", "out_dir", "sample_every", "save_every", "log_every")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # The noise generator's seed is config.seed plus this, so that noise and latents never share a stream.
 NOISE_STREAM = 1_000_033
@@ -273,6 +275,64 @@ def _read_log(path: Path, upto: int) -> list[str]:
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a kill
     return keep
+
+
+class LogBuffer:
+    """Iteration records whose loss values stay on the device until one read-back writes them all to the log."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "a", encoding="utf-8")
+        self.pending: list[tuple[int, torch.Tensor, list[str], Any, float]] = []
+
+    def add(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor], layers: Any, seconds: float) -> None:
+        """Keep one iteration's record; `loss` and `terms` are 0-d tensors, read back only at `flush`."""
+        values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())])
+        self.pending.append((step, values, list(terms), layers, seconds))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Read every pending value back in one transfer, append the records to the log, return them."""
+        if not self.pending:
+            return []
+        values = torch.cat([p[1] for p in self.pending]).tolist()
+        records, at = [], 0
+        for step, v, names, layers, seconds in self.pending:
+            loss, *terms = values[at : at + v.numel()]
+            at += v.numel()
+            record = {"step": step, "loss": loss, **dict(zip(names, terms)), "layers": layers, "seconds": seconds}
+            records.append(record)
+        self.file.write("".join(json.dumps(r) + "\n" for r in records))
+        self.file.flush()
+        self.pending = []
+        return records
+
+    def close(self) -> None:
+        """Write what is pending (when the device still answers) and close the file."""
+        with suppress(Exception):  # after a device error the original exception is the one to report
+            self.flush()
+        self.file.close()
+
+
+@contextmanager
+def fp32_precision(device: torch.device, tf32: bool) -> Iterator[None]:
+    """Within the block, CUDA float32 matmuls and convolutions use TF32 (tf32) or IEEE float32; nothing on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    if not hasattr(torch.backends.cudnn, "conv"):  # torch before 2.9: the older switches
+        before_flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before_flags
+        return
+    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (mm.fp32_precision, conv.fp32_precision)
+    mm.fp32_precision = conv.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        mm.fp32_precision, conv.fp32_precision = before
 
 
 # ---------------------------------------------------------------- CLIP guidance
@@ -703,6 +763,7 @@ def _adapt(
         log_lines = []
     atomic_write(paths.config, lambda tmp: tmp.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
     atomic_write(paths.log, lambda tmp: tmp.write_text("".join(line + "\n" for line in log_lines), encoding="utf-8"))
+    log = LogBuffer(paths.log)
 
     def save_samples(at: int) -> None:
         with torch.no_grad():
@@ -710,7 +771,8 @@ def _adapt(
         atomic_save_image(image_grid(rows), paths.sample(at))
 
     def save(at: int, boundary: dict[str, Any], final: bool) -> Path:
-        """Checkpoint the trained generator, then the resume state that points at it."""
+        """Checkpoint the trained generator, then the resume state that points at it (the log first reaches `at`)."""
+        log.flush()
         target = paths.final if final else paths.checkpoint(at)
         order = trainable_names(G_train)
         metadata = {
@@ -752,6 +814,8 @@ def _adapt(
     if config.bf16 and not use_bf16:
         warnings.warn("bf16 autocast is only used on CUDA; running in float32")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    if config.tf32 and device.type != "cuda":
+        warnings.warn("TF32 is only used on CUDA; running in float32")
 
     if step == 0:
         save_samples(0)
@@ -760,7 +824,7 @@ def _adapt(
     boundary = _boundary(rng, noise_rng, selected, trained)
     updating = False
     try:
-        with _DeferredInterrupt() as interrupt:
+        with _DeferredInterrupt() as interrupt, fp32_precision(device, config.tf32):
             while step < config.iterations:
                 t0 = time.perf_counter()
                 boundary = _boundary(rng, noise_rng, selected, trained)
@@ -799,18 +863,18 @@ def _adapt(
                 boundary = _boundary(rng, noise_rng, selected, trained)
                 updating = False
 
-                # 6. log, samples, checkpoints
-                record = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}, "layers": selected, "seconds": round(time.perf_counter() - t0, 4)}
-                with open(paths.log, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                # 6. log (a callback sees every record, so it reads each step back), samples, checkpoints
+                log.add(step, loss, terms, selected, round(time.perf_counter() - t0, 4))
                 bar.update(1)
+                if callback is not None or step % config.log_every == 0:
+                    records = log.flush()
+                    bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
                 if config.sample_every and step % config.sample_every == 0 and step < config.iterations:
                     save_samples(step)
                 if config.save_every and step % config.save_every == 0 and step < config.iterations:
                     save(step, boundary, final=False)
                 if callback is not None:
-                    callback(step, record)
+                    callback(step, records[-1])
                 if interrupt.requested:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -820,6 +884,7 @@ def _adapt(
         raise
     finally:
         bar.close()
+        log.close()
 
     if state is None or int(state["step"]) < config.iterations:  # else the run was already complete
         save_samples(step)

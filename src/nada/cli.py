@@ -36,7 +36,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     if compare_out is not None:
         print(f"wrote {_save_comparison(compare_out, base_source, G, args, seeds, device)}")
         return 0
-    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device}
+    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device,
+              "precision": args.precision}
     for path in write_outputs(G, seeds, grid, folder, **render):
         print(f"wrote {path}")
     return 0
@@ -123,7 +124,8 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
         raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
     check_grid_size(2 * len(seeds), G.size)
     share_mean_latent(base, G)  # one truncation centre for both rows (adaptation never trains the mapping)
-    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device}
+    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device,
+              "precision": args.precision}
     rows = comparison_rows(generate_images(base, seeds, **render), generate_images(G, seeds, **render), GRID_COLUMNS)
     return atomic_save_image(image_grid(rows), out)
 
@@ -140,6 +142,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default=None, help="write one image per seed into this folder instead of a grid")
     p.add_argument("--batch-size", type=int, default=4, help="images rendered at once (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights' precision: bf16 renders with native bf16 weights (fast only on CPUs with bf16 "
+                   "units), fp32 is exact (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
@@ -185,6 +190,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "sample_truncation": ("--sample-truncation", "truncation of the sample grids"),
     "sample_every": ("--sample-every", "iterations between sample grids (0: start and end only)"),
     "save_every": ("--save-every", "iterations between checkpoints and resume state (0: end only)"),
+    "log_every": ("--log-every", "iterations between reads of the losses from the device; the log keeps all"),
     "device": ("--device", "auto, cpu, cuda or cuda:N"),
 }
 
@@ -224,6 +230,7 @@ def _adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", choices=sorted(REFERENCES), default=None,
                    help="start from a reference mode's settings (official: see docs/adapt.md); flags given win")
     p.add_argument("--bf16", action="store_true", default=defaults.bf16, help="bfloat16 autocast on CUDA")
+    p.add_argument("--tf32", action="store_true", default=defaults.tf32, help="TF32 matmuls and convolutions on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     p.add_argument("--force", action="store_true", help="start over in an --out folder that already holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -494,6 +501,8 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         p.add_argument(flag, type=int, default=f.default, metavar="N",
                        help=f"most {_WEB_LIMITS[f.name]} (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="weights' precision of the Generate tab (default: %(default)s)")
 
 
 def _run_web(args: argparse.Namespace) -> int:
@@ -508,7 +517,8 @@ def _run_web(args: argparse.Namespace) -> int:
 
     limits = WebLimits(**{f.name: getattr(args, f.name) for f in fields(WebLimits)})
     backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device,
-                         work_dir=args.work_dir, checkpoints_dir=args.checkpoints, limits=limits)
+                         work_dir=args.work_dir, checkpoints_dir=args.checkpoints, limits=limits,
+                         precision=args.precision)
     print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
     serve(build_app(backend), host=args.host, port=args.port, block=True)
     return 0

@@ -137,10 +137,15 @@ class AdaptConfig:
     sample_truncation: float = 0.7
     sample_every: int = 50  # iterations between sample grids (0: only at the start and the end)
     save_every: int = 100  # iterations between checkpoints + resume state (0: only at the end)
+    # Iterations between reads of the loss values from the device (one host sync). The log still gets a
+    # line per iteration: the records wait in memory and are written at these reads, at every save, at the
+    # end and on Ctrl-C, so the log on disk always reaches at least the saved state's step.
+    log_every: int = 10
 
     # Execution.
     device: str = "auto"
     bf16: bool = False  # bfloat16 autocast for generator and CLIP forward passes on CUDA (ignored on CPU)
+    tf32: bool = False  # TF32 for CUDA float32 matmuls and convolutions during the run (False: IEEE float32 for both)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (JSON-serialisable)."""
@@ -206,7 +211,10 @@ class AdaptConfig:
             raise NadaError("the target text is empty: describe the new domain, e.g. --target 'sketch' (or give --target-images)")
         if self.target.strip() and self.source.strip().lower() == self.target.strip().lower():
             raise NadaError(f"source and target are the same text ({self.source!r}): the target must describe a different domain")
-        positive_ints = ("iterations", "batch_size", "select_every", "auto_batch", "n_sample_images", "target_images_batch")
+        positive_ints = (
+            "iterations", "batch_size", "select_every", "auto_batch", "n_sample_images", "target_images_batch",
+            "log_every",
+        )
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise NadaError(f"{name} must be at least 1 (got {getattr(self, name)})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,17 +24,20 @@ def generate_images(
     truncation_psi: float = 1.0,
     batch_size: int = 4,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Images [N, 3, H, W] in [-1, 1] (float32, CPU) for `seeds`; z is drawn on the CPU so a seed looks the same on any device.
 
     G is moved to `device` when given (else it stays where it is) and put in eval mode; noise is the stored
-    constant noise, so the same seed always gives the same image.
+    constant noise, so the same seed always gives the same image. ``precision`` "bf16" renders with a bf16
+    copy of the weights (G itself is left as it is); "fp32" is exact.
     """
     if batch_size < 1:
         raise NadaError(f"batch size {batch_size} is invalid: use 1 or more")
     check_truncation(truncation_psi)
     if len(seeds) == 0:
         raise NadaError("no seeds given: pass at least one seed, e.g. '0-7'")
+    G = at_precision(G, precision)
     if device is not None:
         G.to(device)
     G.eval()
@@ -41,6 +45,17 @@ def generate_images(
     seeds = list(seeds)
     batches = [seeds[i : i + batch_size] for i in range(0, len(seeds), batch_size)]
     return torch.cat([_render(G, batch, truncation_psi, device) for batch in batches])
+
+
+def at_precision(G: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """G itself when its weights already have ``precision``'s dtype, else a converted copy (G is left as it is)."""
+    from nada.networks import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if next(G.parameters()).dtype != PRECISIONS[precision]:
+        G = copy.deepcopy(G).to(PRECISIONS[precision])
+    return G
 
 
 def _render(G: torch.nn.Module, seeds: list[int], truncation_psi: float, device: torch.device) -> torch.Tensor:
@@ -146,11 +161,12 @@ def write_outputs(
     truncation_psi: float = 1.0,
     batch_size: int = 4,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> Iterator[Path]:
     """Render `seeds` batch by batch into per-seed files in `out_dir` and/or one grid file; yields each path written.
 
     Memory holds one batch and the grid's uint8 canvas (bounded by MAX_GRID_PIXELS), whatever the seed count.
-    Check the targets with `check_outputs` first.
+    Check the targets with `check_outputs` first. ``precision`` as in `generate_images`.
     """
     from PIL import Image
 
@@ -161,6 +177,7 @@ def write_outputs(
         raise NadaError(f"batch size {batch_size} is invalid: use 1 or more")
     if grid is not None:
         check_grid_size(len(seeds), G.size)
+    G = at_precision(G, precision)
     if device is not None:
         G.to(device)
     G.eval()

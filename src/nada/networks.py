@@ -9,6 +9,12 @@ generic upfirdn2d, the skip up-sampling is one depthwise transposed convolution,
 sqrt(2) activation gain and noise are folded into as few passes over the activations as possible.
 Outputs agree with the reference to float32 rounding (about 1e-5 on images of magnitude ~5).
 
+That arrangement is the CPU's ("cpu" layout). On CUDA the generator switches, per call, to NCHW
+activations with the batch folded into the groups of one convolution ("grouped" layout, the
+reference's fused modulated convolution), or to a weight shared by the batch with the styles applied
+to the activations ("activations" layout). `Generator.layout` forces one ("auto" chooses by device);
+every layout computes the same numbers up to float32 rounding, from the same state dict.
+
 Layout conventions: images are [N, 3, H, W] with values around [-1, 1]; latents z and w are
 [N, style_dim]; W+ latents ("ws") are [N, n_latent, style_dim].
 """
@@ -26,6 +32,18 @@ from torch import nn
 from nada.errors import NadaError
 
 NOISE_MODES = ("const", "random", "none")
+# "auto" picks "grouped" for CUDA tensors and "cpu" otherwise (see the module docstring).
+LAYOUTS = ("auto", "cpu", "grouped", "activations")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_layout(layout: str, device: torch.device) -> str:
+    """The concrete layout for activations on `device`: "auto" becomes "grouped" on CUDA, "cpu" elsewhere."""
+    if layout not in LAYOUTS:
+        raise NadaError(f"unknown generator layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        return "grouped" if device.type == "cuda" else "cpu"
+    return layout
 
 # ---------------------------------------------------------------- configuration
 
@@ -142,6 +160,16 @@ def depthwise_fir(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], b
     return F.conv2d(F.pad(x, [pad[0], pad[1], pad[0], pad[1]]), w, bias, groups=c)
 
 
+def grouped(op: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """op over the batch folded into groups: x [N, C, H, W] (NCHW), weight [N, A, B, k, k] -> [N, A', H', W'].
+
+    `op` is F.conv2d (weight [N, out, in, k, k]) or F.conv_transpose2d (weight [N, in, out, k, k]).
+    """
+    n, _, h, w = x.shape
+    out = op(x.reshape(1, -1, h, w), weight.reshape(-1, *weight.shape[2:]), groups=n, **kwargs)
+    return out.view(n, -1, *out.shape[2:])
+
+
 def per_sample(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Apply op(x[i:i+1], weights[i]) to every sample of [N, ...] and stack the results along dim 0.
 
@@ -255,6 +283,7 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
+        self.layout = "auto"  # set for the whole generator by `Generator.layout`
 
     def styles(self, style: torch.Tensor) -> torch.Tensor:
         """Per-sample input-channel scales [N, in] from styles [N, style_dim], equalized-lr scale included."""
@@ -276,11 +305,14 @@ class ModulatedConv2d(nn.Module):
         n, c, h, w = x.shape
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {tuple(x.shape)}"
         assert style.ndim == 2 and style.shape[0] == n, f"style {tuple(style.shape)} does not match input batch {n}"
+        layout = resolve_layout(self.layout, x.device)
         # Same result two ways; pick the one that touches less memory. Where a filter bank is
         # larger than a feature map (low resolutions), scale the activations and share one weight
         # across the batch; elsewhere build per-sample weights and convolve each sample with its own.
-        if c * self.kernel_size**2 > h * w:
+        if layout == "activations" or c * self.kernel_size**2 > h * w:
             return self._modulate_activations(x, style, gain, bias)
+        if layout == "grouped":
+            return self._modulate_weights_grouped(x, style, gain, bias)
         return self._modulate_weights(x, style, gain, bias)
 
     def _modulate_weights(self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None) -> torch.Tensor:
@@ -290,6 +322,17 @@ class ModulatedConv2d(nn.Module):
             out = per_sample(lambda xi, wi: F.conv_transpose2d(xi, wi.transpose(0, 1), stride=2), x, weight)
             return self.blur(out, bias)
         return per_sample(lambda xi, wi: F.conv2d(xi, wi, bias, padding=self.padding), x, weight)
+
+    def _modulate_weights_grouped(
+        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        weight = self.modulated_weight(style, gain)
+        if self.upsample:
+            out = grouped(F.conv_transpose2d, x, weight.transpose(1, 2), stride=2)
+            return self.blur(out, bias)
+        if bias is not None:
+            bias = bias.repeat(x.shape[0])
+        return grouped(F.conv2d, x, weight, bias=bias, padding=self.padding)
 
     def _modulate_activations(self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None) -> torch.Tensor:
         n = x.shape[0]
@@ -420,6 +463,31 @@ class Generator(nn.Module):
             self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
         # Not part of the state dict, so the state dict equals the reference layout; loaders set it.
         self.register_buffer("mean_latent", torch.zeros(style_dim), persistent=False)
+        self._layout = "auto"
+
+    @property
+    def layout(self) -> str:
+        """Activation layout of the convolutions: "auto" (by device), "cpu", "grouped" or "activations"."""
+        return self._layout
+
+    @layout.setter
+    def layout(self, value: str) -> None:
+        resolve_layout(value, torch.device("cpu"))  # rejects unknown names
+        self._layout = value
+        for m in self.modules():
+            if isinstance(m, ModulatedConv2d):
+                m.layout = value
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (float32 unless the generator was cast, see `set_precision`)."""
+        return self.input.input.dtype
+
+    def set_precision(self, precision: str) -> "Generator":
+        """Cast weights and buffers to "fp32" or "bf16" (native bf16 weights, no autocast); returns self."""
+        if precision not in PRECISIONS:
+            raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        return self.to(PRECISIONS[precision])
 
     @classmethod
     def from_config(cls, cfg: GeneratorConfig) -> "Generator":
@@ -431,7 +499,7 @@ class Generator(nn.Module):
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
         """Mapping network: z [N, style_dim] -> w [N, style_dim]."""
         assert z.ndim == 2 and z.shape[1] == self.style_dim, f"z must be [N, {self.style_dim}], got {tuple(z.shape)}"
-        return self.style(z)
+        return self.style(z.to(self.dtype))
 
     def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
         """Move w [N, style_dim] (or ws [N, L, style_dim]) towards `mean_latent` by factor psi (1 = unchanged)."""
@@ -492,7 +560,10 @@ class Generator(nn.Module):
             assert len(noise) == self.num_layers, f"expected {self.num_layers} noise tensors, got {len(noise)}"
         # Noise for layer i is drawn right before that layer, so random mode uses the RNG in layer order.
         # Channels-last activations: the CPU convolutions (oneDNN) run 1.5-10x faster in that layout.
-        out = self.input(ws.shape[0]).contiguous(memory_format=torch.channels_last)
+        ws = ws.to(self.dtype)
+        noise = None if noise is None else [n.to(self.dtype) for n in noise]
+        fmt = torch.channels_last if resolve_layout(self._layout, ws.device) == "cpu" else torch.contiguous_format
+        out = self.input(ws.shape[0]).contiguous(memory_format=fmt)
         out = self.conv1(out, ws[:, 0], self._layer_noise(0, noise, noise_mode, ws))
         skip = self.to_rgb1(out, ws[:, 1])
         for j, to_rgb in enumerate(self.to_rgbs):

@@ -213,8 +213,14 @@ class WebBackend:
         work_dir: str | Path | None = None,
         checkpoints_dir: str | Path | None = None,
         limits: WebLimits = WebLimits(),
+        precision: str = "fp32",
     ) -> None:
         from nada.io import resolve_device
+        from nada.networks import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        self.precision = precision  # of the Generate tab's renders; adaptation always trains in fp32
 
         limits.validate()
         self.limits = limits
@@ -389,7 +395,7 @@ class WebBackend:
         if (base.size, base.style_dim) != (adapted.size, adapted.style_dim):
             raise NadaError(f"{entry.label} is not adapted from the base {entry.base!r} (different size or latent width): choose another style")
         share_mean_latent(base, adapted)
-        render = {"truncation_psi": float(truncation), "batch_size": 4}
+        render = {"truncation_psi": float(truncation), "batch_size": 4, "precision": self.precision}
         with torch.no_grad():
             frozen, styled = generate_images(base, seed_list, **render), generate_images(adapted, seed_list, **render)
         pairs = [(_pil(torch.cat([f, s], dim=-1)), f"seed {k}: base | {entry.label}") for k, f, s in zip(seed_list, frozen, styled)]
