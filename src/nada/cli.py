@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nada import cli_eval as _cli_eval
 from nada.errors import NadaError
 
 # ---------------------------------------------------------------- generate
@@ -392,6 +393,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
     "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),
 }
+# `nada eval` and `nada sweep` live in nada.cli_eval.
+COMMANDS.update(_cli_eval.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
