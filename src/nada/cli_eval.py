@@ -61,3 +61,38 @@ COMMANDS = {
     "eval": ("score adapted generators against their base: CLIP, identity, diversity, FID/KID, toy judge",
              eval_arguments, run_eval_command),
 }
+
+
+def sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `nada sweep`."""
+    p.add_argument("file", help="sweep file (.yaml or .json): targets or pairs, settings, vary, seeds, eval")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="sweep folder (trial run folders, summary); with --address, a path every node mounts")
+    p.add_argument("--address", default=None, help="join this Ray cluster ('auto' or ray://HOST:10001) instead of starting one")
+    p.add_argument("--workers", type=int, default=None, help="trials at once (default: as many as the resources allow)")
+    p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: %(default)s)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial (default: 1 when there are GPUs, else 0)")
+    p.add_argument("--retries", type=int, default=3, help="times Ray reruns a trial whose worker died (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """`nada sweep`: run (or continue) the sweep, print the summary table."""
+    from nada.errors import NadaError
+    from nada.sweep import SweepOptions, read_sweep_file, run_sweep
+
+    if args.workers is not None and args.workers < 1 or args.cpus_per_trial < 1 or args.retries < 0:
+        raise NadaError("--workers and --cpus-per-trial must be at least 1, --retries at least 0")
+    options = SweepOptions(address=args.address, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
+                           gpus_per_trial=args.gpus_per_trial, retries=args.retries, progress=not args.quiet)
+    records = run_sweep(read_sweep_file(args.file), args.out, options, log=lambda m: print(m, file=sys.stderr))
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
+    failed = [r["id"] for r in records if r["status"] != "done"]
+    if failed:
+        print(f"{len(failed)} trial(s) did not finish: {', '.join(failed)}; run the same command again to retry them",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+COMMANDS["sweep"] = ("run many adaptations on Ray (a sweep file of targets, settings, seeds), each evaluated; "
+                     "needs nada[sweep]", sweep_arguments, run_sweep_command)

@@ -253,9 +253,11 @@ def fid_kid_metrics(feature: nn.Module | None, n_real: int, n_fake: int, device:
         path = str(inception_weights())
         # antialias=False: torch-fidelity's TF1-compatible resize, the one the published FID numbers used
         fid = FrechetInceptionDistance(2048, feature_extractor_weights_path=path, antialias=False)
-        kid = KernelInceptionDistance(fid.inception, subsets=KID_SUBSETS, subset_size=subset)
+        feature = fid.inception  # one Inception for both metrics
     else:
         fid = FrechetInceptionDistance(feature)
+    with warnings.catch_warnings():  # KID keeps every feature vector: intended, they are small
+        warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature, subsets=KID_SUBSETS, subset_size=subset)
     return fid.to(device), kid.to(device)
 
@@ -547,8 +549,6 @@ def evaluate(models: Sequence[EvalModel], base_G: "Generator", base_name: str, s
         rows.append({"label": m.label, "model": m.source, "source": m.source_text, "target": m.target_text,
                      "guided_by": m.guided_by, **_model_metrics(m, base, run, judges, pairs, base_div)})
         samples.append(as_float(run.small[: settings.columns]).float())
-    for w in warns:
-        warnings.warn(w)
     report = _report_header(base_name, settings, judges, toy, len(pairs), warns)
     report.update(base_metrics=base_row, models=rows)
     return EvalResult(report, samples)
