@@ -42,6 +42,8 @@ KILL_ENV = "NADA_SWEEP_KILL_AT"
 KILL_MARKER = ".killed"
 METRICS = ("clip_direction", "clip_target", "identity", "diversity_ratio", "fid", "kid")
 TOY_METRICS = ("target_rate", "content_kept", "diversity_ratio")
+SHEET_METRICS = (("clip_direction", "dir"), ("identity", "id"), ("fid", "fid"), ("toy_target_rate", "tgt"),
+                 ("toy_content_kept", "kept"))
 
 
 # ---------------------------------------------------------------- the sweep file
@@ -407,9 +409,9 @@ def contact_sheet(records: Sequence[dict[str, Any]], label_w: int = 300) -> Any:
         if not rows:
             rows.append(("base (frozen generator)", _grid_row(grid, 0)))
         m = r.get("metrics", {})
-        notes = [f"{k.replace('toy_', 'toy ')} {m[k]:.2f}" for k in ("clip_direction", "toy_target_rate", "toy_content_kept",
-                                                                     "identity", "fid") if m.get(k) is not None]
-        rows.append((f"{r['id']}\n{r['status']}; " + ", ".join(notes), _grid_row(grid, 1)))
+        notes = [f"{short} {m[k]:.2f}" for k, short in SHEET_METRICS if m.get(k) is not None]
+        text = f"{r['id']}\n{r['status']}, {r.get('attempts', '?')} attempt(s)\n" + "  ".join(notes)
+        rows.append((text, _grid_row(grid, 1)))
     if not rows:
         return None
     width = label_w + max(img.width for _, img in rows)
