@@ -50,9 +50,12 @@ def main() -> None:
         records = run_sweep(parse_sweep(data), out, SweepOptions(workers=workers, progress=False), log=lambda m: None)
         wall = time.perf_counter() - t0
         per_trial = sum(r.get("seconds", 0) for r in records)
-        print(f"workers {workers}: {n_trials} trials x {args.iterations} iterations in {wall:.1f} s wall "
-              f"(trials' own time {per_trial:.1f} s, {sum(r['status'] == 'done' for r in records)} done); load "
-              f"average {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"workers {workers}: {n_trials} trials x {args.iterations} iterations in {wall:.1f} s wall "
+            f"(trials' own time {per_trial:.1f} s, {sum(r['status'] == 'done' for r in records)} done); load "
+            f"average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     print((out / "summary.md").read_text(), end="")
 
 

@@ -179,7 +179,9 @@ def _random_real_judges(cache: Path) -> None:
     torch.manual_seed(0)
     lp = LPIPS("alex")
     places = {
-        ("alexnet-imagenet", "alexnet-owt-7be5be79.pth"): {f"features.{k}": v for k, v in lp.features.state_dict().items()},
+        ("alexnet-imagenet", "alexnet-owt-7be5be79.pth"): {
+            f"features.{k}": v for k, v in lp.features.state_dict().items()
+        },
         ("lpips-alex", "alex.pth"): {f"lin{k}.model.1.weight": m.weight.abs() for k, m in enumerate(lp.lins)},
         ("arcface-ir-se50", "model_ir_se50.pth"): IRSE50().state_dict(),
     }
@@ -190,7 +192,7 @@ def _random_real_judges(cache: Path) -> None:
 
 @pytest.fixture
 def adapted_run(no_weights, tmp_path, golden):
-    """A run folder whose generator.pt is a perturbed copy of the random 32px base "random:32:1"; the judge CLIP path."""
+    """A run folder whose generator.pt is a perturbed copy of the random 32px base "random:32:1"; a judge CLIP path."""
     from nada.checkpoints import random_generator, save_checkpoint
 
     G = random_generator(32, seed=1)
@@ -226,8 +228,13 @@ def test_real_world_eval_with_random_judges(real_world, tmp_path, capsys):
     assert "toy" not in row and report["world"] == "real"
     assert (run / "eval" / "eval.png").is_file() and "CLIP-DIR" in out.out and "ID" in out.out
     # the base against itself: identity 1 and a diversity ratio of 1, the same latents on both sides
-    same = E.run_eval([str(run)], E.EvalSettings(n=3, judge=judge, lpips_net="alex"),
-                      base=str(run / "generator.pt"), progress=False, log=lambda m: None)
+    same = E.run_eval(
+        [str(run)],
+        E.EvalSettings(n=3, judge=judge, lpips_net="alex"),
+        base=str(run / "generator.pt"),
+        progress=False,
+        log=lambda m: None,
+    )
     r = same.report["models"][0]
     assert r["identity"] == pytest.approx(1.0, abs=1e-5) and r["diversity_ratio"] == pytest.approx(1.0, abs=1e-6)
 
@@ -262,8 +269,21 @@ def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
     params = R.sample_params(12, seed=7)
     for i, img in enumerate(R.render_mixed(params, ["sketch"] * 12, seed=7)):
         Image.fromarray(np.asarray(img)).save(refs / f"{i:02d}.png")
-    code = main(["eval", "--compare", "toy-sketch", "toy-watercolor", "--n", "12", "--out", str(tmp_path / "ev"),
-                 "--reference", str(refs), "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--compare",
+            "toy-sketch",
+            "toy-watercolor",
+            "--n",
+            "12",
+            "--out",
+            str(tmp_path / "ev"),
+            "--reference",
+            str(refs),
+            "--quiet",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr()
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
@@ -275,8 +295,9 @@ def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
     z = z_from_seeds(list(range(12)), 64)
     base, G = load_generator("toy"), load_preset("toy-sketch")
     with torch.no_grad():
-        want = quality_from_images(load_evaluator(), base(z, noise_mode="const").clamp(-1, 1),
-                                   G(z, noise_mode="const").clamp(-1, 1), "sketch").to_dict()
+        want = quality_from_images(
+            load_evaluator(), base(z, noise_mode="const").clamp(-1, 1), G(z, noise_mode="const").clamp(-1, 1), "sketch"
+        ).to_dict()
     assert sketch["toy"]["target_rate"] == pytest.approx(want["target_rate"])
     assert sketch["toy"]["content_kept"] == pytest.approx(want["content_kept"])
     assert sketch["toy"]["diversity_ratio"] == pytest.approx(want["diversity_ratio"], rel=1e-4)

@@ -13,17 +13,45 @@ import torch
 from PIL import Image
 
 from nada.errors import NadaError
-from nada.sweep import KILL_ENV, KILL_MARKER, SweepOptions, contact_sheet, expand_trials, parse_sweep, prepare_sweep, \
-    read_sweep_file, run_sweep, run_trial, summary_rows, write_summary
+from nada.sweep import (
+    KILL_ENV,
+    KILL_MARKER,
+    SweepOptions,
+    contact_sheet,
+    expand_trials,
+    parse_sweep,
+    prepare_sweep,
+    read_sweep_file,
+    run_sweep,
+    run_trial,
+    summary_rows,
+    write_summary,
+)
 
 # Tiny toy-world trials: one guiding CLIP, no views, 8 iterations, a checkpoint every 2, a 4-latent evaluation.
-TINY = {"generator": "toy", "clip": "toy", "layers": "all", "lr": 0.005, "iterations": 8, "save_every": 2,
-        "sample_every": 0, "n_sample_images": 3, "batch_size": 1, "device": "cpu"}
+TINY = {
+    "generator": "toy",
+    "clip": "toy",
+    "layers": "all",
+    "lr": 0.005,
+    "iterations": 8,
+    "save_every": 2,
+    "sample_every": 0,
+    "n_sample_images": 3,
+    "batch_size": 1,
+    "device": "cpu",
+}
 
 
 def spec_data(**changes):
-    data = {"name": "t", "settings": dict(TINY), "targets": ["sketch"], "vary": {"lr": [0.005, 0.01]}, "seeds": [0],
-            "eval": {"n": 4, "columns": 3, "batch_size": 4}}
+    data = {
+        "name": "t",
+        "settings": dict(TINY),
+        "targets": ["sketch"],
+        "vary": {"lr": [0.005, 0.01]},
+        "seeds": [0],
+        "eval": {"n": 4, "columns": 3, "batch_size": 4},
+    }
     data.update(changes)
     return data
 
@@ -43,15 +71,18 @@ def test_trials_are_every_combination_in_file_order(tmp_path):
     assert len({t.id for t in trials}) == len(trials)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"bogus": 1}, "unknown keys"),
-    ({"settings": {"nope": 1}}, "cannot be set or varied"),
-    ({"vary": {"seed": [1, 2]}}, "cannot be set or varied"),
-    ({"targets": [], "pairs": []}, "lists no target"),
-    ({"pairs": [["a"]]}, "must be \\[SOURCE, TARGET\\]"),
-    ({"eval": {"nn": 3}}, "unknown eval settings"),
-    ({"settings": {**TINY, "iterations": 0}}, "iterations must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bogus": 1}, "unknown keys"),
+        ({"settings": {"nope": 1}}, "cannot be set or varied"),
+        ({"vary": {"seed": [1, 2]}}, "cannot be set or varied"),
+        ({"targets": [], "pairs": []}, "lists no target"),
+        ({"pairs": [["a"]]}, "must be \\[SOURCE, TARGET\\]"),
+        ({"eval": {"nn": 3}}, "unknown eval settings"),
+        ({"settings": {**TINY, "iterations": 0}}, "iterations must be at least 1"),
+    ],
+)
 def test_bad_sweep_files_fail_with_one_line(tmp_path, change, message):
     with pytest.raises(NadaError, match=message) as err:
         expand_trials(parse_sweep(spec_data(**change)), tmp_path)
@@ -106,10 +137,20 @@ def test_summary_and_contact_sheet(tmp_path):
     records = []
     for i, colour in enumerate((255, 128)):
         _fake_trial(tmp_path / f"t{i}", colour)
-        records.append({"id": f"t{i}", "status": "done", "attempts": i + 1, "seconds": 1.5, "folder": str(tmp_path / f"t{i}"),
-                        "varied": {"target": "sketch", "lr": 0.1 * (i + 1)},
-                        "metrics": {"clip_direction": 0.5 + i, "fid": None, "toy_target_rate": 0.25}})
-    records.append({"id": "t2", "status": "failed", "folder": str(tmp_path / "none"), "varied": {"target": "x"}, "metrics": {}})
+        records.append(
+            {
+                "id": f"t{i}",
+                "status": "done",
+                "attempts": i + 1,
+                "seconds": 1.5,
+                "folder": str(tmp_path / f"t{i}"),
+                "varied": {"target": "sketch", "lr": 0.1 * (i + 1)},
+                "metrics": {"clip_direction": 0.5 + i, "fid": None, "toy_target_rate": 0.25},
+            }
+        )
+    records.append(
+        {"id": "t2", "status": "failed", "folder": str(tmp_path / "none"), "varied": {"target": "x"}, "metrics": {}}
+    )
     header, rows = summary_rows(records)
     assert header == ["trial", "target", "lr", "status", "attempts", "seconds", "clip_direction", "toy_target_rate"]
     assert rows[1] == ["t1", "sketch", "0.2", "done", "2", "1.5", "1.5", "0.25"] and rows[2][3] == "failed"
@@ -152,7 +193,9 @@ def test_local_ray_sweep_survives_a_killed_worker(tmp_path, monkeypatch, ray_cle
     trials = expand_trials(spec, (tmp_path / "sweep" / "trials").resolve())
     victim = trials[1].id
     monkeypatch.setenv(KILL_ENV, f"{victim}:5")  # that trial's process kills itself (SIGKILL) once, after step 5
-    records = run_sweep(spec, tmp_path / "sweep", SweepOptions(workers=2, retries=2, progress=False), log=lambda m: None)
+    records = run_sweep(
+        spec, tmp_path / "sweep", SweepOptions(workers=2, retries=2, progress=False), log=lambda m: None
+    )
 
     assert [r["status"] for r in records] == ["done", "done", "done"]
     for r in records:
@@ -176,3 +219,25 @@ def test_local_ray_sweep_survives_a_killed_worker(tmp_path, monkeypatch, ray_cle
     again = run_sweep(spec, tmp_path / "sweep", SweepOptions(workers=2, progress=False), log=lambda m: None)
     assert again == records
     assert len((killed / "attempts.jsonl").read_text().splitlines()) == len(events)
+
+
+class FakeRay:
+    """Stands in for the ray module where only the cluster's resources are read."""
+
+    def __init__(self, **resources: float) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict:
+        return dict(self.resources)
+
+
+def test_resources_one_trial_per_gpu_or_cpus_per_trial():
+    from nada.sweep import _resources
+
+    assert _resources(FakeRay(CPU=16, GPU=4), SweepOptions()) == (1, 1.0, 4)  # one trial per GPU
+    assert _resources(FakeRay(CPU=16, GPU=4), SweepOptions(gpus_per_trial=0.5)) == (1, 0.5, 8)
+    assert _resources(FakeRay(CPU=2), SweepOptions()) == (1, 0.0, 2)  # CPU only: a CPU per trial
+    assert _resources(FakeRay(CPU=8), SweepOptions(cpus_per_trial=4)) == (4, 0.0, 2)
+    assert _resources(FakeRay(CPU=8), SweepOptions(workers=1)) == (1, 0.0, 1)
+    with pytest.raises(NadaError, match="too few"):
+        _resources(FakeRay(CPU=2), SweepOptions(cpus_per_trial=4))

@@ -80,8 +80,14 @@ def _from_metadata(label: str, source: str, meta: dict[str, Any]) -> EvalModel:
         from nada.config import AdaptConfig
 
         clip = AdaptConfig.from_dict(cfg).resolved_clip() if cfg else None
-    return EvalModel(label, source, meta.get("base_model") or meta.get("base"), meta.get("source"), meta.get("target"),
-                     _clip_names(clip))
+    return EvalModel(
+        label,
+        source,
+        meta.get("base_model") or meta.get("base"),
+        meta.get("source"),
+        meta.get("target"),
+        _clip_names(clip),
+    )
 
 
 def describe_model(spec: str) -> EvalModel:
@@ -92,7 +98,9 @@ def describe_model(spec: str) -> EvalModel:
     if path.is_dir():
         path = path / "generator.pt"
         if not path.is_file():
-            raise NadaError(f"{spec} is a folder without generator.pt: give a finished `nada adapt` run folder or a checkpoint")
+            raise NadaError(
+                f"{spec} is a folder without generator.pt: give a finished `nada adapt` run folder or a checkpoint"
+            )
     if path.is_file():
         meta = _metadata(path)
         return _from_metadata(path.parent.name if path.name == "generator.pt" else path.stem, str(path), meta)
@@ -141,7 +149,9 @@ def common_value(models: Sequence[EvalModel], attr: str, given: str | None, flag
         unknown = next(m.label for m in models if getattr(m, attr) is None)
         raise NadaError(f"{unknown} does not record its {attr.replace('_text', '')}: pass {flag}")
     if len(values) > 1 and attr == "base":
-        raise NadaError(f"the models were adapted from different bases ({', '.join(sorted(values))}): compare models of one base")
+        raise NadaError(
+            f"the models were adapted from different bases ({', '.join(sorted(values))}): compare models of one base"
+        )
     return values.pop() if len(values) == 1 else ""
 
 
@@ -157,8 +167,10 @@ def choose_judge(guided: Sequence[str], toy: bool, requested: str | None = None)
     for name in candidates:
         if name not in guided:
             return name, f"judge CLIP {name} (did not guide any evaluated run)"
-    return candidates[0], (f"judge CLIP {candidates[0]} (it also guided the runs: every candidate of "
-                           f"{', '.join(candidates)} did; pass --judge to choose another)")
+    return candidates[0], (
+        f"judge CLIP {candidates[0]} (it also guided the runs: every candidate of "
+        f"{', '.join(candidates)} did; pass --judge to choose another)"
+    )
 
 
 # ---------------------------------------------------------------- metric functions (pure)
@@ -175,7 +187,7 @@ def text_score(f_img: torch.Tensor, f_text: torch.Tensor) -> torch.Tensor:
 
 
 def latent_pairs(n: int, max_pairs: int, seed: int = 0) -> torch.Tensor:
-    """Index pairs [P, 2] (i < j) for diversity: all of them when there are at most `max_pairs`, else a seeded sample."""
+    """Index pairs [P, 2] (i < j) for diversity: all of them up to `max_pairs`, else a seeded sample of that many."""
     assert n >= 2, "diversity needs at least 2 samples"
     pairs = torch.tensor(list(itertools.combinations(range(n), 2)))
     if len(pairs) <= max_pairs:
@@ -185,12 +197,20 @@ def latent_pairs(n: int, max_pairs: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_pairwise_distance(distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
-                           pairs: torch.Tensor, batch_size: int = 32) -> float:
-    """Mean of distance(images[i], images[j]) over `pairs` [P, 2]; images [N, 3, H, W] (uint8 or [-1, 1])."""
+def mean_pairwise_distance(
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    pairs: torch.Tensor,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+) -> float:
+    """Mean of distance(images[i], images[j]) over `pairs` [P, 2]; images [N, 3, H, W] (uint8 or [-1, 1]).
+
+    Only the images of one batch of pairs are moved to `device` at a time.
+    """
     total = 0.0
     for chunk in pairs.split(batch_size):
-        x, y = as_float(images[chunk[:, 0]]), as_float(images[chunk[:, 1]])
+        x, y = (as_float(images[chunk[:, k]].to(device or images.device)) for k in (0, 1))
         total += float(distance(x, y).double().sum())
     return total / len(pairs)
 
@@ -237,7 +257,9 @@ def inception_weights(progress: bool = True) -> Path:
     return path
 
 
-def fid_kid_metrics(feature: nn.Module | None, n_real: int, n_fake: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+def fid_kid_metrics(
+    feature: nn.Module | None, n_real: int, n_fake: int, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
     """torchmetrics FID and KID on `feature` (None: the standard 2048-d Inception pool features via the registry)."""
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -262,7 +284,9 @@ def fid_kid_metrics(feature: nn.Module | None, n_real: int, n_fake: int, device:
     return fid.to(device), kid.to(device)
 
 
-def reference_batches(folder: str | os.PathLike, size: int, batch_size: int, limit: int | None = None) -> Iterator[torch.Tensor]:
+def reference_batches(
+    folder: str | os.PathLike, size: int, batch_size: int, limit: int | None = None
+) -> Iterator[torch.Tensor]:
     """uint8 [B, 3, size, size] batches of a folder's images (sorted by name), resized (Lanczos) to size x size."""
     from PIL import Image
 
@@ -274,7 +298,9 @@ def reference_batches(folder: str | os.PathLike, size: int, batch_size: int, lim
                 im = im.convert("RGB")
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.LANCZOS)
-                batch.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1))
+                batch.append(
+                    torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+                )
         yield torch.stack(batch)
 
 
@@ -285,7 +311,9 @@ def reference_files(folder: str | os.PathLike) -> list[Path]:
         raise NadaError(f"reference folder {root} does not exist: give a folder of real images of the target domain")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
-        raise NadaError(f"reference folder {root} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}): FID/KID need many")
+        raise NadaError(
+            f"reference folder {root} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}): FID/KID need many"
+        )
     return files
 
 
@@ -293,10 +321,14 @@ def sample_count_warnings(n_fake: int, n_real: int) -> list[str]:
     """Warnings for sample counts below the usual ones for FID and KID (empty when they are met)."""
     out = []
     if min(n_fake, n_real) < FID_MIN_SAMPLES:
-        out.append(f"FID on {n_fake} generated and {n_real} reference images: below {FID_MIN_SAMPLES} it is biased upwards "
-                   "and only comparable between runs with the same counts (papers use 5k-50k)")
+        out.append(
+            f"FID on {n_fake} generated and {n_real} reference images: below {FID_MIN_SAMPLES} it is biased upwards "
+            "and only comparable between runs with the same counts (papers use 5k-50k)"
+        )
     if min(n_fake, n_real) < KID_MIN_SAMPLES:
-        out.append(f"KID on fewer than {KID_MIN_SAMPLES} images per side: unbiased, but its spread over subsets is large")
+        out.append(
+            f"KID on fewer than {KID_MIN_SAMPLES} images per side: unbiased, but its spread over subsets is large"
+        )
     return out
 
 
@@ -378,8 +410,13 @@ def load_judges(settings: EvalSettings, toy: bool, guided: Sequence[str], device
         if settings.reference:
             loaders["FID Inception"] = inception_weights
     got = _collect(loaders)
-    judges = Judges(got["judge CLIP"], note, _judge_templates(judge in TOY_CLIPS), got.get("toy perceptual") or got["LPIPS"],
-                    "toy CLIP token distance" if toy else f"LPIPS {settings.lpips_net}")
+    judges = Judges(
+        got["judge CLIP"],
+        note,
+        _judge_templates(judge in TOY_CLIPS),
+        got.get("toy perceptual") or got["LPIPS"],
+        "toy CLIP token distance" if toy else f"LPIPS {settings.lpips_net}",
+    )
     return _finish_judges(judges, got, toy)
 
 
@@ -429,14 +466,23 @@ class _Pass:
 
 
 @torch.no_grad()
-def _render_pass(G: "Generator", z: torch.Tensor, judges: Judges, settings: EvalSettings, label: str, progress: bool,
-                 metrics: tuple[nn.Module, nn.Module] | None) -> _Pass:
+def _render_pass(
+    G: "Generator",
+    z: torch.Tensor,
+    judges: Judges,
+    settings: EvalSettings,
+    label: str,
+    progress: bool,
+    metrics: tuple[nn.Module, nn.Module] | None,
+) -> _Pass:
     """Render z in batches through G and keep what the metrics need (nothing at full resolution)."""
     from tqdm.auto import tqdm
 
     device = next(G.parameters()).device
     feats, smalls, ids = [], [], []
-    for chunk in tqdm(z.split(settings.batch_size), desc=f"eval {label}", disable=not progress, leave=False, file=sys.stderr):
+    for chunk in tqdm(
+        z.split(settings.batch_size), desc=f"eval {label}", disable=not progress, leave=False, file=sys.stderr
+    ):
         img = G(chunk.to(device), truncation_psi=settings.truncation, noise_mode="const").float().clamp(-1, 1)
         feats.append(judges.clip.encode_image(img).float().cpu())
         small = shrink(img)
@@ -471,9 +517,10 @@ def _reset_fake(metric: nn.Module) -> None:
     metric.reset_real_features = keep
 
 
-def _reference_metrics(judges: Judges, settings: EvalSettings, size: int, n_fake: int, device: torch.device,
-                       progress: bool) -> tuple[tuple[nn.Module, nn.Module] | None, list[str]]:
-    """FID/KID metrics holding the reference folder's features, and the sample-count warnings (None without a folder)."""
+def _reference_metrics(
+    judges: Judges, settings: EvalSettings, size: int, n_fake: int, device: torch.device, progress: bool
+) -> tuple[tuple[nn.Module, nn.Module] | None, list[str]]:
+    """FID/KID metrics holding the reference folder's features, and the sample-count warnings (None: no folder)."""
     if not settings.reference:
         return None, []
     from tqdm.auto import tqdm
@@ -481,8 +528,14 @@ def _reference_metrics(judges: Judges, settings: EvalSettings, size: int, n_fake
     n_real = len(reference_files(settings.reference))
     fid, kid = fid_kid_metrics(judges.fid_feature, n_real, n_fake, device)
     batches = reference_batches(settings.reference, size, settings.batch_size)
-    for batch in tqdm(batches, total=math.ceil(n_real / settings.batch_size), desc="eval reference", disable=not progress,
-                      leave=False, file=sys.stderr):
+    for batch in tqdm(
+        batches,
+        total=math.ceil(n_real / settings.batch_size),
+        desc="eval reference",
+        disable=not progress,
+        leave=False,
+        file=sys.stderr,
+    ):
         for m in (fid, kid):
             m.update(batch.to(device), real=True)
     for m in (fid, kid):
@@ -490,12 +543,13 @@ def _reference_metrics(judges: Judges, settings: EvalSettings, size: int, n_fake
     return (fid, kid), sample_count_warnings(n_fake, n_real)
 
 
-def _model_metrics(model: EvalModel, base: _Pass, run: _Pass, judges: Judges, pairs: torch.Tensor,
-                   base_div: float) -> dict[str, Any]:
+def _model_metrics(
+    model: EvalModel, base: _Pass, run: _Pass, judges: Judges, pairs: torch.Tensor, base_div: float
+) -> dict[str, Any]:
     """Every number of one adapted generator against its base (means over the latents), for its own texts."""
     text_dir, text_tgt = text_targets(judges, model.source_text, model.target_text)
     direction = directional_similarity(base.clip_features, run.clip_features, text_dir)
-    div = mean_pairwise_distance(judges.distance, run.small.to(_device(judges.distance)), pairs)
+    div = mean_pairwise_distance(judges.distance, run.small, pairs, device=_device(judges.distance))
     out: dict[str, Any] = {
         "clip_direction": float(direction.mean()),
         "clip_direction_std": float(direction.std()),
@@ -512,8 +566,8 @@ def _model_metrics(model: EvalModel, base: _Pass, run: _Pass, judges: Judges, pa
         from nada.toy.quality import infer_target, quality_from_images
 
         what = infer_target(model.source_text, model.target_text)  # None: the texts name no toy style or attribute
-        out["toy"] = None if what is None else quality_from_images(judges.evaluator, as_float(base.small),
-                                                                   as_float(run.small), what).to_dict()
+        pair = [as_float(p.small).to(_device(judges.evaluator)) for p in (base, run)]
+        out["toy"] = None if what is None else quality_from_images(judges.evaluator, *pair, what).to_dict()
     return out
 
 
@@ -530,8 +584,15 @@ class EvalResult:
     samples: list[torch.Tensor]
 
 
-def evaluate(models: Sequence[EvalModel], base_G: "Generator", base_name: str, settings: EvalSettings, judges: Judges,
-             toy: bool, progress: bool = True) -> EvalResult:
+def evaluate(
+    models: Sequence[EvalModel],
+    base_G: "Generator",
+    base_name: str,
+    settings: EvalSettings,
+    judges: Judges,
+    toy: bool,
+    progress: bool = True,
+) -> EvalResult:
     """Score every adapted generator of `models` (loaded, with texts) against `base_G` on the same latents."""
     from nada.io import z_from_seeds
 
@@ -541,28 +602,44 @@ def evaluate(models: Sequence[EvalModel], base_G: "Generator", base_name: str, s
     metrics, warns = _reference_metrics(judges, settings, base_G.size, settings.n, device, progress)
     base = _render_pass(base_G, z, judges, settings, "base", progress, metrics)
     pairs = latent_pairs(settings.n, settings.max_pairs, settings.first_seed)
-    base_div = mean_pairwise_distance(judges.distance, base.small.to(_device(judges.distance)), pairs)
+    base_div = mean_pairwise_distance(judges.distance, base.small, pairs, device=_device(judges.distance))
     base_row = {"diversity": base_div, **base.fid}
     rows, samples = [], [as_float(base.small[: settings.columns]).float()]
     for m in models:
         run = _render_pass(m.generator, z, judges, settings, m.label, progress, metrics)
-        rows.append({"label": m.label, "model": m.source, "source": m.source_text, "target": m.target_text,
-                     "guided_by": m.guided_by, **_model_metrics(m, base, run, judges, pairs, base_div)})
+        rows.append(
+            {
+                "label": m.label,
+                "model": m.source,
+                "source": m.source_text,
+                "target": m.target_text,
+                "guided_by": m.guided_by,
+                **_model_metrics(m, base, run, judges, pairs, base_div),
+            }
+        )
         samples.append(as_float(run.small[: settings.columns]).float())
     report = _report_header(base_name, settings, judges, toy, len(pairs), warns)
     report.update(base_metrics=base_row, models=rows)
     return EvalResult(report, samples)
 
 
-def _report_header(base_name: str, settings: EvalSettings, judges: Judges, toy: bool, n_pairs: int,
-                   warns: list[str]) -> dict[str, Any]:
+def _report_header(
+    base_name: str, settings: EvalSettings, judges: Judges, toy: bool, n_pairs: int, warns: list[str]
+) -> dict[str, Any]:
     return {
-        "base_generator": base_name, "world": "toy" if toy else "real",
-        "n": settings.n, "seeds": f"{settings.first_seed}-{settings.first_seed + settings.n - 1}",
+        "base_generator": base_name,
+        "world": "toy" if toy else "real",
+        "n": settings.n,
+        "seeds": f"{settings.first_seed}-{settings.first_seed + settings.n - 1}",
         "latents": "z of each seed as in `nada generate` (torch.Generator().manual_seed(seed)), stored noise",
-        "truncation": settings.truncation, "judge_clip": judges.clip.name, "judge_note": judges.clip_note,
-        "identity": judges.identity_note, "diversity_metric": judges.distance_name, "diversity_pairs": n_pairs,
-        "reference": settings.reference, "fid_features": judges.fid_name if settings.reference else None,
+        "truncation": settings.truncation,
+        "judge_clip": judges.clip.name,
+        "judge_note": judges.clip_note,
+        "identity": judges.identity_note,
+        "diversity_metric": judges.distance_name,
+        "diversity_pairs": n_pairs,
+        "reference": settings.reference,
+        "fid_features": judges.fid_name if settings.reference else None,
         "warnings": warns,
     }
 
@@ -571,11 +648,18 @@ def _report_header(base_name: str, settings: EvalSettings, judges: Judges, toy: 
 
 # (report key, column header, format); nested toy keys are "toy.<key>"
 COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("clip_direction", "CLIP-DIR", "{:.3f}"), ("clip_target", "CLIP-TGT", "{:.3f}"),
-    ("clip_target_base", "CLIP-TGT-BASE", "{:.3f}"), ("identity", "ID", "{:.3f}"),
-    ("diversity", "DIV", "{:.4f}"), ("diversity_ratio", "DIV-RATIO", "{:.2f}"), ("fid", "FID", "{:.2f}"),
-    ("kid", "KID", "{:.4f}"), ("toy.target_rate", "TOY-TGT", "{:.0%}"), ("toy.content_kept", "TOY-KEPT", "{:.0%}"),
-    ("toy.diversity_ratio", "TOY-DIV", "{:.2f}"), ("toy.frozen_target_rate", "TOY-TGT-BASE", "{:.0%}"),
+    ("clip_direction", "CLIP-DIR", "{:.3f}"),
+    ("clip_target", "CLIP-TGT", "{:.3f}"),
+    ("clip_target_base", "CLIP-TGT-BASE", "{:.3f}"),
+    ("identity", "ID", "{:.3f}"),
+    ("diversity", "DIV", "{:.4f}"),
+    ("diversity_ratio", "DIV-RATIO", "{:.2f}"),
+    ("fid", "FID", "{:.2f}"),
+    ("kid", "KID", "{:.4f}"),
+    ("toy.target_rate", "TOY-TGT", "{:.0%}"),
+    ("toy.content_kept", "TOY-KEPT", "{:.0%}"),
+    ("toy.diversity_ratio", "TOY-DIV", "{:.2f}"),
+    ("toy.frozen_target_rate", "TOY-TGT-BASE", "{:.0%}"),
 )
 
 
@@ -621,7 +705,9 @@ def _bar_chart(title: str, labels: list[str], values: list[float | None], fmt: s
         x = 6 + i * slot
         if v is not None and math.isfinite(v):
             y = bottom - (v - lo) / span * (bottom - top)
-            d.rectangle([x + 3, min(y, y0), x + slot - 3, max(y, y0)], fill=_COLOURS[i % len(_COLOURS)] if i else "#999999")
+            d.rectangle(
+                [x + 3, min(y, y0), x + slot - 3, max(y, y0)], fill=_COLOURS[i % len(_COLOURS)] if i else "#999999"
+            )
             d.text((x + 3, min(y, y0) - 13), fmt.format(v), fill="black", font=_font(10))
         d.text((x + 3, bottom + 4), label[:6], fill="black", font=_font(10))
     d.line([6, y0, w - 6, y0], fill="black")
@@ -641,15 +727,22 @@ def make_figure(result: EvalResult, thumb: int = 96) -> Any:
     label_w, pad = 170, 4
     cols = max(s.shape[0] for s in result.samples)
     left_w, left_h = label_w + cols * (thumb + pad), len(rows) * (thumb + pad) + 30
-    charts = [_bar_chart(head, labels, [_get(r, k) for r in rows], f) for k, head, f in COLUMNS
-              if any(_get(r, k) is not None for r in rows)]
+    charts = [
+        _bar_chart(head, labels, [_get(r, k) for r in rows], f)
+        for k, head, f in COLUMNS
+        if any(_get(r, k) is not None for r in rows)
+    ]
     per_row = 3
     chart_rows = [charts[i : i + per_row] for i in range(0, len(charts), per_row)]
     right_w, right_h = per_row * 244, len(chart_rows) * 154
     fig = Image.new("RGB", (left_w + right_w + 10, max(left_h, right_h) + 10), "white")
     d = ImageDraw.Draw(fig)
-    d.text((6, 6), f"{len(report['models'])} model(s) on {report['base_generator']}; {report['judge_clip']} judges",
-           fill="black", font=_font(13))
+    d.text(
+        (6, 6),
+        f"{len(report['models'])} model(s) on {report['base_generator']}; {report['judge_clip']} judges",
+        fill="black",
+        font=_font(13),
+    )
     for i, (row, samples) in enumerate(zip(rows, result.samples)):
         y = 30 + i * (thumb + pad)
         d.text((6, y + thumb // 2 - 8), f"{labels[i]}: {row['label']}"[:24], fill="black", font=_font(12))
@@ -680,10 +773,18 @@ def write_outputs(result: EvalResult, out: str | os.PathLike, force: bool = Fals
 # ---------------------------------------------------------------- one call for the CLI and the sweep
 
 
-def run_eval(specs: Sequence[str], settings: EvalSettings, *, base: str | None = None, source: str | None = None,
-             target: str | None = None, device: str | torch.device = "cpu", progress: bool = True,
-             log: Callable[[str], None] = print) -> EvalResult:
-    """Describe, check, load and score the models `specs` (run folders, checkpoints, preset names) against their base."""
+def run_eval(
+    specs: Sequence[str],
+    settings: EvalSettings,
+    *,
+    base: str | None = None,
+    source: str | None = None,
+    target: str | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EvalResult:
+    """Describe, check, load and score the models `specs` (run folders, checkpoints, presets) against their base."""
     from nada.checkpoints import load_generator
     from nada.presets import share_mean_latent
 
@@ -705,7 +806,9 @@ def run_eval(specs: Sequence[str], settings: EvalSettings, *, base: str | None =
     for m in models:
         m.generator = load_model(m, device)
         if m.generator.size != base_G.size:
-            raise NadaError(f"{m.label} makes {m.generator.size}px images but the base {base_name} {base_G.size}px: pass --base")
+            raise NadaError(
+                f"{m.label} makes {m.generator.size}px images but the base {base_name} {base_G.size}px: pass --base"
+            )
         share_mean_latent(base_G, m.generator)
     return evaluate(models, base_G, base_name, settings, judges, toy, progress)
 

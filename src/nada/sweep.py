@@ -42,8 +42,13 @@ KILL_ENV = "NADA_SWEEP_KILL_AT"
 KILL_MARKER = ".killed"
 METRICS = ("clip_direction", "clip_target", "identity", "diversity_ratio", "fid", "kid")
 TOY_METRICS = ("target_rate", "content_kept", "diversity_ratio")
-SHEET_METRICS = (("clip_direction", "dir"), ("identity", "id"), ("fid", "fid"), ("toy_target_rate", "tgt"),
-                 ("toy_content_kept", "kept"))
+SHEET_METRICS = (
+    ("clip_direction", "dir"),
+    ("identity", "id"),
+    ("fid", "fid"),
+    ("toy_target_rate", "tgt"),
+    ("toy_content_kept", "kept"),
+)
 
 
 # ---------------------------------------------------------------- the sweep file
@@ -84,7 +89,9 @@ def read_sweep_file(path: str | os.PathLike) -> SweepSpec:
         else:
             data = json.loads(text)
     except Exception as e:  # YAML and JSON syntax errors alike
-        raise NadaError(f"sweep file {p} cannot be parsed ({type(e).__name__}: {str(e).splitlines()[0]}): fix its syntax") from None
+        raise NadaError(
+            f"sweep file {p} cannot be parsed ({type(e).__name__}: {str(e).splitlines()[0]}): fix its syntax"
+        ) from None
     return parse_sweep(data, str(p))
 
 
@@ -103,12 +110,16 @@ def parse_sweep(data: Any, where: str = "sweep") -> SweepSpec:
     vary = {str(k): list(v) if isinstance(v, list) else [v] for k, v in (data.get("vary") or {}).items()}
     bad = sorted((set(settings) | set(vary)) - known) + sorted({"out_dir", "target", "source", "seed"} & set(vary))
     if bad:
-        raise NadaError(f"{where}: {bad} cannot be set or varied here (targets, pairs and seeds have their own keys; "
-                        f"valid settings: AdaptConfig fields except out_dir)")
+        raise NadaError(
+            f"{where}: {bad} cannot be set or varied here (targets, pairs and seeds have their own keys; "
+            f"valid settings: AdaptConfig fields except out_dir)"
+        )
     ev = dict(data.get("eval") or {})
     bad_eval = sorted(set(ev) - {f.name for f in fields(EvalSettings)})
     if bad_eval:
-        raise NadaError(f"{where}: unknown eval settings {bad_eval}: valid ones are {[f.name for f in fields(EvalSettings)]}")
+        raise NadaError(
+            f"{where}: unknown eval settings {bad_eval}: valid ones are {[f.name for f in fields(EvalSettings)]}"
+        )
     seeds = data.get("seeds", [settings.pop("seed", 0)])
     seeds = [int(s) for s in (seeds if isinstance(seeds, list) else [seeds])]
     return SweepSpec(str(data.get("name") or "sweep"), settings, _pairs(data, settings, where), vary, seeds, ev)
@@ -146,8 +157,16 @@ def expand_trials(spec: SweepSpec, trials_dir: Path) -> list[Trial]:
         varied = dict(zip(keys, combo))
         parts = [_slug(target), *(f"{_slug(k)}{_slug(v)}" for k, v in varied.items()), f"s{seed}"]
         trial_id = f"{i:03d}-" + "-".join(parts)
-        config = AdaptConfig.from_dict({**spec.settings, **varied, "source": source, "target": target, "seed": seed,
-                                        "out_dir": str(trials_dir / trial_id)})
+        config = AdaptConfig.from_dict(
+            {
+                **spec.settings,
+                **varied,
+                "source": source,
+                "target": target,
+                "seed": seed,
+                "out_dir": str(trials_dir / trial_id),
+            }
+        )
         config.validate()
         trials.append(Trial(trial_id, config.to_dict(), {"source": source, "target": target, **varied, "seed": seed}))
     return trials
@@ -191,14 +210,17 @@ def run_trial(trial: dict[str, Any], eval_settings: dict[str, Any], threads: int
         return json.loads(done.read_text(encoding="utf-8"))
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, threads))
-    _append_json(folder / "attempts.jsonl", {"event": "start", "pid": os.getpid(), "host": socket.gethostname(),
-                                             "time": time.time()})
+    _append_json(
+        folder / "attempts.jsonl",
+        {"event": "start", "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()},
+    )
     t0 = time.perf_counter()
     config = AdaptConfig.from_dict(trial["config"])
     adapt(config, progress=False, resume=True, callback=_kill_hook(trial["id"], folder))
     t_train = time.perf_counter() - t0
-    result = run_eval([str(folder)], EvalSettings(**eval_settings), device=_trial_device(), progress=False,
-                      log=lambda m: None)
+    result = run_eval(
+        [str(folder)], EvalSettings(**eval_settings), device=_trial_device(), progress=False, log=lambda m: None
+    )
     write_outputs(result, folder / "eval", force=True)  # the trial's own files from an attempt cut short
     record = _result_record(trial, folder, result.report["models"][0], t_train, time.perf_counter() - t0)
     from nada.io import atomic_write
@@ -213,13 +235,23 @@ def _trial_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
 
 
-def _result_record(trial: dict[str, Any], folder: Path, row: dict[str, Any], t_train: float, t_all: float) -> dict[str, Any]:
+def _result_record(
+    trial: dict[str, Any], folder: Path, row: dict[str, Any], t_train: float, t_all: float
+) -> dict[str, Any]:
     attempts = [json.loads(line) for line in (folder / "attempts.jsonl").read_text(encoding="utf-8").splitlines()]
     metrics = {k: row.get(k) for k in METRICS}
     metrics.update({f"toy_{k}": (row.get("toy") or {}).get(k) for k in TOY_METRICS})
-    return {"id": trial["id"], "status": "done", "varied": trial["varied"], "folder": str(folder),
-            "attempts": sum(a["event"] == "start" for a in attempts), "seconds_train": round(t_train, 2),
-            "seconds": round(t_all, 2), "iterations": trial["config"]["iterations"], "metrics": metrics}
+    return {
+        "id": trial["id"],
+        "status": "done",
+        "varied": trial["varied"],
+        "folder": str(folder),
+        "attempts": sum(a["event"] == "start" for a in attempts),
+        "seconds_train": round(t_train, 2),
+        "seconds": round(t_all, 2),
+        "iterations": trial["config"]["iterations"],
+        "metrics": metrics,
+    }
 
 
 # ---------------------------------------------------------------- the driver
@@ -240,13 +272,19 @@ class SweepOptions:
 def prepare_sweep(spec: SweepSpec, out: Path) -> list[Trial]:
     """The trial list, written to out/sweep.json; a rerun must find the same plan (NadaError otherwise)."""
     trials = expand_trials(spec, (out / "trials").resolve())
-    plan = {"name": spec.name, "eval": spec.eval, "trials": [{"id": t.id, "config": t.config, "varied": t.varied} for t in trials]}
+    plan = {
+        "name": spec.name,
+        "eval": spec.eval,
+        "trials": [{"id": t.id, "config": t.config, "varied": t.varied} for t in trials],
+    }
     path = out / "sweep.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != json.loads(json.dumps(plan)):
-            raise NadaError(f"{out} holds a different sweep (its sweep.json does not match this file): "
-                            "choose another --out, or restore the file that started it")
+            raise NadaError(
+                f"{out} holds a different sweep (its sweep.json does not match this file): "
+                "choose another --out, or restore the file that started it"
+            )
     else:
         from nada.io import atomic_write
 
@@ -279,13 +317,16 @@ def _resources(ray: Any, options: SweepOptions) -> tuple[int, float, int]:
     if gpus > 0:
         fit = min(fit, int(total.get("GPU", 0) // gpus))
     if fit < 1:
-        raise NadaError(f"the Ray cluster has {total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs: too few for "
-                        f"{cpus} CPUs and {gpus} GPUs per trial; lower --cpus-per-trial/--gpus-per-trial")
+        raise NadaError(
+            f"the Ray cluster has {total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs: too few for "
+            f"{cpus} CPUs and {gpus} GPUs per trial; lower --cpus-per-trial/--gpus-per-trial"
+        )
     return cpus, gpus, min(fit, options.workers) if options.workers else fit
 
 
-def run_sweep(spec: SweepSpec, out: str | os.PathLike, options: SweepOptions = SweepOptions(),
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_sweep(
+    spec: SweepSpec, out: str | os.PathLike, options: SweepOptions = SweepOptions(), log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Run every trial of `spec` not finished yet in `out` on Ray, then write the summary and contact sheet."""
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -310,17 +351,25 @@ def _stored_result(trial: Trial) -> dict[str, Any]:
     path = Path(trial.config["out_dir"]) / "result.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    return {"id": trial.id, "status": "not run", "varied": trial.varied, "folder": trial.config["out_dir"], "metrics": {}}
+    return {
+        "id": trial.id,
+        "status": "not run",
+        "varied": trial.varied,
+        "folder": trial.config["out_dir"],
+        "metrics": {},
+    }
 
 
-def _run_on_ray(ray: Any, todo: list[Trial], spec: SweepSpec, options: SweepOptions,
-                log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def _run_on_ray(
+    ray: Any, todo: list[Trial], spec: SweepSpec, options: SweepOptions, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
     """Submit the trials as Ray tasks, at most `at_once` in flight; collect each result or its final error."""
     from tqdm.auto import tqdm
 
     cpus, gpus, at_once = _resources(ray, options)
-    task = ray.remote(run_trial).options(num_cpus=cpus, num_gpus=gpus, max_retries=options.retries,
-                                         retry_exceptions=False)
+    task = ray.remote(run_trial).options(
+        num_cpus=cpus, num_gpus=gpus, max_retries=options.retries, retry_exceptions=False
+    )
     log(f"nada sweep: {at_once} trial(s) at once, {cpus} CPU and {gpus:g} GPU each, {options.retries} retries")
     pending, running, results = list(todo), {}, {}
     with tqdm(total=len(todo), desc="sweep", unit="trial", disable=not options.progress, file=sys.stderr) as bar:
@@ -334,8 +383,14 @@ def _run_on_ray(ray: Any, todo: list[Trial], spec: SweepSpec, options: SweepOpti
                 results[t.id] = ray.get(ready[0])
             except Exception as e:  # the trial failed for good (its own error, or its worker died too often)
                 first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
-                results[t.id] = {"id": t.id, "status": "failed", "error": first, "varied": t.varied,
-                                 "folder": t.config["out_dir"], "metrics": {}}
+                results[t.id] = {
+                    "id": t.id,
+                    "status": "failed",
+                    "error": first,
+                    "varied": t.varied,
+                    "folder": t.config["out_dir"],
+                    "metrics": {},
+                }
             log(f"trial {t.id}: {results[t.id]['status']}")
             bar.update(1)
     return results
@@ -347,15 +402,25 @@ def _run_on_ray(ray: Any, todo: list[Trial], spec: SweepSpec, options: SweepOpti
 def summary_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the summary: trial, every varied setting, status, attempts, seconds, every metric present."""
     varied = list(dict.fromkeys(k for r in records for k in r.get("varied", {})))
-    metric_keys = [k for k in (*METRICS, *(f"toy_{m}" for m in TOY_METRICS))
-                   if any(r.get("metrics", {}).get(k) is not None for r in records)]
+    metric_keys = [
+        k
+        for k in (*METRICS, *(f"toy_{m}" for m in TOY_METRICS))
+        if any(r.get("metrics", {}).get(k) is not None for r in records)
+    ]
     header = ["trial", *varied, "status", "attempts", "seconds", *metric_keys]
     rows = []
     for r in records:
         m = r.get("metrics", {})
-        rows.append([r["id"], *(str(r.get("varied", {}).get(k, "")) for k in varied), r["status"],
-                     str(r.get("attempts", "")), str(r.get("seconds", "")),
-                     *("" if m.get(k) is None else f"{m[k]:.4g}" for k in metric_keys)])
+        rows.append(
+            [
+                r["id"],
+                *(str(r.get("varied", {}).get(k, "")) for k in varied),
+                r["status"],
+                str(r.get("attempts", "")),
+                str(r.get("seconds", "")),
+                *("" if m.get(k) is None else f"{m[k]:.4g}" for k in metric_keys),
+            ]
+        )
     return header, rows
 
 
@@ -366,8 +431,13 @@ def write_summary(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     header, rows = summary_rows(records)
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
-    md = "\n".join("| " + " | ".join(c.replace("|", "/") for c in line) + " |"
-                   for line in [header, ["---"] * len(header), *rows]) + "\n"
+    md = (
+        "\n".join(
+            "| " + " | ".join(c.replace("|", "/") for c in line) + " |"
+            for line in [header, ["---"] * len(header), *rows]
+        )
+        + "\n"
+    )
     paths = [out / "summary.csv", out / "summary.md"]
     atomic_write(paths[0], lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
     atomic_write(paths[1], lambda p: p.write_text(md, encoding="utf-8"))
