@@ -101,6 +101,7 @@ def _kid_by_hand(a: np.ndarray, b: np.ndarray) -> float:
     return float(off(kxx) + off(kyy) - 2 * kxy.mean())
 
 
+@pytest.mark.slow  # importing torchmetrics alone takes about 8 s of CPU
 def test_fid_and_kid_match_numpy_on_small_inputs():
     g = torch.Generator().manual_seed(2)
     real = (torch.rand(40, 3, 8, 8, generator=g) * 255).to(torch.uint8)
@@ -255,6 +256,7 @@ def test_eval_refuses_to_overwrite_and_needs_compare(adapted_run, capsys):
 # ---------------------------------------------------------------- the toy world
 
 
+@pytest.mark.slow
 def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
     from nada.checkpoints import load_generator
     from nada.presets import load_preset

@@ -241,3 +241,14 @@ def test_resources_one_trial_per_gpu_or_cpus_per_trial():
     assert _resources(FakeRay(CPU=8), SweepOptions(workers=1)) == (1, 0.0, 1)
     with pytest.raises(NadaError, match="too few"):
         _resources(FakeRay(CPU=2), SweepOptions(cpus_per_trial=4))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from nada.cli import main
+
+    assert main(["sweep", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nada sweep: error: sweep file") and "not found" in err and err.count("\n") == 1
+    (tmp_path / "s.json").write_text(json.dumps(spec_data()))
+    assert main(["sweep", str(tmp_path / "s.json"), "--out", str(tmp_path / "s"), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err and not (tmp_path / "s").exists()
