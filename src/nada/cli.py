@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from nada import cli_eval as _cli_eval
 from nada.errors import NadaError, NadaWarning
 
 # OS errors that mean a write failed for lack of room or rights: the CLI reports them in one line.
@@ -534,6 +535,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
     "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),
 }
+# `nada eval` and `nada sweep` live in nada.cli_eval.
+COMMANDS.update(_cli_eval.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,12 @@ WEIGHTS: dict[str, WeightsSource] = {
     # torchvision's ImageNet weights; the 8 hex digits in the names are the start of their SHA-256.
     "vgg16-imagenet": WeightsSource("vgg16-397923af.pth", url="https://download.pytorch.org/models/vgg16-397923af.pth"),
     "alexnet-imagenet": WeightsSource("alexnet-owt-7be5be79.pth", url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    # FID/KID's Inception-v3 (the TF FID network as converted by torch-fidelity), for nada.evaluate via torchmetrics.
+    "inception-fid": WeightsSource(
+        "weights-inception-2015-12-05-6726825d.pth",
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+        "weights-inception-2015-12-05-6726825d.pth",
+    ),
     "arcface-ir-se50": WeightsSource(
         "model_ir_se50.pth", url="https://drive.google.com/file/d/1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn/view?usp=sharing"
     ),

@@ -1,0 +1,161 @@
+"""Arguments and entry points of `nada eval` and `nada sweep` (registered in nada.cli.COMMANDS)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def eval_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `nada eval`."""
+    from nada.evaluate import EvalSettings
+
+    d = EvalSettings()
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="run folder, checkpoint or preset name (several with --compare)"
+    )
+    p.add_argument("--compare", action="store_true", help="evaluate several models side by side on the same latents")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for eval.json, eval.png, eval.txt (default: MODEL/eval for a run folder, else eval)",
+    )
+    p.add_argument("--n", type=int, default=d.n, help="latents (seeds FIRST .. FIRST+N-1) (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=d.first_seed, help="first seed (default: %(default)s)")
+    p.add_argument("--truncation", type=float, default=d.truncation, help="truncation psi (default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="images rendered at once (default: %(default)s)"
+    )
+    p.add_argument("--judge", default=None, help="judge CLIP (default: one that guided none of the runs, if any)")
+    p.add_argument(
+        "--reference", default=None, metavar="DIR", help="folder of real target-domain images: adds FID and KID"
+    )
+    p.add_argument("--no-identity", dest="identity", action="store_false", help="skip the ArcFace identity similarity")
+    p.add_argument(
+        "--lpips-net",
+        choices=("vgg", "alex"),
+        default=d.lpips_net,
+        help="LPIPS backbone for diversity (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pairs", type=int, default=d.max_pairs, help="latent pairs for diversity (default: %(default)s)"
+    )
+    p.add_argument("--base", default=None, help="base generator (default: what the models record)")
+    p.add_argument("--source", default=None, help="source text (default: what the models record)")
+    p.add_argument("--target", default=None, help="target text (default: what the models record)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite existing eval files in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """`nada eval`: score, print the table, write the files."""
+    from nada.errors import NadaError
+    from nada.evaluate import EvalSettings, format_table, run_eval, write_outputs
+    from nada.io import resolve_device
+
+    if len(args.models) > 1 and not args.compare:
+        raise NadaError(f"{len(args.models)} models given: pass --compare to evaluate them side by side")
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.models[0]) / "eval" if Path(args.models[0]).is_dir() else Path("eval"))
+    )
+    for name in ("eval.json", "eval.png", "eval.txt"):
+        if (out / name).exists() and not args.force:  # refuse before any work
+            raise NadaError(f"{out / name} already exists: choose another --out or pass --force to overwrite")
+    settings = EvalSettings(
+        n=args.n,
+        first_seed=args.first_seed,
+        truncation=args.truncation,
+        batch_size=args.batch_size,
+        judge=args.judge,
+        reference=args.reference,
+        identity=args.identity,
+        lpips_net=args.lpips_net,
+        max_pairs=args.max_pairs,
+    )
+    result = run_eval(
+        args.models,
+        settings,
+        base=args.base,
+        source=args.source,
+        target=args.target,
+        device=resolve_device(args.device),
+        progress=not args.quiet,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(format_table(result.report))
+    for w in result.report["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    for path in write_outputs(result, out, force=args.force):
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "eval": (
+        "score adapted generators against their base: CLIP, identity, diversity, FID/KID, toy judge",
+        eval_arguments,
+        run_eval_command,
+    ),
+}
+
+
+def sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `nada sweep`."""
+    p.add_argument("file", help="sweep file (.yaml or .json): targets or pairs, settings, vary, seeds, eval")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="sweep folder (trial run folders, summary); with --address, a path every node mounts",
+    )
+    p.add_argument(
+        "--address", default=None, help="join this Ray cluster ('auto' or ray://HOST:10001) instead of starting one"
+    )
+    p.add_argument("--workers", type=int, default=None, help="trials at once (default: as many as the resources allow)")
+    p.add_argument(
+        "--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: %(default)s)"
+    )
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=None, help="GPUs per trial (default: 1 when there are GPUs, else 0)"
+    )
+    p.add_argument(
+        "--retries", type=int, default=3, help="times Ray reruns a trial whose worker died (default: %(default)s)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """`nada sweep`: run (or continue) the sweep, print the summary table."""
+    from nada.errors import NadaError
+    from nada.sweep import SweepOptions, read_sweep_file, run_sweep
+
+    if args.workers is not None and args.workers < 1 or args.cpus_per_trial < 1 or args.retries < 0:
+        raise NadaError("--workers and --cpus-per-trial must be at least 1, --retries at least 0")
+    options = SweepOptions(
+        address=args.address,
+        workers=args.workers,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        retries=args.retries,
+        progress=not args.quiet,
+    )
+    records = run_sweep(read_sweep_file(args.file), args.out, options, log=lambda m: print(m, file=sys.stderr))
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
+    failed = [r["id"] for r in records if r["status"] != "done"]
+    if failed:
+        print(
+            f"{len(failed)} trial(s) did not finish: {', '.join(failed)}; run the same command again to retry them",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+COMMANDS["sweep"] = (
+    "run many adaptations on Ray (a sweep file of targets, settings, seeds), each evaluated; needs nada[sweep]",
+    sweep_arguments,
+    run_sweep_command,
+)
