@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nada.errors import NadaError
+from nada.toy import cli as _toy_cli
 
 # ---------------------------------------------------------------- generate
 
@@ -391,6 +392,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
     "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
     "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),
+    "toy": ("toy-world tools: `nada toy judge IMAGES --target sketch` prints the strict toy judge's verdicts", _toy_cli.add_arguments,
+            _toy_cli.run),
 }
 
 
