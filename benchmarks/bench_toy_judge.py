@@ -30,9 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--evaluator", default=None, help="judge weights (default: the packaged ones)")
     p.add_argument("--generator", default="toy", help="base generator: 'toy' or a checkpoint path")
-    p.add_argument("--adapted", default="", help="comma-separated adapted generator checkpoints")
-    p.add_argument("--target", default="", help="comma-separated target styles for the fidelity table, e.g. sketch,watercolor")
-    p.add_argument("--oracle", action="store_true", help="fine-tune the supervised oracle per target (about a minute each)")
+    p.add_argument("--adapted", default="", help="comma-separated adapted generators: checkpoints or preset names")
+    p.add_argument("--target", default="",
+                   help="comma-separated target styles for the fidelity table, e.g. sketch,watercolor")
+    p.add_argument("--oracle", action="store_true",
+                   help="fine-tune the supervised oracle per target (about a minute each)")
     p.add_argument("--oracle-steps", type=int, default=300)
     p.add_argument("--no-filters", action="store_true", help="skip the filter table")
     p.add_argument("--n", type=int, default=128, help="latents")
@@ -90,12 +92,24 @@ def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, orac
         rows.update({f"adapted {k}": g(z, noise_mode="const") for k, g in adapted.items()})
     rows["true renders (another texture seed)"] = true_renders(z, target, seed=11)
     out = {k: {**fidelity(v, truth), "target_rate": style_rates(judge, v)[target]} for k, v in rows.items()}
-    base, top = out[f"best filter ({name})"]["stroke"], next((v["stroke"] for k, v in out.items() if k.startswith("oracle")), None)
+    base = out[f"best filter ({name})"]["stroke"]
+    top = next((v["stroke"] for k, v in out.items() if k.startswith("oracle")), None)
     print(f"\nfidelity to the true {target} renders ({len(z)} latents): stroke distance, pixel L1, judge {target} rate")
     for k, v in out.items():
         progress = f"  progress {(base - v['stroke']) / (base - top):+.2f}" if top is not None and base != top else ""
-        print(f"   {k:<58s} stroke {v['stroke']:.4f}  L1 {v['l1']:.3f}  {target} {100 * v['target_rate']:5.1f} %{progress}")
+        print(f"   {k:<58s} stroke {v['stroke']:.4f}  L1 {v['l1']:.3f}  "
+              f"{target} {100 * v['target_rate']:5.1f} %{progress}")
     return out
+
+
+def load_adapted(spec: str) -> torch.nn.Module:
+    """A generator from a checkpoint path or a packaged preset name such as toy-sketch."""
+    from nada.checkpoints import load_generator
+    from nada.presets import known_presets, load_preset
+
+    if not Path(spec).exists() and spec in known_presets():
+        return load_preset(spec, progress=False).eval()
+    return load_generator(spec).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     judge = load_evaluator(args.evaluator)
     G = load_generator(args.generator).eval()
     z = latents(G, args.n, seed=0)
-    gens = {p: load_generator(p).eval() for p in filter(None, args.adapted.split(","))}
+    gens = {p: load_adapted(p) for p in filter(None, args.adapted.split(","))}
     with torch.no_grad():
         adapted_faces = {p: g(z, noise_mode="const") for p, g in gens.items()}
     results: dict = {"settings": vars(args)}

@@ -65,7 +65,8 @@ class TrainConfig:
 IGNORE = -100  # attribute label of a hard negative: its attributes are not trained
 
 
-def make_batch(cfg: TrainConfig, step: int, G: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def make_batch(cfg: TrainConfig, step: int,
+               G: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Augmented images [B,3,64,64] in [-1,1] and their labels, a pure function of (cfg.seed, step).
 
     Positives are true renders in random styles and (with ``G``) the generator's photos; hard negatives
@@ -82,7 +83,8 @@ def make_batch(cfg: TrainConfig, step: int, G: torch.nn.Module | None = None) ->
     if n_gen:
         gen_images, gen_params = generator_photos(G, n_gen, rng)
         images.append(gen_images)
-        labels.append({"style": torch.zeros(n_gen, dtype=torch.long), **{k: torch.from_numpy(v) for k, v in gen_params.labels().items()}})
+        attrs = {k: torch.from_numpy(v) for k, v in gen_params.labels().items()}
+        labels.append({"style": torch.zeros(n_gen, dtype=torch.long), **attrs})
     if n_neg:
         images.append(hard_negatives(n_neg, rng, G))
         labels.append({k: torch.full((n_neg,), REJECT_INDEX if k == "style" else IGNORE) for k in labels[0]})
@@ -110,7 +112,8 @@ def hard_negatives(n: int, rng: np.random.Generator, G: torch.nn.Module | None) 
     if G is not None:  # half the filtered photos are the generator's own
         half = (n - n_blend) // 2
         photos[n_blend : n_blend + half] = generator_photos(G, half, rng)[0]
-    out = [toy_filters.apply_chain(photos[i : i + 1], toy_filters.random_chain(rng), seed=int(rng.integers(2**31))) for i in range(n_blend, n)]
+    out = [toy_filters.apply_chain(photos[i : i + 1], toy_filters.random_chain(rng), seed=int(rng.integers(2**31)))
+           for i in range(n_blend, n)]
     if n_blend:
         out.insert(0, style_blends(params.subset(slice(0, n_blend)), n_blend, rng))
     return torch.cat(out)
@@ -281,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between accuracy checks (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
     ap.add_argument("--negatives", type=float, default=d.negatives,
-                    help="share of each batch that is a hard negative: filtered photos, style blends (default: %(default)s)")
+                    help="share of each batch that is a hard negative: filtered photos, style blends "
+                    "(default: %(default)s)")
     ap.add_argument("--generator-share", type=float, default=d.generator_share,
                     help="share of each batch drawn by --generator, labelled photo (default: %(default)s)")
     ap.add_argument("--generator", default=d.generator, help="generator for those images (default: %(default)s)")

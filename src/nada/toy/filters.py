@@ -130,7 +130,8 @@ TRAIN_OPS = tuple(k for k in OPS if k not in HELD_OUT_OPS)
 
 def _draw(rng: np.random.Generator, op: str) -> float:
     """A parameter for ``op`` in its training range: clearly stronger than the judge's label-keeping augmentation."""
-    two_sided = {"contrast": ((0.3, 0.6), (1.5, 2.8)), "brightness": ((-0.4, -0.18), (0.18, 0.45)), "gamma": ((0.35, 0.65), (1.6, 2.8))}
+    two_sided = {"contrast": ((0.3, 0.6), (1.5, 2.8)), "brightness": ((-0.4, -0.18), (0.18, 0.45)),
+                 "gamma": ((0.35, 0.65), (1.6, 2.8))}
     if op in two_sided:
         lo, hi = two_sided[op][int(rng.integers(2))]
         return float(rng.uniform(lo, hi))

@@ -35,14 +35,16 @@ def verdicts(evaluator: "Evaluator", images: torch.Tensor, names: Sequence[str] 
              target: str | None = None, batch_size: int = 128) -> dict[str, Any]:
     """Per image {style, reject_score, attributes} and the share per style (and of ``target``, when given)."""
     styles = evaluator.classes["style"]
-    probs = torch.cat([evaluator.style_probabilities(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    chunks = range(0, len(images), batch_size)
+    probs = torch.cat([evaluator.style_probabilities(images[i : i + batch_size]) for i in chunks])
     from nada.toy.quality import predict_all
 
     preds = predict_all(evaluator, images, batch_size)
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
     attrs = [k for k in evaluator.classes if k != "style"]
     per_image = [{"image": name, "style": styles[int(preds["style"][i])], "reject_score": round(float(probs[i, -1]), 4),
-                  "attributes": {k: evaluator.classes[k][int(preds[k][i])] for k in attrs}} for i, name in enumerate(names)]
+                  "attributes": {k: evaluator.classes[k][int(preds[k][i])] for k in attrs}}
+                 for i, name in enumerate(names)]
     rates = {s: float((preds["style"] == j).float().mean()) for j, s in enumerate(styles)}
     out: dict[str, Any] = {"n": len(images), "rates": rates, "images": per_image}
     if target is not None:
@@ -97,7 +99,7 @@ def fidelity(img: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
 
 def best_filter(faces: torch.Tensor, truth: torch.Tensor,
                 suite: dict[str, toy_filters.Chain] | None = None) -> tuple[str, dict[str, float]]:
-    """The filter of the suite whose output from ``faces`` is closest to ``truth`` by stroke distance, and its fidelity."""
+    """The suite's filter whose output from ``faces`` is closest to ``truth`` by stroke distance, and its fidelity."""
     suite = toy_filters.SUITE if suite is None else suite
     scores = {name: fidelity(toy_filters.apply_chain(faces, chain), truth) for name, chain in suite.items()}
     scores["no filter"] = fidelity(faces, truth)
@@ -105,12 +107,18 @@ def best_filter(faces: torch.Tensor, truth: torch.Tensor,
     return name, scores[name]
 
 
-def paired_fidelity(img_frozen: torch.Tensor, img_train: torch.Tensor, z: torch.Tensor, style: str) -> dict[str, Any]:
-    """Fidelity to the true ``style`` renders of the faces of toy latents z: adapted, unadapted and best filter."""
+def paired_fidelity(img_frozen: torch.Tensor, img_train: torch.Tensor, z: torch.Tensor, style: str,
+                    evaluator: "Evaluator | None" = None) -> dict[str, Any]:
+    """Fidelity to the true ``style`` renders of the faces of toy latents z: adapted, unadapted and best filter
+    (with ``evaluator``: also the share of the best filter's images it puts in ``style``)."""
     truth = true_renders(z, style)
     name, best = best_filter(img_frozen, truth)
+    record: dict[str, Any] = {"filter": name, **best}
+    if evaluator is not None:
+        chain = toy_filters.SUITE.get(name, ())
+        record["target_rate"] = style_rates(evaluator, toy_filters.apply_chain(img_frozen, chain))[style]
     return {"distance": "stroke: mean |Sobel magnitude of blurred luma| difference; l1: pixels in [-1, 1]",
-            "adapted": fidelity(img_train, truth), "unadapted": fidelity(img_frozen, truth), "best_filter": {"filter": name, **best}}
+            "adapted": fidelity(img_train, truth), "unadapted": fidelity(img_frozen, truth), "best_filter": record}
 
 
 def true_renders(z: torch.Tensor, style: str, seed: int = 3) -> torch.Tensor:

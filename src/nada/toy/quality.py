@@ -93,6 +93,13 @@ def target_rate(preds: dict[str, torch.Tensor], target: QualityTarget, classes: 
     return float((preds[target.key] == wanted).float().mean())
 
 
+def reject_rate(preds: dict[str, torch.Tensor], classes: dict[str, tuple[str, ...]]) -> float:
+    """Share of images whose style the judge answers with "none" (0 for a judge without that answer)."""
+    if REJECT not in classes[STYLE_KEY]:
+        return 0.0
+    return float((preds[STYLE_KEY] == classes[STYLE_KEY].index(REJECT)).float().mean())
+
+
 def content_kept(preds_frozen: dict[str, torch.Tensor], preds_train: dict[str, torch.Tensor], keys: list[str]) -> dict[str, float]:
     """Per key the fraction of images whose class did not change, plus "overall" (all keys at once) and "mean"."""
     assert keys, "content_kept needs at least one key to compare"
@@ -154,7 +161,7 @@ def quality_from_images(evaluator: "Evaluator", img_frozen: torch.Tensor, img_tr
         content_kept_mean=kept.pop("mean"),
         content_per_key=kept,
         diversity_ratio=diversity_ratio(embed_all(evaluator, img_frozen, batch_size), embed_all(evaluator, img_train, batch_size)),
-        reject_rate=float((p_t[STYLE_KEY] == classes[STYLE_KEY].index(REJECT)).float().mean()) if REJECT in classes[STYLE_KEY] else 0.0,
+        reject_rate=reject_rate(p_t, classes),
     )
 
 
@@ -192,7 +199,8 @@ def measure_quality(G_frozen: "Generator", G_train: "Generator", evaluator: "Eva
 
         from nada.toy.judge import paired_fidelity
 
-        report = replace(report, fidelity=paired_fidelity(img_f, img_t, latents(G_frozen, n, seed), target.value))
+        fid = paired_fidelity(img_f, img_t, latents(G_frozen, n, seed), target.value, evaluator)
+        report = replace(report, fidelity=fid)
     return report
 
 
