@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oracle", action="store_true",
                    help="fine-tune the supervised oracle per target (about a minute each)")
     p.add_argument("--oracle-steps", type=int, default=300)
+    p.add_argument("--oracle-dir", default=None,
+                   help="keep the oracles here (oracle-TARGET.pt) and reuse the ones already there")
     p.add_argument("--no-filters", action="store_true", help="skip the filter table")
     p.add_argument("--n", type=int, default=128, help="latents")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -69,7 +71,26 @@ def filter_section(judge, G, z: torch.Tensor, adapted: dict[str, torch.Tensor]) 
     return {"rows": rows, "filters": table, "worst": {s: {"rate": r, "filter": n} for s, (r, n) in worst.items()}}
 
 
-def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, oracle_steps: int | None) -> dict:
+def oracle_for(G, z: torch.Tensor, target: str, steps: int, folder: str | None) -> tuple[torch.nn.Module, str]:
+    """The supervised oracle for ``target`` (bench_toy_guidance.oracle_finetune), from ``folder`` when kept there."""
+    from nada.checkpoints import load_generator, save_checkpoint
+
+    path = Path(folder) / f"oracle-{target.replace(' ', '-')}-{steps}.pt" if folder else None
+    if path is not None and path.is_file():
+        return load_generator(path).eval(), f"oracle ({steps} supervised steps, {path.name})"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_toy_guidance import oracle_finetune
+
+    t0 = time.time()
+    oracle = oracle_finetune(G, z, target, steps, 0.005)
+    label = f"oracle ({steps} supervised steps, {time.time() - t0:.0f} s)"
+    if path is not None:
+        save_checkpoint(path, oracle, {"base": "toy", "oracle": target, "steps": steps})
+    return oracle, label
+
+
+def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, oracle_steps: int | None,
+                     oracle_dir: str | None = None) -> dict:
     """Print and return the fidelity table for one target style."""
     from nada.toy.judge import best_filter, fidelity, style_rates, true_renders
     from nada.toy import filters as toy_filters
@@ -81,13 +102,9 @@ def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, orac
     filtered = faces if name == "no filter" else toy_filters.apply_chain(faces, toy_filters.SUITE[name])
     rows = {"unadapted faces": faces, f"best filter ({name})": filtered}
     if oracle_steps:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_toy_guidance import oracle_finetune
-
-        t0 = time.time()
-        oracle = oracle_finetune(G, z, target, oracle_steps, 0.005)
+        oracle, label = oracle_for(G, z, target, oracle_steps, oracle_dir)
         with torch.no_grad():
-            rows[f"oracle ({oracle_steps} supervised steps, {time.time() - t0:.0f} s)"] = oracle(z, noise_mode="const")
+            rows[label] = oracle(z, noise_mode="const")
     with torch.no_grad():
         rows.update({f"adapted {k}": g(z, noise_mode="const") for k, g in adapted.items()})
     rows["true renders (another texture seed)"] = true_renders(z, target, seed=11)
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         results["filter_table"] = filter_section(judge, G, z, adapted_faces)
     for target in filter(None, args.target.split(",")):
         results.setdefault("fidelity", {})[target] = fidelity_section(judge, G, z, target, gens,
-                                                                     args.oracle_steps if args.oracle else None)
+                                                                     args.oracle_steps if args.oracle else None, args.oracle_dir)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")

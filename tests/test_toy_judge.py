@@ -139,3 +139,13 @@ def test_shipped_judge_accepts_true_renders_and_rejects_style_blends(shipped, un
         assert J.style_rates(shipped, J.true_renders(z, style))[style] >= 0.95, style
     blends = 0.5 * J.true_renders(z, "photo") + 0.5 * J.true_renders(z, "sketch")
     assert J.style_rates(shipped, blends)["sketch"] <= 0.05
+
+
+def test_clip_filter_augmentation_is_off_by_default_and_seeded(faces):
+    from nada.toy import clip_train as C
+
+    img = R.render_tensor(faces, "photo")
+    assert C.filter_change(img, np.random.default_rng(0), 0.0) is img
+    a = C.filter_change(img, np.random.default_rng(1), 1.0)
+    b = C.filter_change(img, np.random.default_rng(1), 1.0)
+    assert torch.equal(a, b) and (a - img).abs().mean((1, 2, 3)).min() > 0.01
