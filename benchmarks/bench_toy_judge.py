@@ -114,7 +114,7 @@ def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, orac
     print(f"\nfidelity to the true {target} renders ({len(z)} latents): stroke distance, pixel L1, judge {target} rate")
     for k, v in out.items():
         progress = f"  progress {(base - v['stroke']) / (base - top):+.2f}" if top is not None and base != top else ""
-        print(f"   {k:<58s} stroke {v['stroke']:.4f}  L1 {v['l1']:.3f}  "
+        print(f"   {k:<58s} stroke {v['stroke']:.4f}  dark IoU {v['dark_iou']:.3f}  L1 {v['l1']:.3f}  "
               f"{target} {100 * v['target_rate']:5.1f} %{progress}")
     return out
 

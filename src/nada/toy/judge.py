@@ -6,11 +6,13 @@
   share judged to be in each style. A judge that a photo filter cannot fool keeps every entry of a
   non-photo style at <= 5 % on unadapted faces.
 - ``stroke_distance``: per latent, how far an image is from the true render of the same face in the
-  target style, measured on gradient-magnitude maps of the luma (Sobel after a 1-pixel Gaussian).
-  Those maps are where strokes, outlines and hatching are; a uniform wash, tint or brightness shift
-  barely moves them, so a filter cannot get close by matching mean colour, and a drawing is close
-  only if its strokes sit where the true render's do. The 1-pixel blur forgives the generator's
-  softness and one-pixel misplacements.
+  target style, measured on gradient-magnitude maps of the luma (Sobel after a Gaussian of
+  ``STROKE_SIGMA`` = 2 pixels). Those maps are where outlines, strokes and hatched areas are; a
+  uniform wash, tint or brightness shift barely moves them, so a filter cannot get close by matching
+  mean colour, and a drawing is close only if its lines sit where the true render's do. The 2-pixel
+  scale averages out what is random in a true render (paper grain, the placement of single hatching
+  lines; docs/toy_quality.md compares the scales).
+  ``dark_iou`` is the share of dark pixels (ink) that an image and the true render have in common.
 
 Images are [N, 3, H, W] in [-1, 1].
 """
@@ -27,6 +29,8 @@ from nada.toy import filters as toy_filters
 if TYPE_CHECKING:
     from nada.toy.evaluator import Evaluator
 
+STROKE_SIGMA = 2.0  # pixels; the scale of face parts, above the texture of a single hatching line
+INK = 0.45  # luma in [0, 1] below which a pixel counts as a dark stroke
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4
 
 
@@ -78,8 +82,8 @@ def worst_filter(table: dict[str, dict[str, Any]], style: str) -> tuple[str, flo
 
 
 def stroke_map(img: torch.Tensor) -> torch.Tensor:
-    """Gradient magnitude [N, 1, H, W] (luma in [0, 1] per pixel) after a 1-pixel Gaussian, of images in [-1, 1]."""
-    y = toy_filters.gaussian_blur(toy_filters.luminance(img), 1.0)
+    """Gradient magnitude [N, 1, H, W] (luma in [0, 1] per pixel) at STROKE_SIGMA, of images in [-1, 1]."""
+    y = toy_filters.gaussian_blur(toy_filters.luminance(img), STROKE_SIGMA)
     k = _SOBEL.to(img)
     y = F.pad(y, (1, 1, 1, 1), mode="replicate")
     gx, gy = F.conv2d(y, k.view(1, 1, 3, 3)), F.conv2d(y, k.t().contiguous().view(1, 1, 3, 3))
@@ -92,9 +96,16 @@ def stroke_distance(img: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return (stroke_map(img) - stroke_map(truth)).abs().mean((1, 2, 3))
 
 
+def dark_iou(img: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per image [N]: intersection over union of the dark pixels (luma < INK after a 1-pixel blur) of both."""
+    a, b = ((toy_filters.luminance(toy_filters.gaussian_blur(x, 1.0)) < INK).float() for x in (img, truth))
+    return (a * b).sum((1, 2, 3)) / ((a + b).clamp(max=1).sum((1, 2, 3)) + 1e-6)
+
+
 def fidelity(img: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    """Mean stroke distance and mean pixel L1 ([-1, 1] units) of images to their true renders."""
-    return {"stroke": float(stroke_distance(img, truth).mean()), "l1": float((img - truth).abs().mean())}
+    """Mean stroke distance, dark-stroke IoU and pixel L1 ([-1, 1] units) of images to their true renders."""
+    return {"stroke": float(stroke_distance(img, truth).mean()), "dark_iou": float(dark_iou(img, truth).mean()),
+            "l1": float((img - truth).abs().mean())}
 
 
 def best_filter(faces: torch.Tensor, truth: torch.Tensor,
@@ -117,7 +128,8 @@ def paired_fidelity(img_frozen: torch.Tensor, img_train: torch.Tensor, z: torch.
     if evaluator is not None:
         chain = toy_filters.SUITE.get(name, ())
         record["target_rate"] = style_rates(evaluator, toy_filters.apply_chain(img_frozen, chain))[style]
-    return {"distance": "stroke: mean |Sobel magnitude of blurred luma| difference; l1: pixels in [-1, 1]",
+    return {"distance": "stroke: mean |difference| of Sobel magnitudes of the luma at sigma 2 px (lower is closer); "
+                        "dark_iou: shared dark pixels; l1: pixels in [-1, 1]",
             "adapted": fidelity(img_train, truth), "unadapted": fidelity(img_frozen, truth), "best_filter": record}
 
 
