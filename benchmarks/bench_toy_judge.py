@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_filters:
         results["filter_table"] = filter_section(judge, G, z, adapted_faces)
     for target in filter(None, args.target.split(",")):
-        results.setdefault("fidelity", {})[target] = fidelity_section(judge, G, z, target, gens,
-                                                                     args.oracle_steps if args.oracle else None, args.oracle_dir)
+        steps = args.oracle_steps if args.oracle else None
+        results.setdefault("fidelity", {})[target] = fidelity_section(judge, G, z, target, gens, steps, args.oracle_dir)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")
