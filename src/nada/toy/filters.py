@@ -179,5 +179,7 @@ HELD_OUT: tuple[Chain, ...] = (
     (("vignette", 0.6), ("grayscale", 1.0), ("contrast", 1.6)),
     (("sharpen", 2.0), ("posterize", 3)),
     (("tint", 2), ("vignette", 0.5), ("wash", 0.3)),
+    (("grayscale", 1.0), ("gamma", 0.25), ("contrast", 1.5)),
+    (("grayscale", 1.0), ("brightness", 0.3), ("contrast", 1.8)),
 )
 SUITE: dict[str, Chain] = {chain_name(c): c for c in SEEN + HELD_OUT}
