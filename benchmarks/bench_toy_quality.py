@@ -1,4 +1,4 @@
-"""Quality of toy-world adaptations, judged by the independent evaluator: target rate, content kept, diversity.
+"""Quality of toy-world adaptations, judged by the strict toy judge: target rate, content kept, diversity, fidelity.
 
 Each row adapts the toy generator (photo style only) with `nada.adapt.adapt` and measures the result
 with `nada.toy.quality` on the same seeded latents for the frozen and the adapted generator. Rows:
@@ -12,8 +12,11 @@ with `nada.toy.quality` on the same seeded latents for the frozen and the adapte
 - the layer-freezing strategies on sketch: auto:K, grad:K, last:K, all.
 
 Goals (directional loss): target rate >= 0.9, content kept >= 0.9, diversity ratio >= 0.8; the
-global-only baseline should collapse (low diversity). Prints a table, writes ``results.json`` and
-``quality.png`` (per row: frozen images above adapted ones, then a bar chart of the three numbers).
+global-only baseline should collapse (low diversity). Style rows also get the fidelity to the
+true renders (``nada.toy.judge``: stroke distance, pixel L1) and a "best filter" line: the global
+filter of the unadapted faces closest to the true renders, with the judge's target rate for it.
+Prints a table, writes ``results.json`` and ``quality.png`` (per row: frozen images above adapted
+ones, then a bar chart of the three numbers).
 
     python benchmarks/bench_toy_quality.py                                  # every row, the toy recipe
     python benchmarks/bench_toy_quality.py --recipe defaults --rows sketch  # AdaptConfig's defaults, toy CLIP
@@ -113,7 +116,7 @@ def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, cli
     t0 = time.perf_counter()
     G_train = adapt(cfg, progress=False, G_base=G, clip=clip, force=True)
     seconds = time.perf_counter() - t0
-    report = measure_quality(G, G_train, evaluator, judged, n=args.n)
+    report = measure_quality(G, G_train, evaluator, judged, n=args.n, fidelity=True)
     record = {"row": name, "source": source, "target": target, "judged": judged, "clip": cfg.clip, "layers": cfg.layers, "lr": cfg.lr,
               "iterations": cfg.iterations, "lambda_direction": cfg.lambda_direction, "lambda_global": cfg.lambda_global, "keep": cfg.keep,
               "seconds": round(seconds, 1), **report.to_dict()}
@@ -121,16 +124,28 @@ def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, cli
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    """One line per row; goals met are marked with *."""
-    head = f"{'row':<12} {'target':<14} {'layers':<8} {'lr':>6} {'iters':>5} {'frozen':>6} {'target%':>7} {'content%':>8} {'cont.mean':>9} {'divers.':>7} {'sec':>6}"
+    """One line per row, a "best filter" line under each style row; goals met are marked with *."""
+    head = (f"{'row':<12} {'target':<14} {'layers':<8} {'lr':>6} {'iters':>5} {'frozen':>6} {'target%':>7} "
+            f"{'reject%':>7} {'content%':>8} {'cont.mean':>9} {'divers.':>7} {'stroke':>7} {'L1':>6} {'sec':>6}")
     print(head)
     print("-" * len(head))
     for r in records:
         mark = lambda key, v: f"{v:.2f}{'*' if v >= GOALS[key] else ' '}"  # noqa: E731
-        print(f"{r['row']:<12} {r['judged']:<14} {r['layers']:<8} {r['lr']:>6g} {r['iterations']:>5} {r['frozen_target_rate']:>6.2f} "
-              f"{mark('target_rate', r['target_rate']):>7} {mark('content_kept', r['content_kept']):>8} {r['content_kept_mean']:>9.2f} "
-              f"{mark('diversity_ratio', r['diversity_ratio']):>7} {r['seconds']:>6.1f}")
-    print(f"* = goal met ({', '.join(f'{k} >= {v}' for k, v in GOALS.items())})")
+        fid = r.get("fidelity") or {}
+        stroke = f"{fid['adapted']['stroke']:>7.4f} {fid['adapted']['l1']:>6.3f}" if fid else f"{'-':>7} {'-':>6}"
+        print(f"{r['row']:<12} {r['judged']:<14} {r['layers']:<8} {r['lr']:>6g} {r['iterations']:>5} "
+              f"{r['frozen_target_rate']:>6.2f} {mark('target_rate', r['target_rate']):>7} "
+              f"{r.get('reject_rate', 0.0):>7.2f} "
+              f"{mark('content_kept', r['content_kept']):>8} {r['content_kept_mean']:>9.2f} "
+              f"{mark('diversity_ratio', r['diversity_ratio']):>7} {stroke} {r['seconds']:>6.1f}")
+        if fid:
+            best = fid["best_filter"]
+            rate = best.get("target_rate", float("nan"))
+            print(f"{'  best filter':<12} {best['filter'][:40]:<40} {rate:>7.2f} {'':>36} "
+                  f"{best['stroke']:>7.4f} {best['l1']:>6.3f}   (unadapted: stroke {fid['unadapted']['stroke']:.4f})")
+    print(f"* = goal met ({', '.join(f'{k} >= {v}' for k, v in GOALS.items())}); stroke, L1: distance to the true "
+          "render of each face in the target style (nada.toy.judge); best filter: the filter of nada.toy.filters.SUITE "
+          "closest to them")
 
 
 def figure(records: list[dict[str, Any]], pairs: list[tuple[Any, Any]]):

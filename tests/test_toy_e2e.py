@@ -1,10 +1,10 @@
 """The end-to-end run on the toy world: the photo-only toy generator adapted towards "sketch" with the
-toy CLIPs and the toy presets' recipe, through the public API, judged by the independent evaluator
-(a CNN the adaptation never sees).
+toy CLIPs and the toy presets' recipe, through the public API, judged by the strict toy judge (a CNN
+the adaptation never sees, trained to answer "none" for global filters of photos and style blends).
 
-What it reaches is measured in docs/toy_quality.md: for seeds 0-3, 70-93 % of its images become
-sketches for the evaluator, and 75-84 % of the faces keep all six attributes (the toy-world issue's
-goal for this test: above 60 % and above 70 %).
+What it reaches is measured in docs/toy_quality.md ("Status (2026-12-04)"): the strict judge calls
+a minority of the adapted faces sketches (more than any filter of the unadapted faces reaches) and
+rejects the rest; their strokes are no closer to the true sketch renders than the unadapted photos'.
 """
 
 from __future__ import annotations
@@ -43,14 +43,19 @@ def sketch_run(tmp_path_factory):
     config = AdaptConfig(source="photo", target="sketch", out_dir=str(out), sample_every=0, save_every=0, **dict(TOY_RECIPE))
     adapted = adapt(config, progress=False)
     base = load_generator("toy")
-    report = measure_quality(base, adapted, load_evaluator(), "sketch", n=N_JUDGED)
+    judge = load_evaluator()
+    report = measure_quality(base, adapted, judge, "sketch", n=N_JUDGED, fidelity=True)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return report, log, out, adapted
+    from nada.toy.judge import filter_table, worst_filter
+    from nada.toy.quality import render_pairs
+
+    frozen, _ = render_pairs(base, adapted, N_JUDGED)
+    return report, log, out, adapted, worst_filter(filter_table(judge, frozen), "sketch")
 
 
 @pytest.mark.slow
 def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
-    report, log, out, adapted = sketch_run
+    report, log, out, adapted, (filter_name, filter_rate) = sketch_run
     summary = f"{report.to_dict()}"
     from nada.clip import parse_clip_spec
     from nada.presets import TOY_RECIPE
@@ -60,11 +65,12 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     weight = sum(w for _, w in parse_clip_spec(dict(TOY_RECIPE)["clip"]))
     assert log[0]["direction"] / weight == pytest.approx(1.0, abs=1e-4)
     assert sum(r["direction"] for r in log[-20:]) / 20 / weight < 0.6, [r["direction"] for r in log[-20:]]
-    # The evaluator's side: no image was a sketch before, after the run most are (measured: 90 %; 70-93 % for
-    # seeds 0-3), the faces keep their attributes (measured: all six for 78 %, 75-84 % for seeds 0-3; 0.96 per
-    # attribute on average) and their variety (measured: 0.94); no collapse onto one image.
-    assert report.frozen_target_rate < 0.10, summary
-    assert report.target_rate > 0.60, summary
+    # The strict judge's side: no image was a sketch before; afterwards more are than any global filter of the
+    # unadapted faces makes sketches (measured with the README command: 40 %, 60 % rejected, against 14.8 % for
+    # the worst filter of the suite), the faces keep their attributes (all six for 80 %, 0.96 per attribute on
+    # average) and their variety (0.95); no collapse onto one image.
+    assert report.frozen_target_rate < 0.05, summary
+    assert report.target_rate > filter_rate + 0.10, (filter_name, filter_rate, summary)
     assert report.content_kept > 0.70 and report.content_kept_mean > 0.9, summary
     assert report.diversity_ratio > 0.8, summary
     # The run wrote what a user loads afterwards, and loading it gives the same generator.
@@ -74,6 +80,15 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     z = torch.randn(2, adapted.style_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(z), adapted(z))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the guidance's known limit (docs/toy_quality.md, 2026-12-04): the adapted "
+                   "faces are no closer to the true sketch renders than the best global filter of the unadapted ones")
+def test_toy_run_draws_the_true_sketch_strokes_better_than_any_filter(sketch_run):
+    fid = sketch_run[0].fidelity
+    # The issue's bar for a real adaptation: clearly closer (stroke distance) than the best filter.
+    assert fid["adapted"]["stroke"] < 0.9 * fid["best_filter"]["stroke"], fid
 
 
 def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from nada import cli_eval as _cli_eval
 from nada.errors import NadaError, NadaWarning
+from nada.toy import cli as _toy_cli
 
 # OS errors that mean a write failed for lack of room or rights: the CLI reports them in one line.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -299,12 +300,18 @@ def _toy_metrics(config: "AdaptConfig", G_train: "Generator", path: Path) -> Non
     if report is None:
         print(f"metrics:     none (the toy evaluator knows no style or attribute in {config.target!r})")
         return
-    record = {**report.to_dict(), "judge": "nada.toy.evaluator, independent of the guiding CLIP", "latents": "z = torch.randn(n, style_dim) from torch.Generator().manual_seed(0)"}
+    judge = "nada.toy.evaluator (strict: none for filters and blends), not the guiding CLIP"
+    record = {**report.to_dict(), "judge": judge, "latents": "z = torch.randn(n, style_dim) from torch.Generator().manual_seed(0)"}
     atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
     print(
         f"metrics:     {path} ({report.target}: {report.target_rate:.0%} of {report.n} adapted images, {report.frozen_target_rate:.0%} "
         f"before; content kept {report.content_kept:.0%}; diversity {report.diversity_ratio:.2f})"
     )
+    if report.fidelity:  # stroke distance to the true renders, lower is closer (nada.toy.judge)
+        fid = report.fidelity
+        print(f"fidelity:    stroke distance {fid['adapted']['stroke']:.4f} "
+              f"(unadapted {fid['unadapted']['stroke']:.4f}, "
+              f"best filter {fid['best_filter']['stroke']:.4f}: {fid['best_filter']['filter']})")
 
 
 # ---------------------------------------------------------------- presets
@@ -534,6 +541,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
     "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
     "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),
+    "toy": ("toy-world tools: `nada toy judge IMAGES --target sketch` prints the strict toy judge's verdicts",
+            _toy_cli.add_arguments, _toy_cli.run),
 }
 # `nada eval` and `nada sweep` live in nada.cli_eval.
 COMMANDS.update(_cli_eval.COMMANDS)

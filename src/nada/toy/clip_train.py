@@ -95,6 +95,9 @@ class TrainConfig:
     # a sketch (CLIP zero-shot said "sketch" for 100 % of such images, the evaluator for 5 %).
     appearance_aug: float = 0.0
     appearance_max: float = 0.8  # strongest wash-out / desaturation (0.97: almost a blank page, still labelled)
+    # Share of images passed through a random chain of the strict judge's training filters (nada.toy.filters),
+    # style label kept: a grayscale, contrasted or posterized photo is still a photo for the guide.
+    filter_aug: float = 0.0
     init_from: str = ""  # optional clip.pt whose weights start the run (fine-tuning) instead of a random init
     vision: str = "vit"  # image tower, a key of VISION_TOWERS
     # Locked-text training: a clip.pt whose text tower (token table, transformer, projection) is loaded
@@ -299,7 +302,7 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     c_texts, c_facts, c_index = class_prompts(rng)
     offset = len(texts)
     return Batch(
-        images=augment(images, rng, cfg.appearance_aug, cfg.appearance_max),
+        images=augment(filter_change(images, rng, cfg.filter_aug), rng, cfg.appearance_aug, cfg.appearance_max),
         truth=truth_table(all_params, styles),
         texts=texts + c_texts,
         facts=np.array(facts + c_facts, np.int64),
@@ -307,6 +310,19 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
         pair_key=pair_key,
         attack_seed=int(rng.integers(2**62)),
     )
+
+
+def filter_change(img: torch.Tensor, rng: np.random.Generator, share: float) -> torch.Tensor:
+    """A random training filter chain (nada.toy.filters) on a share of images [N,3,64,64] in [-1,1]; none when 0."""
+    if share <= 0:  # drawn only when enabled, so runs without it keep their data
+        return img
+    from nada.toy import filters as toy_filters
+
+    img = img.clone()
+    for i in np.flatnonzero(rng.random(img.shape[0]) < share):
+        chain = toy_filters.random_chain(rng)
+        img[i : i + 1] = toy_filters.apply_chain(img[i : i + 1], chain, seed=int(rng.integers(2**31)))
+    return img
 
 
 def appearance_change(img: torch.Tensor, rng: np.random.Generator, strongest: float = 0.8) -> torch.Tensor:
@@ -622,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between zero-shot checks (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
     ap.add_argument("--appearance-aug", type=float, default=d.appearance_aug, help="share of images washed out, desaturated or blurred, style label kept (default: %(default)s)")
+    ap.add_argument("--filter-aug", type=float, default=d.filter_aug,
+                    help="share of images given a random photo filter (nada.toy.filters), style label kept "
+                    "(default: %(default)s)")
     ap.add_argument("--appearance-max", type=float, default=d.appearance_max, help="strongest wash-out or desaturation, 0.3-1 (default: %(default)s)")
     ap.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps (default: %(default)s)")
     ap.add_argument("--adv-eps", type=float, default=d.adv_eps, help="embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off (default: %(default)s)")
@@ -636,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = TrainConfig(
         steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, warmup=args.warmup, appearance_aug=args.appearance_aug, appearance_max=args.appearance_max,
+        filter_aug=args.filter_aug,
         ckpt_every=args.ckpt_every, eval_every=args.eval_every, threads=args.threads, init_from=args.init_from,
         adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_weight=args.adv_weight, vision=args.vision, text_from=args.text_from,
     )

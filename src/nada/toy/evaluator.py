@@ -6,7 +6,9 @@ that an adapted generator cannot score well by exploiting the CLIP that guided i
 
 ``load_evaluator()`` loads the shipped weights (``nada/assets/toy/evaluator.pt``). Then
 ``predict(img)`` gives class indices per key ("style" and every key of ``render.ATTRIBUTES``; the
-names are in ``evaluator.classes``) and ``embed(img)`` gives L2-normalised features for diversity
+names are in ``evaluator.classes``; the style answer may be ``REJECT``, "none": the judge was trained
+to put global filters of photos, blends of two styles and nothing-like images there, see
+``nada.toy.filters``) and ``embed(img)`` gives L2-normalised features for diversity
 measures. Images are [N, 3, 64, 64] in [-1, 1] (other sizes are resized to 64x64).
 """
 
@@ -25,13 +27,14 @@ from nada.errors import NadaError
 
 WEIGHTS_FILE = "evaluator.pt"
 IMAGE_SIZE = 64
+REJECT = "none"  # the style answer for images in no style: filtered photos, blends of two styles
 
 
 def class_names() -> dict[str, tuple[str, ...]]:
-    """Key -> class names: "style" first, then every attribute of the toy world."""
+    """Key -> class names: "style" first (every toy style, then the reject answer), then every attribute."""
     from nada.toy import render as R
 
-    return {"style": R.STYLES, **R.ATTRIBUTES}
+    return {"style": (*R.STYLES, REJECT), **R.ATTRIBUTES}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,15 @@ class Evaluator(nn.Module):
         was = self.training
         self.eval()
         out = {k: v.argmax(1) for k, v in self(img).items()}
+        self.train(was)
+        return out
+
+    @torch.no_grad()
+    def style_probabilities(self, img: torch.Tensor) -> torch.Tensor:
+        """Softmax over ``self.classes["style"]`` [N, S] for images [N, 3, H, W] in [-1, 1]."""
+        was = self.training
+        self.eval()
+        out = self(img)["style"].softmax(1)
         self.train(was)
         return out
 

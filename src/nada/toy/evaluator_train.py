@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from nada.errors import NadaError
 from nada.toy import render as R
+from nada.toy import filters as toy_filters
 from nada.toy import runs
 from nada.toy.evaluator import WEIGHTS_FILE, Evaluator, EvaluatorConfig, accuracy, fresh_renders, save_evaluator
 
@@ -55,17 +56,78 @@ class TrainConfig:
     eval_every: int = 250
     threads: int = 1
     eval_faces: int = 1200  # fresh renders for the final accuracy
+    negatives: float = 0.0  # share of each batch that is a hard negative (style label "none")
+    generator_share: float = 0.0  # share of each batch drawn by the generator (label "photo")
+    generator: str = "toy"  # the generator whose outputs (plain: photo; filtered: none) are shown
+    init_from: str = ""  # evaluator weights to start from (a smaller style head is copied into the first rows)
 
 
-def make_batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Augmented renders [B,3,64,64] in [-1,1] and their labels, a pure function of (cfg.seed, step)."""
+IGNORE = -100  # attribute label of a hard negative: its attributes are not trained
+
+
+def make_batch(cfg: TrainConfig, step: int,
+               G: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Augmented images [B,3,64,64] in [-1,1] and their labels, a pure function of (cfg.seed, step).
+
+    Positives are true renders in random styles and (with ``G``) the generator's photos; hard negatives
+    (style "none", attributes ignored) are filtered photos and generator photos and blends of two styles.
+    """
     rng = np.random.default_rng([cfg.seed, step])
-    params = R.sample_params(cfg.batch, seed=int(rng.integers(2**62)))
-    style_idx = rng.integers(len(R.STYLES), size=cfg.batch)
-    images = R.to_tensor(R.render_mixed(params, [R.STYLES[i] for i in style_idx], seed=int(rng.integers(2**62))))
-    labels = {"style": torch.from_numpy(style_idx)}
-    labels.update({k: torch.from_numpy(v) for k, v in params.labels().items()})
-    return augment(images, rng), labels
+    n_neg = int(round(cfg.batch * cfg.negatives))
+    n_gen = int(round(cfg.batch * cfg.generator_share)) if G is not None else 0
+    n_pos = cfg.batch - n_neg - n_gen
+    params = R.sample_params(n_pos, seed=int(rng.integers(2**62)))
+    style_idx = rng.integers(len(R.STYLES), size=n_pos)
+    images = [R.to_tensor(R.render_mixed(params, [R.STYLES[i] for i in style_idx], seed=int(rng.integers(2**62))))]
+    labels = [{"style": torch.from_numpy(style_idx), **{k: torch.from_numpy(v) for k, v in params.labels().items()}}]
+    if n_gen:
+        gen_images, gen_params = generator_photos(G, n_gen, rng)
+        images.append(gen_images)
+        attrs = {k: torch.from_numpy(v) for k, v in gen_params.labels().items()}
+        labels.append({"style": torch.zeros(n_gen, dtype=torch.long), **attrs})
+    if n_neg:
+        images.append(hard_negatives(n_neg, rng, G))
+        labels.append({k: torch.full((n_neg,), REJECT_INDEX if k == "style" else IGNORE) for k in labels[0]})
+    merged = {k: torch.cat([lab[k].long() for lab in labels]) for k in labels[0]}
+    return augment(torch.cat(images), rng), merged
+
+
+REJECT_INDEX = len(R.STYLES)  # "none" follows the styles in evaluator.class_names()
+
+
+@torch.no_grad()
+def generator_photos(G: torch.nn.Module, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, "R.FaceParams"]:
+    """n generator outputs [n,3,64,64] in [-1,1] for seeded latents, and the faces those latents stand for."""
+    from nada.toy.generator_train import face_params
+
+    z = torch.from_numpy(rng.standard_normal((n, G.style_dim)).astype(np.float32))
+    return G(z, noise_mode="const").clamp(-1, 1), face_params(z)
+
+
+def hard_negatives(n: int, rng: np.random.Generator, G: torch.nn.Module | None) -> torch.Tensor:
+    """n images [n,3,64,64] in [-1,1] in no style: a quarter blends of two styles, the rest filtered photos."""
+    n_blend = n // 4
+    params = R.sample_params(n, seed=int(rng.integers(2**62)))
+    photos = R.render_tensor(params, "photo", seed=int(rng.integers(2**62)))
+    if G is not None:  # half the filtered photos are the generator's own
+        half = (n - n_blend) // 2
+        photos[n_blend : n_blend + half] = generator_photos(G, half, rng)[0]
+    out = [toy_filters.apply_chain(photos[i : i + 1], toy_filters.random_chain(rng), seed=int(rng.integers(2**31)))
+           for i in range(n_blend, n)]
+    if n_blend:
+        out.insert(0, style_blends(params.subset(slice(0, n_blend)), n_blend, rng))
+    return torch.cat(out)
+
+
+def style_blends(params: "R.FaceParams", n: int, rng: np.random.Generator) -> torch.Tensor:
+    """Pixel blends [n,3,64,64] of the same faces in two different styles, 30-70 % of each."""
+    first = rng.integers(len(R.STYLES), size=n)
+    second = (first + rng.integers(1, len(R.STYLES), size=n)) % len(R.STYLES)
+    seed = int(rng.integers(2**62))
+    a = R.to_tensor(R.render_mixed(params, [R.STYLES[i] for i in first], seed=seed))
+    b = R.to_tensor(R.render_mixed(params, [R.STYLES[i] for i in second], seed=seed + 1))
+    t = torch.from_numpy(rng.uniform(0.3, 0.7, n).astype(np.float32)).view(n, 1, 1, 1)
+    return (1 - t) * a + t * b
 
 
 def _gaussian_blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -131,6 +193,13 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
     runs.setup_logging(log, out / "train.log")
     state_path = out / STATE_FILE
     model = build(cfg.seed)
+    if cfg.init_from:
+        init_from(model, Path(cfg.init_from))
+    G = None
+    if cfg.negatives > 0 or cfg.generator_share > 0:
+        from nada.checkpoints import load_generator
+
+        G = load_generator(cfg.generator).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, elapsed = 0, 0.0
     if state_path.is_file():
@@ -149,9 +218,9 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        images, labels = make_batch(cfg, step)
+        images, labels = make_batch(cfg, step, G)
         logits = model(images)
-        terms = {k: F.cross_entropy(logits[k], labels[k]) for k in labels}
+        terms = {k: F.cross_entropy(logits[k], labels[k], ignore_index=IGNORE) for k in labels}
         loss = torch.stack(list(terms.values())).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -182,6 +251,22 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
     return {"accuracy": acc, "train_seconds": total_s}
 
 
+def init_from(model: Evaluator, path: Path) -> None:
+    """Load evaluator weights from ``path`` into ``model``; a head with fewer classes fills the first rows."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as e:
+        raise NadaError(f"--init-from {path} is not readable evaluator weights ({type(e).__name__}): "
+                        "give a file written by nada.toy.evaluator_train") from None
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and v.shape != own[k].shape and v.shape[1:] == own[k].shape[1:] and v.shape[0] < own[k].shape[0]:
+            grown = own[k].clone() * 0.1  # new classes start near zero logits
+            grown[: v.shape[0]] = v
+            state[k] = grown
+    model.load_state_dict(state)
+
+
 def _fmt(acc: dict[str, float]) -> str:
     return "  ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
 
@@ -198,10 +283,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)")
     ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between accuracy checks (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
+    ap.add_argument("--negatives", type=float, default=d.negatives,
+                    help="share of each batch that is a hard negative: filtered photos, style blends "
+                    "(default: %(default)s)")
+    ap.add_argument("--generator-share", type=float, default=d.generator_share,
+                    help="share of each batch drawn by --generator, labelled photo (default: %(default)s)")
+    ap.add_argument("--generator", default=d.generator, help="generator for those images (default: %(default)s)")
+    ap.add_argument("--init-from", default=d.init_from, help="start from these evaluator weights")
     ap.add_argument("--export", type=Path, default=None, help="also copy evaluator.pt to this file, e.g. src/nada/assets/toy/evaluator.pt")
     args = ap.parse_args(argv)
     cfg = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr, ckpt_every=args.ckpt_every,
-                      eval_every=args.eval_every, threads=args.threads)
+                      eval_every=args.eval_every, threads=args.threads, negatives=args.negatives,
+                      generator_share=args.generator_share, generator=args.generator, init_from=args.init_from)
     try:
         train(cfg, args.out, args.export)
     except NadaError as e:

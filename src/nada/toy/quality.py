@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from nada.toy.evaluator import Evaluator
 
 STYLE_KEY = "style"
+REJECT = "none"  # nada.toy.evaluator.REJECT: the judge's style answer for images in no style
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ def parse_target(spec: str | QualityTarget) -> QualityTarget:
     if target.key not in names:
         raise NadaError(f"unknown toy attribute {target.key!r} in target {spec!r}: use a style ({', '.join(names[STYLE_KEY])}) "
                         f"or ATTRIBUTE=VALUE with one of {', '.join(k for k in names if k != STYLE_KEY)}")
-    if target.value not in names[target.key]:
-        raise NadaError(f"unknown value {target.value!r} for {target.key}: use one of {', '.join(names[target.key])}")
+    if target.value not in names[target.key] or (target.is_style and target.value == REJECT):
+        known = [v for v in names[target.key] if v != REJECT]
+        raise NadaError(f"unknown value {target.value!r} for {target.key}: use one of {', '.join(known)}")
     return target
 
 
@@ -89,6 +91,13 @@ def target_rate(preds: dict[str, torch.Tensor], target: QualityTarget, classes: 
     """Fraction of images whose predicted class for ``target.key`` is ``target.value`` (preds {key: [N]})."""
     wanted = classes[target.key].index(target.value)
     return float((preds[target.key] == wanted).float().mean())
+
+
+def reject_rate(preds: dict[str, torch.Tensor], classes: dict[str, tuple[str, ...]]) -> float:
+    """Share of images whose style the judge answers with "none" (0 for a judge without that answer)."""
+    if REJECT not in classes[STYLE_KEY]:
+        return 0.0
+    return float((preds[STYLE_KEY] == classes[STYLE_KEY].index(REJECT)).float().mean())
 
 
 def content_kept(preds_frozen: dict[str, torch.Tensor], preds_train: dict[str, torch.Tensor], keys: list[str]) -> dict[str, float]:
@@ -127,6 +136,8 @@ class QualityReport:
     content_kept_mean: float  # mean of the per-key rates
     content_per_key: dict[str, float]
     diversity_ratio: float
+    reject_rate: float = 0.0  # adapted images the judge puts in no style ("none")
+    fidelity: dict[str, Any] | None = None  # stroke distance to the true renders: adapted, unadapted, best filter
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""
@@ -150,14 +161,20 @@ def quality_from_images(evaluator: "Evaluator", img_frozen: torch.Tensor, img_tr
         content_kept_mean=kept.pop("mean"),
         content_per_key=kept,
         diversity_ratio=diversity_ratio(embed_all(evaluator, img_frozen, batch_size), embed_all(evaluator, img_train, batch_size)),
+        reject_rate=reject_rate(p_t, classes),
     )
+
+
+def latents(G: "Generator", n: int, seed: int = 0) -> torch.Tensor:
+    """The n seeded latents [n, style_dim] every quality measure uses (CPU)."""
+    return torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
 def render_pairs(G_frozen: "Generator", G_train: "Generator", n: int, seed: int = 0, truncation: float = 1.0,
                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [n, 3, H, W] in [-1, 1] (CPU) of both generators for the same n latents (seeded), stored noise."""
-    z = torch.randn(n, G_frozen.style_dim, generator=torch.Generator().manual_seed(seed))
+    z = latents(G_frozen, n, seed)
     device = next(G_frozen.parameters()).device
 
     def render(G: "Generator") -> torch.Tensor:
@@ -167,11 +184,24 @@ def render_pairs(G_frozen: "Generator", G_train: "Generator", n: int, seed: int 
 
 
 def measure_quality(G_frozen: "Generator", G_train: "Generator", evaluator: "Evaluator", target: str | QualityTarget,
-                    n: int = 256, seed: int = 0, truncation: float = 1.0, batch_size: int = 64) -> QualityReport:
-    """Render n seeded latents through both generators (same z, same noise) and judge them with the evaluator."""
+                    n: int = 256, seed: int = 0, truncation: float = 1.0, batch_size: int = 64,
+                    fidelity: bool = False) -> QualityReport:
+    """Render n seeded latents through both generators (same z, same noise) and judge them with the evaluator.
+
+    ``fidelity`` (toy-world generators, style targets, truncation 1): also compare each image with the true
+    render of its face in the target style (``nada.toy.judge.paired_fidelity``).
+    """
     target = parse_target(target)  # fail on a bad target before rendering anything
     img_f, img_t = render_pairs(G_frozen, G_train, n, seed, truncation, batch_size)
-    return quality_from_images(evaluator, img_f, img_t, target, batch_size)
+    report = quality_from_images(evaluator, img_f, img_t, target, batch_size)
+    if fidelity and target.is_style:
+        from dataclasses import replace
+
+        from nada.toy.judge import paired_fidelity
+
+        fid = paired_fidelity(img_f, img_t, latents(G_frozen, n, seed), target.value, evaluator)
+        report = replace(report, fidelity=fid)
+    return report
 
 
 # Words that name an attribute value in a prompt, for the values a text edit can ask for.
@@ -197,7 +227,8 @@ def infer_target(source: str, target: str) -> QualityTarget | None:
     src, tgt = source.lower(), target.lower()
     from nada.toy.evaluator import class_names
 
-    styles = [s for s in sorted(class_names()[STYLE_KEY], key=len, reverse=True) if _has(tgt, s) and not _has(src, s)]
+    named = [s for s in class_names()[STYLE_KEY] if s != REJECT]
+    styles = [s for s in sorted(named, key=len, reverse=True) if _has(tgt, s) and not _has(src, s)]
     if styles:
         return QualityTarget(STYLE_KEY, styles[0])
     found = set()
@@ -217,4 +248,4 @@ def run_metrics(G_frozen: "Generator", G_train: "Generator", source: str, target
     from nada.toy.evaluator import load_evaluator
 
     device = next(G_train.parameters()).device
-    return measure_quality(G_frozen, G_train, load_evaluator(device=device), what, n=n, seed=seed)
+    return measure_quality(G_frozen, G_train, load_evaluator(device=device), what, n=n, seed=seed, fidelity=True)
