@@ -303,7 +303,9 @@ def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
     assert sketch["toy"]["target_rate"] == pytest.approx(want["target_rate"])
     assert sketch["toy"]["content_kept"] == pytest.approx(want["content_kept"])
     assert sketch["toy"]["diversity_ratio"] == pytest.approx(want["diversity_ratio"], rel=1e-4)
-    # sketches are closer to rendered sketches than photos are, for the judge and for FID on the judge's features
-    assert sketch["toy"]["target_rate"] > 0.5 and sketch["clip_direction"] > 0.3
+    # the preset's faces move towards rendered sketches: the strict judge calls some of them sketches (none of
+    # the base's; 4 of 12 measured), and FID on the judge's features falls
+    assert sketch["toy"]["target_rate"] > 0.2 and sketch["toy"]["frozen_target_rate"] == 0.0
+    assert sketch["clip_direction"] > 0.3
     assert sketch["fid"] < report["base_metrics"]["fid"]
     assert "TOY-TGT" in out.out and "FID" in out.out and "warning: FID on 12 generated" in out.err
