@@ -68,3 +68,12 @@ def ref(golden: Path) -> dict:
     import torch
 
     return torch.load(golden / "nada_clip_loss.pt", weights_only=True)
+
+
+@pytest.fixture
+def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No downloads and empty caches (NADA_OFFLINE, NADA_CACHE, TORCH_HOME): every pretrained weights file is missing."""
+    monkeypatch.setenv("NADA_OFFLINE", "1")
+    monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "cache"

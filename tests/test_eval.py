@@ -153,15 +153,6 @@ def test_reference_folder_errors_and_resizing(tmp_path):
 # ---------------------------------------------------------------- weights through the registry
 
 
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """No downloads and empty caches: every judge weights file is missing."""
-    monkeypatch.setenv("NADA_OFFLINE", "1")
-    monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "cache"
-
-
 def test_missing_judge_weights_are_named_in_one_message(no_weights, golden):
     settings = E.EvalSettings(judge=str(golden / "tiny_clip_openai.pt"), reference=str(no_weights), lpips_net="alex")
     with pytest.raises(NadaError) as err:

@@ -10,15 +10,6 @@ from nada.invert import InvertConfig, ReconstructionLosses, build_losses, invert
 from nada.networks import Generator
 
 
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """No downloads and empty caches: every pretrained loss is unavailable."""
-    monkeypatch.setenv("NADA_OFFLINE", "1")
-    monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "cache"
-
-
 def small_generator(seed: int = 0) -> Generator:
     torch.manual_seed(seed)
     G = Generator(16, style_dim=16, n_mlp=1, channels={4: 16, 8: 16, 16: 16}).eval()
