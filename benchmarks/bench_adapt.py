@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# OpenAI name -> open_clip architecture (the same mapping nada.clip uses).
+# OpenAI name -> open_clip architecture (the same mapping nada.guidance.clip uses).
 ARCHS = {"ViT-B/32": "ViT-B-32-quickgelu", "ViT-B/16": "ViT-B-16-quickgelu"}
 E2E_ITERATIONS, SAMPLE_EVERY, SAVE_EVERY = 300, 50, 100
 
@@ -40,7 +40,7 @@ def random_clip(name: str, device: str):
     """A ClipModel around an open_clip architecture with random weights."""
     import open_clip
 
-    from nada.clip import ClipModel, ClipPreprocess
+    from nada.guidance.clip import ClipModel, ClipPreprocess
 
     model = open_clip.create_model(ARCHS[name], pretrained=None, device=device)
     pp = ClipPreprocess(size=(224, 224))
@@ -58,8 +58,8 @@ def time_outputs(G, device: str, out: Path) -> tuple[float, float]:
     """Seconds for one sample grid (both generators, 8 seeds) and one checkpoint-plus-Adam-state save of G."""
     import torch
 
-    from nada.adapt import render_samples
-    from nada.checkpoints import save_checkpoint
+    from nada.adaptation.loop import render_samples
+    from nada.generator.checkpoints import save_checkpoint
     from nada.config import AdaptConfig
     from nada.io import atomic_save_image, atomic_torch_save, image_grid
 
@@ -83,9 +83,9 @@ def run_one(size: int, clips: str, layers: str, iterations: int, device: str, th
     """Run one configuration in this process and return its measurements."""
     import torch
 
-    from nada.adapt import adapt
+    from nada.adaptation.loop import adapt
     from nada.config import AdaptConfig
-    from nada.networks import Generator
+    from nada.generator.networks import Generator
 
     if threads:
         torch.set_num_threads(threads)

@@ -25,9 +25,9 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
-from nada.adapt import fp32_precision
+from nada.adaptation.loop import fp32_precision
 from nada.io import resolve_device
-from nada.networks import Generator, ModulatedConv2d, StyledConv, ToRGB
+from nada.generator.networks import Generator, ModulatedConv2d, StyledConv, ToRGB
 
 # ---------------------------------------------------------------- naive reference path
 

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from nada.invert import InvertConfig, ReconstructionLosses, invert
-from nada.networks import Generator
+from nada.photos.invert import InvertConfig, ReconstructionLosses, invert
+from nada.generator.networks import Generator
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     device = torch.device(args.device)
     losses = ReconstructionLosses()
     if args.lpips:
-        from nada.perceptual import LPIPS
+        from nada.photos.perceptual import LPIPS
 
         losses = ReconstructionLosses(perceptual=LPIPS("vgg").to(device), perceptual_name="LPIPS (vgg, random)")
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, perceptual: {losses.perceptual_name or 'none'}")

@@ -82,9 +82,9 @@ def oracle_finetune(G_frozen, z_eval: torch.Tensor, style: str, steps: int, lr: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from nada import losses
-    from nada.checkpoints import load_generator
-    from nada.clip import load_clip_ensemble
+    from nada.guidance import losses
+    from nada.generator.checkpoints import load_generator
+    from nada.guidance.clip import load_clip_ensemble
     from nada.toy import render as R
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import measure_quality

@@ -73,7 +73,7 @@ def filter_section(judge, G, z: torch.Tensor, adapted: dict[str, torch.Tensor]) 
 
 def oracle_for(G, z: torch.Tensor, target: str, steps: int, folder: str | None) -> tuple[torch.nn.Module, str]:
     """The supervised oracle for ``target`` (bench_toy_guidance.oracle_finetune), from ``folder`` when kept there."""
-    from nada.checkpoints import load_generator, save_checkpoint
+    from nada.generator.checkpoints import load_generator, save_checkpoint
 
     path = Path(folder) / f"oracle-{target.replace(' ', '-')}-{steps}.pt" if folder else None
     if path is not None and path.is_file():
@@ -121,8 +121,8 @@ def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, orac
 
 def load_adapted(spec: str) -> torch.nn.Module:
     """A generator from a checkpoint path or a packaged preset name such as toy-sketch."""
-    from nada.checkpoints import load_generator
-    from nada.presets import known_presets, load_preset
+    from nada.generator.checkpoints import load_generator
+    from nada.weights.presets import known_presets, load_preset
 
     if not Path(spec).exists() and spec in known_presets():
         return load_preset(spec, progress=False).eval()
@@ -132,7 +132,7 @@ def load_adapted(spec: str) -> torch.nn.Module:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from nada.checkpoints import load_generator
+    from nada.generator.checkpoints import load_generator
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import latents
 

@@ -1,10 +1,10 @@
 """Quality of toy-world adaptations, judged by the strict toy judge: target rate, content kept, diversity, fidelity.
 
-Each row adapts the toy generator (photo style only) with `nada.adapt.adapt` and measures the result
+Each row adapts the toy generator (photo style only) with `nada.adaptation.loop.adapt` and measures the result
 with `nada.toy.quality` on the same seeded latents for the frozen and the adapted generator. Rows:
 
 - styles: photo -> sketch, watercolor, pixel art (directional loss; the toy presets' recipe
-  ``nada.presets.TOY_RECIPE``, with a packaged preset's own changes for its style, unless ``--recipe
+  ``nada.weights.presets.TOY_RECIPE``, with a packaged preset's own changes for its style, unless ``--recipe
   defaults`` asks for the plain AdaptConfig defaults);
 - the keep term: sketch without it (``keep`` empty);
 - a content edit: "face" -> "smiling face", judged as mouth=smiling (keeping the other five attributes);
@@ -91,7 +91,7 @@ def parse_changes(items: list[str]) -> dict[str, Any]:
 def base_settings(recipe: str, target: str = "") -> dict[str, Any]:
     """AdaptConfig changes a row starts from: the toy presets' recipe (a packaged preset's own for its target), or
     none (AdaptConfig's defaults, toy CLIP)."""
-    from nada.presets import PRESETS, TOY_RECIPE
+    from nada.weights.presets import PRESETS, TOY_RECIPE
 
     if recipe != "toy":
         return {"clip": "toy"}
@@ -101,7 +101,7 @@ def base_settings(recipe: str, target: str = "") -> dict[str, Any]:
 
 def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, clip, evaluator) -> tuple[dict[str, Any], Any, Any]:
     """Adapt for one row, judge it; returns the record and the (frozen, adapted) sample images."""
-    from nada.adapt import adapt
+    from nada.adaptation.loop import adapt
     from nada.config import AdaptConfig
     from nada.toy.quality import measure_quality, render_pairs
 
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from nada.checkpoints import load_generator
-    from nada.clip import load_clip_ensemble
+    from nada.generator.checkpoints import load_generator
+    from nada.guidance.clip import load_clip_ensemble
     from nada.io import atomic_save_image, atomic_write
     from nada.toy.evaluator import load_evaluator
 

@@ -51,7 +51,7 @@ def one_thread():
 @functools.lru_cache(maxsize=None)
 def load_tiny_clip(path: str, antialias: bool = True):
     """A CLIP loaded once per test session (they are read-only in every test)."""
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     return load_clip(path, antialias=antialias)
 

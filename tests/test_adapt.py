@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nada.adapt import RunPaths, adapt
+from nada.adaptation.loop import RunPaths, adapt
 from nada.config import AdaptConfig
 from nada.errors import NadaError
-from nada.networks import Generator
+from nada.generator.networks import Generator
 
 CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
 
@@ -75,7 +75,7 @@ def test_config_defaults_and_auto_choices() -> None:
 def test_cli_defaults_come_from_the_config() -> None:
     from dataclasses import fields
 
-    from nada.cli import build_parser
+    from nada.frontends.cli import build_parser
 
     args = build_parser().parse_args(["adapt", "--target", "sketch"])
     cfg = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
@@ -90,7 +90,7 @@ def test_cli_defaults_come_from_the_config() -> None:
 def test_loss_falls_and_frozen_generator_never_changes(tmp_path: Path, clip) -> None:
     import torch.nn.functional as F
 
-    from nada.adapt import build_guides
+    from nada.adaptation.loop import build_guides
 
     G = make_generator()
     base = weights(G)
@@ -272,8 +272,8 @@ def test_target_images(tmp_path: Path, clip) -> None:
 
 
 def test_directional_term_has_a_sane_gradient_at_equal_images() -> None:
-    from nada import losses
-    from nada.adapt import directional_term
+    from nada.guidance import losses
+    from nada.adaptation.loop import directional_term
 
     torch.manual_seed(0)
     f_src, direction = torch.randn(3, 8), torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
@@ -291,7 +291,7 @@ def test_directional_term_has_a_sane_gradient_at_equal_images() -> None:
 
 
 def test_clip_views_are_paired_seeded_crops() -> None:
-    from nada.adapt import apply_views, paired_views
+    from nada.adaptation.loop import apply_views, paired_views
 
     img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(2, 2, 3)
@@ -308,7 +308,7 @@ def test_clip_views_are_paired_seeded_crops() -> None:
 
 
 def test_views_keep_the_first_step_at_rest_and_train(tmp_path: Path, clip) -> None:
-    from nada.adapt import build_guides, loss_terms
+    from nada.adaptation.loop import build_guides, loss_terms
 
     cfg = config(tmp_path, clip_views=3)
     guides = build_guides([(clip, 1.0)], cfg, make_generator(), None)
@@ -320,7 +320,7 @@ def test_views_keep_the_first_step_at_rest_and_train(tmp_path: Path, clip) -> No
 
 
 def test_clip_noise_is_shared_by_a_pair_and_seeded(tmp_path: Path, clip) -> None:
-    from nada.adapt import build_guides, loss_terms, paired_noise
+    from nada.adaptation.loop import build_guides, loss_terms, paired_noise
 
     a = paired_noise(torch.Size([2, 3, 8, 8]), 0.2, torch.Generator().manual_seed(3), torch.device("cpu"))
     assert torch.equal(a, paired_noise(torch.Size([2, 3, 8, 8]), 0.2, torch.Generator().manual_seed(3), torch.device("cpu")))
@@ -355,8 +355,8 @@ def test_all_loss_terms_are_logged(tmp_path: Path, clip) -> None:
 
 
 def test_cli_end_to_end(tmp_path: Path, golden: Path, capsys) -> None:
-    from nada.checkpoints import load_generator, read_metadata, save_checkpoint
-    from nada.cli import main
+    from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
+    from nada.frontends.cli import main
 
     gen_path = save_checkpoint(tmp_path / "tiny.pt", make_generator(), {"note": "random test generator"})
     out = tmp_path / "cli-run"
@@ -403,7 +403,7 @@ def test_ctrl_c_stops_after_the_current_iteration(tmp_path: Path, clip) -> None:
 
 @pytest.mark.gpu
 def test_cuda_bf16_run_is_finite_and_deterministic(tmp_path: Path, golden: Path) -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     clip_cuda = load_clip(str(golden / "tiny_clip_openai.pt"), device="cuda")
     kw = dict(device="cuda", bf16=True, layers="auto:2", iterations=3, sample_every=0, save_every=0)
@@ -423,7 +423,7 @@ def test_consistency_loss_needs_three_images_per_batch(tmp_path: Path, clip) -> 
 
 
 def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path, clip) -> None:
-    from nada.adapt import build_guides, loss_terms
+    from nada.adaptation.loop import build_guides, loss_terms
 
     cfg = config(tmp_path, iterations=1, keep="a smiling face|a neutral face|a frowning face; glasses|no glasses", sample_every=0, save_every=0)
     (guide,) = build_guides([(clip, 1.0)], cfg, make_generator(), None)
@@ -452,7 +452,7 @@ def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path,
 KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-import nada.adapt as A
+import nada.adaptation.loop as A
 from conftest import load_tiny_clip
 from test_adapt import config, make_generator
 from pathlib import Path
@@ -502,7 +502,7 @@ def test_buffered_log_survives_kill_9_and_resume_agrees(tmp_path: Path, clip, go
 
 def test_log_every_is_one_read_per_flush(tmp_path: Path, clip, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a callback the losses are read back once per log_every steps (and at the final save), not per step."""
-    from nada.adapt import LogBuffer
+    from nada.adaptation.loop import LogBuffer
 
     reads = []
     real = LogBuffer.flush

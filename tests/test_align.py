@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nada.align import (
+from nada.photos.align import (
     FacePoints,
     align_face,
     alignment_for_base,

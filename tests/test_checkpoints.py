@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nada.checkpoints import infer_config, load_generator, read_metadata, save_checkpoint
+from nada.generator.checkpoints import infer_config, load_generator, read_metadata, save_checkpoint
 from nada.errors import NadaError
-from nada.networks import Generator, GeneratorConfig
+from nada.generator.networks import Generator, GeneratorConfig
 
 CHANNELS = {4: 16, 8: 16, 16: 8, 32: 8}
 
@@ -234,7 +234,7 @@ def test_unknown_registered_name() -> None:
 
 
 def test_registered_toy_name() -> None:
-    from nada.registry import known_generators, resolve_generator
+    from nada.weights.registry import known_generators, resolve_generator
 
     assert "toy" in known_generators()
     try:

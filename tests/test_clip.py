@@ -1,4 +1,4 @@
-"""nada.clip: loading (OpenAI layout, config + weights, pretrained cache, errors), preprocessing, gradients."""
+"""nada.guidance.clip: loading (OpenAI layout, config + weights, pretrained cache, errors), preprocessing, gradients."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_preprocess_non_square_matches_torchvision(tiny) -> None:
 
 
 def test_features_and_tokens_match_golden(tiny, ref) -> None:
-    from nada.templates import IMAGENET_TEMPLATES, compose
+    from nada.guidance.templates import IMAGENET_TEMPLATES, compose
 
     exp = ref["expected"]
     assert torch.equal(tiny.tokenize(compose("photo", IMAGENET_TEMPLATES)), exp["tokens_source"])
@@ -91,7 +91,7 @@ def test_any_resolution_input(tiny) -> None:
 
 
 def test_bf16_precision_close_to_fp32(golden: Path, tiny, ref) -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     low = load_clip(str(golden / "tiny_clip_openai.pt"), precision="bf16")
     a, b = tiny.encode_image(ref["inputs"]["src_img"]), low.encode_image(ref["inputs"]["src_img"])
@@ -105,7 +105,7 @@ def test_bf16_precision_close_to_fp32(golden: Path, tiny, ref) -> None:
 
 
 def test_config_and_weights_folder(tmp_path: Path, golden: Path, tiny, ref) -> None:
-    from nada.clip import load_clip, load_clip_from_config
+    from nada.guidance.clip import load_clip, load_clip_from_config
 
     _write_config_pair(tmp_path / "hf", golden, "open_clip_config.json", "open_clip_pytorch_model.bin")
     img = ref["inputs"]["target_img"]
@@ -117,7 +117,7 @@ def test_config_and_weights_folder(tmp_path: Path, golden: Path, tiny, ref) -> N
 
 
 def test_config_with_top_level_preprocessing(tmp_path: Path, golden: Path, tiny) -> None:
-    from nada.clip import load_clip_from_config, read_clip_config
+    from nada.guidance.clip import load_clip_from_config, read_clip_config
 
     vision = {k: v for k, v in TINY_CONFIG["vision_cfg"].items() if k != "image_size"}
     cfg = {**TINY_CONFIG, "vision_cfg": vision, "image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -138,7 +138,7 @@ def test_config_with_top_level_preprocessing(tmp_path: Path, golden: Path, tiny)
 
 
 def test_build_random_clip_is_seeded_and_leaves_rng_alone() -> None:
-    from nada.clip import build_random_clip
+    from nada.guidance.clip import build_random_clip
 
     state = torch.random.get_rng_state()
     a, b = build_random_clip("open_clip:ViT-S-32", seed=3), build_random_clip("open_clip:ViT-S-32", seed=3)
@@ -151,7 +151,7 @@ def test_build_random_clip_is_seeded_and_leaves_rng_alone() -> None:
 
 
 def test_toy_name_resolves_package_assets(tmp_path: Path, golden: Path, monkeypatch, tiny) -> None:
-    import nada.clip as clip
+    import nada.guidance.clip as clip
 
     monkeypatch.setattr(clip, "toy_clip_dir", lambda name="toy": tmp_path / name)
     with pytest.raises(NadaError, match="toy CLIP files are missing") as err:
@@ -189,7 +189,7 @@ def registered_tiny(tmp_path: Path, monkeypatch) -> Path:
 
 def test_pretrained_route_uses_hand_placed_file(registered_tiny: Path, golden: Path, tiny, ref) -> None:
     """An open_clip (model, tag) pair whose weights sit in clip_cache_dir() loads with no network at all."""
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     torch.save(torch.load(golden / "tiny_clip_openai.pt", weights_only=True), registered_tiny / "nada-test-tiny_v1.bin")
     model = load_clip("open_clip:nada-test-tiny/v1")
@@ -198,7 +198,7 @@ def test_pretrained_route_uses_hand_placed_file(registered_tiny: Path, golden: P
 
 
 def test_broken_hand_placed_file_is_reported(registered_tiny: Path) -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     bad = registered_tiny / "nada-test-tiny_v1.safetensors"
     bad.write_bytes(b"not a safetensors file")
@@ -208,7 +208,7 @@ def test_broken_hand_placed_file_is_reported(registered_tiny: Path) -> None:
 
 
 def test_missing_pretrained_file_offline(registered_tiny: Path, monkeypatch) -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     monkeypatch.setenv("NADA_OFFLINE", "1")
     with pytest.raises(NadaError, match="nobody/tiny/resolve/main/open_clip_model.safetensors") as err:
@@ -220,7 +220,7 @@ def _torchscript_tiny(golden: Path, path: Path) -> Path:
     """Save the tiny CLIP as a TorchScript archive, the way OpenAI distributes its weights."""
     import warnings
 
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     model = load_clip(str(golden / "tiny_clip_openai.pt")).model
     model.register_buffer("input_resolution", torch.tensor(224))  # OpenAI's files carry it as a tensor
@@ -235,7 +235,7 @@ def _torchscript_tiny(golden: Path, path: Path) -> Path:
 def test_openai_torchscript_cache_file_loads_without_running_code(registered_tiny: Path, tmp_path: Path, golden: Path,
                                                                  monkeypatch, tiny, ref) -> None:
     """OpenAI's own file in ~/.cache/clip (a TorchScript archive) is found offline and read as data only."""
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NADA_OFFLINE", "1")
@@ -251,7 +251,7 @@ def test_malicious_torchscript_archive_is_refused(tmp_path: Path) -> None:
     import pickle
     import zipfile
 
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     marker = tmp_path / "ran"
 
@@ -279,7 +279,7 @@ def _no_network(*args, **kwargs):
 def test_offline_error_names_file_and_place(tmp_path: Path, monkeypatch) -> None:
     import huggingface_hub
 
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     monkeypatch.setenv("NADA_OFFLINE", "1")
     monkeypatch.setenv("NADA_CLIP_CACHE", str(tmp_path))
@@ -296,7 +296,7 @@ def test_offline_error_names_file_and_place(tmp_path: Path, monkeypatch) -> None
 def test_hf_offline_variable_also_blocks_downloads(tmp_path: Path, monkeypatch) -> None:
     import huggingface_hub
 
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     monkeypatch.delenv("NADA_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -308,7 +308,7 @@ def test_hf_offline_variable_also_blocks_downloads(tmp_path: Path, monkeypatch) 
 
 
 def test_truncated_openai_file(tmp_path: Path, golden: Path) -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     cut = tmp_path / "cut.pt"
     cut.write_bytes((golden / "tiny_clip_openai.pt").read_bytes()[:100_000])
@@ -318,7 +318,7 @@ def test_truncated_openai_file(tmp_path: Path, golden: Path) -> None:
 
 @pytest.mark.parametrize("name", ["ViT-B/33", "vit-b/32", "clip"])
 def test_bad_name_lists_valid_names(name: str) -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     with pytest.raises(NadaError) as err:
         load_clip(name)
@@ -327,7 +327,7 @@ def test_bad_name_lists_valid_names(name: str) -> None:
 
 
 def test_bad_open_clip_names() -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     with pytest.raises(NadaError, match="laion2b_s34b_b79k"):
         load_clip("open_clip:ViT-B-32/no_such_tag")
@@ -343,7 +343,7 @@ def test_bad_open_clip_names() -> None:
 
 
 def test_parse_clip_spec() -> None:
-    from nada.clip import parse_clip_spec
+    from nada.guidance.clip import parse_clip_spec
 
     assert parse_clip_spec("ViT-B/32") == [("ViT-B/32", 1.0)]
     assert parse_clip_spec("ViT-B/32,ViT-B/16:0.5") == [("ViT-B/32", 1.0), ("ViT-B/16", 0.5)]
@@ -356,7 +356,7 @@ def test_parse_clip_spec() -> None:
 
 
 def test_load_clip_ensemble(golden: Path, ref) -> None:
-    from nada.clip import ClipModel, load_clip_ensemble
+    from nada.guidance.clip import ClipModel, load_clip_ensemble
 
     path = str(golden / "tiny_clip_openai.pt")
     ens = load_clip_ensemble(f"{path}:0.25", "cpu")

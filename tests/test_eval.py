@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nada import evaluate as E
-from nada.cli import main
+from nada.evaluation import evaluate as E
+from nada.frontends.cli import main
 from nada.errors import NadaError
 
 
@@ -166,7 +166,7 @@ def test_missing_judge_weights_are_named_in_one_message(no_weights, golden):
 
 def _random_real_judges(cache: Path) -> None:
     """Random-weight stand-ins for LPIPS-alex, its linear layers and ArcFace, where the registry looks for them."""
-    from nada.perceptual import IRSE50, LPIPS
+    from nada.photos.perceptual import IRSE50, LPIPS
 
     torch.manual_seed(0)
     lp = LPIPS("alex")
@@ -185,7 +185,7 @@ def _random_real_judges(cache: Path) -> None:
 @pytest.fixture
 def adapted_run(no_weights, tmp_path, golden):
     """A run folder whose generator.pt is a perturbed copy of the random 32px base "random:32:1"; a judge CLIP path."""
-    from nada.checkpoints import random_generator, save_checkpoint
+    from nada.generator.checkpoints import random_generator, save_checkpoint
 
     G = random_generator(32, seed=1)
     with torch.no_grad():
@@ -249,8 +249,8 @@ def test_eval_refuses_to_overwrite_and_needs_compare(adapted_run, capsys):
 
 @pytest.mark.slow
 def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
-    from nada.checkpoints import load_generator
-    from nada.presets import load_preset
+    from nada.generator.checkpoints import load_generator
+    from nada.weights.presets import load_preset
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import quality_from_images
     from nada.io import z_from_seeds

@@ -21,19 +21,19 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-import nada.checkpoints
-import nada.generate
-import nada.images
-from nada import registry
-from nada.adapt import RunPaths, adapt, claim_run_dir
-from nada.checkpoints import save_checkpoint
-from nada.cli import main
+import nada.generator.checkpoints
+import nada.generator.generate
+import nada.photos.images
+from nada.weights import registry
+from nada.adaptation.loop import RunPaths, adapt, claim_run_dir
+from nada.generator.checkpoints import save_checkpoint
+from nada.frontends.cli import main
 from nada.config import AdaptConfig
-from nada.download import WeightsSource
+from nada.weights.download import WeightsSource
 from nada.errors import NadaError, NadaWarning
 from nada.io import TMP_SUFFIX, atomic_torch_save, atomic_write
-from nada.networks import Generator
-from nada.presets import load_preset_file, pack_preset
+from nada.generator.networks import Generator
+from nada.weights.presets import load_preset_file, pack_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = {4: 16, 8: 16, 16: 8}
@@ -113,13 +113,13 @@ def test_cli_generate_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: py
 
 def test_cli_turns_a_raw_write_error_into_one_line(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import nada.cli
+    import nada.frontends.cli
 
     def log_append_fails(args: object) -> int:  # a write outside the atomic helpers, e.g. the log's append
         raise OSError(errno.ENOSPC, "No space left on device", "runs/x/log.jsonl")
 
-    help, add, _ = nada.cli.COMMANDS["generate"]
-    monkeypatch.setitem(nada.cli.COMMANDS, "generate", (help, add, log_append_fails))
+    help, add, _ = nada.frontends.cli.COMMANDS["generate"]
+    monkeypatch.setitem(nada.frontends.cli.COMMANDS, "generate", (help, add, log_append_fails))
     assert main(["generate", "--checkpoint", "x"]) == 2
     assert "runs/x/log.jsonl: the disk is full" in one_line_error(capsys, "generate")
 
@@ -159,7 +159,7 @@ def test_second_run_into_a_held_folder_is_refused_until_the_holder_is_killed(
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import sys
-            from nada.adapt import claim_run_dir
+            from nada.adaptation.loop import claim_run_dir
             from nada.config import AdaptConfig
             with claim_run_dir(AdaptConfig(out_dir=sys.argv[1]), resume=False, force=False):
                 print("held", flush=True)
@@ -186,7 +186,7 @@ def test_second_run_into_a_held_folder_is_refused_until_the_holder_is_killed(
 KILLED_SAVE = """
 import os, signal, sys
 import torch
-from nada.cli import main
+from nada.frontends.cli import main
 
 torch.set_num_threads(1)
 real, calls = torch.save, []
@@ -346,7 +346,7 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     def loaded(*args: object, **kwargs: object) -> None:
         raise AssertionError("a generator was loaded before the refusal")
 
-    monkeypatch.setattr(nada.checkpoints, "load_generator", loaded)
+    monkeypatch.setattr(nada.generator.checkpoints, "load_generator", loaded)
 
 
 @pytest.mark.parametrize("flag, target", [("--out", "blocker/grid.png"), ("--out-dir", "blocker/images"),
@@ -374,7 +374,7 @@ def test_stylize_refuses_an_unwritable_output_before_work(tmp_path: Path, monkey
     def decoded(*args: object, **kwargs: object) -> None:
         raise AssertionError("an image was read before the refusal")
 
-    monkeypatch.setattr(nada.images, "load_image", decoded)
+    monkeypatch.setattr(nada.photos.images, "load_image", decoded)
     (tmp_path / "blocker").write_text("a file")
     Image.new("RGB", (40, 40)).save(tmp_path / "p.png")
     argv = ["stylize", "--image", str(tmp_path / "p.png"), "--checkpoint", "c.pt", "--out", str(tmp_path / "blocker/out")]
@@ -405,8 +405,8 @@ def test_sample_truncation_is_bounded_too() -> None:
 def test_a_grid_too_large_is_refused_before_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = save_checkpoint(tmp_path / "g.pt", tiny_generator(), {})
-    monkeypatch.setattr(nada.generate, "MAX_GRID_PIXELS", 16 * 16 * 10)
-    monkeypatch.setattr(nada.generate, "_render", lambda *a: pytest.fail("rendered before the refusal"))
+    monkeypatch.setattr(nada.generator.generate, "MAX_GRID_PIXELS", 16 * 16 * 10)
+    monkeypatch.setattr(nada.generator.generate, "_render", lambda *a: pytest.fail("rendered before the refusal"))
     assert main(["generate", "--checkpoint", str(ckpt), "--seeds", "0-10", "--out", str(tmp_path / "g.png")]) == 2
     assert "a grid of 11 images of 16x16 pixels exceeds" in one_line_error(capsys, "generate")
 
@@ -414,30 +414,30 @@ def test_a_grid_too_large_is_refused_before_rendering(tmp_path: Path, monkeypatc
 def test_out_dir_streams_seeds_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = save_checkpoint(tmp_path / "g.pt", tiny_generator(), {})
-    real, batches = nada.generate._render, []
+    real, batches = nada.generator.generate._render, []
 
     def counted(G: Generator, seeds: list[int], *args: object) -> torch.Tensor:
         batches.append(len(seeds))
         return real(G, seeds, *args)
 
-    monkeypatch.setattr(nada.generate, "_render", counted)
-    monkeypatch.setattr(nada.generate, "MAX_GRID_PIXELS", 16 * 16 * 10)  # the limit binds grids only
+    monkeypatch.setattr(nada.generator.generate, "_render", counted)
+    monkeypatch.setattr(nada.generator.generate, "MAX_GRID_PIXELS", 16 * 16 * 10)  # the limit binds grids only
     out = tmp_path / "many"
     assert main(["generate", "--checkpoint", str(ckpt), "--seeds", "0-40", "--out-dir", str(out),
                  "--batch-size", "8", "--device", "cpu"]) == 0
     assert batches == [8, 8, 8, 8, 8, 1] and len(list(out.iterdir())) == 41
     streamed = np.asarray(Image.open(out / "seed0017.png"))
-    alone = nada.generate.generate_images(tiny_generator(), [17], batch_size=1)
+    alone = nada.generator.generate.generate_images(tiny_generator(), [17], batch_size=1)
     assert np.abs(streamed.astype(int) - nada.io.to_uint8_image(alone)[0].numpy().astype(int)).max() <= 1
 
 
 def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     Image.new("RGBA", (300, 200)).save(tmp_path / "big.png")
-    monkeypatch.setattr(nada.images, "MAX_DECODED_PIXELS", 300 * 200 - 1)
+    monkeypatch.setattr(nada.photos.images, "MAX_DECODED_PIXELS", 300 * 200 - 1)
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded before the refusal"))
     with pytest.raises(NadaError, match="is 300x200 pixels, more than the 59,999 nada decodes"):
-        nada.images.load_image(tmp_path / "big.png")
+        nada.photos.images.load_image(tmp_path / "big.png")
 
 
 def test_alpha_is_composited_after_the_downscale(tmp_path: Path) -> None:
@@ -446,7 +446,7 @@ def test_alpha_is_composited_after_the_downscale(tmp_path: Path) -> None:
     rgba[:, :1000, 3] = 0  # the left half fully transparent: white after compositing, whatever its colour
     Image.fromarray(rgba).save(tmp_path / "logo.png")
     tracemalloc.start()
-    x = nada.images.load_image(tmp_path / "logo.png", max_side=200, log=lambda m: None)
+    x = nada.photos.images.load_image(tmp_path / "logo.png", max_side=200, log=lambda m: None)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert x.shape == (1, 3, 100, 200)

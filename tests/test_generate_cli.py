@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nada.cli import main
+from nada.frontends.cli import main
 from nada.errors import NadaError
-from nada.generate import generate_images, save_outputs
-from nada.networks import Generator
+from nada.generator.generate import generate_images, save_outputs
+from nada.generator.networks import Generator
 
 SIZE, PAD = 32, 2  # generator resolution; image_grid's padding
 
@@ -153,7 +153,7 @@ def test_cli_errors_are_one_line(checkpoint: Path, tmp_path: Path, capsys: pytes
 
 def test_cli_subprocess_missing_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "nada.cli", "generate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")],
+        [sys.executable, "-m", "nada.frontends.cli", "generate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

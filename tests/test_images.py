@@ -1,4 +1,4 @@
-"""nada.images.load_image on every kind of awkward file, each built with PIL in tmp_path."""
+"""nada.photos.images.load_image on every kind of awkward file, each built with PIL in tmp_path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from nada.errors import NadaError
-from nada.images import MIN_SIDE, load_image, tensor_to_pil
+from nada.photos.images import MIN_SIDE, load_image, tensor_to_pil
 
 
 def _gradient(w: int = 48, h: int = 40) -> np.ndarray:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nada.errors import NadaError
-from nada.invert import InvertConfig, ReconstructionLosses, build_losses, invert, loss_kind_for_base, lr_at, render_wplus
-from nada.networks import Generator
+from nada.photos.invert import InvertConfig, ReconstructionLosses, build_losses, invert, loss_kind_for_base, lr_at, render_wplus
+from nada.generator.networks import Generator
 
 
 def small_generator(seed: int = 0) -> Generator:
@@ -118,7 +118,7 @@ def test_weights_off_means_nothing_is_loaded(no_weights):
 
 
 def test_lpips_loads_weights_from_the_cache(no_weights):
-    from nada.perceptual import LPIPS, WEIGHTS, load_lpips
+    from nada.photos.perceptual import LPIPS, WEIGHTS, load_lpips
 
     torch.manual_seed(0)
     ref = LPIPS("alex")
@@ -143,7 +143,7 @@ def test_lpips_loads_weights_from_the_cache(no_weights):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # the reference package uses torchvision's deprecated 'pretrained'
 def test_lpips_matches_the_reference_package():
     lpips = pytest.importorskip("lpips", reason="the reference lpips package is not installed")
-    from nada.perceptual import LPIPS, load_state_dict, resolve_weights
+    from nada.photos.perceptual import LPIPS, load_state_dict, resolve_weights
 
     for net in ("vgg", "alex"):
         torch.manual_seed(0)
@@ -158,7 +158,7 @@ def test_lpips_matches_the_reference_package():
 
 
 def test_corrupt_weights_file_is_a_clear_error(no_weights):
-    from nada.perceptual import WEIGHTS, load_identity_loss
+    from nada.photos.perceptual import WEIGHTS, load_identity_loss
 
     path = no_weights / "weights" / "arcface-ir-se50" / WEIGHTS["arcface-ir-se50"].filename
     path.parent.mkdir(parents=True)
@@ -169,7 +169,7 @@ def test_corrupt_weights_file_is_a_clear_error(no_weights):
 
 @pytest.mark.slow
 def test_identity_loss_loads_the_ir_se50_layout(no_weights):
-    from nada.perceptual import IRSE50, WEIGHTS, load_identity_loss
+    from nada.photos.perceptual import IRSE50, WEIGHTS, load_identity_loss
 
     torch.manual_seed(0)
     net = IRSE50()
@@ -190,7 +190,7 @@ def test_identity_loss_loads_the_ir_se50_layout(no_weights):
 def _tiny_clip():
     import open_clip
 
-    from nada.clip import ClipModel, ClipPreprocess
+    from nada.guidance.clip import ClipModel, ClipPreprocess
 
     torch.manual_seed(0)
     model = open_clip.CLIP(
@@ -202,7 +202,7 @@ def _tiny_clip():
 
 
 def test_clip_feature_distance():
-    from nada.perceptual import ClipFeatureDistance
+    from nada.photos.perceptual import ClipFeatureDistance
 
     d = ClipFeatureDistance(_tiny_clip())
     x = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
@@ -218,8 +218,8 @@ def test_clip_feature_distance():
 
 
 def test_toy_losses_use_the_toy_clip_without_flags(monkeypatch):
-    import nada.perceptual as P
-    from nada.perceptual import ClipFeatureDistance
+    import nada.photos.perceptual as P
+    from nada.photos.perceptual import ClipFeatureDistance
 
     monkeypatch.setattr(P, "load_toy_perceptual", lambda device="cpu": ClipFeatureDistance(_tiny_clip()))
     losses = build_losses(InvertConfig(), "toy")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nada.errors import NadaError
-from nada.layers import (
+from nada.adaptation.layers import (
     AdaptiveWPlus,
     AllLayers,
     GradNorm,
@@ -19,7 +19,7 @@ from nada.layers import (
     set_trainable,
     synthesis_blocks,
 )
-from nada.networks import Generator
+from nada.generator.networks import Generator
 
 CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
 
@@ -204,7 +204,7 @@ def test_selection_is_deterministic_for_a_seed() -> None:
 
 
 def test_auto_with_tiny_clip_global_loss(golden) -> None:
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     clip = load_clip(str(golden / "tiny_clip_openai.pt"))
     G = tiny_generator()
@@ -234,7 +234,7 @@ def seeded_noise(G: Generator, n: int, seed: int) -> list[torch.Tensor]:
 
 def hand_sgd_scores(G: Generator, clip, z: torch.Tensor, noise: list[torch.Tensor] | None) -> torch.Tensor:
     """The official determine_opt_layers written out: one torch.optim.SGD step on W+, mean |change| per row."""
-    from nada.losses import global_loss
+    from nada.guidance.losses import global_loss
 
     w0 = G.mapping(z).detach().unsqueeze(1).repeat(1, G.n_latent, 1)
     codes = w0.clone().requires_grad_(True)
@@ -274,14 +274,14 @@ def test_auto_layer_scores_are_the_official_mean_absolute_change(tiny) -> None:
 
 def test_auto_k_takes_the_top_rows_of_auto_layer_scores_and_maps_them(tiny) -> None:
     import nada
-    from nada.layers import official_layers_for_wplus
+    from nada.adaptation.layers import official_layers_for_wplus
 
     G = tiny_generator(3)
     z = torch.randn(4, G.style_dim, generator=torch.Generator().manual_seed(9))
     noise = seeded_noise(G, 4, 20)
     scores, _ = nada.auto_layer_scores(G, tiny, "sketch", z, noise=noise)
     text = tiny.encode_text(["sketch"]).detach()
-    from nada.losses import global_loss
+    from nada.guidance.losses import global_loss
 
     ctx = SelectionContext(
         sample_w=lambda n: G.mapping(z[:n]),
@@ -300,7 +300,7 @@ def test_auto_k_takes_the_top_rows_of_auto_layer_scores_and_maps_them(tiny) -> N
 
 
 def test_official_mapping_and_layer_sets() -> None:
-    from nada.layers import CONST, official_all_layers, official_layers_for_wplus, synthesis_parameters
+    from nada.adaptation.layers import CONST, official_all_layers, official_layers_for_wplus, synthesis_parameters
 
     G = tiny_generator()
     assert official_layers_for_wplus(G, [0]) == ["conv1"]

@@ -1,4 +1,4 @@
-"""nada.losses and nada.templates against the official StyleGAN-NADA numbers on the golden tiny CLIP."""
+"""nada.guidance.losses and nada.guidance.templates against the official StyleGAN-NADA numbers on the golden tiny CLIP."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import nada.losses as L
+import nada.guidance.losses as L
 from nada.errors import NadaError
-from nada.templates import IMAGENET_TEMPLATES, PART_TEMPLATES, compose
+from nada.guidance.templates import IMAGENET_TEMPLATES, PART_TEMPLATES, compose
 
 ATOL = 1e-5
 

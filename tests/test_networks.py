@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nada.errors import NadaError
-from nada.networks import Blur, Generator, GeneratorConfig, ModulatedConv2d, StyledConv, ToRGB, Upsample
+from nada.generator.networks import Blur, Generator, GeneratorConfig, ModulatedConv2d, StyledConv, ToRGB, Upsample
 
 TOL = 1e-5
 # The NCHW layouts run other convolution algorithms; their float32 rounding reaches 1.0e-5 on these images (|x| ~ 5).
@@ -387,7 +387,7 @@ def test_to_rgb_matches_plain_formulas_with_gradients(side: int) -> None:
 
 
 def test_layout_is_chosen_by_device_and_checked() -> None:
-    from nada.networks import resolve_layout
+    from nada.generator.networks import resolve_layout
 
     assert resolve_layout("auto", torch.device("cpu")) == "cpu"
     assert resolve_layout("auto", torch.device("cuda")) == "grouped"
@@ -444,7 +444,7 @@ def test_bf16_weights_stay_within_two_levels_of_fp32(gold_a: dict) -> None:
 @torch.no_grad()
 def test_cuda_layouts_match_the_golden_images(gold_a: dict) -> None:
     """On CUDA "auto" is the grouped layout; every layout reproduces the reference images (IEEE float32)."""
-    from nada.adapt import fp32_precision
+    from nada.adaptation.loop import fp32_precision
 
     z, noises = gold_a["z"].cuda(), [n.cuda() for n in gold_a["noises"]]
     with fp32_precision(torch.device("cuda"), tf32=False):
@@ -455,7 +455,7 @@ def test_cuda_layouts_match_the_golden_images(gold_a: dict) -> None:
 
 @pytest.mark.gpu
 def test_cuda_layouts_agree_in_gradients(gold_a: dict) -> None:
-    from nada.adapt import fp32_precision
+    from nada.adaptation.loop import fp32_precision
 
     grads = {}
     with fp32_precision(torch.device("cuda"), tf32=False):
@@ -472,7 +472,7 @@ def test_cuda_layouts_agree_in_gradients(gold_a: dict) -> None:
 
 @pytest.mark.gpu
 def test_tf32_switch_sets_and_restores_cuda_precision() -> None:
-    from nada.adapt import fp32_precision
+    from nada.adaptation.loop import fp32_precision
 
     mm = torch.backends.cuda.matmul
     before = mm.fp32_precision

@@ -28,8 +28,8 @@ def _stand_in(tmp_path: Path) -> str:
     """Parameters for WORLD="custom": a tiny random base generator, one adapted copy, the golden tiny CLIP."""
     from conftest import golden_dir
 
-    from nada.checkpoints import save_checkpoint
-    from nada.networks import Generator
+    from nada.generator.checkpoints import save_checkpoint
+    from nada.generator.networks import Generator
 
     clip = golden_dir() / "tiny_clip_openai.pt"
     if not clip.is_file():

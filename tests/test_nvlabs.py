@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nada.checkpoints import load_generator
+from nada.generator.checkpoints import load_generator
 from nada.errors import NadaError
-from nada.nvlabs import PersistentObject, convert_generator, read_snapshot, snapshot_generator
+from nada.generator.nvlabs import PersistentObject, convert_generator, read_snapshot, snapshot_generator
 
 TOL = 1e-4
 

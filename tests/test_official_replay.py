@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nada.adapt import RunPaths, adapt, build_guides, loss_terms
+from nada.adaptation.loop import RunPaths, adapt, build_guides, loss_terms
 from nada.config import REFERENCES, AdaptConfig
-from nada.networks import Generator
+from nada.generator.networks import Generator
 
 from conftest import ROOT, load_tiny_clip
 
@@ -192,7 +192,7 @@ def test_first_step_rule_is_the_documented_departure(golden: Path, base: Generat
 
 
 def test_reference_preset_and_cli_flag() -> None:
-    from nada.cli import adapt_config, build_parser
+    from nada.frontends.cli import adapt_config, build_parser
 
     official = AdaptConfig.reference("official", target="sketch")
     switches = (official.layer_sets, official.noise_mode, official.first_step, official.antialias)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nada import download, preflight
-from nada.cli import main
+from nada.weights import download, preflight
+from nada.frontends.cli import main
 from nada.errors import NadaError
 
 FFHQ_URL = "https://huggingface.co/akhaliq/OneshotCLIP-stylegan2-ffhq/resolve/"
@@ -31,7 +31,7 @@ def cache(tmp_path, monkeypatch) -> Path:
     """An empty nada cache, no CLIP override, and every road to the network closed."""
     import huggingface_hub
 
-    from nada import perceptual
+    from nada.photos import perceptual
 
     monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("NADA_CLIP_CACHE", raising=False)
@@ -137,7 +137,7 @@ def test_stylize_lists_generator_and_loss_weights(cache, tmp_path, monkeypatch, 
 def test_placed_by_hand_only_files_are_listed_even_online(cache, monkeypatch):
     monkeypatch.delenv("NADA_OFFLINE", raising=False)
     monkeypatch.setattr(preflight, "probe_host", _forbidden)  # nothing can download it, so nothing is probed
-    from nada.invert import InvertConfig
+    from nada.photos.invert import InvertConfig
 
     needs = preflight.loss_needs(InvertConfig(lambda_lpips=0.0, lambda_id=0.1), "face")
     with pytest.raises(NadaError, match="cannot be downloaded automatically") as info:
@@ -147,7 +147,7 @@ def test_placed_by_hand_only_files_are_listed_even_online(cache, monkeypatch):
 
 
 def test_clip_cache_lives_under_nada_cache(cache, monkeypatch):
-    from nada import clip
+    from nada.guidance import clip
 
     assert clip.clip_cache_dir() == cache / "clip"
     monkeypatch.delenv("NADA_OFFLINE", raising=False)
@@ -171,7 +171,7 @@ def test_clip_cache_lives_under_nada_cache(cache, monkeypatch):
 
 def test_web_adapt_job_is_refused_with_the_list_before_it_queues(cache, tmp_path, monkeypatch):
     pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
-    from nada.web import WebBackend
+    from nada.frontends.web import WebBackend
 
     monkeypatch.setenv("NADA_OFFLINE", "1")
     backend = WebBackend(generator="ffhq", clip="ViT-B/32", device="cpu", work_dir=tmp_path / "work")

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from nada import presets, registry
-from nada.checkpoints import save_checkpoint
-from nada.cli import build_parser, main
+from nada.weights import presets, registry
+from nada.generator.checkpoints import save_checkpoint
+from nada.frontends.cli import build_parser, main
 from nada.config import AdaptConfig
-from nada.download import WeightsSource
+from nada.weights.download import WeightsSource
 from nada.errors import NadaError
-from nada.generate import generate_images
-from nada.networks import Generator
-from nada.presets import PRESETS, Preset, comparison_rows, get_preset, load_preset, load_preset_file, pack_preset, preset_status
+from nada.generator.generate import generate_images
+from nada.generator.networks import Generator
+from nada.weights.presets import PRESETS, Preset, comparison_rows, get_preset, load_preset, load_preset_file, pack_preset, preset_status
 
 SIZE, PAD = 16, 2
 CHANGED = ("convs.1", "to_rgbs.0")  # the layers the fake adaptation moves

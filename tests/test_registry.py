@@ -12,8 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from nada import download
-from nada.download import ResumingDownloader, WeightsSource, fetch, local_path
+from nada.weights import download
+from nada.weights.download import ResumingDownloader, WeightsSource, fetch, local_path
 from nada.errors import NadaError
 
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB, every byte position distinguishable modulo 256
@@ -310,7 +310,7 @@ def test_hub_offline_names_the_full_path(server: FileServer, monkeypatch: pytest
 
 
 def test_registry_table_is_well_formed() -> None:
-    from nada.registry import GENERATORS, known_generators
+    from nada.weights.registry import GENERATORS, known_generators
 
     names = known_generators()
     assert {"toy", "ffhq", "afhqcat", "afhqdog", "afhqwild", "metfaces", "ffhq256", "ffhq512", "ffhq1024"} <= set(names)
@@ -323,7 +323,7 @@ def test_registry_table_is_well_formed() -> None:
 
 
 def test_registered_download_location_and_offline_message(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nada.registry import generator_file, is_local, resolve_generator
+    from nada.weights.registry import generator_file, is_local, resolve_generator
 
     monkeypatch.setenv("NADA_OFFLINE", "1")
     path = generator_file("afhqdog")
@@ -337,9 +337,9 @@ def test_load_generator_resolves_registered_names_through_the_cache(cache: Path,
     """A file put where the offline message says is loaded by name, with no network."""
     import torch
 
-    from nada.checkpoints import load_generator, save_checkpoint
-    from nada.networks import Generator
-    from nada.registry import generator_file
+    from nada.generator.checkpoints import load_generator, save_checkpoint
+    from nada.generator.networks import Generator
+    from nada.weights.registry import generator_file
 
     monkeypatch.setenv("NADA_OFFLINE", "1")
     torch.manual_seed(0)
@@ -353,7 +353,7 @@ def test_load_generator_resolves_registered_names_through_the_cache(cache: Path,
 
 
 def test_unknown_name_lists_the_registered_ones() -> None:
-    from nada.registry import resolve_generator
+    from nada.weights.registry import resolve_generator
 
     with pytest.raises(NadaError, match=r"registered generator name.*ffhq.*toy"):
         resolve_generator("no-such-model")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nada.checkpoints import save_checkpoint
-from nada.cli import main
+from nada.generator.checkpoints import save_checkpoint
+from nada.frontends.cli import main
 from nada.errors import NadaError
-from nada.networks import Generator
+from nada.generator.networks import Generator
 
 FAST = ["--steps", "4", "--quiet", "--device", "cpu"]
 MSE_ONLY = ["--lpips", "0", "--id", "0"]
@@ -92,12 +92,12 @@ def test_bad_image_leaves_nothing(world, capsys):
 
 
 def test_failure_while_writing_leaves_nothing(world, monkeypatch):
-    import nada.images
-    from nada.invert import InvertConfig
-    from nada.stylize import stylize
+    import nada.photos.images
+    from nada.photos.invert import InvertConfig
+    from nada.photos.stylize import stylize
 
     calls = {"n": 0}
-    real = nada.images.tensor_to_pil
+    real = nada.photos.images.tensor_to_pil
 
     def flaky(img):
         calls["n"] += 1
@@ -105,7 +105,7 @@ def test_failure_while_writing_leaves_nothing(world, monkeypatch):
             raise OSError("disk full")
         return real(img)
 
-    monkeypatch.setattr(nada.images, "tensor_to_pil", flaky)
+    monkeypatch.setattr(nada.photos.images, "tensor_to_pil", flaky)
     with pytest.raises(NadaError, match="cannot write .*disk full"):  # one line for the CLI, not a traceback
         stylize(world["photos"], world["out"], checkpoints=[str(world["style"])],
                 config=InvertConfig(steps=2, lambda_lpips=0, lambda_id=0), progress=False, log=lambda m: None)
@@ -146,8 +146,8 @@ def test_incompatible_style_is_refused(world, tmp_path, capsys):
 
 
 def test_duplicate_names_are_kept_apart(world, tmp_path):
-    from nada.invert import InvertConfig
-    from nada.stylize import stylize
+    from nada.photos.invert import InvertConfig
+    from nada.photos.stylize import stylize
 
     twin = tmp_path / "twin"
     twin.mkdir()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from nada.errors import NadaError
-from nada.sweep import (
+from nada.evaluation.sweep import (
     KILL_ENV,
     KILL_MARKER,
     SweepOptions,
@@ -232,7 +232,7 @@ class FakeRay:
 
 
 def test_resources_one_trial_per_gpu_or_cpus_per_trial():
-    from nada.sweep import _resources
+    from nada.evaluation.sweep import _resources
 
     assert _resources(FakeRay(CPU=16, GPU=4), SweepOptions()) == (1, 1.0, 4)  # one trial per GPU
     assert _resources(FakeRay(CPU=16, GPU=4), SweepOptions(gpus_per_trial=0.5)) == (1, 0.5, 8)
@@ -244,7 +244,7 @@ def test_resources_one_trial_per_gpu_or_cpus_per_trial():
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from nada.cli import main
+    from nada.frontends.cli import main
 
     assert main(["sweep", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err

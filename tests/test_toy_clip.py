@@ -1,4 +1,4 @@
-"""The toy CLIP: its training pieces (fast, untrained) and the shipped weights (loaded through nada.clip)."""
+"""The toy CLIP: its training pieces (fast, untrained) and the shipped weights (loaded through nada.guidance.clip)."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_runs_saved_before_an_option_existed_resume_with_its_default(tmp_path):
 
 
 def test_locked_text_resnet_run_trains_only_its_image_tower_and_loads_through_nada_clip(tmp_path):
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     T.export(T.build_model(seed=3), tmp_path / "text")
     text_file = tmp_path / "text" / T.WEIGHTS_FILE
@@ -174,7 +174,7 @@ def test_shipped_files_are_small_and_safe():
 
 
 def test_loads_through_nada_clip_with_the_same_features(toy_clip):
-    clip = pytest.importorskip("nada.clip")
+    clip = pytest.importorskip("nada.guidance.clip")
     model, tok = toy_clip
     wrapped = clip.load_clip("toy")
     img = R.render_tensor(R.sample_params(6, seed=5), "watercolor", seed=5)
@@ -237,7 +237,7 @@ def test_robust_copy_moves_far_less_under_attack_and_loads_by_name(toy_clip, rob
 
     # Measured on these renders: 1.45 for the shipped CLIP, 0.32 for its stability-trained copy.
     assert moved(robust_clip[0]) < 0.5 * moved(toy_clip[0])
-    clip = pytest.importorskip("nada.clip")
+    clip = pytest.importorskip("nada.guidance.clip")
     wrapped = clip.load_clip("toy-robust")
     assert wrapped.name == "toy-robust"
     assert torch.allclose(T.encode_images(robust_clip[0], img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
@@ -265,14 +265,14 @@ def test_resnet_guide_shares_the_text_tower_and_reads_every_attribute(toy_clip, 
         assert acc[key] >= 0.95, T.format_accuracy(acc)
     cos = T.direction_check(model, tok, source="photo", n=48, seed=77)
     assert cos["sketch"] > 0.5 and min(cos.values()) > 0.3, cos
-    clip = pytest.importorskip("nada.clip")
+    clip = pytest.importorskip("nada.guidance.clip")
     wrapped = clip.load_clip("toy-rn")
     img = R.render_tensor(R.sample_params(4, seed=9), "sketch", seed=9)
     assert torch.allclose(T.encode_images(model, img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
 
 
 def test_token_table_sharing_round_trips_and_refuses_a_foreign_base():
-    from nada.clip import TOKEN_TABLE, pack_token_table, unpack_token_table
+    from nada.guidance.clip import TOKEN_TABLE, pack_token_table, unpack_token_table
 
     base = T.build_model(seed=0).state_dict()
     tuned = {k: v.clone() for k, v in base.items()}

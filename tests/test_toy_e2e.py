@@ -32,10 +32,10 @@ def sketch_run(tmp_path_factory):
     missing = missing_toy_assets()
     if missing:
         pytest.skip("the toy-world run needs the trained toy assets: " + ", ".join(missing))
-    from nada.adapt import adapt
-    from nada.checkpoints import load_generator
+    from nada.adaptation.loop import adapt
+    from nada.generator.checkpoints import load_generator
     from nada.config import AdaptConfig
-    from nada.presets import TOY_RECIPE
+    from nada.weights.presets import TOY_RECIPE
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import measure_quality
 
@@ -57,8 +57,8 @@ def sketch_run(tmp_path_factory):
 def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     report, log, out, adapted, (filter_name, filter_rate) = sketch_run
     summary = f"{report.to_dict()}"
-    from nada.clip import parse_clip_spec
-    from nada.presets import TOY_RECIPE
+    from nada.guidance.clip import parse_clip_spec
+    from nada.weights.presets import TOY_RECIPE
 
     # The CLIP side: the directional loss (summed over the guides with their weights) starts at 1 per unit of
     # weight (equal images) and falls (measured: 0.27 per unit over the last 20 iterations).
@@ -74,7 +74,7 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     assert report.content_kept > 0.70 and report.content_kept_mean > 0.9, summary
     assert report.diversity_ratio > 0.8, summary
     # The run wrote what a user loads afterwards, and loading it gives the same generator.
-    from nada.checkpoints import load_generator
+    from nada.generator.checkpoints import load_generator
 
     reloaded = load_generator(out / "generator.pt")
     z = torch.randn(2, adapted.style_dim, generator=torch.Generator().manual_seed(0))
@@ -94,7 +94,7 @@ def test_toy_run_draws_the_true_sketch_strokes_better_than_any_filter(sketch_run
 def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):
     if missing_toy_assets():
         pytest.skip("needs the trained toy assets: " + ", ".join(missing_toy_assets()))
-    from nada.cli import main
+    from nada.frontends.cli import main
 
     out = tmp_path / "run"
     assert main(["adapt", "--generator", "toy", "--source", "photo", "--target", "pixel art", "--iterations", "2",
@@ -113,9 +113,9 @@ def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):
 def test_cli_judges_a_toy_generator_trained_by_the_user_but_not_other_generators(tmp_path, capsys):
     if missing_toy_assets():
         pytest.skip("needs the trained toy assets: " + ", ".join(missing_toy_assets()))
-    from nada.checkpoints import save_checkpoint
-    from nada.cli import main
-    from nada.networks import Generator
+    from nada.generator.checkpoints import save_checkpoint
+    from nada.frontends.cli import main
+    from nada.generator.networks import Generator
     from nada.toy import generator_train as gt
 
     cfg = gt.TrainConfig(steps=1, style_dim=32, n_mlp=2, channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 8)), batch_size=2, eval_size=8)

@@ -200,7 +200,7 @@ def test_corrupt_state_gives_a_clear_error(tmp_path: Path):
 
 
 def test_export_writes_a_loadable_nada_checkpoint(tmp_path: Path):
-    from nada.checkpoints import load_generator, read_metadata
+    from nada.generator.checkpoints import load_generator, read_metadata
 
     state = gt.train(tiny_config(steps=2), tmp_path, progress=False)
     path = gt.export_generator(state, tmp_path / "g.pt")
@@ -217,7 +217,7 @@ def test_export_writes_a_loadable_nada_checkpoint(tmp_path: Path):
 
 
 def test_init_from_starts_a_stage_from_a_generator_and_refuses_another_architecture(tmp_path: Path):
-    from nada.checkpoints import read_metadata
+    from nada.generator.checkpoints import read_metadata
 
     base = gt.export_generator(gt.train(tiny_config(steps=2), tmp_path / "a", progress=False), tmp_path / "a.pt")
     G = gt.build_generator(tiny_config(seed=3))
@@ -239,7 +239,7 @@ def test_init_from_starts_a_stage_from_a_generator_and_refuses_another_architect
 
 
 def test_teacher_loss_prefers_the_true_attributes_and_joins_training(tmp_path: Path):
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
     from nada.toy import render as R
 
     clip = load_clip("toy")
@@ -318,7 +318,7 @@ MIN_RATES = {"face_shape": 0.9, "hair_color": 0.9, "hair_style": 0.9, "eyes": 0.
 
 @pytest.fixture(scope="module")
 def toy_generator():
-    from nada.checkpoints import load_generator
+    from nada.generator.checkpoints import load_generator
 
     return load_generator("toy")
 
@@ -343,7 +343,7 @@ def test_shipped_generator_is_a_small_64px_generator(toy_generator):
 
 
 def test_shipped_metadata_describes_the_training():
-    from nada.checkpoints import read_metadata
+    from nada.generator.checkpoints import read_metadata
     from nada.toy.render import LATENT_DIM
 
     meta = read_metadata("toy")

@@ -76,9 +76,9 @@ def test_stroke_distance_sees_strokes_not_mean_colour(faces):
 
 
 def test_cli_judges_files_and_grid_tiles_as_json(tmp_path, capsys):
-    from nada.cli import main
+    from nada.frontends.cli import main
     from nada.io import image_grid
-    from nada.images import tensor_to_pil
+    from nada.photos.images import tensor_to_pil
 
     imgs = R.render_tensor(R.sample_params(3, seed=9), "sketch")
     for i in range(2):
@@ -113,7 +113,7 @@ def shipped() -> E.Evaluator:
 
 @pytest.fixture(scope="module")
 def unadapted():
-    from nada.checkpoints import load_generator
+    from nada.generator.checkpoints import load_generator
     from nada.toy.quality import latents
 
     G = load_generator("toy").eval()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nada.errors import NadaError
-from nada.networks import Generator
+from nada.generator.networks import Generator
 from nada.toy import quality as Q
 from nada.toy import render as R
 from nada.toy.evaluator import Evaluator, EvaluatorConfig, default_weights_path, load_evaluator
@@ -129,7 +129,7 @@ def _bench_module():
 def test_quality_benchmark_runs_the_toy_recipe_and_writes_its_table_and_figure(tmp_path, capsys):
     import json
 
-    from nada.presets import TOY_RECIPE
+    from nada.weights.presets import TOY_RECIPE
 
     bench = _bench_module()
     assert bench.main(["--rows", "sketch,last:2", "--iterations", "1", "--n", "8", "--out", str(tmp_path)]) == 0
@@ -140,7 +140,7 @@ def test_quality_benchmark_runs_the_toy_recipe_and_writes_its_table_and_figure(t
     assert (tmp_path / "quality.png").stat().st_size > 1000 and "goal met" in capsys.readouterr().out
     assert bench.base_settings("defaults") == {"clip": "toy"}
     # A style with a packaged preset starts from that preset's own recipe (pixel art: a larger lr).
-    from nada.presets import get_preset
+    from nada.weights.presets import get_preset
 
     assert bench.base_settings("toy", "sketch") == dict(TOY_RECIPE) == dict(get_preset("toy-sketch").options)
     assert bench.base_settings("toy", "pixel art") == dict(get_preset("toy-pixel-art").options) != dict(TOY_RECIPE)

@@ -44,7 +44,7 @@ def test_snapped_latents_keep_every_attribute_and_leave_the_borders():
 
 
 def tiny_generator():
-    from nada.networks import Generator
+    from nada.generator.networks import Generator
 
     torch.manual_seed(0)
     G = Generator(64, style_dim=32, n_mlp=2, channels={4: 8, 8: 8, 16: 8, 32: 4, 64: 4})
@@ -75,7 +75,7 @@ def _error_of_unchanged_mapping(state: dict, cfg: S.SharpenConfig) -> float:
 
 
 def test_sharpen_writes_a_checkpoint_with_its_settings_and_refuses_to_overwrite(tmp_path: Path, capsys):
-    from nada.checkpoints import load_generator, read_metadata, save_checkpoint
+    from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 
     base = save_checkpoint(tmp_path / "base.pt", tiny_generator(), {"method": "tiny test generator", "train_time_s": 1.0})
     out = tmp_path / "sharp.pt"

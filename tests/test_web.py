@@ -22,10 +22,10 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
 
-from nada.checkpoints import save_checkpoint  # noqa: E402
+from nada.generator.checkpoints import save_checkpoint  # noqa: E402
 from nada.errors import NadaError  # noqa: E402
-from nada.networks import Generator  # noqa: E402
-from nada.web import JobQueue, Session, WebBackend, _user_errors, build_app, serve  # noqa: E402
+from nada.generator.networks import Generator  # noqa: E402
+from nada.frontends.web import JobQueue, Session, WebBackend, _user_errors, build_app, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "src" / "nada" / "assets" / "toy"
@@ -51,7 +51,7 @@ def world(tmp_path_factory):
         not_image = root / "notes.png"  # an image suffix, text inside: the browser accepts it, nada must not
         not_image.write_text("this is not a picture\n")
         if _toy_world_ready():
-            from nada.checkpoints import load_generator
+            from nada.generator.checkpoints import load_generator
 
             G, base, clip = load_generator("toy").eval(), "toy", "auto"
         else:
@@ -172,7 +172,7 @@ def test_adapt_job_becomes_a_style(backend, world):
     visitor = Session()
     before = {k for _, k in backend.style_choices(visitor)}
     job = backend.submit_adapt("photo", "sketch", "all", 2, session=visitor)
-    from nada.presets import TOY_RECIPE
+    from nada.weights.presets import TOY_RECIPE
 
     # Untouched fields keep AdaptConfig's defaults; the toy base runs with the toy presets' recipe.
     plain = {"lr": 0.002, "clip_views": 0, "clip_noise": 0.0, "lambda_structure": 0.0, "keep": "", "lambda_keep": 1.0}
@@ -223,7 +223,7 @@ def test_job_queue_runs_one_at_a_time():
         job.state = "done"
 
     from nada.config import AdaptConfig
-    from nada.web import AdaptJob
+    from nada.frontends.web import AdaptJob
 
     q = JobQueue()
     jobs = [AdaptJob(i, AdaptConfig(target="x"), f"j{i}") for i in range(4)]
@@ -256,8 +256,8 @@ def test_stylize_refuses_non_images_and_missing_choices(backend, world):
 
 
 def test_build_app_and_cli(world, tmp_path, monkeypatch):
-    from nada import web
-    from nada.cli import main
+    from nada.frontends import web
+    from nada.frontends.cli import main
 
     app = build_app(WebBackend(device="cpu", work_dir=tmp_path / "a", **world["options"]))
     assert isinstance(app, gr.Blocks)

@@ -18,11 +18,11 @@ import torch
 
 gr = pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
 
-from nada.checkpoints import save_checkpoint  # noqa: E402
+from nada.generator.checkpoints import save_checkpoint  # noqa: E402
 from nada.config import WebLimits  # noqa: E402
 from nada.errors import NadaError  # noqa: E402
-from nada.networks import Generator  # noqa: E402
-from nada.web import NOT_AVAILABLE, Session, WebBackend  # noqa: E402
+from nada.generator.networks import Generator  # noqa: E402
+from nada.frontends.web import NOT_AVAILABLE, Session, WebBackend  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_refusals_tell_nothing_about_the_files(place, tmp_path, offline_cache):
 
 
 def test_without_a_folder_only_presets_and_registered_names_open(place, tmp_path, offline_cache, monkeypatch):
-    from nada import download
+    from nada.weights import download
 
     def no_download(*args, **kwargs):
         raise AssertionError("a visitor must never start a download")
@@ -166,8 +166,8 @@ def test_jobs_over_the_limits_are_refused(place, tmp_path, offline_cache):
 
 
 def test_the_operator_sets_folder_and_limits_on_the_command_line(place, tmp_path, offline_cache, monkeypatch, capsys):
-    from nada import web
-    from nada.cli import main
+    from nada.frontends import web
+    from nada.frontends.cli import main
 
     seen = {}
     monkeypatch.setattr(web, "serve", lambda app, host, port, block: seen.update(app=app) or "")
@@ -193,12 +193,12 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_uploads_are_measured_before_anything_is_decoded(place, tmp_path, offline_cache, monkeypatch):
-    import nada.images
+    import nada.photos.images
 
     def no_decode(*args, **kwargs):
         raise AssertionError("an over-limit upload must be refused before it is decoded")
 
-    monkeypatch.setattr(nada.images, "load_image", no_decode)
+    monkeypatch.setattr(nada.photos.images, "load_image", no_decode)
     backend = _backend(place, tmp_path, limits=WebLimits(max_upload_pixels=1000 * 1000, max_upload_mb=1))
     key = backend.add_checkpoint(place["good"]).key
     huge = tmp_path / "huge.png"
@@ -221,7 +221,7 @@ def test_hostile_inputs_through_the_gradio_client(place, tmp_path, offline_cache
     """Two clients of a running server: the same refusal for every hostile path, and separate style lists."""
     from gradio_client import Client
 
-    from nada.web import build_app, serve
+    from nada.frontends.web import build_app, serve
 
     app = build_app(_backend(place, tmp_path, limits=WebLimits(max_seeds=4)))
     url = serve(app, port=_free_port(), block=False)

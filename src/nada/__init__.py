@@ -12,11 +12,11 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it; resolved lazily so `import nada` does no work.
 _LAZY = {
-    "Generator": "nada.networks",
-    "load_generator": "nada.checkpoints",
-    "save_checkpoint": "nada.checkpoints",
+    "Generator": "nada.generator.networks",
+    "load_generator": "nada.generator.checkpoints",
+    "save_checkpoint": "nada.generator.checkpoints",
     "NadaError": "nada.errors",
-    "auto_layer_scores": "nada.layers",
+    "auto_layer_scores": "nada.adaptation.layers",
 }
 
 

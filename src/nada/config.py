@@ -1,6 +1,6 @@
 """Configuration of a domain adaptation run: one frozen dataclass, the single source of defaults.
 
-The CLI (``nada adapt``), the Python API (``nada.adapt.adapt``) and any front end read their
+The CLI (``nada adapt``), the Python API (``nada.adaptation.loop.adapt``) and any front end read their
 defaults from `AdaptConfig`, so a default changes in exactly one place. Values follow the official
 StyleGAN-NADA code (rinongal/StyleGAN-nada, ``ZSSGAN/options/train_options.py`` and ``train.py``)
 unless a comment says why not.
@@ -69,14 +69,14 @@ class AdaptConfig:
     # What to adapt, towards what.
     target: str = ""  # target domain text, e.g. "sketch"; may stay empty when target_images is given
     source: str = "photo"  # source domain text describing what the generator makes now
-    generator: str = "toy"  # checkpoint path or registered name (see nada.checkpoints.load_generator)
+    generator: str = "toy"  # checkpoint path or registered name (see nada.generator.checkpoints.load_generator)
     target_images: str | None = None  # folder of example images of the target style (image-guided)
     target_images_batch: int = 16  # generated source images whose mean embedding the image direction starts from (official img2img_batch)
 
     # CLIP guidance.
     clip: str = AUTO  # one model or a weighted ensemble, e.g. "ViT-B/32,ViT-B/16:0.5"; see resolved_clip
     templates: str = AUTO  # see TEMPLATE_CHOICES and resolved_templates
-    antialias: bool = True  # antialiased resize to CLIP's input (see nada.clip); False = official numbers
+    antialias: bool = True  # antialiased resize to CLIP's input (see nada.guidance.clip); False = official numbers
     # The directional loss at a pair of equal images (the first step with shared noise): "limit" uses its
     # first-order limit 1 - edit . direction; "shift" is the official rule (re-encode the image + 1e-6).
     first_step: str = "limit"
@@ -104,11 +104,11 @@ class AdaptConfig:
     # an average over noisy copies (randomised smoothing), which favours changes that survive noise.
     clip_noise: float = 0.0
 
-    # Which layers train (see nada.layers for the specs).
+    # Which layers train (see nada.adaptation.layers for the specs).
     layers: str = "auto:3"
     select_every: int = 1  # re-run a data-driven selection every N iterations (the official code: every one)
     auto_batch: int = 8  # latents used by the auto/grad selection (official auto_layer_batch)
-    select_score: str = "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.layers)
+    select_score: str = "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.adaptation.layers)
     select_noise: str = "random"  # selection renders with fresh noise ("random", official) or stored noise ("const")
     # "official": `all` is the official set (constant, conv1, convs; no to_rgb) and auto:K maps row i to the
     # official code's layer (convs.{i-2}); "nada": `all` is every conv and to_rgb, rows map to the layers they drive.
@@ -177,7 +177,7 @@ class AdaptConfig:
         """The template set actually used: "auto" means "toy" when every CLIP is a packaged toy CLIP, else "imagenet"."""
         if self.templates != AUTO:
             return self.templates
-        from nada.clip import TOY_CLIPS, parse_clip_spec
+        from nada.guidance.clip import TOY_CLIPS, parse_clip_spec
 
         names = [name for name, _ in parse_clip_spec(self.resolved_clip())]
         return TOY if all(name in TOY_CLIPS for name in names) else "imagenet"
@@ -195,7 +195,7 @@ class AdaptConfig:
             if unknown:
                 raise NadaError(f"keep {spec!r} names unknown toy attributes {unknown}: choose from {', '.join(ATTRIBUTE_PROMPTS)}")
             return [list(ATTRIBUTE_PROMPTS[n]) for n in names]
-        from nada.losses import keep_groups
+        from nada.guidance.losses import keep_groups
 
         return keep_groups(spec)
 

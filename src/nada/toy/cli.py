@@ -48,7 +48,7 @@ def load_images(paths: list[Path], grid: int) -> tuple["torch.Tensor", list[str]
     import torch
     import torch.nn.functional as F
 
-    from nada.images import load_image
+    from nada.photos.images import load_image
 
     images, names = [], []
     for path in paths:

@@ -1,7 +1,7 @@
 """Train the toy world's tiny CLIP on rendered image-caption pairs of every style.
 
 The model is an ordinary open_clip ``CLIP`` built from ``CLIP_CONFIG`` (a small ViT on 64x64 input, a
-small text transformer, OpenAI's BPE tokenizer with a context of 32 tokens), so ``nada.clip`` loads it
+small text transformer, OpenAI's BPE tokenizer with a context of 32 tokens), so ``nada.guidance.clip`` loads it
 like any open_clip model from ``clip_config.json`` + ``clip.pt``.
 
 Every step renders fresh faces (``nada.toy.render``), never a fixed data set. Half the faces of a
@@ -51,7 +51,7 @@ from nada.errors import NadaError
 from nada.toy import render as R
 from nada.toy import runs
 
-# The architecture, as open_clip reads it (plus the preprocessing that nada.clip applies).
+# The architecture, as open_clip reads it (plus the preprocessing that nada.guidance.clip applies).
 CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
@@ -206,7 +206,7 @@ def tokenizer(config: dict[str, Any] = CLIP_CONFIG):
 
 
 def to_clip_input(img: torch.Tensor, config: dict[str, Any] = CLIP_CONFIG) -> torch.Tensor:
-    """[N,3,64,64] in [-1,1] -> normalised network input, exactly as nada.clip preprocesses at 64x64."""
+    """[N,3,64,64] in [-1,1] -> normalised network input, exactly as nada.guidance.clip preprocesses at 64x64."""
     pp = config["preprocess_cfg"]
     mean = torch.tensor(pp["mean"], device=img.device).view(1, 3, 1, 1)
     std = torch.tensor(pp["std"], device=img.device).view(1, 3, 1, 1)
@@ -511,9 +511,9 @@ def export(model: torch.nn.Module, out_dir: Path, share_tokens_with: str | Path 
     """Write clip.pt (fp16 state dict) and clip_config.json (``config``, the model's architecture) into out_dir, atomically.
 
     With ``share_tokens_with`` (another exported clip.pt) the token table is stored as the rows that
-    differ from that file's (``nada.clip.pack_token_table``), as the packaged ``toy-robust`` is.
+    differ from that file's (``nada.guidance.clip.pack_token_table``), as the packaged ``toy-robust`` is.
     """
-    from nada.clip import pack_token_table
+    from nada.guidance.clip import pack_token_table
     from nada.io import atomic_torch_save, atomic_write
 
     half = {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
@@ -529,7 +529,7 @@ def load_exported(folder: str | Path, tokens_from: str | Path | None = None) -> 
     folder whose token table an export with ``share_tokens_with`` shares."""
     import open_clip
 
-    from nada.clip import unpack_token_table
+    from nada.guidance.clip import unpack_token_table
 
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -197,7 +197,7 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
         init_from(model, Path(cfg.init_from))
     G = None
     if cfg.negatives > 0 or cfg.generator_share > 0:
-        from nada.checkpoints import load_generator
+        from nada.generator.checkpoints import load_generator
 
         G = load_generator(cfg.generator).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

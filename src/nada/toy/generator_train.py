@@ -22,7 +22,7 @@ optimiser; each step's batch is a function of (seed, step), so rerunning the sam
 exactly where it stopped, also after `--max-minutes`. DIR/train.log gets the
 losses, DIR/samples/ the sample grids (top row: renders, bottom row: generator). At the end the
 mean latent is set (4096 samples, seed 0) and the EMA generator is exported with
-`nada.checkpoints.save_checkpoint`.
+`nada.generator.checkpoints.save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def build_generator(cfg: TrainConfig) -> "torch.nn.Module":
     """The project's Generator at 64x64 with the run's small channel table (random init seeded by cfg.seed)."""
-    from nada.networks import Generator
+    from nada.generator.networks import Generator
 
     # Seed a forked RNG so the initialisation is reproducible without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
@@ -330,7 +330,7 @@ def build_generator(cfg: TrainConfig) -> "torch.nn.Module":
 
 def initial_weights(G: torch.nn.Module, source: str) -> None:
     """Copy the weights of the generator `source` (path or registered name) into G; their architectures must match."""
-    from nada.checkpoints import load_generator
+    from nada.generator.checkpoints import load_generator
 
     base = load_generator(source)
     if base.config != G.config:
@@ -475,7 +475,7 @@ def train(
         log.info(f"new run: {cfg.to_dict()} on {device}")
     teacher, text = None, None
     if cfg.teacher:
-        from nada.clip import load_clip
+        from nada.guidance.clip import load_clip
 
         teacher = load_clip(cfg.teacher, device)
         text = attribute_text_features(teacher)
@@ -531,7 +531,7 @@ def is_finished(state_path: Path) -> bool:
 def _train_time_of(source: str) -> float | None:
     """The recorded training time of the generator a fine-tuning stage started from, its own earlier
     stages included (None when it records none)."""
-    from nada.checkpoints import read_metadata
+    from nada.generator.checkpoints import read_metadata
 
     try:
         meta = read_metadata(source)
@@ -544,7 +544,7 @@ def _train_time_of(source: str) -> float | None:
 
 def export_generator(state_path: Path, export_path: str | Path, overwrite: bool = False) -> Path:
     """Load the EMA generator from a finished state, set its mean latent and save it as a nada checkpoint."""
-    from nada.checkpoints import save_checkpoint
+    from nada.generator.checkpoints import save_checkpoint
 
     state = load_state(state_path)
     cfg = TrainConfig.from_dict(state["train_config"])

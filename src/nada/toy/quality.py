@@ -28,7 +28,7 @@ import torch
 from nada.errors import NadaError
 
 if TYPE_CHECKING:
-    from nada.networks import Generator
+    from nada.generator.networks import Generator
     from nada.toy.evaluator import Evaluator
 
 STYLE_KEY = "style"

@@ -109,7 +109,7 @@ def distill_mapping(G: torch.nn.Module, cfg: SharpenConfig, progress: bool = Tru
 
 def sharpen(cfg: SharpenConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
     """Sharpen `cfg.base` and save it as a nada checkpoint at `out` (with its settings, errors and training time)."""
-    from nada.checkpoints import load_generator, read_metadata, save_checkpoint
+    from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 
     if Path(out).exists() and not overwrite:
         raise NadaError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")

@@ -1,8 +1,8 @@
 """Generators known by name: a name such as "toy" or "ffhq" stands for a weights file, packaged or downloaded on first use.
 
 `GENERATORS` is the table (configs as data): each entry names its weights file through a
-`nada.download.WeightsSource`, and `resolve_generator(name)` returns the local, verified file
-(downloading it into ``$NADA_CACHE/weights/<name>/`` on first use). ``nada.checkpoints.load_generator``
+`nada.weights.download.WeightsSource`, and `resolve_generator(name)` returns the local, verified file
+(downloading it into ``$NADA_CACHE/weights/<name>/`` on first use). ``nada.generator.checkpoints.load_generator``
 calls it for every source that is not an existing path, so ``load_generator("ffhq")`` just works.
 
 Addresses and checksums (checked while writing this table; a SHA-256 is recorded only where the host
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nada.download import WeightsSource, fetch, local_path
+from nada.weights.download import WeightsSource, fetch, local_path
 from nada.errors import NadaError
 
 NVLABS_PRETRAINED = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"

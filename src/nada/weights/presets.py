@@ -1,6 +1,6 @@
 """Presets: named adapted generators (base model + source -> target domain + recipe) and where their weights are.
 
-A `Preset` names its base generator (a `nada.registry` name), the source and target texts, the
+A `Preset` names its base generator (a `nada.weights.registry` name), the source and target texts, the
 adaptation options (`AdaptConfig` fields, the recipe) and where its weights come from. `load_preset`
 looks, in this order, for:
 
@@ -29,7 +29,7 @@ the base weights it was made against::
      "latent_avg": float32 [style_dim]}
 
 Only tensors, strings and numbers: it loads with ``torch.load(weights_only=True)``, and loading gives a
-normal `nada.networks.Generator`.
+normal `nada.generator.networks.Generator`.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nada.download import WeightsSource, cache_dir, fetch, human_size, local_path
+from nada.weights.download import WeightsSource, cache_dir, fetch, human_size, local_path
 from nada.errors import NadaError
 from nada.io import atomic_torch_save
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
-    from nada.networks import Generator
+    from nada.generator.networks import Generator
 
 FORMAT = "nada-preset-delta"
 FORMAT_VERSION = 1
@@ -188,7 +188,7 @@ def preset_status(preset: Preset) -> PresetStatus:
 
 def adapt_command(preset: Preset, out_dir: str | os.PathLike | None = None) -> str:
     """The exact `nada adapt` command line that trains `preset` (into `trained_dir` unless `out_dir` is given)."""
-    from nada.cli import _ADAPT_FLAGS
+    from nada.frontends.cli import _ADAPT_FLAGS
 
     config = preset.adapt_config(out_dir)
     wanted = {"generator", "source", "target", "out_dir"} | {k for k, _ in preset.options}
@@ -260,7 +260,7 @@ def is_compact(path: str | os.PathLike) -> bool:
 
 def load_preset_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":
     """Generator from a compact preset file (base + float16 deltas) or from any checkpoint `load_generator` reads."""
-    from nada.checkpoints import load_generator
+    from nada.generator.checkpoints import load_generator
 
     path = Path(path)
     if not path.is_file() or not is_compact(path):
@@ -320,8 +320,8 @@ def pack_preset(
     `base` defaults to the ``base_model`` in the checkpoint's nada metadata and must be a registered
     generator name (the file is loaded later by that name).
     """
-    from nada.checkpoints import load_generator, read_metadata
-    from nada.registry import known_generators
+    from nada.generator.checkpoints import load_generator, read_metadata
+    from nada.weights.registry import known_generators
 
     out = Path(out)
     if out.exists() and not overwrite:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from nada.errors import NadaError
-from nada.invert import InvertConfig
+from nada.photos.invert import InvertConfig
 from nada.io import check_writable_folder, write_error
 
 STAGING_PREFIX = ".nada-stylize-"
@@ -88,13 +88,13 @@ def _safe_name(name: str) -> str:
 
 
 def load_styles(presets: Sequence[str], checkpoints: Sequence[str], device: torch.device, progress: bool = True) -> list[Style]:
-    """Load every preset (through nada.presets) and checkpoint; each Style records the base it was adapted from."""
-    from nada.checkpoints import load_generator, read_metadata
+    """Load every preset (through nada.weights.presets) and checkpoint; each Style records the base it was adapted from."""
+    from nada.generator.checkpoints import load_generator, read_metadata
 
     styles: list[Style] = []
     if presets:
         try:
-            from nada.presets import get_preset, load_preset
+            from nada.weights.presets import get_preset, load_preset
         except ImportError:
             raise NadaError("presets are not available in this installation: use --checkpoint PATH instead") from None
         for name in presets:
@@ -142,7 +142,7 @@ def _check_compatible(base_G: torch.nn.Module, styles: Sequence[Style], base: st
 
 def _base_metadata(base: str) -> dict[str, Any]:
     """The base checkpoint's nada metadata, or {} when it has none."""
-    from nada.checkpoints import read_metadata
+    from nada.generator.checkpoints import read_metadata
 
     try:
         return read_metadata(base)
@@ -174,10 +174,10 @@ def stylize(
     log: Callable[[str], None] = print,
 ) -> StylizeReport:
     """Align, invert and restyle each image; write the results under out_dir (see the module docstring)."""
-    from nada.align import ALIGN_MODES, align_face, alignment_for_base, load_detector
-    from nada.checkpoints import load_generator
-    from nada.images import load_image
-    from nada.invert import build_losses, invert, loss_kind_for_base, render_wplus
+    from nada.photos.align import ALIGN_MODES, align_face, alignment_for_base, load_detector
+    from nada.generator.checkpoints import load_generator
+    from nada.photos.images import load_image
+    from nada.photos.invert import build_losses, invert, loss_kind_for_base, render_wplus
 
     if not images:
         raise NadaError("no image given: pass at least one --image PATH")
@@ -237,7 +237,7 @@ def stylize(
 
 def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Sequence[str]) -> list[Path]:
     """Write every output into a staging folder inside out_dir, then rename each into place; on error nothing stays."""
-    from nada.images import tensor_to_pil
+    from nada.photos.images import tensor_to_pil
     from nada.io import image_grid
 
     created = not out_dir.exists()

@@ -7,9 +7,9 @@ is skipped). `fetch` returns the local file, downloading it into the cache when 
 
 - cache folder: ``cache_dir()`` = ``$NADA_CACHE``, default ``$XDG_CACHE_HOME/nada`` or ``~/.cache/nada``;
   downloaded weights live at ``cache_dir()/weights/<key>/<filename>`` (CLIP weights at
-  ``cache_dir()/clip``, see `nada.clip`), so a file can also be put there by hand (the error messages
-  give that full path). `nada.preflight` lists every missing file of a command at once.
-- offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `nada.clip.offline`) or no network: a
+  ``cache_dir()/clip``, see `nada.guidance.clip`), so a file can also be put there by hand (the error messages
+  give that full path). `nada.weights.preflight` lists every missing file of a command at once.
+- offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `nada.guidance.clip.offline`) or no network: a
   `NadaError` names the address to fetch and the exact path to save the file as.
 - verification: a file with a known SHA-256 is hashed every time it is used, a freshly downloaded one
   before it gets its final name; a mismatching download is deleted, a mismatching file that was already
@@ -107,8 +107,8 @@ def local_path(source: WeightsSource, key: str) -> Path:
 
 
 def offline() -> bool:
-    """True when NADA_OFFLINE or HF_HUB_OFFLINE asks for no network access (the rule nada.clip follows too)."""
-    from nada.clip import offline as clip_offline
+    """True when NADA_OFFLINE or HF_HUB_OFFLINE asks for no network access (the rule nada.guidance.clip follows too)."""
+    from nada.guidance.clip import offline as clip_offline
 
     return clip_offline()
 

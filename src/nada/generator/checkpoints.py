@@ -4,9 +4,9 @@ Formats recognised by `load_generator` (never executing code from the file):
 - rosinality stylegan2-pytorch: ``{"g_ema": state_dict, "latent_avg": [style_dim]}``, and the training
   variant with ``g``, ``d``, optimiser states and an argparse ``Namespace`` under ``"args"`` (that one class
   is allow-listed for ``torch.load(weights_only=True)``); ``g_ema`` is preferred over ``g``.
-- NVlabs stylegan2-ada-pytorch ``network-snapshot-*.pkl``: read by `nada.nvlabs` with a restricted unpickler.
+- NVlabs stylegan2-ada-pytorch ``network-snapshot-*.pkl``: read by `nada.generator.nvlabs` with a restricted unpickler.
 - nada checkpoints written by `save_checkpoint`: the rosinality layout plus a ``"nada"`` metadata dict.
-- a registered name such as ``"toy"`` (see `nada.registry`).
+- a registered name such as ``"toy"`` (see `nada.weights.registry`).
 The generator configuration is inferred from the state-dict shapes (rosinality) or taken from the metadata
 (nada, checked against the shapes), and the weights are loaded with ``strict=True``.
 """
@@ -49,7 +49,7 @@ def _resolve_source(source: str | os.PathLike) -> Path:
     looks_like_path = any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in _PATH_SUFFIXES or text.startswith((".", "~"))
     if looks_like_path:
         raise NadaError(f"checkpoint file {path} not found: check the path (or use a registered name such as 'toy')")
-    from nada.registry import resolve_generator
+    from nada.weights.registry import resolve_generator
 
     return resolve_generator(text)
 
@@ -133,7 +133,7 @@ def _kernel_taps(kernel: torch.Tensor) -> tuple[int, ...] | None:
 
 def infer_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike = "<state dict>") -> "GeneratorConfig":  # noqa: F821
     """GeneratorConfig from the key names and shapes of a rosinality generator state dict (lr_mlp: 0.01)."""
-    from nada.networks import GeneratorConfig, default_channels
+    from nada.generator.networks import GeneratorConfig, default_channels
 
     def shape(key: str) -> tuple[int, ...]:
         if key not in sd:
@@ -182,11 +182,11 @@ def _check_fits(G: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: Path, 
 
 def _config_from_metadata(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], path: Path) -> "GeneratorConfig":  # noqa: F821
     """The declared generator config of a nada checkpoint, checked against what the weights say."""
-    from nada.networks import GeneratorConfig
+    from nada.generator.networks import GeneratorConfig
 
     raw = meta.get("generator_config")
     if not isinstance(raw, Mapping):
-        raise NadaError(f"{path}: nada metadata has no 'generator_config': the checkpoint is incomplete; save it again with nada.checkpoints.save_checkpoint")
+        raise NadaError(f"{path}: nada metadata has no 'generator_config': the checkpoint is incomplete; save it again with nada.generator.checkpoints.save_checkpoint")
     declared = GeneratorConfig.from_dict(raw)
     found = infer_config(sd, path)
     same = (declared.size, declared.style_dim, declared.n_mlp, declared.channel_table, declared.blur_kernel) == (
@@ -233,7 +233,7 @@ def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu"
 
 def random_generator(size: int, seed: int = 0) -> "Generator":  # noqa: F821
     """An untrained small generator (style_dim 64, 64 channels) with seeded random weights: for smoke tests and demos."""
-    from nada.networks import Generator
+    from nada.generator.networks import Generator
 
     if size < 4 or size > 1024 or size & (size - 1):
         raise NadaError(f"random:{size}: the size must be a power of two from 4 to 1024, e.g. random:64")
@@ -246,10 +246,10 @@ def random_generator(size: int, seed: int = 0) -> "Generator":  # noqa: F821
 
 def _load_file(path: Path) -> "Generator":  # noqa: F821
     """The generator stored in the existing file `path`, on the CPU, in eval mode."""
-    from nada.networks import Generator
+    from nada.generator.networks import Generator
 
     if _sniff(path) == "pickle":
-        from nada.nvlabs import generator_from_snapshot
+        from nada.generator.nvlabs import generator_from_snapshot
 
         G = generator_from_snapshot(path)
         _check_finite(G.state_dict(), path)

@@ -16,10 +16,10 @@ and returns one value per pair, [N] (lower is closer); the networks are frozen a
   features know nothing about the toy renderer's faces, the toy CLIP was trained on exactly them.
 
 Weights files are resolved in one place, `resolve_weights`, from the table `WEIGHTS` (sources in the
-format of `nada.download`): nada's cache (``$NADA_CACHE/weights/<key>/<file>``) first, then places
+format of `nada.weights.download`): nada's cache (``$NADA_CACHE/weights/<key>/<file>``) first, then places
 where other tools already keep the same files (torch's hub cache for torchvision's ImageNet files,
 the ``lpips`` package for the linear layers), and finally a download into nada's cache by
-`nada.download.fetch`. The
+`nada.weights.download.fetch`. The
 ArcFace file is only published on Google Drive, which serves a web page rather than the file to
 programs, so it is never downloaded: the error names the address and the exact path to save it as.
 All files load with ``torch.load(weights_only=True)``.
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nada.download import WeightsSource
+from nada.weights.download import WeightsSource
 from nada.errors import NadaError
 
 WEIGHTS: dict[str, WeightsSource] = {
@@ -44,7 +44,7 @@ WEIGHTS: dict[str, WeightsSource] = {
     # torchvision's ImageNet weights; the 8 hex digits in the names are the start of their SHA-256.
     "vgg16-imagenet": WeightsSource("vgg16-397923af.pth", url="https://download.pytorch.org/models/vgg16-397923af.pth"),
     "alexnet-imagenet": WeightsSource("alexnet-owt-7be5be79.pth", url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
-    # FID/KID's Inception-v3 (the TF FID network as converted by torch-fidelity), for nada.evaluate via torchmetrics.
+    # FID/KID's Inception-v3 (the TF FID network as converted by torch-fidelity), for nada.evaluation.evaluate via torchmetrics.
     "inception-fid": WeightsSource(
         "weights-inception-2015-12-05-6726825d.pth",
         url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -81,7 +81,7 @@ def _elsewhere(key: str) -> list[Path]:
 
 def resolve_weights(key: str, progress: bool = True) -> Path:
     """Local path of the weights file `key` of `WEIGHTS`, downloading it into nada's cache when allowed and possible."""
-    from nada.download import fetch, local_path, missing_file_error
+    from nada.weights.download import fetch, local_path, missing_file_error
 
     if key not in WEIGHTS:
         raise NadaError(f"unknown weights {key!r}: use one of {', '.join(sorted(WEIGHTS))}")
@@ -353,6 +353,6 @@ class ClipFeatureDistance(nn.Module):
 
 def load_toy_perceptual(device: str | torch.device = "cpu") -> ClipFeatureDistance:
     """The toy world's perceptual distance: token features of the project's toy CLIP (NadaError if it is not installed)."""
-    from nada.clip import load_clip
+    from nada.guidance.clip import load_clip
 
     return ClipFeatureDistance(load_clip("toy", device=device))

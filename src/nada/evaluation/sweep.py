@@ -13,7 +13,7 @@ is one trial. The sweep folder holds::
 
 Trials are Ray tasks (see docs/eval.md for why tasks and not Ray Tune). Ray reschedules a task whose worker
 process dies (``max_retries``); the new attempt resumes the run folder from its last saved state
-(`nada.adapt.adapt` with ``resume=True``), and a rerun of the same command after an interrupted sweep skips the
+(`nada.adaptation.loop.adapt` with ``resume=True``), and a rerun of the same command after an interrupted sweep skips the
 trials that have a ``result.json`` and resumes the others.
 """
 
@@ -98,7 +98,7 @@ def read_sweep_file(path: str | os.PathLike) -> SweepSpec:
 def parse_sweep(data: Any, where: str = "sweep") -> SweepSpec:
     """A SweepSpec from the plain data of a sweep file."""
     from nada.config import AdaptConfig
-    from nada.evaluate import EvalSettings
+    from nada.evaluation.evaluate import EvalSettings
 
     if not isinstance(data, dict):
         raise NadaError(f"{where} must be a mapping with keys among {', '.join(SWEEP_KEYS)}")
@@ -200,9 +200,9 @@ def run_trial(trial: dict[str, Any], eval_settings: dict[str, Any], threads: int
     """Train (resuming whatever the folder holds), evaluate and record one trial; returns its result record."""
     import torch
 
-    from nada.adapt import adapt
+    from nada.adaptation.loop import adapt
     from nada.config import AdaptConfig
-    from nada.evaluate import EvalSettings, run_eval, write_outputs
+    from nada.evaluation.evaluate import EvalSettings, run_eval, write_outputs
 
     folder = Path(trial["config"]["out_dir"])
     done = folder / "result.json"
@@ -469,7 +469,7 @@ def contact_sheet(records: Sequence[dict[str, Any]], label_w: int = 300) -> Any:
     """One row per trial (its last samples, adapted), under the base's row; labelled with id and key metrics."""
     from PIL import Image, ImageDraw
 
-    from nada.evaluate import _font
+    from nada.evaluation.evaluate import _font
 
     rows = []
     for r in records:

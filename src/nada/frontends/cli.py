@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nada import cli_eval as _cli_eval
+from nada.frontends import cli_eval as _cli_eval
 from nada.errors import NadaError, NadaWarning
 from nada.toy import cli as _toy_cli
 
@@ -22,7 +22,7 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 def _run_generate(args: argparse.Namespace) -> int:
     from nada.config import check_truncation
-    from nada.generate import check_outputs, write_outputs
+    from nada.generator.generate import check_outputs, write_outputs
     from nada.io import parse_seeds, resolve_device
 
     # Every refusal (seeds, numbers, outputs) comes before any loading or rendering.
@@ -47,10 +47,10 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple["Generator", str | None]:  # noqa: F821
     """The generator to render (from --preset or --checkpoint) and the source of its base (None if unknown)."""
-    from nada.checkpoints import load_generator, read_metadata
+    from nada.generator.checkpoints import load_generator, read_metadata
 
     if args.preset is not None:
-        from nada.presets import get_preset, load_preset
+        from nada.weights.presets import get_preset, load_preset
 
         return load_preset(args.preset, device=device), args.base or get_preset(args.preset).base
     G = load_generator(args.checkpoint, device=device)
@@ -65,10 +65,10 @@ def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple[
 
 def _preflight_generate(args: argparse.Namespace) -> None:
     """Fetch (or list, when they cannot be fetched) every weights file generate needs, before loading any."""
-    from nada import preflight
+    from nada.weights import preflight
 
     if args.preset is not None:
-        from nada.presets import get_preset
+        from nada.weights.presets import get_preset
 
         needs = preflight.preset_needs(args.preset)
         base = args.base or get_preset(args.preset).base
@@ -80,7 +80,7 @@ def _preflight_generate(args: argparse.Namespace) -> None:
 
 def _metadata(source: str) -> dict:
     """The metadata of a nada checkpoint file; {} for names and for files of other formats."""
-    from nada.checkpoints import read_metadata
+    from nada.generator.checkpoints import read_metadata
 
     if not Path(source).is_file():
         return {}
@@ -97,7 +97,7 @@ def _recorded_base(checkpoint: str) -> str | None:
 
 def _comparison_target(args: argparse.Namespace) -> Path:
     """The grid file --compare writes; NadaError for --out-dir, a bad suffix or an existing file without --force."""
-    from nada.generate import IMAGE_SUFFIXES
+    from nada.generator.generate import IMAGE_SUFFIXES
     from nada.io import check_writable_file
 
     if args.out_dir is not None:
@@ -114,10 +114,10 @@ def _comparison_target(args: argparse.Namespace) -> Path:
 def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: argparse.Namespace,  # noqa: F821
                      seeds: list[int], device: "torch.device") -> Path:  # noqa: F821
     """Render the adapted and the base generator for the same seeds; one grid, base row above adapted row."""
-    from nada.checkpoints import load_generator
-    from nada.generate import GRID_COLUMNS, check_grid_size, generate_images
+    from nada.generator.checkpoints import load_generator
+    from nada.generator.generate import GRID_COLUMNS, check_grid_size, generate_images
     from nada.io import atomic_save_image, image_grid
-    from nada.presets import comparison_rows, share_mean_latent
+    from nada.weights.presets import comparison_rows, share_mean_latent
 
     if base_source is None:
         raise NadaError(f"--compare needs the base generator, and {args.checkpoint} does not record one: pass --base NAME_OR_PATH")
@@ -253,8 +253,8 @@ def adapt_config(args: argparse.Namespace) -> "AdaptConfig":  # noqa: F821
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
-    from nada import preflight
-    from nada.adapt import RunPaths, adapt
+    from nada.weights import preflight
+    from nada.adaptation.loop import RunPaths, adapt
 
     config = adapt_config(args)
     paths = RunPaths(Path(config.out_dir))
@@ -278,7 +278,7 @@ def _is_toy_world(generator: str) -> bool:
     """Whether `generator` is the toy base or a checkpoint written by nada.toy.generator_train (metadata base "toy")."""
     if generator == "toy":
         return True
-    from nada.checkpoints import read_metadata
+    from nada.generator.checkpoints import read_metadata
     from nada.errors import NadaError
 
     try:
@@ -291,7 +291,7 @@ def _toy_metrics(config: "AdaptConfig", G_train: "Generator", path: Path) -> Non
     """Judge a toy-world run with the independent evaluator; write and summarise metrics.json."""
     import json
 
-    from nada.checkpoints import load_generator
+    from nada.generator.checkpoints import load_generator
     from nada.io import atomic_write
     from nada.toy.quality import run_metrics
 
@@ -339,7 +339,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _run_presets(args: argparse.Namespace) -> int:
-    from nada import presets
+    from nada.weights import presets
 
     if args.presets_command == "list":
         rows = []
@@ -348,7 +348,7 @@ def _run_presets(args: argparse.Namespace) -> int:
             rows.append((p.name, p.base, p.domain, presets.preset_status(p).note))
         print(_table(("NAME", "BASE", "DOMAIN (SOURCE -> TARGET)", "LOCAL"), rows))
     elif args.presets_command == "generators":
-        from nada.registry import GENERATORS, is_local
+        from nada.weights.registry import GENERATORS, is_local
 
         def local(g: "RegisteredGenerator") -> str:  # noqa: F821
             if is_local(g.name):
@@ -365,7 +365,7 @@ def _run_presets(args: argparse.Namespace) -> int:
 
 
 def _show_preset(p: "Preset") -> None:  # noqa: F821
-    from nada import presets
+    from nada.weights import presets
 
     status = presets.preset_status(p)
     print(f"preset:      {p.name} ({p.description})")
@@ -389,8 +389,8 @@ def _show_preset(p: "Preset") -> None:  # noqa: F821
 
 
 def _pack_preset(args: argparse.Namespace) -> None:
-    from nada import presets
-    from nada.download import human_size, local_path
+    from nada.weights import presets
+    from nada.weights.download import human_size, local_path
 
     p = presets.get_preset(args.name)
     if args.out is not None:
@@ -410,8 +410,8 @@ def _pack_preset(args: argparse.Namespace) -> None:
 
 
 def _stylize_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.align import ALIGN_MODES
-    from nada.invert import InvertConfig
+    from nada.photos.align import ALIGN_MODES
+    from nada.photos.invert import InvertConfig
 
     d = InvertConfig()
     p.add_argument("--image", action="append", required=True, metavar="PATH", help="photo to stylize; repeat for several")
@@ -436,9 +436,9 @@ def _stylize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_stylize(args: argparse.Namespace) -> int:
-    from nada.invert import InvertConfig
+    from nada.photos.invert import InvertConfig
     from nada.io import resolve_device
-    from nada.stylize import stylize
+    from nada.photos.stylize import stylize
 
     config = InvertConfig(steps=args.steps, lr=args.lr, lambda_mse=args.lambda_mse, lambda_lpips=args.lambda_lpips,
                           lambda_id=args.lambda_id, lpips_net=args.lpips_net)
@@ -459,9 +459,9 @@ def _run_stylize(args: argparse.Namespace) -> int:
 
 def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None:  # noqa: F821
     """Fetch (or list) the styles', the base generator's and the losses' weights before any work."""
-    from nada import preflight
-    from nada.invert import loss_kind_for_base
-    from nada.presets import get_preset
+    from nada.weights import preflight
+    from nada.photos.invert import loss_kind_for_base
+    from nada.weights.presets import get_preset
 
     needs = [n for name in args.preset for n in preflight.preset_needs(name)]
     needs += [n for ckpt in args.checkpoint for n in preflight.generator_needs(ckpt)]
@@ -492,7 +492,7 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
     from dataclasses import fields
 
     from nada.config import AdaptConfig, WebLimits
-    from nada.web import DEFAULT_HOST, DEFAULT_PORT
+    from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT
 
     d = AdaptConfig()
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on; 0.0.0.0 opens the demo to the network (default: %(default)s)")
@@ -515,13 +515,13 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_web(args: argparse.Namespace) -> int:
     try:
-        import gradio  # noqa: F401  (checked here: nada.web imports it only when the page is built)
+        import gradio  # noqa: F401  (checked here: nada.frontends.web imports it only when the page is built)
     except ImportError:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
     from dataclasses import fields
 
     from nada.config import WebLimits
-    from nada.web import WebBackend, build_app, serve
+    from nada.frontends.web import WebBackend, build_app, serve
 
     limits = WebLimits(**{f.name: getattr(args, f.name) for f in fields(WebLimits)})
     backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device,
@@ -544,7 +544,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "toy": ("toy-world tools: `nada toy judge IMAGES --target sketch` prints the strict toy judge's verdicts",
             _toy_cli.add_arguments, _toy_cli.run),
 }
-# `nada eval` and `nada sweep` live in nada.cli_eval.
+# `nada eval` and `nada sweep` live in nada.frontends.cli_eval.
 COMMANDS.update(_cli_eval.COMMANDS)
 
 

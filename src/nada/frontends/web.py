@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     import gradio as gr
     from PIL import Image
 
-    from nada.invert import InvertConfig
-    from nada.networks import Generator
-    from nada.stylize import StylizeReport
+    from nada.photos.invert import InvertConfig
+    from nada.generator.networks import Generator
+    from nada.photos.stylize import StylizeReport
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine only unless asked otherwise
 DEFAULT_PORT = 7860
@@ -216,7 +216,7 @@ class WebBackend:
         precision: str = "fp32",
     ) -> None:
         from nada.io import resolve_device
-        from nada.networks import PRECISIONS
+        from nada.generator.networks import PRECISIONS
 
         if precision not in PRECISIONS:
             raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -245,7 +245,7 @@ class WebBackend:
 
     def _add_presets(self) -> None:
         """Every preset adapted from this base that is here or downloads on first use (train-on-demand ones are left out)."""
-        from nada.presets import get_preset, known_presets, preset_status
+        from nada.weights.presets import get_preset, known_presets, preset_status
 
         for name in known_presets():
             p = get_preset(name)
@@ -268,7 +268,7 @@ class WebBackend:
 
     def _file_entry(self, path: Path, key: str, label: str) -> StyleEntry:
         """A style for a checkpoint file, its base read from the file's metadata (this app's base when it has none)."""
-        from nada.checkpoints import read_metadata
+        from nada.generator.checkpoints import read_metadata
 
         try:
             base = read_metadata(path).get("base_model") or self.base
@@ -297,7 +297,7 @@ class WebBackend:
 
     def _registered_entry(self, name: str) -> StyleEntry | None:
         """A registered generator whose weights are on this machine (visitors never start downloads)."""
-        from nada.registry import GENERATORS, is_local
+        from nada.weights.registry import GENERATORS, is_local
 
         if name not in GENERATORS or not is_local(name):
             return None
@@ -352,8 +352,8 @@ class WebBackend:
 
     def load_style(self, entry: StyleEntry) -> "Generator":
         """The adapted generator of a catalogue entry."""
-        from nada.checkpoints import load_generator
-        from nada.presets import load_preset
+        from nada.generator.checkpoints import load_generator
+        from nada.weights.presets import load_preset
 
         if entry.preset is not None:
             return self._load(entry.key, lambda: load_preset(entry.preset, device="cpu", progress=False))
@@ -363,7 +363,7 @@ class WebBackend:
 
     def load_base(self, source: str | None = None) -> "Generator":
         """The base generator (this app's, or the one a style names)."""
-        from nada.checkpoints import load_generator
+        from nada.generator.checkpoints import load_generator
 
         source = source or self.base
         return self._load(f"base:{source}", lambda: load_generator(source, device="cpu"))
@@ -380,9 +380,9 @@ class WebBackend:
         session: Session | None = None,
     ) -> tuple[list[tuple["Image.Image", str]], list[Path]]:
         """Pairs (frozen base | adapted) per seed with captions, plus files to download: the comparison grid and a zip of all images."""
-        from nada.generate import GRID_COLUMNS, generate_images
+        from nada.generator.generate import GRID_COLUMNS, generate_images
         from nada.io import atomic_save_image, image_grid
-        from nada.presets import comparison_rows, share_mean_latent
+        from nada.weights.presets import comparison_rows, share_mean_latent
 
         session = session if session is not None else Session()
         seed_list = self._seed_list(seeds, count)
@@ -426,14 +426,14 @@ class WebBackend:
 
     def default_keep(self) -> str:
         """The attributes an adaptation keeps unless the page says otherwise: the toy recipe's for the toy base, none otherwise."""
-        from nada.presets import TOY_RECIPE
+        from nada.weights.presets import TOY_RECIPE
 
         return dict(TOY_RECIPE)["keep"] if self.base == "toy" else AdaptConfig.keep
 
     def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path, keep: str | None = None) -> AdaptConfig:
         """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' guide, lr, views, noise,
         structure and keep terms), the page's choices (keep None: `default_keep`), samples about every tenth of the run."""
-        from nada.presets import TOY_RECIPE
+        from nada.weights.presets import TOY_RECIPE
 
         d = AdaptConfig()
         iterations = int(iterations)
@@ -451,8 +451,8 @@ class WebBackend:
         keep: str | None = None, session: Session | None = None,
     ) -> AdaptJob:
         """Check the settings, the limits and the weights, then queue an adaptation; NadaError for anything wrong."""
-        from nada import preflight
-        from nada.layers import parse_layers
+        from nada.weights import preflight
+        from nada.adaptation.layers import parse_layers
 
         if int(iterations) > self.limits.max_iterations:  # before anything else: no config for a huge run
             raise NadaError(f"{int(iterations)} iterations asked for: this server runs at most "
@@ -474,8 +474,8 @@ class WebBackend:
 
     def _run_job(self, job: AdaptJob) -> None:
         """Worker thread: fetch missing weights, run one adaptation, offer its generator in the visitor's session."""
-        from nada import preflight
-        from nada.adapt import adapt
+        from nada.weights import preflight
+        from nada.adaptation.loop import adapt
 
         if job.cancel_requested.is_set():
             job.state, job.message = "cancelled", "cancelled before it started"
@@ -507,7 +507,7 @@ class WebBackend:
     def _clip_spec(self) -> str:
         """The CLIP spec of this app's runs: the one asked for, or for 'auto' the toy presets' guide on the toy
         base and the config's default elsewhere."""
-        from nada.presets import TOY_RECIPE
+        from nada.weights.presets import TOY_RECIPE
 
         if self.clip.strip().lower() == AUTO and self.base == "toy":
             return dict(TOY_RECIPE)["clip"]
@@ -515,7 +515,7 @@ class WebBackend:
 
     def _clip_ensemble(self) -> list[tuple[Any, float]]:
         """The CLIP ensemble of this app's runs (``_clip_spec``), loaded once."""
-        from nada.clip import load_clip_ensemble
+        from nada.guidance.clip import load_clip_ensemble
 
         spec = self._clip_spec()
         with self._lock:
@@ -554,7 +554,7 @@ class WebBackend:
         self, photo: str | None, style_keys: Sequence[str], steps: int, session: Session | None = None
     ) -> tuple[list[tuple["Image.Image", str]], list[str]]:
         """Aligned input, reconstruction and one image per chosen style (captioned), plus notes (dropped losses ...)."""
-        from nada.invert import InvertConfig
+        from nada.photos.invert import InvertConfig
 
         if not photo:
             raise NadaError("no photo uploaded: upload a photo (PNG or JPEG) first")
@@ -599,8 +599,8 @@ class WebBackend:
                             f"{self.limits.max_upload_pixels / 1e6:.1f} megapixels; upload a smaller one")
 
     def _stylize(self, photo: str, entries: Sequence[StyleEntry], config: "InvertConfig", notes: list[str]) -> "StylizeReport":
-        """nada.stylize.stylize on one photo into a fresh output folder; styles split into presets and checkpoint files."""
-        from nada.stylize import stylize
+        """nada.photos.stylize.stylize on one photo into a fresh output folder; styles split into presets and checkpoint files."""
+        from nada.photos.stylize import stylize
 
         return stylize(
             [photo], self._new_output_dir("stylize"),
@@ -673,7 +673,7 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
     """The Gradio page (Generate, Adapt, Stylize) over `backend` (default: WebBackend(**backend_options))."""
     import gradio as gr
 
-    from nada.invert import InvertConfig
+    from nada.photos.invert import InvertConfig
 
     be = backend if backend is not None else WebBackend(**backend_options)
     d = AdaptConfig()

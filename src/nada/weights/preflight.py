@@ -23,8 +23,8 @@ from nada.errors import NadaError
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
-    from nada.download import WeightsSource
-    from nada.invert import InvertConfig
+    from nada.weights.download import WeightsSource
+    from nada.photos.invert import InvertConfig
 
 PROBE_TIMEOUT_S = 5.0  # one connection attempt per download host; no retries
 
@@ -43,7 +43,7 @@ class Need:
 
     def line(self) -> str:
         """'what: address (size) -> target path', one line of the missing-files message."""
-        from nada.download import human_size
+        from nada.weights.download import human_size
 
         address = self.source.address if self.source is not None else "(no download address known)"
         size = human_size(self.source.size) if self.source is not None and self.source.size else "size unknown"
@@ -56,8 +56,8 @@ class Need:
 
 def generator_needs(source: str | os.PathLike | None) -> list[Need]:
     """The download a generator source needs: a registered name's file; nothing for paths and packaged names."""
-    from nada.download import fetch, local_path
-    from nada.registry import GENERATORS
+    from nada.weights.download import fetch, local_path
+    from nada.weights.registry import GENERATORS
 
     text = str(source or "").strip()
     entry = GENERATORS.get(text)
@@ -70,8 +70,8 @@ def generator_needs(source: str | os.PathLike | None) -> list[Need]:
 
 def preset_needs(name: str) -> list[Need]:
     """The released weights of a preset not yet on this machine, or the base generator a compact preset file needs."""
-    from nada.download import fetch, local_path
-    from nada.presets import get_preset, is_compact, preset_status
+    from nada.weights.download import fetch, local_path
+    from nada.weights.presets import get_preset, is_compact, preset_status
 
     preset = get_preset(name)
     status = preset_status(preset)
@@ -85,7 +85,7 @@ def preset_needs(name: str) -> list[Need]:
 
 def clip_needs(spec: str) -> list[Need]:
     """The pretrained weights of every model of a CLIP spec ("ViT-B/32,ViT-B/16:0.5"); toy CLIPs and paths need none."""
-    from nada.clip import fetch_pretrained_weights, parse_clip_spec, pretrained_weights
+    from nada.guidance.clip import fetch_pretrained_weights, parse_clip_spec, pretrained_weights
 
     needs = []
     for name, _ in parse_clip_spec(spec):
@@ -98,13 +98,13 @@ def clip_needs(spec: str) -> list[Need]:
 
 def loss_needs(config: "InvertConfig", kind: str, optional: bool = False) -> list[Need]:
     """LPIPS (backbone and linear layers) and ArcFace files that an inversion with `config` weights for `kind`."""
-    from nada.invert import LOSS_KINDS
+    from nada.photos.invert import LOSS_KINDS
 
     if kind not in LOSS_KINDS:
         raise NadaError(f"unknown loss set {kind!r}: use one of {', '.join(LOSS_KINDS)}")
     if kind != "face":
         return []  # the toy world's perceptual distance is the packaged toy CLIP
-    from nada import perceptual as P
+    from nada.photos import perceptual as P
 
     keys = [P._LPIPS_ARCH[config.lpips_net][2], f"lpips-{config.lpips_net}"] if config.lambda_lpips > 0 else []
     keys += ["arcface-ir-se50"] if config.lambda_id > 0 else []
@@ -112,8 +112,8 @@ def loss_needs(config: "InvertConfig", kind: str, optional: bool = False) -> lis
 
 
 def _perceptual_need(key: str, optional: bool) -> Need:
-    from nada import perceptual as P
-    from nada.download import local_path
+    from nada.photos import perceptual as P
+    from nada.weights.download import local_path
 
     source = P.WEIGHTS[key]
     dest = local_path(source, key)
@@ -160,7 +160,7 @@ def _unique(needs: Iterable[Need]) -> list[Need]:
 
 def _blocked(missing: Sequence[Need]) -> str | None:
     """Why the missing files cannot be downloaded now, or None when they can (one probe per host)."""
-    from nada.download import OFFLINE_REASON, offline
+    from nada.weights.download import OFFLINE_REASON, offline
 
     if offline():
         return OFFLINE_REASON

@@ -1,5 +1,5 @@
 """NVlabs stylegan2-ada-pytorch snapshots: a reader that never runs code from the file, and the conversion of
-`G_ema` into the rosinality layout used by `nada.networks.Generator`.
+`G_ema` into the rosinality layout used by `nada.generator.networks.Generator`.
 
 Why a custom unpickler: the training loop pickles its networks with `torch_utils.persistence`, which stores
 the *source code* of every network class in the file and `exec`s it on load; torch tensors inside are
@@ -286,7 +286,7 @@ def _check_activation(obj: PersistentObject, where: str, expected: str) -> None:
 
 def convert_generator(g: PersistentObject, path: str | os.PathLike = "<snapshot>") -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
     """NVlabs `Generator` stand-in -> (GeneratorConfig kwargs, rosinality state dict without blur kernels, mean latent [w_dim])."""
-    from nada.networks import make_kernel
+    from nada.generator.networks import make_kernel
 
     z_dim, w_dim, c_dim = (g.get(k) for k in ("z_dim", "w_dim", "c_dim"))
     size, img_channels = g.get("img_resolution"), g.get("img_channels", 3)
@@ -399,7 +399,7 @@ def _torgb(take: _Taker, out: dict[str, torch.Tensor], obj: PersistentObject, nv
 
 def _channel_config(size: int, channels: dict[int, int]) -> dict[str, Any]:
     """`channel_multiplier` when the table is rosinality's default for one, else an explicit channel table."""
-    from nada.networks import default_channels
+    from nada.generator.networks import default_channels
 
     for cm in (2, 1, 4):
         if default_channels(size, cm) == channels:
@@ -409,7 +409,7 @@ def _channel_config(size: int, channels: dict[int, int]) -> dict[str, Any]:
 
 def generator_from_snapshot(path: str | os.PathLike) -> "Generator":  # noqa: F821
     """Read a stylegan2-ada-pytorch snapshot safely and return its `G_ema` as a nada Generator (CPU, eval mode)."""
-    from nada.networks import Generator, GeneratorConfig
+    from nada.generator.networks import Generator, GeneratorConfig
 
     config_kwargs, converted, mean_latent = convert_generator(snapshot_generator(read_snapshot(path), path), path)
     G = Generator.from_config(GeneratorConfig(**config_kwargs))

@@ -6,11 +6,11 @@ model), the base generator and every adapted one render G(z) with the stored noi
 - **CLIP directional similarity**: cos(E_I(adapted) - E_I(base), text direction source -> target), mean over z,
   and the **target-text score** cos(E_I(image), E_T(target)) for adapted and base images, read by a judge CLIP
   (`choose_judge`: by default one that did not guide the run).
-- **identity**: cos(ArcFace(base), ArcFace(adapted)) per z (faces; `nada.perceptual.IdentityLoss`).
+- **identity**: cos(ArcFace(base), ArcFace(adapted)) per z (faces; `nada.photos.perceptual.IdentityLoss`).
 - **diversity**: mean pairwise perceptual distance among adapted images (LPIPS, or the toy CLIP's token
   distance in the toy world) over the same pairs of latents, and its ratio to the base's.
 - **FID / KID** against a folder of reference images, with torchmetrics (Inception features from
-  ``nada.perceptual.WEIGHTS["inception-fid"]``, or the toy evaluator's features in the toy world).
+  ``nada.photos.perceptual.WEIGHTS["inception-fid"]``, or the toy evaluator's features in the toy world).
 - **toy world**: the toy evaluator's target rate, content kept and diversity (`nada.toy.quality`).
 
 Images are [N, 3, H, W] in [-1, 1] throughout. docs/eval.md defines every number.
@@ -35,8 +35,8 @@ from torch import nn
 from nada.errors import NadaError
 
 if TYPE_CHECKING:
-    from nada.clip import ClipModel
-    from nada.networks import Generator
+    from nada.guidance.clip import ClipModel
+    from nada.generator.networks import Generator
 
 FID_MIN_SAMPLES = 5000  # below this FID is strongly biased upwards (StyleGAN papers use 50k, few-shot work 5k)
 KID_MIN_SAMPLES = 1000  # KID is unbiased, but its spread over subsets is large below this
@@ -68,7 +68,7 @@ def _clip_names(spec: str | None) -> list[str]:
     """Model names of a CLIP spec such as "ViT-B/32,ViT-B/16:0.5" (weights dropped); [] for None."""
     if not spec:
         return []
-    from nada.clip import parse_clip_spec
+    from nada.guidance.clip import parse_clip_spec
 
     return [name for name, _ in parse_clip_spec(str(spec))]
 
@@ -92,7 +92,7 @@ def _from_metadata(label: str, source: str, meta: dict[str, Any]) -> EvalModel:
 
 def describe_model(spec: str) -> EvalModel:
     """What `spec` names: a run folder (its generator.pt), a checkpoint file or a preset name; nothing is loaded."""
-    from nada import presets
+    from nada.weights import presets
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -117,8 +117,8 @@ def describe_model(spec: str) -> EvalModel:
 
 def _metadata(path: Path) -> dict[str, Any]:
     """Checkpoint metadata (nada checkpoints or compact presets); {} for files that carry none."""
-    from nada import presets
-    from nada.checkpoints import read_metadata
+    from nada.weights import presets
+    from nada.generator.checkpoints import read_metadata
 
     if presets.is_compact(path):
         return dict(presets.packed_info(path)["metadata"])
@@ -130,8 +130,8 @@ def _metadata(path: Path) -> dict[str, Any]:
 
 def load_model(model: EvalModel, device: torch.device) -> "Generator":
     """The generator of `model` in eval mode on `device`."""
-    from nada import presets
-    from nada.checkpoints import load_generator
+    from nada.weights import presets
+    from nada.generator.checkpoints import load_generator
 
     if model.source.startswith("preset:"):
         return presets.load_preset(model.source.removeprefix("preset:"), device=device)
@@ -227,7 +227,7 @@ def as_uint8(img: torch.Tensor) -> torch.Tensor:
 
 def shrink(img: torch.Tensor, side: int = SMALL_SIDE) -> torch.Tensor:
     """Area-downsample [N, 3, H, W] so its longer side is at most `side`."""
-    from nada.perceptual import downsample_for_lpips
+    from nada.photos.perceptual import downsample_for_lpips
 
     return downsample_for_lpips(img, side)
 
@@ -250,7 +250,7 @@ class ToyFeatures(nn.Module):
 
 def inception_weights(progress: bool = True) -> Path:
     """The FID Inception weights file through the weights registry, checked to hold tensors only."""
-    from nada.perceptual import load_state_dict, resolve_weights
+    from nada.photos.perceptual import load_state_dict, resolve_weights
 
     path = resolve_weights("inception-fid", progress)
     load_state_dict(path)  # loads with weights_only=True: proves the file runs no code when torch-fidelity reads it
@@ -391,18 +391,18 @@ def _collect(loaders: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 
 def load_judges(settings: EvalSettings, toy: bool, guided: Sequence[str], device: torch.device) -> Judges:
     """Load every judge network the settings ask for (toy world or real), failing once for all missing files."""
-    from nada.clip import TOY_CLIPS, load_clip
+    from nada.guidance.clip import TOY_CLIPS, load_clip
 
     judge, note = choose_judge(guided, toy, settings.judge)
     loaders: dict[str, Callable[[], Any]] = {"judge CLIP": lambda: load_clip(judge, device)}
     if toy:
-        from nada.perceptual import load_toy_perceptual
+        from nada.photos.perceptual import load_toy_perceptual
         from nada.toy.evaluator import load_evaluator
 
         loaders["toy perceptual"] = lambda: load_toy_perceptual(device)
         loaders["toy evaluator"] = lambda: load_evaluator(device=device)
     else:
-        from nada.perceptual import load_identity_loss, load_lpips
+        from nada.photos.perceptual import load_identity_loss, load_lpips
 
         loaders["LPIPS"] = lambda: load_lpips(settings.lpips_net, device)
         if settings.identity:
@@ -423,7 +423,7 @@ def load_judges(settings: EvalSettings, toy: bool, guided: Sequence[str], device
 @torch.no_grad()
 def text_targets(judges: Judges, source: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The judge's unit text direction source -> target [1, D] and unit mean target text feature [1, D] (CPU)."""
-    from nada import losses
+    from nada.guidance import losses
 
     clip = judges.clip
     direction = losses.text_direction(clip, source, target, judges.templates)
@@ -435,7 +435,7 @@ def _judge_templates(toy_clip: bool) -> Sequence[str]:
         from nada.toy.render import TEMPLATES
 
         return TEMPLATES
-    from nada.templates import IMAGENET_TEMPLATES
+    from nada.guidance.templates import IMAGENET_TEMPLATES
 
     return IMAGENET_TEMPLATES
 
@@ -785,8 +785,8 @@ def run_eval(
     log: Callable[[str], None] = print,
 ) -> EvalResult:
     """Describe, check, load and score the models `specs` (run folders, checkpoints, presets) against their base."""
-    from nada.checkpoints import load_generator
-    from nada.presets import share_mean_latent
+    from nada.generator.checkpoints import load_generator
+    from nada.weights.presets import share_mean_latent
 
     settings.validate()
     if not specs:
@@ -814,6 +814,6 @@ def run_eval(
 
 
 def _is_toy(generator: str) -> bool:
-    from nada.cli import _is_toy_world
+    from nada.frontends.cli import _is_toy_world
 
     return _is_toy_world(generator)

@@ -8,7 +8,7 @@ loss per image is
 
 with LPIPS as the perceptual distance and the ArcFace identity loss for real faces (defaults 0.8,
 0.5, 1.0 as in the StyleGAN/e4e literature), and the toy CLIP's token features as the perceptual
-distance for the toy world (see `nada.perceptual`; the identity network knows human faces only, so
+distance for the toy world (see `nada.photos.perceptual`; the identity network knows human faces only, so
 the toy world uses none). Adam with the learning-rate schedule of rosinality's projector (short
 warm-up, cosine ramp-down). Noise stays the generator's stored constant noise, so the code found
 renders the same image in every generator adapted from this base (`render_wplus`).
@@ -104,7 +104,7 @@ def build_losses(
     """
     if kind not in LOSS_KINDS:
         raise NadaError(f"unknown loss set {kind!r}: use one of {', '.join(LOSS_KINDS)}")
-    from nada import perceptual as P
+    from nada.photos import perceptual as P
 
     out = ReconstructionLosses()
 
@@ -153,7 +153,7 @@ def lr_at(step: int, config: InvertConfig) -> float:
 
 def _per_image_losses(img: torch.Tensor, target: torch.Tensor, losses: ReconstructionLosses, config: InvertConfig) -> dict[str, torch.Tensor]:
     """Each loss as [N] for renders img and targets, both [N, 3, S, S] in [-1, 1]."""
-    from nada.perceptual import downsample_for_lpips
+    from nada.photos.perceptual import downsample_for_lpips
 
     parts = {"mse": (img - target).pow(2).mean(dim=(1, 2, 3))}
     if losses.perceptual is not None:

@@ -1,4 +1,4 @@
-"""Arguments and entry points of `nada eval` and `nada sweep` (registered in nada.cli.COMMANDS)."""
+"""Arguments and entry points of `nada eval` and `nada sweep` (registered in nada.frontends.cli.COMMANDS)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `nada eval`."""
-    from nada.evaluate import EvalSettings
+    from nada.evaluation.evaluate import EvalSettings
 
     d = EvalSettings()
     p.add_argument(
@@ -52,7 +52,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 def run_eval_command(args: argparse.Namespace) -> int:
     """`nada eval`: score, print the table, write the files."""
     from nada.errors import NadaError
-    from nada.evaluate import EvalSettings, format_table, run_eval, write_outputs
+    from nada.evaluation.evaluate import EvalSettings, format_table, run_eval, write_outputs
     from nada.io import resolve_device
 
     if len(args.models) > 1 and not args.compare:
@@ -131,7 +131,7 @@ def sweep_arguments(p: argparse.ArgumentParser) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     """`nada sweep`: run (or continue) the sweep, print the summary table."""
     from nada.errors import NadaError
-    from nada.sweep import SweepOptions, read_sweep_file, run_sweep
+    from nada.evaluation.sweep import SweepOptions, read_sweep_file, run_sweep
 
     if args.workers is not None and args.workers < 1 or args.cpus_per_trial < 1 or args.retries < 0:
         raise NadaError("--workers and --cpus-per-trial must be at least 1, --retries at least 0")

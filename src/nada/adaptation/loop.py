@@ -17,7 +17,7 @@ A run folder holds:
 - ``samples/step_000050.png``: grids, top row the frozen generator, bottom row the trained one, for
   the latents of seeds 0 .. n-1 at truncation 0.7 towards the stored mean latent.
 - ``checkpoints/step_000100.pt`` every ``save_every`` steps and ``generator.pt`` at the end:
-  nada checkpoints (rosinality layout + metadata), loadable by ``nada.checkpoints.load_generator``.
+  nada checkpoints (rosinality layout + metadata), loadable by ``nada.generator.checkpoints.load_generator``.
 - ``state.pt``: what a resumed run needs besides the weights: step, Adam state, the states of the
   run's two random generators, the current layer selection, and which checkpoint holds the weights.
 
@@ -50,7 +50,7 @@ import torch
 from nada.config import AdaptConfig
 from nada.errors import NadaError
 from nada.io import atomic_save_image, atomic_torch_save, atomic_write, image_grid, resolve_device, z_from_seeds
-from nada.layers import (
+from nada.adaptation.layers import (
     LayerSelector,
     SelectionContext,
     fresh_noise,
@@ -61,8 +61,8 @@ from nada.layers import (
 )
 
 if TYPE_CHECKING:
-    from nada.clip import ClipModel
-    from nada.networks import Generator
+    from nada.guidance.clip import ClipModel
+    from nada.generator.networks import Generator
 
 # Official StyleGAN-NADA builds its optimizer like rosinality's GAN training with lazy regularisation
 # every 4 steps: lr * 4/5 and betas ** (4/5). Kept so that published hyperparameters mean the same here.
@@ -361,7 +361,7 @@ def _templates(choice: str) -> Sequence[str] | None:
         from nada.toy.render import TEMPLATES
 
         return TEMPLATES
-    from nada.templates import IMAGENET_TEMPLATES
+    from nada.guidance.templates import IMAGENET_TEMPLATES
 
     return IMAGENET_TEMPLATES
 
@@ -394,7 +394,7 @@ def build_guides(
     ensemble: Sequence[tuple["ClipModel", float]], config: AdaptConfig, G_frozen: "Generator", target_images: list[torch.Tensor] | None
 ) -> list[Guide]:
     """Precompute, per CLIP model, the directions and anchors of the losses (constants of the objective)."""
-    from nada import losses
+    from nada.guidance import losses
 
     templates = _templates(config.resolved_templates())
     source_imgs = None
@@ -444,7 +444,7 @@ def loss_terms(
     batch once and all of its terms reuse those features. The texture term compares the unnormalised
     features of the ensemble's own models (the official code always loads CLIP RN50 for it).
     """
-    from nada import losses
+    from nada.guidance import losses
 
     terms: dict[str, torch.Tensor] = {}
 
@@ -536,7 +536,7 @@ def directional_term(f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.
     edit is about a million times too large and fills Adam's second-moment estimate, which then
     (beta2 = 0.992) shrinks every later step for thousands of iterations.
     """
-    from nada import losses
+    from nada.guidance import losses
 
     edit = torch.nn.functional.normalize(f_tgt, dim=-1) - torch.nn.functional.normalize(f_src, dim=-1)
     # Equal images need not give bit-equal features (CLIP's attention takes a different kernel when
@@ -556,7 +556,7 @@ def shifted_directional_term(
 ) -> torch.Tensor:
     """The official directional loss over features [N, D]: when the batch's unit edits sum to exactly zero
     (equal images), the trained images [N, 3, H, W] are encoded again shifted by 1e-6 (``first_step="shift"``)."""
-    from nada import losses
+    from nada.guidance import losses
 
     unit = torch.nn.functional.normalize
     if float((unit(f_tgt.detach(), dim=-1) - unit(f_src, dim=-1)).sum()) == 0:
@@ -567,7 +567,7 @@ def shifted_directional_term(
 def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
     """The layer selection's objective: ensemble-weighted global loss of images [N,3,H,W] towards the target,
     at each model's logit scale."""
-    from nada import losses
+    from nada.guidance import losses
 
     terms = [g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target, g.clip.logit_scale)
              for g in guides]
@@ -697,7 +697,7 @@ def _adapt(
 ) -> "Generator":
     """The body of `adapt`; ``held`` keeps the run folder claimed until `adapt` ends."""
     from nada import __version__
-    from nada.checkpoints import load_generator, save_checkpoint
+    from nada.generator.checkpoints import load_generator, save_checkpoint
 
     # ---- validate cheaply, before anything heavy is loaded
     config.validate()
@@ -705,7 +705,7 @@ def _adapt(
     if config.lambda_patch > 0 and not config.target.strip():
         raise NadaError("the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0")
     if clip is None:
-        from nada.clip import parse_clip_spec
+        from nada.guidance.clip import parse_clip_spec
 
         parse_clip_spec(config.resolved_clip())  # a malformed list fails here, before any loading
     paths = held.enter_context(claim_run_dir(config, resume, force))
@@ -723,7 +723,7 @@ def _adapt(
 
     # ---- CLIP ensemble and the constant parts of the objective
     if clip is None:
-        from nada.clip import load_clip_ensemble
+        from nada.guidance.clip import load_clip_ensemble
 
         ensemble = load_clip_ensemble(config.resolved_clip(), device, antialias=config.antialias)
     else:

@@ -49,7 +49,7 @@ def generate_images(
 
 def at_precision(G: torch.nn.Module, precision: str) -> torch.nn.Module:
     """G itself when its weights already have ``precision``'s dtype, else a converted copy (G is left as it is)."""
-    from nada.networks import PRECISIONS
+    from nada.generator.networks import PRECISIONS
 
     if precision not in PRECISIONS:
         raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from nada.errors import NadaError
-from nada.templates import IMAGENET_TEMPLATES, PART_TEMPLATES, compose
+from nada.guidance.templates import IMAGENET_TEMPLATES, PART_TEMPLATES, compose
 
 if TYPE_CHECKING:
-    from nada.clip import ClipModel
+    from nada.guidance.clip import ClipModel
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

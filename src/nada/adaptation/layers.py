@@ -258,7 +258,7 @@ def auto_layer_scores(
     ``generator`` (on G's device) or the global RNG. Returns (scores, loss of the first step);
     ``auto:K`` picks the K rows with the highest scores.
     """
-    from nada import losses
+    from nada.guidance import losses
 
     ensemble = [(m, float(wt)) for m, wt in clip] if isinstance(clip, (list, tuple)) else [(clip, 1.0)]
     with torch.no_grad():

@@ -15,12 +15,12 @@
 - a path to a folder holding an open_clip config JSON and a weights file (see ``load_clip_from_config``).
 
 Pretrained weights download on first use into ``clip_cache_dir()`` (``$NADA_CACHE/clip``, like every
-other weights file of nada; ``$NADA_CLIP_CACHE`` overrides it) through `nada.download.fetch`, under the
+other weights file of nada; ``$NADA_CLIP_CACHE`` overrides it) through `nada.weights.download.fetch`, under the
 name the error messages give (``<model>_<tag>.<ext>``), where a file can also be placed by hand. Before
 downloading, two more places are searched: the Hugging Face cache and ``~/.cache/clip``, where OpenAI's
 ``clip`` package (used by the official StyleGAN-NADA code) keeps its TorchScript files. With
 ``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` nothing is downloaded; `pretrained_weights` tells a
-preflight (``nada.preflight``) which file a name needs without loading anything.
+preflight (``nada.weights.preflight``) which file a name needs without loading anything.
 No file is ever trusted to run code: state dicts load with ``weights_only=True``, safetensors as such,
 and TorchScript archives are read as data (``read_torchscript_tensors``), never compiled.
 
@@ -54,7 +54,7 @@ from torch import nn
 from nada.errors import NadaError
 
 if TYPE_CHECKING:
-    from nada.download import WeightsSource
+    from nada.weights.download import WeightsSource
 
 # OpenAI release name -> open_clip architecture trained by OpenAI (loaded with QuickGELU).
 OPENAI_MODELS: dict[str, str] = {
@@ -317,7 +317,7 @@ def load_clip(
 
 def toy_clip_dir(name: str = TOY_NAME) -> Path:
     """Folder of one of the project's tiny CLIPs (``TOY_CLIPS``) inside the installed package."""
-    return Path(__file__).resolve().parent / "assets" / TOY_CLIPS[name][0]
+    return Path(__file__).resolve().parent.parent / "assets" / TOY_CLIPS[name][0]
 
 
 def _toy_files(name: str) -> tuple[Path, Path]:
@@ -369,7 +369,7 @@ def unpack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor
 
 def clip_cache_dir() -> Path:
     """Folder of downloaded and hand-placed CLIP weights: $NADA_CLIP_CACHE, default $NADA_CACHE/clip."""
-    from nada.download import cache_dir
+    from nada.weights.download import cache_dir
 
     if os.environ.get("NADA_CLIP_CACHE"):
         return Path(os.environ["NADA_CLIP_CACHE"]).expanduser()
@@ -729,8 +729,8 @@ def _find_cached(src: _PretrainedSource) -> Path | None:
 
 
 def _download_candidates(src: _PretrainedSource) -> list[tuple["WeightsSource", Path]]:
-    """Each file holding the weights of `src`: its nada.download source and place in clip_cache_dir(), best first."""
-    from nada.download import WeightsSource
+    """Each file holding the weights of `src`: its nada.weights.download source and place in clip_cache_dir(), best first."""
+    from nada.weights.download import WeightsSource
 
     if src.hf_repo:
         return [(WeightsSource(f, hf_repo=src.hf_repo), clip_cache_dir() / f"{src.local_stem}{os.path.splitext(f)[1]}")
@@ -787,7 +787,7 @@ def _model_tag(name: str) -> tuple[str, str] | None:
 
 def _pretrained_file(src: _PretrainedSource, display: str) -> Path:
     """Path of the weights file: found on this machine, else downloaded into clip_cache_dir() unless offline."""
-    from nada.download import fetch
+    from nada.weights.download import fetch
 
     cached = _find_cached(src)
     if cached is not None:

@@ -1,0 +1,28 @@
+"""Plugins: packages that register generators, CLIPs, profiles, presets and judges with nada.
+
+A plugin is a function named in the `nada.plugins` entry-point group of its distribution's metadata
+(`[project.entry-points."nada.plugins"]` in pyproject.toml); nada calls each one once, before the
+first lookup in any registry. The toy world registers itself this way, as a third-party base would.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from nada.errors import NadaError
+
+GROUP = "nada.plugins"
+_loaded: list[str] = []
+
+
+def load_plugins() -> list[str]:
+    """Call every registered plugin once; returns the names of the plugins loaded so far."""
+    if _loaded:
+        return list(_loaded)
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        try:
+            ep.load()()
+        except Exception as e:  # a broken plugin names itself instead of failing somewhere later
+            raise NadaError(f"nada plugin {ep.name!r} ({ep.value}) failed to load: {e}; reinstall or remove it") from e
+        _loaded.append(ep.name)
+    return list(_loaded)
