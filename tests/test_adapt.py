@@ -570,3 +570,22 @@ def test_log_every_is_one_read_per_flush(tmp_path: Path, clip, monkeypatch: pyte
     assert [r["step"] for r in log_of(cfg)] == list(range(1, 8))
     with pytest.raises(NadaError, match="log_every must be at least 1"):
         adapt(cfg.replace(log_every=0), progress=False, G_base=make_generator(), clip=clip, force=True)
+
+
+def test_deterministic_switch_is_set_for_the_block_and_undone(monkeypatch) -> None:
+    from nada.adapt import deterministic_kernels
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a value set by the user wins
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark)
+    with deterministic_kernels(torch.device("cpu"), True):  # the CPU: nothing to switch
+        assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic) == before[:2]
+    with deterministic_kernels(torch.device("cuda"), True):  # only flags are set: no CUDA device needed
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert cudnn.deterministic and not cudnn.benchmark
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark) == before
+    assert torch.backends.cuda.flash_sdp_enabled()
+    import os
+
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

@@ -349,12 +349,15 @@ def fp32_precision(device: torch.device, tf32: bool) -> Iterator[None]:
 def deterministic_kernels(device: torch.device, enabled: bool) -> Iterator[None]:
     """Within the block (CUDA, ``enabled``), deterministic algorithms only: cuDNN's, PyTorch's, cuBLAS's fixed workspace.
 
-    Ops without a deterministic CUDA kernel warn instead of failing; CLIP's resize has its own (`nada.clip`).
-    The previous settings come back afterwards. Does nothing on the CPU, whose kernels already are.
+    Ops without a deterministic CUDA kernel warn instead of failing; CLIP's resize has its own (`nada.clip`),
+    and attention runs in its plain matmul form, since the fused kernels' backward stays free in warn-only
+    mode. The previous settings come back afterwards. Does nothing on the CPU, whose kernels already are.
     """
     if not enabled or device.type != "cuda":
         yield
         return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     cudnn = torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               cudnn.deterministic, cudnn.benchmark)
@@ -363,7 +366,8 @@ def deterministic_kernels(device: torch.device, enabled: bool) -> Iterator[None]
     torch.use_deterministic_algorithms(True, warn_only=True)
     cudnn.deterministic, cudnn.benchmark = True, False
     try:
-        yield
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         cudnn.deterministic, cudnn.benchmark = before[2], before[3]
