@@ -43,12 +43,14 @@ def run_twice(G, clip, args: argparse.Namespace, precision: str, deterministic: 
             trained = adapt(cfg, progress=False, G_base=G, clip=[(clip, 1.0)])
             log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
         seconds += [r["seconds"] for r in log[1:]]
-        notes |= {str(w.message).split(" does not")[0][:90] for w in caught if "deterministic implementation" in str(w.message)}
+        messages = [str(w.message) for w in caught]
+        notes |= {m.split(" does not")[0][:90] for m in messages if "deterministic implementation" in m}
         results.append({k: v.detach().float().cpu() for k, v in trained.state_dict().items()})
     diffs = [(results[0][k] - results[1][k]).abs() for k in results[0]]
     changed = sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs)
-    return {"precision": precision, "deterministic": deterministic, "max_weight_diff": max(float(d.max()) for d in diffs),
-            "changed_share": changed, "s_per_it": statistics.median(seconds) if seconds else float("nan"),
+    return {"precision": precision, "deterministic": deterministic,
+            "max_weight_diff": max(float(d.max()) for d in diffs), "changed_share": changed,
+            "s_per_it": statistics.median(seconds) if seconds else float("nan"),
             "warnings": sorted(notes)}
 
 

@@ -447,7 +447,8 @@ def test_chunked_selection_run_matches_the_whole_batch(tmp_path: Path, clip) -> 
     kw = dict(layers="auto:2", auto_batch=4, iterations=3, sample_every=0, save_every=0)
     a = adapt(config(tmp_path / "a", **kw), progress=False, G_base=make_generator(), clip=clip)
     b = adapt(config(tmp_path / "b", select_chunk=1, **kw), progress=False, G_base=make_generator(), clip=clip)
-    assert [r["layers"] for r in log_of(config(tmp_path / "a"))] == [r["layers"] for r in log_of(config(tmp_path / "b"))]
+    layers = [[r["layers"] for r in log_of(config(tmp_path / name))] for name in ("a", "b")]
+    assert layers[0] == layers[1]
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(NadaError, match="select_chunk"):
         config(tmp_path / "c", select_chunk=-1).validate()
@@ -456,7 +457,8 @@ def test_chunked_selection_run_matches_the_whole_batch(tmp_path: Path, clip) -> 
 def test_speed_switches_on_the_command_line() -> None:
     from nada.cli import adapt_config, build_parser
 
-    args = build_parser().parse_args(["adapt", "--target", "x", "--select-chunk", "2", "--select-bf16", "--deterministic"])
+    flags = ["--select-chunk", "2", "--select-bf16", "--deterministic"]
+    args = build_parser().parse_args(["adapt", "--target", "x", *flags])
     cfg = adapt_config(args)
     assert (cfg.select_chunk, cfg.select_bf16, cfg.deterministic) == (2, True, True)
     defaults = adapt_config(build_parser().parse_args(["adapt", "--target", "x"]))

@@ -34,7 +34,8 @@ def test_image_grid_places_every_tile(n_rows: int, shape: tuple, pad: int) -> No
 
 def test_png_compress_level_keeps_the_pixels(tmp_path: Path) -> None:
     img = image_grid([torch.linspace(-1, 1, 3 * 40 * 40).reshape(1, 3, 40, 40)])
-    fast, default = atomic_save_image(img, tmp_path / "a.png", compress_level=1), atomic_save_image(img, tmp_path / "b.png")
+    fast = atomic_save_image(img, tmp_path / "a.png", compress_level=1)
+    default = atomic_save_image(img, tmp_path / "b.png")
     with Image.open(fast) as a, Image.open(default) as b:
         assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(a), np.asarray(img))
     assert fast.read_bytes() != default.read_bytes()  # the level reached the encoder

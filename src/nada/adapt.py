@@ -347,7 +347,7 @@ def fp32_precision(device: torch.device, tf32: bool) -> Iterator[None]:
 
 @contextmanager
 def deterministic_kernels(device: torch.device, enabled: bool) -> Iterator[None]:
-    """Within the block (CUDA, ``enabled``), deterministic algorithms only: cuDNN's, PyTorch's, cuBLAS's fixed workspace.
+    """Within the block (CUDA, ``enabled``), deterministic kernels only: cuDNN's, PyTorch's, a fixed cuBLAS workspace.
 
     Ops without a deterministic CUDA kernel warn instead of failing; CLIP's resize has its own (`nada.clip`),
     and attention runs in its plain matmul form, since the fused kernels' backward stays free in warn-only

@@ -181,7 +181,7 @@ def resize_by_matmul(x: torch.Tensor, size: tuple[int, int], mode: str, antialia
 
 
 def _resize_matrix(n_in: int, n_out: int, mode: str, antialias: bool, device: torch.device) -> torch.Tensor:
-    """[n_out, n_in]: how `F.interpolate` maps a line of n_in pixels to n_out: the resize of an identity image's height."""
+    """[n_out, n_in]: how `F.interpolate` maps a line of n_in pixels to n_out (an identity image resized in height)."""
     with torch.no_grad():
         eye = torch.eye(n_in, device=device)[None, None]
         return F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False, antialias=antialias)[0, 0]

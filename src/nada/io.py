@@ -105,7 +105,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_save_image(img: "PIL.Image.Image", path: str | os.PathLike, compress_level: int | None = None) -> Path:  # noqa: F821
+def atomic_save_image(
+    img: "PIL.Image.Image", path: str | os.PathLike, compress_level: int | None = None  # noqa: F821
+) -> Path:
     """Save a PIL image atomically; the format follows the file extension of ``path``.
 
     ``compress_level`` (PNG only, 0-9; None: Pillow's 6) trades file size for encoding time, never pixels.
@@ -213,7 +215,7 @@ def image_grid(rows: list[torch.Tensor], pad: int = 2) -> "PIL.Image.Image":  # 
 
 
 def grid_pixels(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
-    """The uint8 canvas [H', W', 3] (CPU) of `image_grid`: the rows' images [N, 3, H, W] in [-1, 1], white gaps of ``pad``.
+    """The uint8 canvas [H', W', 3] (CPU) of `image_grid`: rows of images [N, 3, H, W] in [-1, 1], gaps of ``pad``.
 
     Laid out on the images' device, so only the finished canvas crosses to the host.
     """
@@ -222,7 +224,8 @@ def grid_pixels(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
     n, _, h, w = rows[0].shape
     for r in rows:
         assert r.shape[0] == n and r.shape[2:] == (h, w), "every row of a grid needs the same count and size"
-    canvas = torch.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=torch.uint8, device=rows[0].device)
+    shape = (len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3)
+    canvas = torch.full(shape, 255, dtype=torch.uint8, device=rows[0].device)
     # A view of the canvas as [row, y, column, x, rgb]: each row of images lands there in one strided copy.
     tiles = canvas[pad:, pad:].unflatten(0, (len(rows), h + pad)).unflatten(2, (n, w + pad))[:, :h, :, :w]
     for i, r in enumerate(rows):
