@@ -42,7 +42,7 @@ def run_twice(G, clip, args: argparse.Namespace, precision: str, deterministic: 
                               bf16=precision == "bf16", deterministic=deterministic)
             trained = adapt(cfg, progress=False, G_base=G, clip=[(clip, 1.0)])
             log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
-        seconds += [r["seconds"] for r in log[1:]]
+        seconds += [r["seconds"] for r in (log[1:] or log)]
         messages = [str(w.message) for w in caught]
         notes |= {m.split(" does not")[0][:90] for m in messages if "deterministic implementation" in m}
         results.append({k: v.detach().float().cpu() for k, v in trained.state_dict().items()})
@@ -50,7 +50,7 @@ def run_twice(G, clip, args: argparse.Namespace, precision: str, deterministic: 
     changed = sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs)
     return {"precision": precision, "deterministic": deterministic,
             "max_weight_diff": max(float(d.max()) for d in diffs), "changed_share": changed,
-            "s_per_it": statistics.median(seconds) if seconds else float("nan"),
+            "s_per_it": statistics.median(seconds),
             "warnings": sorted(notes)}
 
 
