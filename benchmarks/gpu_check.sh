@@ -23,8 +23,9 @@ DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; fi
 if [ $DRY = 1 ]; then
     DEVICE=cpu; BIG=32; ITERS=1; BUDGET=1500; T_TEST=300; T_ROW=400; T_PROBE=500; T_GEN=300
-    PROBE=(--size 32 --iterations 1 --precisions fp32)
-    ROWS=("ViT-B/32|all|fp32|" "ViT-B/32|auto:3|fp32|select_chunk=4 select_every=2")
+    # Plain prompts and few layers keep the CPU's share of text encoding and selection small.
+    PROBE=(--size 32 --iterations 1 --precisions fp32 --templates plain --layers all)
+    ROWS=("ViT-B/32|all|fp32|templates=plain" "ViT-B/32|auto:3|fp32|templates=plain select_chunk=4 select_every=2")
 else
     DEVICE=cuda; BIG=1024; ITERS=20; BUDGET=355; T_TEST=50; T_ROW=40; T_PROBE=70; T_GEN=45
     PROBE=(--size 1024 --iterations 4 --precisions fp32,bf16)

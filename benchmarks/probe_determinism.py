@@ -7,7 +7,7 @@ per iteration (median of both runs after the first iteration) and which ops warn
 no deterministic kernel. On the CPU every pair should show 0.
 
     python benchmarks/probe_determinism.py --device cuda --size 1024 --precisions fp32,tf32,bf16
-    python benchmarks/probe_determinism.py --device cpu --size 32 --iterations 2   # the CPU baseline
+    python benchmarks/probe_determinism.py --device cpu --size 32 --iterations 2 --templates plain  # the CPU
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def run_twice(G, clip, args: argparse.Namespace, precision: str, deterministic: 
             warnings.simplefilter("always")
             cfg = AdaptConfig(source="photo", target="sketch", generator="random", clip=args.clip, layers=args.layers,
                               iterations=args.iterations, batch_size=2, out_dir=out, n_sample_images=1,
+                              templates=args.templates,
                               sample_every=0, save_every=0, device=args.device, tf32=precision == "tf32",
                               bf16=precision == "bf16", deterministic=deterministic)
             trained = adapt(cfg, progress=False, G_base=G, clip=[(clip, 1.0)])
@@ -61,6 +62,7 @@ def main() -> None:
     p.add_argument("--clip", default="ViT-B/32", help="open_clip architecture by OpenAI name (default: %(default)s)")
     p.add_argument("--layers", default="auto:3", help="layer spec (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=4, help="iterations per run (default: %(default)s)")
+    p.add_argument("--templates", default="imagenet", help="prompt templates: imagenet or plain (default: %(default)s)")
     p.add_argument("--precisions", default="fp32,bf16", help="among fp32, tf32, bf16 (default: %(default)s)")
     p.add_argument("--json", default=None, help="also append every result as one JSON line to this file")
     args = p.parse_args()
