@@ -22,12 +22,12 @@ if [ -d .whl/golden ]; then export NADA_GOLDEN="$PWD/.whl/golden"; fi
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; fi
 if [ $DRY = 1 ]; then
-    DEVICE=cpu; BIG=32; ITERS=1; BUDGET=1500; T_TEST=300; T_ROW=400; T_PROBE=500; T_GEN=300
+    DEVICE=cpu; BIG=32; ITERS=1; BUDGET=1500; T_TEST=300; T_ROW=400; T_PROBE=500; T_GEN=300; CASES=fwd1; REPS=2
     # Plain prompts and few layers keep the CPU's share of text encoding and selection small.
     PROBE=(--size 32 --iterations 1 --precisions fp32 --templates plain --layers all)
     ROWS=("ViT-B/32|all|fp32|templates=plain" "ViT-B/32|auto:3|fp32|templates=plain select_chunk=4 select_every=2")
 else
-    DEVICE=cuda; BIG=1024; ITERS=20; BUDGET=355; T_TEST=50; T_ROW=40; T_PROBE=70; T_GEN=45
+    DEVICE=cuda; BIG=1024; ITERS=20; BUDGET=355; T_TEST=50; T_ROW=40; T_PROBE=70; T_GEN=45; CASES=fwd1,fwd4,bwd2; REPS=5
     PROBE=(--size 1024 --iterations 4 --precisions fp32,bf16)
     # clip | layers | precision | AdaptConfig changes: the TF32 baseline first, then the selection levers.
     ROWS=("ViT-B/32|auto:3|tf32|" "ViT-B/32|auto:3|tf32|select_chunk=2" "ViT-B/32|auto:3|tf32|select_bf16=1"
@@ -73,7 +73,7 @@ done
 part probe_determinism "$T_PROBE" python3 benchmarks/probe_determinism.py --device "$DEVICE" "${PROBE[@]}" \
     --json "$OUT/probe_determinism.jsonl"
 
-GEN=(python3 benchmarks/bench_generator.py --device "$DEVICE" --sizes "$BIG" --cases fwd1,fwd4,bwd2 --repeats 5
+GEN=(python3 benchmarks/bench_generator.py --device "$DEVICE" --sizes "$BIG" --cases "$CASES" --repeats "$REPS"
      --naive-backward-max-size 1024)
 if [ $DRY = 1 ]; then GEN+=(--layouts cpu); else GEN+=(--layouts grouped,activations); fi
 part bench_generator "$T_GEN" "${GEN[@]}" --precisions fp32,tf32
