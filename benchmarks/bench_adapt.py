@@ -9,14 +9,22 @@ is its own. Columns:
 - ``300 it e2e``: what ``nada adapt --iterations 300`` with the default ``sample_every`` 50 and
   ``save_every`` 100 takes, setup included: the measured run (model building, guides, the first
   iteration, its two sample grids and final save) plus (300 - N) median iterations plus the five
-  sample grids and two checkpoint-and-state saves that the longer run writes in addition, each timed
-  in the same process right after the run.
+  sample grids and two checkpoint-and-state saves that the longer run writes in addition, each
+  costed at what the run's own grids and save took (``adapt(timings=...)``).
+- ``build / setup / iters / grids / saves``: where the measured run's seconds went: ``build`` the
+  benchmark's random generator and CLIPs (a real run loads them instead), then `nada.adaptation.loop.adapt`'s
+  phases: ``setup`` (copies, guides, optimizer), ``iters`` (the N iterations with their logging),
+  ``grids`` (rendering the two sample grids, and waiting for their PNG encoding at the end), ``saves``
+  (the final checkpoint and resume state).
 - ``peak MB``: one way per device, over the whole process: CUDA ``torch.cuda.max_memory_allocated``;
   CPU the peak resident set size.
 - ``prec``: fp32 is IEEE float32 on CUDA (matmuls and cuDNN convolutions); tf32 switches both to TF32.
+- ``--set NAME=VALUE``: any AdaptConfig field for every row (the selection levers: ``select_chunk=2``,
+  ``select_bf16=1``, ``select_every=4``, ``deterministic=1``); shown in the row's ``set`` column.
 
     python benchmarks/bench_adapt.py --sizes 256 --clips ViT-B/32 --layers all,auto:3 --iterations 3
     python benchmarks/bench_adapt.py --device cuda --sizes 1024 --iterations 30 --precisions fp32,tf32
+    python benchmarks/bench_adapt.py --device cuda --sizes 1024 --layers auto:3 --precisions tf32 --set select_chunk=2
 """
 
 from __future__ import annotations
@@ -54,32 +62,8 @@ def extra_outputs(iterations: int) -> tuple[int, int]:
     return grids, saves
 
 
-def time_outputs(G, device: str, out: Path) -> tuple[float, float]:
-    """Seconds for one sample grid (both generators, 8 seeds) and one checkpoint-plus-Adam-state save of G."""
-    import torch
-
-    from nada.adaptation.loop import render_samples
-    from nada.generator.checkpoints import save_checkpoint
-    from nada.config import AdaptConfig
-    from nada.io import atomic_save_image, atomic_torch_save, image_grid
-
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    d = AdaptConfig()
-    sync()
-    t0 = time.perf_counter()
-    rows = [render_samples(G, d.n_sample_images, d.sample_truncation, d.batch_size) for _ in range(2)]
-    atomic_save_image(image_grid(rows), out / "grid.png")
-    t_grid = time.perf_counter() - t0
-    params = [p for n, p in G.named_parameters() if not n.startswith("style.")]
-    t0 = time.perf_counter()
-    save_checkpoint(out / "ckpt.pt", G, {"base_model": "bench"}, overwrite=True)
-    adam_like = {"exp_avg": [p.detach().clone() for p in params], "exp_avg_sq": [p.detach().clone() for p in params]}
-    atomic_torch_save(adam_like, out / "state.pt")
-    return t_grid, time.perf_counter() - t0
-
-
 def run_one(size: int, clips: str, layers: str, iterations: int, device: str, threads: int, precision: str,
-            log_every: int) -> dict:
+            log_every: int, changes: dict) -> dict:
     """Run one configuration in this process and return its measurements."""
     import torch
 
@@ -94,16 +78,21 @@ def run_one(size: int, clips: str, layers: str, iterations: int, device: str, th
     G = Generator(size, 512, 8, channel_multiplier=2).to(device)
     G.compute_mean_latent(n=1024, seed=0)
     ensemble = [(random_clip(n, device), 1.0) for n in clips.split("+")]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    phases = {"build": time.perf_counter() - t_start}
     with tempfile.TemporaryDirectory() as out:
         cfg = AdaptConfig(source="photo", target="sketch", generator=f"random-{size}", clip=clips, layers=layers,
                           iterations=iterations, batch_size=2, out_dir=out, sample_every=0, save_every=0, device=device,
-                          tf32=precision == "tf32", bf16=precision == "bf16", log_every=log_every)
-        G_train = adapt(cfg, progress=False, G_base=G, clip=ensemble)
+                          tf32=precision == "tf32", bf16=precision == "bf16", log_every=log_every, **changes)
+        adapt(cfg, progress=False, G_base=G, clip=ensemble, timings=phases)
         total = time.perf_counter() - t_start
-        seconds = [json.loads(line)["seconds"] for line in (Path(out) / "log.jsonl").read_text().splitlines()]
-        t_grid, t_save = time_outputs(G_train, device, Path(out))
-    steady = statistics.median(seconds[1:] or seconds)
+        records = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    seconds = [r["seconds"] for r in records]
+    steady = steady_seconds(records, changes.get("select_every", 1))
     grids, saves = extra_outputs(iterations)
+    # The run wrote two grids (start, end) and one save; the end grid also waited for PNG encoding.
+    t_grid, t_save = phases["grids"] / 2, phases["saves"]
     e2e = total + (E2E_ITERATIONS - iterations) * steady + grids * t_grid + saves * t_save
     if device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -111,8 +100,8 @@ def run_one(size: int, clips: str, layers: str, iterations: int, device: str, th
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     return {"size": size, "clip": clips, "layers": layers, "device": device, "precision": precision,
             "iterations": iterations, "s_per_it": steady, "first_it_s": seconds[0], "total_s": total,
-            "grid_s": t_grid, "save_s": t_save,
-            "e2e_300_s": e2e, "peak_mb": peak_mb}
+            "grid_s": t_grid, "save_s": t_save, "phases_s": phases, "set": changes,
+            "selections": [r["layers"] for r in records], "e2e_300_s": e2e, "peak_mb": peak_mb}
 
 
 def main() -> None:
@@ -125,13 +114,16 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=10, help="the loop's log_every (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu, plus cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="an AdaptConfig field for every row, e.g. select_chunk=2 (repeatable)")
     p.add_argument("--json", default=None, help="also append every result as one JSON line to this file")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = p.parse_args()
 
     if args.one:
         size, clips, layers, device, precision = args.one.split("|")
-        result = run_one(int(size), clips, layers, args.iterations, device, args.threads, precision, args.log_every)
+        result = run_one(int(size), clips, layers, args.iterations, device, args.threads, precision, args.log_every,
+                         parse_changes(args.set))
         print(json.dumps(result))
         return
 
@@ -142,8 +134,8 @@ def main() -> None:
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"{args.iterations} iterations per row; peak MB: CUDA max allocated / CPU max RSS, whole process")
-    print(f"{'device':6} {'size':>5} {'clip':20} {'layers':8} {'prec':5} {'s/it':>8} {'first':>8} "
-          f"{'300 it e2e':>11} {'peak MB':>9}")
+    print(f"{'device':6} {'size':>5} {'clip':20} {'layers':8} {'prec':5} {'set':18} {'s/it':>8} {'first':>8} "
+          f"{'300 it e2e':>11} {'peak MB':>9}  build / setup / iters / grids / saves (s)")
     for device in devices:
         for size in (int(s) for s in args.sizes.split(",")):
             for clips in args.clips.split(","):
@@ -156,17 +148,48 @@ def run_row(args: argparse.Namespace, device: str, size: int, clips: str, layers
     """One configuration in a fresh subprocess; prints its row (or why it failed)."""
     one = "|".join([str(size), clips, layers, device, precision])
     cmd = [sys.executable, __file__, "--one", one, "--iterations", str(args.iterations), "--threads", str(args.threads),
-           "--log-every", str(args.log_every)]
+           "--log-every", str(args.log_every)] + [f"--set={item}" for item in args.set]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    head = f"{device:6} {size:>5} {clips:20} {layers:8} {precision:5}"
+    head = f"{device:6} {size:>5} {clips:20} {layers:8} {precision:5} {','.join(args.set) or '-':18}"
     if res.returncode != 0:
         print(f"{head} failed: {res.stderr.strip().splitlines()[-1:]}", flush=True)
         return
     r = json.loads(res.stdout.strip().splitlines()[-1])
-    print(f"{head} {r['s_per_it']:8.3f} {r['first_it_s']:8.3f} {r['e2e_300_s']:10.1f}s {r['peak_mb']:9.0f}", flush=True)
+    ph = r["phases_s"]
+    split = " / ".join(f"{ph.get(k, 0.0):.2f}" for k in ("build", "setup", "iterations", "grids", "saves"))
+    print(f"{head} {r['s_per_it']:8.3f} {r['first_it_s']:8.3f} {r['e2e_300_s']:10.1f}s {r['peak_mb']:9.0f}  {split}",
+          flush=True)
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             f.write(json.dumps(r) + "\n")
+
+
+def steady_seconds(records: list[dict], every: int) -> float:
+    """Seconds per iteration after the first: the median, or with a selection every N steps, the median of
+    the steps without one plus 1/N of what a selection step costs more (the median would miss it)."""
+    later = records[1:] or records
+    picks = [r["seconds"] for r in later if (r["step"] - 1) % every == 0]
+    rest = [r["seconds"] for r in later if (r["step"] - 1) % every != 0]
+    if not (picks and rest):
+        return statistics.median(picks or rest)
+    return statistics.median(rest) + (statistics.median(picks) - statistics.median(rest)) / every
+
+
+def parse_changes(items: list[str]) -> dict:
+    """NAME=VALUE strings -> AdaptConfig changes, each value converted to the type of the field's default."""
+    from dataclasses import fields
+
+    from nada.config import AdaptConfig
+
+    defaults = {f.name: f.default for f in fields(AdaptConfig)}
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in defaults:
+            sys.exit(f"unknown AdaptConfig field {name!r}: known are {', '.join(defaults)}")
+        kind = type(defaults[name])
+        out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Generator speed and memory: images/s and peak memory of nada's Generator against a naive upfirdn-style path.
 
 Run: python benchmarks/bench_generator.py [--sizes 256,1024] [--repeats 3] [--device cpu|cuda|auto]
-       [--cases fwd1,fwd4,bwd2] [--precisions fp32,tf32,bf16] [--layouts grouped,activations,cpu]
+       [--cases fwd1,fwd4,bwd2] [--precisions fp32,tf32,bf16] [--layouts grouped,activations,cpu] [--cudnn-benchmark]
 
 Both paths use the same random weights. The naive path is a compact, straightforward port of the
 reference's pure-PyTorch ("native") ops: zero-insertion up-sampling followed by a one-channel
@@ -235,9 +235,13 @@ def main() -> None:
         default=512,
         help="run the naive fwd+bwd only up to this size; at 1024 it needs tens of GB of memory (default: %(default)s)",
     )
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark) for every row")
     args = p.parse_args()
     device = resolve_device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"cudnn.benchmark {torch.backends.cudnn.benchmark}")
     for size in (int(s) for s in args.sizes.split(",")):
         bench_size(size, device, args)
 

@@ -402,15 +402,67 @@ def test_ctrl_c_stops_after_the_current_iteration(tmp_path: Path, clip) -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_bf16_run_is_finite_and_deterministic(tmp_path: Path, golden: Path) -> None:
+@pytest.mark.parametrize("bf16", [True, False])
+def test_cuda_deterministic_runs_are_finite_and_repeat(tmp_path: Path, golden: Path, bf16: bool) -> None:
     from nada.guidance.clip import load_clip
 
     clip_cuda = load_clip(str(golden / "tiny_clip_openai.pt"), device="cuda")
-    kw = dict(device="cuda", bf16=True, layers="auto:2", iterations=3, sample_every=0, save_every=0)
+    kw = dict(device="cuda", bf16=bf16, deterministic=True, layers="auto:2", iterations=3, sample_every=0, save_every=0)
     a = adapt(config(tmp_path / "a", **kw), progress=False, G_base=make_generator(), clip=clip_cuda)
     b = adapt(config(tmp_path / "b", **kw), progress=False, G_base=make_generator(), clip=clip_cuda)
     assert all(np.isfinite(r["loss"]) for r in log_of(config(tmp_path / "a", **kw)))
     assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.are_deterministic_algorithms_enabled()  # the run's switches are undone
+
+
+def test_phase_timings_and_grids_written_before_adapt_returns(tmp_path: Path, clip) -> None:
+    from nada.adaptation.loop import render_samples
+    from nada.io import image_grid
+
+    cfg = config(tmp_path, iterations=2, sample_every=1, save_every=1)
+    timings: dict[str, float] = {}
+    G_base = make_generator()
+    G = adapt(cfg, progress=False, G_base=G_base, clip=clip, timings=timings)
+    assert set(timings) == {"setup", "iterations", "grids", "saves"} and all(t > 0 for t in timings.values())
+    written = sorted(p.name for p in (Path(cfg.out_dir) / "samples").iterdir())
+    assert written == ["step_000000.png", "step_000001.png", "step_000002.png"]  # no temporary file left
+    expected = image_grid([render_samples(g, 3, cfg.sample_truncation, 2) for g in (G_base, G)])
+    with Image.open(Path(cfg.out_dir) / "samples" / "step_000002.png") as got:
+        assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_guides_share_text_features_without_changing_them(tiny) -> None:
+    from nada.guidance import losses
+    from nada.adaptation.loop import build_guides
+    from nada.guidance.templates import IMAGENET_TEMPLATES
+
+    cfg = AdaptConfig(source="photo", target="sketch", templates="imagenet", lambda_manifold=1.0)
+    (g,) = build_guides([(tiny, 1.0)], cfg, make_generator(), None)
+    assert torch.equal(g.direction, losses.text_direction(tiny, "photo", "sketch", IMAGENET_TEMPLATES))
+    assert torch.equal(g.source_anchor, losses.mean_text_feature(tiny, "photo", IMAGENET_TEMPLATES))
+    assert torch.equal(g.target_anchor, losses.mean_text_feature(tiny, "sketch", IMAGENET_TEMPLATES))
+
+
+def test_chunked_selection_run_matches_the_whole_batch(tmp_path: Path, clip) -> None:
+    kw = dict(layers="auto:2", auto_batch=4, iterations=3, sample_every=0, save_every=0)
+    a = adapt(config(tmp_path / "a", **kw), progress=False, G_base=make_generator(), clip=clip)
+    b = adapt(config(tmp_path / "b", select_chunk=1, **kw), progress=False, G_base=make_generator(), clip=clip)
+    layers = [[r["layers"] for r in log_of(config(tmp_path / name))] for name in ("a", "b")]
+    assert layers[0] == layers[1]
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(NadaError, match="select_chunk"):
+        config(tmp_path / "c", select_chunk=-1).validate()
+
+
+def test_speed_switches_on_the_command_line() -> None:
+    from nada.frontends.cli import adapt_config, build_parser
+
+    flags = ["--select-chunk", "2", "--select-bf16", "--deterministic"]
+    args = build_parser().parse_args(["adapt", "--target", "x", *flags])
+    cfg = adapt_config(args)
+    assert (cfg.select_chunk, cfg.select_bf16, cfg.deterministic) == (2, True, True)
+    defaults = adapt_config(build_parser().parse_args(["adapt", "--target", "x"]))
+    assert (defaults.select_chunk, defaults.select_bf16, defaults.deterministic) == (0, False, False)
 
 
 def test_consistency_loss_needs_three_images_per_batch(tmp_path: Path, clip) -> None:
@@ -520,3 +572,22 @@ def test_log_every_is_one_read_per_flush(tmp_path: Path, clip, monkeypatch: pyte
     assert [r["step"] for r in log_of(cfg)] == list(range(1, 8))
     with pytest.raises(NadaError, match="log_every must be at least 1"):
         adapt(cfg.replace(log_every=0), progress=False, G_base=make_generator(), clip=clip, force=True)
+
+
+def test_deterministic_switch_is_set_for_the_block_and_undone(monkeypatch) -> None:
+    from nada.adaptation.loop import deterministic_kernels
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a value set by the user wins
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark)
+    with deterministic_kernels(torch.device("cpu"), True):  # the CPU: nothing to switch
+        assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic) == before[:2]
+    with deterministic_kernels(torch.device("cuda"), True):  # only flags are set: no CUDA device needed
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert cudnn.deterministic and not cudnn.benchmark
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark) == before
+    assert torch.backends.cuda.flash_sdp_enabled()
+    import os
+
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

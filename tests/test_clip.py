@@ -73,6 +73,21 @@ def test_features_and_tokens_match_golden(tiny, ref) -> None:
     assert tiny.logit_scale.item() == pytest.approx(ref["constants"]["logit_scale_exp"], rel=1e-6)
 
 
+@pytest.mark.parametrize("size, new", [((32, 32), (224, 224)), ((48, 64), (168, 224)), ((256, 256), (224, 224))])
+@pytest.mark.parametrize("mode, antialias", [("bicubic", True), ("bicubic", False), ("bilinear", True)])
+def test_resize_by_matmul_equals_interpolate(size, new, mode: str, antialias: bool) -> None:
+    from nada.guidance.clip import resize_by_matmul
+
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    a = torch.nn.functional.interpolate(x, size=new, mode=mode, align_corners=False, antialias=antialias)
+    b = resize_by_matmul(x, new, mode, antialias)
+    assert b.shape == a.shape and float((a - b).detach().abs().max()) < 1e-6
+    weight = torch.rand_like(a)
+    (ga,) = torch.autograd.grad((a * weight).sum(), x)
+    (gb,) = torch.autograd.grad((b * weight).sum(), x)
+    assert float((ga - gb).abs().max()) < 1e-5 * float(ga.abs().max())
+
+
 def test_frozen_eval_and_gradients_reach_the_image(tiny, ref) -> None:
     assert not tiny.training and not tiny.model.training
     tiny.train()  # a parent calling .train() must not switch CLIP out of eval mode

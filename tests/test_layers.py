@@ -333,3 +333,27 @@ def test_selection_noise_from_the_context_is_used() -> None:
     noisy = parse_layers("auto:2:3").row_scores(G, with_fresh)
     assert draws == [4, 4, 4]  # fresh noise for every SGD step, as the official code renders it
     assert not torch.allclose(stored, noisy)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_chunked_selection_has_the_same_gradients_per_latent(tiny, chunk: int) -> None:
+    from nada.adaptation.layers import wplus_row_scores
+    from nada.guidance.losses import global_loss
+
+    G = tiny_generator(4)
+    w = G.mapping(torch.randn(4, G.style_dim, generator=torch.Generator().manual_seed(3)))
+    text = tiny.encode_text(["sketch"]).detach()
+    loss = lambda img: global_loss(tiny.encode_image(img), text, tiny.logit_scale)  # noqa: E731
+    noise = seeded_noise(G, 4, 40)
+    whole = wplus_row_scores(G, w, loss, lambda n: noise, iters=2)
+    parts = wplus_row_scores(G, w, loss, lambda n: noise, iters=2, chunk=chunk)
+    assert torch.allclose(parts[0], whole[0], rtol=1e-5, atol=1e-12)
+    assert torch.allclose(parts[1], whole[1], rtol=1e-6)
+    # The chunks really split the batch: a loss that is no batch mean would change the scores.
+    summed = lambda img: global_loss(tiny.encode_image(img), text, tiny.logit_scale) * img.shape[0]  # noqa: E731
+    assert not torch.allclose(wplus_row_scores(G, w, summed, lambda n: noise, chunk=chunk)[0],
+                              wplus_row_scores(G, w, summed, lambda n: noise)[0], rtol=1e-3)
+    ctx = SelectionContext(sample_w=lambda n: w[:n], image_loss=loss, batch_size=4, chunk=chunk,
+                           sample_noise=lambda n: noise)
+    assert parse_layers("auto:3").select(G, ctx) == parse_layers("auto:3").select(G, ctx.__class__(
+        sample_w=ctx.sample_w, image_loss=loss, batch_size=4, sample_noise=ctx.sample_noise))

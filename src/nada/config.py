@@ -108,6 +108,10 @@ class AdaptConfig:
     layers: str = "auto:3"
     select_every: int = 1  # re-run a data-driven selection every N iterations (the official code: every one)
     auto_batch: int = 8  # latents used by the auto/grad selection (official auto_layer_batch)
+    # auto:K renders and back-propagates this many of the auto_batch latents at a time (0: all at once). Each
+    # latent's gradient is the same (the loss is a batch mean, rescaled per chunk); peak memory falls.
+    select_chunk: int = 0
+    select_bf16: bool = False  # bfloat16 autocast for the layer selection alone, on CUDA (bf16 covers it already)
     select_score: str = "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.adaptation.layers)
     select_noise: str = "random"  # selection renders with fresh noise ("random", official) or stored noise ("const")
     # "official": `all` is the official set (constant, conv1, convs; no to_rgb) and auto:K maps row i to the
@@ -146,6 +150,9 @@ class AdaptConfig:
     device: str = "auto"
     bf16: bool = False  # bfloat16 autocast for generator and CLIP forward passes on CUDA (ignored on CPU)
     tf32: bool = False  # TF32 for CUDA float32 matmuls and convolutions during the run (False: IEEE float32 for both)
+    # Deterministic CUDA kernels during the loop (cuDNN, PyTorch, cuBLAS workspace, CLIP's resize as matmuls), so
+    # that two runs with one seed give the same weights; the CPU always is. See docs/performance.md for its cost.
+    deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (JSON-serialisable)."""
@@ -218,7 +225,7 @@ class AdaptConfig:
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise NadaError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("sample_every", "save_every", "seed", "clip_views"):
+        for name in ("sample_every", "save_every", "seed", "clip_views", "select_chunk"):
             if int(getattr(self, name)) < 0:
                 raise NadaError(f"{name} must be 0 or more (got {getattr(self, name)})")
         if not (0 <= self.clip_noise <= 1):

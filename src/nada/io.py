@@ -105,11 +105,50 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_save_image(img: "PIL.Image.Image", path: str | os.PathLike) -> Path:  # noqa: F821
-    """Save a PIL image atomically; the format follows the file extension of ``path``."""
+def atomic_save_image(
+    img: "PIL.Image.Image", path: str | os.PathLike, compress_level: int | None = None  # noqa: F821
+) -> Path:
+    """Save a PIL image atomically; the format follows the file extension of ``path``.
+
+    ``compress_level`` (PNG only, 0-9; None: Pillow's 6) trades file size for encoding time, never pixels.
+    """
     fmt = Path(path).suffix.lstrip(".").upper() or "PNG"
     fmt = {"JPG": "JPEG"}.get(fmt, fmt)
-    return atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
+    options = {"compress_level": compress_level} if fmt == "PNG" and compress_level is not None else {}
+    return atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **options))
+
+
+class BackgroundWriter:
+    """Run file writes one after another on a worker thread; a failed write raises at the next `submit` or `wait`.
+
+    Encoding a large PNG takes seconds of CPU time (zlib releases the GIL), which a training loop on a
+    GPU need not wait for. Each write should itself be atomic (`atomic_write`), so a reader sees whole files.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nada-writer")
+        self.pending: list[Any] = []
+
+    def submit(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``write(*args, **kwargs)``; first raises the error of any earlier write that has failed."""
+        self._collect(wait=False)
+        self.pending.append(self.pool.submit(write, *args, **kwargs))
+
+    def wait(self) -> None:
+        """Block until every queued write is done; raise the first error among them."""
+        self._collect(wait=True)
+
+    def close(self) -> None:
+        """Finish the queued writes (errors are the caller's to collect with `wait` first) and stop the thread."""
+        self.pool.shutdown(wait=True)
+
+    def _collect(self, wait: bool) -> None:
+        done = [f for f in self.pending if wait or f.done()]
+        self.pending = [f for f in self.pending if f not in done]
+        for f in done:
+            f.result()
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -159,22 +198,36 @@ def z_from_seeds(seeds: list[int], dim: int) -> torch.Tensor:
 
 def to_uint8_image(img: torch.Tensor) -> torch.Tensor:
     """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] on the CPU."""
-    return ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    return _uint8_nchw(img).permute(0, 2, 3, 1).cpu()
+
+
+def _uint8_nchw(img: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1] -> uint8 [N, 3, H, W] on the same device: round((x + 1) * 127.5)."""
+    # clamp makes the copy; the in-place steps after it save a full-size temporary each.
+    return img.detach().float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
 
 
 def image_grid(rows: list[torch.Tensor], pad: int = 2) -> "PIL.Image.Image":  # noqa: F821
     """Make a PIL grid from rows of images, each [N, 3, H, W] in [-1, 1]; every row must have the same N, H, W."""
     from PIL import Image
 
+    return Image.fromarray(grid_pixels(rows, pad).numpy())
+
+
+def grid_pixels(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
+    """The uint8 canvas [H', W', 3] (CPU) of `image_grid`: rows of images [N, 3, H, W] in [-1, 1], gaps of ``pad``.
+
+    Laid out on the images' device, so only the finished canvas crosses to the host.
+    """
     if not rows:
         raise ValueError("image_grid needs at least one row")
     n, _, h, w = rows[0].shape
     for r in rows:
         assert r.shape[0] == n and r.shape[2:] == (h, w), "every row of a grid needs the same count and size"
-    canvas = torch.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=torch.uint8)
+    shape = (len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3)
+    canvas = torch.full(shape, 255, dtype=torch.uint8, device=rows[0].device)
+    # A view of the canvas as [row, y, column, x, rgb]: each row of images lands there in one strided copy.
+    tiles = canvas[pad:, pad:].unflatten(0, (len(rows), h + pad)).unflatten(2, (n, w + pad))[:, :h, :, :w]
     for i, r in enumerate(rows):
-        imgs = to_uint8_image(r)
-        for j in range(n):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y : y + h, x : x + w] = imgs[j]
-    return Image.fromarray(canvas.numpy())
+        tiles[i].copy_(_uint8_nchw(r).permute(2, 0, 3, 1))
+    return canvas.cpu()

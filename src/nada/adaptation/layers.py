@@ -125,12 +125,14 @@ class SelectionContext:
     ``image_loss(img)`` maps images [N, 3, H, W] in [-1, 1] to a scalar, the (ensemble-weighted) CLIP
     global loss towards the target at each model's logit scale; ``sample_noise(n)`` returns fresh
     per-layer noise [n, 1, r, r] for one rendering (None: the selection renders with the stored noise).
+    ``chunk`` (0: the whole batch) is how many latents ``auto`` renders and back-propagates at a time.
     """
 
     sample_w: Callable[[int], torch.Tensor]
     image_loss: Callable[[torch.Tensor], torch.Tensor]
     batch_size: int = 8
     sample_noise: Callable[[int], list[torch.Tensor]] | None = None
+    chunk: int = 0
 
     def noise(self, n: int) -> list[torch.Tensor] | None:
         """Noise for one rendering of n images: fresh from ``sample_noise``, or None for the stored buffers."""
@@ -212,12 +214,15 @@ def wplus_row_scores(
     iters: int = 1,
     lr: float = 0.01,
     score: str = "mean_abs",
+    chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How far each W+ row moves in ``iters`` SGD steps on the loss: scores [n_latent] and the first loss.
 
     w [N, style_dim] is lifted to W+ (every row the same w); ``noise(N)`` gives the per-layer noise of
     each rendering (None: stored buffers). ``score`` "mean_abs" averages |change| over the style
-    dimensions, "l2" takes each row's L2 norm; both then average over the batch.
+    dimensions, "l2" takes each row's L2 norm; both then average over the batch. ``chunk`` (0: all N)
+    renders that many latents at a time; ``image_loss`` must then be a mean over its batch (as CLIP's
+    global loss is), so that each latent's gradient stays the same.
     """
     if score not in SCORE_CHOICES:
         raise NadaError(f"unknown selection score {score!r}: use one of {', '.join(SCORE_CHOICES)}")
@@ -226,14 +231,40 @@ def wplus_row_scores(
     # Only the codes need gradients; freezing G meanwhile saves the weight-gradient work.
     with _requires_grad(list(G.parameters()), False):
         for _ in range(iters):
-            ws.requires_grad_(True)
-            loss = image_loss(G.synthesis(ws, noise=noise(ws.shape[0]), noise_mode="const"))
-            (grad,) = torch.autograd.grad(loss, [ws])
+            if 0 < chunk < ws.shape[0]:
+                loss, grad = _chunked_code_gradient(G, ws, image_loss, noise(ws.shape[0]), chunk)
+            else:
+                ws.requires_grad_(True)
+                loss = image_loss(G.synthesis(ws, noise=noise(ws.shape[0]), noise_mode="const"))
+                (grad,) = torch.autograd.grad(loss, [ws])
             ws = (ws - lr * grad).detach()
             first = loss.detach() if first is None else first
     change = ws - ws0
     per_row = change.abs().mean(dim=-1) if score == "mean_abs" else change.norm(dim=-1)
     return per_row.mean(dim=0), first
+
+
+def _chunked_code_gradient(
+    G: nn.Module,
+    ws: torch.Tensor,
+    image_loss: Callable[[torch.Tensor], torch.Tensor],
+    noise: list[torch.Tensor] | None,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch-mean loss and its gradient wrt W+ codes [N, n_latent, D], rendering ``chunk`` codes at a time.
+
+    Each chunk's mean loss is weighted by its share of the batch, so the sum and every per-code gradient equal
+    those of one pass over all N; ``noise`` (per-layer [N or 1, 1, r, r], or None) is sliced along.
+    """
+    n, losses, grads = ws.shape[0], [], []
+    for start in range(0, n, chunk):
+        part = ws[start : start + chunk].detach().requires_grad_(True)
+        part_noise = None if noise is None else [t[start : start + chunk] if t.shape[0] == n else t for t in noise]
+        loss = image_loss(G.synthesis(part, noise=part_noise, noise_mode="const")) * (part.shape[0] / n)
+        (grad,) = torch.autograd.grad(loss, [part])
+        losses.append(loss.detach())
+        grads.append(grad)
+    return torch.stack(losses).sum(), torch.cat(grads)
 
 
 def auto_layer_scores(
@@ -300,7 +331,7 @@ class AdaptiveWPlus(LayerSelector):
     def row_scores(self, G: nn.Module, ctx: SelectionContext) -> torch.Tensor:
         """How far each W+ row moves under the global loss: [n_latent] (see `wplus_row_scores`)."""
         w = ctx.sample_w(ctx.batch_size)
-        return wplus_row_scores(G, w, ctx.image_loss, ctx.noise, self.iters, self.lr, self.score)[0]
+        return wplus_row_scores(G, w, ctx.image_loss, ctx.noise, self.iters, self.lr, self.score, ctx.chunk)[0]
 
     def rows(self, G: nn.Module, ctx: SelectionContext) -> list[int]:
         """The K chosen W+ rows, highest score first."""

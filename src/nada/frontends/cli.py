@@ -163,6 +163,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "layers": ("--layers", "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,..."),
     "select_every": ("--select-every", "re-select auto/grad layers every N iterations"),
     "auto_batch": ("--auto-batch", "latents used by the auto/grad layer selection"),
+    "select_chunk": ("--select-chunk", "auto:K renders this many selection latents at a time, same gradients (0: all)"),
     "select_score": ("--select-score", "how auto:K ranks W+ rows: mean_abs (official) or l2"),
     "select_noise": ("--select-noise", "noise of the selection's renders: random (fresh, official) or const (stored)"),
     "layer_sets": (
@@ -233,6 +234,10 @@ def _adapt_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from a reference mode's settings (official: see docs/adapt.md); flags given win")
     p.add_argument("--bf16", action="store_true", default=defaults.bf16, help="bfloat16 autocast on CUDA")
     p.add_argument("--tf32", action="store_true", default=defaults.tf32, help="TF32 matmuls and convolutions on CUDA")
+    p.add_argument("--select-bf16", action="store_true", default=defaults.select_bf16,
+                   help="bfloat16 autocast for the layer selection alone, on CUDA")
+    p.add_argument("--deterministic", action="store_true", default=defaults.deterministic,
+                   help="deterministic CUDA kernels: one seed, the same weights (slower)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     p.add_argument("--force", action="store_true", help="start over in an --out folder that already holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -160,10 +160,31 @@ def preprocess_images(img: torch.Tensor, pp: ClipPreprocess, mean: torch.Tensor,
     x = (img.float() + 1) / 2
     h, w = x.shape[-2:]
     new_size = _resized_size(h, w, pp)
-    if new_size != (h, w):  # torchvision skips the resize at equal size too
+    if new_size != (h, w) and x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        x = resize_by_matmul(x, new_size, pp.interpolation, antialias)
+    elif new_size != (h, w):  # torchvision skips the resize at equal size too
         x = F.interpolate(x, size=new_size, mode=pp.interpolation, align_corners=False, antialias=antialias)
     x = _center_crop_or_pad(x, pp.size, pp.fill)
     return (x - mean) / std
+
+
+def resize_by_matmul(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
+    """`F.interpolate` of [N,C,H,W] as two matrix products, equal to rounding; its backward is deterministic on CUDA.
+
+    The resize is separable, so its matrices are the resize of one-hot columns; interpolate's own CUDA
+    backward accumulates with atomics, whose order varies from run to run.
+    """
+    rows = _resize_matrix(x.shape[-2], size[0], mode, antialias, x.device)  # [h', H]
+    cols = _resize_matrix(x.shape[-1], size[1], mode, antialias, x.device)  # [w', W]
+    with torch.autocast(x.device.type, enabled=False):  # a bf16 run still resizes in float32, as interpolate does
+        return rows @ x.float() @ cols.T
+
+
+def _resize_matrix(n_in: int, n_out: int, mode: str, antialias: bool, device: torch.device) -> torch.Tensor:
+    """[n_out, n_in]: how `F.interpolate` maps a line of n_in pixels to n_out (an identity image resized in height)."""
+    with torch.no_grad():
+        eye = torch.eye(n_in, device=device)[None, None]
+        return F.interpolate(eye, size=(n_out, n_in), mode=mode, align_corners=False, antialias=antialias)[0, 0]
 
 
 # ---------------------------------------------------------------- the model wrapper

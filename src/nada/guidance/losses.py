@@ -39,15 +39,24 @@ def text_features(model: "ClipModel", text: str, templates: Sequence[str] | None
 
 def mean_text_feature(model: "ClipModel", text: str, templates: Sequence[str] | None = IMAGENET_TEMPLATES) -> torch.Tensor:
     """Unit mean over templates of the unit text features: [1,D] (the manifold loss's class anchor)."""
-    return _unit(text_features(model, text, templates).mean(dim=0, keepdim=True))
+    return mean_feature(text_features(model, text, templates))
+
+
+def mean_feature(features: torch.Tensor) -> torch.Tensor:
+    """Unit mean [1,D] of unit features [T,D] (what `mean_text_feature` computes from `text_features`)."""
+    return _unit(features.mean(dim=0, keepdim=True))
 
 
 def text_direction(
     model: "ClipModel", source: str, target: str, templates: Sequence[str] | None = IMAGENET_TEMPLATES
 ) -> torch.Tensor:
     """CLIP-space direction source -> target: normalise(mean_t(target_t - source_t)), shape [1,D]."""
-    delta = text_features(model, target, templates) - text_features(model, source, templates)
-    return _unit(delta.mean(dim=0, keepdim=True))
+    return direction_between(text_features(model, source, templates), text_features(model, target, templates))
+
+
+def direction_between(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """normalise(mean_t(target_t - source_t)) [1,D] of per-template unit text features [T,D] (`text_direction`)."""
+    return _unit((target - source).mean(dim=0, keepdim=True))
 
 
 def part_text_directions(
