@@ -1,4 +1,4 @@
-"""nada.guidance.clip: loading (OpenAI layout, config + weights, pretrained cache, errors), preprocessing, gradients."""
+"""nada.guidance.clip, clip_specs and clip_weights: loading (OpenAI layout, config + weights, pretrained cache, errors), preprocessing, gradients."""
 
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def test_bf16_precision_close_to_fp32(golden: Path, tiny, ref) -> None:
 
 
 def test_config_and_weights_folder(tmp_path: Path, golden: Path, tiny, ref) -> None:
-    from nada.guidance.clip import load_clip, load_clip_from_config
+    from nada.guidance.clip import load_clip
+    from nada.guidance.clip_weights import load_clip_from_config
 
     _write_config_pair(tmp_path / "hf", golden, "open_clip_config.json", "open_clip_pytorch_model.bin")
     img = ref["inputs"]["target_img"]
@@ -117,7 +118,7 @@ def test_config_and_weights_folder(tmp_path: Path, golden: Path, tiny, ref) -> N
 
 
 def test_config_with_top_level_preprocessing(tmp_path: Path, golden: Path, tiny) -> None:
-    from nada.guidance.clip import load_clip_from_config, read_clip_config
+    from nada.guidance.clip_weights import load_clip_from_config, read_clip_config
 
     vision = {k: v for k, v in TINY_CONFIG["vision_cfg"].items() if k != "image_size"}
     cfg = {**TINY_CONFIG, "vision_cfg": vision, "image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -152,8 +153,9 @@ def test_build_random_clip_is_seeded_and_leaves_rng_alone() -> None:
 
 def test_toy_name_resolves_package_assets(tmp_path: Path, golden: Path, monkeypatch, tiny) -> None:
     import nada.guidance.clip as clip
+    import nada.toy.clips as toy_clips
 
-    monkeypatch.setattr(clip, "toy_clip_dir", lambda name="toy": tmp_path / name)
+    monkeypatch.setattr(toy_clips, "toy_clip_dir", lambda name="toy": tmp_path / name)
     with pytest.raises(NadaError, match="toy CLIP files are missing") as err:
         clip.load_clip("toy")
     assert str(tmp_path / "toy" / "clip_config.json") in str(err.value)

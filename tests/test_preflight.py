@@ -147,7 +147,7 @@ def test_placed_by_hand_only_files_are_listed_even_online(cache, monkeypatch):
 
 
 def test_clip_cache_lives_under_nada_cache(cache, monkeypatch):
-    from nada.guidance import clip
+    from nada.guidance import clip_weights as clip
 
     assert clip.clip_cache_dir() == cache / "clip"
     monkeypatch.delenv("NADA_OFFLINE", raising=False)

@@ -272,7 +272,7 @@ def test_resnet_guide_shares_the_text_tower_and_reads_every_attribute(toy_clip, 
 
 
 def test_token_table_sharing_round_trips_and_refuses_a_foreign_base():
-    from nada.guidance.clip import TOKEN_TABLE, pack_token_table, unpack_token_table
+    from nada.toy.clips import TOKEN_TABLE, pack_token_table, unpack_token_table
 
     base = T.build_model(seed=0).state_dict()
     tuned = {k: v.clone() for k, v in base.items()}

@@ -147,12 +147,12 @@ def test_interrupted_run_resumes_exactly_like_an_uninterrupted_one(tmp_path: Pat
     gt.train(cfg, tmp_path / "split", progress=False)
     whole, split = _state(tmp_path / "whole"), _state(tmp_path / "split")
     assert whole["step"] == split["step"] == 4
-    for key in ("G", "G_ema"):
+    for key in ("model", "G_ema"):
         assert all(torch.equal(whole[key][k], split[key][k]) for k in whole[key]), key
-    assert torch.equal(whole["opt"]["state"][0]["exp_avg"], split["opt"]["state"][0]["exp_avg"])
+    assert torch.equal(whole["optimizer"]["state"][0]["exp_avg"], split["optimizer"]["state"][0]["exp_avg"])
     # Training changed the weights, and the log and the sample grids were written.
     init = gt.build_generator(cfg).state_dict()
-    assert not torch.equal(init["input.input"], whole["G"]["input.input"])
+    assert not torch.equal(init["input.input"], whole["model"]["input.input"])
     log = (tmp_path / "split" / "train.log").read_text()
     assert "resumed from" in log and "eval_l1" in log
     assert (tmp_path / "split" / "samples" / "step000004.png").is_file()
@@ -227,7 +227,7 @@ def test_init_from_starts_a_stage_from_a_generator_and_refuses_another_architect
         gt.initial_weights(gt.build_generator(tiny_config(channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 4)))), str(base))
     # A stage with a vanishing learning rate ends where its base was, not at a random initialisation.
     stage = gt.train(tiny_config(steps=1, lr=1e-9, seed=3, init_from=str(base)), tmp_path / "b", progress=False)
-    g_b = torch.load(stage, weights_only=True)["G"]
+    g_b = torch.load(stage, weights_only=True)["model"]
     g_a = torch.load(base, weights_only=True)["g_ema"]
     assert all(torch.allclose(g_b[k], g_a[k], atol=1e-5) for k in g_b)
     meta = read_metadata(gt.export_generator(stage, tmp_path / "b.pt"))

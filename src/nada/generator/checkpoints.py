@@ -25,8 +25,9 @@ from typing import Any, Mapping
 
 import torch
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 from nada.io import atomic_torch_save
+from nada.weights.safe_load import torch_load
 
 # torch.save's legacy (pre-zip) format starts with a pickled magic number; NVlabs pickles start with b"\x80".
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -54,32 +55,9 @@ def _resolve_source(source: str | os.PathLike) -> Path:
     return resolve_generator(text)
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(e).__name__
-
-
-def _refused_global(e: BaseException) -> str | None:
-    """The global that torch's weights-only unpickler refused, when its message names one."""
-    m = re.search(r"GLOBAL ([\w.]+)", str(e))
-    return m.group(1) if m else None
-
-
 def _torch_load(path: Path, mmap: bool = False) -> Any:
     """torch.load with weights_only=True, allowing only argparse.Namespace beyond torch's own allow-list."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        name = _refused_global(e)
-        if name is not None:
-            raise NadaError(
-                f"{path} contains the Python object '{name}', which nada refuses to load because loading it could run code: "
-                "use a checkpoint that holds only tensors and plain data"
-            ) from None
-        raise NadaError(f"{path} is truncated or corrupt ({_first_line(e)}): download or copy it again") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError) as e:
-        raise NadaError(f"{path} is truncated or corrupt ({_first_line(e)}): download or copy it again") from None
+    return torch_load(path, allow=[argparse.Namespace], mmap=mmap)
 
 
 def _sniff(path: Path) -> str:

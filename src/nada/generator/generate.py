@@ -11,10 +11,10 @@ import torch
 
 from nada.config import MAX_GRID_PIXELS, check_truncation
 from nada.errors import NadaError
+from nada.photos.images import WRITE_SUFFIXES
 from nada.io import atomic_save_image, check_writable_file, check_writable_folder, image_grid, z_from_seeds
 
 GRID_COLUMNS = 8  # images per grid row; the last row is padded with white tiles
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @torch.no_grad()
@@ -75,8 +75,8 @@ def _grid_rows(images: torch.Tensor, columns: int) -> list[torch.Tensor]:
 
 
 def _check_suffix(path: Path) -> None:
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise NadaError(f"cannot write image {path}: use a file name ending in {', '.join(IMAGE_SUFFIXES)}")
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise NadaError(f"cannot write image {path}: use a file name ending in {', '.join(WRITE_SUFFIXES)}")
 
 
 def check_outputs(

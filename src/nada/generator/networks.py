@@ -22,13 +22,14 @@ Layout conventions: images are [N, 3, H, W] with values around [-1, 1]; latents 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nada.dataclass_dict import strict_from_dict
 from nada.errors import NadaError
 
 NOISE_MODES = ("const", "random", "none")
@@ -115,11 +116,8 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GeneratorConfig":
         """Inverse of `to_dict`; accepts string resolution keys as produced by JSON."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise NadaError(f"unknown generator config keys {unknown}: the checkpoint was written by another tool or version; expected {sorted(known)}")
-        return cls(**dict(d))
+        fix = "the checkpoint was written by another tool or version"
+        return strict_from_dict(cls, d, "generator config keys", fix)
 
 
 @dataclass(frozen=True)

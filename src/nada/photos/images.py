@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from nada.config import MAX_DECODED_PIXELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 
 MIN_SIDE, MAX_SIDE, MAX_PIXELS = MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS  # the limits live in nada.config
+# Files nada reads as images, and the subset it writes (PNG for lossless results, JPEG for small ones).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+WRITE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
@@ -56,7 +58,7 @@ def load_image(
     try:
         img.load()
     except (OSError, ValueError, SyntaxError) as e:  # Pillow reports truncated data as OSError
-        raise NadaError(f"image {path} is truncated or corrupt ({_one_line(e)}): copy or export it again") from None
+        raise NadaError(f"image {path} is truncated or corrupt ({one_line(e)}): copy or export it again") from None
     img = _upright(img, ImageOps)
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
@@ -99,7 +101,7 @@ def _open(path: Path) -> "PIL.Image.Image":  # noqa: F821
     except Image.DecompressionBombError:
         raise NadaError(f"image {path} has more than {MAX_PIXELS:,} pixels: downscale it before using it with nada") from None
     except OSError as e:
-        raise NadaError(f"cannot read image {path} ({_one_line(e)}): check the file and its permissions") from None
+        raise NadaError(f"cannot read image {path} ({one_line(e)}): check the file and its permissions") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
         raise NadaError(f"image {path} is {w}x{h} pixels, more than {MAX_PIXELS:,}: downscale it before using it with nada")
@@ -142,11 +144,6 @@ def _to_tensor(img: "PIL.Image.Image") -> torch.Tensor:  # noqa: F821
     a = np.array(img, dtype=np.uint8)
     x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float()
     return x / 127.5 - 1
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:200]
 
 
 def tensor_to_pil(img: torch.Tensor) -> "PIL.Image.Image":  # noqa: F821

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nada.weights.download import WeightsSource
+from nada.weights.safe_load import read_state_dict as load_state_dict
 from nada.errors import NadaError
 
 WEIGHTS: dict[str, WeightsSource] = {
@@ -93,20 +94,6 @@ def resolve_weights(key: str, progress: bool = True) -> Path:
     if key in MANUAL_ONLY:
         raise missing_file_error(source, dest, "it cannot be downloaded automatically (Google Drive serves a web page, not the file)")
     return fetch(source, key, progress=progress)
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, loaded with weights_only=True; a nested "state_dict" and "module." prefixes are unwrapped."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling, zip and I/O errors all mean the same to the user
-        raise NadaError(f"weights file {path} could not be read ({type(e).__name__}: {str(e)[:150]}): "
-                        "it is truncated, corrupt or not a weights file; delete it and fetch it again") from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise NadaError(f"weights file {path} holds a {type(sd).__name__}, not a state dict: fetch the right file again")
-    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
 def _load_into(module: nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str) -> None:

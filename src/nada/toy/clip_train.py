@@ -511,9 +511,9 @@ def export(model: torch.nn.Module, out_dir: Path, share_tokens_with: str | Path 
     """Write clip.pt (fp16 state dict) and clip_config.json (``config``, the model's architecture) into out_dir, atomically.
 
     With ``share_tokens_with`` (another exported clip.pt) the token table is stored as the rows that
-    differ from that file's (``nada.guidance.clip.pack_token_table``), as the packaged ``toy-robust`` is.
+    differ from that file's (``nada.toy.clips.pack_token_table``), as the packaged ``toy-robust`` is.
     """
-    from nada.guidance.clip import pack_token_table
+    from nada.toy.clips import pack_token_table
     from nada.io import atomic_torch_save, atomic_write
 
     half = {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
@@ -529,7 +529,7 @@ def load_exported(folder: str | Path, tokens_from: str | Path | None = None) -> 
     folder whose token table an export with ``share_tokens_with`` shares."""
     import open_clip
 
-    from nada.guidance.clip import unpack_token_table
+    from nada.toy.clips import unpack_token_table
 
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nada.dataclass_dict import strict_from_dict
 from nada.errors import NadaError
 
 WEIGHTS_FILE = "evaluator.pt"
@@ -46,7 +47,9 @@ class EvaluatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvaluatorConfig":
-        return cls(channels=tuple(int(c) for c in d["channels"]), embed_dim=int(d["embed_dim"]))
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        cfg = strict_from_dict(cls, d, "evaluator config keys", "the weights come from another version of nada")
+        return cls(channels=tuple(int(c) for c in cfg.channels), embed_dim=int(cfg.embed_dim))
 
     def to_dict(self) -> dict[str, Any]:
         return {"channels": list(self.channels), "embed_dim": self.embed_dim}

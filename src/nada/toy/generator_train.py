@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nada.dataclass_dict import strict_from_dict
 from nada.errors import NadaError
 from nada.toy import runs
 
@@ -47,7 +48,7 @@ STYLE = "photo"  # the only style the toy generator ever sees
 MEAN_LATENT_SAMPLES, MEAN_LATENT_SEED = 4096, 0
 EVAL_SEED = 1_000_003  # seed of the held-out latents for the logged error, never used for training
 STATE_FILE = "state.pt"
-STATE_VERSION = 2  # 2: each step's latents come from (seed, step) alone, so states hold no RNG
+STATE_VERSION = 3  # 3: the layout of nada.toy.runs.save_state, the EMA weights under "G_ema"
 LOSSES = ("mse", "l1")
 RESUME_FREE = ("steps", "ckpt_every", "sample_every", "eval_size")  # settings a resumed run may change
 
@@ -111,10 +112,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
         d = dict(d)
-        d["channels"] = tuple((int(r), int(c)) for r, c in d["channels"])
-        return cls(**d)
+        if "channels" in d:
+            d["channels"] = tuple((int(r), int(c)) for r, c in d["channels"])
+        return strict_from_dict(cls, d, "toy generator training settings", "the run comes from another version of nada")
 
 
 # ---------------------------------------------------------------- the supervised target
@@ -358,42 +360,6 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
 
 
-def save_state(path: Path, cfg: TrainConfig, step: int, elapsed_s: float, G: torch.nn.Module, G_ema: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    """Atomically write the resumable training state (plain types and tensors only) to `path`."""
-    from nada.io import atomic_torch_save
-
-    state = {
-        "version": STATE_VERSION,
-        "train_config": cfg.to_dict(),
-        "step": step,
-        "elapsed_s": elapsed_s,
-        "G": G.state_dict(),
-        "G_ema": G_ema.state_dict(),
-        "opt": opt.state_dict(),
-    }
-    atomic_torch_save(state, path)
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """Read a training state written by `save_state`, without executing code from the file."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise NadaError(f"training state {path} is unreadable ({type(e).__name__}: {e}): delete it to restart the run from scratch") from None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise NadaError(f"{path} is not a toy-generator training state of version {STATE_VERSION}: use another --out folder")
-    return state
-
-
-def check_resumable(saved: TrainConfig, cfg: TrainConfig, path: Path) -> None:
-    """Refuse to resume a run whose settings (other than those in RESUME_FREE) differ from the command line."""
-    a, b = saved.to_dict(), cfg.to_dict()
-    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUME_FREE}
-    if diff:
-        detail = ", ".join(f"{k}: saved {v[0]} vs given {v[1]}" for k, v in diff.items())
-        raise NadaError(f"{path} belongs to a run with other settings ({detail}): repeat its settings or use another --out folder")
-
-
 # ---------------------------------------------------------------- monitoring
 
 
@@ -422,17 +388,6 @@ def save_samples(path: Path, G: torch.nn.Module, z: torch.Tensor, target: torch.
     atomic_save_image(image_grid([target, G(z, noise_mode="const")]), path)
 
 
-def make_logger(path: Path) -> logging.Logger:
-    """A logger writing timestamped lines to `path` (appending, so resumed runs keep their history)."""
-    logger = logging.getLogger(f"nada.toy.generator_train.{path}")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        logger.addHandler(handler)
-    return logger
-
-
 # ---------------------------------------------------------------- training loop
 
 
@@ -451,7 +406,8 @@ def train(
     device = torch.device(device)
     out_dir = Path(out_dir)
     (runs.make_run_dir(out_dir) / "samples").mkdir(exist_ok=True)
-    log = make_logger(out_dir / "train.log")
+    log = logging.getLogger(__name__)
+    runs.setup_logging(log, out_dir / "train.log", echo=False)  # the progress bar owns the terminal
     state_path = out_dir / STATE_FILE
 
     G = build_generator(cfg).to(device)
@@ -461,11 +417,11 @@ def train(
     opt = build_optimizer(G, cfg)
     step, elapsed = 0, 0.0
     if state_path.exists():
-        state = load_state(state_path)
-        check_resumable(TrainConfig.from_dict(state["train_config"]), cfg, state_path)
-        G.load_state_dict(state["G"])
+        state = runs.load_state(state_path, STATE_VERSION)
+        runs.check_resume(TrainConfig.from_dict(state["config"]).to_dict(), cfg.to_dict(), RESUME_FREE, state_path)
+        G.load_state_dict(state["model"])
         G_ema.load_state_dict(state["G_ema"])
-        opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         log.info(f"resumed from {state_path} at step {step} ({elapsed:.0f} s trained so far)")
     else:
@@ -514,7 +470,8 @@ def train(
             log.info(f"step {step} loss {running:.4f} eval_l1 {err:.4f}{read} lr_factor {lr_factor(step, cfg):.3f} elapsed {time.time() - t0:.0f} s")
         out_of_time = time_limit_s is not None and time.time() - t_call > time_limit_s
         if step % cfg.ckpt_every == 0 or step == last or out_of_time:
-            save_state(state_path, cfg, step, time.time() - t0, G, G_ema, opt)
+            extra = {"G_ema": G_ema.state_dict()}
+            runs.save_state(state_path, STATE_VERSION, cfg.to_dict(), step, time.time() - t0, G, opt, extra)
         if out_of_time:
             log.info(f"time limit of {time_limit_s:.0f} s reached at step {step}: rerun the command to continue")
             break
@@ -524,8 +481,8 @@ def train(
 
 def is_finished(state_path: Path) -> bool:
     """Whether the run whose state is at `state_path` has done all its steps."""
-    state = load_state(state_path)
-    return int(state["step"]) >= int(state["train_config"]["steps"])
+    state = runs.load_state(state_path, STATE_VERSION)
+    return int(state["step"]) >= int(state["config"]["steps"])
 
 
 def _train_time_of(source: str) -> float | None:
@@ -546,8 +503,8 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
     """Load the EMA generator from a finished state, set its mean latent and save it as a nada checkpoint."""
     from nada.generator.checkpoints import save_checkpoint
 
-    state = load_state(state_path)
-    cfg = TrainConfig.from_dict(state["train_config"])
+    state = runs.load_state(state_path, STATE_VERSION)
+    cfg = TrainConfig.from_dict(state["config"])
     G = build_generator(cfg)
     G.load_state_dict(state["G_ema"])
     G.eval().requires_grad_(False)

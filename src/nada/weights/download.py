@@ -7,9 +7,9 @@ is skipped). `fetch` returns the local file, downloading it into the cache when 
 
 - cache folder: ``cache_dir()`` = ``$NADA_CACHE``, default ``$XDG_CACHE_HOME/nada`` or ``~/.cache/nada``;
   downloaded weights live at ``cache_dir()/weights/<key>/<filename>`` (CLIP weights at
-  ``cache_dir()/clip``, see `nada.guidance.clip`), so a file can also be put there by hand (the error messages
+  ``clip_cache_dir()``, see `nada.guidance.clip_weights`), so a file can also be put there by hand (the error messages
   give that full path). `nada.weights.preflight` lists every missing file of a command at once.
-- offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `nada.guidance.clip.offline`) or no network: a
+- offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `offline`) or no network: a
   `NadaError` names the address to fetch and the exact path to save the file as.
 - verification: a file with a known SHA-256 is hashed every time it is used, a freshly downloaded one
   before it gets its final name; a mismatching download is deleted, a mismatching file that was already
@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -106,11 +106,17 @@ def local_path(source: WeightsSource, key: str) -> Path:
     return cache_dir() / "weights" / key / source.filename
 
 
-def offline() -> bool:
-    """True when NADA_OFFLINE or HF_HUB_OFFLINE asks for no network access (the rule nada.guidance.clip follows too)."""
-    from nada.guidance.clip import offline as clip_offline
+def clip_cache_dir() -> Path:
+    """Folder of downloaded and hand-placed CLIP weights: $NADA_CLIP_CACHE, default cache_dir()/clip."""
+    if os.environ.get("NADA_CLIP_CACHE"):
+        return Path(os.environ["NADA_CLIP_CACHE"]).expanduser()
+    return cache_dir() / "clip"
 
-    return clip_offline()
+
+def offline() -> bool:
+    """True when NADA_OFFLINE or HF_HUB_OFFLINE asks for no network access (every download of nada obeys it)."""
+    flags = ("NADA_OFFLINE", "HF_HUB_OFFLINE")
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in flags)
 
 
 def human_size(n: int | None) -> str:
@@ -190,11 +196,6 @@ def missing_file_error(source: WeightsSource, dest: Path, reason: str) -> NadaEr
     )
 
 
-def _short(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _download_hub(source: WeightsSource, dest: Path, progress: bool, endpoint: str | None) -> None:
     """hf_hub_download into dest's folder (it resumes by itself), then verify; a bad download is deleted."""
     from huggingface_hub import hf_hub_download
@@ -207,7 +208,7 @@ def _download_hub(source: WeightsSource, dest: Path, progress: bool, endpoint: s
     try:
         got = Path(hf_hub_download(source.hf_repo, source.filename, **kwargs))
     except Exception as e:  # network, missing file, permissions, hub errors: all end in the same advice
-        raise missing_file_error(source, dest, f"the download failed ({_short(e)})") from None
+        raise missing_file_error(source, dest, f"the download failed ({one_line(e)})") from None
     if got.resolve() != dest.resolve():  # local_dir keeps the repository's file name, which is dest's
         os.replace(got, dest)
     try:
@@ -251,7 +252,7 @@ def _download_url(source: WeightsSource, dest: Path, progress: bool) -> None:
             "the hosted file changed or the transfer was corrupted; try again, and report it if it persists"
         ) from None
     except (requests.RequestException, OSError) as e:
-        raise missing_file_error(source, dest, f"the download failed ({_short(e)}; a partial file is kept and resumed next time)") from None
+        raise missing_file_error(source, dest, f"the download failed ({one_line(e)}; a partial file is kept and resumed next time)") from None
     finally:
         logger.setLevel(level)
 

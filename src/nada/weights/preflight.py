@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 from urllib.parse import urlparse
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
@@ -84,8 +84,9 @@ def preset_needs(name: str) -> list[Need]:
 
 
 def clip_needs(spec: str) -> list[Need]:
-    """The pretrained weights of every model of a CLIP spec ("ViT-B/32,ViT-B/16:0.5"); toy CLIPs and paths need none."""
-    from nada.guidance.clip import fetch_pretrained_weights, parse_clip_spec, pretrained_weights
+    """The pretrained weights of every model of a CLIP spec ("ViT-B/32,ViT-B/16:0.5"); registered CLIPs and paths need none."""
+    from nada.guidance.clip_specs import parse_clip_spec
+    from nada.guidance.clip_weights import fetch_pretrained_weights, pretrained_weights
 
     needs = []
     for name, _ in parse_clip_spec(spec):
@@ -141,7 +142,7 @@ def probe_host(host: str, port: int = 443) -> str | None:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
             return None
     except OSError as e:
-        return f"{host}:{port} does not answer ({' '.join(str(e).split()) or type(e).__name__})"
+        return f"{host}:{port} does not answer ({one_line(e)})"
 
 
 def _host(need: Need) -> str:
