@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from nada.generator.checkpoints import infer_config, load_generator, read_metadata, save_checkpoint
 from nada.errors import NadaError
+from nada.generator.checkpoints import infer_config, load_generator, read_metadata, save_checkpoint
 from nada.generator.networks import Generator, GeneratorConfig
 
 CHANNELS = {4: 16, 8: 16, 16: 8, 32: 8}
 
 
 def tiny_generator(seed: int = 0) -> Generator:
-    """A 32x32 generator with every parameter perturbed (so biases and noise strengths matter) and its mean latent set."""
+    """A 32x32 generator with every parameter perturbed (so biases and noise strengths matter) and its mean latent
+    set."""
     torch.manual_seed(seed)
     G = Generator(32, style_dim=16, n_mlp=2, channels=CHANNELS)
     with torch.no_grad():

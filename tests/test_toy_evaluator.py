@@ -65,7 +65,10 @@ def test_missing_or_corrupt_weights_give_clear_errors(tmp_path):
 @pytest.fixture(scope="module")
 def shipped() -> E.Evaluator:
     if not E.default_weights_path().is_file():
-        pytest.skip(f"evaluator weights not found at {E.default_weights_path()} (train them with python -m nada.toy.evaluator_train)")
+        pytest.skip(
+            f"evaluator weights not found at {E.default_weights_path()} (train them with python -m "
+            "nada.toy.evaluator_train)"
+        )
     return E.load_evaluator()
 
 

@@ -6,14 +6,15 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from PIL import Image
 
 from nada.config import MAX_SEEDS
 from nada.errors import NadaError
-
 
 # Every temporary file nada writes ends so: a kill during a save leaves only names that are recognisably nada's.
 TMP_SUFFIX = ".nada-tmp"
@@ -105,7 +106,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_save_image(img: "PIL.Image.Image", path: str | os.PathLike) -> Path:  # noqa: F821
+def atomic_save_image(img: Image.Image, path: str | os.PathLike) -> Path:
     """Save a PIL image atomically; the format follows the file extension of ``path``."""
     fmt = Path(path).suffix.lstrip(".").upper() or "PNG"
     fmt = {"JPG": "JPEG"}.get(fmt, fmt)
@@ -162,9 +163,8 @@ def to_uint8_image(img: torch.Tensor) -> torch.Tensor:
     return ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
-def image_grid(rows: list[torch.Tensor], pad: int = 2) -> "PIL.Image.Image":  # noqa: F821
+def image_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
     """Make a PIL grid from rows of images, each [N, 3, H, W] in [-1, 1]; every row must have the same N, H, W."""
-    from PIL import Image
 
     if not rows:
         raise ValueError("image_grid needs at least one row")

@@ -24,9 +24,10 @@ computed with the non-antialiased tensor resize of the torchvision of its time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,9 @@ def _center_crop_or_pad(x: torch.Tensor, size: tuple[int, int], fill: float) -> 
     return x[..., top : top + th, left : left + tw]
 
 
-def preprocess_images(img: torch.Tensor, pp: ClipPreprocess, mean: torch.Tensor, std: torch.Tensor, antialias: bool) -> torch.Tensor:
+def preprocess_images(
+    img: torch.Tensor, pp: ClipPreprocess, mean: torch.Tensor, std: torch.Tensor, antialias: bool
+) -> torch.Tensor:
     """[N,3,H,W] in [-1,1] -> normalised CLIP input [N,3,*pp.size] (float32), differentiable."""
     assert img.ndim == 4 and img.shape[1] == 3, f"expected images [N,3,H,W], got {tuple(img.shape)}"
     x = (img.float() + 1) / 2
@@ -148,8 +151,12 @@ class ClipModel(nn.Module):
         self.name = name
         self.antialias = antialias
         self.input_dtype = input_dtype
-        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.eval()
 
     def train(self, mode: bool = True) -> "ClipModel":
@@ -200,7 +207,6 @@ class ClipModel(nn.Module):
         return f"name={self.name!r}, image_size={self.image_size}, antialias={self.antialias}"
 
 
-
 # ---------------------------------------------------------------- loading
 
 
@@ -243,7 +249,8 @@ def load_clip_ensemble(
 def build_random_clip(
     name: str, device: str | torch.device = "cpu", seed: int = 0, antialias: bool = True, precision: str = "fp32"
 ) -> ClipModel:
-    """The architecture of an OpenAI name or ``open_clip:MODEL[/TAG]`` with seeded random weights (benchmarks, tests)."""
+    """The architecture of an OpenAI name or ``open_clip:MODEL[/TAG]`` with seeded random weights (benchmarks,
+    tests)."""
     import open_clip
 
     if name in OPENAI_MODELS:
@@ -251,7 +258,9 @@ def build_random_clip(
     elif name.startswith(OPEN_CLIP_PREFIX):
         model_name = name[len(OPEN_CLIP_PREFIX) :].partition("/")[0]
     else:
-        raise NadaError(f"no architecture known for {name!r}: use one of {', '.join(OPENAI_MODELS)} or 'open_clip:MODEL'")
+        raise NadaError(
+            f"no architecture known for {name!r}: use one of {', '.join(OPENAI_MODELS)} or 'open_clip:MODEL'"
+        )
     if model_name not in open_clip.list_models():
         raise NadaError(f"unknown open_clip model {model_name!r}: see open_clip.list_models()")
     with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
@@ -260,8 +269,16 @@ def build_random_clip(
     pp = ClipPreprocess.from_open_clip(net.visual.preprocess_cfg)
     return wrap_clip(net, open_clip.get_tokenizer(model_name), pp, f"{name} (random)", device, antialias, precision)
 
-def wrap_clip(model: nn.Module, tokenizer: Callable, pp: ClipPreprocess, name: str, device: str | torch.device,
-            antialias: bool, precision: str) -> ClipModel:
+
+def wrap_clip(
+    model: nn.Module,
+    tokenizer: Callable,
+    pp: ClipPreprocess,
+    name: str,
+    device: str | torch.device,
+    antialias: bool,
+    precision: str,
+) -> ClipModel:
     """Move to the device, lower the precision of matmul weights if asked, and wrap."""
     import open_clip
 
@@ -271,6 +288,7 @@ def wrap_clip(model: nn.Module, tokenizer: Callable, pp: ClipPreprocess, name: s
         # Same mixed precision as OpenAI's fp16 release: matmul weights low, LayerNorms in float32.
         open_clip.model.convert_weights_to_lp(model, dtype=dtype)
     return ClipModel(model, tokenizer, pp, name, antialias=antialias, input_dtype=dtype).to(device)
+
 
 def as_pair(size: int | Sequence[int]) -> tuple[int, int]:
     """An image size given as int or (H, W) -> (H, W)."""

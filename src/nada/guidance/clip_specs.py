@@ -1,15 +1,16 @@
 """CLIP names: the OpenAI and open_clip naming rules, the registry of named CLIPs, and "a,b:2,c" model lists.
 
-A package adds a CLIP under a short name with `register_clip` (the toy world registers "toy", "toy-robust"
-and "toy-rn" this way, from its `nada.plugins` entry point); `nada.guidance.clip.load_clip` looks
-registered names up first. The registry loads the plugins before its first lookup.
+A package adds a CLIP under a short name with `register_clip`, usually from its `nada.plugins` entry
+point (the toy world registers its tiny CLIPs so); `nada.guidance.clip.load_clip` looks registered
+names up first. The registry loads the plugins before its first lookup.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from nada.errors import NadaError
 from nada.plugins import load_plugins
@@ -116,7 +117,5 @@ def _parse_entry(spec: str, item: str, seen: list[str]) -> tuple[str, float]:
     if not (math.isfinite(weight) and weight > 0):
         raise NadaError(f"bad CLIP model list {spec!r}: the weight of {name!r} must be a positive number")
     if name in seen:
-        raise NadaError(
-            f"bad CLIP model list {spec!r}: {name!r} appears twice (give each model once, with one weight)"
-        )
+        raise NadaError(f"bad CLIP model list {spec!r}: {name!r} appears twice (give each model once, with one weight)")
     return name, weight

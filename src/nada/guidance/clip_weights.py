@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,8 +73,12 @@ def build_openai_layout(sd: dict[str, torch.Tensor]) -> nn.Module:
     model.load_state_dict(sd, strict=True)
     return model
 
+
 def load_clip_openai_file(
-    path: str | os.PathLike, device: str | torch.device = "cpu", antialias: bool = True, precision: str = "fp32",
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    antialias: bool = True,
+    precision: str = "fp32",
     name: str | None = None,
 ) -> ClipModel:
     """Load a CLIP weights file in OpenAI's state-dict layout (the architecture follows from the shapes)."""
@@ -124,14 +129,20 @@ def read_clip_config(config_path: str | os.PathLike) -> tuple[dict[str, Any], di
             if vision.setdefault("image_size", size) != size:
                 raise ValueError(f"image_size {size} differs from vision_cfg.image_size {vision['image_size']}")
     except (OSError, ValueError, KeyError) as e:
-        raise NadaError(f"CLIP config {config_path} is unreadable or incomplete ({one_line(e, 300, typed=True)}): "
-                        "it needs embed_dim, vision_cfg and text_cfg as in open_clip's model_configs") from None
+        raise NadaError(
+            f"CLIP config {config_path} is unreadable or incomplete ({one_line(e, 300, typed=True)}): "
+            "it needs embed_dim, vision_cfg and text_cfg as in open_clip's model_configs"
+        ) from None
     return model_cfg, pp_cfg
 
 
 def load_clip_from_config(
-    config_path: str | os.PathLike, weights_path: str | os.PathLike, device: str | torch.device = "cpu",
-    antialias: bool = True, precision: str = "fp32", name: str | None = None,
+    config_path: str | os.PathLike,
+    weights_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    antialias: bool = True,
+    precision: str = "fp32",
+    name: str | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> ClipModel:
     """Load an open_clip model from a config JSON (see ``read_clip_config``) and a weights file.
@@ -157,14 +168,18 @@ def load_clip_from_config(
             model.load_state_dict(state_dict, strict=True)
         if text_cfg.get("hf_tokenizer_name"):
             tokenizer: Callable = open_clip.tokenizer.HFTokenizer(
-                text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77))
+                text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77)
+            )
         else:
             tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
     except Exception as e:
-        raise NadaError(f"CLIP model from {config_path} and {weights_path} could not be built ({one_line(e, 300, typed=True)}): "
-                        "check that the weights belong to that config and the file is complete") from None
+        raise NadaError(
+            f"CLIP model from {config_path} and {weights_path} could not be built ({one_line(e, 300, typed=True)}): "
+            "check that the weights belong to that config and the file is complete"
+        ) from None
     pp = ClipPreprocess.from_open_clip({**pp_cfg, "size": as_pair(model.visual.image_size)})
     return wrap_clip(model, tokenizer, pp, name or str(config_path.parent), device, antialias, precision)
+
 
 def load_clip_folder(folder: Path, device: str | torch.device, antialias: bool, precision: str) -> ClipModel:
     """A folder with an open_clip config JSON and a weights file, named as in ``CONFIG_NAMES``/``WEIGHT_NAMES``."""
@@ -206,12 +221,18 @@ def _pretrained_source(model: str, tag: str, display: str) -> tuple[_PretrainedS
     cfg = get_pretrained_cfg(model, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model)
-        raise NadaError(f"open_clip model {model!r} has no pretrained tag {tag!r}: use one of {', '.join(tags) or '(none)'}")
+        raise NadaError(
+            f"open_clip model {model!r} has no pretrained tag {tag!r}: use one of {', '.join(tags) or '(none)'}"
+        )
     # open_clip's convention: "org/repo/" means the default file name, "org/repo/file.bin" names one.
     repo, filename = os.path.split(cfg["hf_hub"]) if cfg.get("hf_hub") else ("", "")
     filename = filename or "open_clip_pytorch_model.bin"
     # open_clip prefers a safetensors twin of the same weights when the repository has one.
-    safe = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else os.path.splitext(filename)[0] + ".safetensors"
+    safe = (
+        "open_clip_model.safetensors"
+        if filename == "open_clip_pytorch_model.bin"
+        else os.path.splitext(filename)[0] + ".safetensors"
+    )
     files = (safe, filename) if safe != filename else (filename,)
     return _PretrainedSource(model, tag, repo, files, cfg.get("url", "")), cfg
 
@@ -237,10 +258,13 @@ def _find_cached(src: _PretrainedSource) -> Path | None:
 
 
 def _download_candidates(src: _PretrainedSource) -> list[tuple[WeightsSource, Path]]:
-    """Each file holding the weights of `src`: its nada.weights.download source and place in clip_cache_dir(), best first."""
+    """Each file holding the weights of `src`: its nada.weights.download source and place in clip_cache_dir(), best
+    first."""
     if src.hf_repo:
-        return [(WeightsSource(f, hf_repo=src.hf_repo), clip_cache_dir() / f"{src.local_stem}{os.path.splitext(f)[1]}")
-                for f in src.hf_files]
+        return [
+            (WeightsSource(f, hf_repo=src.hf_repo), clip_cache_dir() / f"{src.local_stem}{os.path.splitext(f)[1]}")
+            for f in src.hf_files
+        ]
     if src.url:
         # OpenAI's addresses carry the file's SHA-256 as their last folder name.
         folder = src.url.rstrip("/").split("/")[-2] if src.url.count("/") > 3 else ""
@@ -262,7 +286,8 @@ class PretrainedWeights:
 
 
 def pretrained_weights(name: str) -> PretrainedWeights | None:
-    """The weights file a pretrained CLIP name needs (None for registered CLIPs and paths); NadaError for unknown names."""
+    """The weights file a pretrained CLIP name needs (None for registered CLIPs and paths); NadaError for unknown
+    names."""
     name = str(name).strip()
     pair = model_tag(name)
     if pair is None:
@@ -290,8 +315,10 @@ def _pretrained_file(src: _PretrainedSource, display: str) -> Path:
         return cached
     candidates = _download_candidates(src)
     if not candidates:
-        raise NadaError(f"CLIP weights for {display!r} are not on this machine and open_clip knows no address "
-                        f"for them: save them as {clip_cache_dir() / src.local_stem}.pt")
+        raise NadaError(
+            f"CLIP weights for {display!r} are not on this machine and open_clip knows no address "
+            f"for them: save them as {clip_cache_dir() / src.local_stem}.pt"
+        )
     errors: list[NadaError] = []
     for source, dest in candidates:  # a repository may hold only the second (older) file name
         try:
@@ -303,7 +330,9 @@ def _pretrained_file(src: _PretrainedSource, display: str) -> Path:
     raise errors[0]
 
 
-def load_pretrained(model: str, tag: str, display: str, device: str | torch.device, antialias: bool, precision: str) -> ClipModel:
+def load_pretrained(
+    model: str, tag: str, display: str, device: str | torch.device, antialias: bool, precision: str
+) -> ClipModel:
     """An open_clip (model, tag) pair: find or fetch the weights file, then let open_clip build the model."""
     import open_clip
 
@@ -325,8 +354,10 @@ def load_pretrained(model: str, tag: str, display: str, device: str | torch.devi
             device="cpu",
         )
     except Exception as e:
-        raise NadaError(f"CLIP weights {path} for {display!r} could not be loaded ({one_line(e, 300, typed=True)}): "
-                        "it is truncated or not the weights of that model; delete it and download it again") from None
+        raise NadaError(
+            f"CLIP weights {path} for {display!r} could not be loaded ({one_line(e, 300, typed=True)}): "
+            "it is truncated or not the weights of that model; delete it and download it again"
+        ) from None
     pp = ClipPreprocess.from_open_clip(net.visual.preprocess_cfg)
     tokenizer = open_clip.get_tokenizer(model)
     return wrap_clip(net, tokenizer, pp, display, device, antialias, precision)

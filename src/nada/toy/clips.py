@@ -68,7 +68,9 @@ def load_toy_clip(name: str, device: str | torch.device, antialias: bool, precis
 def pack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``sd`` with its token table [V, D] replaced by the rows that differ from ``base``'s: indices [R], rows [R, D]."""
     table, base_table = sd[TOKEN_TABLE], base[TOKEN_TABLE]
-    assert table.shape == base_table.shape, f"token tables differ in shape: {tuple(table.shape)} vs {tuple(base_table.shape)}"
+    assert table.shape == base_table.shape, (
+        f"token tables differ in shape: {tuple(table.shape)} vs {tuple(base_table.shape)}"
+    )
     rows = torch.nonzero((table != base_table.to(table.dtype)).any(dim=1)).flatten()
     packed = {k: v for k, v in sd.items() if k != TOKEN_TABLE}
     packed[TABLE_ROWS], packed[TABLE_VALUES] = rows, table[rows].clone()
@@ -78,12 +80,16 @@ def pack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor])
 def unpack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of ``pack_token_table``: the full state dict, its token table rebuilt from ``base``'s."""
     if TABLE_ROWS not in sd or TABLE_VALUES not in sd:
-        raise NadaError(f"these CLIP weights do not hold {TABLE_ROWS} and {TABLE_VALUES}: they are not a shared-table copy")
+        raise NadaError(
+            f"these CLIP weights do not hold {TABLE_ROWS} and {TABLE_VALUES}: they are not a shared-table copy"
+        )
     rows, values = sd[TABLE_ROWS].long(), sd[TABLE_VALUES]
     table = base[TOKEN_TABLE].to(values.dtype).clone()
     if values.shape != (len(rows), table.shape[1]) or (len(rows) and int(rows.max()) >= table.shape[0]):
-        raise NadaError(f"the shared token table rows ({tuple(values.shape)}) do not fit the base table ({tuple(table.shape)}): "
-                        "the copy and its base come from different models; reinstall nada")
+        raise NadaError(
+            f"the shared token table rows ({tuple(values.shape)}) do not fit the base table ({tuple(table.shape)}): "
+            "the copy and its base come from different models; reinstall nada"
+        )
     table[rows] = values
     full = {k: v for k, v in sd.items() if k not in (TABLE_ROWS, TABLE_VALUES)}
     full[TOKEN_TABLE] = table

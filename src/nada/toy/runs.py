@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -14,8 +15,16 @@ from nada.errors import NadaError, one_line
 from nada.io import atomic_torch_save
 
 
-def save_state(path: Path, version: int, config: dict[str, Any], step: int, elapsed_s: float,
-               model: torch.nn.Module, opt: torch.optim.Optimizer, extra: dict[str, Any] | None = None) -> None:
+def save_state(
+    path: Path,
+    version: int,
+    config: dict[str, Any],
+    step: int,
+    elapsed_s: float,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Atomically write everything needed to continue: weights, optimiser, torch RNG, step, seconds so far.
 
     ``extra`` adds entries of tensors and plain data (e.g. a second copy of the weights) under their own keys.
@@ -38,7 +47,9 @@ def load_state(path: Path, version: int) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise NadaError(f"training state {path} is unreadable ({one_line(e, 120, typed=True)}): delete it to start over") from None
+        raise NadaError(
+            f"training state {path} is unreadable ({one_line(e, 120, typed=True)}): delete it to start over"
+        ) from None
     if not isinstance(state, dict) or state.get("version") != version:
         got = state.get("version") if isinstance(state, dict) else None
         raise NadaError(f"training state {path} has version {got}, expected {version}: delete it to start over")
@@ -68,7 +79,10 @@ def make_run_dir(path: Path) -> Path:
     """Create a run folder (and its parents); a link to a folder that does not exist is a clear error."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise NadaError(f"the run folder {path} is a link to {path.readlink()}, which does not exist: create that folder or choose another --out")
+        raise NadaError(
+            f"the run folder {path} is a link to {path.readlink()}, which does not exist: create that folder or choose "
+            "another --out"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 

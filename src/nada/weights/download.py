@@ -33,6 +33,7 @@ Libraries, and why:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -41,6 +42,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from nada.errors import NadaError, one_line
 
@@ -67,8 +70,12 @@ class WeightsSource:
 
     def __post_init__(self) -> None:
         given = [k for k in ("url", "hf_repo", "package_path") if getattr(self, k)]
-        assert len(given) == 1, f"a weights source needs exactly one of url, hf_repo, package_path; got {given or 'none'}"
-        assert self.sha256 is None or _SHA256.fullmatch(self.sha256), f"sha256 must be 64 lower-case hex digits, got {self.sha256!r}"
+        assert len(given) == 1, (
+            f"a weights source needs exactly one of url, hf_repo, package_path; got {given or 'none'}"
+        )
+        assert self.sha256 is None or _SHA256.fullmatch(self.sha256), (
+            f"sha256 must be 64 lower-case hex digits, got {self.sha256!r}"
+        )
         assert self.filename and "/" not in self.filename, f"filename must be a bare file name, got {self.filename!r}"
 
     @property
@@ -217,7 +224,8 @@ def _download_hub(source: WeightsSource, dest: Path, progress: bool, endpoint: s
         dest.unlink(missing_ok=True)
         raise NadaError(
             f"the download of {source.address} does not match its recorded SHA-256 {source.sha256} (or size), "
-            "so it was deleted: the hosted file changed or the transfer was corrupted; try again, and report it if it persists"
+            "so it was deleted: the hosted file changed or the transfer was corrupted; try again, and report it if it "
+            "persists"
         ) from None
 
 
@@ -232,7 +240,6 @@ def _silent_tqdm(base: type) -> type:
 
 def _download_url(source: WeightsSource, dest: Path, progress: bool) -> None:
     """pooch.retrieve with a resuming downloader: temporary file, SHA-256 check, then the final name."""
-    import logging
 
     import pooch
     import requests
@@ -252,7 +259,9 @@ def _download_url(source: WeightsSource, dest: Path, progress: bool) -> None:
             "the hosted file changed or the transfer was corrupted; try again, and report it if it persists"
         ) from None
     except (requests.RequestException, OSError) as e:
-        raise missing_file_error(source, dest, f"the download failed ({one_line(e)}; a partial file is kept and resumed next time)") from None
+        raise missing_file_error(
+            source, dest, f"the download failed ({one_line(e)}; a partial file is kept and resumed next time)"
+        ) from None
     finally:
         logger.setLevel(level)
 
@@ -264,7 +273,9 @@ class ResumingDownloader:
     ``output_file`` (pooch's temporary file in the same folder), which pooch then hashes and moves into place.
     """
 
-    def __init__(self, part: Path, progress: bool = True, expected_size: int | None = None, attempts: int | None = None) -> None:
+    def __init__(
+        self, part: Path, progress: bool = True, expected_size: int | None = None, attempts: int | None = None
+    ) -> None:
         self.part = Path(part)
         self.progress = progress
         self.expected_size = expected_size
@@ -290,7 +301,6 @@ class ResumingDownloader:
     def _fetch_rest(self, url: str) -> bool:
         """Append the missing bytes to self.part; True once it is complete (size known and reached, or stream ended)."""
         import requests
-        from tqdm import tqdm
 
         start = self.part.stat().st_size if self.part.exists() else 0
         if self.expected_size is not None and start >= self.expected_size:
@@ -311,15 +321,26 @@ class ResumingDownloader:
                 self.part.unlink()
                 return False
             r.raise_for_status()
-            resumed = start > 0 and r.status_code == 206 and _content_range_start(r.headers.get("Content-Range", "")) == start
+            resumed = (
+                start > 0 and r.status_code == 206 and _content_range_start(r.headers.get("Content-Range", "")) == start
+            )
             if not resumed:
                 start = 0  # a full response (the server ignored or refused the range): start over
             length = r.headers.get("Content-Length")
             total = start + int(length) if length and length.isdigit() else self.expected_size
-            with open(self.part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=self.part.name.removesuffix(".part"), disable=not self.progress, file=sys.stderr,
-            ) as bar:
+            with (
+                open(self.part, "ab" if resumed else "wb") as f,
+                tqdm(
+                    total=total,
+                    initial=start,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=self.part.name.removesuffix(".part"),
+                    disable=not self.progress,
+                    file=sys.stderr,
+                ) as bar,
+            ):
                 for chunk in r.iter_content(chunk_size=NET_CHUNK_BYTES):
                     f.write(chunk)
                     bar.update(len(chunk))

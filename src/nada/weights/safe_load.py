@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from nada.errors import NadaError, one_line
 
@@ -66,8 +68,9 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict
         try:
             sd = read_torchscript_tensors(path)
         except (pickle.UnpicklingError, ValueError, KeyError, StopIteration, zipfile.BadZipFile, OSError) as e:
-            raise NadaError(f"{what} {path} is not a readable TorchScript archive ({one_line(e, typed=True)}): "
-                            "download it again") from None
+            raise NadaError(
+                f"{what} {path} is not a readable TorchScript archive ({one_line(e, typed=True)}): download it again"
+            ) from None
     else:
         sd = torch_load(path)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -79,8 +82,6 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file, on the CPU."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         return load_file(str(path), device="cpu")
@@ -91,9 +92,16 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- TorchScript archives, read as data only
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
 }
 
 
