@@ -58,7 +58,7 @@ def test_missing_or_corrupt_weights_give_clear_errors(tmp_path):
         E.load_evaluator(tmp_path / "nothing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(NadaError, match="unreadable"):
+    with pytest.raises(NadaError, match="evaluator weights .* truncated, corrupt or not a weights file"):
         E.load_evaluator(bad)
 
 

@@ -147,7 +147,7 @@ def load_evaluator(path: str | os.PathLike | None = None, device: str | torch.de
             f"evaluator weights {path} not found: train them with `python -m nada.toy.evaluator_train` "
             "or reinstall nada"
         )
-    payload = torch_load(path)
+    payload = torch_load(path, what="evaluator weights")
     try:
         model = Evaluator(
             EvaluatorConfig.from_dict(payload["config"]), {k: tuple(v) for k, v in payload["classes"].items()}

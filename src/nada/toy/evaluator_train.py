@@ -270,7 +270,7 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
 
 def init_from(model: Evaluator, path: Path) -> None:
     """Load evaluator weights from ``path`` into ``model``; a head with fewer classes fills the first rows."""
-    payload = torch_load(path)
+    payload = torch_load(path, what="--init-from")
     if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
         raise NadaError(f"--init-from {path} holds no evaluator weights: give a file written by evaluator_train")
     state = payload["state_dict"]

@@ -30,11 +30,13 @@ _DAMAGED = "truncated, corrupt or not a weights file"
 _READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError)
 
 
-def torch_load(path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool = False) -> Any:
+def torch_load(path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool = False, what: str = "") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, the classes in ``allow`` added to torch's allow-list.
 
-    A refused Python object or a damaged file is a one-line NadaError naming ``path``.
+    A refused Python object or a damaged file is a one-line NadaError naming ``path`` (after ``what``, e.g.
+    "evaluator weights", when given).
     """
+    named = f"{what} {path}" if what else str(path)
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -42,10 +44,10 @@ def torch_load(path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool =
         refused = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
         if refused is not None:
             raise NadaError(
-                f"{path} contains the Python object '{refused.group(1)}', which nada refuses to load because loading "
+                f"{named} contains the Python object '{refused.group(1)}', which nada refuses to load because loading "
                 "it could run code: use a file that holds only tensors and plain data"
             ) from None
-        raise NadaError(f"{path} is {_DAMAGED} ({_load_failure(e)}): download or copy it again") from None
+        raise NadaError(f"{named} is {_DAMAGED} ({_load_failure(e)}): download or copy it again") from None
 
 
 def _load_failure(e: BaseException) -> str:
@@ -55,38 +57,39 @@ def _load_failure(e: BaseException) -> str:
     return one_line(RuntimeError(cause) if marker else e, first_line=True)
 
 
-def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, what: str = "") -> dict[str, torch.Tensor]:
     """The tensors of a weights file (torch pickle, safetensors or TorchScript archive), on the CPU.
 
     A nested ``"state_dict"`` is unwrapped and ``"module."`` prefixes are dropped; entries that are not
     tensors are left out. ``what`` names the file in error messages ("CLIP weights", "LPIPS weights").
     """
     path = Path(path)
+    named = f"{what} {path}" if what else str(path)
     if path.suffix == ".safetensors":
-        sd: Any = _read_safetensors(path)
+        sd: Any = _read_safetensors(path, named)
     elif is_torchscript_archive(path):
         try:
             sd = read_torchscript_tensors(path)
         except (pickle.UnpicklingError, ValueError, KeyError, StopIteration, zipfile.BadZipFile, OSError) as e:
             raise NadaError(
-                f"{what} {path} is not a readable TorchScript archive ({one_line(e, typed=True)}): download it again"
+                f"{named} is not a readable TorchScript archive ({one_line(e, typed=True)}): download it again"
             ) from None
     else:
-        sd = torch_load(path)
+        sd = torch_load(path, what=what)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise NadaError(f"{what} {path} holds a {type(sd).__name__}, not a state dict: give the right weights file")
+        raise NadaError(f"{named} holds a {type(sd).__name__}, not a state dict: give the right weights file")
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, named: str) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file, on the CPU."""
 
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise NadaError(f"{path} is {_DAMAGED} ({one_line(e)}): download or copy it again") from None
+        raise NadaError(f"{named} is {_DAMAGED} ({one_line(e)}): download or copy it again") from None
 
 
 # ---------------------------------------------------------------- TorchScript archives, read as data only
