@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nada.errors import NadaError
 from nada.photos.align import (
     FacePoints,
     align_face,
@@ -19,7 +20,6 @@ from nada.photos.align import (
     load_detector,
     warp_quad,
 )
-from nada.errors import NadaError
 
 SIZE = 64
 # Landmarks in the aligned 64x64 frame whose FFHQ square is exactly that frame: eye distance 16
@@ -37,7 +37,9 @@ def _similarity(angle: float, scale: float, shift: tuple[float, float]):
 
 
 def _map_points(points: FacePoints, f) -> FacePoints:
-    return FacePoints(*(tuple(f(np.array(p))) for p in (points.eye_left, points.eye_right, points.mouth_left, points.mouth_right)))
+    return FacePoints(
+        *(tuple(f(np.array(p))) for p in (points.eye_left, points.eye_right, points.mouth_left, points.mouth_right))
+    )
 
 
 def _landmarks_68(p: FacePoints) -> np.ndarray:
@@ -81,7 +83,9 @@ def test_quad_size_follows_the_longer_face_dimension():
     assert np.linalg.norm(quad[1] - quad[0]) == pytest.approx(2 * 72)
 
 
-@pytest.mark.parametrize("angle, scale, shift", [(0.3, 1.0, (0, 0)), (-0.7, 2.5, (100, -40)), (math.pi / 2, 0.5, (3, 7))])
+@pytest.mark.parametrize(
+    "angle, scale, shift", [(0.3, 1.0, (0, 0)), (-0.7, 2.5, (100, -40)), (math.pi / 2, 0.5, (3, 7))]
+)
 def test_quad_is_similarity_equivariant(angle, scale, shift):
     f = _similarity(angle, scale, shift)
     base = FacePoints(eye_left=(20, 31), eye_right=(44, 29), mouth_left=(24, 50), mouth_right=(41, 52))

@@ -1,4 +1,5 @@
-"""nada.guidance.clip: loading (OpenAI layout, config + weights, pretrained cache, errors), preprocessing, gradients."""
+"""nada.guidance.clip, clip_specs and clip_weights: loading (OpenAI layout, config + weights, pretrained cache, errors),
+preprocessing, gradients."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def test_preprocess_matches_golden_both_antialias_settings(tiny, ref) -> None:
     src = ref["inputs"]["src_img"]
     assert torch.allclose(tiny.preprocess(src), ref["expected"]["preprocessed_src"], atol=1e-5)
-    assert torch.allclose(tiny.preprocess(ref["inputs"]["target_img"]), ref["expected"]["preprocessed_target"], atol=1e-5)
+    assert torch.allclose(
+        tiny.preprocess(ref["inputs"]["target_img"]), ref["expected"]["preprocessed_target"], atol=1e-5
+    )
     legacy = tiny.preprocess(src, antialias=False)
     assert torch.allclose(legacy, ref["legacy_no_antialias"]["preprocessed_src"], atol=1e-5)
     # The two settings really differ, so each comparison above tests its own path.
@@ -52,12 +55,14 @@ def test_preprocess_non_square_matches_torchvision(tiny) -> None:
     from torchvision import transforms as T
 
     img = torch.rand(2, 3, 80, 120, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    tv = T.Compose([
-        T.Normalize(mean=[-1.0] * 3, std=[2.0] * 3),
-        T.Resize(224, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.CenterCrop(224),
-        T.Normalize(mean=tiny.preprocess_cfg.mean, std=tiny.preprocess_cfg.std),
-    ])
+    tv = T.Compose(
+        [
+            T.Normalize(mean=[-1.0] * 3, std=[2.0] * 3),
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(224),
+            T.Normalize(mean=tiny.preprocess_cfg.mean, std=tiny.preprocess_cfg.std),
+        ]
+    )
     out = tiny.preprocess(img)
     assert out.shape == (2, 3, 224, 224)
     assert torch.allclose(out, tv(img), atol=1e-5)
@@ -69,7 +74,9 @@ def test_features_and_tokens_match_golden(tiny, ref) -> None:
     exp = ref["expected"]
     assert torch.equal(tiny.tokenize(compose("photo", IMAGENET_TEMPLATES)), exp["tokens_source"])
     assert torch.allclose(_unit(tiny.encode_image(ref["inputs"]["src_img"])), exp["image_features_src"], atol=1e-5)
-    assert torch.allclose(_unit(tiny.encode_text(compose("sketch", IMAGENET_TEMPLATES))), exp["text_features_target"], atol=1e-5)
+    assert torch.allclose(
+        _unit(tiny.encode_text(compose("sketch", IMAGENET_TEMPLATES))), exp["text_features_target"], atol=1e-5
+    )
     assert tiny.logit_scale.item() == pytest.approx(ref["constants"]["logit_scale_exp"], rel=1e-6)
 
 
@@ -120,7 +127,8 @@ def test_bf16_precision_close_to_fp32(golden: Path, tiny, ref) -> None:
 
 
 def test_config_and_weights_folder(tmp_path: Path, golden: Path, tiny, ref) -> None:
-    from nada.guidance.clip import load_clip, load_clip_from_config
+    from nada.guidance.clip import load_clip
+    from nada.guidance.clip_weights import load_clip_from_config
 
     _write_config_pair(tmp_path / "hf", golden, "open_clip_config.json", "open_clip_pytorch_model.bin")
     img = ref["inputs"]["target_img"]
@@ -132,7 +140,7 @@ def test_config_and_weights_folder(tmp_path: Path, golden: Path, tiny, ref) -> N
 
 
 def test_config_with_top_level_preprocessing(tmp_path: Path, golden: Path, tiny) -> None:
-    from nada.guidance.clip import load_clip_from_config, read_clip_config
+    from nada.guidance.clip_weights import load_clip_from_config, read_clip_config
 
     vision = {k: v for k, v in TINY_CONFIG["vision_cfg"].items() if k != "image_size"}
     cfg = {**TINY_CONFIG, "vision_cfg": vision, "image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -167,8 +175,9 @@ def test_build_random_clip_is_seeded_and_leaves_rng_alone() -> None:
 
 def test_toy_name_resolves_package_assets(tmp_path: Path, golden: Path, monkeypatch, tiny) -> None:
     import nada.guidance.clip as clip
+    import nada.toy.clips as toy_clips
 
-    monkeypatch.setattr(clip, "toy_clip_dir", lambda name="toy": tmp_path / name)
+    monkeypatch.setattr(toy_clips, "toy_clip_dir", lambda name="toy": tmp_path / name)
     with pytest.raises(NadaError, match="toy CLIP files are missing") as err:
         clip.load_clip("toy")
     assert str(tmp_path / "toy" / "clip_config.json") in str(err.value)
@@ -193,8 +202,11 @@ def registered_tiny(tmp_path: Path, monkeypatch) -> Path:
         "v1": {"hf_hub": "nobody/tiny/", "quick_gelu": True},
         "openai": {"hf_hub": "nobody/tiny/", "url": "https://example.invalid/abc/tiny-openai.pt", "quick_gelu": True},
     }
-    monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg",
-                        lambda model, tag: tags.get(tag, {}) if model == "nada-test-tiny" else {})
+    monkeypatch.setattr(
+        open_clip.pretrained,
+        "get_pretrained_cfg",
+        lambda model, tag: tags.get(tag, {}) if model == "nada-test-tiny" else {},
+    )
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_network)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setenv("NADA_CLIP_CACHE", str(tmp_path / "cache"))
@@ -247,8 +259,9 @@ def _torchscript_tiny(golden: Path, path: Path) -> Path:
     return path
 
 
-def test_openai_torchscript_cache_file_loads_without_running_code(registered_tiny: Path, tmp_path: Path, golden: Path,
-                                                                 monkeypatch, tiny, ref) -> None:
+def test_openai_torchscript_cache_file_loads_without_running_code(
+    registered_tiny: Path, tmp_path: Path, golden: Path, monkeypatch, tiny, ref
+) -> None:
     """OpenAI's own file in ~/.cache/clip (a TorchScript archive) is found offline and read as data only."""
     from nada.guidance.clip import load_clip
 
@@ -304,7 +317,9 @@ def test_offline_error_names_file_and_place(tmp_path: Path, monkeypatch) -> None
         load_clip("ViT-B/32")
     msg = str(err.value)
     assert str(tmp_path / "ViT-B-32-quickgelu_openai.safetensors") in msg
-    assert "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors" in msg
+    assert (
+        "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors" in msg
+    )
     assert "offline" in msg
 
 
@@ -364,7 +379,9 @@ def test_parse_clip_spec() -> None:
     assert parse_clip_spec("ViT-B/32,ViT-B/16:0.5") == [("ViT-B/32", 1.0), ("ViT-B/16", 0.5)]
     assert parse_clip_spec(" ViT-B/32:1.0 , ViT-B/16:0.5 ") == [("ViT-B/32", 1.0), ("ViT-B/16", 0.5)]
     assert parse_clip_spec("open_clip:ViT-B-32/laion2b_s34b_b79k:2,RN50") == [
-        ("open_clip:ViT-B-32/laion2b_s34b_b79k", 2.0), ("RN50", 1.0)]
+        ("open_clip:ViT-B-32/laion2b_s34b_b79k", 2.0),
+        ("RN50", 1.0),
+    ]
     for bad in ("", " , ", "ViT-B/32:0", "ViT-B/32:-1", "ViT-B/32:nan", ":0.5", "RN50,RN50:2"):
         with pytest.raises(NadaError):
             parse_clip_spec(bad)

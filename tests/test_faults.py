@@ -24,15 +24,15 @@ from PIL import Image, ImageFile
 import nada.generator.checkpoints
 import nada.generator.generate
 import nada.photos.images
-from nada.weights import registry
 from nada.adaptation.loop import RunPaths, adapt, claim_run_dir
-from nada.generator.checkpoints import save_checkpoint
-from nada.frontends.cli import main
 from nada.config import AdaptConfig
-from nada.weights.download import WeightsSource
 from nada.errors import NadaError, NadaWarning
-from nada.io import TMP_SUFFIX, atomic_torch_save, atomic_write
+from nada.frontends.cli import main
+from nada.generator.checkpoints import save_checkpoint
 from nada.generator.networks import Generator
+from nada.io import TMP_SUFFIX, atomic_torch_save, atomic_write
+from nada.weights import registry
+from nada.weights.download import WeightsSource
 from nada.weights.presets import load_preset_file, pack_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,19 +100,23 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -
     assert path.stat().st_mode & 0o777 == mode
 
 
-def test_cli_generate_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_generate_on_a_full_disk_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = save_checkpoint(tmp_path / "g.pt", tiny_generator(), {})
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setattr(Image.Image, "save", lambda self, fp, *a, **k: disk_full(self, fp))
-    assert main(["generate", "--checkpoint", str(ckpt), "--seeds", "0-2", "--out-dir", str(out), "--device", "cpu"]) == 2
+    assert (
+        main(["generate", "--checkpoint", str(ckpt), "--seeds", "0-2", "--out-dir", str(out), "--device", "cpu"]) == 2
+    )
     assert "the disk is full" in one_line_error(capsys, "generate")
     assert list(out.iterdir()) == []
 
 
-def test_cli_turns_a_raw_write_error_into_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_turns_a_raw_write_error_into_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import nada.frontends.cli
 
     def log_append_fails(args: object) -> int:  # a write outside the atomic helpers, e.g. the log's append
@@ -128,18 +132,60 @@ def test_cli_turns_a_raw_write_error_into_one_line(monkeypatch: pytest.MonkeyPat
 
 
 def adapt_config(out: Path, **kw: object) -> AdaptConfig:
-    base = dict(source="photo", target="sketch", generator="tiny-test", templates="plain", layers="all", iterations=4,
-                batch_size=2, auto_batch=2, lr=0.01, out_dir=str(out), n_sample_images=2, sample_every=0,
-                save_every=2, device="cpu")
+    base = dict(
+        source="photo",
+        target="sketch",
+        generator="tiny-test",
+        templates="plain",
+        layers="all",
+        iterations=4,
+        batch_size=2,
+        auto_batch=2,
+        lr=0.01,
+        out_dir=str(out),
+        n_sample_images=2,
+        sample_every=0,
+        save_every=2,
+        device="cpu",
+    )
     base.update(kw)
     return AdaptConfig(**base)
 
 
 def adapt_argv(golden: Path, generator: Path, out: Path, *extra: str) -> list[str]:
-    return ["adapt", "--source", "photo", "--target", "sketch", "--generator", str(generator),
-            "--clip", str(golden / "tiny_clip_openai.pt"), "--layers", "all", "--iterations", "6", "--batch-size", "2",
-            "--templates", "plain", "--n-samples", "2", "--sample-every", "0", "--save-every", "2", "--lr", "0.01",
-            "--out", str(out), "--device", "cpu", "--quiet", *extra]
+    return [
+        "adapt",
+        "--source",
+        "photo",
+        "--target",
+        "sketch",
+        "--generator",
+        str(generator),
+        "--clip",
+        str(golden / "tiny_clip_openai.pt"),
+        "--layers",
+        "all",
+        "--iterations",
+        "6",
+        "--batch-size",
+        "2",
+        "--templates",
+        "plain",
+        "--n-samples",
+        "2",
+        "--sample-every",
+        "0",
+        "--save-every",
+        "2",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_a_claimed_folder_refuses_a_second_claim(tmp_path: Path) -> None:
@@ -154,18 +200,27 @@ def test_a_claimed_folder_refuses_a_second_claim(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_second_run_into_a_held_folder_is_refused_until_the_holder_is_killed(
-        tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             import sys
             from nada.adaptation.loop import claim_run_dir
             from nada.config import AdaptConfig
             with claim_run_dir(AdaptConfig(out_dir=sys.argv[1]), resume=False, force=False):
                 print("held", flush=True)
                 sys.stdin.read()
-        """), str(out)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        """),
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -208,8 +263,13 @@ sys.exit(main(sys.argv[1:]))
 def test_kill_9_during_a_save_then_resume(tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = save_checkpoint(tmp_path / "g.pt", tiny_generator(), {})
     out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, *adapt_argv(golden, ckpt, out)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, *adapt_argv(golden, ckpt, out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     paths = RunPaths(out)
     assert [p.name.endswith(TMP_SUFFIX) for p in leftovers(out)] == [True]  # the half-written checkpoint
@@ -224,8 +284,9 @@ def test_kill_9_during_a_save_then_resume(tmp_path: Path, golden: Path, capsys: 
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
-def test_resume_with_nothing_saved_warns_and_starts(tmp_path: Path, golden: Path, tiny,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_with_nothing_saved_warns_and_starts(
+    tmp_path: Path, golden: Path, tiny, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = adapt_config(tmp_path / "fresh", iterations=1, save_every=0)
     with pytest.warns(NadaWarning, match="nothing to resume in .*fresh: no state was saved yet"):
         adapt(cfg, progress=False, G_base=tiny_generator(), clip=tiny, resume=True)
@@ -260,11 +321,14 @@ def test_state_pointing_outside_the_run_folder_is_refused(saved_run: AdaptConfig
         adapt(saved_run, progress=False, G_base=tiny_generator(), clip=tiny, resume=True)
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("no optimizer", "state.pt lacks or mistypes optimizer"),
-    ("nan weights", "the checkpoint generator.pt: .* contains NaN"),
-    ("nan optimizer", "the optimizer state: .* contains NaN"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("no optimizer", "state.pt lacks or mistypes optimizer"),
+        ("nan weights", "the checkpoint generator.pt: .* contains NaN"),
+        ("nan optimizer", "the optimizer state: .* contains NaN"),
+    ],
+)
 def test_bad_state_files_give_one_line(saved_run: AdaptConfig, tiny, fault: str, message: str) -> None:
     paths = RunPaths(Path(saved_run.out_dir))
     if fault == "no optimizer":
@@ -297,7 +361,9 @@ def packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A compact preset file of an adapted copy of the registered base 'tiny'."""
     monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NADA_OFFLINE", "1")
-    tiny = registry.RegisteredGenerator("tiny", WeightsSource("tiny.pt", url="https://example.invalid/tiny.pt"), 16, "test")
+    tiny = registry.RegisteredGenerator(
+        "tiny", WeightsSource("tiny.pt", url="https://example.invalid/tiny.pt"), 16, "test"
+    )
     monkeypatch.setitem(registry.GENERATORS, "tiny", tiny)
     base = tiny_generator()
     save_checkpoint(registry.generator_file("tiny"), base, {})
@@ -308,15 +374,19 @@ def packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return pack_preset(run, tmp_path / "preset.pt")
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("nan delta", "delta .* contains NaN or infinite values"),
-    ("nan latent_avg", "latent_avg contains NaN or infinite values"),
-    ("wide latent_avg", r"latent_avg has shape \[17\], not \[16\]"),
-    ("no delta", "has no 'delta' entry"),
-    ("int delta", "is missing or not a float tensor"),
-])
-def test_bad_preset_files_are_refused_in_one_line(packed: Path, fault: str, message: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("nan delta", "delta .* contains NaN or infinite values"),
+        ("nan latent_avg", "latent_avg contains NaN or infinite values"),
+        ("wide latent_avg", r"latent_avg has shape \[17\], not \[16\]"),
+        ("no delta", "has no 'delta' entry"),
+        ("int delta", "is missing or not a float tensor"),
+    ],
+)
+def test_bad_preset_files_are_refused_in_one_line(
+    packed: Path, fault: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     obj = torch.load(packed, weights_only=True)
     key = next(iter(obj["delta"]))
     if fault == "nan delta":
@@ -332,7 +402,9 @@ def test_bad_preset_files_are_refused_in_one_line(packed: Path, fault: str, mess
     torch.save(obj, packed)
     with pytest.raises(NadaError, match=message):
         load_preset_file(packed)
-    assert main(["generate", "--checkpoint", str(packed), "--out", str(packed.parent / "g.png"), "--device", "cpu"]) == 2
+    assert (
+        main(["generate", "--checkpoint", str(packed), "--out", str(packed.parent / "g.png"), "--device", "cpu"]) == 2
+    )
     one_line_error(capsys, "generate")
     assert not (packed.parent / "g.png").exists()
 
@@ -343,16 +415,19 @@ def test_bad_preset_files_are_refused_in_one_line(packed: Path, fault: str, mess
 @pytest.fixture
 def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any generator load fails the test: the refusal must come first."""
+
     def loaded(*args: object, **kwargs: object) -> None:
         raise AssertionError("a generator was loaded before the refusal")
 
     monkeypatch.setattr(nada.generator.checkpoints, "load_generator", loaded)
 
 
-@pytest.mark.parametrize("flag, target", [("--out", "blocker/grid.png"), ("--out-dir", "blocker/images"),
-                                          ("--out", "a-folder.png")])
-def test_generate_refuses_an_unwritable_output_before_loading(tmp_path: Path, no_loading: None, flag: str,
-                                                              target: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "flag, target", [("--out", "blocker/grid.png"), ("--out-dir", "blocker/images"), ("--out", "a-folder.png")]
+)
+def test_generate_refuses_an_unwritable_output_before_loading(
+    tmp_path: Path, no_loading: None, flag: str, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "blocker").write_text("a file where a folder would go")
     (tmp_path / "a-folder.png").mkdir()
     assert main(["generate", "--checkpoint", "g.pt", flag, str(tmp_path / target), "--device", "cpu"]) == 2
@@ -361,23 +436,33 @@ def test_generate_refuses_an_unwritable_output_before_loading(tmp_path: Path, no
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders; the mode check needs a user")
-def test_generate_refuses_a_read_only_folder(tmp_path: Path, no_loading: None,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_refuses_a_read_only_folder(
+    tmp_path: Path, no_loading: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     assert main(["generate", "--checkpoint", "g.pt", "--out", str(locked / "g.png"), "--device", "cpu"]) == 2
     assert "permission denied" in one_line_error(capsys, "generate")
 
 
-def test_stylize_refuses_an_unwritable_output_before_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_stylize_refuses_an_unwritable_output_before_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def decoded(*args: object, **kwargs: object) -> None:
         raise AssertionError("an image was read before the refusal")
 
     monkeypatch.setattr(nada.photos.images, "load_image", decoded)
     (tmp_path / "blocker").write_text("a file")
     Image.new("RGB", (40, 40)).save(tmp_path / "p.png")
-    argv = ["stylize", "--image", str(tmp_path / "p.png"), "--checkpoint", "c.pt", "--out", str(tmp_path / "blocker/out")]
+    argv = [
+        "stylize",
+        "--image",
+        str(tmp_path / "p.png"),
+        "--checkpoint",
+        "c.pt",
+        "--out",
+        str(tmp_path / "blocker/out"),
+    ]
     assert main(argv) == 2
     assert "blocker is a file, not a folder: choose another --out" in one_line_error(capsys, "stylize")
 
@@ -385,14 +470,18 @@ def test_stylize_refuses_an_unwritable_output_before_work(tmp_path: Path, monkey
 # ---------------------------------------------------------------- limits
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--seeds", "0-4294967295"], "names more than 1,000,000 seeds"),
-    (["--seeds", "0-999999,1000000"], "names more than 1,000,000 seeds"),
-    (["--truncation", "1e30"], "--truncation 1e+30 is outside [-1.0, 2.0]"),
-    (["--truncation", "nan"], "--truncation nan is outside"),
-])
-def test_generate_limits_refuse_before_loading(tmp_path: Path, no_loading: None, extra: list[str], message: str,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seeds", "0-4294967295"], "names more than 1,000,000 seeds"),
+        (["--seeds", "0-999999,1000000"], "names more than 1,000,000 seeds"),
+        (["--truncation", "1e30"], "--truncation 1e+30 is outside [-1.0, 2.0]"),
+        (["--truncation", "nan"], "--truncation nan is outside"),
+    ],
+)
+def test_generate_limits_refuse_before_loading(
+    tmp_path: Path, no_loading: None, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["generate", "--checkpoint", "g.pt", "--out-dir", str(tmp_path / "o"), *extra, "--device", "cpu"]) == 2
     assert message in one_line_error(capsys, "generate")
 
@@ -402,8 +491,9 @@ def test_sample_truncation_is_bounded_too() -> None:
         adapt_config(Path("unused"), sample_truncation=5.0).validate()
 
 
-def test_a_grid_too_large_is_refused_before_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_grid_too_large_is_refused_before_rendering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = save_checkpoint(tmp_path / "g.pt", tiny_generator(), {})
     monkeypatch.setattr(nada.generator.generate, "MAX_GRID_PIXELS", 16 * 16 * 10)
     monkeypatch.setattr(nada.generator.generate, "_render", lambda *a: pytest.fail("rendered before the refusal"))
@@ -411,8 +501,9 @@ def test_a_grid_too_large_is_refused_before_rendering(tmp_path: Path, monkeypatc
     assert "a grid of 11 images of 16x16 pixels exceeds" in one_line_error(capsys, "generate")
 
 
-def test_out_dir_streams_seeds_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_dir_streams_seeds_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = save_checkpoint(tmp_path / "g.pt", tiny_generator(), {})
     real, batches = nada.generator.generate._render, []
 
@@ -423,16 +514,33 @@ def test_out_dir_streams_seeds_in_bounded_batches(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(nada.generator.generate, "_render", counted)
     monkeypatch.setattr(nada.generator.generate, "MAX_GRID_PIXELS", 16 * 16 * 10)  # the limit binds grids only
     out = tmp_path / "many"
-    assert main(["generate", "--checkpoint", str(ckpt), "--seeds", "0-40", "--out-dir", str(out),
-                 "--batch-size", "8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(ckpt),
+                "--seeds",
+                "0-40",
+                "--out-dir",
+                str(out),
+                "--batch-size",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert batches == [8, 8, 8, 8, 8, 1] and len(list(out.iterdir())) == 41
     streamed = np.asarray(Image.open(out / "seed0017.png"))
     alone = nada.generator.generate.generate_images(tiny_generator(), [17], batch_size=1)
     assert np.abs(streamed.astype(int) - nada.io.to_uint8_image(alone)[0].numpy().astype(int)).max() <= 1
 
 
-def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_image_too_large_to_decode_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     Image.new("RGBA", (300, 200)).save(tmp_path / "big.png")
     monkeypatch.setattr(nada.photos.images, "MAX_DECODED_PIXELS", 300 * 200 - 1)
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded before the refusal"))

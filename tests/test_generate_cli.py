@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nada.frontends.cli import main
 from nada.errors import NadaError
+from nada.frontends.cli import main
 from nada.generator.generate import generate_images, save_outputs
 from nada.generator.networks import Generator
 
@@ -103,9 +103,29 @@ def test_cli_grid(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_cli_out_dir_matches_grid_and_is_deterministic(checkpoint: Path, tmp_path: Path) -> None:
     grid = tmp_path / "grid.png"
-    assert main(["generate", "--checkpoint", str(checkpoint), "--seeds", "2,7,9", "--out", str(grid), "--device", "cpu"]) == 0
+    assert (
+        main(["generate", "--checkpoint", str(checkpoint), "--seeds", "2,7,9", "--out", str(grid), "--device", "cpu"])
+        == 0
+    )
     out_dir = tmp_path / "per_seed"
-    assert main(["generate", "--checkpoint", str(checkpoint), "--seeds", "7-9", "--out-dir", str(out_dir), "--batch-size", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(checkpoint),
+                "--seeds",
+                "7-9",
+                "--out-dir",
+                str(out_dir),
+                "--batch-size",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out_dir.iterdir()) == ["seed0007.png", "seed0008.png", "seed0009.png"]
     seven = pixels(out_dir / "seed0007.png")
     assert seven.shape == (SIZE, SIZE, 3)
@@ -134,8 +154,20 @@ def test_cli_refuses_overwrite_then_force(checkpoint: Path, tmp_path: Path, caps
         (["--batch-size", "0"], "batch size"),
     ],
 )
-def test_cli_errors_are_one_line(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str) -> None:
-    args = ["generate", "--checkpoint", str(checkpoint), "--seeds", "0", "--out", str(tmp_path / "g.png"), "--device", "cpu"]
+def test_cli_errors_are_one_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    args = [
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "g.png"),
+        "--device",
+        "cpu",
+    ]
     for flag, value in zip(extra[::2], extra[1::2]):
         if flag in args:
             args[args.index(flag) + 1] = value
@@ -153,8 +185,19 @@ def test_cli_errors_are_one_line(checkpoint: Path, tmp_path: Path, capsys: pytes
 
 def test_cli_subprocess_missing_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "nada.frontends.cli", "generate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "g.png")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "nada.frontends.cli",
+            "generate",
+            "--checkpoint",
+            str(tmp_path / "nope.pt"),
+            "--out",
+            str(tmp_path / "g.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -148,4 +148,6 @@ def test_tensor_to_pil_round_trip():
     x = torch.rand(1, 3, 8, 10) * 2 - 1
     img = tensor_to_pil(x)
     assert img.size == (10, 8) and img.mode == "RGB"
-    assert np.abs(np.asarray(img).astype(np.float32) / 127.5 - 1 - x[0].permute(1, 2, 0).numpy()).max() < 1 / 127.5 + 1e-6
+    assert (
+        np.abs(np.asarray(img).astype(np.float32) / 127.5 - 1 - x[0].permute(1, 2, 0).numpy()).max() < 1 / 127.5 + 1e-6
+    )

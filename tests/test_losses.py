@@ -1,8 +1,7 @@
-"""nada.guidance.losses and nada.guidance.templates against the official StyleGAN-NADA numbers on the golden tiny CLIP."""
+"""nada.guidance.losses and nada.guidance.templates against the official StyleGAN-NADA numbers on the golden tiny
+CLIP."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -62,7 +61,9 @@ def test_global_loss_uses_a_target_prompt(tiny, ref, feats) -> None:
     _close(L.global_loss(feats["target"], tiny.encode_text(["a sketch"]), scale), exp["global_loss_a_target"])
     # With OpenAI's logit scale of 100 the loss is plain 1 - cosine.
     cos = torch.nn.functional.cosine_similarity(feats["target"], tiny.encode_text(["a sketch"]), dim=-1)
-    assert L.global_loss(feats["target"], tiny.encode_text(["a sketch"])).item() == pytest.approx((1 - cos).mean().item(), abs=1e-6)
+    assert L.global_loss(feats["target"], tiny.encode_text(["a sketch"])).item() == pytest.approx(
+        (1 - cos).mean().item(), abs=1e-6
+    )
 
 
 def test_manifold_and_texture_losses(tiny, ref, feats) -> None:
@@ -77,7 +78,9 @@ def test_reference_forward_total(tiny, ref, feats) -> None:
     total = (
         L.global_loss(feats["target"], tiny.encode_text(["a sketch"]), tiny.logit_scale)
         + L.directional_loss(feats["src"], feats["target"], L.text_direction(tiny, "photo", "sketch"))
-        + L.manifold_angle_loss(feats["src"], feats["target"], L.mean_text_feature(tiny, "photo"), L.mean_text_feature(tiny, "sketch"))
+        + L.manifold_angle_loss(
+            feats["src"], feats["target"], L.mean_text_feature(tiny, "photo"), L.mean_text_feature(tiny, "sketch")
+        )
         + L.texture_loss(feats["texture"], feats["target"])
     )
     _close(total, ref["expected"]["forward_all_but_patch"])
@@ -90,9 +93,17 @@ def test_legacy_no_antialias_numbers(tiny, ref, feats) -> None:
     _close(loss, legacy["directional_loss"])
     assert loss.item() == pytest.approx(0.910307, abs=1e-5)
     src_t, tgt_t = L.mean_text_feature(tiny, "photo"), L.mean_text_feature(tiny, "sketch")
-    _close(L.manifold_angle_loss(feats["src_legacy"], feats["target_legacy"], src_t, tgt_t), legacy["manifold_angle_loss"])
-    _close(L.global_loss(feats["target_legacy"], tiny.encode_text(["sketch"]), tiny.logit_scale), legacy["global_loss_target_class"])
-    _close(L.global_loss(feats["target_legacy"], tiny.encode_text(["a sketch"]), tiny.logit_scale), legacy["global_loss_a_target"])
+    _close(
+        L.manifold_angle_loss(feats["src_legacy"], feats["target_legacy"], src_t, tgt_t), legacy["manifold_angle_loss"]
+    )
+    _close(
+        L.global_loss(feats["target_legacy"], tiny.encode_text(["sketch"]), tiny.logit_scale),
+        legacy["global_loss_target_class"],
+    )
+    _close(
+        L.global_loss(feats["target_legacy"], tiny.encode_text(["a sketch"]), tiny.logit_scale),
+        legacy["global_loss_a_target"],
+    )
 
 
 def _up512(x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +115,14 @@ def test_patch_directional_loss(tiny, ref) -> None:
     exp = ref["expected"]
     directions = L.part_text_directions(tiny, "photo", "sketch")
     _close(directions, exp["patch_text_directions"])
-    loss = L.patch_directional_loss(tiny, _up512(ref["inputs"]["src_img"]), _up512(ref["inputs"]["target_img"]),
-                                    directions, exp["patch_directional_centers_512"], size=510)
+    loss = L.patch_directional_loss(
+        tiny,
+        _up512(ref["inputs"]["src_img"]),
+        _up512(ref["inputs"]["target_img"]),
+        directions,
+        exp["patch_directional_centers_512"],
+        size=510,
+    )
     _close(loss, exp["patch_directional_loss_512"])
 
 
@@ -113,8 +130,15 @@ def test_patch_similarity_loss(tiny, ref) -> None:
     exp = ref["expected"]
     src_parts = tiny.encode_text(compose("photo", PART_TEMPLATES))
     tgt_parts = tiny.encode_text(compose("sketch", PART_TEMPLATES))
-    loss = L.patch_similarity_loss(tiny, _up512(ref["inputs"]["src_img"]), _up512(ref["inputs"]["target_img"]),
-                                   src_parts, tgt_parts, exp["patch_similarity_centers_512"], size=196)
+    loss = L.patch_similarity_loss(
+        tiny,
+        _up512(ref["inputs"]["src_img"]),
+        _up512(ref["inputs"]["target_img"]),
+        src_parts,
+        tgt_parts,
+        exp["patch_similarity_centers_512"],
+        size=196,
+    )
     _close(loss, exp["patch_similarity_loss_512"])
 
 
@@ -138,7 +162,9 @@ def test_image_direction(tiny, ref) -> None:
     direction = L.image_direction(tiny, inp["target_img"], inp["src_img"])
     expected = torch.nn.functional.normalize(
         torch.nn.functional.normalize(tiny.encode_image(inp["target_img"]), dim=-1).mean(0, keepdim=True)
-        - torch.nn.functional.normalize(tiny.encode_image(inp["src_img"]), dim=-1).mean(0, keepdim=True), dim=-1)
+        - torch.nn.functional.normalize(tiny.encode_image(inp["src_img"]), dim=-1).mean(0, keepdim=True),
+        dim=-1,
+    )
     _close(direction, expected)
     # A list of differently sized references works too; each image counts once.
     refs = [inp["target_img"][0], inp["target_img"][1:2, :, :48, :]]
@@ -206,7 +232,9 @@ def test_consistency_loss_keeps_who_resembles_whom_not_the_style():
     same = L.consistency_loss(f_src, f_src).item()
     shifted = L.consistency_loss(f_src, styled).item()
     swapped = L.consistency_loss(f_src, f_src[[1, 0, 3, 2, 5, 4]]).item()
-    collapsed = L.consistency_loss(f_src, torch.randn(1, 16, generator=g).expand(6, 16) + 1e-3 * torch.randn(6, 16, generator=g)).item()
+    collapsed = L.consistency_loss(
+        f_src, torch.randn(1, 16, generator=g).expand(6, 16) + 1e-3 * torch.randn(6, 16, generator=g)
+    ).item()
     assert abs(same) < 1e-6 and shifted < 0.1 * swapped and swapped > 0.1 and collapsed > 0.1
     # Scale does not matter (cosines), and only the adapted features get a gradient.
     assert L.consistency_loss(f_src, 3.0 * f_src).item() < 1e-6
@@ -240,7 +268,10 @@ def test_keep_loss_sees_only_the_named_attributes():
 
 
 def test_keep_groups_parse_and_name_what_is_missing():
-    assert L.keep_groups(" a smiling face | a frowning face ; glasses|no glasses;") == [["a smiling face", "a frowning face"], ["glasses", "no glasses"]]
+    assert L.keep_groups(" a smiling face | a frowning face ; glasses|no glasses;") == [
+        ["a smiling face", "a frowning face"],
+        ["glasses", "no glasses"],
+    ]
     with pytest.raises(NadaError, match="fewer than 2 values"):
         L.keep_groups("a smiling face; glasses|no glasses")
     with pytest.raises(NadaError, match="names no attribute"):

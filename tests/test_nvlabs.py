@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nada.generator.checkpoints import load_generator
 from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator
 from nada.generator.nvlabs import PersistentObject, convert_generator, read_snapshot, snapshot_generator
 
 TOL = 1e-4
@@ -68,7 +68,10 @@ def test_images_match_reference(G_nv, expected: dict) -> None:
     assert maxdiff(G_nv(expected["z"], noise_mode="const"), expected["img_psi1"]) < TOL
     assert maxdiff(G_nv(expected["z"], truncation_psi=0.7, noise_mode="const"), expected["img_psi07"]) < TOL
     assert maxdiff(G_nv.synthesis(expected["ws_fixed"], noise_mode="const"), expected["img_synth_ws_fixed"]) < TOL
-    assert maxdiff(G_nv.synthesis(expected["ws_fixed"], noise_mode="none"), expected["img_synth_ws_fixed_noise_none"]) < TOL
+    assert (
+        maxdiff(G_nv.synthesis(expected["ws_fixed"], noise_mode="none"), expected["img_synth_ws_fixed_noise_none"])
+        < TOL
+    )
     # The noise really matters in this model, so the 'const' comparison checks the noise conversion.
     assert maxdiff(expected["img_synth_ws_fixed"], expected["img_synth_ws_fixed_noise_none"]) > 1e-2
 
@@ -113,7 +116,9 @@ def test_extra_weights_refused(golden: Path) -> None:
 
 def test_conv_clamp_warns(golden: Path) -> None:
     with pytest.warns(UserWarning, match="conv_clamp"):
-        _, sd, _ = _converted(golden, lambda g: g.child("synthesis").child("b8").child("conv0").state.update(conv_clamp=256))
+        _, sd, _ = _converted(
+            golden, lambda g: g.child("synthesis").child("b8").child("conv0").state.update(conv_clamp=256)
+        )
     assert "convs.0.conv.weight" in sd
 
 
@@ -190,7 +195,9 @@ def test_embedded_source_is_never_executed(fake_persistence, tmp_path: Path) -> 
 
 
 def test_bare_network_pickle_is_read_as_generator(fake_persistence, tmp_path: Path) -> None:
-    meta = dict(type="class", version=6, module_src="raise SystemExit", class_name="MappingNetwork", state={"_modules": {}})
+    meta = dict(
+        type="class", version=6, module_src="raise SystemExit", class_name="MappingNetwork", state={"_modules": {}}
+    )
     path = tmp_path / "G.pkl"
     path.write_bytes(pickle.dumps(Reduce(fake_persistence, meta), protocol=4))
     with pytest.raises(NadaError, match="MappingNetwork is not a stylegan2-ada-pytorch Generator"):
@@ -221,6 +228,8 @@ def test_payload_inside_tensor_storage_bytes_is_refused(tmp_path: Path) -> None:
     torch.save(Reduce(os.system, f"touch {marker}"), blob, _use_new_zipfile_serialization=False)
     path = tmp_path / "network-snapshot-000000.pkl"
     path.write_bytes(_snapshot_bytes(Reduce(torch.storage._load_from_bytes, blob.getvalue())))
-    with pytest.raises(NadaError, match="network-snapshot-000000.pkl: a tensor storage in the snapshot holds more than tensor data"):
+    with pytest.raises(
+        NadaError, match="network-snapshot-000000.pkl: a tensor storage in the snapshot holds more than tensor data"
+    ):
         load_generator(path)
     assert not marker.exists()

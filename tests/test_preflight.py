@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nada.weights import download, preflight
-from nada.frontends.cli import main
 from nada.errors import NadaError
+from nada.frontends.cli import main
+from nada.weights import download, preflight
 
 FFHQ_URL = "https://huggingface.co/akhaliq/OneshotCLIP-stylegan2-ffhq/resolve/"
 B32_URL = "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors"
@@ -53,8 +53,9 @@ def _error(capsys) -> str:
 def test_offline_adapt_lists_every_missing_file_at_once(cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NADA_OFFLINE", "1")
     out = tmp_path / "run"
-    rc = main(["adapt", "--generator", "ffhq", "--clip", "ViT-B/32,ViT-B/16:0.5", "--target", "sketch",
-               "--out", str(out)])
+    rc = main(
+        ["adapt", "--generator", "ffhq", "--clip", "ViT-B/32,ViT-B/16:0.5", "--target", "sketch", "--out", str(out)]
+    )
     err = _error(capsys)
     assert rc == 2
     assert "3 weights files this command needs are not on this machine and offline mode is on (NADA_OFFLINE=1" in err
@@ -75,8 +76,9 @@ def test_without_network_one_probe_per_host_and_no_download(cache, tmp_path, mon
         return f"{host}:{port} does not answer ([Errno -3] Temporary failure in name resolution)"
 
     monkeypatch.setattr(preflight, "probe_host", unreachable)
-    rc = main(["adapt", "--generator", "ffhq", "--clip", "ViT-B/32", "--target", "sketch",
-               "--out", str(tmp_path / "run")])
+    rc = main(
+        ["adapt", "--generator", "ffhq", "--clip", "ViT-B/32", "--target", "sketch", "--out", str(tmp_path / "run")]
+    )
     err = _error(capsys)
     assert rc == 2 and probes == ["huggingface.co"]  # both files live there: one connection attempt in all
     assert "2 weights files" in err and "the network cannot be reached" in err and "NADA_OFFLINE=1" in err
@@ -106,8 +108,10 @@ def test_online_the_missing_files_download_before_the_work(cache, monkeypatch):
     monkeypatch.setattr(download, "fetch", fake_fetch)
     needs = preflight.generator_needs("ffhq") + preflight.clip_needs("ViT-B/32") + preflight.generator_needs("toy")
     preflight.ensure(needs)
-    assert fetched == [cache / "weights" / "ffhq" / "stylegan2-ffhq-config-f.pt",
-                       cache / "clip" / "ViT-B-32-quickgelu_openai.safetensors"]
+    assert fetched == [
+        cache / "weights" / "ffhq" / "stylegan2-ffhq-config-f.pt",
+        cache / "clip" / "ViT-B-32-quickgelu_openai.safetensors",
+    ]
 
 
 def test_generate_compare_lists_the_preset_and_its_base(cache, tmp_path, monkeypatch, capsys):
@@ -147,7 +151,7 @@ def test_placed_by_hand_only_files_are_listed_even_online(cache, monkeypatch):
 
 
 def test_clip_cache_lives_under_nada_cache(cache, monkeypatch):
-    from nada.guidance import clip
+    from nada.guidance import clip_weights as clip
 
     assert clip.clip_cache_dir() == cache / "clip"
     monkeypatch.delenv("NADA_OFFLINE", raising=False)

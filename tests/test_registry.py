@@ -7,14 +7,14 @@ import http.server
 import re
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from nada.errors import NadaError
 from nada.weights import download
 from nada.weights.download import ResumingDownloader, WeightsSource, fetch, local_path
-from nada.errors import NadaError
 
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB, every byte position distinguishable modulo 256
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -126,7 +126,9 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def url_source(server: FileServer, name: str = "weights.bin", data: bytes = PAYLOAD, sha: str | None = PAYLOAD_SHA) -> WeightsSource:
+def url_source(
+    server: FileServer, name: str = "weights.bin", data: bytes = PAYLOAD, sha: str | None = PAYLOAD_SHA
+) -> WeightsSource:
     server.files[f"/files/{name}"] = data
     return WeightsSource(name, url=server.url(f"/files/{name}"), sha256=sha, size=len(data))
 
@@ -134,7 +136,9 @@ def url_source(server: FileServer, name: str = "weights.bin", data: bytes = PAYL
 # ---------------------------------------------------------------- plain URLs (pooch + resuming downloader)
 
 
-def test_download_verifies_and_shows_progress(server: FileServer, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_download_verifies_and_shows_progress(
+    server: FileServer, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = url_source(server)
     path = fetch(src, "demo")
     assert path == cache / "weights" / "demo" / "weights.bin"
@@ -330,10 +334,14 @@ def test_registered_download_location_and_offline_message(cache: Path, monkeypat
     assert path == cache / "weights" / "afhqdog" / "afhqdog.pkl" and not is_local("afhqdog")
     with pytest.raises(NadaError) as err:
         resolve_generator("afhqdog")
-    assert str(path) in str(err.value) and "nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/afhqdog.pkl" in str(err.value)
+    assert str(path) in str(
+        err.value
+    ) and "nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/afhqdog.pkl" in str(err.value)
 
 
-def test_load_generator_resolves_registered_names_through_the_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_generator_resolves_registered_names_through_the_cache(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A file put where the offline message says is loaded by name, with no network."""
     import torch
 

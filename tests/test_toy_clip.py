@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -68,7 +69,10 @@ def test_stability_attack_stays_in_its_ball_and_moves_the_embedding_more_than_no
     assert torch.equal(attacked, T.stability_attack(model, img, eps, steps=3, seed=4))
     noise = (img + eps * torch.randn(img.shape, generator=torch.Generator().manual_seed(0)).sign()).clamp(-1, 1)
     clean = T.encode_images(model, img)
-    moved = lambda x: (T.encode_images(model, x) - clean).norm(dim=-1).mean()
+
+    def moved(x: torch.Tensor) -> torch.Tensor:
+        return (T.encode_images(model, x) - clean).norm(dim=-1).mean()
+
     assert moved(attacked) > 2 * moved(noise)
 
 
@@ -124,8 +128,19 @@ def test_locked_text_resnet_run_trains_only_its_image_tower_and_loads_through_na
 
     T.export(T.build_model(seed=3), tmp_path / "text")
     text_file = tmp_path / "text" / T.WEIGHTS_FILE
-    cfg = T.TrainConfig(steps=2, faces=3, ckpt_every=1, eval_every=1000, eval_faces=12, direction_faces=4,
-                        vision="resnet", text_from=str(text_file), seed=5, lr=0.01, warmup=1)
+    cfg = T.TrainConfig(
+        steps=2,
+        faces=3,
+        ckpt_every=1,
+        eval_every=1000,
+        eval_faces=12,
+        direction_faces=4,
+        vision="resnet",
+        text_from=str(text_file),
+        seed=5,
+        lr=0.01,
+        warmup=1,
+    )
     T.train(cfg, tmp_path / "run")
     text = torch.load(text_file, weights_only=True)
     start = T.build_model(seed=5, config=T.model_config("resnet")).state_dict()
@@ -133,8 +148,13 @@ def test_locked_text_resnet_run_trains_only_its_image_tower_and_loads_through_na
     for k, v in trained.items():
         if T.is_text_key(k):
             assert torch.equal(v, text[k]), k  # frozen: exactly the source's fp16 values
-    moved = [k for k in trained if k.startswith("visual.") and trained[k].is_floating_point()
-             and not torch.allclose(trained[k].float(), start[k], atol=1e-3)]
+    moved = [
+        k
+        for k in trained
+        if k.startswith("visual.")
+        and trained[k].is_floating_point()
+        and not torch.allclose(trained[k].float(), start[k], atol=1e-3)
+    ]
     assert any("conv" in k for k in moved) and any("attnpool" in k for k in moved)
     config = json.loads((tmp_path / "run" / T.CONFIG_FILE).read_text())
     assert config["vision_cfg"] == T.VISION_TOWERS["resnet"]
@@ -240,7 +260,9 @@ def test_robust_copy_moves_far_less_under_attack_and_loads_by_name(toy_clip, rob
     clip = pytest.importorskip("nada.guidance.clip")
     wrapped = clip.load_clip("toy-robust")
     assert wrapped.name == "toy-robust"
-    assert torch.allclose(T.encode_images(robust_clip[0], img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
+    assert torch.allclose(
+        T.encode_images(robust_clip[0], img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4
+    )
 
 
 # ---------------------------------------------------------------- the convolutional guide ("toy-rn")
@@ -272,7 +294,7 @@ def test_resnet_guide_shares_the_text_tower_and_reads_every_attribute(toy_clip, 
 
 
 def test_token_table_sharing_round_trips_and_refuses_a_foreign_base():
-    from nada.guidance.clip import TOKEN_TABLE, pack_token_table, unpack_token_table
+    from nada.toy.clips import TOKEN_TABLE, pack_token_table, unpack_token_table
 
     base = T.build_model(seed=0).state_dict()
     tuned = {k: v.clone() for k, v in base.items()}
@@ -296,7 +318,9 @@ def test_export_can_share_the_token_table(tmp_path):
         tuned_model.visual.proj += 0.1
     T.export(base_model, tmp_path / "base")
     T.export(tuned_model, tmp_path / "copy", share_tokens_with=tmp_path / "base" / T.WEIGHTS_FILE)
-    assert (tmp_path / "copy" / T.WEIGHTS_FILE).stat().st_size < 0.5 * (tmp_path / "base" / T.WEIGHTS_FILE).stat().st_size
+    assert (tmp_path / "copy" / T.WEIGHTS_FILE).stat().st_size < 0.5 * (
+        tmp_path / "base" / T.WEIGHTS_FILE
+    ).stat().st_size
     rebuilt = T.load_exported(tmp_path / "copy", tokens_from=tmp_path / "base").state_dict()
     for k, v in tuned_model.state_dict().items():
         assert torch.equal(rebuilt[k], v.half().float()), k

@@ -58,14 +58,17 @@ def test_missing_or_corrupt_weights_give_clear_errors(tmp_path):
         E.load_evaluator(tmp_path / "nothing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(NadaError, match="unreadable"):
+    with pytest.raises(NadaError, match="evaluator weights .* truncated, corrupt or not a weights file"):
         E.load_evaluator(bad)
 
 
 @pytest.fixture(scope="module")
 def shipped() -> E.Evaluator:
     if not E.default_weights_path().is_file():
-        pytest.skip(f"evaluator weights not found at {E.default_weights_path()} (train them with python -m nada.toy.evaluator_train)")
+        pytest.skip(
+            f"evaluator weights not found at {E.default_weights_path()} (train them with python -m "
+            "nada.toy.evaluator_train)"
+        )
     return E.load_evaluator()
 
 

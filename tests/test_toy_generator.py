@@ -1,4 +1,5 @@
-"""Toy generator: the regression-training pieces on tiny models, and the shipped weights (nada.load_generator("toy"))."""
+"""Toy generator: the regression-training pieces on tiny models, and the shipped weights
+(nada.load_generator("toy"))."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from nada.errors import NadaError
 from nada.toy import generator_train as gt
 
 # A model small enough that a few steps take well under a second.
-TINY = dict(style_dim=32, n_mlp=2, channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 8)), batch_size=2, ckpt_every=2, sample_every=2, eval_size=8)
+TINY = dict(
+    style_dim=32,
+    n_mlp=2,
+    channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 8)),
+    batch_size=2,
+    ckpt_every=2,
+    sample_every=2,
+    eval_size=8,
+)
 
 
 def tiny_config(**overrides) -> gt.TrainConfig:
@@ -98,7 +107,10 @@ def test_pixel_weights_single_out_eyes_mouth_and_glasses():
     off[0, :, 2, 2] += 0.5
     plain = gt.regression_loss(on, target, "mse", multiscale_weight=0.0).item()
     assert plain == pytest.approx(gt.regression_loss(off, target, "mse", multiscale_weight=0.0).item())
-    assert gt.regression_loss(on, target, "mse", 0.0, weight=w).item() > 9 * gt.regression_loss(off, target, "mse", 0.0, weight=w).item()
+    assert (
+        gt.regression_loss(on, target, "mse", 0.0, weight=w).item()
+        > 9 * gt.regression_loss(off, target, "mse", 0.0, weight=w).item()
+    )
     # The face outline adds its own weight where asked.
     outline = torch.from_numpy(R.outline_mask(R.params_from_latent(gt.face_latent(z, R.LATENT_DIM))))
     assert torch.allclose(gt.pixel_weights(z, 9.0, 4.0)[:, 0], 1.0 + 9.0 * mask + 4.0 * outline)
@@ -147,12 +159,12 @@ def test_interrupted_run_resumes_exactly_like_an_uninterrupted_one(tmp_path: Pat
     gt.train(cfg, tmp_path / "split", progress=False)
     whole, split = _state(tmp_path / "whole"), _state(tmp_path / "split")
     assert whole["step"] == split["step"] == 4
-    for key in ("G", "G_ema"):
+    for key in ("model", "G_ema"):
         assert all(torch.equal(whole[key][k], split[key][k]) for k in whole[key]), key
-    assert torch.equal(whole["opt"]["state"][0]["exp_avg"], split["opt"]["state"][0]["exp_avg"])
+    assert torch.equal(whole["optimizer"]["state"][0]["exp_avg"], split["optimizer"]["state"][0]["exp_avg"])
     # Training changed the weights, and the log and the sample grids were written.
     init = gt.build_generator(cfg).state_dict()
-    assert not torch.equal(init["input.input"], whole["G"]["input.input"])
+    assert not torch.equal(init["input.input"], whole["model"]["input.input"])
     log = (tmp_path / "split" / "train.log").read_text()
     assert "resumed from" in log and "eval_l1" in log
     assert (tmp_path / "split" / "samples" / "step000004.png").is_file()
@@ -224,10 +236,12 @@ def test_init_from_starts_a_stage_from_a_generator_and_refuses_another_architect
     gt.initial_weights(G, str(base))
     assert all(torch.equal(v, torch.load(base, weights_only=True)["g_ema"][k]) for k, v in G.state_dict().items())
     with pytest.raises(NadaError, match="--channels"):
-        gt.initial_weights(gt.build_generator(tiny_config(channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 4)))), str(base))
+        gt.initial_weights(
+            gt.build_generator(tiny_config(channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 4)))), str(base)
+        )
     # A stage with a vanishing learning rate ends where its base was, not at a random initialisation.
     stage = gt.train(tiny_config(steps=1, lr=1e-9, seed=3, init_from=str(base)), tmp_path / "b", progress=False)
-    g_b = torch.load(stage, weights_only=True)["G"]
+    g_b = torch.load(stage, weights_only=True)["model"]
     g_a = torch.load(base, weights_only=True)["g_ema"]
     assert all(torch.allclose(g_b[k], g_a[k], atol=1e-5) for k in g_b)
     meta = read_metadata(gt.export_generator(stage, tmp_path / "b.pt"))
@@ -267,7 +281,7 @@ def test_border_latents_sit_next_to_a_border_and_leave_other_runs_unchanged(caps
     changed = moved_z != z
     moved = changed.any(1)
     assert 0.4 < moved.float().mean() < 0.6 and changed[moved].sum(1).eq(1).all()  # one coordinate each
-    assert changed[:, len(R.ATTRIBUTES):].sum() == 0  # only the discrete attributes' coordinates move
+    assert changed[:, len(R.ATTRIBUTES) :].sum() == 0  # only the discrete attributes' coordinates move
     zn = moved_z.double() * torch.rsqrt(moved_z.double().pow(2).mean(1, keepdim=True))
     values = list(R.ATTRIBUTES.values())
     for i in torch.nonzero(moved).flatten().tolist():
@@ -357,7 +371,9 @@ def test_shipped_metadata_describes_the_training():
     assert meta["init_train_time_s"] > meta["train_time_s"] > 0
     assert "face_shape runs oval, square, round" in meta["face_latent"]
     # Stage 4 distilled the mapping network towards latents moved away from the attribute borders.
-    assert meta["sharpen_config"]["margin"] == 0.15 and meta["sharpen_time_s"] > 0 and "nada.toy.sharpen" in meta["method"]
+    assert (
+        meta["sharpen_config"]["margin"] == 0.15 and meta["sharpen_time_s"] > 0 and "nada.toy.sharpen" in meta["method"]
+    )
     assert meta["sharpen_history"][-1]["eval_mse"] < meta["sharpen_history"][0]["eval_mse"]
 
 

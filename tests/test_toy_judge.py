@@ -103,8 +103,10 @@ def test_cli_judges_files_and_grid_tiles_as_json(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def shipped() -> E.Evaluator:
     if not E.default_weights_path().is_file():
-        pytest.skip(f"judge weights not found at {E.default_weights_path()} "
-                    "(train them with python -m nada.toy.evaluator_train)")
+        pytest.skip(
+            f"judge weights not found at {E.default_weights_path()} "
+            "(train them with python -m nada.toy.evaluator_train)"
+        )
     judge = E.load_evaluator()
     if E.REJECT not in judge.classes["style"]:
         pytest.fail("the packaged evaluator has no reject answer: retrain it with --negatives (src/nada/toy/README.md)")

@@ -1,4 +1,5 @@
-"""nada.toy.quality: the metric functions on hand-made predictions, and on ground-truth renders judged by the shipped evaluator."""
+"""nada.toy.quality: the metric functions on hand-made predictions, and on ground-truth renders judged by the shipped
+evaluator."""
 
 from __future__ import annotations
 
@@ -58,8 +59,16 @@ def test_compared_keys_leave_out_only_what_the_target_changes():
 
 def test_rates_on_hand_made_predictions():
     classes = {"style": R.STYLES, "mouth": R.ATTRIBUTES["mouth"], "eyes": R.ATTRIBUTES["eyes"]}
-    frozen = {"style": torch.tensor([0, 0, 0, 0]), "mouth": torch.tensor([0, 1, 2, 1]), "eyes": torch.tensor([0, 0, 1, 1])}
-    train = {"style": torch.tensor([1, 1, 1, 0]), "mouth": torch.tensor([0, 1, 0, 1]), "eyes": torch.tensor([0, 1, 1, 1])}
+    frozen = {
+        "style": torch.tensor([0, 0, 0, 0]),
+        "mouth": torch.tensor([0, 1, 2, 1]),
+        "eyes": torch.tensor([0, 0, 1, 1]),
+    }
+    train = {
+        "style": torch.tensor([1, 1, 1, 0]),
+        "mouth": torch.tensor([0, 1, 0, 1]),
+        "eyes": torch.tensor([0, 1, 1, 1]),
+    }
     assert Q.target_rate(train, Q.parse_target("sketch"), classes) == 0.75
     assert Q.target_rate(frozen, Q.parse_target("sketch"), classes) == 0.0
     kept = Q.content_kept(frozen, train, ["mouth", "eyes"])
@@ -92,7 +101,8 @@ def test_identical_generators_change_nothing():
 
 
 def test_ground_truth_restyle_scores_as_a_perfect_adaptation(evaluator):
-    """The renderer's own photo -> sketch change is what a perfect adaptation would do: high target rate, content kept."""
+    """The renderer's own photo -> sketch change is what a perfect adaptation would do: high target rate, content
+    kept."""
     params = R.sample_params(48, seed=123)
     photo, sketch = R.render_tensor(params, "photo", seed=1), R.render_tensor(params, "sketch", seed=1)
     report = Q.quality_from_images(evaluator, photo, sketch, "sketch")
@@ -144,4 +154,3 @@ def test_quality_benchmark_runs_the_toy_recipe_and_writes_its_table_and_figure(t
 
     assert bench.base_settings("toy", "sketch") == dict(TOY_RECIPE) == dict(get_preset("toy-sketch").options)
     assert bench.base_settings("toy", "pixel art") == dict(get_preset("toy-pixel-art").options) != dict(TOY_RECIPE)
-

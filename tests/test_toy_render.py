@@ -61,7 +61,7 @@ def test_params_from_latent_covers_every_value_by_quantiles():
         assert np.all(np.diff(idx[order]) >= 0)
     # Extreme latents reach the ends of the continuous ranges.
     hi = R.params_from_latent(np.full((1, R.LATENT_DIM), 6.0))
-    for name, (lo_v, hi_v) in R.CONTINUOUS.items():
+    for name, (_lo_v, hi_v) in R.CONTINUOUS.items():
         assert abs(float(getattr(hi, name)[0]) - hi_v) < 1e-4
 
 
@@ -74,7 +74,9 @@ def test_every_attribute_value_is_visible_in_every_style(style):
             for j in range(i + 1, len(values)):
                 # Pixels that change by more than 20 levels in some channel, per face.
                 changed = (np.abs(imgs[i] - imgs[j]).max(-1) > 20).sum((1, 2))
-                assert changed.min() >= 5, f"{style}: {name} {values[i]} vs {values[j]} changes only {changed.min()} pixels"
+                assert changed.min() >= 5, (
+                    f"{style}: {name} {values[i]} vs {values[j]} changes only {changed.min()} pixels"
+                )
 
 
 def test_styles_are_clearly_different():

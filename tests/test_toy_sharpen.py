@@ -77,13 +77,19 @@ def _error_of_unchanged_mapping(state: dict, cfg: S.SharpenConfig) -> float:
 def test_sharpen_writes_a_checkpoint_with_its_settings_and_refuses_to_overwrite(tmp_path: Path, capsys):
     from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 
-    base = save_checkpoint(tmp_path / "base.pt", tiny_generator(), {"method": "tiny test generator", "train_time_s": 1.0})
+    base = save_checkpoint(
+        tmp_path / "base.pt", tiny_generator(), {"method": "tiny test generator", "train_time_s": 1.0}
+    )
     out = tmp_path / "sharp.pt"
     argv = ["--base", str(base), "--out", str(out), "--steps", "4", "--batch-size", "16", "--lr", "1"]
     assert S.main(argv) == 0
     meta = read_metadata(out)
     assert meta["sharpen_config"]["steps"] == 4 and meta["sharpen_config"]["margin"] == S.SharpenConfig.margin
-    assert meta["method"].startswith("tiny test generator;") and meta["train_time_s"] == 1.0 and meta["sharpen_time_s"] >= 0
+    assert (
+        meta["method"].startswith("tiny test generator;")
+        and meta["train_time_s"] == 1.0
+        and meta["sharpen_time_s"] >= 0
+    )
     G = load_generator(out)
     assert G.mean_latent.abs().sum() > 0
     assert S.main(argv) == 2 and "already exists" in capsys.readouterr().err

@@ -184,7 +184,8 @@ class AdaptConfig:
         """The template set actually used: "auto" means "toy" when every CLIP is a packaged toy CLIP, else "imagenet"."""
         if self.templates != AUTO:
             return self.templates
-        from nada.guidance.clip import TOY_CLIPS, parse_clip_spec
+        from nada.guidance.clip_specs import parse_clip_spec
+        from nada.toy.clips import TOY_CLIPS
 
         names = [name for name, _ in parse_clip_spec(self.resolved_clip())]
         return TOY if all(name in TOY_CLIPS for name in names) else "imagenet"

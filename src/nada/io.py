@@ -6,14 +6,16 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from PIL import Image
 
 from nada.config import MAX_SEEDS
 from nada.errors import NadaError
-
 
 # Every temporary file nada writes ends so: a kill during a save leaves only names that are recognisably nada's.
 TMP_SUFFIX = ".nada-tmp"
@@ -106,7 +108,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def atomic_save_image(
-    img: "PIL.Image.Image", path: str | os.PathLike, compress_level: int | None = None  # noqa: F821
+    img: Image.Image, path: str | os.PathLike, compress_level: int | None = None
 ) -> Path:
     """Save a PIL image atomically; the format follows the file extension of ``path``.
 
@@ -126,8 +128,6 @@ class BackgroundWriter:
     """
 
     def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nada-writer")
         self.pending: list[Any] = []
 
@@ -207,9 +207,8 @@ def _uint8_nchw(img: torch.Tensor) -> torch.Tensor:
     return img.detach().float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
 
 
-def image_grid(rows: list[torch.Tensor], pad: int = 2) -> "PIL.Image.Image":  # noqa: F821
+def image_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
     """Make a PIL grid from rows of images, each [N, 3, H, W] in [-1, 1]; every row must have the same N, H, W."""
-    from PIL import Image
 
     return Image.fromarray(grid_pixels(rows, pad).numpy())
 

@@ -391,7 +391,8 @@ def _collect(loaders: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 
 def load_judges(settings: EvalSettings, toy: bool, guided: Sequence[str], device: torch.device) -> Judges:
     """Load every judge network the settings ask for (toy world or real), failing once for all missing files."""
-    from nada.guidance.clip import TOY_CLIPS, load_clip
+    from nada.guidance.clip import load_clip
+    from nada.toy.clips import TOY_CLIPS
 
     judge, note = choose_judge(guided, toy, settings.judge)
     loaders: dict[str, Callable[[], Any]] = {"judge CLIP": lambda: load_clip(judge, device)}

@@ -97,7 +97,7 @@ def _recorded_base(checkpoint: str) -> str | None:
 
 def _comparison_target(args: argparse.Namespace) -> Path:
     """The grid file --compare writes; NadaError for --out-dir, a bad suffix or an existing file without --force."""
-    from nada.generator.generate import IMAGE_SUFFIXES
+    from nada.photos.images import WRITE_SUFFIXES as IMAGE_SUFFIXES
     from nada.io import check_writable_file
 
     if args.out_dir is not None:

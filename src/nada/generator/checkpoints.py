@@ -16,17 +16,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import pickle
 import re
 import warnings
-import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
+from nada import __version__
 from nada.errors import NadaError
+from nada.generator.networks import Generator, GeneratorConfig, default_channels
 from nada.io import atomic_torch_save
+from nada.weights.safe_load import torch_load
 
 # torch.save's legacy (pre-zip) format starts with a pickled magic number; NVlabs pickles start with b"\x80".
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -46,7 +48,9 @@ def _resolve_source(source: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     text = str(source)
-    looks_like_path = any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in _PATH_SUFFIXES or text.startswith((".", "~"))
+    looks_like_path = (
+        any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in _PATH_SUFFIXES or text.startswith((".", "~"))
+    )
     if looks_like_path:
         raise NadaError(f"checkpoint file {path} not found: check the path (or use a registered name such as 'toy')")
     from nada.weights.registry import resolve_generator
@@ -54,32 +58,9 @@ def _resolve_source(source: str | os.PathLike) -> Path:
     return resolve_generator(text)
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(e).__name__
-
-
-def _refused_global(e: BaseException) -> str | None:
-    """The global that torch's weights-only unpickler refused, when its message names one."""
-    m = re.search(r"GLOBAL ([\w.]+)", str(e))
-    return m.group(1) if m else None
-
-
 def _torch_load(path: Path, mmap: bool = False) -> Any:
     """torch.load with weights_only=True, allowing only argparse.Namespace beyond torch's own allow-list."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        name = _refused_global(e)
-        if name is not None:
-            raise NadaError(
-                f"{path} contains the Python object '{name}', which nada refuses to load because loading it could run code: "
-                "use a checkpoint that holds only tensors and plain data"
-            ) from None
-        raise NadaError(f"{path} is truncated or corrupt ({_first_line(e)}): download or copy it again") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError) as e:
-        raise NadaError(f"{path} is truncated or corrupt ({_first_line(e)}): download or copy it again") from None
+    return torch_load(path, allow=[argparse.Namespace], mmap=mmap)
 
 
 def _sniff(path: Path) -> str:
@@ -95,7 +76,10 @@ def _sniff(path: Path) -> str:
         return "torch"
     if head[:1] == b"\x80":
         return "pickle"
-    raise NadaError(f"{path} is not a checkpoint nada knows (neither a torch file nor a pickle): use a rosinality .pt, an NVlabs .pkl or a nada checkpoint")
+    raise NadaError(
+        f"{path} is not a checkpoint nada knows (neither a torch file nor a pickle): use a rosinality .pt, an NVlabs "
+        ".pkl or a nada checkpoint"
+    )
 
 
 # ---------------------------------------------------------------- config inference and checks
@@ -104,7 +88,10 @@ def _sniff(path: Path) -> str:
 def _state_dict_of(obj: Any, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
     """(kind, generator state dict) of a torch-loaded checkpoint; kind is 'nada', 'rosinality' or 'state_dict'."""
     if not isinstance(obj, dict):
-        raise NadaError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict: use a rosinality .pt, an NVlabs .pkl or a nada checkpoint")
+        raise NadaError(
+            f"{path} holds a {type(obj).__name__}, not a checkpoint dict: use a rosinality .pt, an NVlabs .pkl or a "
+            "nada checkpoint"
+        )
     kind = "nada" if isinstance(obj.get("nada"), dict) else "rosinality"
     if isinstance(obj.get("g_ema"), Mapping):
         sd = obj["g_ema"]
@@ -115,10 +102,15 @@ def _state_dict_of(obj: Any, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
         kind, sd = "state_dict", obj
     else:
         keys = ", ".join(sorted(map(str, obj))[:8])
-        raise NadaError(f"{path} has no generator weights (top-level keys: {keys}): expected 'g_ema' as in rosinality or nada checkpoints")
+        raise NadaError(
+            f"{path} has no generator weights (top-level keys: {keys}): expected 'g_ema' as in rosinality or nada "
+            "checkpoints"
+        )
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise NadaError(f"{path}: generator entry {bad[0]} is not a tensor: the checkpoint is corrupt or not a generator")
+        raise NadaError(
+            f"{path}: generator entry {bad[0]} is not a tensor: the checkpoint is corrupt or not a generator"
+        )
     return kind, dict(sd)
 
 
@@ -131,13 +123,14 @@ def _kernel_taps(kernel: torch.Tensor) -> tuple[int, ...] | None:
     return None
 
 
-def infer_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike = "<state dict>") -> "GeneratorConfig":  # noqa: F821
+def infer_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike = "<state dict>") -> "GeneratorConfig":
     """GeneratorConfig from the key names and shapes of a rosinality generator state dict (lr_mlp: 0.01)."""
-    from nada.generator.networks import GeneratorConfig, default_channels
 
     def shape(key: str) -> tuple[int, ...]:
         if key not in sd:
-            raise NadaError(f"{path}: the generator weights lack {key}: not a StyleGAN2 generator in rosinality's layout")
+            raise NadaError(
+                f"{path}: the generator weights lack {key}: not a StyleGAN2 generator in rosinality's layout"
+            )
         return tuple(sd[key].shape)
 
     style_dim = shape("style.1.weight")[1]
@@ -155,18 +148,25 @@ def infer_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike = "<sta
         blur_kernel = taps
     for cm in (2, 1, 4):
         if default_channels(size, cm) == channels:
-            return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=cm, blur_kernel=blur_kernel)
-    return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, blur_kernel=blur_kernel, channels=tuple(channels.items()))
+            return GeneratorConfig(
+                size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=cm, blur_kernel=blur_kernel
+            )
+    return GeneratorConfig(
+        size=size, style_dim=style_dim, n_mlp=n_mlp, blur_kernel=blur_kernel, channels=tuple(channels.items())
+    )
 
 
-def _describe(cfg: "GeneratorConfig") -> str:  # noqa: F821
+def _describe(cfg: "GeneratorConfig") -> str:
     return f"size {cfg.size}, style_dim {cfg.style_dim}, n_mlp {cfg.n_mlp}, channels {cfg.channel_table}"
 
 
 def _check_finite(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     for key, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NadaError(f"{path}: {key} contains NaN or infinite values: the checkpoint is corrupt (or training diverged); use an earlier checkpoint")
+            raise NadaError(
+                f"{path}: {key} contains NaN or infinite values: the checkpoint is corrupt (or training diverged); use "
+                "an earlier checkpoint"
+            )
 
 
 def _check_fits(G: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
@@ -174,25 +174,46 @@ def _check_fits(G: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: Path, 
     target = G.state_dict()
     missing = [k for k in target if k not in sd]
     extra = [k for k in sd if k not in target]
-    wrong = [f"{k} {list(sd[k].shape)} (expected {list(target[k].shape)})" for k in target if k in sd and sd[k].shape != target[k].shape]
-    problems = [f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys]
+    wrong = [
+        f"{k} {list(sd[k].shape)} (expected {list(target[k].shape)})"
+        for k in target
+        if k in sd and sd[k].shape != target[k].shape
+    ]
+    problems = [
+        f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+        if keys
+    ]
     if problems:
-        raise NadaError(f"{path}: the weights do not fit {what} ({'; '.join(problems)}): the checkpoint is corrupt or was written for another architecture")
+        raise NadaError(
+            f"{path}: the weights do not fit {what} ({'; '.join(problems)}): the checkpoint is corrupt or was written "
+            "for another architecture"
+        )
 
 
-def _config_from_metadata(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], path: Path) -> "GeneratorConfig":  # noqa: F821
+def _config_from_metadata(meta: Mapping[str, Any], sd: Mapping[str, torch.Tensor], path: Path) -> "GeneratorConfig":
     """The declared generator config of a nada checkpoint, checked against what the weights say."""
-    from nada.generator.networks import GeneratorConfig
 
     raw = meta.get("generator_config")
     if not isinstance(raw, Mapping):
-        raise NadaError(f"{path}: nada metadata has no 'generator_config': the checkpoint is incomplete; save it again with nada.generator.checkpoints.save_checkpoint")
+        raise NadaError(
+            f"{path}: nada metadata has no 'generator_config': the checkpoint is incomplete; save it again with "
+            "nada.generator.checkpoints.save_checkpoint"
+        )
     declared = GeneratorConfig.from_dict(raw)
     found = infer_config(sd, path)
     same = (declared.size, declared.style_dim, declared.n_mlp, declared.channel_table, declared.blur_kernel) == (
-        found.size, found.style_dim, found.n_mlp, found.channel_table, found.blur_kernel)
+        found.size,
+        found.style_dim,
+        found.n_mlp,
+        found.channel_table,
+        found.blur_kernel,
+    )
     if not same:
-        raise NadaError(f"{path}: the metadata declares a generator with {_describe(declared)}, but the weights are for {_describe(found)}: the checkpoint is inconsistent; re-save it")
+        raise NadaError(
+            f"{path}: the metadata declares a generator with {_describe(declared)}, but the weights are for "
+            f"{_describe(found)}: the checkpoint is inconsistent; re-save it"
+        )
     return declared
 
 
@@ -203,7 +224,10 @@ def _mean_latent(obj: Mapping[str, Any], style_dim: int, path: Path) -> torch.Te
         return None
     if not isinstance(t, torch.Tensor) or t.numel() != style_dim:
         shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise NadaError(f"{path}: latent_avg has shape {shape}, expected [{style_dim}]: the checkpoint is corrupt or for another generator")
+        raise NadaError(
+            f"{path}: latent_avg has shape {shape}, expected [{style_dim}]: the checkpoint is corrupt or for another "
+            "generator"
+        )
     t = t.detach().float().reshape(style_dim)
     if not bool(torch.isfinite(t).all()):
         raise NadaError(f"{path}: latent_avg contains NaN or infinite values: the checkpoint is corrupt")
@@ -216,8 +240,9 @@ def _mean_latent(obj: Mapping[str, Any], style_dim: int, path: Path) -> torch.Te
 _RANDOM_SOURCE = re.compile(r"random:(\d+)(?::(\d+))?")
 
 
-def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":  # noqa: F821
-    """Generator (eval mode, on `device`) from a rosinality .pt, NVlabs .pkl, nada checkpoint, registered name or "random:SIZE[:SEED]"."""
+def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":
+    """Generator (eval mode, on `device`) from a rosinality .pt, NVlabs .pkl, nada checkpoint, registered name or
+    "random:SIZE[:SEED]"."""
     match = _RANDOM_SOURCE.fullmatch(str(source))
     if match:
         return random_generator(int(match[1]), seed=int(match[2] or 0)).to(device)
@@ -231,9 +256,9 @@ def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu"
     return G.to(device)
 
 
-def random_generator(size: int, seed: int = 0) -> "Generator":  # noqa: F821
-    """An untrained small generator (style_dim 64, 64 channels) with seeded random weights: for smoke tests and demos."""
-    from nada.generator.networks import Generator
+def random_generator(size: int, seed: int = 0) -> "Generator":
+    """An untrained small generator (style_dim 64, 64 channels) with seeded random weights: for smoke tests and
+    demos."""
 
     if size < 4 or size > 1024 or size & (size - 1):
         raise NadaError(f"random:{size}: the size must be a power of two from 4 to 1024, e.g. random:64")
@@ -244,9 +269,8 @@ def random_generator(size: int, seed: int = 0) -> "Generator":  # noqa: F821
     return G.eval()
 
 
-def _load_file(path: Path) -> "Generator":  # noqa: F821
+def _load_file(path: Path) -> "Generator":
     """The generator stored in the existing file `path`, on the CPU, in eval mode."""
-    from nada.generator.networks import Generator
 
     if _sniff(path) == "pickle":
         from nada.generator.nvlabs import generator_from_snapshot
@@ -265,7 +289,9 @@ def _load_file(path: Path) -> "Generator":  # noqa: F821
     G.load_state_dict(sd, strict=True)
     mean = _mean_latent(obj, cfg.style_dim, path) if kind != "state_dict" else None
     if mean is None:
-        warnings.warn(f"{path} stores no mean latent (latent_avg); computing it from 4096 samples (seed 0)", stacklevel=3)
+        warnings.warn(
+            f"{path} stores no mean latent (latent_avg); computing it from 4096 samples (seed 0)", stacklevel=3
+        )
         G.compute_mean_latent()
     else:
         G.mean_latent.copy_(mean)
@@ -273,7 +299,8 @@ def _load_file(path: Path) -> "Generator":  # noqa: F821
 
 
 def _plain(value: Any, where: str) -> Any:
-    """`value` as plain types (dict/list/str/int/float/bool/None): tuples as lists, dataclasses as dicts; NadaError otherwise."""
+    """`value` as plain types (dict/list/str/int/float/bool/None): tuples as lists, dataclasses as dicts; NadaError
+    otherwise."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a frozen config dataclass
@@ -289,12 +316,16 @@ def _plain(value: Any, where: str) -> Any:
         return out
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    raise NadaError(f"checkpoint metadata {where} is a {type(value).__name__}: store plain types only (str, int, float, bool, None, list, dict)")
+    raise NadaError(
+        f"checkpoint metadata {where} is a {type(value).__name__}: store plain types only (str, int, float, bool, "
+        "None, list, dict)"
+    )
 
 
-def save_checkpoint(path: str | os.PathLike, G: "Generator", metadata: Mapping[str, Any], overwrite: bool = False) -> Path:  # noqa: F821
-    """Write G atomically in the rosinality layout plus a plain-typed "nada" metadata dict; refuses to overwrite unless asked."""
-    from nada import __version__
+def save_checkpoint(
+    path: str | os.PathLike, G: "Generator", metadata: Mapping[str, Any], overwrite: bool = False
+) -> Path:
+    """Write G atomically in the rosinality layout plus a plain-typed "nada" metadata dict (overwrite only if asked)."""
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -314,11 +345,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The "nada" metadata dict of a nada checkpoint (plain types); NadaError for other files."""
     path = _resolve_source(path)
     if _sniff(path) != "torch":
-        raise NadaError(f"{path} is not a nada checkpoint (it is a pickle, e.g. an NVlabs snapshot): only checkpoints written by nada carry metadata")
+        raise NadaError(
+            f"{path} is not a nada checkpoint (it is a pickle, e.g. an NVlabs snapshot): only checkpoints written by "
+            "nada carry metadata"
+        )
     with open(path, "rb") as f:
         is_zip = f.read(4) == _ZIP_MAGIC
     obj = _torch_load(path, mmap=is_zip)  # mmap: only the small metadata is actually read
     if not isinstance(obj, dict) or not isinstance(obj.get("nada"), dict):
-        raise NadaError(f"{path} has no nada metadata (a rosinality or other checkpoint): only checkpoints written by nada carry it")
+        raise NadaError(
+            f"{path} has no nada metadata (a rosinality or other checkpoint): only checkpoints written by nada carry it"
+        )
     return dict(obj["nada"])
-

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
+from PIL import Image
 
 from nada.config import MAX_GRID_PIXELS, check_truncation
 from nada.errors import NadaError
-from nada.io import atomic_save_image, check_writable_file, check_writable_folder, image_grid, z_from_seeds
+from nada.generator.networks import PRECISIONS
+from nada.io import (
+    atomic_save_image,
+    check_writable_file,
+    check_writable_folder,
+    image_grid,
+    to_uint8_image,
+    z_from_seeds,
+)
+from nada.photos.images import WRITE_SUFFIXES
 
 GRID_COLUMNS = 8  # images per grid row; the last row is padded with white tiles
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @torch.no_grad()
@@ -26,7 +35,8 @@ def generate_images(
     device: str | torch.device | None = None,
     precision: str = "fp32",
 ) -> torch.Tensor:
-    """Images [N, 3, H, W] in [-1, 1] (float32, CPU) for `seeds`; z is drawn on the CPU so a seed looks the same on any device.
+    """Images [N, 3, H, W] in [-1, 1] (float32, CPU) for `seeds`; z is drawn on the CPU so a seed looks the same on any
+    device.
 
     G is moved to `device` when given (else it stays where it is) and put in eval mode; noise is the stored
     constant noise, so the same seed always gives the same image. ``precision`` "bf16" renders with a bf16
@@ -49,7 +59,6 @@ def generate_images(
 
 def at_precision(G: torch.nn.Module, precision: str) -> torch.nn.Module:
     """G itself when its weights already have ``precision``'s dtype, else a converted copy (G is left as it is)."""
-    from nada.generator.networks import PRECISIONS
 
     if precision not in PRECISIONS:
         raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -75,8 +84,8 @@ def _grid_rows(images: torch.Tensor, columns: int) -> list[torch.Tensor]:
 
 
 def _check_suffix(path: Path) -> None:
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise NadaError(f"cannot write image {path}: use a file name ending in {', '.join(IMAGE_SUFFIXES)}")
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise NadaError(f"cannot write image {path}: use a file name ending in {', '.join(WRITE_SUFFIXES)}")
 
 
 def check_outputs(
@@ -87,8 +96,9 @@ def check_outputs(
     Nothing is written; an existing target is refused unless `force`.
     """
     if len(set(seeds)) != len(seeds) and out_dir is not None:
-        raise NadaError("the seed list repeats a seed, so per-seed files would overwrite each other: "
-                        "list each seed once")
+        raise NadaError(
+            "the seed list repeats a seed, so per-seed files would overwrite each other: list each seed once"
+        )
     targets: list[Path] = []
     folder = Path(out_dir) if out_dir is not None else None
     if folder is not None:
@@ -117,8 +127,10 @@ def seed_file(seed: int) -> str:
 def check_grid_size(n: int, size: int) -> None:
     """NadaError when a grid of `n` images of `size` x `size` pixels exceeds MAX_GRID_PIXELS."""
     if n * size * size > MAX_GRID_PIXELS:
-        raise NadaError(f"a grid of {n} images of {size}x{size} pixels exceeds the {MAX_GRID_PIXELS:,} pixels nada puts "
-                        "in one grid: use --out-dir (one file per seed, any number of seeds) or fewer seeds")
+        raise NadaError(
+            f"a grid of {n} images of {size}x{size} pixels exceeds the {MAX_GRID_PIXELS:,} pixels nada puts "
+            "in one grid: use --out-dir (one file per seed, any number of seeds) or fewer seeds"
+        )
 
 
 def save_outputs(
@@ -137,10 +149,6 @@ def save_outputs(
     if images.shape[0] != len(seeds):
         raise ValueError(f"{images.shape[0]} images for {len(seeds)} seeds")
     grid, folder = check_outputs(seeds, out, out_dir, force)
-
-    from PIL import Image
-
-    from nada.io import to_uint8_image
 
     written: list[Path] = []
     if folder is not None:
@@ -168,9 +176,6 @@ def write_outputs(
     Memory holds one batch and the grid's uint8 canvas (bounded by MAX_GRID_PIXELS), whatever the seed count.
     Check the targets with `check_outputs` first. ``precision`` as in `generate_images`.
     """
-    from PIL import Image
-
-    from nada.io import to_uint8_image
 
     check_truncation(truncation_psi)
     if batch_size < 1:

@@ -22,13 +22,15 @@ Layout conventions: images are [N, 3, H, W] with values around [-1, 1]; latents 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nada.dataclass_dict import strict_from_dict
 from nada.errors import NadaError
 
 NOISE_MODES = ("const", "random", "none")
@@ -44,6 +46,7 @@ def resolve_layout(layout: str, device: torch.device) -> str:
     if layout == "auto":
         return "grouped" if device.type == "cuda" else "cpu"
     return layout
+
 
 # ---------------------------------------------------------------- configuration
 
@@ -83,7 +86,9 @@ class GeneratorConfig:
             items = self.channels.items() if isinstance(self.channels, Mapping) else self.channels
             object.__setattr__(self, "channels", tuple(sorted((int(r), int(c)) for r, c in items)))
         if len(self.blur_kernel) < 2 or len(self.blur_kernel) % 2:
-            raise NadaError(f"blur kernel {list(self.blur_kernel)} is not supported: give an even number of taps, e.g. [1, 3, 3, 1]")
+            raise NadaError(
+                f"blur kernel {list(self.blur_kernel)} is not supported: give an even number of taps, e.g. [1, 3, 3, 1]"
+            )
         log_size = math.log2(self.size) if self.size > 0 else 0.5
         if self.size < 8 or log_size != int(log_size):
             raise NadaError(f"generator size {self.size} is not supported: use a power of two >= 8 (e.g. 256 or 1024)")
@@ -91,7 +96,10 @@ class GeneratorConfig:
             raise NadaError(f"bad generator config (n_mlp={self.n_mlp}, style_dim={self.style_dim}): both must be >= 1")
         missing = [r for r in self.resolutions if r not in self.channel_table]
         if missing:
-            raise NadaError(f"channel table {dict(self.channels or ())} lacks resolutions {missing}: give a count for every resolution 4 .. {self.size}")
+            raise NadaError(
+                f"channel table {dict(self.channels or ())} lacks resolutions {missing}: give a count for every "
+                f"resolution 4 .. {self.size}"
+            )
 
     @property
     def resolutions(self) -> list[int]:
@@ -115,11 +123,8 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GeneratorConfig":
         """Inverse of `to_dict`; accepts string resolution keys as produced by JSON."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise NadaError(f"unknown generator config keys {unknown}: the checkpoint was written by another tool or version; expected {sorted(known)}")
-        return cls(**dict(d))
+        fix = "the checkpoint was written by another tool or version"
+        return strict_from_dict(cls, d, "generator config keys", fix)
 
 
 @dataclass(frozen=True)
@@ -143,15 +148,20 @@ def make_kernel(k: Sequence[int]) -> torch.Tensor:
     return k / k.sum()
 
 
-def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2, scale: float = math.sqrt(2)) -> torch.Tensor:
+def fused_leaky_relu(
+    x: torch.Tensor, bias: torch.Tensor, negative_slope: float = 0.2, scale: float = math.sqrt(2)
+) -> torch.Tensor:
     """Add a per-channel bias (dim 1), leaky-ReLU, and multiply by sqrt(2) to keep unit variance; any [N, C, ...]."""
     assert x.shape[1] == bias.shape[0], f"bias for {bias.shape[0]} channels applied to {tuple(x.shape)}"
     b = bias.view(1, -1, *([1] * (x.ndim - 2)))
     return F.leaky_relu(x + b, negative_slope) * scale
 
 
-def depthwise_fir(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Convolve each channel of [N, C, H, W] with the 2-D FIR `kernel` after zero padding (pad0 before, pad1 after), plus an optional bias [C]."""
+def depthwise_fir(
+    x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Convolve each channel of [N, C, H, W] with the 2-D FIR `kernel` after zero padding (pad0 before, pad1 after),
+    plus an optional bias [C]."""
     c = x.shape[1]
     # F.conv2d correlates; flipping makes it a true convolution like upfirdn2d.
     w = kernel.flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
@@ -170,7 +180,9 @@ def grouped(op: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tens
     return out.view(n, -1, *out.shape[2:])
 
 
-def per_sample(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def per_sample(
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Apply op(x[i:i+1], weights[i]) to every sample of [N, ...] and stack the results along dim 0.
 
     One convolution per sample keeps the channels-last layout that the CPU convolutions are fast
@@ -193,9 +205,12 @@ class PixelNorm(nn.Module):
 
 
 class EqualLinear(nn.Module):
-    """Linear layer with equalized learning rate (weights scaled at run time), optional fused leaky-ReLU; [N, in] -> [N, out]."""
+    """Linear layer with equalized learning rate (weights scaled at run time), optional fused leaky-ReLU; [N, in] -> [N,
+    out]."""
 
-    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activation: bool = False) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activation: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.zeros(out_dim).fill_(bias_init))
@@ -204,7 +219,9 @@ class EqualLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.ndim == 2 and x.shape[1] == self.weight.shape[1], f"expected [N, {self.weight.shape[1]}], got {tuple(x.shape)}"
+        assert x.ndim == 2 and x.shape[1] == self.weight.shape[1], (
+            f"expected [N, {self.weight.shape[1]}], got {tuple(x.shape)}"
+        )
         # Scaling the small product instead of the weight saves a pass over [out, in] on every call.
         out = torch.addmm(self.bias * self.lr_mul, x, self.weight.t(), alpha=self.scale)
         return F.leaky_relu(out, 0.2) * math.sqrt(2) if self.activation else out
@@ -300,7 +317,9 @@ class ModulatedConv2d(nn.Module):
         coef = s[:, None, :] * (self.demodulation(s)[:, :, None] * gain if self.demodulate else gain)
         return self.weight[0][None] * coef[..., None, None]
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """gain * modconv(x, style) + bias: x [N, in, H, W] -> [N, out, H', W'] (H' = 2H when up-sampling)."""
         n, c, h, w = x.shape
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {tuple(x.shape)}"
@@ -315,7 +334,9 @@ class ModulatedConv2d(nn.Module):
             return self._modulate_weights_grouped(x, style, gain, bias)
         return self._modulate_weights(x, style, gain, bias)
 
-    def _modulate_weights(self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None) -> torch.Tensor:
+    def _modulate_weights(
+        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         weight = self.modulated_weight(style, gain)
         if self.upsample:
             # conv_transpose2d wants [in, out, k, k]; the bias goes after the blur, as in the reference.
@@ -334,7 +355,9 @@ class ModulatedConv2d(nn.Module):
             bias = bias.repeat(x.shape[0])
         return grouped(F.conv2d, x, weight, bias=bias, padding=self.padding)
 
-    def _modulate_activations(self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None) -> torch.Tensor:
+    def _modulate_activations(
+        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         n = x.shape[0]
         s = self.styles(style)
         x = x * s.view(n, -1, 1, 1)
@@ -379,9 +402,19 @@ class ConstantInput(nn.Module):
 class StyledConv(nn.Module):
     """Modulated conv + noise + biased leaky-ReLU: one synthesis "conv" layer; [N, C, H, W] -> [N, C', H', W']."""
 
-    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, upsample: bool = False, blur_kernel: Sequence[int] = (1, 3, 3, 1)) -> None:
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        upsample: bool = False,
+        blur_kernel: Sequence[int] = (1, 3, 3, 1),
+    ) -> None:
         super().__init__()
-        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel)
+        self.conv = ModulatedConv2d(
+            in_channel, out_channel, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel
+        )
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
@@ -403,7 +436,9 @@ class StyledConv(nn.Module):
 class ToRGB(nn.Module):
     """Modulated 1x1 conv to RGB plus bias, added to the up-sampled previous RGB skip; -> [N, 3, H, W]."""
 
-    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True, blur_kernel: Sequence[int] = (1, 3, 3, 1)) -> None:
+    def __init__(
+        self, in_channel: int, style_dim: int, upsample: bool = True, blur_kernel: Sequence[int] = (1, 3, 3, 1)
+    ) -> None:
         super().__init__()
         # Registration order matters: `bias`, `upsample`, `conv` as in the reference state dict.
         if upsample:
@@ -444,7 +479,9 @@ class Generator(nn.Module):
         self.channels = cfg.channel_table
         ch, bk = self.channels, cfg.blur_kernel
 
-        self.style = nn.Sequential(PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)])
+        self.style = nn.Sequential(
+            PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)]
+        )
         self.input = ConstantInput(ch[4])
         self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=bk)
         self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
@@ -492,7 +529,15 @@ class Generator(nn.Module):
     @classmethod
     def from_config(cls, cfg: GeneratorConfig) -> "Generator":
         """Build a generator (random weights) from a `GeneratorConfig`."""
-        return cls(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.blur_kernel, cfg.lr_mlp, cfg.channel_table if cfg.channels is not None else None)
+        return cls(
+            cfg.size,
+            cfg.style_dim,
+            cfg.n_mlp,
+            cfg.channel_multiplier,
+            cfg.blur_kernel,
+            cfg.lr_mlp,
+            cfg.channel_table if cfg.channels is not None else None,
+        )
 
     # ------------------------------------------------------------ latents
 
@@ -506,7 +551,10 @@ class Generator(nn.Module):
         if psi == 1:
             return w
         if not bool(self.mean_latent.any()):
-            raise NadaError("truncation needs the mean latent, which is not set: load a checkpoint that stores it or call G.compute_mean_latent()")
+            raise NadaError(
+                "truncation needs the mean latent, which is not set: load a checkpoint that stores it or call "
+                "G.compute_mean_latent()"
+            )
         return self.mean_latent + psi * (w - self.mean_latent)
 
     def broadcast_w(self, w: torch.Tensor) -> torch.Tensor:
@@ -515,7 +563,8 @@ class Generator(nn.Module):
         return w.unsqueeze(1).repeat(1, self.n_latent, 1)
 
     def mix_ws(self, w1: torch.Tensor, w2: torch.Tensor, inject_index: int) -> torch.Tensor:
-        """Style mixing: ws [N, n_latent, style_dim] with rows < inject_index from w1 [N, D], the rest from w2 [N, D]."""
+        """Style mixing: ws [N, n_latent, style_dim] with rows < inject_index from w1 [N, D], the rest from w2 [N,
+        D]."""
         assert w1.shape == w2.shape, f"w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} differ"
         assert 0 <= inject_index <= self.n_latent, f"inject_index {inject_index} outside 0 .. {self.n_latent}"
         ws1, ws2 = self.broadcast_w(w1), self.broadcast_w(w2)
@@ -538,8 +587,11 @@ class Generator(nn.Module):
         """The stored per-layer noise tensors [1, 1, r, r], in layer order."""
         return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
 
-    def _layer_noise(self, i: int, noise: Sequence[torch.Tensor] | None, noise_mode: str, ref: torch.Tensor) -> torch.Tensor | None:
-        """Noise [N or 1, 1, r, r] for conv layer i from the explicit list or the mode; `ref` gives batch, device, dtype."""
+    def _layer_noise(
+        self, i: int, noise: Sequence[torch.Tensor] | None, noise_mode: str, ref: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Noise [N or 1, 1, r, r] for conv layer i from the explicit list or the mode; `ref` gives batch, device,
+        dtype."""
         if noise is not None:
             return noise[i]
         if noise_mode == "const":
@@ -549,7 +601,9 @@ class Generator(nn.Module):
             return torch.randn(ref.shape[0], 1, r, r, device=ref.device, dtype=ref.dtype)
         return None
 
-    def synthesis(self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const") -> torch.Tensor:
+    def synthesis(
+        self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const"
+    ) -> torch.Tensor:
         """Synthesis network: ws [N, n_latent, style_dim] -> image [N, 3, size, size] (about [-1, 1])."""
         assert ws.ndim == 3 and ws.shape[1:] == (self.n_latent, self.style_dim), (
             f"ws must be [N, {self.n_latent}, {self.style_dim}], got {tuple(ws.shape)}"
@@ -559,7 +613,7 @@ class Generator(nn.Module):
         if noise is not None:
             assert len(noise) == self.num_layers, f"expected {self.num_layers} noise tensors, got {len(noise)}"
         # Noise for layer i is drawn right before that layer, so random mode uses the RNG in layer order.
-        # Channels-last activations: the CPU convolutions (oneDNN) run 1.5-10x faster in that layout.
+        # Channels-last activations: the CPU convolutions (oneDNN) are faster in that layout (docs/performance.md).
         ws = ws.to(self.dtype)
         noise = None if noise is None else [n.to(self.dtype) for n in noise]
         fmt = torch.channels_last if resolve_layout(self._layout, ws.device) == "cpu" else torch.contiguous_format
@@ -573,7 +627,13 @@ class Generator(nn.Module):
             skip = to_rgb(out, ws[:, i + 2], skip)
         return skip.contiguous()
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const") -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        noise: Sequence[torch.Tensor] | None = None,
+        noise_mode: str = "const",
+    ) -> torch.Tensor:
         """z [N, style_dim] -> image [N, 3, size, size], with truncation towards `mean_latent`."""
         w = self.truncate(self.mapping(z), truncation_psi)
         return self.synthesis(self.broadcast_w(w), noise=noise, noise_mode=noise_mode)
@@ -581,7 +641,8 @@ class Generator(nn.Module):
     # ------------------------------------------------------------ introspection
 
     def layer_table(self) -> list[LayerInfo]:
-        """Every synthesis layer in execution order with the W+ row that drives it (conv1<-0, to_rgb1<-1, convs[k]<-k+1, to_rgbs[j]<-2j+3)."""
+        """Every synthesis layer in execution order with the W+ row that drives it (conv1<-0, to_rgb1<-1, convs[k]<-k+1,
+        to_rgbs[j]<-2j+3)."""
         table = [LayerInfo("conv1", "conv", 4, 0), LayerInfo("to_rgb1", "to_rgb", 4, 1)]
         for j in range(len(self.to_rgbs)):
             res = 2 ** (j + 3)

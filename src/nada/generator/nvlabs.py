@@ -37,12 +37,15 @@ import math
 import os
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import torch
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
+from nada.generator.networks import Generator, GeneratorConfig, default_channels, make_kernel
 
 # Source of the persistent-class reconstructor and of the storages; both are replaced, never imported.
 _PERSISTENCE_MODULE = "torch_utils.persistence"
@@ -61,7 +64,9 @@ class PersistentObject:
 
     def __setstate__(self, state: Any) -> None:
         # A BUILD opcode aimed at a stand-in is not something the training loop writes.
-        raise NadaError(f"unexpected pickle instruction on a {self.class_name} object: the snapshot is malformed or tampered with")
+        raise NadaError(
+            f"unexpected pickle instruction on a {self.class_name} object: the snapshot is malformed or tampered with"
+        )
 
     def __repr__(self) -> str:
         return f"PersistentObject({self.class_name!r})"
@@ -79,7 +84,10 @@ class PersistentObject:
         """The submodule `name`, which must itself be a persistent object."""
         sub = (self.state.get("_modules") or {}).get(name)
         if not isinstance(sub, PersistentObject):
-            raise NadaError(f"{self.class_name} has no submodule {name!r}: this is not a StyleGAN2 (stylegan2-ada-pytorch) generator")
+            raise NadaError(
+                f"{self.class_name} has no submodule {name!r}: this is not a StyleGAN2 (stylegan2-ada-pytorch) "
+                "generator"
+            )
         return sub
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -106,9 +114,12 @@ class _EasyDict(dict):
 
 
 def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
-    """Replacement of `torch_utils.persistence._reconstruct_persistent_obj` that keeps the state and drops the source."""
+    """Replacement of `torch_utils.persistence._reconstruct_persistent_obj` that keeps the state and drops the
+    source."""
     if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise NadaError("unexpected persistent-object record in the snapshot: only network classes ('type': 'class') are supported")
+        raise NadaError(
+            "unexpected persistent-object record in the snapshot: only network classes ('type': 'class') are supported"
+        )
     class_name, state = meta.get("class_name"), meta.get("state")
     if not isinstance(class_name, str) or not isinstance(state, dict):
         raise NadaError("persistent-object record without a class name or state: the snapshot is malformed")
@@ -123,9 +134,14 @@ def _load_storage(data: Any) -> torch.storage.TypedStorage | torch.UntypedStorag
     try:
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise NadaError(f"a tensor storage in the snapshot holds more than tensor data and was refused ({_first_line(e)})") from None
+        raise NadaError(
+            "a tensor storage in the snapshot holds more than tensor data and was refused "
+            f"({one_line(e, first_line=True)})"
+        ) from None
     if not isinstance(storage, _STORAGE_TYPES):
-        raise NadaError(f"a tensor storage in the snapshot decodes to a {type(storage).__name__}: the snapshot is malformed")
+        raise NadaError(
+            f"a tensor storage in the snapshot decodes to a {type(storage).__name__}: the snapshot is malformed"
+        )
     return storage
 
 
@@ -134,13 +150,20 @@ def _check_hooks(hooks: Any) -> None:
         raise NadaError("a tensor in the snapshot carries backward hooks: the snapshot is malformed or tampered with")
 
 
-def _rebuild_tensor_v2(storage: Any, offset: int, size: tuple, stride: tuple, requires_grad: bool, hooks: Any, metadata: Any = None) -> torch.Tensor:
+def _rebuild_tensor_v2(
+    storage: Any, offset: int, size: tuple, stride: tuple, requires_grad: bool, hooks: Any, metadata: Any = None
+) -> torch.Tensor:
     """Checked wrapper of `torch._utils._rebuild_tensor_v2`: the storage must come from `_load_storage`."""
     if not isinstance(storage, _STORAGE_TYPES):
-        raise NadaError(f"a tensor in the snapshot is built from a {type(storage).__name__}, not a storage: the snapshot is malformed")
+        raise NadaError(
+            f"a tensor in the snapshot is built from a {type(storage).__name__}, not a storage: the snapshot is "
+            "malformed"
+        )
     _check_hooks(hooks)
     metadata = metadata if isinstance(metadata, dict) else None
-    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, bool(requires_grad), collections.OrderedDict(), metadata)
+    return torch._utils._rebuild_tensor_v2(
+        storage, offset, size, stride, bool(requires_grad), collections.OrderedDict(), metadata
+    )
 
 
 def _rebuild_parameter(data: Any, requires_grad: bool, hooks: Any, state: Any = None) -> torch.nn.Parameter:
@@ -149,13 +172,14 @@ def _rebuild_parameter(data: Any, requires_grad: bool, hooks: Any, state: Any = 
         raise NadaError(f"a parameter in the snapshot wraps a {type(data).__name__}: the snapshot is malformed")
     _check_hooks(hooks)
     if state:
-        raise NadaError("a parameter in the snapshot carries extra Python state: the snapshot is malformed or tampered with")
+        raise NadaError(
+            "a parameter in the snapshot carries extra Python state: the snapshot is malformed or tampered with"
+        )
     return torch.nn.Parameter(data, bool(requires_grad))
 
 
 def _allowed_globals() -> dict[tuple[str, str], Callable[..., Any] | type]:
     """The only globals a snapshot may name: (module, name) -> the object the unpickler hands out instead."""
-    import numpy as np
 
     # numpy 2 moved numpy.core to numpy._core; pickles name either, depending on who wrote them.
     multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
@@ -195,19 +219,17 @@ class SnapshotUnpickler(pickle.Unpickler):
             )
         if obj is None:
             raise NadaError(
-                f"{self.path}: refused to unpickle global '{module}.{name}': nada reads snapshots as data and never runs code "
+                f"{self.path}: refused to unpickle global '{module}.{name}': nada reads snapshots as data and never "
+                "runs code "
                 "from them, and this file holds something other than a stylegan2-ada-pytorch network snapshot "
                 "(or was tampered with); use a snapshot written by the stylegan2-ada-pytorch training loop"
             )
         return obj
 
     def persistent_load(self, pid: Any) -> Any:
-        raise NadaError(f"{self.path}: unexpected persistent id in the pickle: this is not a stylegan2-ada-pytorch snapshot")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+        raise NadaError(
+            f"{self.path}: unexpected persistent id in the pickle: this is not a stylegan2-ada-pytorch snapshot"
+        )
 
 
 def read_snapshot(path: str | os.PathLike) -> dict[str, Any]:
@@ -218,12 +240,27 @@ def read_snapshot(path: str | os.PathLike) -> dict[str, Any]:
             data = SnapshotUnpickler(f, path).load()
     except NadaError:
         raise
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, MemoryError) as e:
-        raise NadaError(f"{path} is truncated or corrupt ({_first_line(e)}): download or copy it again") from None
+    except (
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        RuntimeError,
+        MemoryError,
+    ) as e:
+        raise NadaError(
+            f"{path} is truncated or corrupt ({one_line(e, first_line=True)}): download or copy it again"
+        ) from None
     if isinstance(data, PersistentObject):  # a network pickled on its own rather than a snapshot dict
         data = {"G_ema": data}
     if not isinstance(data, dict):
-        raise NadaError(f"{path} holds a {type(data).__name__}, not a snapshot dict: use a network-snapshot-*.pkl from stylegan2-ada-pytorch")
+        raise NadaError(
+            f"{path} holds a {type(data).__name__}, not a snapshot dict: use a network-snapshot-*.pkl from "
+            "stylegan2-ada-pytorch"
+        )
     return data
 
 
@@ -233,7 +270,9 @@ def snapshot_generator(snapshot: dict[str, Any], path: str | os.PathLike = "<sna
         g = snapshot.get(key)
         if isinstance(g, PersistentObject):
             return g
-    raise NadaError(f"{path} has no generator (keys {sorted(map(str, snapshot))}): expected 'G_ema' as in network-snapshot-*.pkl")
+    raise NadaError(
+        f"{path} has no generator (keys {sorted(map(str, snapshot))}): expected 'G_ema' as in network-snapshot-*.pkl"
+    )
 
 
 # ---------------------------------------------------------------- conversion to the rosinality layout
@@ -247,10 +286,16 @@ class _Taker:
 
     def __call__(self, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         if key not in self.tensors:
-            raise NadaError(f"snapshot generator lacks {key} (shape {list(shape)}): not a StyleGAN2 generator of stylegan2-ada-pytorch")
+            raise NadaError(
+                f"snapshot generator lacks {key} (shape {list(shape)}): not a StyleGAN2 generator of "
+                "stylegan2-ada-pytorch"
+            )
         t = self.tensors.pop(key)
         if tuple(t.shape) != tuple(shape):
-            raise NadaError(f"snapshot tensor {key} has shape {list(t.shape)}, expected {list(shape)}: the generator does not have the StyleGAN2 layout")
+            raise NadaError(
+                f"snapshot tensor {key} has shape {list(t.shape)}, expected {list(shape)}: the generator does not have "
+                "the StyleGAN2 layout"
+            )
         return t.detach().float().clone()
 
     def has(self, key: str) -> bool:
@@ -262,8 +307,11 @@ def _rescale(t: torch.Tensor, ratio: float) -> torch.Tensor:
     return t if math.isclose(ratio, 1.0, rel_tol=1e-6) else t * ratio
 
 
-def _fc(take: _Taker, obj: PersistentObject, nv: str, out_dim: int, in_dim: int, scale: float, lr_mul: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """NVlabs FullyConnectedLayer -> rosinality EqualLinear weight/bias, for a target with the given scale and lr_mul."""
+def _fc(
+    take: _Taker, obj: PersistentObject, nv: str, out_dim: int, in_dim: int, scale: float, lr_mul: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NVlabs FullyConnectedLayer -> rosinality EqualLinear weight/bias, for a target with the given scale and
+    lr_mul."""
     w = take(nv + "weight", (out_dim, in_dim))
     b = take(nv + "bias", (out_dim,))
     weight_gain = float(obj.get("weight_gain", 1 / math.sqrt(in_dim)))
@@ -275,32 +323,47 @@ def _fc(take: _Taker, obj: PersistentObject, nv: str, out_dim: int, in_dim: int,
 def _filter_ok(take: _Taker, key: str, expected: torch.Tensor) -> None:
     f = take(key, tuple(expected.shape))
     if not torch.allclose(f, expected, atol=1e-6):
-        raise NadaError(f"snapshot uses resample filter {f.tolist()} at {key}: only the standard [1,3,3,1] filter is supported")
+        raise NadaError(
+            f"snapshot uses resample filter {f.tolist()} at {key}: only the standard [1,3,3,1] filter is supported"
+        )
 
 
 def _check_activation(obj: PersistentObject, where: str, expected: str) -> None:
     act = obj.get("activation", expected)
     if act != expected:
-        raise NadaError(f"snapshot layer {where} uses activation {act!r}, expected {expected!r}: this generator variant is not supported")
+        raise NadaError(
+            f"snapshot layer {where} uses activation {act!r}, expected {expected!r}: this generator variant is not "
+            "supported"
+        )
 
 
-def convert_generator(g: PersistentObject, path: str | os.PathLike = "<snapshot>") -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
-    """NVlabs `Generator` stand-in -> (GeneratorConfig kwargs, rosinality state dict without blur kernels, mean latent [w_dim])."""
-    from nada.generator.networks import make_kernel
+def convert_generator(
+    g: PersistentObject, path: str | os.PathLike = "<snapshot>"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
+    """NVlabs `Generator` stand-in -> (GeneratorConfig kwargs, rosinality state dict without blur kernels, mean latent
+    [w_dim])."""
 
     z_dim, w_dim, c_dim = (g.get(k) for k in ("z_dim", "w_dim", "c_dim"))
     size, img_channels = g.get("img_resolution"), g.get("img_channels", 3)
     if g.class_name != "Generator" or not all(isinstance(v, int) for v in (z_dim, w_dim, c_dim, size)):
-        raise NadaError(f"{path}: {g.class_name} is not a stylegan2-ada-pytorch Generator (missing z_dim/w_dim/c_dim/img_resolution)")
+        raise NadaError(
+            f"{path}: {g.class_name} is not a stylegan2-ada-pytorch Generator (missing "
+            "z_dim/w_dim/c_dim/img_resolution)"
+        )
     if c_dim:
-        raise NadaError(f"{path}: conditional generators (c_dim={c_dim}) are not supported: use an unconditional snapshot")
+        raise NadaError(
+            f"{path}: conditional generators (c_dim={c_dim}) are not supported: use an unconditional snapshot"
+        )
     if z_dim != w_dim:
         raise NadaError(f"{path}: z_dim {z_dim} differs from w_dim {w_dim}, which the rosinality layout cannot express")
     if img_channels != 3:
         raise NadaError(f"{path}: the generator makes {img_channels}-channel images; only RGB generators are supported")
     mapping, synthesis = g.child("mapping"), g.child("synthesis")
     if synthesis.get("block_resolutions") is None:
-        raise NadaError(f"{path}: the synthesis network is not StyleGAN2's (e.g. a StyleGAN3 snapshot): only StyleGAN2 generators are supported")
+        raise NadaError(
+            f"{path}: the synthesis network is not StyleGAN2's (e.g. a StyleGAN3 snapshot): only StyleGAN2 generators "
+            "are supported"
+        )
 
     take = _Taker(g.tensors())
     out: dict[str, torch.Tensor] = {}
@@ -312,7 +375,10 @@ def convert_generator(g: PersistentObject, path: str | os.PathLike = "<snapshot>
         fc = mapping.child(f"fc{i}")
         _check_activation(fc, f"mapping.fc{i}", "lrelu")
         if not math.isclose(float(fc.get("bias_gain", lr_mlp)), lr_mlp):
-            raise NadaError(f"{path}: mapping layers use different learning-rate multipliers, which the rosinality layout cannot express")
+            raise NadaError(
+                f"{path}: mapping layers use different learning-rate multipliers, which the rosinality layout cannot "
+                "express"
+            )
         w, b = _fc(take, fc, f"mapping.fc{i}.", w_dim, w_dim, lr_mlp / math.sqrt(w_dim), lr_mlp)
         out[f"style.{i + 1}.weight"], out[f"style.{i + 1}.bias"] = w, b
     mean_latent = take("mapping.w_avg", (w_dim,))
@@ -328,49 +394,121 @@ def convert_generator(g: PersistentObject, path: str | os.PathLike = "<snapshot>
     for res in resolutions:
         blk, p = synthesis.child(f"b{res}"), f"synthesis.b{res}."
         if blk.get("architecture", "skip") != "skip":
-            raise NadaError(f"{path}: block b{res} uses the {blk.get('architecture')!r} architecture; only 'skip' (the StyleGAN2 default) is supported")
+            raise NadaError(
+                f"{path}: block b{res} uses the {blk.get('architecture')!r} architecture; only 'skip' (the StyleGAN2 "
+                "default) is supported"
+            )
         _filter_ok(take, p + "resample_filter", nv_filter)
         # Channel counts come from the weights themselves: the const [C, 4, 4] at 4x4, conv0 [out, in, 3, 3] above.
         first = p + ("const" if res == 4 else "conv0.weight")
         if not take.has(first):
-            raise NadaError(f"{path}: the snapshot generator lacks {first}: not a StyleGAN2 generator of stylegan2-ada-pytorch")
+            raise NadaError(
+                f"{path}: the snapshot generator lacks {first}: not a StyleGAN2 generator of stylegan2-ada-pytorch"
+            )
         out_ch = int(take.tensors[first].shape[0])
         if res == 4:
             out["input.input"] = take(first, (out_ch, 4, 4))[None]
-            _layer(take, out, blk.child("conv1"), p + "conv1.", "conv1.", 0, out_ch, out_ch, w_dim, res, 1, nv_filter, clamps)
+            _layer(
+                take,
+                out,
+                blk.child("conv1"),
+                p + "conv1.",
+                "conv1.",
+                0,
+                out_ch,
+                out_ch,
+                w_dim,
+                res,
+                1,
+                nv_filter,
+                clamps,
+            )
             _torgb(take, out, blk.child("torgb"), p + "torgb.", "to_rgb1.", out_ch, w_dim, clamps)
         else:
             j = int(math.log2(res)) - 3
-            _layer(take, out, blk.child("conv0"), p + "conv0.", f"convs.{2 * j}.", 2 * j + 1, in_ch, out_ch, w_dim, res, 2, nv_filter, clamps)
-            _layer(take, out, blk.child("conv1"), p + "conv1.", f"convs.{2 * j + 1}.", 2 * j + 2, out_ch, out_ch, w_dim, res, 1, nv_filter, clamps)
+            _layer(
+                take,
+                out,
+                blk.child("conv0"),
+                p + "conv0.",
+                f"convs.{2 * j}.",
+                2 * j + 1,
+                in_ch,
+                out_ch,
+                w_dim,
+                res,
+                2,
+                nv_filter,
+                clamps,
+            )
+            _layer(
+                take,
+                out,
+                blk.child("conv1"),
+                p + "conv1.",
+                f"convs.{2 * j + 1}.",
+                2 * j + 2,
+                out_ch,
+                out_ch,
+                w_dim,
+                res,
+                1,
+                nv_filter,
+                clamps,
+            )
             _torgb(take, out, blk.child("torgb"), p + "torgb.", f"to_rgbs.{j}.", out_ch, w_dim, clamps)
         channels[res] = in_ch = out_ch
 
     if take.tensors:
         extra = sorted(take.tensors)
-        raise NadaError(f"{path}: the generator has weights the StyleGAN2 layout has no place for ({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}): this variant is not supported")
+        raise NadaError(
+            f"{path}: the generator has weights the StyleGAN2 layout has no place for "
+            f"({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}): this variant is not supported"
+        )
     if clamps:
         warnings.warn(
             f"{path}: the generator clamps activations at +-{max(clamps):g} (conv_clamp); nada does not clamp, "
             "so outputs can differ where activations exceed that bound (rare for trained models)",
             stacklevel=3,
         )
-    config = dict(size=size, style_dim=w_dim, n_mlp=n_mlp, lr_mlp=lr_mlp, blur_kernel=(1, 3, 3, 1), **_channel_config(size, channels))
+    config = dict(
+        size=size,
+        style_dim=w_dim,
+        n_mlp=n_mlp,
+        lr_mlp=lr_mlp,
+        blur_kernel=(1, 3, 3, 1),
+        **_channel_config(size, channels),
+    )
     return config, out, mean_latent
 
 
 def _layer(
-    take: _Taker, out: dict[str, torch.Tensor], obj: PersistentObject, nv: str, r: str, noise_index: int,
-    in_ch: int, out_ch: int, w_dim: int, res: int, up: int, nv_filter: torch.Tensor, clamps: set[float],
+    take: _Taker,
+    out: dict[str, torch.Tensor],
+    obj: PersistentObject,
+    nv: str,
+    r: str,
+    noise_index: int,
+    in_ch: int,
+    out_ch: int,
+    w_dim: int,
+    res: int,
+    up: int,
+    nv_filter: torch.Tensor,
+    clamps: set[float],
 ) -> None:
     """One NVlabs SynthesisLayer -> rosinality StyledConv `r` plus its noise buffer `noises.noise_{noise_index}`."""
     if int(obj.get("up", 1)) != up or int(obj.get("resolution", res)) != res:
-        raise NadaError(f"snapshot layer {nv[:-1]} has up={obj.get('up')} at resolution {obj.get('resolution')}, expected up={up} at {res}")
+        raise NadaError(
+            f"snapshot layer {nv[:-1]} has up={obj.get('up')} at resolution {obj.get('resolution')}, expected up={up} "
+            f"at {res}"
+        )
     _check_activation(obj, nv[:-1], "lrelu")
     if obj.get("conv_clamp") is not None:
         clamps.add(float(obj.get("conv_clamp")))
     k = 3
-    # Demodulation cancels the weight's scale; sqrt(fan_in) makes rosinality's `scale * weight` equal NVlabs' weight exactly.
+    # Demodulation cancels the weight's scale; sqrt(fan_in) makes rosinality's `scale * weight` equal NVlabs' weight
+    # exactly.
     weight = take(nv + "weight", (out_ch, in_ch, k, k))
     out[r + "conv.weight"] = (weight * math.sqrt(in_ch * k * k))[None]
     aw, ab = _fc(take, obj.child("affine"), nv + "affine.", in_ch, w_dim, 1 / math.sqrt(w_dim), 1.0)
@@ -385,7 +523,16 @@ def _layer(
     out[r + "activate.bias"] = take(nv + "bias", (out_ch,))
 
 
-def _torgb(take: _Taker, out: dict[str, torch.Tensor], obj: PersistentObject, nv: str, r: str, in_ch: int, w_dim: int, clamps: set[float]) -> None:
+def _torgb(
+    take: _Taker,
+    out: dict[str, torch.Tensor],
+    obj: PersistentObject,
+    nv: str,
+    r: str,
+    in_ch: int,
+    w_dim: int,
+    clamps: set[float],
+) -> None:
     """NVlabs ToRGBLayer -> rosinality ToRGB `r`: NVlabs scales the styles, rosinality the weight, by 1/sqrt(in)."""
     if obj.get("conv_clamp") is not None:
         clamps.add(float(obj.get("conv_clamp")))
@@ -399,7 +546,6 @@ def _torgb(take: _Taker, out: dict[str, torch.Tensor], obj: PersistentObject, nv
 
 def _channel_config(size: int, channels: dict[int, int]) -> dict[str, Any]:
     """`channel_multiplier` when the table is rosinality's default for one, else an explicit channel table."""
-    from nada.generator.networks import default_channels
 
     for cm in (2, 1, 4):
         if default_channels(size, cm) == channels:
@@ -407,9 +553,8 @@ def _channel_config(size: int, channels: dict[int, int]) -> dict[str, Any]:
     return {"channel_multiplier": 2, "channels": dict(channels)}
 
 
-def generator_from_snapshot(path: str | os.PathLike) -> "Generator":  # noqa: F821
+def generator_from_snapshot(path: str | os.PathLike) -> "Generator":
     """Read a stylegan2-ada-pytorch snapshot safely and return its `G_ema` as a nada Generator (CPU, eval mode)."""
-    from nada.generator.networks import Generator, GeneratorConfig
 
     config_kwargs, converted, mean_latent = convert_generator(snapshot_generator(read_snapshot(path), path), path)
     G = Generator.from_config(GeneratorConfig(**config_kwargs))
@@ -417,7 +562,10 @@ def generator_from_snapshot(path: str | os.PathLike) -> "Generator":  # noqa: F8
     for key, t in converted.items():
         if key not in target or target[key].shape != t.shape:
             shape = list(target[key].shape) if key in target else None
-            raise NadaError(f"{path}: converted tensor {key} {list(t.shape)} does not fit the generator (expects {shape}): unsupported snapshot")
+            raise NadaError(
+                f"{path}: converted tensor {key} {list(t.shape)} does not fit the generator (expects {shape}): "
+                "unsupported snapshot"
+            )
     # Only the fixed FIR kernels are not converted: they follow from the config and stay as constructed.
     left = [k for k in target if k not in converted and not k.endswith(".kernel")]
     if left:

@@ -11,7 +11,8 @@ Functions that take a ``ClipModel`` encode images themselves (patch losses, imag
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,9 @@ def text_features(model: "ClipModel", text: str, templates: Sequence[str] | None
         return _unit(model.encode_text(compose(text, templates)))
 
 
-def mean_text_feature(model: "ClipModel", text: str, templates: Sequence[str] | None = IMAGENET_TEMPLATES) -> torch.Tensor:
+def mean_text_feature(
+    model: "ClipModel", text: str, templates: Sequence[str] | None = IMAGENET_TEMPLATES
+) -> torch.Tensor:
     """Unit mean over templates of the unit text features: [1,D] (the manifold loss's class anchor)."""
     return mean_feature(text_features(model, text, templates))
 
@@ -125,13 +128,17 @@ def structure_loss(img_src: torch.Tensor, img_tgt: torch.Tensor) -> torch.Tensor
     correlation stays high for a restyled image and falls for one whose layout dissolved or went blank.
     Correlation ignores the edges' strength and sign, which styles may change freely.
     """
-    assert img_src.shape == img_tgt.shape and img_src.ndim == 4, f"image shapes differ: {img_src.shape} vs {img_tgt.shape}"
+    assert img_src.shape == img_tgt.shape and img_src.ndim == 4, (
+        f"image shapes differ: {img_src.shape} vs {img_tgt.shape}"
+    )
     a, b = edge_map(img_src).flatten(1), edge_map(img_tgt).flatten(1)
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     return (1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-8)).mean()
 
 
-def global_loss(img_feat: torch.Tensor, text_feat: torch.Tensor, logit_scale: float | torch.Tensor = 100.0) -> torch.Tensor:
+def global_loss(
+    img_feat: torch.Tensor, text_feat: torch.Tensor, logit_scale: float | torch.Tensor = 100.0
+) -> torch.Tensor:
     """Mean over [N,T] of 1 - logit_scale * cos(image, text) / 100; img_feat [N,D], text_feat [T,D].
 
     This is the reference code's ``1 - logits_per_image / 100``: for OpenAI's models (logit scale 100)
@@ -161,15 +168,20 @@ def manifold_angle_loss(
 CONSISTENCY_TEMPERATURE = 0.05
 
 
-def consistency_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, temperature: float = CONSISTENCY_TEMPERATURE) -> torch.Tensor:
-    """KL(p_src || p_tgt) averaged over images, where p_i is image i's softmax over its cosines to the other images [N,D].
+def consistency_loss(
+    f_src: torch.Tensor, f_tgt: torch.Tensor, temperature: float = CONSISTENCY_TEMPERATURE
+) -> torch.Tensor:
+    """KL(p_src || p_tgt) averaged over images, where p_i is image i's softmax over its cosines to the other images
+    [N,D].
 
     Not part of StyleGAN-NADA: the cross-domain correspondence of Ojha et al. (CVPR 2021), in CLIP space.
     The frozen images fix how similar each image is to each other one (who shares glasses, a smile, a
     hair colour); the adapted batch must keep those relations, so the faces stay distinct in the ways
     they were, whatever the style does to all of them. Needs N >= 3 (each row spans N - 1 others).
     """
-    assert f_src.shape == f_tgt.shape and f_src.ndim == 2 and f_src.shape[0] >= 3, f"need paired features [N>=3, D], got {f_src.shape} and {f_tgt.shape}"
+    assert f_src.shape == f_tgt.shape and f_src.ndim == 2 and f_src.shape[0] >= 3, (
+        f"need paired features [N>=3, D], got {f_src.shape} and {f_tgt.shape}"
+    )
     n = f_src.shape[0]
     off = ~torch.eye(n, dtype=torch.bool, device=f_src.device)
 
@@ -181,7 +193,9 @@ def consistency_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, temperature: floa
     return F.kl_div(F.log_softmax(rows(f_tgt), dim=1), p_src, reduction="batchmean")
 
 
-def keep_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, groups: Sequence[torch.Tensor], logit_scale: float | torch.Tensor = 100.0) -> torch.Tensor:
+def keep_loss(
+    f_src: torch.Tensor, f_tgt: torch.Tensor, groups: Sequence[torch.Tensor], logit_scale: float | torch.Tensor = 100.0
+) -> torch.Tensor:
     """Mean over prompt groups of KL(p_src || p_tgt), p an image's zero-shot softmax over one group's prompts.
 
     Image features [N,D] (frozen, trained); each group is unit text features [K,D] (K >= 2) of the
@@ -189,10 +203,14 @@ def keep_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, groups: Sequence[torch.T
     directional loss fixes where the edit goes, not what it must leave alone; this term asks the
     adapted image to be read like the frozen one on each attribute the user names, and only on those.
     """
-    assert f_src.shape == f_tgt.shape and f_src.ndim == 2, f"need paired features [N, D], got {f_src.shape} and {f_tgt.shape}"
+    assert f_src.shape == f_tgt.shape and f_src.ndim == 2, (
+        f"need paired features [N, D], got {f_src.shape} and {f_tgt.shape}"
+    )
     total = f_tgt.new_zeros(())
     for text in groups:
-        assert text.ndim == 2 and text.shape[0] >= 2 and text.shape[1] == f_src.shape[1], f"a group needs [K>=2, D] features, got {tuple(text.shape)}"
+        assert text.ndim == 2 and text.shape[0] >= 2 and text.shape[1] == f_src.shape[1], (
+            f"a group needs [K>=2, D] features, got {tuple(text.shape)}"
+        )
         p_src = F.softmax(logit_scale * _unit(f_src).detach() @ text.T, dim=1)
         log_p_tgt = F.log_softmax(logit_scale * _unit(f_tgt) @ text.T, dim=1)
         total = total + F.kl_div(log_p_tgt, p_src, reduction="batchmean")
@@ -200,10 +218,14 @@ def keep_loss(f_src: torch.Tensor, f_tgt: torch.Tensor, groups: Sequence[torch.T
 
 
 def keep_groups(spec: str) -> list[list[str]]:
-    """Prompt groups of a keep spec: groups split by ';', the values of a group by '|' ("smiling|frowning; glasses|no glasses")."""
+    """Prompt groups of a keep spec: groups split by ';', the values of a group by '|' ("smiling|frowning; glasses|no
+    glasses")."""
     groups = [values for values in ([v.strip() for v in g.split("|") if v.strip()] for g in spec.split(";")) if values]
     if not groups:
-        raise NadaError(f"keep {spec!r} names no attribute: give groups such as 'a smiling face|a frowning face; glasses|no glasses'")
+        raise NadaError(
+            f"keep {spec!r} names no attribute: give groups such as 'a smiling face|a frowning face; glasses|no "
+            "glasses'"
+        )
     for g in groups:
         if len(g) < 2:
             raise NadaError(

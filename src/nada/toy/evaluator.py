@@ -23,7 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nada.errors import NadaError
+from nada.dataclass_dict import strict_from_dict
+from nada.errors import NadaError, one_line
+from nada.io import atomic_torch_save
+from nada.toy import render as R
+from nada.weights.safe_load import torch_load
 
 WEIGHTS_FILE = "evaluator.pt"
 IMAGE_SIZE = 64
@@ -32,7 +36,6 @@ REJECT = "none"  # the style answer for images in no style: filtered photos, ble
 
 def class_names() -> dict[str, tuple[str, ...]]:
     """Key -> class names: "style" first (every toy style, then the reject answer), then every attribute."""
-    from nada.toy import render as R
 
     return {"style": (*R.STYLES, REJECT), **R.ATTRIBUTES}
 
@@ -46,7 +49,9 @@ class EvaluatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvaluatorConfig":
-        return cls(channels=tuple(int(c) for c in d["channels"]), embed_dim=int(d["embed_dim"]))
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        cfg = strict_from_dict(cls, d, "evaluator config keys", "the weights come from another version of nada")
+        return cls(channels=tuple(int(c) for c in cfg.channels), embed_dim=int(cfg.embed_dim))
 
     def to_dict(self) -> dict[str, Any]:
         return {"channels": list(self.channels), "embed_dim": self.embed_dim}
@@ -60,7 +65,9 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 class Evaluator(nn.Module):
     """CNN: a stem at 64x64, stride-2 stages, global average pooling, an embedding and one linear head per key."""
 
-    def __init__(self, config: EvaluatorConfig = EvaluatorConfig(), classes: dict[str, tuple[str, ...]] | None = None) -> None:
+    def __init__(
+        self, config: EvaluatorConfig = EvaluatorConfig(), classes: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.classes = dict(classes) if classes is not None else class_names()
@@ -76,7 +83,9 @@ class Evaluator(nn.Module):
         """Unnormalised embedding [N, E] of images [N, 3, H, W] in [-1, 1]."""
         assert img.ndim == 4 and img.shape[1] == 3, f"expected images [N,3,H,W], got {tuple(img.shape)}"
         if img.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            img = F.interpolate(img, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+            img = F.interpolate(
+                img, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True
+            )
         x = self.body(img.float())
         return self.embedding(x.mean((2, 3)))
 
@@ -120,7 +129,6 @@ def default_weights_path() -> Path:
 
 def save_evaluator(path: str | os.PathLike, model: Evaluator, metadata: dict[str, Any]) -> Path:
     """Atomically write config, class names, weights and metadata (plain types and tensors only)."""
-    from nada.io import atomic_torch_save
 
     payload = {
         "config": model.config.to_dict(),
@@ -135,21 +143,29 @@ def load_evaluator(path: str | os.PathLike | None = None, device: str | torch.de
     """The trained evaluator in eval mode (default: the weights shipped with nada)."""
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
-        raise NadaError(f"evaluator weights {path} not found: train them with `python -m nada.toy.evaluator_train` "
-                        "or reinstall nada")
+        raise NadaError(
+            f"evaluator weights {path} not found: train them with `python -m nada.toy.evaluator_train` "
+            "or reinstall nada"
+        )
+    payload = torch_load(path, what="evaluator weights")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        model = Evaluator(EvaluatorConfig.from_dict(payload["config"]), {k: tuple(v) for k, v in payload["classes"].items()})
+        model = Evaluator(
+            EvaluatorConfig.from_dict(payload["config"]), {k: tuple(v) for k, v in payload["classes"].items()}
+        )
         model.load_state_dict(payload["state_dict"])
     except Exception as e:
-        raise NadaError(f"evaluator weights {path} are unreadable or do not fit the architecture ({type(e).__name__}: {e}): "
-                        "train them again or reinstall nada") from None
+        raise NadaError(
+            f"evaluator weights {path} do not fit the architecture ({one_line(e, typed=True)}): "
+            "train them again or reinstall nada"
+        ) from None
     model.metadata = payload.get("metadata", {})
     return model.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def accuracy(model: Evaluator, images: torch.Tensor, labels: dict[str, torch.Tensor], batch_size: int = 256) -> dict[str, float]:
+def accuracy(
+    model: Evaluator, images: torch.Tensor, labels: dict[str, torch.Tensor], batch_size: int = 256
+) -> dict[str, float]:
     """Fraction of correct predictions per key, for images [N,3,64,64] in [-1,1] and true indices {key: [N]}."""
     preds: dict[str, list[torch.Tensor]] = {k: [] for k in labels}
     for i in range(0, len(images), batch_size):
@@ -161,7 +177,6 @@ def accuracy(model: Evaluator, images: torch.Tensor, labels: dict[str, torch.Ten
 
 def fresh_renders(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """n faces in every style in turn (face i in style i mod S): images [n,3,64,64] in [-1,1] and labels per key."""
-    from nada.toy import render as R
 
     params = R.sample_params(n, seed=seed)
     styles = [R.STYLES[i % len(R.STYLES)] for i in range(n)]
@@ -169,4 +184,3 @@ def fresh_renders(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tens
     labels = {"style": torch.tensor([R.STYLES.index(s) for s in styles])}
     labels.update({k: torch.from_numpy(v) for k, v in params.labels().items()})
     return images, labels
-

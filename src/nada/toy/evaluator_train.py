@@ -20,19 +20,23 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from nada.errors import NadaError
-from nada.toy import render as R
 from nada.toy import filters as toy_filters
+from nada.toy import render as R
 from nada.toy import runs
 from nada.toy.evaluator import WEIGHTS_FILE, Evaluator, EvaluatorConfig, accuracy, fresh_renders, save_evaluator
+from nada.toy.generator_train import face_params
+from nada.weights.safe_load import torch_load
 
 EVAL_SEED = 123_456_789  # held-out faces and textures; training draws from SeedSequence([seed, step]) instead
 STATE_FILE = "state.pt"
@@ -65,8 +69,9 @@ class TrainConfig:
 IGNORE = -100  # attribute label of a hard negative: its attributes are not trained
 
 
-def make_batch(cfg: TrainConfig, step: int,
-               G: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def make_batch(
+    cfg: TrainConfig, step: int, G: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Augmented images [B,3,64,64] in [-1,1] and their labels, a pure function of (cfg.seed, step).
 
     Positives are true renders in random styles and (with ``G``) the generator's photos; hard negatives
@@ -98,7 +103,6 @@ REJECT_INDEX = len(R.STYLES)  # "none" follows the styles in evaluator.class_nam
 @torch.no_grad()
 def generator_photos(G: torch.nn.Module, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, "R.FaceParams"]:
     """n generator outputs [n,3,64,64] in [-1,1] for seeded latents, and the faces those latents stand for."""
-    from nada.toy.generator_train import face_params
 
     z = torch.from_numpy(rng.standard_normal((n, G.style_dim)).astype(np.float32))
     return G(z, noise_mode="const").clamp(-1, 1), face_params(z)
@@ -112,8 +116,10 @@ def hard_negatives(n: int, rng: np.random.Generator, G: torch.nn.Module | None) 
     if G is not None:  # half the filtered photos are the generator's own
         half = (n - n_blend) // 2
         photos[n_blend : n_blend + half] = generator_photos(G, half, rng)[0]
-    out = [toy_filters.apply_chain(photos[i : i + 1], toy_filters.random_chain(rng), seed=int(rng.integers(2**31)))
-           for i in range(n_blend, n)]
+    out = [
+        toy_filters.apply_chain(photos[i : i + 1], toy_filters.random_chain(rng), seed=int(rng.integers(2**31)))
+        for i in range(n_blend, n)
+    ]
     if n_blend:
         out.insert(0, style_blends(params.subset(slice(0, n_blend)), n_blend, rng))
     return torch.cat(out)
@@ -161,7 +167,9 @@ def augment(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     img = grey + (img - grey) * per_image(rng.uniform(0.8, 1.2, n))
     mean = img.mean((1, 2, 3), keepdim=True)
     img = mean + (img - mean) * per_image(rng.uniform(0.85, 1.15, n)) + per_image(rng.uniform(-0.08, 0.08, n))
-    noise = per_image((rng.random(n) < 0.5) * rng.uniform(0.0, 0.08, n)) * torch.from_numpy(rng.standard_normal(img.shape).astype(np.float32))
+    noise = per_image((rng.random(n) < 0.5) * rng.uniform(0.0, 0.08, n)) * torch.from_numpy(
+        rng.standard_normal(img.shape).astype(np.float32)
+    )
     return (img + noise).clamp(-1, 1)
 
 
@@ -187,7 +195,6 @@ def train(cfg: TrainConfig, out: Path, export_to: Path | None = None) -> dict[st
 
 
 def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any]:
-    from tqdm import tqdm
 
     runs.make_run_dir(out)
     runs.setup_logging(log, out / "train.log")
@@ -228,9 +235,13 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
         bar.set_postfix(loss=f"{loss.item():.3f}")
         done = step + 1
         if done % 20 == 0:
-            log.info("step %d loss %.4f %s", done, loss.item(), " ".join(f"{k} {v.item():.3f}" for k, v in terms.items()))
+            log.info(
+                "step %d loss %.4f %s", done, loss.item(), " ".join(f"{k} {v.item():.3f}" for k, v in terms.items())
+            )
         if done % cfg.eval_every == 0 and done < cfg.steps:
-            log.info("step %d accuracy (300 fresh renders): %s", done, _fmt(accuracy(model, *fresh_renders(300, EVAL_SEED))))
+            log.info(
+                "step %d accuracy (300 fresh renders): %s", done, _fmt(accuracy(model, *fresh_renders(300, EVAL_SEED)))
+            )
             model.train()
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             runs.save_state(state_path, STATE_VERSION, asdict(cfg), done, elapsed + time.time() - t0, model, opt)
@@ -238,8 +249,14 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
     total_s = elapsed + time.time() - t0
     model.eval()
     acc = accuracy(model, *fresh_renders(cfg.eval_faces, EVAL_SEED))
-    metadata = {"steps": cfg.steps, "seed": cfg.seed, "train_seconds": round(total_s, 1), "eval_faces": cfg.eval_faces, "accuracy_fresh": acc,
-                "trained_with": "nada.toy.evaluator_train " + " ".join(f"{k}={v}" for k, v in asdict(cfg).items())}
+    metadata = {
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "train_seconds": round(total_s, 1),
+        "eval_faces": cfg.eval_faces,
+        "accuracy_fresh": acc,
+        "trained_with": "nada.toy.evaluator_train " + " ".join(f"{k}={v}" for k, v in asdict(cfg).items()),
+    }
     weights = save_evaluator(out / WEIGHTS_FILE, model, metadata)
     log.info("training time %.0f s (%.1f min) for %d steps", total_s, total_s / 60, cfg.steps)
     log.info("accuracy on %d fresh renders: %s", cfg.eval_faces, _fmt(acc))
@@ -253,11 +270,10 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
 
 def init_from(model: Evaluator, path: Path) -> None:
     """Load evaluator weights from ``path`` into ``model``; a head with fewer classes fills the first rows."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as e:
-        raise NadaError(f"--init-from {path} is not readable evaluator weights ({type(e).__name__}): "
-                        "give a file written by nada.toy.evaluator_train") from None
+    payload = torch_load(path, what="--init-from")
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise NadaError(f"--init-from {path} holds no evaluator weights: give a file written by evaluator_train")
+    state = payload["state_dict"]
     own = model.state_dict()
     for k, v in state.items():
         if k in own and v.shape != own[k].shape and v.shape[1:] == own[k].shape[1:] and v.shape[0] < own[k].shape[0]:
@@ -274,27 +290,57 @@ def _fmt(acc: dict[str, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: python -m nada.toy.evaluator_train --out DIR --steps N --seed S [--export FILE]."""
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m nada.toy.evaluator_train", description="Train the toy world's evaluator CNN (resumable).")
+    ap = argparse.ArgumentParser(
+        prog="python -m nada.toy.evaluator_train", description="Train the toy world's evaluator CNN (resumable)."
+    )
     ap.add_argument("--out", required=True, type=Path, help="run folder: state.pt, train.log, evaluator.pt")
     ap.add_argument("--steps", type=int, default=d.steps, help="total training steps (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)")
+    ap.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)"
+    )
     ap.add_argument("--batch", type=int, default=d.batch, help="images per step (default: %(default)s)")
     ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)")
-    ap.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between accuracy checks (default: %(default)s)")
+    ap.add_argument(
+        "--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="steps between accuracy checks (default: %(default)s)"
+    )
     ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
-    ap.add_argument("--negatives", type=float, default=d.negatives,
-                    help="share of each batch that is a hard negative: filtered photos, style blends "
-                    "(default: %(default)s)")
-    ap.add_argument("--generator-share", type=float, default=d.generator_share,
-                    help="share of each batch drawn by --generator, labelled photo (default: %(default)s)")
+    ap.add_argument(
+        "--negatives",
+        type=float,
+        default=d.negatives,
+        help="share of each batch that is a hard negative: filtered photos, style blends (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--generator-share",
+        type=float,
+        default=d.generator_share,
+        help="share of each batch drawn by --generator, labelled photo (default: %(default)s)",
+    )
     ap.add_argument("--generator", default=d.generator, help="generator for those images (default: %(default)s)")
     ap.add_argument("--init-from", default=d.init_from, help="start from these evaluator weights")
-    ap.add_argument("--export", type=Path, default=None, help="also copy evaluator.pt to this file, e.g. src/nada/assets/toy/evaluator.pt")
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="also copy evaluator.pt to this file, e.g. src/nada/assets/toy/evaluator.pt",
+    )
     args = ap.parse_args(argv)
-    cfg = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr, ckpt_every=args.ckpt_every,
-                      eval_every=args.eval_every, threads=args.threads, negatives=args.negatives,
-                      generator_share=args.generator_share, generator=args.generator, init_from=args.init_from)
+    cfg = TrainConfig(
+        steps=args.steps,
+        seed=args.seed,
+        batch=args.batch,
+        lr=args.lr,
+        ckpt_every=args.ckpt_every,
+        eval_every=args.eval_every,
+        threads=args.threads,
+        negatives=args.negatives,
+        generator_share=args.generator_share,
+        generator=args.generator,
+        init_from=args.init_from,
+    )
     try:
         train(cfg, args.out, args.export)
     except NadaError as e:

@@ -12,7 +12,7 @@ Images are [N, 3, H, W] in [-1, 1]; every filter returns the same layout and ran
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ def _unit(img: torch.Tensor) -> torch.Tensor:
 
 
 def _signed(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 2 - 1)
+    return x.clamp(0, 1) * 2 - 1
 
 
 def luminance(img: torch.Tensor) -> torch.Tensor:
@@ -120,9 +120,18 @@ def vignette(img: torch.Tensor, strength: float) -> torch.Tensor:
 
 
 OPS: dict[str, Filter] = {
-    "grayscale": grayscale, "contrast": contrast, "brightness": brightness, "gamma": gamma, "wash": wash,
-    "sepia": sepia, "tint": tint, "blur": blur, "posterize": posterize, "noise": noise,
-    "sharpen": sharpen, "vignette": vignette,
+    "grayscale": grayscale,
+    "contrast": contrast,
+    "brightness": brightness,
+    "gamma": gamma,
+    "wash": wash,
+    "sepia": sepia,
+    "tint": tint,
+    "blur": blur,
+    "posterize": posterize,
+    "noise": noise,
+    "sharpen": sharpen,
+    "vignette": vignette,
 }
 HELD_OUT_OPS = ("sharpen", "vignette")
 TRAIN_OPS = tuple(k for k in OPS if k not in HELD_OUT_OPS)
@@ -130,13 +139,23 @@ TRAIN_OPS = tuple(k for k in OPS if k not in HELD_OUT_OPS)
 
 def _draw(rng: np.random.Generator, op: str) -> float:
     """A parameter for ``op`` in its training range: clearly stronger than the judge's label-keeping augmentation."""
-    two_sided = {"contrast": ((0.3, 0.6), (1.5, 2.8)), "brightness": ((-0.4, -0.18), (0.18, 0.45)),
-                 "gamma": ((0.35, 0.65), (1.6, 2.8))}
+    two_sided = {
+        "contrast": ((0.3, 0.6), (1.5, 2.8)),
+        "brightness": ((-0.4, -0.18), (0.18, 0.45)),
+        "gamma": ((0.35, 0.65), (1.6, 2.8)),
+    }
     if op in two_sided:
         lo, hi = two_sided[op][int(rng.integers(2))]
         return float(rng.uniform(lo, hi))
-    ranges = {"grayscale": (0.6, 1.0), "wash": (0.3, 0.85), "sepia": (0.5, 1.0), "tint": (0, 4), "blur": (1.8, 3.5),
-              "posterize": (2, 5), "noise": (0.12, 0.25)}
+    ranges = {
+        "grayscale": (0.6, 1.0),
+        "wash": (0.3, 0.85),
+        "sepia": (0.5, 1.0),
+        "tint": (0, 4),
+        "blur": (1.8, 3.5),
+        "posterize": (2, 5),
+        "noise": (0.12, 0.25),
+    }
     lo, hi = ranges[op]
     return float(rng.integers(lo, hi)) if op in ("tint", "posterize") else float(rng.uniform(lo, hi))
 
@@ -162,11 +181,25 @@ def chain_name(chain: Chain) -> str:
 
 # The measured suite: the issue's three filters first, then single filters, pairs, and the held-out part.
 SEEN: tuple[Chain, ...] = (
-    (("grayscale", 1.0),), (("grayscale", 1.0), ("wash", 0.5)), (("grayscale", 1.0), ("contrast", 2.0)),
-    (("contrast", 2.0),), (("contrast", 0.5),), (("brightness", 0.3),), (("gamma", 0.5),), (("gamma", 2.0),),
-    (("wash", 0.6),), (("sepia", 1.0),), (("tint", 0),), (("tint", 1),), (("blur", 2.0),), (("posterize", 3),),
-    (("noise", 0.15),), (("grayscale", 1.0), ("blur", 2.0)), (("grayscale", 1.0), ("posterize", 3)),
-    (("sepia", 1.0), ("wash", 0.4)), (("grayscale", 1.0), ("gamma", 0.5)),
+    (("grayscale", 1.0),),
+    (("grayscale", 1.0), ("wash", 0.5)),
+    (("grayscale", 1.0), ("contrast", 2.0)),
+    (("contrast", 2.0),),
+    (("contrast", 0.5),),
+    (("brightness", 0.3),),
+    (("gamma", 0.5),),
+    (("gamma", 2.0),),
+    (("wash", 0.6),),
+    (("sepia", 1.0),),
+    (("tint", 0),),
+    (("tint", 1),),
+    (("blur", 2.0),),
+    (("posterize", 3),),
+    (("noise", 0.15),),
+    (("grayscale", 1.0), ("blur", 2.0)),
+    (("grayscale", 1.0), ("posterize", 3)),
+    (("sepia", 1.0), ("wash", 0.4)),
+    (("grayscale", 1.0), ("gamma", 0.5)),
 )
 HELD_OUT: tuple[Chain, ...] = (
     (("grayscale", 1.0), ("contrast", 2.0), ("wash", 0.5)),

@@ -32,22 +32,30 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from nada.dataclass_dict import strict_from_dict
 from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
+from nada.generator.networks import Generator
+from nada.io import atomic_save_image, image_grid, resolve_device
+from nada.toy import render as R
 from nada.toy import runs
+from nada.toy.render import LATENT_DIM
 
 STYLE = "photo"  # the only style the toy generator ever sees
 MEAN_LATENT_SAMPLES, MEAN_LATENT_SEED = 4096, 0
 EVAL_SEED = 1_000_003  # seed of the held-out latents for the logged error, never used for training
 STATE_FILE = "state.pt"
-STATE_VERSION = 2  # 2: each step's latents come from (seed, step) alone, so states hold no RNG
+STATE_VERSION = 3  # 3: the layout of nada.toy.runs.save_state, the EMA weights under "G_ema"
 LOSSES = ("mse", "l1")
 RESUME_FREE = ("steps", "ckpt_every", "sample_every", "eval_size")  # settings a resumed run may change
 
@@ -59,7 +67,7 @@ class TrainConfig:
     steps: int = 6000
     seed: int = 0
     batch_size: int = 16
-    lr: float = 2e-2  # high for StyleGAN, but measured best for this regression within a CPU budget
+    lr: float = 2e-2  # high for StyleGAN, but the best for this regression within a CPU budget (toy README)
     # Effective learning-rate factor of the mapping network relative to synthesis. The network keeps
     # rosinality's lr_mlp=0.01 parameterisation; the optimiser group rescales so the factor applies.
     mapping_lr: float = 3.0
@@ -68,34 +76,28 @@ class TrainConfig:
     channels: tuple[tuple[int, int], ...] = ((4, 128), (8, 128), (16, 96), (32, 64), (64, 32))
     ema_half_life: float = 50.0  # in steps
     # Squared error, not L1: its gradient fades on pixels that are already right (background, texture
-    # noise), so the optimiser's step goes to what is still wrong: eyes, mouth, glasses. Under L1 those
-    # thin parts stayed at chance level after 6000 steps (measured with the evaluator).
+    # noise), so the optimiser's step goes to what is still wrong: eyes, mouth, glasses.
     loss: str = "mse"
     multiscale_weight: float = 1.0
     gradient_weight: float = 0.0
-    # Extra weight of the pixels of eyes, brows, mouth and glasses (render.detail_mask). They cover 2.5 %
-    # of the image, so under a plain pixel loss a generator that draws them half-open and half-there
-    # loses almost nothing: without the weight, eyes, mouth and glasses stayed at chance for the
-    # evaluator after 12000 steps (eval_l1 0.089).
+    # Extra weight of the pixels of eyes, brows, mouth and glasses (render.detail_mask): they are a small
+    # share of the image, so a plain pixel loss barely notices them drawn half-open and half-there.
     detail_weight: float = 10.0
-    # Extra weight of the face outline (render.outline_mask). With details weighted alone, face shape fell
-    # to chance for the evaluator (34 %) while eyes, mouth and glasses rose to 93, 73 and 98 %; this weight
-    # did not bring it back, the order of the shapes along z (LATENT_ORDER) did.
+    # Extra weight of the face outline (render.outline_mask); face shape is learnt through LATENT_ORDER
+    # instead, so it stays off (toy README, "Generator").
     outline_weight: float = 0.0
     # A fine-tuning stage: start from this generator's weights (a path or registered name) instead of a
     # seeded random initialisation. The channel table and mapping settings must match it.
     init_from: str = ""
     # CLIP (load_clip name) whose zero-shot reading of each attribute of G(z) joins the loss as a cross-entropy
     # against the face's true values, times `teacher_weight`. Pixel errors on a thin mouth stroke are
-    # tiny, so the regression left mouths half-smiling (73 % for the evaluator); the teacher asks for the
-    # mouth that the face's label names. The evaluator is a different network and never used.
+    # tiny, so the regression leaves mouths half-smiling; the teacher asks for the mouth that the face's
+    # label names. The evaluator is a different network and never used.
     teacher: str = ""
     teacher_weight: float = 0.1
     # Share of each batch's latents with one attribute's coordinate moved to within `border_width` (in
-    # probability, along z) of a border between two of its values. A smooth generator draws in-between
-    # faces there: 55-77 % of such latents were read right against 98-100 % away from the borders.
-    # A quarter of the latents there for 1500 steps gave no gain beyond the run-to-run spread (toy README);
-    # the mapping network was the bottleneck, and `nada.toy.sharpen` is the stage that removes those faces.
+    # probability, along z) of a border between two of its values, where a smooth generator draws
+    # in-between faces. It did not help (toy README); `nada.toy.sharpen` is the stage that removes them.
     border_share: float = 0.0
     border_width: float = 0.05
     decay_start: float = 0.5  # fraction of `steps` after which the learning rate follows a cosine to 5 %
@@ -111,10 +113,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
         d = dict(d)
-        d["channels"] = tuple((int(r), int(c)) for r, c in d["channels"])
-        return cls(**d)
+        if "channels" in d:
+            d["channels"] = tuple((int(r), int(c)) for r, c in d["channels"])
+        return strict_from_dict(cls, d, "toy generator training settings", "the run comes from another version of nada")
 
 
 # ---------------------------------------------------------------- the supervised target
@@ -138,7 +141,6 @@ def face_latent(z: torch.Tensor, latent_dim: int) -> np.ndarray:
     LATENT_ORDER are permuted (a measure-preserving map, so u stays standard normal) so that
     `params_from_latent(u)` meets their values in that order along z.
     """
-    from nada.toy import render as R
 
     assert z.ndim == 2 and z.shape[1] >= latent_dim, f"z must be [N, >= {latent_dim}], got {tuple(z.shape)}"
     zn = z.double() * torch.rsqrt(z.double().pow(2).mean(dim=1, keepdim=True) + 1e-8)
@@ -157,14 +159,12 @@ def face_latent(z: torch.Tensor, latent_dim: int) -> np.ndarray:
 
 def face_params(z: torch.Tensor) -> "FaceParams":  # noqa: F821
     """The faces (render.FaceParams, N of them) that latents z [N, style_dim] stand for."""
-    from nada.toy import render as R
 
     return R.params_from_latent(face_latent(z.cpu(), R.LATENT_DIM))
 
 
 def render_targets(z: torch.Tensor, seed: int) -> torch.Tensor:
     """Photo renders [N, 3, 64, 64] in [-1, 1] of the faces that latents z [N, style_dim] stand for."""
-    from nada.toy import render as R
 
     return R.render_tensor(face_params(z), STYLE, seed=seed)
 
@@ -172,7 +172,6 @@ def render_targets(z: torch.Tensor, seed: int) -> torch.Tensor:
 def pixel_weights(z: torch.Tensor, detail_weight: float, outline_weight: float = 0.0) -> torch.Tensor:
     """Loss weight per pixel [N, 1, 64, 64] for the faces of z [N, style_dim]: 1, plus `detail_weight` on eyes,
     brows, mouth and glasses, plus `outline_weight` on the face outline."""
-    from nada.toy import render as R
 
     params = face_params(z)
     weight = 1.0 + detail_weight * torch.from_numpy(R.detail_mask(params))
@@ -185,7 +184,6 @@ def near_borders(z: torch.Tensor, share: float, width: float, gen: torch.Generat
     """A copy of latents z [B, style_dim] in which a random share has one discrete attribute's coordinate
     moved so that its quantile (after the pixel norm, as ``face_latent`` reads it) lies within ``width``
     of a border between two values of that attribute; the other latents are returned unchanged."""
-    from nada.toy import render as R
 
     b, dim = z.shape
     n_values = [len(values) for values in R.ATTRIBUTES.values()]
@@ -206,7 +204,8 @@ def near_borders(z: torch.Tensor, share: float, width: float, gen: torch.Generat
 
 
 def batch_for_step(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latents z [B, style_dim], their photo renders [B, 3, 64, 64] in [-1, 1] and pixel weights [B, 1, 64, 64] for `step`.
+    """Latents z [B, style_dim], their photo renders [B, 3, 64, 64] in [-1, 1] and pixel weights [B, 1, 64, 64] for
+    `step`.
 
     A pure function of (cfg.seed, step), so data-loading workers can make any step's batch, a resumed
     run sees the batches an uninterrupted one would, and the result does not depend on the device.
@@ -217,7 +216,11 @@ def batch_for_step(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Ten
     if cfg.border_share > 0:  # drawn only when enabled, so runs without it keep their batches
         z = near_borders(z, cfg.border_share, cfg.border_width, gen)
     # A fresh texture seed per step: the photo texture is noise the regression should average out.
-    return z, render_targets(z, seed=cfg.seed * 1_000_000 + step), pixel_weights(z, cfg.detail_weight, cfg.outline_weight)
+    return (
+        z,
+        render_targets(z, seed=cfg.seed * 1_000_000 + step),
+        pixel_weights(z, cfg.detail_weight, cfg.outline_weight),
+    )
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -238,11 +241,18 @@ def _one_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def step_batches(cfg: TrainConfig, first: int, last: int, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+def step_batches(
+    cfg: TrainConfig, first: int, last: int, workers: int, pin_memory: bool
+) -> torch.utils.data.DataLoader:
     """Iterate the batches of steps [first, last) in order, rendered by `workers` processes (0: in this process)."""
     return torch.utils.data.DataLoader(
-        StepBatches(cfg, first, last), batch_size=None, shuffle=False, num_workers=workers,
-        prefetch_factor=4 if workers else None, worker_init_fn=_one_thread_worker if workers else None, pin_memory=pin_memory,
+        StepBatches(cfg, first, last),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=_one_thread_worker if workers else None,
+        pin_memory=pin_memory,
     )
 
 
@@ -250,12 +260,18 @@ def step_batches(cfg: TrainConfig, first: int, last: int, workers: int, pin_memo
 
 
 def regression_loss(
-    img: torch.Tensor, target: torch.Tensor, kind: str = "mse", multiscale_weight: float = 1.0, gradient_weight: float = 0.0,
+    img: torch.Tensor,
+    target: torch.Tensor,
+    kind: str = "mse",
+    multiscale_weight: float = 1.0,
+    gradient_weight: float = 0.0,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pixel error (`kind` "mse" or "l1") at full, 1/2 and 1/4 resolution plus the error of horizontal/vertical differences.
+    """Pixel error (`kind` "mse" or "l1") at full, 1/2 and 1/4 resolution plus the error of horizontal/vertical
+    differences.
 
-    img, target [N, 3, H, W]; `weight` [N, 1, H, W] (default 1) weighs each pixel's error, pooled along at coarse scales.
+    img, target [N, 3, H, W]; `weight` [N, 1, H, W] (default 1) weighs each pixel's error, pooled along at coarse
+    scales.
     """
     assert img.shape == target.shape, f"image {tuple(img.shape)} and target {tuple(target.shape)} differ"
     if kind not in LOSSES:
@@ -281,26 +297,31 @@ def regression_loss(
 
 
 def face_labels(z: torch.Tensor) -> dict[str, torch.Tensor]:
-    """True attribute indices (int64 [N] per render.ATTRIBUTES key) of the faces that latents z [N, style_dim] stand for."""
+    """True attribute indices (int64 [N] per render.ATTRIBUTES key) of the faces that latents z [N, style_dim] stand
+    for."""
     labels = face_params(z).labels()
     return {k: torch.from_numpy(v).to(z.device) for k, v in labels.items()}
 
 
 @torch.no_grad()
 def attribute_text_features(clip: "torch.nn.Module") -> dict[str, torch.Tensor]:
-    """Unit text features [V, D] of the class prompts (render.ATTRIBUTE_PROMPTS) of every attribute, for zero-shot reading."""
-    from nada.toy import render as R
+    """Unit text features [V, D] of the class prompts (render.ATTRIBUTE_PROMPTS) of every attribute, for zero-shot
+    reading."""
 
     return {k: F.normalize(clip.encode_text(list(prompts)), dim=-1) for k, prompts in R.ATTRIBUTE_PROMPTS.items()}
 
 
-def teacher_logits(clip: "torch.nn.Module", text: dict[str, torch.Tensor], img: torch.Tensor) -> dict[str, torch.Tensor]:
+def teacher_logits(
+    clip: "torch.nn.Module", text: dict[str, torch.Tensor], img: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Zero-shot logits [N, V] per attribute of images [N, 3, 64, 64] in [-1, 1], scaled by the CLIP's logit scale."""
     feats = F.normalize(clip.encode_image(img), dim=-1)
     return {k: clip.logit_scale * feats @ t.T for k, t in text.items()}
 
 
-def teacher_loss(clip: "torch.nn.Module", text: dict[str, torch.Tensor], img: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+def teacher_loss(
+    clip: "torch.nn.Module", text: dict[str, torch.Tensor], img: torch.Tensor, labels: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """Sum over attributes of the cross-entropy between the CLIP's zero-shot reading of img and the true labels."""
     logits = teacher_logits(clip, text, img)
     return sum(F.cross_entropy(logits[k], labels[k]) for k in text)
@@ -320,7 +341,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def build_generator(cfg: TrainConfig) -> "torch.nn.Module":
     """The project's Generator at 64x64 with the run's small channel table (random init seeded by cfg.seed)."""
-    from nada.generator.networks import Generator
 
     # Seed a forked RNG so the initialisation is reproducible without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
@@ -330,16 +350,18 @@ def build_generator(cfg: TrainConfig) -> "torch.nn.Module":
 
 def initial_weights(G: torch.nn.Module, source: str) -> None:
     """Copy the weights of the generator `source` (path or registered name) into G; their architectures must match."""
-    from nada.generator.checkpoints import load_generator
 
     base = load_generator(source)
     if base.config != G.config:
-        raise NadaError(f"--init-from {source} is a {base.config} generator, the run builds {G.config}: give the run its --channels")
+        raise NadaError(
+            f"--init-from {source} is a {base.config} generator, the run builds {G.config}: give the run its --channels"
+        )
     G.load_state_dict(base.state_dict())
 
 
 def build_optimizer(G: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam with two groups: synthesis at cfg.lr, mapping ("style.*") scaled so its effective rate is cfg.mapping_lr * cfg.lr."""
+    """Adam with two groups: synthesis at cfg.lr, mapping ("style.*") scaled so its effective rate is cfg.mapping_lr *
+    cfg.lr."""
     mapping = [p for n, p in G.named_parameters() if n.startswith("style.")]
     synthesis = [p for n, p in G.named_parameters() if not n.startswith("style.")]
     # Equalised lr: a mapping weight w is used as w * lr_mlp, so Adam steps of size lr/lr_mlp move it like lr.
@@ -358,42 +380,6 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
 
 
-def save_state(path: Path, cfg: TrainConfig, step: int, elapsed_s: float, G: torch.nn.Module, G_ema: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    """Atomically write the resumable training state (plain types and tensors only) to `path`."""
-    from nada.io import atomic_torch_save
-
-    state = {
-        "version": STATE_VERSION,
-        "train_config": cfg.to_dict(),
-        "step": step,
-        "elapsed_s": elapsed_s,
-        "G": G.state_dict(),
-        "G_ema": G_ema.state_dict(),
-        "opt": opt.state_dict(),
-    }
-    atomic_torch_save(state, path)
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """Read a training state written by `save_state`, without executing code from the file."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise NadaError(f"training state {path} is unreadable ({type(e).__name__}: {e}): delete it to restart the run from scratch") from None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise NadaError(f"{path} is not a toy-generator training state of version {STATE_VERSION}: use another --out folder")
-    return state
-
-
-def check_resumable(saved: TrainConfig, cfg: TrainConfig, path: Path) -> None:
-    """Refuse to resume a run whose settings (other than those in RESUME_FREE) differ from the command line."""
-    a, b = saved.to_dict(), cfg.to_dict()
-    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUME_FREE}
-    if diff:
-        detail = ", ".join(f"{k}: saved {v[0]} vs given {v[1]}" for k, v in diff.items())
-        raise NadaError(f"{path} belongs to a run with other settings ({detail}): repeat its settings or use another --out folder")
-
-
 # ---------------------------------------------------------------- monitoring
 
 
@@ -407,8 +393,11 @@ def evaluate(G: torch.nn.Module, z: torch.Tensor, target: torch.Tensor, batch_si
 
 
 @torch.no_grad()
-def teacher_accuracy(clip: "torch.nn.Module", text: dict[str, torch.Tensor], G: torch.nn.Module, z: torch.Tensor) -> float:
-    """Share of (latent, attribute) pairs of G(z) (const noise) whose zero-shot reading by the teacher is the true value."""
+def teacher_accuracy(
+    clip: "torch.nn.Module", text: dict[str, torch.Tensor], G: torch.nn.Module, z: torch.Tensor
+) -> float:
+    """Share of (latent, attribute) pairs of G(z) (const noise) whose zero-shot reading by the teacher is the true
+    value."""
     logits = teacher_logits(clip, text, G(z, noise_mode="const"))
     labels = face_labels(z)
     return torch.stack([(logits[k].argmax(1) == labels[k]).float().mean() for k in text]).mean().item()
@@ -417,28 +406,21 @@ def teacher_accuracy(clip: "torch.nn.Module", text: dict[str, torch.Tensor], G: 
 @torch.no_grad()
 def save_samples(path: Path, G: torch.nn.Module, z: torch.Tensor, target: torch.Tensor) -> None:
     """Write a two-row grid PNG: renders of the faces of z on top, G(z) below; z [8, style_dim]."""
-    from nada.io import atomic_save_image, image_grid
 
     atomic_save_image(image_grid([target, G(z, noise_mode="const")]), path)
-
-
-def make_logger(path: Path) -> logging.Logger:
-    """A logger writing timestamped lines to `path` (appending, so resumed runs keep their history)."""
-    logger = logging.getLogger(f"nada.toy.generator_train.{path}")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        logger.addHandler(handler)
-    return logger
 
 
 # ---------------------------------------------------------------- training loop
 
 
 def train(
-    cfg: TrainConfig, out_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True,
-    stop_after: int | None = None, time_limit_s: float | None = None, workers: int = 0,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    stop_after: int | None = None,
+    time_limit_s: float | None = None,
+    workers: int = 0,
 ) -> Path:
     """Train (or resume) in `out_dir` up to cfg.steps; returns the state file.
 
@@ -446,12 +428,12 @@ def train(
     `time_limit_s` seconds (the state is saved first); calling again continues. `workers` processes
     render the batches.
     """
-    from tqdm import tqdm
 
     device = torch.device(device)
     out_dir = Path(out_dir)
     (runs.make_run_dir(out_dir) / "samples").mkdir(exist_ok=True)
-    log = make_logger(out_dir / "train.log")
+    log = logging.getLogger(__name__)
+    runs.setup_logging(log, out_dir / "train.log", echo=False)  # the progress bar owns the terminal
     state_path = out_dir / STATE_FILE
 
     G = build_generator(cfg).to(device)
@@ -461,11 +443,11 @@ def train(
     opt = build_optimizer(G, cfg)
     step, elapsed = 0, 0.0
     if state_path.exists():
-        state = load_state(state_path)
-        check_resumable(TrainConfig.from_dict(state["train_config"]), cfg, state_path)
-        G.load_state_dict(state["G"])
+        state = runs.load_state(state_path, STATE_VERSION)
+        runs.check_resume(TrainConfig.from_dict(state["config"]).to_dict(), cfg.to_dict(), RESUME_FREE, state_path)
+        G.load_state_dict(state["model"])
         G_ema.load_state_dict(state["G_ema"])
-        opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         log.info(f"resumed from {state_path} at step {step} ({elapsed:.0f} s trained so far)")
     else:
@@ -495,7 +477,12 @@ def train(
         z = z.to(device, non_blocking=True)
         img = G(z, noise_mode="const")
         loss = regression_loss(
-            img, target.to(device, non_blocking=True), cfg.loss, cfg.multiscale_weight, cfg.gradient_weight, weight.to(device, non_blocking=True)
+            img,
+            target.to(device, non_blocking=True),
+            cfg.loss,
+            cfg.multiscale_weight,
+            cfg.gradient_weight,
+            weight.to(device, non_blocking=True),
         )
         if teacher is not None:
             loss = loss + cfg.teacher_weight * teacher_loss(teacher, text, img, face_labels(z))
@@ -511,10 +498,14 @@ def train(
             err = evaluate(G_ema, z_eval, t_eval)
             save_samples(out_dir / "samples" / f"step{step:06d}.png", G_ema, z_eval[:8], t_eval[:8])
             read = "" if teacher is None else f" teacher_acc {teacher_accuracy(teacher, text, G_ema, z_eval):.3f}"
-            log.info(f"step {step} loss {running:.4f} eval_l1 {err:.4f}{read} lr_factor {lr_factor(step, cfg):.3f} elapsed {time.time() - t0:.0f} s")
+            log.info(
+                f"step {step} loss {running:.4f} eval_l1 {err:.4f}{read} lr_factor {lr_factor(step, cfg):.3f} elapsed "
+                f"{time.time() - t0:.0f} s"
+            )
         out_of_time = time_limit_s is not None and time.time() - t_call > time_limit_s
         if step % cfg.ckpt_every == 0 or step == last or out_of_time:
-            save_state(state_path, cfg, step, time.time() - t0, G, G_ema, opt)
+            extra = {"G_ema": G_ema.state_dict()}
+            runs.save_state(state_path, STATE_VERSION, cfg.to_dict(), step, time.time() - t0, G, opt, extra)
         if out_of_time:
             log.info(f"time limit of {time_limit_s:.0f} s reached at step {step}: rerun the command to continue")
             break
@@ -524,14 +515,13 @@ def train(
 
 def is_finished(state_path: Path) -> bool:
     """Whether the run whose state is at `state_path` has done all its steps."""
-    state = load_state(state_path)
-    return int(state["step"]) >= int(state["train_config"]["steps"])
+    state = runs.load_state(state_path, STATE_VERSION)
+    return int(state["step"]) >= int(state["config"]["steps"])
 
 
 def _train_time_of(source: str) -> float | None:
     """The recorded training time of the generator a fine-tuning stage started from, its own earlier
     stages included (None when it records none)."""
-    from nada.generator.checkpoints import read_metadata
 
     try:
         meta = read_metadata(source)
@@ -544,17 +534,15 @@ def _train_time_of(source: str) -> float | None:
 
 def export_generator(state_path: Path, export_path: str | Path, overwrite: bool = False) -> Path:
     """Load the EMA generator from a finished state, set its mean latent and save it as a nada checkpoint."""
-    from nada.generator.checkpoints import save_checkpoint
 
-    state = load_state(state_path)
-    cfg = TrainConfig.from_dict(state["train_config"])
+    state = runs.load_state(state_path, STATE_VERSION)
+    cfg = TrainConfig.from_dict(state["config"])
     G = build_generator(cfg)
     G.load_state_dict(state["G_ema"])
     G.eval().requires_grad_(False)
     G.compute_mean_latent(MEAN_LATENT_SAMPLES, seed=MEAN_LATENT_SEED)
     z_eval = torch.randn(cfg.eval_size, cfg.style_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
     err = evaluate(G, z_eval, render_targets(z_eval, seed=EVAL_SEED))
-    from nada.toy.render import LATENT_DIM
 
     metadata = {
         "base": "toy",
@@ -564,13 +552,23 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
             + (f" + {cfg.loss} of image differences" if cfg.gradient_weight else "")
             + (f", eye/brow/mouth/glasses pixels weighted {1 + cfg.detail_weight:g}x" if cfg.detail_weight else "")
             + (f", face outline +{cfg.outline_weight:g}" if cfg.outline_weight else "")
-            + (f", {cfg.teacher_weight:g} x zero-shot attribute cross-entropy of CLIP {cfg.teacher!r}" if cfg.teacher else "")
-            + (f", {cfg.border_share:g} of the latents within {cfg.border_width:g} of a border between attribute values" if cfg.border_share else "")
+            + (
+                f", {cfg.teacher_weight:g} x zero-shot attribute cross-entropy of CLIP {cfg.teacher!r}"
+                if cfg.teacher
+                else ""
+            )
+            + (
+                f", {cfg.border_share:g} of the latents within {cfg.border_width:g} of a border between attribute "
+                "values"
+                if cfg.border_share
+                else ""
+            )
             + (f", fine-tuned from {cfg.init_from}" if cfg.init_from else "")
             + ", Adam, EMA weights exported; no adversarial loss, evaluator never used"
         ),
         "face_latent": (
-            f"u = (z / rms(z))[:, :{LATENT_DIM}] (pixel-normalised z, first LATENT_DIM coordinates), quantile bins reordered so that"
+            f"u = (z / rms(z))[:, :{LATENT_DIM}] (pixel-normalised z, first LATENT_DIM coordinates), quantile bins "
+            "reordered so that"
             + "; ".join(f" {name} runs {', '.join(order)} along z" for name, order in LATENT_ORDER.items())
         ),
         "latent_dim": LATENT_DIM,
@@ -591,45 +589,125 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
 
 
 def parse_channels(text: str) -> tuple[tuple[int, int], ...]:
-    """Parse a channel table "4:128,8:128,...,64:32" into ((4, 128), ..., (64, 32)): every resolution 4-64, positive counts."""
+    """Parse a channel table "4:128,8:128,...,64:32" into ((4, 128), ..., (64, 32)): every resolution 4-64, positive
+    counts."""
     try:
         table = tuple((int(r), int(c)) for r, c in (item.split(":") for item in text.split(",")))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad channel table {text!r}: write RES:COUNT pairs, e.g. 4:128,8:128,16:96,32:64,64:32") from None
+        raise argparse.ArgumentTypeError(
+            f"bad channel table {text!r}: write RES:COUNT pairs, e.g. 4:128,8:128,16:96,32:64,64:32"
+        ) from None
     if [r for r, _ in table] != [4, 8, 16, 32, 64] or any(c < 1 for _, c in table):
-        raise argparse.ArgumentTypeError(f"bad channel table {text!r}: give a positive count for each of 4, 8, 16, 32 and 64")
+        raise argparse.ArgumentTypeError(
+            f"bad channel table {text!r}: give a positive count for each of 4, 8, 16, 32 and 64"
+        )
     return table
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m nada.toy.generator_train", description="Train the toy StyleGAN2 generator on photo-style faces (resumable).")
+    p = argparse.ArgumentParser(
+        prog="python -m nada.toy.generator_train",
+        description="Train the toy StyleGAN2 generator on photo-style faces (resumable).",
+    )
     p.add_argument("--out", required=True, help="run folder: state.pt, train.log, samples/ (rerun to resume)")
     p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the latents (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the initialisation and the latents (default: %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="latents per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss, help="pixel error of the regression (default: %(default)s)")
-    p.add_argument("--gradient-weight", type=float, default=d.gradient_weight, help="weight of the error on image differences (edges) (default: %(default)s)")
-    p.add_argument("--detail-weight", type=float, default=d.detail_weight, help="extra loss weight of eye, brow, mouth and glasses pixels (default: %(default)s)")
-    p.add_argument("--outline-weight", type=float, default=d.outline_weight, help="extra loss weight of the face outline pixels (default: %(default)s)")
-    p.add_argument("--channels", type=parse_channels, default=d.channels, metavar="RES:C,...",
-                   help="feature maps per resolution, e.g. 4:128,8:128,16:128,32:96,64:64 (default: %s)" % ",".join(f"{r}:{c}" for r, c in d.channels))
-    p.add_argument("--init-from", default=d.init_from, metavar="GENERATOR", help="start from this generator (path or name, e.g. toy) instead of random weights")
-    p.add_argument("--teacher", default=d.teacher, metavar="CLIP", help="CLIP (e.g. toy-robust) whose zero-shot attribute reading of G(z) joins the loss")
-    p.add_argument("--teacher-weight", type=float, default=d.teacher_weight, help="weight of the teacher's cross-entropy (default: %(default)s)")
-    p.add_argument("--border-share", type=float, default=d.border_share,
-                   help="share of latents moved next to a border between two values of one attribute (default: %(default)s)")
-    p.add_argument("--border-width", type=float, default=d.border_width,
-                   help="how close, in probability along z, those latents lie to the border (default: %(default)s)")
-    p.add_argument("--decay-start", type=float, default=d.decay_start, help="fraction of --steps after which the learning rate decays (default: %(default)s)")
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between state checkpoints (default: %(default)s)")
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids and logged errors (default: %(default)s)")
+    p.add_argument(
+        "--loss", choices=LOSSES, default=d.loss, help="pixel error of the regression (default: %(default)s)"
+    )
+    p.add_argument(
+        "--gradient-weight",
+        type=float,
+        default=d.gradient_weight,
+        help="weight of the error on image differences (edges) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--detail-weight",
+        type=float,
+        default=d.detail_weight,
+        help="extra loss weight of eye, brow, mouth and glasses pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--outline-weight",
+        type=float,
+        default=d.outline_weight,
+        help="extra loss weight of the face outline pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--channels",
+        type=parse_channels,
+        default=d.channels,
+        metavar="RES:C,...",
+        help="feature maps per resolution, e.g. 4:128,8:128,16:128,32:96,64:64 (default: "
+        f"{','.join(f'{r}:{c}' for r, c in d.channels)})",
+    )
+    p.add_argument(
+        "--init-from",
+        default=d.init_from,
+        metavar="GENERATOR",
+        help="start from this generator (path or name, e.g. toy) instead of random weights",
+    )
+    p.add_argument(
+        "--teacher",
+        default=d.teacher,
+        metavar="CLIP",
+        help="CLIP (e.g. toy-robust) whose zero-shot attribute reading of G(z) joins the loss",
+    )
+    p.add_argument(
+        "--teacher-weight",
+        type=float,
+        default=d.teacher_weight,
+        help="weight of the teacher's cross-entropy (default: %(default)s)",
+    )
+    p.add_argument(
+        "--border-share",
+        type=float,
+        default=d.border_share,
+        help="share of latents moved next to a border between two values of one attribute (default: %(default)s)",
+    )
+    p.add_argument(
+        "--border-width",
+        type=float,
+        default=d.border_width,
+        help="how close, in probability along z, those latents lie to the border (default: %(default)s)",
+    )
+    p.add_argument(
+        "--decay-start",
+        type=float,
+        default=d.decay_start,
+        help="fraction of --steps after which the learning rate decays (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ckpt-every", type=int, default=d.ckpt_every, help="steps between state checkpoints (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sample-every",
+        type=int,
+        default=d.sample_every,
+        help="steps between sample grids and logged errors (default: %(default)s)",
+    )
     p.add_argument("--export", default=None, help="nada checkpoint written at the end (default: OUT/generator.pt)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --export file")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s, leaving the other cores free)")
-    p.add_argument("--workers", type=int, default=0, help="processes rendering the training batches (default: %(default)s, render in the training process)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this many minutes of this call (default: run to the end)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default: %(default)s, leaving the other cores free)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes rendering the training batches (default: %(default)s, render in the training process)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (resumably) after this many minutes of this call (default: run to the end)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p.parse_args(argv)
@@ -637,28 +715,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: train or resume, then export; user errors print one line and return 2."""
-    from nada.io import resolve_device
 
     args = parse_args(argv)
     try:
         if args.steps < 1 or args.batch_size < 1 or args.workers < 0:
-            raise NadaError(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be positive, --workers ({args.workers}) at least 0")
+            raise NadaError(
+                f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be positive, --workers "
+                f"({args.workers}) at least 0"
+            )
         if args.teacher_weight < 0:
             raise NadaError(f"--teacher-weight must be 0 or more (got {args.teacher_weight})")
         if not (0 <= args.border_share <= 1 and 0 < args.border_width <= 0.15):
-            raise NadaError(f"--border-share must lie in [0, 1] and --border-width in (0, 0.15] (got {args.border_share}, {args.border_width})")
+            raise NadaError(
+                f"--border-share must lie in [0, 1] and --border-width in (0, 0.15] (got {args.border_share}, "
+                f"{args.border_width})"
+            )
         export = Path(args.export) if args.export else Path(args.out) / "generator.pt"
         if export.exists() and not args.force:
             raise NadaError(f"{export} exists: pass --force to replace it or choose another --export path")
         torch.set_num_threads(args.threads)
         cfg = TrainConfig(
-            steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, loss=args.loss, gradient_weight=args.gradient_weight, detail_weight=args.detail_weight, outline_weight=args.outline_weight,
-            channels=args.channels, init_from=args.init_from, teacher=args.teacher, teacher_weight=args.teacher_weight, border_share=args.border_share, border_width=args.border_width, decay_start=args.decay_start, ckpt_every=args.ckpt_every, sample_every=args.sample_every,
+            steps=args.steps,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            loss=args.loss,
+            gradient_weight=args.gradient_weight,
+            detail_weight=args.detail_weight,
+            outline_weight=args.outline_weight,
+            channels=args.channels,
+            init_from=args.init_from,
+            teacher=args.teacher,
+            teacher_weight=args.teacher_weight,
+            border_share=args.border_share,
+            border_width=args.border_width,
+            decay_start=args.decay_start,
+            ckpt_every=args.ckpt_every,
+            sample_every=args.sample_every,
         )
         limit = None if args.max_minutes is None else 60.0 * args.max_minutes
-        state_path = train(cfg, args.out, device=resolve_device(args.device), progress=not args.no_progress, time_limit_s=limit, workers=args.workers)
+        state_path = train(
+            cfg,
+            args.out,
+            device=resolve_device(args.device),
+            progress=not args.no_progress,
+            time_limit_s=limit,
+            workers=args.workers,
+        )
         if not is_finished(state_path):
-            print(f"stopped after --max-minutes {args.max_minutes:g}: rerun the same command to continue from {state_path}")
+            print(
+                f"stopped after --max-minutes {args.max_minutes:g}: rerun the same command to continue from "
+                f"{state_path}"
+            )
             return 0
         path = export_generator(state_path, export, overwrite=args.force)
         print(f"wrote {path}")

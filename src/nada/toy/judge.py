@@ -19,12 +19,15 @@ Images are [N, 3, H, W] in [-1, 1].
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from nada.toy import filters as toy_filters
+from nada.toy import render as R
+from nada.toy.generator_train import face_params
 
 if TYPE_CHECKING:
     from nada.toy.evaluator import Evaluator
@@ -35,8 +38,13 @@ _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 
 
 
 @torch.no_grad()
-def verdicts(evaluator: "Evaluator", images: torch.Tensor, names: Sequence[str] | None = None,
-             target: str | None = None, batch_size: int = 128) -> dict[str, Any]:
+def verdicts(
+    evaluator: "Evaluator",
+    images: torch.Tensor,
+    names: Sequence[str] | None = None,
+    target: str | None = None,
+    batch_size: int = 128,
+) -> dict[str, Any]:
     """Per image {style, reject_score, attributes} and the share per style (and of ``target``, when given)."""
     styles = evaluator.classes["style"]
     chunks = range(0, len(images), batch_size)
@@ -46,9 +54,15 @@ def verdicts(evaluator: "Evaluator", images: torch.Tensor, names: Sequence[str] 
     preds = predict_all(evaluator, images, batch_size)
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
     attrs = [k for k in evaluator.classes if k != "style"]
-    per_image = [{"image": name, "style": styles[int(preds["style"][i])], "reject_score": round(float(probs[i, -1]), 4),
-                  "attributes": {k: evaluator.classes[k][int(preds[k][i])] for k in attrs}}
-                 for i, name in enumerate(names)]
+    per_image = [
+        {
+            "image": name,
+            "style": styles[int(preds["style"][i])],
+            "reject_score": round(float(probs[i, -1]), 4),
+            "attributes": {k: evaluator.classes[k][int(preds[k][i])] for k in attrs},
+        }
+        for i, name in enumerate(names)
+    ]
     rates = {s: float((preds["style"] == j).float().mean()) for j, s in enumerate(styles)}
     out: dict[str, Any] = {"n": len(images), "rates": rates, "images": per_image}
     if target is not None:
@@ -66,13 +80,16 @@ def style_rates(evaluator: "Evaluator", images: torch.Tensor) -> dict[str, float
     return {s: float((pred == j).float().mean()) for j, s in enumerate(evaluator.classes["style"])}
 
 
-def filter_table(evaluator: "Evaluator", faces: torch.Tensor,
-                 suite: dict[str, toy_filters.Chain] | None = None) -> dict[str, dict[str, Any]]:
+def filter_table(
+    evaluator: "Evaluator", faces: torch.Tensor, suite: dict[str, toy_filters.Chain] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per filter name: {"held_out": bool, "rates": share per style} for the filter applied to ``faces``."""
     suite = toy_filters.SUITE if suite is None else suite
     held = {toy_filters.chain_name(c) for c in toy_filters.HELD_OUT}
-    return {name: {"held_out": name in held, "rates": style_rates(evaluator, toy_filters.apply_chain(faces, chain))}
-            for name, chain in suite.items()}
+    return {
+        name: {"held_out": name in held, "rates": style_rates(evaluator, toy_filters.apply_chain(faces, chain))}
+        for name, chain in suite.items()
+    }
 
 
 def worst_filter(table: dict[str, dict[str, Any]], style: str) -> tuple[str, float]:
@@ -104,12 +121,16 @@ def dark_iou(img: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def fidelity(img: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     """Mean stroke distance, dark-stroke IoU and pixel L1 ([-1, 1] units) of images to their true renders."""
-    return {"stroke": float(stroke_distance(img, truth).mean()), "dark_iou": float(dark_iou(img, truth).mean()),
-            "l1": float((img - truth).abs().mean())}
+    return {
+        "stroke": float(stroke_distance(img, truth).mean()),
+        "dark_iou": float(dark_iou(img, truth).mean()),
+        "l1": float((img - truth).abs().mean()),
+    }
 
 
-def best_filter(faces: torch.Tensor, truth: torch.Tensor,
-                suite: dict[str, toy_filters.Chain] | None = None) -> tuple[str, dict[str, float]]:
+def best_filter(
+    faces: torch.Tensor, truth: torch.Tensor, suite: dict[str, toy_filters.Chain] | None = None
+) -> tuple[str, dict[str, float]]:
     """The suite's filter whose output from ``faces`` is closest to ``truth`` by stroke distance, and its fidelity."""
     suite = toy_filters.SUITE if suite is None else suite
     scores = {name: fidelity(toy_filters.apply_chain(faces, chain), truth) for name, chain in suite.items()}
@@ -118,8 +139,9 @@ def best_filter(faces: torch.Tensor, truth: torch.Tensor,
     return name, scores[name]
 
 
-def paired_fidelity(img_frozen: torch.Tensor, img_train: torch.Tensor, z: torch.Tensor, style: str,
-                    evaluator: "Evaluator | None" = None) -> dict[str, Any]:
+def paired_fidelity(
+    img_frozen: torch.Tensor, img_train: torch.Tensor, z: torch.Tensor, style: str, evaluator: "Evaluator | None" = None
+) -> dict[str, Any]:
     """Fidelity to the true ``style`` renders of the faces of toy latents z: adapted, unadapted and best filter
     (with ``evaluator``: also the share of the best filter's images it puts in ``style``)."""
     truth = true_renders(z, style)
@@ -128,14 +150,16 @@ def paired_fidelity(img_frozen: torch.Tensor, img_train: torch.Tensor, z: torch.
     if evaluator is not None:
         chain = toy_filters.SUITE.get(name, ())
         record["target_rate"] = style_rates(evaluator, toy_filters.apply_chain(img_frozen, chain))[style]
-    return {"distance": "stroke: mean |difference| of Sobel magnitudes of the luma at sigma 2 px (lower is closer); "
-                        "dark_iou: shared dark pixels; l1: pixels in [-1, 1]",
-            "adapted": fidelity(img_train, truth), "unadapted": fidelity(img_frozen, truth), "best_filter": record}
+    return {
+        "distance": "stroke: mean |difference| of Sobel magnitudes of the luma at sigma 2 px (lower is closer); "
+        "dark_iou: shared dark pixels; l1: pixels in [-1, 1]",
+        "adapted": fidelity(img_train, truth),
+        "unadapted": fidelity(img_frozen, truth),
+        "best_filter": record,
+    }
 
 
 def true_renders(z: torch.Tensor, style: str, seed: int = 3) -> torch.Tensor:
     """Renders [N,3,64,64] in [-1,1] of the faces that toy latents z [N, style_dim] stand for, in ``style``."""
-    from nada.toy import render as R
-    from nada.toy.generator_train import face_params
 
     return R.render_tensor(face_params(z), style, seed=seed)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nada.errors import NadaError
+from nada.toy.evaluator import class_names, load_evaluator
 
 if TYPE_CHECKING:
     from nada.generator.networks import Generator
@@ -57,12 +58,13 @@ def parse_target(spec: str | QualityTarget) -> QualityTarget:
     else:
         key, sep, value = str(spec).partition("=")
         target = QualityTarget(key.strip(), value.strip()) if sep else QualityTarget(STYLE_KEY, key.strip())
-    from nada.toy.evaluator import class_names
 
     names = class_names()
     if target.key not in names:
-        raise NadaError(f"unknown toy attribute {target.key!r} in target {spec!r}: use a style ({', '.join(names[STYLE_KEY])}) "
-                        f"or ATTRIBUTE=VALUE with one of {', '.join(k for k in names if k != STYLE_KEY)}")
+        raise NadaError(
+            f"unknown toy attribute {target.key!r} in target {spec!r}: use a style ({', '.join(names[STYLE_KEY])}) "
+            f"or ATTRIBUTE=VALUE with one of {', '.join(k for k in names if k != STYLE_KEY)}"
+        )
     if target.value not in names[target.key] or (target.is_style and target.value == REJECT):
         known = [v for v in names[target.key] if v != REJECT]
         raise NadaError(f"unknown value {target.value!r} for {target.key}: use one of {', '.join(known)}")
@@ -100,7 +102,9 @@ def reject_rate(preds: dict[str, torch.Tensor], classes: dict[str, tuple[str, ..
     return float((preds[STYLE_KEY] == classes[STYLE_KEY].index(REJECT)).float().mean())
 
 
-def content_kept(preds_frozen: dict[str, torch.Tensor], preds_train: dict[str, torch.Tensor], keys: list[str]) -> dict[str, float]:
+def content_kept(
+    preds_frozen: dict[str, torch.Tensor], preds_train: dict[str, torch.Tensor], keys: list[str]
+) -> dict[str, float]:
     """Per key the fraction of images whose class did not change, plus "overall" (all keys at once) and "mean"."""
     assert keys, "content_kept needs at least one key to compare"
     same = {k: preds_frozen[k] == preds_train[k] for k in keys}
@@ -144,10 +148,17 @@ class QualityReport:
         return asdict(self)
 
 
-def quality_from_images(evaluator: "Evaluator", img_frozen: torch.Tensor, img_train: torch.Tensor, target: str | QualityTarget,
-                        batch_size: int = 128) -> QualityReport:
+def quality_from_images(
+    evaluator: "Evaluator",
+    img_frozen: torch.Tensor,
+    img_train: torch.Tensor,
+    target: str | QualityTarget,
+    batch_size: int = 128,
+) -> QualityReport:
     """Quality report from paired images [N, 3, H, W] in [-1, 1]: row i of both comes from the same latent."""
-    assert img_frozen.shape == img_train.shape and img_frozen.shape[0] >= 2, "need paired image batches of the same shape, N >= 2"
+    assert img_frozen.shape == img_train.shape and img_frozen.shape[0] >= 2, (
+        "need paired image batches of the same shape, N >= 2"
+    )
     target = parse_target(target)
     classes = evaluator.classes
     p_f, p_t = predict_all(evaluator, img_frozen, batch_size), predict_all(evaluator, img_train, batch_size)
@@ -160,7 +171,9 @@ def quality_from_images(evaluator: "Evaluator", img_frozen: torch.Tensor, img_tr
         content_kept=kept.pop("overall"),
         content_kept_mean=kept.pop("mean"),
         content_per_key=kept,
-        diversity_ratio=diversity_ratio(embed_all(evaluator, img_frozen, batch_size), embed_all(evaluator, img_train, batch_size)),
+        diversity_ratio=diversity_ratio(
+            embed_all(evaluator, img_frozen, batch_size), embed_all(evaluator, img_train, batch_size)
+        ),
         reject_rate=reject_rate(p_t, classes),
     )
 
@@ -171,21 +184,32 @@ def latents(G: "Generator", n: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render_pairs(G_frozen: "Generator", G_train: "Generator", n: int, seed: int = 0, truncation: float = 1.0,
-                 batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def render_pairs(
+    G_frozen: "Generator", G_train: "Generator", n: int, seed: int = 0, truncation: float = 1.0, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [n, 3, H, W] in [-1, 1] (CPU) of both generators for the same n latents (seeded), stored noise."""
     z = latents(G_frozen, n, seed)
     device = next(G_frozen.parameters()).device
 
     def render(G: "Generator") -> torch.Tensor:
-        return torch.cat([G(c.to(device), truncation_psi=truncation, noise_mode="const").cpu() for c in z.split(batch_size)])
+        return torch.cat(
+            [G(c.to(device), truncation_psi=truncation, noise_mode="const").cpu() for c in z.split(batch_size)]
+        )
 
     return render(G_frozen), render(G_train)
 
 
-def measure_quality(G_frozen: "Generator", G_train: "Generator", evaluator: "Evaluator", target: str | QualityTarget,
-                    n: int = 256, seed: int = 0, truncation: float = 1.0, batch_size: int = 64,
-                    fidelity: bool = False) -> QualityReport:
+def measure_quality(
+    G_frozen: "Generator",
+    G_train: "Generator",
+    evaluator: "Evaluator",
+    target: str | QualityTarget,
+    n: int = 256,
+    seed: int = 0,
+    truncation: float = 1.0,
+    batch_size: int = 64,
+    fidelity: bool = False,
+) -> QualityReport:
     """Render n seeded latents through both generators (same z, same noise) and judge them with the evaluator.
 
     ``fidelity`` (toy-world generators, style targets, truncation 1): also compare each image with the true
@@ -210,7 +234,13 @@ _VALUE_WORDS: dict[str, dict[str, str]] = {
     "hair_color": {"black": "black", "brown": "brown", "blond": "blond", "blonde": "blond", "red": "red"},
     "hair_style": {"short": "short", "long": "long", "curly": "curly"},
     "eyes": {"closed": "closed", "open": "open"},
-    "mouth": {"smiling": "smiling", "smile": "smiling", "neutral": "neutral", "frowning": "frowning", "frown": "frowning"},
+    "mouth": {
+        "smiling": "smiling",
+        "smile": "smiling",
+        "neutral": "neutral",
+        "frowning": "frowning",
+        "frown": "frowning",
+    },
     "glasses": {"glasses": "yes", "without glasses": "no", "no glasses": "no"},
 }
 
@@ -225,7 +255,6 @@ def infer_target(source: str, target: str) -> QualityTarget | None:
     and the source does not ("photo" -> "a sketch"), else the one attribute value only the target names
     ("face" -> "smiling face"); None when the texts name neither or several."""
     src, tgt = source.lower(), target.lower()
-    from nada.toy.evaluator import class_names
 
     named = [s for s in class_names()[STYLE_KEY] if s != REJECT]
     styles = [s for s in sorted(named, key=len, reverse=True) if _has(tgt, s) and not _has(src, s)]
@@ -240,12 +269,14 @@ def infer_target(source: str, target: str) -> QualityTarget | None:
     return QualityTarget(*found.pop()) if len(found) == 1 else None
 
 
-def run_metrics(G_frozen: "Generator", G_train: "Generator", source: str, target: str, n: int = 128, seed: int = 0) -> QualityReport | None:
-    """Evaluator metrics of a toy-world run on n seeded latents, or None when the texts name no toy style or attribute."""
+def run_metrics(
+    G_frozen: "Generator", G_train: "Generator", source: str, target: str, n: int = 128, seed: int = 0
+) -> QualityReport | None:
+    """Evaluator metrics of a toy-world run on n seeded latents, or None when the texts name no toy style or
+    attribute."""
     what = infer_target(source, target)
     if what is None:
         return None
-    from nada.toy.evaluator import load_evaluator
 
     device = next(G_train.parameters()).device
     return measure_quality(G_frozen, G_train, load_evaluator(device=device), what, n=n, seed=seed, fidelity=True)

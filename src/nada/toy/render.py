@@ -16,10 +16,12 @@ explicit seeds. Images are uint8 [N, 64, 64, 3] (``render``) or float [N, 3, 64,
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from nada.errors import NadaError
 
@@ -112,10 +114,14 @@ class FaceParams:
         n = len(self.face_shape)
         for f in fields(self):
             v = getattr(self, f.name)
-            assert isinstance(v, np.ndarray) and v.shape == (n,), f"FaceParams.{f.name} must be an array of shape ({n},)"
+            assert isinstance(v, np.ndarray) and v.shape == (n,), (
+                f"FaceParams.{f.name} must be an array of shape ({n},)"
+            )
         for name, values in ATTRIBUTES.items():
             idx = getattr(self, name)
-            assert idx.dtype == np.int64 and (n == 0 or (idx.min() >= 0 and idx.max() < len(values))), f"bad {name} indices"
+            assert idx.dtype == np.int64 and (n == 0 or (idx.min() >= 0 and idx.max() < len(values))), (
+                f"bad {name} indices"
+            )
 
     def __len__(self) -> int:
         return len(self.face_shape)
@@ -143,13 +149,13 @@ class FaceParams:
 
 def _normal_cdf(u: np.ndarray) -> np.ndarray:
     """Standard normal CDF in float64 (through torch, which numpy lacks)."""
-    import torch
 
     return torch.special.ndtr(torch.from_numpy(np.asarray(u, dtype=np.float64))).numpy()
 
 
 def params_from_latent(u: np.ndarray) -> FaceParams:
-    """Deterministic map from standard-normal u [N, LATENT_DIM] to faces: discrete attributes by quantiles, continuous ones by the CDF."""
+    """Deterministic map from standard-normal u [N, LATENT_DIM] to faces: discrete attributes by quantiles, continuous
+    ones by the CDF."""
     u = np.asarray(u, dtype=np.float64)
     assert u.ndim == 2 and u.shape[1] == LATENT_DIM, f"expected latents [N, {LATENT_DIM}], got {u.shape}"
     p = _normal_cdf(u)
@@ -193,7 +199,9 @@ def _aa(dist: np.ndarray, px: np.ndarray) -> np.ndarray:
     return np.clip(0.5 - dist * px, 0.0, 1.0)
 
 
-def _ellipse_dist(x: np.ndarray, y: np.ndarray, a: np.ndarray | float, b: np.ndarray | float, squarish: bool = False) -> np.ndarray:
+def _ellipse_dist(
+    x: np.ndarray, y: np.ndarray, a: np.ndarray | float, b: np.ndarray | float, squarish: bool = False
+) -> np.ndarray:
     """Approximate signed distance to the ellipse (x/a)^2 + (y/b)^2 = 1, or the superellipse with power 6 when
     ``squarish`` (first order: exact on the boundary, which is all antialiasing needs)."""
     qx, qy = np.abs(x) / a + 1e-6, np.abs(y) / b + 1e-6
@@ -209,7 +217,14 @@ def _ellipse_dist(x: np.ndarray, y: np.ndarray, a: np.ndarray | float, b: np.nda
     return (r - 1.0) / grad
 
 
-def _curve_dist(x: np.ndarray, y: np.ndarray, y0: np.ndarray | float, bend: np.ndarray | float, half_w: np.ndarray | float, thick: float) -> np.ndarray:
+def _curve_dist(
+    x: np.ndarray,
+    y: np.ndarray,
+    y0: np.ndarray | float,
+    bend: np.ndarray | float,
+    half_w: np.ndarray | float,
+    thick: float,
+) -> np.ndarray:
     """Signed distance to a thick parabolic stroke y = y0 + bend * (x / half_w)^2 for |x| <= half_w."""
     t = x / half_w
     along = np.abs(y - (y0 + bend * t * t)) / np.sqrt(1.0 + (2.0 * bend * t / half_w) ** 2) - thick
@@ -321,7 +336,22 @@ class _Layers:
 
 
 # Painting order, back to front. "lens" is glass: composited with partial opacity.
-_ORDER = ("shirt", "neck", "hair_back", "ears", "face", "hair_front", "brows", "eye_white", "iris", "lids", "mouth", "teeth", "lens", "glasses")
+_ORDER = (
+    "shirt",
+    "neck",
+    "hair_back",
+    "ears",
+    "face",
+    "hair_front",
+    "brows",
+    "eye_white",
+    "iris",
+    "lids",
+    "mouth",
+    "teeth",
+    "lens",
+    "glasses",
+)
 
 
 def _face_layers(p: FaceParams, warp: tuple[np.ndarray, np.ndarray] | None = None) -> _Layers:
@@ -367,7 +397,11 @@ def _face_layers(p: FaceParams, warp: tuple[np.ndarray, np.ndarray] | None = Non
     curly_back = np.maximum(curly_back, y - 0.25 - 0.04 * np.cos(x * 30))
     back = np.where(style == 0, short_back, np.where(style == 1, long_back, curly_back))
     m["hair_back"] = _aa(back, px)
-    fringe_line = -fb * 0.42 + np.where(style == 2, 0.04 * np.cos(x * 34.0), 0.05 * np.abs(np.sin(x * 9.0 + 0.6))) + np.float32(0.03) * (style == 1)
+    fringe_line = (
+        -fb * 0.42
+        + np.where(style == 2, 0.04 * np.cos(x * 34.0), 0.05 * np.abs(np.sin(x * 9.0 + 0.6)))
+        + np.float32(0.03) * (style == 1)
+    )
     front = np.maximum(face_d - 0.01, y - fringe_line)
     m["hair_front"] = _aa(front, px)
 
@@ -387,7 +421,9 @@ def _face_layers(p: FaceParams, warp: tuple[np.ndarray, np.ndarray] | None = Non
     mood = _col(p.mouth)
     bend = _col(np.array([-0.09, 0.0, 0.11], np.float32)[p.mouth])
     stroke = _curve_dist(x, my, 0.0, bend, mw, 0.028)
-    crescent = np.maximum(np.maximum(-(my - (-0.015 + bend * (x / mw) ** 2)), my - (0.09 - 0.1 * (x / mw) ** 2)), np.abs(x) - mw)
+    crescent = np.maximum(
+        np.maximum(-(my - (-0.015 + bend * (x / mw) ** 2)), my - (0.09 - 0.1 * (x / mw) ** 2)), np.abs(x) - mw
+    )
     m["mouth"] = _aa(np.where(mood == 0, np.minimum(stroke, crescent), stroke), px)
     teeth = np.maximum(crescent + 0.015, my - 0.02)
     m["teeth"] = np.where(mood == 0, _aa(teeth, px), 0.0)
@@ -397,7 +433,9 @@ def _face_layers(p: FaceParams, warp: tuple[np.ndarray, np.ndarray] | None = Non
     ring_r = _ellipse_dist(ex, ey, 0.115, 0.095)
     rings = np.abs(ring_r) - 0.017
     bridge = np.maximum(np.abs(ey + 0.01) - 0.014, np.abs(x) - (0.155 * _col(p.eye_spacing) - 0.1))
-    temples = np.maximum(np.abs(ey + 0.02) - 0.014, np.maximum(ex - (fa - 0.155 * _col(p.eye_spacing)) - 0.02, -(ex - 0.1)))
+    temples = np.maximum(
+        np.abs(ey + 0.02) - 0.014, np.maximum(ex - (fa - 0.155 * _col(p.eye_spacing)) - 0.02, -(ex - 0.1))
+    )
     m["glasses"] = np.where(has, _aa(np.minimum(np.minimum(rings, bridge), temples), px), 0.0)
     m["lens"] = np.where(has, _aa(ring_r, px), 0.0)
 
@@ -433,7 +471,9 @@ def _part_colors(p: FaceParams) -> dict[str, np.ndarray]:
     }
 
 
-def _compose(layers: _Layers, base: np.ndarray, color_of: Callable[[str], np.ndarray] | None = None, lens_alpha: float = 0.25) -> np.ndarray:
+def _compose(
+    layers: _Layers, base: np.ndarray, color_of: Callable[[str], np.ndarray] | None = None, lens_alpha: float = 0.25
+) -> np.ndarray:
     """Paint every part over ``base`` [N,H,W,3] back to front; ``color_of(part)`` may override the flat colours."""
     img = base
     for name in _ORDER:
@@ -480,7 +520,9 @@ def _style_photo(p: FaceParams, rng: np.random.Generator) -> np.ndarray:
     bg = bg * (1.0 - 0.3 * shadow[:, None])
     light_x, light_y = _col(rng.uniform(-0.4, -0.1, n)), _col(rng.uniform(-0.5, -0.2, n))
     shade = np.clip(1.12 - 0.55 * ((x - light_x) ** 2 + (y - light_y) ** 2), 0.6, 1.15)
-    strands = shade * (1.0 + 0.14 * np.sin(x * 55.0 + 3.0 * np.sin(y * 9.0)) + 0.08 * np.sin(np.sqrt(x * x + (y + 0.3) ** 2) * 60.0))
+    strands = shade * (
+        1.0 + 0.14 * np.sin(x * 55.0 + 3.0 * np.sin(y * 9.0)) + 0.08 * np.sin(np.sqrt(x * x + (y + 0.3) ** 2) * 60.0)
+    )
     grain = 1.0 + 0.04 * rng.standard_normal((n, s, s)).astype(np.float32)
     skin_light = (shade * grain)[:, None]
     fold = ((1.1 - 0.25 * np.clip(y - 0.7, 0, 1)) * grain)[:, None]
@@ -552,7 +594,10 @@ def _style_watercolor(p: FaceParams, rng: np.random.Generator) -> np.ndarray:
 def _pixel_palette() -> np.ndarray:
     """The pixel-art palette [K,3]: greys, the world's hair and skin colours, and a wheel of hues at two strengths."""
     hues = np.arange(12, dtype=np.float32) / 12
-    wheel = [_hsv_to_rgb(hues, np.full(12, sat, np.float32), np.full(12, val, np.float32)) for sat, val in ((0.3, 0.88), (0.55, 0.68), (0.6, 0.45))]
+    wheel = [
+        _hsv_to_rgb(hues, np.full(12, sat, np.float32), np.full(12, val, np.float32))
+        for sat, val in ((0.3, 0.88), (0.55, 0.68), (0.6, 0.45))
+    ]
     greys = np.array([[0.08, 0.08, 0.1], [0.35, 0.35, 0.38], [0.65, 0.65, 0.66], [0.96, 0.96, 0.94]], np.float32)
     return np.concatenate([greys, _HAIR_RGB, _SKIN_RGB, _SKIN_RGB * 0.85, _MOUTH_RGB[None], *wheel])
 
@@ -587,11 +632,20 @@ def _style_neon(p: FaceParams, rng: np.random.Generator) -> np.ndarray:
     layers = _face_layers(p)
     vis = _visible(layers)
     img = _rgb(layers.colors["background"] * 0.12 + 0.01) * (1.0 + 0.3 * _smooth_noise(rng, n, 3))[:, None]
-    tint = _hsv_to_rgb(rng.uniform(0.45, 0.6, n).astype(np.float32), np.full(n, 0.8, np.float32), np.ones(n, np.float32))
+    tint = _hsv_to_rgb(
+        rng.uniform(0.45, 0.6, n).astype(np.float32), np.full(n, 0.8, np.float32), np.ones(n, np.float32)
+    )
     hair = _union(vis["hair_back"], vis["hair_front"])
     seen = {k: (vis[k] > 0.01) for k in ("face", "neck", "ears", "shirt")}
     strokes = [
-        (_union(_edges(layers.masks["face"]) * seen["face"], _edges(layers.masks["neck"]) * seen["neck"], _edges(layers.masks["ears"]) * seen["ears"]), tint),
+        (
+            _union(
+                _edges(layers.masks["face"]) * seen["face"],
+                _edges(layers.masks["neck"]) * seen["neck"],
+                _edges(layers.masks["ears"]) * seen["ears"],
+            ),
+            tint,
+        ),
         (_edges(layers.masks["shirt"]) * seen["shirt"], tint * 0.7),
         (_union(_edges(hair), hair * (np.sin(layers.fx * 70.0) > 0.6)), _NEON_HAIR[p.hair_color]),
         (_union(_edges(vis["eye_white"]), vis["iris"], vis["lids"], vis["brows"] * 0.8), _paint([0.95, 0.95, 1.0], n)),
@@ -649,7 +703,8 @@ _CHUNK = 32
 
 
 def render(params: FaceParams, style: str, seed: int = 0) -> np.ndarray:
-    """Render faces in one style: uint8 [N, 64, 64, 3]; texture randomness (paper, grain, strokes) comes from ``seed``."""
+    """Render faces in one style: uint8 [N, 64, 64, 3]; texture randomness (paper, grain, strokes) comes from
+    ``seed``."""
     if style not in _STYLE_FUNCS:
         raise NadaError(f"unknown toy style {style!r}: use one of {', '.join(STYLES)}")
     if len(params) == 0:
@@ -685,7 +740,8 @@ DETAIL_PARTS = ("brows", "eye_white", "iris", "lids", "mouth", "teeth", "lens", 
 
 
 def _photo_part_map(params: FaceParams, combine: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
-    """float32 [N, 64, 64]: ``combine`` of the visible part coverages, chunk by chunk, in the photo render's geometry."""
+    """float32 [N, 64, 64]: ``combine`` of the visible part coverages, chunk by chunk, in the photo render's
+    geometry."""
     out = np.empty((len(params), IMAGE_SIZE, IMAGE_SIZE), np.float32)
     for start in range(0, len(params), _CHUNK):
         out[start : start + _CHUNK] = combine(_visible(_face_layers(params.subset(slice(start, start + _CHUNK)))))
@@ -693,25 +749,32 @@ def _photo_part_map(params: FaceParams, combine: Callable[[dict[str, np.ndarray]
 
 
 def detail_mask(params: FaceParams) -> np.ndarray:
-    """Visible coverage float32 [N, 64, 64] in [0, 1] of DETAIL_PARTS, aligned with the photo render (no hand-drawn wobble)."""
+    """Visible coverage float32 [N, 64, 64] in [0, 1] of DETAIL_PARTS, aligned with the photo render (no hand-drawn
+    wobble)."""
     return _photo_part_map(params, lambda visible: np.clip(sum(visible[name] for name in DETAIL_PARTS), 0.0, 1.0))
 
 
 def outline_mask(params: FaceParams) -> np.ndarray:
-    """Outline band float32 [N, 64, 64] in [0, 1] of the visible face and ears (what tells face shapes apart), photo-aligned."""
-    return _photo_part_map(params, lambda visible: np.clip(_edges(np.clip(visible["face"] + visible["ears"], 0.0, 1.0)), 0.0, 1.0))
+    """Outline band float32 [N, 64, 64] in [0, 1] of the visible face and ears (what tells face shapes apart),
+    photo-aligned."""
+    return _photo_part_map(
+        params, lambda visible: np.clip(_edges(np.clip(visible["face"] + visible["ears"], 0.0, 1.0)), 0.0, 1.0)
+    )
 
 
 def to_tensor(images: np.ndarray, device: "torch.device | str" = "cpu") -> "torch.Tensor":
     """uint8 [N, 64, 64, 3] -> float32 [N, 3, 64, 64] in [-1, 1]."""
-    import torch
 
-    assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[3] == 3, f"expected uint8 [N,H,W,3], got {images.dtype} {images.shape}"
+    assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[3] == 3, (
+        f"expected uint8 [N,H,W,3], got {images.dtype} {images.shape}"
+    )
     t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     return t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def render_tensor(params: FaceParams, style: str, seed: int = 0, device: "torch.device | str" = "cpu") -> "torch.Tensor":
+def render_tensor(
+    params: FaceParams, style: str, seed: int = 0, device: "torch.device | str" = "cpu"
+) -> "torch.Tensor":
     """Render faces in one style as float32 [N, 3, 64, 64] in [-1, 1] on ``device``."""
     return to_tensor(render(params, style, seed=seed), device=device)
 
@@ -774,7 +837,9 @@ def caption_from_parts(facts: dict[str, str], rng: np.random.Generator) -> str:
         if extras == ["no glasses"] and rng.random() < 0.5:
             phrase = f"{subject} without glasses"
         else:
-            phrase = f"{subject} with " + (", ".join(extras[:-1]) + " and " + extras[-1] if len(extras) > 1 else extras[0])
+            phrase = f"{subject} with " + (
+                ", ".join(extras[:-1]) + " and " + extras[-1] if len(extras) > 1 else extras[0]
+            )
     bare = rng.random() < 0.15
     article = "" if bare else _article(phrase) + " "
     if style is None:
@@ -788,6 +853,7 @@ def caption_from_parts(facts: dict[str, str], rng: np.random.Generator) -> str:
 
 
 def captions(params: FaceParams, style: str | Sequence[str], seed: int) -> list[str]:
-    """One varied caption per face, e.g. "a sketch of a smiling face with glasses", "sketch", "a face with red long hair"."""
+    """One varied caption per face, e.g. "a sketch of a smiling face with glasses", "sketch", "a face with red long
+    hair"."""
     rng = np.random.default_rng([seed, 11])
     return [caption_from_parts(f, rng) for f in caption_parts(params, style, seed)]

@@ -5,20 +5,32 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
+from nada.io import atomic_torch_save
 
 
-def save_state(path: Path, version: int, config: dict[str, Any], step: int, elapsed_s: float,
-               model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    """Atomically write everything needed to continue: weights, optimiser, torch RNG, step, seconds so far."""
-    from nada.io import atomic_torch_save
+def save_state(
+    path: Path,
+    version: int,
+    config: dict[str, Any],
+    step: int,
+    elapsed_s: float,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Atomically write everything needed to continue: weights, optimiser, torch RNG, step, seconds so far.
 
+    ``extra`` adds entries of tensors and plain data (e.g. a second copy of the weights) under their own keys.
+    """
     state = {
+        **(extra or {}),
         "version": version,
         "config": config,
         "step": step,
@@ -34,8 +46,10 @@ def load_state(path: Path, version: int) -> dict[str, Any]:
     """Read a state file written by ``save_state`` (tensors and plain data only)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise NadaError(f"training state {path} is unreadable ({type(e).__name__}): delete it to start over") from None
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise NadaError(
+            f"training state {path} is unreadable ({one_line(e, 120, typed=True)}): delete it to start over"
+        ) from None
     if not isinstance(state, dict) or state.get("version") != version:
         got = state.get("version") if isinstance(state, dict) else None
         raise NadaError(f"training state {path} has version {got}, expected {version}: delete it to start over")
@@ -65,14 +79,19 @@ def make_run_dir(path: Path) -> Path:
     """Create a run folder (and its parents); a link to a folder that does not exist is a clear error."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise NadaError(f"the run folder {path} is a link to {path.readlink()}, which does not exist: create that folder or choose another --out")
+        raise NadaError(
+            f"the run folder {path} is a link to {path.readlink()}, which does not exist: create that folder or choose "
+            "another --out"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def setup_logging(log: logging.Logger, path: Path) -> None:
-    """Log INFO lines to ``path`` (appending, so a resumed run keeps one log) and to stdout, once each;
-    a file handler of an earlier run in the same process is closed."""
+def setup_logging(log: logging.Logger, path: Path, echo: bool = True) -> None:
+    """Log INFO lines to ``path`` (appending, so a resumed run keeps one log) and, with ``echo``, to stdout.
+
+    Each handler is added once; a file handler of an earlier run in the same process is closed.
+    """
     log.setLevel(logging.INFO)
     log.propagate = False
     for h in list(log.handlers):
@@ -83,5 +102,5 @@ def setup_logging(log: logging.Logger, path: Path) -> None:
         fh = logging.FileHandler(path)
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(fh)
-    if not any(type(h) is logging.StreamHandler for h in log.handlers):
+    if echo and not any(type(h) is logging.StreamHandler for h in log.handlers):
         log.addHandler(logging.StreamHandler(sys.stdout))

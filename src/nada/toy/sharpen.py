@@ -1,12 +1,12 @@
-"""Sharpen the toy generator's attribute borders by distilling its mapping network (the last stage of the toy generator).
+"""Sharpen the toy generator's attribute borders by distilling its mapping network (the last stage of the toy
+generator).
 
 Each discrete attribute of a toy face is a quantile bin of one coordinate of z (`generator_train.face_latent`).
 A smooth generator cannot switch from one value to the next at a point: around every border it draws
 in-between faces (a jaw between oval and square, a half-smile), which no reader, person or evaluator,
-can call. Measured on the generator of stage 3: its mapping network changes w linearly across a
-border, the synthesis switches over about a fifth of the bin's probability, and all six attributes
-are read right for 74 % of its faces. The same generator, given latents moved at least 0.15 (in
-probability) away from every border, is read right for 98 % of them.
+can call: the mapping network of stage 3 changes w linearly across a border, while the same generator
+draws faces that read right when given latents moved away from every border (the numbers are in
+src/nada/toy/README.md, "Generator").
 
 So this stage trains the mapping network alone to do that move: w_new(z) = w_old(snap(z)), where
 `snap_latent` clamps each attribute coordinate to its own bin shrunk by `margin` on both sides (its
@@ -26,14 +26,23 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
+from tqdm import tqdm
 
 from nada.errors import NadaError
-from nada.toy.generator_train import EVAL_SEED, MEAN_LATENT_SAMPLES, MEAN_LATENT_SEED, evaluate, render_targets  # as stages 1-3
+from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
+from nada.toy import render as R
+from nada.toy.generator_train import (
+    EVAL_SEED,
+    MEAN_LATENT_SAMPLES,
+    MEAN_LATENT_SEED,
+    evaluate,
+    render_targets,
+)  # as stages 1-3
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class SharpenConfig:
 
 
 def snap_latent(z: torch.Tensor, margin: float) -> torch.Tensor:
-    """Pixel-normalised latents [N, D] whose attribute coordinates sit at least `margin` (probability) inside their bins.
+    """Pixel-normalised latents [N, D] whose attribute coordinates sit at least `margin` (probability) inside their
+    bins.
 
     z [N, D] as the generator takes it. Coordinate k < len(render.ATTRIBUTES) of u = z / rms(z) holds
     attribute k in n equal-probability bins; its probability p = Phi(u_k) is clamped to
@@ -58,7 +68,6 @@ def snap_latent(z: torch.Tensor, margin: float) -> torch.Tensor:
     rescaled together so that the result has rms 1 again (the mapping's pixel norm then leaves it
     as it is).
     """
-    from nada.toy import render as R
 
     n_attr = len(R.ATTRIBUTES)
     assert z.ndim == 2 and z.shape[1] > n_attr, f"z must be [N, > {n_attr}], got {tuple(z.shape)}"
@@ -77,9 +86,10 @@ def snap_latent(z: torch.Tensor, margin: float) -> torch.Tensor:
     return out.to(z.dtype)
 
 
-def distill_mapping(G: torch.nn.Module, cfg: SharpenConfig, progress: bool = True, log_every: int = 2000) -> list[dict[str, float]]:
+def distill_mapping(
+    G: torch.nn.Module, cfg: SharpenConfig, progress: bool = True, log_every: int = 2000
+) -> list[dict[str, float]]:
     """Train G's mapping network in place towards its own copy applied to snapped latents; returns the logged errors."""
-    from tqdm import tqdm
 
     teacher = copy.deepcopy(G.style).requires_grad_(False)
     G.requires_grad_(False)
@@ -102,14 +112,15 @@ def distill_mapping(G: torch.nn.Module, cfg: SharpenConfig, progress: bool = Tru
         opt.step()
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             with torch.no_grad():
-                history.append({"step": step + 1, "loss": loss.item(), "eval_mse": (G.style(z_eval) - w_eval).pow(2).mean().item()})
+                history.append(
+                    {"step": step + 1, "loss": loss.item(), "eval_mse": (G.style(z_eval) - w_eval).pow(2).mean().item()}
+                )
     G.requires_grad_(False)
     return history
 
 
 def sharpen(cfg: SharpenConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
     """Sharpen `cfg.base` and save it as a nada checkpoint at `out` (with its settings, errors and training time)."""
-    from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 
     if Path(out).exists() and not overwrite:
         raise NadaError(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
@@ -141,12 +152,21 @@ def sharpen(cfg: SharpenConfig, out: str | Path, overwrite: bool = False, progre
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = SharpenConfig()
     p = argparse.ArgumentParser(prog="python -m nada.toy.sharpen", description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default=d.base, help="generator to sharpen (checkpoint path or registered name; default: %(default)s)")
+    p.add_argument(
+        "--base", default=d.base, help="generator to sharpen (checkpoint path or registered name; default: %(default)s)"
+    )
     p.add_argument("--out", required=True, help="checkpoint to write")
-    p.add_argument("--margin", type=float, default=d.margin, help="distance (probability) from the borders of each attribute's bin (default: %(default)s)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=d.margin,
+        help="distance (probability) from the borders of each attribute's bin (default: %(default)s)",
+    )
     p.add_argument("--steps", type=int, default=d.steps, help="distillation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="latents per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the mapping's raw weights (default: %(default)s)")
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help="Adam learning rate of the mapping's raw weights (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the training latents (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -157,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = SharpenConfig(base=args.base, margin=args.margin, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = SharpenConfig(
+        base=args.base, margin=args.margin, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
     try:
         path = sharpen(cfg, args.out, overwrite=args.overwrite)
     except NadaError as e:

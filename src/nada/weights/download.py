@@ -7,9 +7,9 @@ is skipped). `fetch` returns the local file, downloading it into the cache when 
 
 - cache folder: ``cache_dir()`` = ``$NADA_CACHE``, default ``$XDG_CACHE_HOME/nada`` or ``~/.cache/nada``;
   downloaded weights live at ``cache_dir()/weights/<key>/<filename>`` (CLIP weights at
-  ``cache_dir()/clip``, see `nada.guidance.clip`), so a file can also be put there by hand (the error messages
+  ``clip_cache_dir()``, see `nada.guidance.clip_weights`), so a file can also be put there by hand (the error messages
   give that full path). `nada.weights.preflight` lists every missing file of a command at once.
-- offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `nada.guidance.clip.offline`) or no network: a
+- offline mode (``NADA_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, see `offline`) or no network: a
   `NadaError` names the address to fetch and the exact path to save the file as.
 - verification: a file with a known SHA-256 is hashed every time it is used, a freshly downloaded one
   before it gets its final name; a mismatching download is deleted, a mismatching file that was already
@@ -33,6 +33,7 @@ Libraries, and why:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -42,7 +43,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nada.errors import NadaError
+from tqdm import tqdm
+
+from nada.errors import NadaError, one_line
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -67,8 +70,12 @@ class WeightsSource:
 
     def __post_init__(self) -> None:
         given = [k for k in ("url", "hf_repo", "package_path") if getattr(self, k)]
-        assert len(given) == 1, f"a weights source needs exactly one of url, hf_repo, package_path; got {given or 'none'}"
-        assert self.sha256 is None or _SHA256.fullmatch(self.sha256), f"sha256 must be 64 lower-case hex digits, got {self.sha256!r}"
+        assert len(given) == 1, (
+            f"a weights source needs exactly one of url, hf_repo, package_path; got {given or 'none'}"
+        )
+        assert self.sha256 is None or _SHA256.fullmatch(self.sha256), (
+            f"sha256 must be 64 lower-case hex digits, got {self.sha256!r}"
+        )
         assert self.filename and "/" not in self.filename, f"filename must be a bare file name, got {self.filename!r}"
 
     @property
@@ -106,11 +113,17 @@ def local_path(source: WeightsSource, key: str) -> Path:
     return cache_dir() / "weights" / key / source.filename
 
 
-def offline() -> bool:
-    """True when NADA_OFFLINE or HF_HUB_OFFLINE asks for no network access (the rule nada.guidance.clip follows too)."""
-    from nada.guidance.clip import offline as clip_offline
+def clip_cache_dir() -> Path:
+    """Folder of downloaded and hand-placed CLIP weights: $NADA_CLIP_CACHE, default cache_dir()/clip."""
+    if os.environ.get("NADA_CLIP_CACHE"):
+        return Path(os.environ["NADA_CLIP_CACHE"]).expanduser()
+    return cache_dir() / "clip"
 
-    return clip_offline()
+
+def offline() -> bool:
+    """True when NADA_OFFLINE or HF_HUB_OFFLINE asks for no network access (every download of nada obeys it)."""
+    flags = ("NADA_OFFLINE", "HF_HUB_OFFLINE")
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in flags)
 
 
 def human_size(n: int | None) -> str:
@@ -190,11 +203,6 @@ def missing_file_error(source: WeightsSource, dest: Path, reason: str) -> NadaEr
     )
 
 
-def _short(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _download_hub(source: WeightsSource, dest: Path, progress: bool, endpoint: str | None) -> None:
     """hf_hub_download into dest's folder (it resumes by itself), then verify; a bad download is deleted."""
     from huggingface_hub import hf_hub_download
@@ -207,7 +215,7 @@ def _download_hub(source: WeightsSource, dest: Path, progress: bool, endpoint: s
     try:
         got = Path(hf_hub_download(source.hf_repo, source.filename, **kwargs))
     except Exception as e:  # network, missing file, permissions, hub errors: all end in the same advice
-        raise missing_file_error(source, dest, f"the download failed ({_short(e)})") from None
+        raise missing_file_error(source, dest, f"the download failed ({one_line(e)})") from None
     if got.resolve() != dest.resolve():  # local_dir keeps the repository's file name, which is dest's
         os.replace(got, dest)
     try:
@@ -216,7 +224,8 @@ def _download_hub(source: WeightsSource, dest: Path, progress: bool, endpoint: s
         dest.unlink(missing_ok=True)
         raise NadaError(
             f"the download of {source.address} does not match its recorded SHA-256 {source.sha256} (or size), "
-            "so it was deleted: the hosted file changed or the transfer was corrupted; try again, and report it if it persists"
+            "so it was deleted: the hosted file changed or the transfer was corrupted; try again, and report it if it "
+            "persists"
         ) from None
 
 
@@ -231,7 +240,6 @@ def _silent_tqdm(base: type) -> type:
 
 def _download_url(source: WeightsSource, dest: Path, progress: bool) -> None:
     """pooch.retrieve with a resuming downloader: temporary file, SHA-256 check, then the final name."""
-    import logging
 
     import pooch
     import requests
@@ -251,7 +259,9 @@ def _download_url(source: WeightsSource, dest: Path, progress: bool) -> None:
             "the hosted file changed or the transfer was corrupted; try again, and report it if it persists"
         ) from None
     except (requests.RequestException, OSError) as e:
-        raise missing_file_error(source, dest, f"the download failed ({_short(e)}; a partial file is kept and resumed next time)") from None
+        raise missing_file_error(
+            source, dest, f"the download failed ({one_line(e)}; a partial file is kept and resumed next time)"
+        ) from None
     finally:
         logger.setLevel(level)
 
@@ -263,7 +273,9 @@ class ResumingDownloader:
     ``output_file`` (pooch's temporary file in the same folder), which pooch then hashes and moves into place.
     """
 
-    def __init__(self, part: Path, progress: bool = True, expected_size: int | None = None, attempts: int | None = None) -> None:
+    def __init__(
+        self, part: Path, progress: bool = True, expected_size: int | None = None, attempts: int | None = None
+    ) -> None:
         self.part = Path(part)
         self.progress = progress
         self.expected_size = expected_size
@@ -289,7 +301,6 @@ class ResumingDownloader:
     def _fetch_rest(self, url: str) -> bool:
         """Append the missing bytes to self.part; True once it is complete (size known and reached, or stream ended)."""
         import requests
-        from tqdm import tqdm
 
         start = self.part.stat().st_size if self.part.exists() else 0
         if self.expected_size is not None and start >= self.expected_size:
@@ -310,15 +321,26 @@ class ResumingDownloader:
                 self.part.unlink()
                 return False
             r.raise_for_status()
-            resumed = start > 0 and r.status_code == 206 and _content_range_start(r.headers.get("Content-Range", "")) == start
+            resumed = (
+                start > 0 and r.status_code == 206 and _content_range_start(r.headers.get("Content-Range", "")) == start
+            )
             if not resumed:
                 start = 0  # a full response (the server ignored or refused the range): start over
             length = r.headers.get("Content-Length")
             total = start + int(length) if length and length.isdigit() else self.expected_size
-            with open(self.part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=self.part.name.removesuffix(".part"), disable=not self.progress, file=sys.stderr,
-            ) as bar:
+            with (
+                open(self.part, "ab" if resumed else "wb") as f,
+                tqdm(
+                    total=total,
+                    initial=start,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=self.part.name.removesuffix(".part"),
+                    disable=not self.progress,
+                    file=sys.stderr,
+                ) as bar,
+            ):
                 for chunk in r.iter_content(chunk_size=NET_CHUNK_BYTES):
                     f.write(chunk)
                     bar.update(len(chunk))

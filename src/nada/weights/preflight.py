@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
+from nada.guidance.clip_specs import parse_clip_spec
+from nada.guidance.clip_weights import fetch_pretrained_weights, pretrained_weights
+from nada.photos import perceptual as P
+from nada.weights import download
+from nada.weights.download import OFFLINE_REASON, human_size, local_path, offline
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
-    from nada.weights.download import WeightsSource
     from nada.photos.invert import InvertConfig
+    from nada.weights.download import WeightsSource
 
 PROBE_TIMEOUT_S = 5.0  # one connection attempt per download host; no retries
 
@@ -43,7 +49,6 @@ class Need:
 
     def line(self) -> str:
         """'what: address (size) -> target path', one line of the missing-files message."""
-        from nada.weights.download import human_size
 
         address = self.source.address if self.source is not None else "(no download address known)"
         size = human_size(self.source.size) if self.source is not None and self.source.size else "size unknown"
@@ -56,7 +61,6 @@ class Need:
 
 def generator_needs(source: str | os.PathLike | None) -> list[Need]:
     """The download a generator source needs: a registered name's file; nothing for paths and packaged names."""
-    from nada.weights.download import fetch, local_path
     from nada.weights.registry import GENERATORS
 
     text = str(source or "").strip()
@@ -64,13 +68,19 @@ def generator_needs(source: str | os.PathLike | None) -> list[Need]:
     if entry is None or entry.weights.kind == "package" or Path(text).expanduser().exists():
         return []  # paths, random:SIZE and unknown names are checked by the loader itself
     dest = local_path(entry.weights, entry.name)
-    return [Need(f"generator {entry.name!r}", entry.weights, dest, dest if dest.is_file() else None,
-                 lambda: fetch(entry.weights, entry.name))]
+    return [
+        Need(
+            f"generator {entry.name!r}",
+            entry.weights,
+            dest,
+            dest if dest.is_file() else None,
+            lambda: download.fetch(entry.weights, entry.name),
+        )
+    ]
 
 
 def preset_needs(name: str) -> list[Need]:
     """The released weights of a preset not yet on this machine, or the base generator a compact preset file needs."""
-    from nada.weights.download import fetch, local_path
     from nada.weights.presets import get_preset, is_compact, preset_status
 
     preset = get_preset(name)
@@ -80,12 +90,12 @@ def preset_needs(name: str) -> list[Need]:
     if preset.weights is None or preset.weights.kind == "package":
         return []  # train on demand: load_preset says how
     weights, dest = preset.weights, local_path(preset.weights, preset.name)
-    return [Need(f"preset {name!r}", weights, dest, None, lambda: fetch(weights, preset.name))]
+    return [Need(f"preset {name!r}", weights, dest, None, lambda: download.fetch(weights, preset.name))]
 
 
 def clip_needs(spec: str) -> list[Need]:
-    """The pretrained weights of every model of a CLIP spec ("ViT-B/32,ViT-B/16:0.5"); toy CLIPs and paths need none."""
-    from nada.guidance.clip import fetch_pretrained_weights, parse_clip_spec, pretrained_weights
+    """The pretrained weights of every model of a CLIP spec ("ViT-B/32,ViT-B/16:0.5"); registered CLIPs and paths need
+    none."""
 
     needs = []
     for name, _ in parse_clip_spec(spec):
@@ -104,7 +114,6 @@ def loss_needs(config: "InvertConfig", kind: str, optional: bool = False) -> lis
         raise NadaError(f"unknown loss set {kind!r}: use one of {', '.join(LOSS_KINDS)}")
     if kind != "face":
         return []  # the toy world's perceptual distance is the packaged toy CLIP
-    from nada.photos import perceptual as P
 
     keys = [P._LPIPS_ARCH[config.lpips_net][2], f"lpips-{config.lpips_net}"] if config.lambda_lpips > 0 else []
     keys += ["arcface-ir-se50"] if config.lambda_id > 0 else []
@@ -112,8 +121,6 @@ def loss_needs(config: "InvertConfig", kind: str, optional: bool = False) -> lis
 
 
 def _perceptual_need(key: str, optional: bool) -> Need:
-    from nada.photos import perceptual as P
-    from nada.weights.download import local_path
 
     source = P.WEIGHTS[key]
     dest = local_path(source, key)
@@ -141,7 +148,7 @@ def probe_host(host: str, port: int = 443) -> str | None:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
             return None
     except OSError as e:
-        return f"{host}:{port} does not answer ({' '.join(str(e).split()) or type(e).__name__})"
+        return f"{host}:{port} does not answer ({one_line(e)})"
 
 
 def _host(need: Need) -> str:
@@ -160,7 +167,6 @@ def _unique(needs: Iterable[Need]) -> list[Need]:
 
 def _blocked(missing: Sequence[Need]) -> str | None:
     """Why the missing files cannot be downloaded now, or None when they can (one probe per host)."""
-    from nada.weights.download import OFFLINE_REASON, offline
 
     if offline():
         return OFFLINE_REASON
@@ -176,9 +182,11 @@ def _blocked(missing: Sequence[Need]) -> str | None:
 def missing_message(missing: Sequence[Need], reason: str) -> str:
     """The one message that lists every missing file (address, size, target path) and what to do."""
     count = f"{len(missing)} weights files" if len(missing) > 1 else "1 weights file"
-    lines = [f"{count} this command needs {'are' if len(missing) > 1 else 'is'} not on this machine and {reason}: "
-             "download each file and save it as the path after the arrow, or run again with network access "
-             "(NADA_OFFLINE unset), which caches them there"]
+    lines = [
+        f"{count} this command needs {'are' if len(missing) > 1 else 'is'} not on this machine and {reason}: "
+        "download each file and save it as the path after the arrow, or run again with network access "
+        "(NADA_OFFLINE unset), which caches them there"
+    ]
     lines += [f"  - {n.line()}" for n in missing]
     lines += [f"or {hint}" for hint in dict.fromkeys(n.hint for n in missing if n.hint)]
     return "\n".join(lines)
