@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nada.errors import NadaError
+from nada.profiles import eval_world, eval_worlds
 
 SWEEP_KEYS = ("name", "settings", "targets", "pairs", "vary", "seeds", "eval")
 # Fault injection for tests and cluster drills: "TRIAL_ID:STEP" makes that trial's process kill itself (SIGKILL)
@@ -41,14 +42,11 @@ SWEEP_KEYS = ("name", "settings", "targets", "pairs", "vary", "seeds", "eval")
 KILL_ENV = "NADA_SWEEP_KILL_AT"
 KILL_MARKER = ".killed"
 METRICS = ("clip_direction", "clip_target", "identity", "diversity_ratio", "fid", "kid")
-TOY_METRICS = ("target_rate", "content_kept", "diversity_ratio")
 SHEET_METRICS = (
     ("clip_direction", "dir"),
     ("identity", "id"),
     ("fid", "fid"),
-    ("toy_target_rate", "tgt"),
-    ("toy_content_kept", "kept"),
-)
+)  # an evaluation world adds its own (EvalWorld.sheet), as "<world>_<key>"
 
 
 # ---------------------------------------------------------------- the sweep file
@@ -235,12 +233,27 @@ def _trial_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
 
 
+def world_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """An eval row's evaluation-world metrics, flat: "<world>_<key>" for each of the world's table columns."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        world = eval_world(key)
+        if world is not None:
+            out.update({f"{key}_{k}": (value or {}).get(k) for k, _, _ in world.columns})
+    return out
+
+
+def sheet_metrics() -> tuple[tuple[str, str], ...]:
+    """(metric key, short label) of the contact sheet: SHEET_METRICS and every evaluation world's."""
+    return SHEET_METRICS + tuple((f"{w.name}_{k}", short) for w in eval_worlds() for k, short in w.sheet)
+
+
 def _result_record(
     trial: dict[str, Any], folder: Path, row: dict[str, Any], t_train: float, t_all: float
 ) -> dict[str, Any]:
     attempts = [json.loads(line) for line in (folder / "attempts.jsonl").read_text(encoding="utf-8").splitlines()]
     metrics = {k: row.get(k) for k in METRICS}
-    metrics.update({f"toy_{k}": (row.get("toy") or {}).get(k) for k in TOY_METRICS})
+    metrics.update(world_metrics(row))
     return {
         "id": trial["id"],
         "status": "done",
@@ -404,7 +417,7 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
     varied = list(dict.fromkeys(k for r in records for k in r.get("varied", {})))
     metric_keys = [
         k
-        for k in (*METRICS, *(f"toy_{m}" for m in TOY_METRICS))
+        for k in dict.fromkeys([*METRICS, *(k for r in records for k in r.get("metrics", {}))])
         if any(r.get("metrics", {}).get(k) is not None for r in records)
     ]
     header = ["trial", *varied, "status", "attempts", "seconds", *metric_keys]
@@ -479,7 +492,7 @@ def contact_sheet(records: Sequence[dict[str, Any]], label_w: int = 300) -> Any:
         if not rows:
             rows.append(("base (frozen generator)", _grid_row(grid, 0)))
         m = r.get("metrics", {})
-        notes = [f"{short} {m[k]:.2f}" for k, short in SHEET_METRICS if m.get(k) is not None]
+        notes = [f"{short} {m[k]:.2f}" for k, short in sheet_metrics() if m.get(k) is not None]
         text = f"{r['id']}\n{r['status']}, {r.get('attempts', '?')} attempt(s)\n" + "  ".join(notes)
         rows.append((text, _grid_row(grid, 1)))
     if not rows:

@@ -96,7 +96,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "eval": (
-        "score adapted generators against their base: CLIP, identity, diversity, FID/KID, toy judge",
+        "score adapted generators against their base: CLIP, identity, diversity, FID/KID, the base profile's judges",
         eval_arguments,
         run_eval_command,
     ),

@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
-from nada.config import AUTO, AdaptConfig, WebLimits
+from nada.config import AUTO, AdaptConfig, WebLimits, resolve
 from nada.errors import NadaError
+from nada.weights.registry import first_local_generator
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -206,7 +207,7 @@ class WebBackend:
 
     def __init__(
         self,
-        generator: str = "toy",
+        generator: str | None = None,
         clip: str = AdaptConfig.clip,
         checkpoints: Sequence[str] = (),
         device: str | torch.device = "auto",
@@ -225,7 +226,7 @@ class WebBackend:
         limits.validate()
         self.limits = limits
         self.checkpoints_dir = _allowed_folder(checkpoints_dir)
-        self.base = str(generator)
+        self.base = str(generator) if generator else first_local_generator()  # a base that needs no download
         self.clip = clip
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="nada-web-"))
@@ -297,9 +298,9 @@ class WebBackend:
 
     def _registered_entry(self, name: str) -> StyleEntry | None:
         """A registered generator whose weights are on this machine (visitors never start downloads)."""
-        from nada.weights.registry import GENERATORS, is_local
+        from nada.weights.registry import is_local, known_generators
 
-        if name not in GENERATORS or not is_local(name):
+        if name not in known_generators() or not is_local(name):
             return None
         return StyleEntry(f"generator:{name}", name, base=name, generator=name)
 
@@ -424,33 +425,37 @@ class WebBackend:
 
     # ---- Adapt
 
-    def default_keep(self) -> str:
-        """The attributes an adaptation keeps unless the page says otherwise: the toy recipe's for the toy base, none otherwise."""
-        from nada.weights.presets import TOY_RECIPE
+    def defaults(self) -> AdaptConfig:
+        """The settings of an adaptation of this app's base before the page's choices (nada.config.resolve)."""
+        return resolve(self.base, user={} if self.clip.strip().lower() == AUTO else {"clip": self.clip})[0]
 
-        return dict(TOY_RECIPE)["keep"] if self.base == "toy" else AdaptConfig.keep
+    def default_keep(self) -> str:
+        """The attributes an adaptation keeps unless the page says otherwise: the base profile's, else none."""
+        return self.defaults().keep
 
     def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path, keep: str | None = None) -> AdaptConfig:
-        """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' guide, lr, views, noise,
-        structure and keep terms), the page's choices (keep None: `default_keep`), samples about every tenth of the run."""
-        from nada.weights.presets import TOY_RECIPE
-
-        d = AdaptConfig()
+        """The run's AdaptConfig, resolved as `nada adapt` resolves it (defaults < the base's profile < the page's
+        choices: texts, layers, iterations, keep (None: the profile's), clip), samples about every tenth of the run."""
+        d = self.defaults()
         iterations = int(iterations)
-        keys = ("lr", "clip_views", "clip_noise", "lambda_structure", "lambda_keep")
-        recipe = {k: v for k, v in TOY_RECIPE if k in keys} if self.base == "toy" else {}
-        return AdaptConfig(
-            source=(source or "").strip(), target=(target or "").strip(), layers=(layers or d.layers).strip(),
-            iterations=iterations, generator=self.base, clip=self._clip_spec(), out_dir=str(run_dir), device=str(self.device),
-            sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0,
-            keep=(self.default_keep() if keep is None else keep).strip(), **recipe,
-        )
+        user = {
+            "source": (source or "").strip(), "target": (target or "").strip(), "layers": (layers or d.layers).strip(),
+            "iterations": iterations, "out_dir": str(run_dir), "device": str(self.device),
+            "sample_every": max(1, min(d.sample_every, iterations // 10)), "save_every": 0,
+            "keep": (d.keep if keep is None else keep).strip(),
+        }
+        if self.clip.strip().lower() != AUTO:
+            user["clip"] = self.clip
+        return resolve(self.base, user=user)[0]
 
     def submit_adapt(
-        self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations,
+        self, source: str, target: str, layers: str | None = None, iterations: int | None = None,
         keep: str | None = None, session: Session | None = None,
     ) -> AdaptJob:
-        """Check the settings, the limits and the weights, then queue an adaptation; NadaError for anything wrong."""
+        """Check the settings, the limits and the weights, then queue an adaptation; NadaError for anything wrong.
+
+        `layers` and `iterations` None: the base's resolved defaults."""
+        iterations = self.defaults().iterations if iterations is None else iterations
         from nada.weights import preflight
         from nada.adaptation.layers import parse_layers
 
@@ -505,13 +510,8 @@ class WebBackend:
             print(f"nada web: adaptation job {job.id} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
     def _clip_spec(self) -> str:
-        """The CLIP spec of this app's runs: the one asked for, or for 'auto' the toy presets' guide on the toy
-        base and the config's default elsewhere."""
-        from nada.weights.presets import TOY_RECIPE
-
-        if self.clip.strip().lower() == AUTO and self.base == "toy":
-            return dict(TOY_RECIPE)["clip"]
-        return AdaptConfig(generator=self.base, clip=self.clip).resolved_clip()
+        """The CLIP spec of this app's runs: the one asked for, or for 'auto' the base profile's (see `defaults`)."""
+        return self.defaults().resolved_clip()
 
     def _clip_ensemble(self) -> list[tuple[Any, float]]:
         """The CLIP ensemble of this app's runs (``_clip_spec``), loaded once."""
@@ -676,7 +676,7 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
     from nada.photos.invert import InvertConfig
 
     be = backend if backend is not None else WebBackend(**backend_options)
-    d = AdaptConfig()
+    d = be.defaults()
     first = (be.style_choices() or [("", None)])[0][1]
 
     with gr.Blocks(title="nada: StyleGAN-NADA", analytics_enabled=False) as app:
@@ -705,7 +705,8 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
                 a_iters = gr.Number(value=min(d.iterations, be.limits.max_iterations), precision=0, minimum=1,
                                     maximum=be.limits.max_iterations, label="iterations", elem_id="adapt-iterations")
             a_keep = gr.Textbox(value=be.default_keep(), label="attributes to keep, read by CLIP: 'a smiling face|a frowning face; "
-                                "glasses|no glasses', toy (the toy faces' six) or toy:mouth,glasses; empty: none", elem_id="adapt-keep")
+                                "glasses|no glasses', or registered groups by name (NAME or NAME:a,b); empty: none",
+                                elem_id="adapt-keep")
             with gr.Row():
                 a_start = gr.Button("Adapt", variant="primary", elem_id="adapt-button")
                 a_cancel = gr.Button("Cancel", variant="stop", elem_id="adapt-cancel")
