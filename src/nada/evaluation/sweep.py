@@ -145,8 +145,9 @@ def _slug(value: Any) -> str:
 
 
 def expand_trials(spec: SweepSpec, trials_dir: Path) -> list[Trial]:
-    """Every (pair, combination of varied settings, seed), in file order; each config validated."""
-    from nada.config import AdaptConfig
+    """Every (pair, combination of varied settings, seed), in file order; each config resolved as `nada adapt`
+    resolves it (the base's profile under the file's settings) and validated."""
+    from nada.config import resolve
 
     keys = list(spec.vary)
     trials = []
@@ -155,16 +156,9 @@ def expand_trials(spec: SweepSpec, trials_dir: Path) -> list[Trial]:
         varied = dict(zip(keys, combo))
         parts = [_slug(target), *(f"{_slug(k)}{_slug(v)}" for k, v in varied.items()), f"s{seed}"]
         trial_id = f"{i:03d}-" + "-".join(parts)
-        config = AdaptConfig.from_dict(
-            {
-                **spec.settings,
-                **varied,
-                "source": source,
-                "target": target,
-                "seed": seed,
-                "out_dir": str(trials_dir / trial_id),
-            }
-        )
+        user = {**spec.settings, **varied, "source": source, "target": target, "seed": seed,
+                "out_dir": str(trials_dir / trial_id)}
+        config = resolve(user=user)[0]
         config.validate()
         trials.append(Trial(trial_id, config.to_dict(), {"source": source, "target": target, **varied, "seed": seed}))
     return trials

@@ -24,6 +24,7 @@ def add_dataclass_arguments(
     helps: Mapping[str, str],
     flags: Mapping[str, str] | None = None,
     defaults_note: str = "",
+    choices: Mapping[str, Sequence[Any]] | None = None,
 ) -> list[str]:
     """Add one option per field of `cls` named in `helps` (in that order); returns the fields added.
 
@@ -41,7 +42,9 @@ def add_dataclass_arguments(
             continue
         kind = str if default is None else type(default)
         metavar = flag[2:].upper().replace("-", "_")
-        parser.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=text + note)
+        allowed = (choices or {}).get(name)
+        parser.add_argument(flag, dest=name, type=kind, default=None, metavar=None if allowed else metavar,
+                            choices=allowed, help=text + note)
     return list(helps)
 
 

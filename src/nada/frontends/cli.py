@@ -377,7 +377,7 @@ def _stylize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align", choices=ALIGN_MODES, default="auto",
                    help="ffhq: detect the face and align it like FFHQ (needs nada[faces]); none: image is already aligned; "
                         "auto: what the base's profile says, else ffhq (default: %(default)s)")
-    add_dataclass_arguments(p, InvertConfig, INVERT_HELP, INVERT_FLAGS)
+    add_dataclass_arguments(p, InvertConfig, INVERT_HELP, INVERT_FLAGS, choices={"lpips_net": ("vgg", "alex")})
     p.add_argument("--allow-missing-losses", action="store_true", help="run without losses whose weights are missing (they are named)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
