@@ -152,3 +152,17 @@ def test_the_core_names_no_toy_world() -> None:
             offenders += [f"{path.relative_to(SRC)}: {m.group(0)}" for m in re.finditer(pattern, text)]
     # photos/align.py is being moved to the profile's `alignment` in a parallel change.
     assert [o for o in offenders if not o.startswith("photos/align.py")] == []
+
+
+def test_adapt_without_a_base_names_the_flag_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["adapt", "--source", "photo", "--target", "sketch", "--out", str(tmp_path / "r")]) == 2
+    assert "no base generator given: pass --generator" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_toy_commands_come_from_the_plugin() -> None:
+    from nada.frontends import cli
+    from nada.toy import cli as toy_cli
+
+    build_parser()
+    assert cli.COMMANDS["toy"][1:] == (toy_cli.add_arguments, toy_cli.run)

@@ -40,7 +40,8 @@ def sketch_run(tmp_path_factory):
     from nada.toy.quality import measure_quality
 
     out = tmp_path_factory.mktemp("toy-sketch")
-    config = AdaptConfig(generator="toy", source="photo", target="sketch", out_dir=str(out), sample_every=0, save_every=0, **dict(TOY_RECIPE))
+    config = AdaptConfig(generator="toy", source="photo", target="sketch", out_dir=str(out), sample_every=0,
+                         save_every=0, **dict(TOY_RECIPE))
     adapted = adapt(config, progress=False)
     base = load_generator("toy")
     judge = load_evaluator()

@@ -33,7 +33,8 @@ def add_dataclass_arguments(
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     for name, text in helps.items():
         default = _default(by_name[name])
-        note = f" (default: {default}{defaults_note})" if default not in (None, "") else f" (default: none{defaults_note})"
+        shown = default if default not in (None, "") else "none"
+        note = f" (default: {shown}{defaults_note})"
         flag = flag_for(name, flags)
         if isinstance(default, bool):
             switch = flag if not default else "--no-" + flag[2:]

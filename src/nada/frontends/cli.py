@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from nada.adaptation.loop import RunPaths, adapt
 from nada.config import CLI_FLAGS, REFERENCES, AdaptConfig, WebLimits, describe, resolve
@@ -225,7 +225,7 @@ def _adapt_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def adapt_settings(args: argparse.Namespace) -> tuple[AdaptConfig, dict[str, str]]:
-    """The resolved AdaptConfig of parsed ``nada adapt`` arguments and each setting's source (see nada.config.resolve)."""
+    """The resolved AdaptConfig of parsed ``nada adapt`` arguments and each setting's source (nada.config.resolve)."""
     user = given(args, list(ADAPT_HELP))
     return resolve(preset=getattr(args, "preset", None), user=user, reference=getattr(args, "reference", None))
 
@@ -240,6 +240,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
     if args.print_config:
         print(describe(config, sources))
         return 0
+    config.validate()  # settings first: a missing base or text is named before any weights are looked for
     paths = RunPaths(Path(config.out_dir))
     preflight.ensure(preflight.adapt_needs(config))
     try:
@@ -561,4 +562,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nada.frontends.cli import main as _main  # the importable module, where plugins register their commands
+
+    sys.exit(_main())

@@ -10,7 +10,6 @@ from nada.errors import NadaError
 from nada.evaluation.evaluate import EvalSettings
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args
 
-
 # EvalSettings field -> help (flag: --field-name; a True default becomes --no-field-name).
 EVAL_HELP = {
     "n": "latents (seeds FIRST .. FIRST+N-1)",

@@ -9,8 +9,8 @@ loss per image is
 with LPIPS as the perceptual distance and the ArcFace identity loss for real faces (defaults 0.8,
 0.5, 1.0 as in the StyleGAN/e4e literature). A base whose profile (`nada.profiles`) brings its own
 perceptual distance uses that instead of LPIPS, and the identity loss only where the profile says it
-applies (the identity network knows human faces only). Adam with the learning-rate schedule of rosinality's projector (short
-warm-up, cosine ramp-down). Noise stays the generator's stored constant noise, so the code found
+applies (the identity network knows human faces only). Adam with the learning-rate schedule of
+rosinality's projector (short warm-up, cosine ramp-down). Noise stays the generator's stored constant noise, so the code found
 renders the same image in every generator adapted from this base (`render_wplus`).
 
 `build_losses` loads the networks and refuses, naming the missing file, when a wanted loss has no
