@@ -1,9 +1,10 @@
-"""Configuration of a domain adaptation run: one frozen dataclass, the single source of defaults.
+"""Configuration of a domain adaptation run: one frozen dataclass and the one function that resolves it.
 
-The CLI (``nada adapt``), the Python API (``nada.adaptation.loop.adapt``) and any front end read their
-defaults from `AdaptConfig`, so a default changes in exactly one place. Values follow the official
-StyleGAN-NADA code (rinongal/StyleGAN-nada, ``ZSSGAN/options/train_options.py`` and ``train.py``)
-unless a comment says why not.
+`AdaptConfig` holds every setting; its defaults follow the official StyleGAN-NADA code
+(rinongal/StyleGAN-nada, ``ZSSGAN/options/train_options.py`` and ``train.py``) unless a comment says why
+not. `resolve` puts a base generator's profile (`nada.profiles`), a preset's recipe, a reference mode and
+the user's options on top, in that order; the CLI (``nada adapt``), the Python API, ``nada sweep`` and the
+web app all call it, so a setting comes from the same place whichever front end starts the run.
 """
 
 from __future__ import annotations
@@ -276,7 +277,6 @@ class WebLimits:
                 raise NadaError(
                     f"{value} {what} asked for: this server runs at most {limit} per adaptation; ask for fewer"
                 )
-
 
 
 # Command-line flags of the AdaptConfig fields whose flag is not ``--field-name`` (nada adapt).

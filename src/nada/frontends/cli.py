@@ -10,15 +10,53 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nada import __version__
 from nada.adaptation.loop import RunPaths, adapt
-from nada.config import CLI_FLAGS, REFERENCES, AdaptConfig, WebLimits, describe, resolve
+from nada.config import (
+    CLI_FLAGS,
+    REFERENCES,
+    AdaptConfig,
+    WebLimits,
+    check_truncation,
+    describe,
+    resolve,
+)
 from nada.errors import NadaError, NadaWarning
 from nada.frontends import cli_eval as _cli_eval
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, given
-from nada.photos.invert import InvertConfig
+from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT, WebBackend, build_app, serve
+from nada.generator import checkpoints  # checkpoints.load_generator: looked up at call time (tests stand in for it)
+from nada.generator.checkpoints import read_metadata
+from nada.generator.generate import (
+    GRID_COLUMNS,
+    IMAGE_SUFFIXES,
+    check_grid_size,
+    check_outputs,
+    generate_images,
+    write_outputs,
+)
+from nada.io import (
+    atomic_save_image,
+    check_writable_file,
+    image_grid,
+    parse_seeds,
+    resolve_device,
+    write_error,
+)
+from nada.photos.align import ALIGN_MODES
+from nada.photos.invert import InvertConfig, loss_kind_for_base
+from nada.photos.stylize import stylize
 from nada.plugins import load_plugins
 from nada.profiles import profile_for
-from nada.weights import preflight
+from nada.weights import preflight, presets
+from nada.weights.download import human_size, local_path
+from nada.weights.presets import (
+    comparison_rows,
+    get_preset,
+    load_preset,
+    share_mean_latent,
+)
+from nada.weights.registry import first_local_generator, is_local, registered_generators
 
 # OS errors that mean a write failed for lack of room or rights: the CLI reports them in one line.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -27,10 +65,6 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from nada.config import check_truncation
-    from nada.generator.generate import check_outputs, write_outputs
-    from nada.io import parse_seeds, resolve_device
-
     # Every refusal (seeds, numbers, outputs) comes before any loading or rendering.
     seeds = parse_seeds(args.seeds)
     check_truncation(args.truncation)
@@ -53,13 +87,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple["Generator", str | None]:  # noqa: F821
     """The generator to render (from --preset or --checkpoint) and the source of its base (None if unknown)."""
-    from nada.generator.checkpoints import load_generator, read_metadata
-
     if args.preset is not None:
-        from nada.weights.presets import get_preset, load_preset
-
         return load_preset(args.preset, device=device), args.base or get_preset(args.preset).base
-    G = load_generator(args.checkpoint, device=device)
+    G = checkpoints.load_generator(args.checkpoint, device=device)
     base = args.base
     if args.compare and base is None:
         try:
@@ -71,11 +101,7 @@ def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple[
 
 def _preflight_generate(args: argparse.Namespace) -> None:
     """Fetch (or list, when they cannot be fetched) every weights file generate needs, before loading any."""
-    from nada.weights import preflight
-
     if args.preset is not None:
-        from nada.weights.presets import get_preset
-
         needs = preflight.preset_needs(args.preset)
         base = args.base or get_preset(args.preset).base
     else:
@@ -86,8 +112,6 @@ def _preflight_generate(args: argparse.Namespace) -> None:
 
 def _metadata(source: str) -> dict:
     """The metadata of a nada checkpoint file; {} for names and for files of other formats."""
-    from nada.generator.checkpoints import read_metadata
-
     if not Path(source).is_file():
         return {}
     try:
@@ -103,9 +127,6 @@ def _recorded_base(checkpoint: str) -> str | None:
 
 def _comparison_target(args: argparse.Namespace) -> Path:
     """The grid file --compare writes; NadaError for --out-dir, a bad suffix or an existing file without --force."""
-    from nada.generator.generate import IMAGE_SUFFIXES
-    from nada.io import check_writable_file
-
     if args.out_dir is not None:
         raise NadaError("--compare writes one grid (base row above adapted row): use --out instead of --out-dir")
     out = Path(args.out or "grid.png")
@@ -120,14 +141,9 @@ def _comparison_target(args: argparse.Namespace) -> Path:
 def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: argparse.Namespace,  # noqa: F821
                      seeds: list[int], device: "torch.device") -> Path:  # noqa: F821
     """Render the adapted and the base generator for the same seeds; one grid, base row above adapted row."""
-    from nada.generator.checkpoints import load_generator
-    from nada.generator.generate import GRID_COLUMNS, check_grid_size, generate_images
-    from nada.io import atomic_save_image, image_grid
-    from nada.weights.presets import comparison_rows, share_mean_latent
-
     if base_source is None:
         raise NadaError(f"--compare needs the base generator, and {args.checkpoint} does not record one: pass --base NAME_OR_PATH")
-    base = load_generator(base_source, device=device)
+    base = checkpoints.load_generator(base_source, device=device)
     if base.size != G.size:
         raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
     check_grid_size(2 * len(seeds), G.size)
@@ -285,8 +301,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _run_presets(args: argparse.Namespace) -> int:
-    from nada.weights import presets
-
     if args.presets_command == "list":
         rows = []
         for name in presets.known_presets():
@@ -294,8 +308,6 @@ def _run_presets(args: argparse.Namespace) -> int:
             rows.append((p.name, p.base, p.domain, presets.preset_status(p).note))
         print(_table(("NAME", "BASE", "DOMAIN (SOURCE -> TARGET)", "LOCAL"), rows))
     elif args.presets_command == "generators":
-        from nada.weights.registry import is_local, registered_generators
-
         def local(g: "RegisteredGenerator") -> str:  # noqa: F821
             if is_local(g.name):
                 return "yes"
@@ -311,7 +323,6 @@ def _run_presets(args: argparse.Namespace) -> int:
 
 
 def _show_preset(p: "Preset") -> None:  # noqa: F821
-    from nada.weights import presets
 
     status = presets.preset_status(p)
     print(f"preset:      {p.name} ({p.description})")
@@ -335,9 +346,6 @@ def _show_preset(p: "Preset") -> None:  # noqa: F821
 
 
 def _pack_preset(args: argparse.Namespace) -> None:
-    from nada.weights import presets
-    from nada.weights.download import human_size, local_path
-
     p = presets.get_preset(args.name)
     if args.out is not None:
         out = Path(args.out)
@@ -368,8 +376,6 @@ INVERT_FLAGS = {"lambda_mse": "--mse", "lambda_lpips": "--lpips", "lambda_id": "
 
 
 def _stylize_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.photos.align import ALIGN_MODES
-
     p.add_argument("--image", action="append", required=True, metavar="PATH", help="photo to stylize; repeat for several")
     p.add_argument("--preset", action="append", default=[], metavar="NAME", help="style preset (see `nada presets list`); repeatable")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted generator checkpoint; repeatable")
@@ -386,9 +392,6 @@ def _stylize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_stylize(args: argparse.Namespace) -> int:
-    from nada.io import resolve_device
-    from nada.photos.stylize import stylize
-
     config = dataclass_from_args(InvertConfig, args, list(INVERT_HELP))
     _preflight_stylize(args, config)
     report = stylize(
@@ -407,9 +410,6 @@ def _run_stylize(args: argparse.Namespace) -> int:
 
 def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None:  # noqa: F821
     """Fetch (or list) the styles', the base generator's and the losses' weights before any work."""
-    from nada.photos.invert import loss_kind_for_base
-    from nada.weights.presets import get_preset
-
     needs = [n for name in args.preset for n in preflight.preset_needs(name)]
     needs += [n for ckpt in args.checkpoint for n in preflight.generator_needs(ckpt)]
     bases = {get_preset(p).base for p in args.preset} | {_recorded_base(c) for c in args.checkpoint}
@@ -436,8 +436,6 @@ WEB_LIMITS_HELP = {
 
 
 def _web_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT
-
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on; 0.0.0.0 opens the demo to the network (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
     p.add_argument("--generator", default=None,
@@ -460,8 +458,6 @@ def _run_web(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401  (checked here: nada.frontends.web imports it only when the page is built)
     except ImportError:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
-    from nada.frontends.web import WebBackend, build_app, serve
-    from nada.weights.registry import first_local_generator
 
     limits = dataclass_from_args(WebLimits, args, list(WEB_LIMITS_HELP))
     backend = WebBackend(generator=args.generator or first_local_generator(), clip=args.clip,
@@ -498,8 +494,6 @@ def register_command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand (the plugins' included)."""
-    from nada import __version__
-
     load_plugins()
     parser = argparse.ArgumentParser(prog="nada", description="Text-driven domain adaptation of StyleGAN2 generators.")
     parser.add_argument("--version", action="version", version=f"nada {__version__}")
@@ -524,8 +518,6 @@ def _one_line_warning(command: str) -> Callable[..., None]:
 
 def _write_failure(e: OSError | RuntimeError) -> NadaError | None:
     """The one-line error for a write that failed outside nada's atomic writes (a full disk mid-run), or None."""
-    from nada.io import write_error
-
     if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
         return None
     return write_error(getattr(e, "filename", None) or "a file", e)
@@ -546,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NadaError as e:
         print(f"nada {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`nada presets list | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, RuntimeError) as e:
         error = _write_failure(e)
         if error is None:
@@ -555,13 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nada {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`nada presets list | head`): stop quietly, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":
-    from nada.frontends.cli import main as _main  # the importable module, where plugins register their commands
+    # The importable module, not this __main__ copy: plugins register their commands there.
+    from nada.frontends.cli import main as _main
 
     sys.exit(_main())
