@@ -33,7 +33,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from nada.adaptation.loop import adapt
+from nada.config import AdaptConfig, resolve
 from nada.errors import NadaError
+from nada.evaluation.evaluate import EvalSettings, _font, run_eval, write_outputs
+from nada.io import atomic_save_image, atomic_write
 from nada.profiles import eval_world, eval_worlds
 
 SWEEP_KEYS = ("name", "settings", "targets", "pairs", "vary", "seeds", "eval")
@@ -95,9 +103,6 @@ def read_sweep_file(path: str | os.PathLike) -> SweepSpec:
 
 def parse_sweep(data: Any, where: str = "sweep") -> SweepSpec:
     """A SweepSpec from the plain data of a sweep file."""
-    from nada.config import AdaptConfig
-    from nada.evaluation.evaluate import EvalSettings
-
     if not isinstance(data, dict):
         raise NadaError(f"{where} must be a mapping with keys among {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(data) - set(SWEEP_KEYS))
@@ -147,8 +152,6 @@ def _slug(value: Any) -> str:
 def expand_trials(spec: SweepSpec, trials_dir: Path) -> list[Trial]:
     """Every (pair, combination of varied settings, seed), in file order; each config resolved as `nada adapt`
     resolves it (the base's profile under the file's settings) and validated."""
-    from nada.config import resolve
-
     keys = list(spec.vary)
     trials = []
     combos = list(itertools.product(*(spec.vary[k] for k in keys)))
@@ -190,11 +193,7 @@ def _kill_hook(trial_id: str, folder: Path) -> Callable[[int, dict[str, Any]], N
 
 def run_trial(trial: dict[str, Any], eval_settings: dict[str, Any], threads: int = 1) -> dict[str, Any]:
     """Train (resuming whatever the folder holds), evaluate and record one trial; returns its result record."""
-    import torch
 
-    from nada.adaptation.loop import adapt
-    from nada.config import AdaptConfig
-    from nada.evaluation.evaluate import EvalSettings, run_eval, write_outputs
 
     folder = Path(trial["config"]["out_dir"])
     done = folder / "result.json"
@@ -215,15 +214,11 @@ def run_trial(trial: dict[str, Any], eval_settings: dict[str, Any], threads: int
     )
     write_outputs(result, folder / "eval", force=True)  # the trial's own files from an attempt cut short
     record = _result_record(trial, folder, result.report["models"][0], t_train, time.perf_counter() - t0)
-    from nada.io import atomic_write
-
     atomic_write(done, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
     return record
 
 
 def _trial_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
 
 
@@ -293,8 +288,6 @@ def prepare_sweep(spec: SweepSpec, out: Path) -> list[Trial]:
                 "choose another --out, or restore the file that started it"
             )
     else:
-        from nada.io import atomic_write
-
         atomic_write(path, lambda p: p.write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8"))
     return trials
 
@@ -371,8 +364,6 @@ def _run_on_ray(
     ray: Any, todo: list[Trial], spec: SweepSpec, options: SweepOptions, log: Callable[[str], None]
 ) -> dict[str, dict[str, Any]]:
     """Submit the trials as Ray tasks, at most `at_once` in flight; collect each result or its final error."""
-    from tqdm.auto import tqdm
-
     cpus, gpus, at_once = _resources(ray, options)
     task = ray.remote(run_trial).options(
         num_cpus=cpus, num_gpus=gpus, max_retries=options.retries, retry_exceptions=False
@@ -433,8 +424,6 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
 
 def write_summary(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """summary.csv, summary.md and contact_sheet.png in `out` (rewritten after every run of the sweep)."""
-    from nada.io import atomic_save_image, atomic_write
-
     header, rows = summary_rows(records)
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
@@ -456,8 +445,6 @@ def write_summary(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
 
 def _last_grid(folder: Path) -> Any:
     """The run's last sample grid (frozen row above adapted row), or None."""
-    from PIL import Image
-
     grids = sorted((folder / "samples").glob("step_*.png"))
     if not grids:
         return None
@@ -474,9 +461,7 @@ def _grid_row(grid: Any, row: int, pad: int = 2) -> Any:
 
 def contact_sheet(records: Sequence[dict[str, Any]], label_w: int = 300) -> Any:
     """One row per trial (its last samples, adapted), under the base's row; labelled with id and key metrics."""
-    from PIL import Image, ImageDraw
 
-    from nada.evaluation.evaluate import _font
 
     rows = []
     for r in records:

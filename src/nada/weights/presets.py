@@ -46,10 +46,18 @@ import torch
 
 from nada.config import cli_flag
 from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator, read_metadata
 from nada.io import atomic_torch_save
 from nada.plugins import load_plugins
 from nada.profiles import PAPER_RECIPE
-from nada.weights.download import WeightsSource, cache_dir, fetch, human_size, local_path
+from nada.weights.download import (
+    WeightsSource,
+    cache_dir,
+    fetch,
+    human_size,
+    local_path,
+)
+from nada.weights.registry import known_generators
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
@@ -243,8 +251,6 @@ def is_compact(path: str | os.PathLike) -> bool:
 
 def load_preset_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":
     """Generator from a compact preset file (base + float16 deltas) or from any checkpoint `load_generator` reads."""
-    from nada.generator.checkpoints import load_generator
-
     path = Path(path)
     if not path.is_file() or not is_compact(path):
         return load_generator(path, device=device)
@@ -303,9 +309,6 @@ def pack_preset(
     `base` defaults to the ``base_model`` in the checkpoint's nada metadata and must be a registered
     generator name (the file is loaded later by that name).
     """
-    from nada.generator.checkpoints import load_generator, read_metadata
-    from nada.weights.registry import known_generators
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise NadaError(f"{out} already exists: choose another path or pass --force to overwrite")
