@@ -20,7 +20,7 @@ is its own. Columns:
   CPU the peak resident set size.
 - ``prec``: fp32 is IEEE float32 on CUDA (matmuls and cuDNN convolutions); tf32 switches both to TF32.
 - ``--set NAME=VALUE``: any AdaptConfig field for every row (the selection levers: ``select_chunk=2``,
-  ``select_bf16=1``, ``select_every=4``, ``deterministic=1``); shown in the row's ``set`` column.
+  ``select_every=4``, ``deterministic=1``); shown in the row's ``set`` column.
 
     python benchmarks/bench_adapt.py --sizes 256 --clips ViT-B/32 --layers all,auto:3 --iterations 3
     python benchmarks/bench_adapt.py --device cuda --sizes 1024 --iterations 30 --precisions fp32,tf32

@@ -1,7 +1,7 @@
 """Wall time of `nada sweep` on this machine: the same toy-world trials with 1 and with 2 workers.
 
 Each configuration runs the whole sweep from scratch in a fresh folder (Ray started locally and shut down
-again, included in the time): N trials of the toy recipe (``nada.weights.presets.TOY_RECIPE``) on the toy styles,
+again, included in the time): N trials of the toy recipe (``nada.toy.plugin.TOY_RECIPE``) on the toy styles,
 each `--iterations` long and evaluated by `nada eval` on `--eval-n` latents. Prints one line per
 configuration and the sweep's summary table of the last one.
 
@@ -22,7 +22,7 @@ STYLES = ("sketch", "watercolor", "pixel art", "pop art")
 
 def sweep_data(trials: int, iterations: int, eval_n: int) -> dict:
     """A sweep of `trials` toy trials: the styles in turn, then further seeds."""
-    from nada.weights.presets import TOY_RECIPE
+    from nada.toy.plugin import TOY_RECIPE
 
     settings = {**dict(TOY_RECIPE), "generator": "toy", "iterations": iterations, "sample_every": 0, "device": "cpu"}
     seeds = list(range((trials + len(STYLES) - 1) // len(STYLES)))

@@ -4,7 +4,7 @@ Each row adapts the toy generator (photo style only) with `nada.adaptation.loop.
 with `nada.toy.quality` on the same seeded latents for the frozen and the adapted generator. Rows:
 
 - styles: photo -> sketch, watercolor, pixel art (directional loss; the toy presets' recipe
-  ``nada.weights.presets.TOY_RECIPE``, with a packaged preset's own changes for its style, unless ``--recipe
+  ``nada.toy.plugin.TOY_RECIPE``, with a packaged preset's own changes for its style, unless ``--recipe
   defaults`` asks for the plain AdaptConfig defaults);
 - the keep term: sketch without it (``keep`` empty);
 - a content edit: "face" -> "smiling face", judged as mouth=smiling (keeping the other five attributes);
@@ -91,11 +91,13 @@ def parse_changes(items: list[str]) -> dict[str, Any]:
 def base_settings(recipe: str, target: str = "") -> dict[str, Any]:
     """AdaptConfig changes a row starts from: the toy presets' recipe (a packaged preset's own for its target), or
     none (AdaptConfig's defaults, toy CLIP)."""
-    from nada.weights.presets import PRESETS, TOY_RECIPE
+    from nada.toy.plugin import TOY_RECIPE
+    from nada.weights.presets import get_preset, known_presets
 
     if recipe != "toy":
         return {"clip": "toy"}
-    preset = PRESETS.get("toy-" + target.replace(" ", "-"))
+    name = "toy-" + target.replace(" ", "-")
+    preset = get_preset(name) if name in known_presets() else None
     return dict(preset.options if preset is not None and preset.source == "photo" else TOY_RECIPE)
 
 

@@ -30,7 +30,7 @@ else
     DEVICE=cuda; BIG=1024; ITERS=20; BUDGET=355; T_TEST=50; T_ROW=40; T_PROBE=70; T_GEN=45; CASES=fwd1,fwd4,bwd2; REPS=5
     PROBE=(--size 1024 --iterations 3 --precisions fp32,bf16)
     # clip | layers | precision | AdaptConfig changes: the TF32 baseline first, then the selection levers.
-    ROWS=("ViT-B/32|auto:3|tf32|" "ViT-B/32|auto:3|tf32|select_chunk=2" "ViT-B/32|auto:3|tf32|select_bf16=1"
+    ROWS=("ViT-B/32|auto:3|tf32|" "ViT-B/32|auto:3|tf32|select_chunk=2"
           "ViT-B/32|auto:3|tf32|select_every=4" "ViT-B/32|all|tf32|" "ViT-B/32+ViT-B/16|auto:3|tf32|")
 fi
 

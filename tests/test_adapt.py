@@ -58,11 +58,14 @@ def grid_rows(path: Path, size: int = 32, pad: int = 2) -> tuple[np.ndarray, np.
 
 
 def test_config_defaults_and_auto_choices() -> None:
-    d = AdaptConfig(target="sketch")
+    d = AdaptConfig(target="sketch", generator="toy")
     assert (d.lr, d.beta1, d.beta2, d.mixing_prob, d.iterations, d.batch_size) == (0.002, 0.0, 0.99, 0.0, 300, 2)
-    assert (d.resolved_clip(), d.resolved_templates()) == ("toy", "toy")  # the default generator is the toy one
-    ffhq = d.replace(generator="ffhq.pt")
-    assert (ffhq.resolved_clip(), ffhq.resolved_templates()) == ("ViT-B/32", "imagenet")
+    # "auto" asks the base's profile for its guide; the toy prompts go with the toy CLIPs (registered by the plugin).
+    assert (d.resolved_clip(), d.resolved_templates()) == ("toy,toy-robust:2,toy-rn", "toy")
+    assert (d.replace(generator="ffhq").resolved_clip(), d.replace(generator="ffhq").resolved_templates()) == (
+        "ViT-B/32,ViT-B/16", "imagenet")
+    unknown = d.replace(generator="ffhq.pt")  # a file with no metadata: no profile, the paper's single CLIP
+    assert (unknown.resolved_clip(), unknown.resolved_templates()) == ("ViT-B/32", "imagenet")
     assert d.replace(clip="ViT-B/16").resolved_templates() == "imagenet"
     # The toy prompt templates go with every packaged toy CLIP, alone or together; a mix with another CLIP uses ImageNet's.
     assert d.replace(clip="toy,toy-robust:2,toy-rn").resolved_templates() == "toy"
@@ -73,13 +76,11 @@ def test_config_defaults_and_auto_choices() -> None:
 
 
 def test_cli_defaults_come_from_the_config() -> None:
-    from dataclasses import fields
-
-    from nada.frontends.cli import build_parser
+    from nada.frontends.cli import adapt_config, build_parser
 
     args = build_parser().parse_args(["adapt", "--target", "sketch"])
-    cfg = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
-    assert cfg == AdaptConfig(target="sketch")
+    assert args.lr is None and args.layers is None  # not given: the base's profile or AdaptConfig decides
+    assert adapt_config(args) == AdaptConfig(target="sketch")  # no base, no profile: AdaptConfig's defaults
     args = build_parser().parse_args(["adapt", "--target", "x", "--no-antialias", "--bf16", "--mixing", "0.9", "--out", "o"])
     assert (args.antialias, args.bf16, args.mixing_prob, args.out_dir) == (False, True, 0.9, "o")
 
@@ -457,12 +458,12 @@ def test_chunked_selection_run_matches_the_whole_batch(tmp_path: Path, clip) -> 
 def test_speed_switches_on_the_command_line() -> None:
     from nada.frontends.cli import adapt_config, build_parser
 
-    flags = ["--select-chunk", "2", "--select-bf16", "--deterministic"]
+    flags = ["--select-chunk", "2", "--deterministic"]
     args = build_parser().parse_args(["adapt", "--target", "x", *flags])
     cfg = adapt_config(args)
-    assert (cfg.select_chunk, cfg.select_bf16, cfg.deterministic) == (2, True, True)
+    assert (cfg.select_chunk, cfg.deterministic) == (2, True)
     defaults = adapt_config(build_parser().parse_args(["adapt", "--target", "x"]))
-    assert (defaults.select_chunk, defaults.select_bf16, defaults.deterministic) == (0, False, False)
+    assert (defaults.select_chunk, defaults.deterministic) == (0, False)
 
 
 def test_consistency_loss_needs_three_images_per_batch(tmp_path: Path, clip) -> None:

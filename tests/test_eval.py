@@ -56,12 +56,15 @@ def test_mean_pairwise_distance_by_hand_and_uint8_input():
 
 
 def test_choose_judge_prefers_a_clip_that_did_not_guide():
-    assert E.choose_judge(["ViT-B/32", "ViT-B/16"], toy=False)[0] == "ViT-L/14"
-    assert E.choose_judge(["ViT-L/14"], toy=False)[0] == "ViT-B/16"
-    name, note = E.choose_judge(["toy", "toy-robust", "toy-rn"], toy=True)
+    from nada.profiles import eval_world
+
+    toy = eval_world("toy")  # the toy world's judges, registered by its plugin
+    assert E.choose_judge(["ViT-B/32", "ViT-B/16"])[0] == "ViT-L/14"
+    assert E.choose_judge(["ViT-L/14"], None)[0] == "ViT-B/16"
+    name, note = E.choose_judge(["toy", "toy-robust", "toy-rn"], toy)
     assert name == "toy-rn" and "also guided" in note
-    assert E.choose_judge(["toy"], toy=True) == ("toy-rn", "judge CLIP toy-rn (did not guide any evaluated run)")
-    assert "also guided" in E.choose_judge(["toy"], toy=True, requested="toy")[1]
+    assert E.choose_judge(["toy"], toy) == ("toy-rn", "judge CLIP toy-rn (did not guide any evaluated run)")
+    assert "also guided" in E.choose_judge(["toy"], toy, requested="toy")[1]
 
 
 # ---------------------------------------------------------------- FID / KID: torchmetrics against numpy
@@ -156,7 +159,7 @@ def test_reference_folder_errors_and_resizing(tmp_path):
 def test_missing_judge_weights_are_named_in_one_message(no_weights, golden):
     settings = E.EvalSettings(judge=str(golden / "tiny_clip_openai.pt"), reference=str(no_weights), lpips_net="alex")
     with pytest.raises(NadaError) as err:
-        E.load_judges(settings, toy=False, guided=["ViT-B/32"], device=torch.device("cpu"))
+        E.load_judges(settings, world=None, guided=["ViT-B/32"], device=torch.device("cpu"))
     msg = str(err.value)
     assert msg.startswith("3 judge weights unavailable") and "\n" not in msg
     for name in ("alexnet-owt-7be5be79.pth", "model_ir_se50.pth", "weights-inception-2015-12-05-6726825d.pth"):

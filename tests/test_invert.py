@@ -89,9 +89,10 @@ def test_render_wplus_refuses_codes_of_another_base():
 
 
 def test_loss_kind_for_base():
-    assert loss_kind_for_base("toy") == "toy"
-    assert loss_kind_for_base("run/generator.pt", {"base_model": "toy"}) == "toy"
-    assert loss_kind_for_base("ffhq") == "face"
+    # The toy profile (registered by its plugin) brings its own perceptual distance; ffhq's uses LPIPS and ArcFace.
+    assert loss_kind_for_base("toy") == "profile"
+    assert loss_kind_for_base("run/generator.pt", {"base_model": "toy"}) == "profile"
+    assert loss_kind_for_base("ffhq") == "face" and loss_kind_for_base("unregistered.pt") == "face"
 
 
 def test_missing_face_loss_weights_refuse_with_the_path(no_weights):
@@ -222,6 +223,8 @@ def test_toy_losses_use_the_toy_clip_without_flags(monkeypatch):
     from nada.photos.perceptual import ClipFeatureDistance
 
     monkeypatch.setattr(P, "load_toy_perceptual", lambda device="cpu": ClipFeatureDistance(_tiny_clip()))
-    losses = build_losses(InvertConfig(), "toy")
+    losses = build_losses(InvertConfig(), "profile", base="toy")
     assert isinstance(losses.perceptual, ClipFeatureDistance) and losses.perceptual_name == "toy CLIP features"
     assert losses.identity is None and losses.dropped == []  # ArcFace does not apply to toy faces
+    with pytest.raises(NadaError, match="no profile with its own perceptual distance"):
+        build_losses(InvertConfig(), "profile", base="ffhq")

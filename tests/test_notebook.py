@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+import nada
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
@@ -51,6 +54,9 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient", reason="the notebook test needs nbclient: pip install -e '.[dev]'")
     pytest.importorskip("ipykernel", reason="the notebook test needs ipykernel: pip install -e '.[dev]'")
     monkeypatch.setenv("NADA_OFFLINE", "1")
+    # The kernel runs in another folder: give it the nada this test imports (a relative PYTHONPATH would miss it).
+    here = str(Path(nada.__file__).parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     toy = all((TOY / f).is_file() for f in ("generator.pt", "clip.pt", "clip_config.json"))

@@ -147,7 +147,7 @@ def test_placed_by_hand_only_files_are_listed_even_online(cache, monkeypatch):
     with pytest.raises(NadaError, match="cannot be downloaded automatically") as info:
         preflight.ensure(needs)
     assert "model_ir_se50.pth" in str(info.value)
-    assert preflight.loss_needs(InvertConfig(lambda_id=0.1), "toy") == []  # the toy world needs no download
+    assert preflight.loss_needs(InvertConfig(lambda_id=0.1), "profile") == []  # the toy profile needs no download
 
 
 def test_clip_cache_lives_under_nada_cache(cache, monkeypatch):

@@ -83,7 +83,8 @@ def pixels(path: Path) -> np.ndarray:
 
 def test_table_is_consistent() -> None:
     valid = {f.name for f in fields(AdaptConfig)}
-    for name, p in PRESETS.items():
+    table = {name: get_preset(name) for name in presets.known_presets()}  # the plugins' presets too
+    for name, p in table.items():
         if name.startswith("tiny-"):
             continue
         assert p.name == name and p.base in registry.known_generators(), name
@@ -91,21 +92,23 @@ def test_table_is_consistent() -> None:
         p.adapt_config().validate()  # every recipe is a runnable AdaptConfig
         if p.weights is not None and p.weights.kind == "hub":
             assert len(p.weights.hf_revision) == 40 and p.weights.address.startswith("https://huggingface.co/"), name
-    toy = [p for p in PRESETS.values() if p.base == "toy"]
+    toy = [p for p in table.values() if p.base == "toy"]
     assert {"toy-sketch", "toy-watercolor", "toy-pixel-art"} <= {p.name for p in toy}
     assert all(p.weights is not None and p.weights.package_path == f"assets/toy/presets/{p.name}.pt" for p in toy)
-    assert any(p.weights is None for p in PRESETS.values())  # recipes that train on demand exist
-    assert sum(p.weights is not None and p.weights.kind == "hub" for p in PRESETS.values()) >= 5
+    assert any(p.weights is None for p in table.values())  # recipes that train on demand exist
+    assert sum(p.weights is not None and p.weights.kind == "hub" for p in table.values()) >= 5
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if not n.startswith("tiny-")])
+@pytest.mark.parametrize("name", [n for n in presets.known_presets() if not n.startswith("tiny-")])
 def test_printed_adapt_command_parses_to_the_recipe(name: str) -> None:
+    from nada.frontends.cli import adapt_config
+
     p = get_preset(name)
     argv = shlex.split(presets.adapt_command(p, out_dir="runs/x"))
     assert argv[:2] == ["nada", "adapt"]
-    args = build_parser().parse_args(argv[1:])
-    parsed = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
+    parsed = adapt_config(build_parser().parse_args(argv[1:]))  # the base's profile applies as it does in the CLI
     assert parsed == p.adapt_config("runs/x")
+    assert parsed.to_dict() == {**parsed.to_dict(), **dict(p.options)}  # the preset's recipe wins over the profile
 
 
 def test_unknown_preset_lists_names() -> None:
@@ -240,7 +243,7 @@ def test_cli_presets_list_and_show(capsys: pytest.CaptureFixture[str], world: di
     assert "photo -> watercolor" in out and "train on demand" in out
     assert main(["presets", "show", "tiny-on-demand"]) == 0
     shown = capsys.readouterr().out
-    assert "nada adapt --source photo --target watercolor --generator tiny" in shown
+    assert "nada adapt --generator tiny --source photo --target watercolor" in shown
     assert main(["presets", "generators"]) == 0
     assert "ffhq" in capsys.readouterr().out
     assert main(["presets", "show", "nope"]) == 2

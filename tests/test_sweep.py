@@ -28,10 +28,15 @@ from nada.evaluation.sweep import (
     write_summary,
 )
 
-# Tiny toy-world trials: one guiding CLIP, no views, 8 iterations, a checkpoint every 2, a 4-latent evaluation.
+# Tiny toy-world trials: one guiding CLIP, no views, no noise, structure or keep terms (the toy profile's are turned
+# off), 8 iterations, a checkpoint every 2, a 4-latent evaluation.
 TINY = {
     "generator": "toy",
     "clip": "toy",
+    "clip_views": 0,
+    "clip_noise": 0.0,
+    "lambda_structure": 0.0,
+    "keep": "",
     "layers": "all",
     "lr": 0.005,
     "iterations": 8,

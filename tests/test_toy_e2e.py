@@ -35,12 +35,13 @@ def sketch_run(tmp_path_factory):
     from nada.adaptation.loop import adapt
     from nada.generator.checkpoints import load_generator
     from nada.config import AdaptConfig
-    from nada.weights.presets import TOY_RECIPE
+    from nada.toy.plugin import TOY_RECIPE
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import measure_quality
 
     out = tmp_path_factory.mktemp("toy-sketch")
-    config = AdaptConfig(source="photo", target="sketch", out_dir=str(out), sample_every=0, save_every=0, **dict(TOY_RECIPE))
+    config = AdaptConfig(generator="toy", source="photo", target="sketch", out_dir=str(out), sample_every=0,
+                         save_every=0, **dict(TOY_RECIPE))
     adapted = adapt(config, progress=False)
     base = load_generator("toy")
     judge = load_evaluator()
@@ -58,7 +59,7 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
     report, log, out, adapted, (filter_name, filter_rate) = sketch_run
     summary = f"{report.to_dict()}"
     from nada.guidance.clip import parse_clip_spec
-    from nada.weights.presets import TOY_RECIPE
+    from nada.toy.plugin import TOY_RECIPE
 
     # The CLIP side: the directional loss (summed over the guides with their weights) starts at 1 per unit of
     # weight (equal images) and falls (measured: 0.27 per unit over the last 20 iterations).

@@ -139,7 +139,7 @@ def _bench_module():
 def test_quality_benchmark_runs_the_toy_recipe_and_writes_its_table_and_figure(tmp_path, capsys):
     import json
 
-    from nada.weights.presets import TOY_RECIPE
+    from nada.toy.plugin import TOY_RECIPE
 
     bench = _bench_module()
     assert bench.main(["--rows", "sketch,last:2", "--iterations", "1", "--n", "8", "--out", str(tmp_path)]) == 0

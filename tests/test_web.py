@@ -172,9 +172,9 @@ def test_adapt_job_becomes_a_style(backend, world):
     visitor = Session()
     before = {k for _, k in backend.style_choices(visitor)}
     job = backend.submit_adapt("photo", "sketch", "all", 2, session=visitor)
-    from nada.weights.presets import TOY_RECIPE
+    from nada.toy.plugin import TOY_RECIPE
 
-    # Untouched fields keep AdaptConfig's defaults; the toy base runs with the toy presets' recipe.
+    # Untouched fields keep AdaptConfig's defaults; the toy base runs with its profile, the toy recipe.
     plain = {"lr": 0.002, "clip_views": 0, "clip_noise": 0.0, "lambda_structure": 0.0, "keep": "", "lambda_keep": 1.0}
     recipe = dict(TOY_RECIPE) if backend.base == "toy" else plain
     assert job.config.iterations == 2 and job.config.beta2 == 0.99

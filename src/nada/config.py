@@ -1,9 +1,10 @@
-"""Configuration of a domain adaptation run: one frozen dataclass, the single source of defaults.
+"""Configuration of a domain adaptation run: one frozen dataclass and the one function that resolves it.
 
-The CLI (``nada adapt``), the Python API (``nada.adaptation.loop.adapt``) and any front end read their
-defaults from `AdaptConfig`, so a default changes in exactly one place. Values follow the official
-StyleGAN-NADA code (rinongal/StyleGAN-nada, ``ZSSGAN/options/train_options.py`` and ``train.py``)
-unless a comment says why not.
+`AdaptConfig` holds every setting; its defaults follow the official StyleGAN-NADA code
+(rinongal/StyleGAN-nada, ``ZSSGAN/options/train_options.py`` and ``train.py``) unless a comment says why
+not. `resolve` puts a base generator's profile (`nada.profiles`), a preset's recipe, a reference mode and
+the user's options on top, in that order; the CLI (``nada adapt``), the Python API, ``nada sweep`` and the
+web app all call it, so a setting comes from the same place whichever front end starts the run.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from nada.errors import NadaError
+from nada.guidance.clip import parse_clip_spec
+from nada.guidance.losses import keep_groups
+from nada.guidance.templates import attribute_groups, prompt_set_for, prompt_sets
+from nada.profiles import get_profile, profile_base
 
-# Template sets for text prompts: "imagenet" is CLIP's 79 ImageNet prompts (the official choice),
-# "plain" uses the bare text, "toy" the prompts the project's tiny CLIP was trained with, and
-# "auto" picks "toy" for the toy CLIP and "imagenet" otherwise.
-TEMPLATE_CHOICES = ("auto", "imagenet", "plain", "toy")
-# "auto" for the CLIP means: the project's toy CLIP for the toy generator, else the paper's ViT-B/32.
+# "auto" for the CLIP means the base profile's guide, else the paper's ViT-B/32; for the templates, the
+# prompt set registered for the guiding CLIPs, else CLIP's ImageNet prompts (nada.guidance.templates).
 AUTO = "auto"
-TOY = "toy"
 PAPER_CLIP = "ViT-B/32"
 NOISE_CHOICES = ("random", "independent", "const", "none")
 SELECT_NOISE_CHOICES = ("random", "const")
@@ -69,13 +70,13 @@ class AdaptConfig:
     # What to adapt, towards what.
     target: str = ""  # target domain text, e.g. "sketch"; may stay empty when target_images is given
     source: str = "photo"  # source domain text describing what the generator makes now
-    generator: str = "toy"  # checkpoint path or registered name (see nada.generator.checkpoints.load_generator)
+    generator: str = ""  # checkpoint path or registered name (see nada.generator.checkpoints.load_generator)
     target_images: str | None = None  # folder of example images of the target style (image-guided)
     target_images_batch: int = 16  # generated source images whose mean embedding the image direction starts from (official img2img_batch)
 
     # CLIP guidance.
     clip: str = AUTO  # one model or a weighted ensemble, e.g. "ViT-B/32,ViT-B/16:0.5"; see resolved_clip
-    templates: str = AUTO  # see TEMPLATE_CHOICES and resolved_templates
+    templates: str = AUTO  # a registered prompt set (nada.guidance.templates) or auto; see resolved_templates
     antialias: bool = True  # antialiased resize to CLIP's input (see nada.guidance.clip); False = official numbers
     # The directional loss at a pair of equal images (the first step with shared noise): "limit" uses its
     # first-order limit 1 - edit . direction; "shift" is the official rule (re-encode the image + 1e-6).
@@ -91,13 +92,13 @@ class AdaptConfig:
     lambda_consistency: float = 0.0
     # Attributes the adapted images must keep, read zero-shot by the CLIP: prompt groups split by ';', the
     # values of one attribute by '|' ("a smiling face|a neutral face|a frowning face; a face with glasses|a
-    # face without glasses"), "toy" for the toy world's six face attributes, or "toy:mouth,glasses" for some of
-    # them (an edit of one attribute keeps the others). Empty: no such term.
+    # face without glasses"), or the name of registered attribute groups ("NAME", or "NAME:a,b" for some of
+    # them: an edit of one attribute keeps the others). Empty: no such term.
     keep: str = ""
     lambda_keep: float = 1.0  # weight of the keep term (losses.keep_loss); used only when `keep` names attributes
     # Random views (zoomed, shifted, slightly rotated crops) per image pair for the CLIP terms; 0 uses
     # the plain images, as the official code. Views blunt pixel patterns that fool one exact input of
-    # a weak CLIP: the toy CLIP needs them (see docs/toy_quality.md).
+    # a weak CLIP: tiny CLIPs need them (docs/adapt.md, "Profiles").
     clip_views: int = 0
     # Gaussian noise (this standard deviation, images in [-1, 1]) added to every image the CLIP terms
     # see, the same noise for the frozen and the trained image of a pair: the guide's gradient becomes
@@ -111,7 +112,6 @@ class AdaptConfig:
     # auto:K renders and back-propagates this many of the auto_batch latents at a time (0: all at once). Each
     # latent's gradient is the same (the loss is a batch mean, rescaled per chunk); peak memory falls.
     select_chunk: int = 0
-    select_bf16: bool = False  # bfloat16 autocast for the layer selection alone, on CUDA (bf16 covers it already)
     select_score: str = "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.adaptation.layers)
     select_noise: str = "random"  # selection renders with fresh noise ("random", official) or stored noise ("const")
     # "official": `all` is the official set (constant, conv1, convs; no to_rgb) and auto:K maps row i to the
@@ -175,37 +175,25 @@ class AdaptConfig:
         return cls(**{**REFERENCES[name], **changes})
 
     def resolved_clip(self) -> str:
-        """The CLIP spec actually used: "auto" means the toy CLIP for the toy generator, else ViT-B/32."""
+        """The CLIP spec actually used: "auto" means the base profile's guide, else ViT-B/32."""
         if self.clip.strip().lower() != AUTO:
             return self.clip
-        return TOY if self.generator == TOY else PAPER_CLIP
+        profile = get_profile(profile_base(self.generator) or "")
+        return str((profile.options() if profile else {}).get("clip", PAPER_CLIP))
 
     def resolved_templates(self) -> str:
-        """The template set actually used: "auto" means "toy" when every CLIP is a packaged toy CLIP, else "imagenet"."""
+        """The prompt set actually used: "auto" means the set registered for every guiding CLIP, else "imagenet"."""
         if self.templates != AUTO:
             return self.templates
-        from nada.guidance.clip_specs import parse_clip_spec
-        from nada.toy.clips import TOY_CLIPS
-
-        names = [name for name, _ in parse_clip_spec(self.resolved_clip())]
-        return TOY if all(name in TOY_CLIPS for name in names) else "imagenet"
+        return prompt_set_for([name for name, _ in parse_clip_spec(self.resolved_clip())])
 
     def resolved_keep(self) -> list[list[str]]:
         """The keep term's prompt groups (one list of value prompts per attribute); [] when `keep` is empty."""
         spec = self.keep.strip()
         if not spec:
             return []
-        if spec == TOY or spec.startswith(TOY + ":"):
-            from nada.toy.render import ATTRIBUTE_PROMPTS
-
-            names = [n.strip() for n in spec[len(TOY) + 1 :].split(",") if n.strip()] or list(ATTRIBUTE_PROMPTS)
-            unknown = [n for n in names if n not in ATTRIBUTE_PROMPTS]
-            if unknown:
-                raise NadaError(f"keep {spec!r} names unknown toy attributes {unknown}: choose from {', '.join(ATTRIBUTE_PROMPTS)}")
-            return [list(ATTRIBUTE_PROMPTS[n]) for n in names]
-        from nada.guidance.losses import keep_groups
-
-        return keep_groups(spec)
+        groups = attribute_groups(spec)
+        return groups if groups is not None else keep_groups(spec)
 
     def replace(self, **changes: Any) -> "AdaptConfig":
         """A copy with some fields changed."""
@@ -250,8 +238,8 @@ class AdaptConfig:
                 f"{self.clip_views} gives fewer than 3 images; raise --batch-size or --clip-views, or set lambda_consistency to 0"
             )
         self.resolved_keep()  # a keep spec that names no attribute or unknown ones fails here, not in the run
-        if self.templates not in TEMPLATE_CHOICES:
-            raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join(TEMPLATE_CHOICES)}")
+        if self.templates not in (AUTO, *prompt_sets()):
+            raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join((AUTO, *prompt_sets()))}")
         choices = {"noise_mode": NOISE_CHOICES, "select_noise": SELECT_NOISE_CHOICES, "first_step": FIRST_STEP_CHOICES}
         choices.update(select_score=SCORE_CHOICES, layer_sets=LAYER_SET_CHOICES)
         for name, allowed in choices.items():
@@ -260,15 +248,18 @@ class AdaptConfig:
         check_truncation(self.sample_truncation, "sample_truncation")
         if not self.out_dir.strip():
             raise NadaError("out_dir is empty: give a folder for the run's outputs, e.g. --out runs/sketch")
+        if not str(self.generator).strip():
+            raise NadaError("no base generator given: pass --generator with a registered name "
+                            "(see `nada presets generators`) or a checkpoint path")
 
 
 @dataclass(frozen=True)
 class WebLimits:
     """Server-side limits on what one visitor of `nada web` may ask for; `nada web --max-...` flags override them."""
 
-    max_iterations: int = 1000  # Adapt iterations per job: the toy recipe's 300 fit, hours of one CPU do not
+    max_iterations: int = 1000  # Adapt iterations per job: a 300-iteration recipe fits, hours of one CPU do not
     max_batch: int = 8  # latents per Adapt iteration
-    max_views: int = 16  # random CLIP views per image pair (the toy recipe uses 8)
+    max_views: int = 16  # random CLIP views per image pair (recipes use up to 8)
     max_seeds: int = 64  # images per Generate click
     max_steps: int = 1000  # inversion steps per Stylize click
     max_upload_pixels: int = 4096 * 4096  # width x height of an uploaded photo, read from its header before decoding
@@ -293,3 +284,76 @@ class WebLimits:
                     f"{value} {what} asked for: this server runs at most {limit} per adaptation; ask for fewer"
                 )
 
+
+# Command-line flags of the AdaptConfig fields whose flag is not ``--field-name`` (nada adapt).
+CLI_FLAGS: dict[str, str] = {"mixing_prob": "--mixing", "out_dir": "--out", "n_sample_images": "--n-samples"}
+
+
+def cli_flag(field: str) -> str:
+    """The `nada adapt` flag that sets an AdaptConfig field; booleans that default to True take ``--no-``."""
+    flag = CLI_FLAGS.get(field) or "--" + field.replace("_", "-")
+    return "--no-" + flag[2:] if getattr(AdaptConfig, field) is True else flag
+
+
+# ---------------------------------------------------------------- resolution
+
+# Where a resolved setting came from, lowest precedence first.
+SOURCES = ("default", "profile", "preset", "reference", "user")
+
+
+def resolve(
+    base: str | None = None,
+    preset: str | None = None,
+    user: Mapping[str, Any] | None = None,
+    reference: str | None = None,
+) -> tuple[AdaptConfig, dict[str, str]]:
+    """The AdaptConfig of a run and each field's source: defaults < base profile < preset < reference < user.
+
+    `base` is a registered name or a checkpoint path (its metadata's base gives the profile); without it
+    the preset's base is used. `user` holds only the options the user gave explicitly.
+    """
+    from nada.weights.presets import get_preset  # presets import nada.io, which imports this module
+
+    user = dict(user or {})
+    _check_names(user, "user options")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    recipe = get_preset(preset) if preset else None
+    if recipe is not None:
+        layers.append(("preset", {"generator": recipe.base, "source": recipe.source, "target": recipe.target,
+                                  **dict(recipe.options)}))
+    if base:
+        user["generator"] = str(base)
+    generator = user.get("generator") or (recipe.base if recipe is not None else "")
+    profile = get_profile(profile_base(generator) or "") if generator else None
+    if profile is not None:
+        layers.insert(0, ("profile", profile.options()))
+    if reference:
+        if reference not in REFERENCES:
+            raise NadaError(f"unknown reference mode {reference!r}: use one of {', '.join(REFERENCES)}")
+        layers.append(("reference", REFERENCES[reference]))
+    layers.append(("user", user))
+    values: dict[str, Any] = {}
+    sources = {f.name: "default" for f in fields(AdaptConfig)}
+    for source, options in layers:
+        _check_names(options, f"{source} options")
+        values.update(options)
+        sources.update({k: source for k in options})
+    return AdaptConfig(**values), sources
+
+
+def _check_names(options: Mapping[str, Any], what: str) -> None:
+    """NadaError naming option names that are no AdaptConfig field."""
+    unknown = sorted(set(options) - {f.name for f in fields(AdaptConfig)})
+    if unknown:
+        raise NadaError(f"unknown adaptation settings {unknown} in the {what}: use AdaptConfig field names")
+
+
+def describe(config: AdaptConfig, sources: Mapping[str, str]) -> str:
+    """Every setting of `config`, one per line, with where its value came from (as `--print-config` shows)."""
+    width = max(len(f.name) for f in fields(AdaptConfig))
+    lines = [f"{f.name:<{width}}  {getattr(config, f.name)!r:<40}  {sources.get(f.name, 'default')}"
+             for f in fields(AdaptConfig)]
+    resolved = {"clip": config.resolved_clip(), "templates": config.resolved_templates()}
+    lines += [f"{'(' + k + ')':<{width}}  {v!r:<40}  resolved from {getattr(config, k)!r}"
+              for k, v in resolved.items() if v != getattr(config, k)]
+    return "\n".join(line.rstrip() for line in lines)

@@ -41,23 +41,15 @@ import time
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
+from PIL import Image, UnidentifiedImageError
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nada.config import AdaptConfig
-from nada.errors import NadaError
-from nada.io import (
-    BackgroundWriter,
-    atomic_save_image,
-    atomic_torch_save,
-    atomic_write,
-    image_grid,
-    resolve_device,
-    z_from_seeds,
-)
+from nada import __version__
 from nada.adaptation.layers import (
     LayerSelector,
     SelectionContext,
@@ -67,17 +59,33 @@ from nada.adaptation.layers import (
     synthesis_parameters,
     trainable_names,
 )
+from nada.config import AdaptConfig
+from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator, save_checkpoint
+from nada.guidance import losses
+from nada.guidance.clip import load_clip_ensemble, parse_clip_spec
+from nada.guidance.templates import get_prompt_set
+from nada.io import (
+    TMP_SUFFIX,
+    BackgroundWriter,
+    atomic_save_image,
+    atomic_torch_save,
+    atomic_write,
+    image_grid,
+    resolve_device,
+    z_from_seeds,
+)
+from nada.photos.images import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
-    from nada.guidance.clip import ClipModel
     from nada.generator.networks import Generator
+    from nada.guidance.clip import ClipModel
 
 # Official StyleGAN-NADA builds its optimizer like rosinality's GAN training with lazy regularisation
 # every 4 steps: lr * 4/5 and betas ** (4/5). Kept so that published hyperparameters mean the same here.
 G_REG_RATIO = 4 / 5
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = ("iterations", "device", "out_dir", "sample_every", "save_every", "log_every")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # The noise generator's seed is config.seed plus this, so that noise and latents never share a stream.
 NOISE_STREAM = 1_000_033
 # The official first-step rule: re-encode the trained image shifted by this when its edit is exactly zero.
@@ -198,8 +206,6 @@ def _read_holder(fd: int) -> str:
 
 def _remove_stale_temp_files(root: Path) -> None:
     """Delete the temporary files of saves that a kill interrupted (only nada's own, recognised by their suffix)."""
-    from nada.io import TMP_SUFFIX
-
     for folder in (root, root / "samples", root / "checkpoints"):
         for p in folder.glob(f".*{TMP_SUFFIX}"):
             p.unlink(missing_ok=True)
@@ -349,15 +355,13 @@ def fp32_precision(device: torch.device, tf32: bool) -> Iterator[None]:
 def deterministic_kernels(device: torch.device, enabled: bool) -> Iterator[None]:
     """Within the block (CUDA, ``enabled``), deterministic kernels only: cuDNN's, PyTorch's, a fixed cuBLAS workspace.
 
-    Ops without a deterministic CUDA kernel warn instead of failing; CLIP's resize has its own (`nada.guidance.clip`),
+    Ops without a deterministic CUDA kernel warn instead of failing; CLIP's resize has its own (`nada.clip`),
     and attention runs in its plain matmul form, since the fused kernels' backward stays free in warn-only
     mode. The previous settings come back afterwards. Does nothing on the CPU, whose kernels already are.
     """
     if not enabled or device.type != "cuda":
         yield
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     cudnn = torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               cudnn.deterministic, cudnn.benchmark)
@@ -413,23 +417,8 @@ class Guide:
     keep_text: tuple[torch.Tensor, ...] = ()  # unit text features [K,D] of each attribute to keep (keep loss)
 
 
-def _templates(choice: str) -> Sequence[str] | None:
-    """The prompt templates named by ``AdaptConfig.templates``."""
-    if choice == "plain":
-        return None
-    if choice == "toy":
-        from nada.toy.render import TEMPLATES
-
-        return TEMPLATES
-    from nada.guidance.templates import IMAGENET_TEMPLATES
-
-    return IMAGENET_TEMPLATES
-
-
 def load_target_images(folder: str | os.PathLike) -> list[torch.Tensor]:
     """Every readable image of a folder as [1, 3, H, W] in [-1, 1] (sorted by name); NadaError if none."""
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise NadaError(f"target images folder {root} does not exist or is not a folder: give a folder of example images")
@@ -454,9 +443,7 @@ def build_guides(
     ensemble: Sequence[tuple["ClipModel", float]], config: AdaptConfig, G_frozen: "Generator", target_images: list[torch.Tensor] | None
 ) -> list[Guide]:
     """Precompute, per CLIP model, the directions and anchors of the losses (constants of the objective)."""
-    from nada.guidance import losses
-
-    templates = _templates(config.resolved_templates())
+    templates = get_prompt_set(config.resolved_templates())
     source_imgs = None
     if target_images is not None:
         # The image direction starts from the mean embedding of generated source images, drawn from
@@ -507,8 +494,6 @@ def loss_terms(
     batch once and all of its terms reuse those features. The texture term compares the unnormalised
     features of the ensemble's own models (the official code always loads CLIP RN50 for it).
     """
-    from nada.guidance import losses
-
     terms: dict[str, torch.Tensor] = {}
 
     def add(name: str, value: torch.Tensor) -> None:
@@ -599,8 +584,6 @@ def directional_term(f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.
     edit is about a million times too large and fills Adam's second-moment estimate, which then
     (beta2 = 0.992) shrinks every later step for thousands of iterations.
     """
-    from nada.guidance import losses
-
     edit = torch.nn.functional.normalize(f_tgt, dim=-1) - torch.nn.functional.normalize(f_src, dim=-1)
     # Equal images need not give bit-equal features (CLIP's attention takes a different kernel when
     # no gradient is needed), so "no edit yet" is an edit below rounding level, not exactly zero.
@@ -619,8 +602,6 @@ def shifted_directional_term(
 ) -> torch.Tensor:
     """The official directional loss over features [N, D]: when the batch's unit edits sum to exactly zero
     (equal images), the trained images [N, 3, H, W] are encoded again shifted by 1e-6 (``first_step="shift"``)."""
-    from nada.guidance import losses
-
     unit = torch.nn.functional.normalize
     if float((unit(f_tgt.detach(), dim=-1) - unit(f_src, dim=-1)).sum()) == 0:
         f_tgt = clip.encode_image(img_train + OFFICIAL_SHIFT)
@@ -630,8 +611,6 @@ def shifted_directional_term(
 def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
     """The layer selection's objective: ensemble-weighted global loss of images [N,3,H,W] towards the target,
     at each model's logit scale."""
-    from nada.guidance import losses
-
     terms = [g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target, g.clip.logit_scale)
              for g in guides]
     return sum(terms)  # type: ignore[return-value]
@@ -746,8 +725,33 @@ def adapt(
     receives the seconds spent in each phase ("setup", "iterations", "grids", "saves"; see `PhaseClock`).
     """
     with ExitStack() as held:
-        clock = PhaseClock(timings)
-        return _adapt(config, progress, G_base, clip, resume, force, callback, G_start, held, clock)
+        return _adapt(config, progress, G_base, clip, resume, force, callback, G_start, held, PhaseClock(timings))
+
+
+@dataclass
+class _Run:
+    """What one adaptation holds from setup to the end: networks, objective, optimizer, random streams, progress."""
+
+    config: AdaptConfig
+    paths: RunPaths
+    device: torch.device
+    selector: LayerSelector
+    G_frozen: "Generator"
+    G_train: "Generator"
+    clip_label: str  # the guide as the checkpoint metadata records it
+    guides: list[Guide]
+    optimizer: torch.optim.Optimizer
+    rng: torch.Generator
+    noise_rng: torch.Generator
+    step: int = 0
+    selected: list[str] | None = None
+    trained: set[str] = field(default_factory=set)
+    complete: bool = False  # a resumed run that had already reached its iterations
+    log: "LogBuffer | None" = None
+    ctx: SelectionContext | None = None
+    autocast: Callable[[], ContextManager[Any]] = nullcontext
+    clock: "PhaseClock | None" = None
+    writer: BackgroundWriter | None = None  # sample grids are PNG-encoded on its thread while training goes on
 
 
 def _adapt(
@@ -762,23 +766,106 @@ def _adapt(
     held: ExitStack,
     clock: "PhaseClock",
 ) -> "Generator":
-    """The body of `adapt`; ``held`` keeps the run folder claimed until `adapt` ends."""
-    from nada import __version__
-    from nada.generator.checkpoints import load_generator, save_checkpoint
+    """The body of `adapt`: set up, iterate, save; ``held`` keeps the run folder claimed until `adapt` ends."""
+    run = _setup(config, G_base, clip, resume, force, G_start, held)
+    clock.device, run.clock, run.writer = run.device, clock, BackgroundWriter()
+    held.callback(run.writer.close)
+    clock.lap("setup")
+    if run.step == 0:
+        _save_samples(run, 0)
+    bar = _progress_bar(progress, run.step, config.iterations)
+    # The state at the start of the current iteration: what a save after an interruption must record.
+    boundary = _boundary(run.rng, run.noise_rng, run.selected, run.trained)
+    updating = False
+    try:
+        with (_DeferredInterrupt() as interrupt, fp32_precision(run.device, config.tf32),
+              deterministic_kernels(run.device, config.deterministic)):
+            while run.step < config.iterations:
+                t0 = time.perf_counter()
+                boundary = _boundary(run.rng, run.noise_rng, run.selected, run.trained)
+                loss, terms = _forward(run)
+                updating = True
+                _update(run, loss)
+                boundary = _boundary(run.rng, run.noise_rng, run.selected, run.trained)
+                updating = False
+                _bookkeeping(run, loss, terms, boundary, bar, callback, time.perf_counter() - t0)
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        # Save where the last complete iteration left off, unless the interrupt hit the weight update.
+        if not updating and run.step > 0:
+            _save(run, boundary, final=False)
+        raise
+    finally:
+        bar.close()
+        run.log.close()
+    if not run.complete:
+        _save_samples(run, run.step)
+        _save(run, boundary, final=True)
+    run.writer.wait()
+    clock.lap("grids")
+    return run.G_train.eval().requires_grad_(False)
 
-    # ---- validate cheaply, before anything heavy is loaded
-    config.validate()
-    selector: LayerSelector = parse_layers(config.layers, score=config.select_score, layer_sets=config.layer_sets)
-    if config.lambda_patch > 0 and not config.target.strip():
-        raise NadaError("the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0")
-    if clip is None:
-        from nada.guidance.clip import parse_clip_spec
 
-        parse_clip_spec(config.resolved_clip())  # a malformed list fails here, before any loading
+def _setup(
+    config: AdaptConfig,
+    G_base: "Generator | None",
+    clip: "ClipModel | Sequence[tuple[ClipModel, float]] | None",
+    resume: bool,
+    force: bool,
+    G_start: "Generator | None",
+    held: ExitStack,
+) -> _Run:
+    """Validate, claim the run folder, build generators, guides and optimizer, and restore a saved state."""
+    selector = _validated_selector(config, clip)
     paths = held.enter_context(claim_run_dir(config, resume, force))
     device = resolve_device(config.device)
+    G_frozen, G_train = _generators(config, G_base, G_start, selector, device)
+    if clip is None:
+        ensemble = load_clip_ensemble(config.resolved_clip(), device, antialias=config.antialias)
+    else:
+        ensemble = _as_ensemble(clip)
+    clip_label = config.resolved_clip() if clip is None else ", ".join(f"{m.name}:{w}" for m, w in ensemble)
+    target_images = load_target_images(config.target_images) if config.target_images else None
+    guides = build_guides(ensemble, config, G_frozen, target_images)
+    # Every synthesis parameter is in the optimizer; only selected layers get gradients, and Adam skips
+    # parameters whose gradient is None, so unselected layers never move.
+    optimizer = torch.optim.Adam(
+        synthesis_parameters(G_train),
+        lr=config.lr * G_REG_RATIO,
+        betas=(config.beta1**G_REG_RATIO, config.beta2**G_REG_RATIO),
+    )
+    rng, noise_rng = torch.Generator().manual_seed(config.seed), noise_generator(config.seed, device)
+    run = _Run(config, paths, device, selector, G_frozen, G_train, clip_label, guides, optimizer, rng, noise_rng)
+    _restore(run, resume)
+    run.ctx = SelectionContext(
+        sample_w=lambda n: sample_w(G_frozen, n, rng, device),
+        image_loss=lambda img: selection_loss(guides, img),
+        batch_size=config.auto_batch,
+        chunk=config.select_chunk,
+        sample_noise=None if config.select_noise == "const" else lambda n: fresh_noise(G_frozen, n, noise_rng, device),
+    )
+    run.autocast = _autocast(config, device)
+    return run
 
-    # ---- generators: G_frozen is the fixed anchor, G_train the copy whose chosen layers learn
+
+def _validated_selector(config: AdaptConfig, clip: Any) -> LayerSelector:
+    """The layer selector, after every check that needs nothing loaded (settings, layer and CLIP specs)."""
+    config.validate()
+    selector = parse_layers(config.layers, score=config.select_score, layer_sets=config.layer_sets)
+    if config.lambda_patch > 0 and not config.target.strip():
+        raise NadaError("the patch loss needs a target text: give --target as well as --target-images, "
+                        "or set lambda_patch to 0")
+    if clip is None:
+        parse_clip_spec(config.resolved_clip())  # a malformed list fails here, before any loading
+    return selector
+
+
+def _generators(
+    config: AdaptConfig, G_base: "Generator | None", G_start: "Generator | None", selector: LayerSelector,
+    device: torch.device,
+) -> tuple["Generator", "Generator"]:
+    """G_frozen, the fixed anchor, and G_train, the copy whose chosen layers learn (no gradients yet)."""
     base = G_base if G_base is not None else load_generator(config.generator, device=device)
     selector.validate(base)
     G_frozen = deepcopy(base).to(device).eval().requires_grad_(False)
@@ -787,41 +874,26 @@ def _adapt(
     G_train = deepcopy(G_frozen)  # requires_grad stays False until layers are selected
     if G_start is not None:
         G_train.load_state_dict(G_start.state_dict())
+    return G_frozen, G_train
 
-    # ---- CLIP ensemble and the constant parts of the objective
-    if clip is None:
-        from nada.guidance.clip import load_clip_ensemble
 
-        ensemble = load_clip_ensemble(config.resolved_clip(), device, antialias=config.antialias)
-    else:
-        ensemble = _as_ensemble(clip)
-    target_images = load_target_images(config.target_images) if config.target_images else None
-    guides = build_guides(ensemble, config, G_frozen, target_images)
-
-    # ---- optimizer over every synthesis parameter; only selected layers get gradients, and Adam
-    # skips parameters whose gradient is None, so unselected layers never move.
-    optimizer = torch.optim.Adam(
-        synthesis_parameters(G_train),
-        lr=config.lr * G_REG_RATIO,
-        betas=(config.beta1**G_REG_RATIO, config.beta2**G_REG_RATIO),
-    )
-    rng = torch.Generator().manual_seed(config.seed)
-    noise_rng = noise_generator(config.seed, device)
-    step, selected, trained = 0, None, set()
-
-    # ---- fresh start or resume
+def _restore(run: _Run, resume: bool) -> None:
+    """Continue from the run folder's saved state (resume) or start it fresh; write its config and log."""
+    config, paths = run.config, run.paths
     state = _load_state(paths) if resume and paths.state.exists() else None
     if state is not None:
         _check_resumable(state["config"], config, paths.root)
-        G_train.load_state_dict(state["g_ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.set_state(state["rng"])
-        noise_rng.set_state(state["noise_rng"])
-        step, selected, trained = int(state["step"]), list(state["selected"]), set(state["trained"])
-        if step > config.iterations:
-            raise NadaError(f"the run in {paths.root} already has {step} iterations: ask for at least that many (--iterations {step})")
-        set_trainable(G_train, selected)
-        log_lines = _read_log(paths.log, step)
+        run.G_train.load_state_dict(state["g_ema"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.rng.set_state(state["rng"])
+        run.noise_rng.set_state(state["noise_rng"])
+        run.step, run.selected, run.trained = int(state["step"]), list(state["selected"]), set(state["trained"])
+        if run.step > config.iterations:
+            raise NadaError(f"the run in {paths.root} already has {run.step} iterations: ask for at least that many "
+                            f"(--iterations {run.step})")
+        run.complete = run.step >= config.iterations
+        set_trainable(run.G_train, run.selected)
+        log_lines = _read_log(paths.log, run.step)
     else:
         if paths.has_run():
             if paths.config.exists() and resume:
@@ -830,150 +902,118 @@ def _adapt(
         log_lines = []
     atomic_write(paths.config, lambda tmp: tmp.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8"))
     atomic_write(paths.log, lambda tmp: tmp.write_text("".join(line + "\n" for line in log_lines), encoding="utf-8"))
-    log = LogBuffer(paths.log)
-    clock.device = device
-    # Grids are encoded to PNG on a worker thread while training goes on; adapt waits for them before it returns.
-    writer = BackgroundWriter()
-    held.callback(writer.close)
+    run.log = LogBuffer(paths.log)
 
-    def save_samples(at: int) -> None:
-        clock.lap("iterations")
-        with torch.no_grad():
-            rows = [render_samples(G, config.n_sample_images, config.sample_truncation, config.batch_size) for G in (G_frozen, G_train)]
-        writer.submit(atomic_save_image, image_grid(rows), paths.sample(at), compress_level=SAMPLE_PNG_LEVEL)
-        clock.lap("grids")
 
-    def save(at: int, boundary: dict[str, Any], final: bool) -> Path:
-        """Checkpoint the trained generator, then the resume state that points at it (the log first reaches `at`)."""
-        clock.lap("iterations")
-        log.flush()
-        target = paths.final if final else paths.checkpoint(at)
-        order = trainable_names(G_train)
-        metadata = {
-            "base_model": config.generator,
-            "source": config.source,
-            "target": config.target,
-            "target_images": config.target_images,
-            "clip": config.resolved_clip() if clip is None else ", ".join(f"{m.name}:{w}" for m, w in ensemble),
-            "templates": config.resolved_templates(),
-            "layers": config.layers,
-            "trained_layers": [n for n in order if n in boundary["trained"]],
-            "iterations": at,
-            "adapt_config": config.to_dict(),
-            "nada_version": __version__,
-        }
-        save_checkpoint(target, G_train, metadata, overwrite=True)
-        atomic_torch_save(
-            {
-                "step": at,
-                "optimizer": optimizer.state_dict(),
-                "rng": boundary["rng"],
-                "noise_rng": boundary["noise_rng"],
-                "selected": list(boundary["selected"] or []),
-                "trained": sorted(boundary["trained"]),
-                "checkpoint": str(target.relative_to(paths.root)),
-                "config": config.to_dict(),
-            },
-            paths.state,
-        )
-        clock.lap("saves")
-        return target
-
-    ctx = SelectionContext(
-        sample_w=lambda n: sample_w(G_frozen, n, rng, device),
-        image_loss=lambda img: selection_loss(guides, img),
-        batch_size=config.auto_batch,
-        chunk=config.select_chunk,
-        sample_noise=None if config.select_noise == "const" else lambda n: fresh_noise(G_frozen, n, noise_rng, device),
-    )
+def _autocast(config: AdaptConfig, device: torch.device) -> Callable[[], ContextManager[Any]]:
+    """bf16 autocast on CUDA when asked for, else a no-op; warns for settings that apply only on CUDA."""
     use_bf16 = config.bf16 and device.type == "cuda"
     if config.bf16 and not use_bf16:
         warnings.warn("bf16 autocast is only used on CUDA; running in float32")
-    bf16_autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    autocast = bf16_autocast if use_bf16 else nullcontext
-    select_autocast = bf16_autocast if use_bf16 or (config.select_bf16 and device.type == "cuda") else nullcontext
-    if (config.select_bf16 or config.deterministic) and device.type != "cuda":
-        warnings.warn("select_bf16 and deterministic only change CUDA runs; the CPU runs float32, deterministically")
     if config.tf32 and device.type != "cuda":
         warnings.warn("TF32 is only used on CUDA; running in float32")
+    if config.deterministic and device.type != "cuda":
+        warnings.warn("deterministic only changes CUDA runs; the CPU runs deterministically already")
+    return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
-    clock.lap("setup")
-    if step == 0:
-        save_samples(0)
-    bar = _progress_bar(progress, step, config.iterations)
-    # The state at the start of the current iteration: what a save after an interruption must record.
-    boundary = _boundary(rng, noise_rng, selected, trained)
-    updating = False
-    try:
-        with (_DeferredInterrupt() as interrupt, fp32_precision(device, config.tf32),
-              deterministic_kernels(device, config.deterministic)):
-            while step < config.iterations:
-                t0 = time.perf_counter()
-                boundary = _boundary(rng, noise_rng, selected, trained)
 
-                # 1. the training latents, drawn before the selection's as in the official loop
-                ws = sample_latents(G_frozen, config.batch_size, config.mixing_prob, rng, device)
+def _forward(run: _Run) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One iteration's latents, layer selection, images of both generators and weighted loss (and its terms)."""
+    config, device = run.config, run.device
+    # 1. the training latents, drawn before the selection's as in the official loop
+    ws = sample_latents(run.G_frozen, config.batch_size, config.mixing_prob, run.rng, device)
+    # 2. layers to train (dynamic strategies every select_every steps, static ones once)
+    if run.selected is None or (run.selector.dynamic and run.step % config.select_every == 0):
+        # Always in fp32: bf16 rounds away the small W+ changes the selection ranks (docs/performance.md).
+        run.selected = run.selector.select(run.G_train, run.ctx)
+        set_trainable(run.G_train, run.selected)
+    # 3. the same latents (and by default the same noise) for both generators
+    noise_frozen, noise_train = sample_noise(run.G_frozen, config.batch_size, config.noise_mode, run.noise_rng, device)
+    noise_mode = "const" if noise_frozen is not None else config.noise_mode
+    with run.autocast():
+        with torch.no_grad():
+            img_frozen = run.G_frozen.synthesis(ws, noise=noise_frozen, noise_mode=noise_mode)
+        img_train = run.G_train.synthesis(ws, noise=noise_train, noise_mode=noise_mode)
+        # 4. weighted CLIP losses
+        terms = loss_terms(run.guides, img_frozen, img_train, config, run.rng)
+    loss = sum(getattr(config, f"lambda_{name}") * value for name, value in terms.items())
+    return loss, terms
 
-                # 2. layers to train (dynamic strategies every select_every steps, static ones once)
-                if selected is None or (selector.dynamic and step % config.select_every == 0):
-                    with select_autocast():
-                        selected = selector.select(G_train, ctx)
-                    set_trainable(G_train, selected)
 
-                # 3. the same latents (and by default the same noise) for both generators
-                noise_frozen, noise_train = sample_noise(
-                    G_frozen, config.batch_size, config.noise_mode, noise_rng, device
-                )
-                noise_mode = "const" if noise_frozen is not None else config.noise_mode
-                with autocast():
-                    with torch.no_grad():
-                        img_frozen = G_frozen.synthesis(ws, noise=noise_frozen, noise_mode=noise_mode)
-                    img_train = G_train.synthesis(ws, noise=noise_train, noise_mode=noise_mode)
+def _update(run: _Run, loss: torch.Tensor) -> None:
+    """5. One Adam step on the selected layers; the step counts and its layers join the trained set."""
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.trained.update(run.selected)
 
-                    # 4. weighted CLIP losses
-                    terms = loss_terms(guides, img_frozen, img_train, config, rng)
-                loss = sum(getattr(config, f"lambda_{name}") * value for name, value in terms.items())
 
-                # 5. one Adam step on the selected layers
-                updating = True
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                trained.update(selected)
-                boundary = _boundary(rng, noise_rng, selected, trained)
-                updating = False
+def _bookkeeping(
+    run: _Run, loss: torch.Tensor, terms: dict[str, torch.Tensor], boundary: dict[str, Any], bar: Any,
+    callback: Callback | None, seconds: float,
+) -> None:
+    """6. Log (a callback sees every record, so it reads each step back), samples, checkpoints, the callback."""
+    config, step = run.config, run.step
+    run.log.add(step, loss, terms, run.selected, round(seconds, 4))
+    bar.update(1)
+    if callback is not None or step % config.log_every == 0:
+        records = run.log.flush()
+        bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
+    if config.sample_every and step % config.sample_every == 0 and step < config.iterations:
+        _save_samples(run, step)
+    if config.save_every and step % config.save_every == 0 and step < config.iterations:
+        _save(run, boundary, final=False)
+    if callback is not None:
+        callback(step, records[-1])
 
-                # 6. log (a callback sees every record, so it reads each step back), samples, checkpoints
-                log.add(step, loss, terms, selected, round(time.perf_counter() - t0, 4))
-                bar.update(1)
-                if callback is not None or step % config.log_every == 0:
-                    records = log.flush()
-                    bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
-                if config.sample_every and step % config.sample_every == 0 and step < config.iterations:
-                    save_samples(step)
-                if config.save_every and step % config.save_every == 0 and step < config.iterations:
-                    save(step, boundary, final=False)
-                if callback is not None:
-                    callback(step, records[-1])
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        # Save where the last complete iteration left off, unless the interrupt hit the weight update.
-        if not updating and step > 0:
-            save(step, boundary, final=False)
-        raise
-    finally:
-        bar.close()
-        log.close()
 
-    if state is None or int(state["step"]) < config.iterations:  # else the run was already complete
-        save_samples(step)
-        save(step, boundary, final=True)
-    writer.wait()
-    clock.lap("grids")
-    return G_train.eval().requires_grad_(False)
+def _save_samples(run: _Run, at: int) -> None:
+    """The sample grid of step `at`: the frozen generator's row above the trained one's."""
+    config = run.config
+    run.clock.lap("iterations")
+    with torch.no_grad():
+        rows = [render_samples(G, config.n_sample_images, config.sample_truncation, config.batch_size)
+                for G in (run.G_frozen, run.G_train)]
+    run.writer.submit(atomic_save_image, image_grid(rows), run.paths.sample(at), compress_level=SAMPLE_PNG_LEVEL)
+    run.clock.lap("grids")
+
+
+def _save(run: _Run, boundary: dict[str, Any], final: bool) -> Path:
+    """Checkpoint the trained generator, then the resume state that points at it (the log first reaches the step)."""
+    config, paths, at = run.config, run.paths, run.step
+    run.clock.lap("iterations")
+    run.log.flush()
+    target = paths.final if final else paths.checkpoint(at)
+    order = trainable_names(run.G_train)
+    metadata = {
+        "base_model": config.generator,
+        "source": config.source,
+        "target": config.target,
+        "target_images": config.target_images,
+        "clip": run.clip_label,
+        "templates": config.resolved_templates(),
+        "layers": config.layers,
+        "trained_layers": [n for n in order if n in boundary["trained"]],
+        "iterations": at,
+        "adapt_config": config.to_dict(),
+        "nada_version": __version__,
+    }
+    save_checkpoint(target, run.G_train, metadata, overwrite=True)
+    resume_state = {
+        "step": at,
+        "optimizer": run.optimizer.state_dict(),
+        "rng": boundary["rng"],
+        "noise_rng": boundary["noise_rng"],
+        "selected": list(boundary["selected"] or []),
+        "trained": sorted(boundary["trained"]),
+        "checkpoint": str(target.relative_to(paths.root)),
+        "config": config.to_dict(),
+    }
+    atomic_torch_save(resume_state, paths.state)
+    run.clock.lap("saves")
+    return target
 
 
 def _boundary(

@@ -7,11 +7,12 @@ model), the base generator and every adapted one render G(z) with the stored noi
   and the **target-text score** cos(E_I(image), E_T(target)) for adapted and base images, read by a judge CLIP
   (`choose_judge`: by default one that did not guide the run).
 - **identity**: cos(ArcFace(base), ArcFace(adapted)) per z (faces; `nada.photos.perceptual.IdentityLoss`).
-- **diversity**: mean pairwise perceptual distance among adapted images (LPIPS, or the toy CLIP's token
-  distance in the toy world) over the same pairs of latents, and its ratio to the base's.
+- **diversity**: mean pairwise perceptual distance among adapted images (LPIPS, or the distance of the
+  base's evaluation world) over the same pairs of latents, and its ratio to the base's.
 - **FID / KID** against a folder of reference images, with torchmetrics (Inception features from
-  ``nada.photos.perceptual.WEIGHTS["inception-fid"]``, or the toy evaluator's features in the toy world).
-- **toy world**: the toy evaluator's target rate, content kept and diversity (`nada.toy.quality`).
+  ``nada.photos.perceptual.WEIGHTS["inception-fid"]``, or the evaluation world's features).
+- **a base's own world**: a base whose profile has an evaluation world (`nada.profiles.EvalWorld`) is judged
+  with that world's networks, and its quality metrics join each model's row under the world's name.
 
 Images are [N, 3, H, W] in [-1, 1] throughout. docs/eval.md defines every number.
 """
@@ -30,22 +31,39 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
+from tqdm.auto import tqdm
 
+from nada.config import AdaptConfig
 from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator, read_metadata
+from nada.guidance import losses
+from nada.guidance.clip import load_clip, parse_clip_spec
+from nada.guidance.templates import IMAGENET_TEMPLATES, get_prompt_set, prompt_set_for
+from nada.io import atomic_save_image, atomic_write, z_from_seeds
+from nada.photos.images import IMAGE_SUFFIXES
+from nada.photos.perceptual import (
+    downsample_for_lpips,
+    load_identity_loss,
+    load_lpips,
+    load_state_dict,
+    resolve_weights,
+)
+from nada.profiles import EvalWorld, WorldJudges, eval_world, profile_for
+from nada.weights import presets
+from nada.weights.presets import share_mean_latent
 
 if TYPE_CHECKING:
-    from nada.guidance.clip import ClipModel
     from nada.generator.networks import Generator
+    from nada.guidance.clip import ClipModel
 
 FID_MIN_SAMPLES = 5000  # below this FID is strongly biased upwards (StyleGAN papers use 50k, few-shot work 5k)
 KID_MIN_SAMPLES = 1000  # KID is unbiased, but its spread over subsets is large below this
 KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
 JUDGE_CANDIDATES = ("ViT-L/14", "ViT-B/16", "ViT-B/32", "RN50")  # real world, most independent first
-TOY_JUDGE_CANDIDATES = ("toy-rn", "toy-robust", "toy")
 SMALL_SIDE = 256  # images kept for diversity and the figure are stored at most this large
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 # ---------------------------------------------------------------- models to evaluate
@@ -68,7 +86,6 @@ def _clip_names(spec: str | None) -> list[str]:
     """Model names of a CLIP spec such as "ViT-B/32,ViT-B/16:0.5" (weights dropped); [] for None."""
     if not spec:
         return []
-    from nada.guidance.clip import parse_clip_spec
 
     return [name for name, _ in parse_clip_spec(str(spec))]
 
@@ -77,7 +94,6 @@ def _from_metadata(label: str, source: str, meta: dict[str, Any]) -> EvalModel:
     cfg = meta.get("adapt_config") or {}
     clip = meta.get("clip") or cfg.get("clip")
     if clip == "auto":
-        from nada.config import AdaptConfig
 
         clip = AdaptConfig.from_dict(cfg).resolved_clip() if cfg else None
     return EvalModel(
@@ -92,7 +108,6 @@ def _from_metadata(label: str, source: str, meta: dict[str, Any]) -> EvalModel:
 
 def describe_model(spec: str) -> EvalModel:
     """What `spec` names: a run folder (its generator.pt), a checkpoint file or a preset name; nothing is loaded."""
-    from nada.weights import presets
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -104,7 +119,7 @@ def describe_model(spec: str) -> EvalModel:
     if path.is_file():
         meta = _metadata(path)
         return _from_metadata(path.parent.name if path.name == "generator.pt" else path.stem, str(path), meta)
-    if spec in presets.PRESETS:
+    if spec in presets.known_presets():
         p = presets.get_preset(spec)
         status = presets.preset_status(p)
         meta = presets.packed_info(status.path)["metadata"] if status.path and presets.is_compact(status.path) else {}
@@ -117,8 +132,6 @@ def describe_model(spec: str) -> EvalModel:
 
 def _metadata(path: Path) -> dict[str, Any]:
     """Checkpoint metadata (nada checkpoints or compact presets); {} for files that carry none."""
-    from nada.weights import presets
-    from nada.generator.checkpoints import read_metadata
 
     if presets.is_compact(path):
         return dict(presets.packed_info(path)["metadata"])
@@ -130,8 +143,6 @@ def _metadata(path: Path) -> dict[str, Any]:
 
 def load_model(model: EvalModel, device: torch.device) -> "Generator":
     """The generator of `model` in eval mode on `device`."""
-    from nada.weights import presets
-    from nada.generator.checkpoints import load_generator
 
     if model.source.startswith("preset:"):
         return presets.load_preset(model.source.removeprefix("preset:"), device=device)
@@ -158,12 +169,14 @@ def common_value(models: Sequence[EvalModel], attr: str, given: str | None, flag
 # ---------------------------------------------------------------- the judge CLIP
 
 
-def choose_judge(guided: Sequence[str], toy: bool, requested: str | None = None) -> tuple[str, str]:
+def choose_judge(
+    guided: Sequence[str], world: EvalWorld | None = None, requested: str | None = None
+) -> tuple[str, str]:
     """(judge CLIP name, one-line note): `requested`, else the first candidate that guided none of the runs."""
     if requested:
         used = requested in guided
         return requested, f"judge CLIP {requested} (chosen by --judge{'; it also guided a run' if used else ''})"
-    candidates = TOY_JUDGE_CANDIDATES if toy else JUDGE_CANDIDATES
+    candidates = world.judge_candidates if world is not None else JUDGE_CANDIDATES
     for name in candidates:
         if name not in guided:
             return name, f"judge CLIP {name} (did not guide any evaluated run)"
@@ -227,7 +240,6 @@ def as_uint8(img: torch.Tensor) -> torch.Tensor:
 
 def shrink(img: torch.Tensor, side: int = SMALL_SIDE) -> torch.Tensor:
     """Area-downsample [N, 3, H, W] so its longer side is at most `side`."""
-    from nada.photos.perceptual import downsample_for_lpips
 
     return downsample_for_lpips(img, side)
 
@@ -235,22 +247,8 @@ def shrink(img: torch.Tensor, side: int = SMALL_SIDE) -> torch.Tensor:
 # ---------------------------------------------------------------- FID and KID (torchmetrics)
 
 
-class ToyFeatures(nn.Module):
-    """The toy evaluator's unnormalised embedding as a torchmetrics feature network: uint8 [N, 3, H, W] -> [N, E]."""
-
-    def __init__(self, evaluator: nn.Module) -> None:
-        super().__init__()
-        self.evaluator = evaluator
-        self.num_features = int(evaluator.config.embed_dim)
-
-    @torch.no_grad()
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.evaluator.features(as_float(img)).double()
-
-
 def inception_weights(progress: bool = True) -> Path:
     """The FID Inception weights file through the weights registry, checked to hold tensors only."""
-    from nada.photos.perceptual import load_state_dict, resolve_weights
 
     path = resolve_weights("inception-fid", progress)
     load_state_dict(path)  # loads with weights_only=True: proves the file runs no code when torch-fidelity reads it
@@ -288,7 +286,6 @@ def reference_batches(
     folder: str | os.PathLike, size: int, batch_size: int, limit: int | None = None
 ) -> Iterator[torch.Tensor]:
     """uint8 [B, 3, size, size] batches of a folder's images (sorted by name), resized (Lanczos) to size x size."""
-    from PIL import Image
 
     files = reference_files(folder)[:limit]
     for start in range(0, len(files), batch_size):
@@ -345,7 +342,7 @@ class EvalSettings:
     batch_size: int = 8
     judge: str | None = None  # judge CLIP; None: `choose_judge`
     reference: str | None = None  # folder of real target-domain images for FID/KID
-    identity: bool = True  # ArcFace identity (real world only; the toy world reads attributes with its evaluator)
+    identity: bool = True  # ArcFace identity (real world only: an evaluation world reads content its own way)
     lpips_net: str = "vgg"
     max_pairs: int = 500  # latent pairs for diversity
     columns: int = 6  # samples per row of the figure
@@ -371,7 +368,8 @@ class Judges:
     distance_name: str
     identity: nn.Module | None = None
     identity_note: str = ""
-    evaluator: nn.Module | None = None  # the toy world's judge
+    quality: Callable[..., dict[str, Any] | None] | None = None  # an evaluation world's extra metrics
+    world: str = "real"
     fid_feature: nn.Module | None = None  # None: Inception through the registry
     fid_name: str = ""
 
@@ -389,68 +387,41 @@ def _collect(loaders: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     return out
 
 
-def load_judges(settings: EvalSettings, toy: bool, guided: Sequence[str], device: torch.device) -> Judges:
-    """Load every judge network the settings ask for (toy world or real), failing once for all missing files."""
-    from nada.guidance.clip import load_clip
-    from nada.toy.clips import TOY_CLIPS
-
-    judge, note = choose_judge(guided, toy, settings.judge)
+def load_judges(
+    settings: EvalSettings, world: EvalWorld | None, guided: Sequence[str], device: torch.device
+) -> Judges:
+    """Load every judge network the settings ask for (an evaluation world's or the real world's), failing once for
+    all missing files."""
+    judge, note = choose_judge(guided, world, settings.judge)
     loaders: dict[str, Callable[[], Any]] = {"judge CLIP": lambda: load_clip(judge, device)}
-    if toy:
-        from nada.photos.perceptual import load_toy_perceptual
-        from nada.toy.evaluator import load_evaluator
-
-        loaders["toy perceptual"] = lambda: load_toy_perceptual(device)
-        loaders["toy evaluator"] = lambda: load_evaluator(device=device)
+    if world is not None:
+        loaders[f"{world.name} judges"] = lambda: world.load(device)
     else:
-        from nada.photos.perceptual import load_identity_loss, load_lpips
-
         loaders["LPIPS"] = lambda: load_lpips(settings.lpips_net, device)
         if settings.identity:
             loaders["ArcFace"] = lambda: load_identity_loss(device)
         if settings.reference:
             loaders["FID Inception"] = inception_weights
     got = _collect(loaders)
-    judges = Judges(
-        got["judge CLIP"],
-        note,
-        _judge_templates(judge in TOY_CLIPS),
-        got.get("toy perceptual") or got["LPIPS"],
-        "toy CLIP token distance" if toy else f"LPIPS {settings.lpips_net}",
-    )
-    return _finish_judges(judges, got, toy)
+    templates = get_prompt_set(prompt_set_for([judge])) or IMAGENET_TEMPLATES
+    if world is not None:
+        kit: WorldJudges = got[f"{world.name} judges"]
+        return Judges(got["judge CLIP"], note, templates, kit.distance, kit.distance_name,
+                      identity_note=kit.identity_note, quality=kit.quality, world=world.name,
+                      fid_feature=kit.fid_feature, fid_name=kit.fid_name)
+    identity = got.get("ArcFace")
+    return Judges(got["judge CLIP"], note, templates, got["LPIPS"], f"LPIPS {settings.lpips_net}", identity=identity,
+                  identity_note="ArcFace IR-SE50" if identity is not None else "not measured (--no-identity)",
+                  fid_name="Inception-v3 pool3 (2048)")
 
 
 @torch.no_grad()
 def text_targets(judges: Judges, source: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The judge's unit text direction source -> target [1, D] and unit mean target text feature [1, D] (CPU)."""
-    from nada.guidance import losses
 
     clip = judges.clip
     direction = losses.text_direction(clip, source, target, judges.templates)
     return direction.float().cpu(), losses.mean_text_feature(clip, target, judges.templates).float().cpu()
-
-
-def _judge_templates(toy_clip: bool) -> Sequence[str]:
-    if toy_clip:
-        from nada.toy.render import TEMPLATES
-
-        return TEMPLATES
-    from nada.guidance.templates import IMAGENET_TEMPLATES
-
-    return IMAGENET_TEMPLATES
-
-
-def _finish_judges(judges: Judges, got: dict[str, Any], toy: bool) -> Judges:
-    if toy:
-        judges.evaluator = got["toy evaluator"]
-        judges.identity_note = "not measured: the toy world reads its attributes with the toy evaluator (content kept)"
-        judges.fid_feature, judges.fid_name = ToyFeatures(judges.evaluator), "toy evaluator embedding"
-    else:
-        judges.identity = got.get("ArcFace")
-        judges.identity_note = "ArcFace IR-SE50" if judges.identity is not None else "not measured (--no-identity)"
-        judges.fid_name = "Inception-v3 pool3 (2048)"
-    return judges
 
 
 # ---------------------------------------------------------------- evaluation
@@ -477,7 +448,6 @@ def _render_pass(
     metrics: tuple[nn.Module, nn.Module] | None,
 ) -> _Pass:
     """Render z in batches through G and keep what the metrics need (nothing at full resolution)."""
-    from tqdm.auto import tqdm
 
     device = next(G.parameters()).device
     feats, smalls, ids = [], [], []
@@ -524,7 +494,6 @@ def _reference_metrics(
     """FID/KID metrics holding the reference folder's features, and the sample-count warnings (None: no folder)."""
     if not settings.reference:
         return None, []
-    from tqdm.auto import tqdm
 
     n_real = len(reference_files(settings.reference))
     fid, kid = fid_kid_metrics(judges.fid_feature, n_real, n_fake, device)
@@ -563,12 +532,9 @@ def _model_metrics(
     }
     if run.identity is not None and base.identity is not None:
         out["identity"] = float((base.identity * run.identity).sum(1).mean())
-    if judges.evaluator is not None:
-        from nada.toy.quality import infer_target, quality_from_images
-
-        what = infer_target(model.source_text, model.target_text)  # None: the texts name no toy style or attribute
-        pair = [as_float(p.small).to(_device(judges.evaluator)) for p in (base, run)]
-        out["toy"] = None if what is None else quality_from_images(judges.evaluator, *pair, what).to_dict()
+    if judges.quality is not None:
+        pair = [as_float(p.small) for p in (base, run)]
+        out[judges.world] = judges.quality(model.source_text, model.target_text, *pair)
     return out
 
 
@@ -591,11 +557,9 @@ def evaluate(
     base_name: str,
     settings: EvalSettings,
     judges: Judges,
-    toy: bool,
     progress: bool = True,
 ) -> EvalResult:
     """Score every adapted generator of `models` (loaded, with texts) against `base_G` on the same latents."""
-    from nada.io import z_from_seeds
 
     settings.validate()
     z = z_from_seeds(list(range(settings.first_seed, settings.first_seed + settings.n)), base_G.style_dim)
@@ -619,17 +583,17 @@ def evaluate(
             }
         )
         samples.append(as_float(run.small[: settings.columns]).float())
-    report = _report_header(base_name, settings, judges, toy, len(pairs), warns)
+    report = _report_header(base_name, settings, judges, len(pairs), warns)
     report.update(base_metrics=base_row, models=rows)
     return EvalResult(report, samples)
 
 
 def _report_header(
-    base_name: str, settings: EvalSettings, judges: Judges, toy: bool, n_pairs: int, warns: list[str]
+    base_name: str, settings: EvalSettings, judges: Judges, n_pairs: int, warns: list[str]
 ) -> dict[str, Any]:
     return {
         "base_generator": base_name,
-        "world": "toy" if toy else "real",
+        "world": judges.world,
         "n": settings.n,
         "seeds": f"{settings.first_seed}-{settings.first_seed + settings.n - 1}",
         "latents": "z of each seed as in `nada generate` (torch.Generator().manual_seed(seed)), stored noise",
@@ -647,7 +611,7 @@ def _report_header(
 
 # ---------------------------------------------------------------- table, figure, files
 
-# (report key, column header, format); nested toy keys are "toy.<key>"
+# (report key, column header, format); an evaluation world adds "<world>.<key>" columns (EvalWorld.columns)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("clip_direction", "CLIP-DIR", "{:.3f}"),
     ("clip_target", "CLIP-TGT", "{:.3f}"),
@@ -657,11 +621,13 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("diversity_ratio", "DIV-RATIO", "{:.2f}"),
     ("fid", "FID", "{:.2f}"),
     ("kid", "KID", "{:.4f}"),
-    ("toy.target_rate", "TOY-TGT", "{:.0%}"),
-    ("toy.content_kept", "TOY-KEPT", "{:.0%}"),
-    ("toy.diversity_ratio", "TOY-DIV", "{:.2f}"),
-    ("toy.frozen_target_rate", "TOY-TGT-BASE", "{:.0%}"),
 )
+
+
+def report_columns(report: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """COLUMNS and the columns of the report's evaluation world (its quality keys under the world's name)."""
+    world = eval_world(str(report.get("world")))
+    return COLUMNS + tuple((f"{world.name}.{k}", h, f) for k, h, f in world.columns) if world else COLUMNS
 
 
 def _get(row: dict[str, Any], key: str) -> Any:
@@ -673,7 +639,7 @@ def _get(row: dict[str, Any], key: str) -> Any:
 def format_table(report: dict[str, Any]) -> str:
     """The terminal table: one row for the base and one per model, a column per metric that has a value."""
     rows = [{"label": "(base)", **report["base_metrics"]}, *report["models"]]
-    cols = [c for c in COLUMNS if any(_get(r, c[0]) is not None for r in rows)]
+    cols = [c for c in report_columns(report) if any(_get(r, c[0]) is not None for r in rows)]
     header = ["MODEL", *(c[1] for c in cols)]
     body = [[r["label"], *("-" if _get(r, k) is None else f.format(_get(r, k)) for k, _, f in cols)] for r in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -681,7 +647,6 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _font(size: int) -> Any:
-    from PIL import ImageFont
 
     try:
         return ImageFont.load_default(size=size)
@@ -691,7 +656,6 @@ def _font(size: int) -> Any:
 
 def _bar_chart(title: str, labels: list[str], values: list[float | None], fmt: str, w: int = 240, h: int = 150) -> Any:
     """One bar per row (base first, grey), value printed above each bar, zero line at the bottom or middle."""
-    from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
@@ -720,7 +684,6 @@ _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 
 def make_figure(result: EvalResult, thumb: int = 96) -> Any:
     """PIL figure: a row of samples per generator (base first) at the left, bar charts of every metric at the right."""
-    from PIL import Image, ImageDraw
 
     report = result.report
     rows = [{"label": "(base)", **report["base_metrics"]}, *report["models"]]
@@ -730,7 +693,7 @@ def make_figure(result: EvalResult, thumb: int = 96) -> Any:
     left_w, left_h = label_w + cols * (thumb + pad), len(rows) * (thumb + pad) + 30
     charts = [
         _bar_chart(head, labels, [_get(r, k) for r in rows], f)
-        for k, head, f in COLUMNS
+        for k, head, f in report_columns(report)
         if any(_get(r, k) is not None for r in rows)
     ]
     per_row = 3
@@ -757,7 +720,6 @@ def make_figure(result: EvalResult, thumb: int = 96) -> Any:
 
 def write_outputs(result: EvalResult, out: str | os.PathLike, force: bool = False) -> list[Path]:
     """Write eval.json, eval.png and eval.txt (the table) into `out`; NadaError if they exist and `force` is not set."""
-    from nada.io import atomic_save_image, atomic_write
 
     folder = Path(out).expanduser()
     paths = [folder / "eval.json", folder / "eval.png", folder / "eval.txt"]
@@ -786,8 +748,6 @@ def run_eval(
     log: Callable[[str], None] = print,
 ) -> EvalResult:
     """Describe, check, load and score the models `specs` (run folders, checkpoints, presets) against their base."""
-    from nada.generator.checkpoints import load_generator
-    from nada.weights.presets import share_mean_latent
 
     settings.validate()
     if not specs:
@@ -799,9 +759,10 @@ def run_eval(
         if not (m.source_text and m.target_text):
             raise NadaError(f"{m.label} does not record its source and target texts: pass --source and --target")
     device = torch.device(device)
-    toy = _is_toy(base_name)
+    profile = profile_for(base_name)
+    world = profile.evaluation if profile is not None else None
     guided = sorted({name for m in models for name in m.guided_by})
-    judges = load_judges(settings, toy, guided, device)
+    judges = load_judges(settings, world, guided, device)
     log(f"nada eval: {judges.clip_note}; diversity: {judges.distance_name}; identity: {judges.identity_note}")
     base_G = load_generator(base_name, device=device).eval()
     for m in models:
@@ -811,10 +772,4 @@ def run_eval(
                 f"{m.label} makes {m.generator.size}px images but the base {base_name} {base_G.size}px: pass --base"
             )
         share_mean_latent(base_G, m.generator)
-    return evaluate(models, base_G, base_name, settings, judges, toy, progress)
-
-
-def _is_toy(generator: str) -> bool:
-    from nada.frontends.cli import _is_toy_world
-
-    return _is_toy_world(generator)
+    return evaluate(models, base_G, base_name, settings, judges, progress)

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from nada.adaptation.loop import adapt
+from nada.config import AdaptConfig, resolve
 from nada.errors import NadaError
+from nada.evaluation.evaluate import EvalSettings, _font, run_eval, write_outputs
+from nada.io import atomic_save_image, atomic_write
+from nada.profiles import eval_world, eval_worlds
 
 SWEEP_KEYS = ("name", "settings", "targets", "pairs", "vary", "seeds", "eval")
 # Fault injection for tests and cluster drills: "TRIAL_ID:STEP" makes that trial's process kill itself (SIGKILL)
@@ -41,14 +50,11 @@ SWEEP_KEYS = ("name", "settings", "targets", "pairs", "vary", "seeds", "eval")
 KILL_ENV = "NADA_SWEEP_KILL_AT"
 KILL_MARKER = ".killed"
 METRICS = ("clip_direction", "clip_target", "identity", "diversity_ratio", "fid", "kid")
-TOY_METRICS = ("target_rate", "content_kept", "diversity_ratio")
 SHEET_METRICS = (
     ("clip_direction", "dir"),
     ("identity", "id"),
     ("fid", "fid"),
-    ("toy_target_rate", "tgt"),
-    ("toy_content_kept", "kept"),
-)
+)  # an evaluation world adds its own (EvalWorld.sheet), as "<world>_<key>"
 
 
 # ---------------------------------------------------------------- the sweep file
@@ -97,9 +103,6 @@ def read_sweep_file(path: str | os.PathLike) -> SweepSpec:
 
 def parse_sweep(data: Any, where: str = "sweep") -> SweepSpec:
     """A SweepSpec from the plain data of a sweep file."""
-    from nada.config import AdaptConfig
-    from nada.evaluation.evaluate import EvalSettings
-
     if not isinstance(data, dict):
         raise NadaError(f"{where} must be a mapping with keys among {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(data) - set(SWEEP_KEYS))
@@ -147,9 +150,8 @@ def _slug(value: Any) -> str:
 
 
 def expand_trials(spec: SweepSpec, trials_dir: Path) -> list[Trial]:
-    """Every (pair, combination of varied settings, seed), in file order; each config validated."""
-    from nada.config import AdaptConfig
-
+    """Every (pair, combination of varied settings, seed), in file order; each config resolved as `nada adapt`
+    resolves it (the base's profile under the file's settings) and validated."""
     keys = list(spec.vary)
     trials = []
     combos = list(itertools.product(*(spec.vary[k] for k in keys)))
@@ -157,16 +159,9 @@ def expand_trials(spec: SweepSpec, trials_dir: Path) -> list[Trial]:
         varied = dict(zip(keys, combo))
         parts = [_slug(target), *(f"{_slug(k)}{_slug(v)}" for k, v in varied.items()), f"s{seed}"]
         trial_id = f"{i:03d}-" + "-".join(parts)
-        config = AdaptConfig.from_dict(
-            {
-                **spec.settings,
-                **varied,
-                "source": source,
-                "target": target,
-                "seed": seed,
-                "out_dir": str(trials_dir / trial_id),
-            }
-        )
+        user = {**spec.settings, **varied, "source": source, "target": target, "seed": seed,
+                "out_dir": str(trials_dir / trial_id)}
+        config = resolve(user=user)[0]
         config.validate()
         trials.append(Trial(trial_id, config.to_dict(), {"source": source, "target": target, **varied, "seed": seed}))
     return trials
@@ -198,11 +193,7 @@ def _kill_hook(trial_id: str, folder: Path) -> Callable[[int, dict[str, Any]], N
 
 def run_trial(trial: dict[str, Any], eval_settings: dict[str, Any], threads: int = 1) -> dict[str, Any]:
     """Train (resuming whatever the folder holds), evaluate and record one trial; returns its result record."""
-    import torch
 
-    from nada.adaptation.loop import adapt
-    from nada.config import AdaptConfig
-    from nada.evaluation.evaluate import EvalSettings, run_eval, write_outputs
 
     folder = Path(trial["config"]["out_dir"])
     done = folder / "result.json"
@@ -223,16 +214,27 @@ def run_trial(trial: dict[str, Any], eval_settings: dict[str, Any], threads: int
     )
     write_outputs(result, folder / "eval", force=True)  # the trial's own files from an attempt cut short
     record = _result_record(trial, folder, result.report["models"][0], t_train, time.perf_counter() - t0)
-    from nada.io import atomic_write
-
     atomic_write(done, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
     return record
 
 
 def _trial_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+
+
+def world_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """An eval row's evaluation-world metrics, flat: "<world>_<key>" for each of the world's table columns."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        world = eval_world(key)
+        if world is not None:
+            out.update({f"{key}_{k}": (value or {}).get(k) for k, _, _ in world.columns})
+    return out
+
+
+def sheet_metrics() -> tuple[tuple[str, str], ...]:
+    """(metric key, short label) of the contact sheet: SHEET_METRICS and every evaluation world's."""
+    return SHEET_METRICS + tuple((f"{w.name}_{k}", short) for w in eval_worlds() for k, short in w.sheet)
 
 
 def _result_record(
@@ -240,7 +242,7 @@ def _result_record(
 ) -> dict[str, Any]:
     attempts = [json.loads(line) for line in (folder / "attempts.jsonl").read_text(encoding="utf-8").splitlines()]
     metrics = {k: row.get(k) for k in METRICS}
-    metrics.update({f"toy_{k}": (row.get("toy") or {}).get(k) for k in TOY_METRICS})
+    metrics.update(world_metrics(row))
     return {
         "id": trial["id"],
         "status": "done",
@@ -286,8 +288,6 @@ def prepare_sweep(spec: SweepSpec, out: Path) -> list[Trial]:
                 "choose another --out, or restore the file that started it"
             )
     else:
-        from nada.io import atomic_write
-
         atomic_write(path, lambda p: p.write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8"))
     return trials
 
@@ -364,8 +364,6 @@ def _run_on_ray(
     ray: Any, todo: list[Trial], spec: SweepSpec, options: SweepOptions, log: Callable[[str], None]
 ) -> dict[str, dict[str, Any]]:
     """Submit the trials as Ray tasks, at most `at_once` in flight; collect each result or its final error."""
-    from tqdm.auto import tqdm
-
     cpus, gpus, at_once = _resources(ray, options)
     task = ray.remote(run_trial).options(
         num_cpus=cpus, num_gpus=gpus, max_retries=options.retries, retry_exceptions=False
@@ -404,7 +402,7 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
     varied = list(dict.fromkeys(k for r in records for k in r.get("varied", {})))
     metric_keys = [
         k
-        for k in (*METRICS, *(f"toy_{m}" for m in TOY_METRICS))
+        for k in dict.fromkeys([*METRICS, *(k for r in records for k in r.get("metrics", {}))])
         if any(r.get("metrics", {}).get(k) is not None for r in records)
     ]
     header = ["trial", *varied, "status", "attempts", "seconds", *metric_keys]
@@ -426,8 +424,6 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
 
 def write_summary(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """summary.csv, summary.md and contact_sheet.png in `out` (rewritten after every run of the sweep)."""
-    from nada.io import atomic_save_image, atomic_write
-
     header, rows = summary_rows(records)
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
@@ -449,8 +445,6 @@ def write_summary(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
 
 def _last_grid(folder: Path) -> Any:
     """The run's last sample grid (frozen row above adapted row), or None."""
-    from PIL import Image
-
     grids = sorted((folder / "samples").glob("step_*.png"))
     if not grids:
         return None
@@ -467,9 +461,7 @@ def _grid_row(grid: Any, row: int, pad: int = 2) -> Any:
 
 def contact_sheet(records: Sequence[dict[str, Any]], label_w: int = 300) -> Any:
     """One row per trial (its last samples, adapted), under the base's row; labelled with id and key metrics."""
-    from PIL import Image, ImageDraw
 
-    from nada.evaluation.evaluate import _font
 
     rows = []
     for r in records:
@@ -479,7 +471,7 @@ def contact_sheet(records: Sequence[dict[str, Any]], label_w: int = 300) -> Any:
         if not rows:
             rows.append(("base (frozen generator)", _grid_row(grid, 0)))
         m = r.get("metrics", {})
-        notes = [f"{short} {m[k]:.2f}" for k, short in SHEET_METRICS if m.get(k) is not None]
+        notes = [f"{short} {m[k]:.2f}" for k, short in sheet_metrics() if m.get(k) is not None]
         text = f"{r['id']}\n{r['status']}, {r.get('attempts', '?')} attempt(s)\n" + "  ".join(notes)
         rows.append((text, _grid_row(grid, 1)))
     if not rows:

@@ -8,11 +8,55 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from nada.frontends import cli_eval as _cli_eval
+from nada import __version__
+from nada.adaptation.loop import RunPaths, adapt
+from nada.config import (
+    CLI_FLAGS,
+    REFERENCES,
+    AdaptConfig,
+    WebLimits,
+    check_truncation,
+    describe,
+    resolve,
+)
 from nada.errors import NadaError, NadaWarning
-from nada.toy import cli as _toy_cli
+from nada.frontends import cli_eval as _cli_eval
+from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, given
+from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT, WebBackend, build_app, serve
+from nada.generator import checkpoints  # checkpoints.load_generator: looked up at call time (tests stand in for it)
+from nada.generator.checkpoints import read_metadata
+from nada.generator.generate import (
+    GRID_COLUMNS,
+    check_grid_size,
+    check_outputs,
+    generate_images,
+    write_outputs,
+)
+from nada.io import (
+    atomic_save_image,
+    check_writable_file,
+    image_grid,
+    parse_seeds,
+    resolve_device,
+    write_error,
+)
+from nada.photos.align import ALIGN_MODES
+from nada.photos.images import WRITE_SUFFIXES
+from nada.photos.invert import InvertConfig, loss_kind_for_base
+from nada.photos.stylize import stylize
+from nada.plugins import load_plugins
+from nada.profiles import profile_for
+from nada.weights import preflight, presets
+from nada.weights.download import human_size, local_path
+from nada.weights.presets import (
+    comparison_rows,
+    get_preset,
+    load_preset,
+    share_mean_latent,
+)
+from nada.weights.registry import first_local_generator, is_local, registered_generators
 
 # OS errors that mean a write failed for lack of room or rights: the CLI reports them in one line.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -21,10 +65,6 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from nada.config import check_truncation
-    from nada.generator.generate import check_outputs, write_outputs
-    from nada.io import parse_seeds, resolve_device
-
     # Every refusal (seeds, numbers, outputs) comes before any loading or rendering.
     seeds = parse_seeds(args.seeds)
     check_truncation(args.truncation)
@@ -47,13 +87,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple["Generator", str | None]:  # noqa: F821
     """The generator to render (from --preset or --checkpoint) and the source of its base (None if unknown)."""
-    from nada.generator.checkpoints import load_generator, read_metadata
-
     if args.preset is not None:
-        from nada.weights.presets import get_preset, load_preset
-
         return load_preset(args.preset, device=device), args.base or get_preset(args.preset).base
-    G = load_generator(args.checkpoint, device=device)
+    G = checkpoints.load_generator(args.checkpoint, device=device)
     base = args.base
     if args.compare and base is None:
         try:
@@ -65,11 +101,7 @@ def _generate_source(args: argparse.Namespace, device: "torch.device") -> tuple[
 
 def _preflight_generate(args: argparse.Namespace) -> None:
     """Fetch (or list, when they cannot be fetched) every weights file generate needs, before loading any."""
-    from nada.weights import preflight
-
     if args.preset is not None:
-        from nada.weights.presets import get_preset
-
         needs = preflight.preset_needs(args.preset)
         base = args.base or get_preset(args.preset).base
     else:
@@ -80,8 +112,6 @@ def _preflight_generate(args: argparse.Namespace) -> None:
 
 def _metadata(source: str) -> dict:
     """The metadata of a nada checkpoint file; {} for names and for files of other formats."""
-    from nada.generator.checkpoints import read_metadata
-
     if not Path(source).is_file():
         return {}
     try:
@@ -97,14 +127,11 @@ def _recorded_base(checkpoint: str) -> str | None:
 
 def _comparison_target(args: argparse.Namespace) -> Path:
     """The grid file --compare writes; NadaError for --out-dir, a bad suffix or an existing file without --force."""
-    from nada.photos.images import WRITE_SUFFIXES as IMAGE_SUFFIXES
-    from nada.io import check_writable_file
-
     if args.out_dir is not None:
         raise NadaError("--compare writes one grid (base row above adapted row): use --out instead of --out-dir")
     out = Path(args.out or "grid.png")
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
-        raise NadaError(f"cannot write image {out}: use a file name ending in {', '.join(IMAGE_SUFFIXES)}")
+    if out.suffix.lower() not in WRITE_SUFFIXES:
+        raise NadaError(f"cannot write image {out}: use a file name ending in {', '.join(WRITE_SUFFIXES)}")
     if out.exists() and not args.force:
         raise NadaError(f"{out} already exists: choose another output or pass --force to overwrite")
     check_writable_file(out, "--out")
@@ -114,14 +141,9 @@ def _comparison_target(args: argparse.Namespace) -> Path:
 def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: argparse.Namespace,  # noqa: F821
                      seeds: list[int], device: "torch.device") -> Path:  # noqa: F821
     """Render the adapted and the base generator for the same seeds; one grid, base row above adapted row."""
-    from nada.generator.checkpoints import load_generator
-    from nada.generator.generate import GRID_COLUMNS, check_grid_size, generate_images
-    from nada.io import atomic_save_image, image_grid
-    from nada.weights.presets import comparison_rows, share_mean_latent
-
     if base_source is None:
         raise NadaError(f"--compare needs the base generator, and {args.checkpoint} does not record one: pass --base NAME_OR_PATH")
-    base = load_generator(base_source, device=device)
+    base = checkpoints.load_generator(base_source, device=device)
     if base.size != G.size:
         raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
     check_grid_size(2 * len(seeds), G.size)
@@ -152,116 +174,91 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- adapt
 
-# AdaptConfig field -> (flag, help). Defaults and types come from AdaptConfig itself.
-_ADAPT_FLAGS: dict[str, tuple[str, str]] = {
-    "source": ("--source", "text describing what the generator makes now"),
-    "target": ("--target", "text describing the new domain, e.g. 'sketch' (required unless --target-images)"),
-    "target_images": ("--target-images", "folder of example images of the target style (image-guided adaptation)"),
-    "generator": ("--generator", "base generator: checkpoint path or registered name"),
-    "clip": ("--clip", "CLIP model or weighted ensemble, e.g. 'ViT-B/32,ViT-B/16:0.5'; auto: the toy CLIP for the toy generator, else ViT-B/32"),
-    "templates": ("--templates", "prompt templates for text directions: imagenet, plain, toy or auto (toy for the toy CLIP, else imagenet)"),
-    "layers": ("--layers", "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,..."),
-    "select_every": ("--select-every", "re-select auto/grad layers every N iterations"),
-    "auto_batch": ("--auto-batch", "latents used by the auto/grad layer selection"),
-    "select_chunk": ("--select-chunk", "auto:K renders this many selection latents at a time, same gradients (0: all)"),
-    "select_score": ("--select-score", "how auto:K ranks W+ rows: mean_abs (official) or l2"),
-    "select_noise": ("--select-noise", "noise of the selection's renders: random (fresh, official) or const (stored)"),
-    "layer_sets": (
-        "--layer-sets",
-        "nada (all: convs + to_rgbs; rows -> layers they drive) or official (all: constant + convs; official mapping)",
-    ),
-    "first_step": ("--first-step", "directional loss at equal images: limit (first-order limit) or shift (official)"),
-    "iterations": ("--iterations", "training iterations"),
-    "batch_size": ("--batch-size", "latents per iteration"),
-    "lr": ("--lr", "learning rate as in the official code (Adam uses lr * 4/5)"),
-    "mixing_prob": ("--mixing", "style-mixing probability"),
-    "noise_mode": ("--noise-mode", "random (fresh, shared by both generators), independent (official), const or none"),
-    "seed": ("--seed", "seed of every random number of the run"),
-    "lambda_direction": ("--lambda-direction", "weight of the directional CLIP loss"),
-    "lambda_global": ("--lambda-global", "weight of the global CLIP loss"),
-    "lambda_manifold": ("--lambda-manifold", "weight of the manifold angle loss"),
-    "lambda_texture": ("--lambda-texture", "weight of the texture (feature MSE) loss"),
-    "lambda_patch": ("--lambda-patch", "weight of the patch directional loss"),
-    "lambda_structure": ("--lambda-structure", "weight of the structure loss (edge maps kept from the frozen image)"),
-    "lambda_consistency": ("--lambda-consistency", "weight of the cross-sample consistency loss (CLIP similarities between the batch's images kept)"),
-    "keep": ("--keep", "attributes the adapted images keep, read by CLIP: 'a smiling face|a neutral face; a face with glasses|a face without glasses', or toy"),
-    "lambda_keep": ("--lambda-keep", "weight of the keep loss (used only with --keep)"),
-    "clip_views": ("--clip-views", "random crops per image pair for the CLIP terms (0: the plain images)"),
-    "clip_noise": ("--clip-noise", "std of Gaussian noise added to the CLIP terms' images, the same for both images of a pair"),
-    "out_dir": ("--out", "run folder for samples, log, checkpoints"),
-    "n_sample_images": ("--n-samples", "images per row of the sample grids (seeds 0..n-1)"),
-    "sample_truncation": ("--sample-truncation", "truncation of the sample grids"),
-    "sample_every": ("--sample-every", "iterations between sample grids (0: start and end only)"),
-    "save_every": ("--save-every", "iterations between checkpoints and resume state (0: end only)"),
-    "log_every": ("--log-every", "iterations between reads of the losses from the device; the log keeps all"),
-    "device": ("--device", "auto, cpu, cuda or cuda:N"),
+# AdaptConfig field -> help; flags, types and defaults come from AdaptConfig (nada.frontends.args).
+ADAPT_HELP: dict[str, str] = {
+    "source": "text describing what the generator makes now",
+    "target": "text describing the new domain, e.g. 'sketch' (required unless --target-images)",
+    "target_images": "folder of example images of the target style (image-guided adaptation)",
+    "target_images_batch": "generated source images whose mean embedding the image direction starts from",
+    "generator": "base generator: checkpoint path or registered name (nada presets generators)",
+    "clip": "CLIP model or weighted ensemble, e.g. 'ViT-B/32,ViT-B/16:0.5'; auto: the base profile's, else ViT-B/32",
+    "templates": "prompt set for text directions: imagenet, plain, a plugin's set, or auto (the set registered "
+                 "for the guiding CLIPs, else imagenet)",
+    "antialias": "non-antialiased resize to CLIP's input, as the official code computed it",
+    "first_step": "directional loss at equal images: limit (first-order limit) or shift (official)",
+    "lambda_direction": "weight of the directional CLIP loss",
+    "lambda_global": "weight of the global CLIP loss",
+    "lambda_manifold": "weight of the manifold angle loss",
+    "lambda_texture": "weight of the texture (feature MSE) loss",
+    "lambda_patch": "weight of the patch directional loss",
+    "lambda_structure": "weight of the structure loss (edge maps kept from the frozen image)",
+    "lambda_consistency": "weight of the cross-sample consistency loss (CLIP similarities between the batch's "
+                          "images kept)",
+    "keep": "attributes the adapted images keep, read by CLIP: 'a smiling face|a neutral face; a face with "
+            "glasses|a face without glasses', or registered attribute groups by name (NAME or NAME:a,b)",
+    "lambda_keep": "weight of the keep loss (used only with --keep)",
+    "clip_views": "random crops per image pair for the CLIP terms (0: the plain images)",
+    "clip_noise": "std of Gaussian noise added to the CLIP terms' images, the same for both images of a pair",
+    "layers": "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,...",
+    "select_every": "re-select auto/grad layers every N iterations",
+    "auto_batch": "latents used by the auto/grad layer selection",
+    "select_chunk": "auto:K renders this many selection latents at a time, same gradients (0: all); less memory",
+    "select_score": "how auto:K ranks W+ rows: mean_abs (official) or l2",
+    "select_noise": "noise of the selection's renders: random (fresh, official) or const (stored)",
+    "layer_sets": "nada (all: convs + to_rgbs; rows -> layers they drive) or official (all: constant + convs; "
+                  "official mapping)",
+    "iterations": "training iterations",
+    "batch_size": "latents per iteration",
+    "lr": "learning rate as in the official code (Adam uses lr * 4/5)",
+    "beta1": "Adam beta1 as in the official code (Adam uses beta1 ** 4/5)",
+    "beta2": "Adam beta2 as in the official code (Adam uses beta2 ** 4/5)",
+    "mixing_prob": "style-mixing probability",
+    "noise_mode": "random (fresh, shared by both generators), independent (official), const or none",
+    "seed": "seed of every random number of the run",
+    "out_dir": "run folder for samples, log, checkpoints",
+    "n_sample_images": "images per row of the sample grids (seeds 0..n-1)",
+    "sample_truncation": "truncation of the sample grids",
+    "sample_every": "iterations between sample grids (0: start and end only)",
+    "save_every": "iterations between checkpoints and resume state (0: end only)",
+    "log_every": "iterations between reads of the losses from the device; the log keeps all",
+    "device": "auto, cpu, cuda or cuda:N",
+    "bf16": "bfloat16 autocast on CUDA",
+    "tf32": "TF32 matmuls and convolutions on CUDA",
+    "deterministic": "deterministic CUDA kernels: one seed, the same weights (slower in fp32)",
 }
 
 
-class _Given(argparse.Action):
-    """Store a value and note its field as given on the command line (it then wins over --reference)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, opt: Any = None) -> None:
-        setattr(ns, self.dest, values)
-        ns.given = getattr(ns, "given", set()) | {self.dest}
-
-
-class _GivenFalse(_Given):
-    """A switch that sets its field to False and notes it as given."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, nargs=0, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, opt: Any = None) -> None:
-        super().__call__(parser, ns, False, opt)
-
-
 def _adapt_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.config import REFERENCES, AdaptConfig
-
-    defaults = AdaptConfig()
-    for field, (flag, help) in _ADAPT_FLAGS.items():
-        default = getattr(defaults, field)
-        kind = str if default is None else type(default)
-        metavar = flag[2:].upper().replace("-", "_")
-        p.add_argument(
-            flag, dest=field, type=kind, default=default, metavar=metavar, action=_Given,
-            help=f"{help} (default: %(default)s)",
-        )
-    p.add_argument("--no-antialias", dest="antialias", action=_GivenFalse, default=defaults.antialias,
-                   help="non-antialiased resize to CLIP's input, as the official code computed it")
+    add_dataclass_arguments(p, AdaptConfig, ADAPT_HELP, CLI_FLAGS, defaults_note=", unless a profile or preset sets it")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="start from a preset's recipe (base, texts and options; nada presets list); flags given win")
     p.add_argument("--reference", choices=sorted(REFERENCES), default=None,
                    help="start from a reference mode's settings (official: see docs/adapt.md); flags given win")
-    p.add_argument("--bf16", action="store_true", default=defaults.bf16, help="bfloat16 autocast on CUDA")
-    p.add_argument("--tf32", action="store_true", default=defaults.tf32, help="TF32 matmuls and convolutions on CUDA")
-    p.add_argument("--select-bf16", action="store_true", default=defaults.select_bf16,
-                   help="bfloat16 autocast for the layer selection alone, on CUDA")
-    p.add_argument("--deterministic", action="store_true", default=defaults.deterministic,
-                   help="deterministic CUDA kernels: one seed, the same weights (slower)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every resolved setting and where it came from (default, profile, preset, reference, "
+                   "user), then stop")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     p.add_argument("--force", action="store_true", help="start over in an --out folder that already holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def adapt_config(args: argparse.Namespace) -> "AdaptConfig":  # noqa: F821
-    """The AdaptConfig of parsed ``nada adapt`` arguments; with --reference, its values except for flags given."""
-    from dataclasses import fields
+def adapt_settings(args: argparse.Namespace) -> tuple[AdaptConfig, dict[str, str]]:
+    """The resolved AdaptConfig of parsed ``nada adapt`` arguments and each setting's source (nada.config.resolve)."""
+    user = given(args, list(ADAPT_HELP))
+    return resolve(preset=getattr(args, "preset", None), user=user, reference=getattr(args, "reference", None))
 
-    from nada.config import REFERENCES, AdaptConfig
 
-    config = AdaptConfig(**{f.name: getattr(args, f.name) for f in fields(AdaptConfig) if hasattr(args, f.name)})
-    if not args.reference:
-        return config
-    given = getattr(args, "given", set())
-    kept = {k: v for k, v in config.to_dict().items() if k in given or k not in REFERENCES[args.reference]}
-    return AdaptConfig.reference(args.reference, **kept)
+def adapt_config(args: argparse.Namespace) -> AdaptConfig:
+    """The resolved AdaptConfig of parsed ``nada adapt`` arguments."""
+    return adapt_settings(args)[0]
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
-    from nada.weights import preflight
-    from nada.adaptation.loop import RunPaths, adapt
-
-    config = adapt_config(args)
+    config, sources = adapt_settings(args)
+    if args.print_config:
+        print(describe(config, sources))
+        return 0
+    config.validate()  # settings first: a missing base or text is named before any weights are looked for
     paths = RunPaths(Path(config.out_dir))
     preflight.ensure(preflight.adapt_needs(config))
     try:
@@ -274,49 +271,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
     print(f"sample grid: {samples[-1] if samples else '(none)'}")
     print(f"log:         {paths.log}")
     print(f"checkpoint:  {paths.final}")
-    if _is_toy_world(config.generator):  # the toy base or one trained like it: the toy evaluator can judge the result
-        _toy_metrics(config, G_train, paths.root / "metrics.json")
+    profile = profile_for(config.generator)
+    if profile is not None and profile.judge is not None:  # the base's own judge scores the result
+        for line in profile.judge(config, G_train, paths.root):
+            print(line)
     return 0
-
-
-def _is_toy_world(generator: str) -> bool:
-    """Whether `generator` is the toy base or a checkpoint written by nada.toy.generator_train (metadata base "toy")."""
-    if generator == "toy":
-        return True
-    from nada.generator.checkpoints import read_metadata
-    from nada.errors import NadaError
-
-    try:
-        return read_metadata(generator).get("base") == "toy"
-    except NadaError:  # not a nada checkpoint: no metadata to tell
-        return False
-
-
-def _toy_metrics(config: "AdaptConfig", G_train: "Generator", path: Path) -> None:  # noqa: F821
-    """Judge a toy-world run with the independent evaluator; write and summarise metrics.json."""
-    import json
-
-    from nada.generator.checkpoints import load_generator
-    from nada.io import atomic_write
-    from nada.toy.quality import run_metrics
-
-    G_frozen = load_generator(config.generator, device=next(G_train.parameters()).device)
-    report = run_metrics(G_frozen, G_train, config.source, config.target)
-    if report is None:
-        print(f"metrics:     none (the toy evaluator knows no style or attribute in {config.target!r})")
-        return
-    judge = "nada.toy.evaluator (strict: none for filters and blends), not the guiding CLIP"
-    record = {**report.to_dict(), "judge": judge, "latents": "z = torch.randn(n, style_dim) from torch.Generator().manual_seed(0)"}
-    atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
-    print(
-        f"metrics:     {path} ({report.target}: {report.target_rate:.0%} of {report.n} adapted images, {report.frozen_target_rate:.0%} "
-        f"before; content kept {report.content_kept:.0%}; diversity {report.diversity_ratio:.2f})"
-    )
-    if report.fidelity:  # stroke distance to the true renders, lower is closer (nada.toy.judge)
-        fid = report.fidelity
-        print(f"fidelity:    stroke distance {fid['adapted']['stroke']:.4f} "
-              f"(unadapted {fid['unadapted']['stroke']:.4f}, "
-              f"best filter {fid['best_filter']['stroke']:.4f}: {fid['best_filter']['filter']})")
 
 
 # ---------------------------------------------------------------- presets
@@ -330,7 +289,7 @@ def _presets_arguments(p: argparse.ArgumentParser) -> None:
     show.add_argument("name", help="preset name")
     pack = sub.add_parser("pack", help="write the compact preset file of an adapted checkpoint (float16 differences to its base)")
     pack.add_argument("name", help="preset name; the file goes where the preset table expects it unless --out is given")
-    pack.add_argument("checkpoint", help="adapted checkpoint, e.g. runs/toy-sketch/generator.pt from nada adapt")
+    pack.add_argument("checkpoint", help="adapted checkpoint, e.g. runs/sketch/generator.pt from nada adapt")
     pack.add_argument("--out", default=None, help="output file (default: the preset's packaged or cache location)")
     pack.add_argument("--base", default=None, help="registered base generator (default: the checkpoint's recorded base)")
     pack.add_argument("--force", action="store_true", help="overwrite an existing preset file")
@@ -344,8 +303,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _run_presets(args: argparse.Namespace) -> int:
-    from nada.weights import presets
-
     if args.presets_command == "list":
         rows = []
         for name in presets.known_presets():
@@ -353,14 +310,12 @@ def _run_presets(args: argparse.Namespace) -> int:
             rows.append((p.name, p.base, p.domain, presets.preset_status(p).note))
         print(_table(("NAME", "BASE", "DOMAIN (SOURCE -> TARGET)", "LOCAL"), rows))
     elif args.presets_command == "generators":
-        from nada.weights.registry import GENERATORS, is_local
-
         def local(g: "RegisteredGenerator") -> str:  # noqa: F821
             if is_local(g.name):
                 return "yes"
             return "no (not packaged here)" if g.weights.kind == "package" else "no (downloads on first use)"
 
-        rows = [(g.name, str(g.resolution), local(g), g.description) for g in GENERATORS.values()]
+        rows = [(g.name, str(g.resolution), local(g), g.description) for g in registered_generators()]
         print(_table(("NAME", "SIZE", "LOCAL", "DESCRIPTION"), rows))
     elif args.presets_command == "show":
         _show_preset(presets.get_preset(args.name))
@@ -370,7 +325,6 @@ def _run_presets(args: argparse.Namespace) -> int:
 
 
 def _show_preset(p: "Preset") -> None:  # noqa: F821
-    from nada.weights import presets
 
     status = presets.preset_status(p)
     print(f"preset:      {p.name} ({p.description})")
@@ -394,9 +348,6 @@ def _show_preset(p: "Preset") -> None:  # noqa: F821
 
 
 def _pack_preset(args: argparse.Namespace) -> None:
-    from nada.weights import presets
-    from nada.weights.download import human_size, local_path
-
     p = presets.get_preset(args.name)
     if args.out is not None:
         out = Path(args.out)
@@ -414,11 +365,19 @@ def _pack_preset(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- stylize
 
 
-def _stylize_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.photos.align import ALIGN_MODES
-    from nada.photos.invert import InvertConfig
+# InvertConfig field -> help (its flag: INVERT_FLAGS or --field-name).
+INVERT_HELP: dict[str, str] = {
+    "steps": "inversion steps",
+    "lr": "inversion learning rate",
+    "lambda_mse": "weight of the pixel MSE loss",
+    "lambda_lpips": "weight of the perceptual loss: LPIPS, or the base profile's own perceptual distance",
+    "lambda_id": "weight of the ArcFace identity loss (bases whose profile uses it)",
+    "lpips_net": "LPIPS backbone: vgg or alex",
+}
+INVERT_FLAGS = {"lambda_mse": "--mse", "lambda_lpips": "--lpips", "lambda_id": "--id"}
 
-    d = InvertConfig()
+
+def _stylize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", action="append", required=True, metavar="PATH", help="photo to stylize; repeat for several")
     p.add_argument("--preset", action="append", default=[], metavar="NAME", help="style preset (see `nada presets list`); repeatable")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted generator checkpoint; repeatable")
@@ -426,14 +385,8 @@ def _stylize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="base generator the styles were adapted from (default: what their metadata says)")
     p.add_argument("--align", choices=ALIGN_MODES, default="auto",
                    help="ffhq: detect the face and align it like FFHQ (needs nada[faces]); none: image is already aligned; "
-                        "auto: none for the toy world, else ffhq (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps, help="inversion steps (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="inversion learning rate (default: %(default)s)")
-    p.add_argument("--mse", dest="lambda_mse", metavar="W", type=float, default=d.lambda_mse, help="weight of the pixel MSE loss (default: %(default)s)")
-    p.add_argument("--lpips", dest="lambda_lpips", metavar="W", type=float, default=d.lambda_lpips,
-                   help="weight of the perceptual loss: LPIPS, or toy CLIP features for the toy world (default: %(default)s)")
-    p.add_argument("--id", dest="lambda_id", metavar="W", type=float, default=d.lambda_id, help="weight of the ArcFace identity loss (default: %(default)s)")
-    p.add_argument("--lpips-net", choices=("vgg", "alex"), default=d.lpips_net, help="LPIPS backbone (default: %(default)s)")
+                        "auto: what the base's profile says, else ffhq (default: %(default)s)")
+    add_dataclass_arguments(p, InvertConfig, INVERT_HELP, INVERT_FLAGS, choices={"lpips_net": ("vgg", "alex")})
     p.add_argument("--allow-missing-losses", action="store_true", help="run without losses whose weights are missing (they are named)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -441,12 +394,7 @@ def _stylize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_stylize(args: argparse.Namespace) -> int:
-    from nada.photos.invert import InvertConfig
-    from nada.io import resolve_device
-    from nada.photos.stylize import stylize
-
-    config = InvertConfig(steps=args.steps, lr=args.lr, lambda_mse=args.lambda_mse, lambda_lpips=args.lambda_lpips,
-                          lambda_id=args.lambda_id, lpips_net=args.lpips_net)
+    config = dataclass_from_args(InvertConfig, args, list(INVERT_HELP))
     _preflight_stylize(args, config)
     report = stylize(
         args.image, args.out, presets=args.preset, checkpoints=args.checkpoint, base=args.base, align=args.align,
@@ -464,10 +412,6 @@ def _run_stylize(args: argparse.Namespace) -> int:
 
 def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None:  # noqa: F821
     """Fetch (or list) the styles', the base generator's and the losses' weights before any work."""
-    from nada.weights import preflight
-    from nada.photos.invert import loss_kind_for_base
-    from nada.weights.presets import get_preset
-
     needs = [n for name in args.preset for n in preflight.preset_needs(name)]
     needs += [n for ckpt in args.checkpoint for n in preflight.generator_needs(ckpt)]
     bases = {get_preset(p).base for p in args.preset} | {_recorded_base(c) for c in args.checkpoint}
@@ -475,7 +419,7 @@ def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None
     base = next(iter(bases)) if len(bases) == 1 else None  # several or unknown bases: stylize explains
     if base:
         needs += preflight.generator_needs(base)
-        kind = loss_kind_for_base(base, _metadata(base))
+        kind = loss_kind_for_base(base)
         needs += preflight.loss_needs(config, kind, optional=args.allow_missing_losses)
     preflight.ensure(needs)
 
@@ -483,37 +427,30 @@ def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None
 # ---------------------------------------------------------------- web
 
 
-# WebLimits field -> what its flag bounds, for the help text.
-_WEB_LIMITS = {
-    "max_iterations": "iterations of one Adapt job", "max_batch": "latents per Adapt iteration",
-    "max_views": "CLIP views per image pair in Adapt", "max_seeds": "images per Generate click",
-    "max_steps": "inversion steps per Stylize click",
-    "max_upload_pixels": "pixels (width x height) of an uploaded photo",
-    "max_upload_mb": "megabytes of one uploaded file",
+# WebLimits field -> help of its flag.
+WEB_LIMITS_HELP = {
+    "max_iterations": "most iterations of one Adapt job", "max_batch": "most latents per Adapt iteration",
+    "max_views": "most CLIP views per image pair in Adapt", "max_seeds": "most images per Generate click",
+    "max_steps": "most inversion steps per Stylize click",
+    "max_upload_pixels": "most pixels (width x height) of an uploaded photo",
+    "max_upload_mb": "most megabytes of one uploaded file",
 }
 
 
 def _web_arguments(p: argparse.ArgumentParser) -> None:
-    from dataclasses import fields
-
-    from nada.config import AdaptConfig, WebLimits
-    from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT
-
-    d = AdaptConfig()
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on; 0.0.0.0 opens the demo to the network (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
-    p.add_argument("--generator", default=d.generator, help="base generator: checkpoint path or registered name (default: %(default)s)")
-    p.add_argument("--clip", default=d.clip, help="CLIP model or ensemble for adaptation (default: %(default)s)")
+    p.add_argument("--generator", default=None,
+                   help="base generator: checkpoint path or registered name (default: the first packaged one)")
+    p.add_argument("--clip", default=AdaptConfig.clip,
+                   help="CLIP model or ensemble for adaptation; auto: the base profile's (default: %(default)s)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
     p.add_argument("--checkpoints", default=None, metavar="DIR",
                    help="folder whose checkpoint files visitors may name in the page "
                         "(default: none, only presets and registered names)")
     p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    for f in fields(WebLimits):
-        flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, type=int, default=f.default, metavar="N",
-                       help=f"most {_WEB_LIMITS[f.name]} (default: %(default)s)")
+    add_dataclass_arguments(p, WebLimits, WEB_LIMITS_HELP)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="weights' precision of the Generate tab (default: %(default)s)")
 
@@ -523,15 +460,11 @@ def _run_web(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401  (checked here: nada.frontends.web imports it only when the page is built)
     except ImportError:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
-    from dataclasses import fields
 
-    from nada.config import WebLimits
-    from nada.frontends.web import WebBackend, build_app, serve
-
-    limits = WebLimits(**{f.name: getattr(args, f.name) for f in fields(WebLimits)})
-    backend = WebBackend(generator=args.generator, clip=args.clip, checkpoints=args.checkpoint, device=args.device,
-                         work_dir=args.work_dir, checkpoints_dir=args.checkpoints, limits=limits,
-                         precision=args.precision)
+    limits = dataclass_from_args(WebLimits, args, list(WEB_LIMITS_HELP))
+    backend = WebBackend(generator=args.generator or first_local_generator(), clip=args.clip,
+                         checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir,
+                         checkpoints_dir=args.checkpoints, limits=limits, precision=args.precision)
     print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
     serve(build_app(backend), host=args.host, port=args.port, block=True)
     return 0
@@ -546,17 +479,24 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
     "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
     "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),
-    "toy": ("toy-world tools: `nada toy judge IMAGES --target sketch` prints the strict toy judge's verdicts",
-            _toy_cli.add_arguments, _toy_cli.run),
 }
 # `nada eval` and `nada sweep` live in nada.frontends.cli_eval.
 COMMANDS.update(_cli_eval.COMMANDS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every registered subcommand."""
-    from nada import __version__
+def register_command(
+    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add a subcommand `nada NAME` (a plugin's tools); NadaError if a command of that name exists."""
+    if name in COMMANDS and COMMANDS[name] != (help, add_arguments, run):
+        raise NadaError(f"a nada command named {name!r} already exists: register the plugin's tools under another name")
+    COMMANDS[name] = (help, add_arguments, run)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered subcommand (the plugins' included)."""
+    load_plugins()
     parser = argparse.ArgumentParser(prog="nada", description="Text-driven domain adaptation of StyleGAN2 generators.")
     parser.add_argument("--version", action="version", version=f"nada {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -580,8 +520,6 @@ def _one_line_warning(command: str) -> Callable[..., None]:
 
 def _write_failure(e: OSError | RuntimeError) -> NadaError | None:
     """The one-line error for a write that failed outside nada's atomic writes (a full disk mid-run), or None."""
-    from nada.io import write_error
-
     if isinstance(e, OSError) and e.errno not in WRITE_ERRNOS:
         return None
     return write_error(getattr(e, "filename", None) or "a file", e)
@@ -602,6 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NadaError as e:
         print(f"nada {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`nada presets list | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, RuntimeError) as e:
         error = _write_failure(e)
         if error is None:
@@ -611,11 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nada {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`nada presets list | head`): stop quietly, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The importable module, not this __main__ copy: plugins register their commands there.
+    from nada.frontends.cli import main as _main
+
+    sys.exit(_main())

@@ -6,12 +6,26 @@ import argparse
 import sys
 from pathlib import Path
 
+from nada.errors import NadaError
+from nada.evaluation.evaluate import EvalSettings
+from nada.frontends.args import add_dataclass_arguments, dataclass_from_args
+
+# EvalSettings field -> help (flag: --field-name; a True default becomes --no-field-name).
+EVAL_HELP = {
+    "n": "latents (seeds FIRST .. FIRST+N-1)",
+    "first_seed": "first seed",
+    "truncation": "truncation psi",
+    "batch_size": "images rendered at once",
+    "judge": "judge CLIP (none given: one that guided none of the runs, if any)",
+    "reference": "folder of real target-domain images: adds FID and KID",
+    "identity": "skip the ArcFace identity similarity",
+    "lpips_net": "LPIPS backbone for diversity: vgg or alex",
+    "max_pairs": "latent pairs for diversity",
+}
+
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `nada eval`."""
-    from nada.evaluation.evaluate import EvalSettings
-
-    d = EvalSettings()
     p.add_argument(
         "models", nargs="+", metavar="MODEL", help="run folder, checkpoint or preset name (several with --compare)"
     )
@@ -21,26 +35,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for eval.json, eval.png, eval.txt (default: MODEL/eval for a run folder, else eval)",
     )
-    p.add_argument("--n", type=int, default=d.n, help="latents (seeds FIRST .. FIRST+N-1) (default: %(default)s)")
-    p.add_argument("--first-seed", type=int, default=d.first_seed, help="first seed (default: %(default)s)")
-    p.add_argument("--truncation", type=float, default=d.truncation, help="truncation psi (default: %(default)s)")
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="images rendered at once (default: %(default)s)"
-    )
-    p.add_argument("--judge", default=None, help="judge CLIP (default: one that guided none of the runs, if any)")
-    p.add_argument(
-        "--reference", default=None, metavar="DIR", help="folder of real target-domain images: adds FID and KID"
-    )
-    p.add_argument("--no-identity", dest="identity", action="store_false", help="skip the ArcFace identity similarity")
-    p.add_argument(
-        "--lpips-net",
-        choices=("vgg", "alex"),
-        default=d.lpips_net,
-        help="LPIPS backbone for diversity (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-pairs", type=int, default=d.max_pairs, help="latent pairs for diversity (default: %(default)s)"
-    )
+    add_dataclass_arguments(p, EvalSettings, EVAL_HELP, choices={"lpips_net": ("vgg", "alex")})
     p.add_argument("--base", default=None, help="base generator (default: what the models record)")
     p.add_argument("--source", default=None, help="source text (default: what the models record)")
     p.add_argument("--target", default=None, help="target text (default: what the models record)")
@@ -51,8 +46,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """`nada eval`: score, print the table, write the files."""
-    from nada.errors import NadaError
-    from nada.evaluation.evaluate import EvalSettings, format_table, run_eval, write_outputs
+    from nada.evaluation.evaluate import format_table, run_eval, write_outputs
     from nada.io import resolve_device
 
     if len(args.models) > 1 and not args.compare:
@@ -65,17 +59,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     for name in ("eval.json", "eval.png", "eval.txt"):
         if (out / name).exists() and not args.force:  # refuse before any work
             raise NadaError(f"{out / name} already exists: choose another --out or pass --force to overwrite")
-    settings = EvalSettings(
-        n=args.n,
-        first_seed=args.first_seed,
-        truncation=args.truncation,
-        batch_size=args.batch_size,
-        judge=args.judge,
-        reference=args.reference,
-        identity=args.identity,
-        lpips_net=args.lpips_net,
-        max_pairs=args.max_pairs,
-    )
+    settings = dataclass_from_args(EvalSettings, args, list(EVAL_HELP))
     result = run_eval(
         args.models,
         settings,
@@ -96,7 +80,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "eval": (
-        "score adapted generators against their base: CLIP, identity, diversity, FID/KID, toy judge",
+        "score adapted generators against their base: CLIP, identity, diversity, FID/KID, the base profile's judges",
         eval_arguments,
         run_eval_command,
     ),
@@ -130,7 +114,6 @@ def sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     """`nada sweep`: run (or continue) the sweep, print the summary table."""
-    from nada.errors import NadaError
     from nada.evaluation.sweep import SweepOptions, read_sweep_file, run_sweep
 
     if args.workers is not None and args.workers < 1 or args.cpus_per_trial < 1 or args.retries < 0:

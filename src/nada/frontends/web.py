@@ -39,15 +39,39 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
+from PIL import Image
 
-from nada.config import AUTO, AdaptConfig, WebLimits
+from nada.adaptation.layers import parse_layers
+from nada.adaptation.loop import adapt
+from nada.config import AUTO, AdaptConfig, WebLimits, resolve
 from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator, read_metadata
+from nada.generator.generate import GRID_COLUMNS, generate_images
+from nada.generator.networks import PRECISIONS
+from nada.guidance.clip import load_clip_ensemble
+from nada.io import (
+    atomic_save_image,
+    image_grid,
+    parse_seeds,
+    resolve_device,
+    to_uint8_image,
+)
+from nada.photos.invert import InvertConfig
+from nada.photos.stylize import stylize
+from nada.weights import preflight
+from nada.weights.presets import (
+    comparison_rows,
+    get_preset,
+    known_presets,
+    load_preset,
+    preset_status,
+    share_mean_latent,
+)
+from nada.weights.registry import first_local_generator, is_local, known_generators
 
 if TYPE_CHECKING:
     import gradio as gr
-    from PIL import Image
 
-    from nada.photos.invert import InvertConfig
     from nada.generator.networks import Generator
     from nada.photos.stylize import StylizeReport
 
@@ -190,10 +214,6 @@ def _slug(text: str) -> str:
 
 def _pil(img: torch.Tensor) -> "Image.Image":
     """[3, H, W] or [1, 3, H, W] in [-1, 1] -> PIL RGB image."""
-    from PIL import Image
-
-    from nada.io import to_uint8_image
-
     img = img if img.ndim == 4 else img.unsqueeze(0)
     return Image.fromarray(to_uint8_image(img[:1])[0].numpy())
 
@@ -206,7 +226,7 @@ class WebBackend:
 
     def __init__(
         self,
-        generator: str = "toy",
+        generator: str | None = None,
         clip: str = AdaptConfig.clip,
         checkpoints: Sequence[str] = (),
         device: str | torch.device = "auto",
@@ -215,9 +235,6 @@ class WebBackend:
         limits: WebLimits = WebLimits(),
         precision: str = "fp32",
     ) -> None:
-        from nada.io import resolve_device
-        from nada.generator.networks import PRECISIONS
-
         if precision not in PRECISIONS:
             raise NadaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.precision = precision  # of the Generate tab's renders; adaptation always trains in fp32
@@ -225,7 +242,7 @@ class WebBackend:
         limits.validate()
         self.limits = limits
         self.checkpoints_dir = _allowed_folder(checkpoints_dir)
-        self.base = str(generator)
+        self.base = str(generator) if generator else first_local_generator()  # a base that needs no download
         self.clip = clip
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="nada-web-"))
@@ -245,8 +262,6 @@ class WebBackend:
 
     def _add_presets(self) -> None:
         """Every preset adapted from this base that is here or downloads on first use (train-on-demand ones are left out)."""
-        from nada.weights.presets import get_preset, known_presets, preset_status
-
         for name in known_presets():
             p = get_preset(name)
             status = preset_status(p)
@@ -268,8 +283,6 @@ class WebBackend:
 
     def _file_entry(self, path: Path, key: str, label: str) -> StyleEntry:
         """A style for a checkpoint file, its base read from the file's metadata (this app's base when it has none)."""
-        from nada.generator.checkpoints import read_metadata
-
         try:
             base = read_metadata(path).get("base_model") or self.base
         except NadaError:  # rosinality/NVlabs files carry no metadata
@@ -297,9 +310,7 @@ class WebBackend:
 
     def _registered_entry(self, name: str) -> StyleEntry | None:
         """A registered generator whose weights are on this machine (visitors never start downloads)."""
-        from nada.weights.registry import GENERATORS, is_local
-
-        if name not in GENERATORS or not is_local(name):
+        if name not in known_generators() or not is_local(name):
             return None
         return StyleEntry(f"generator:{name}", name, base=name, generator=name)
 
@@ -352,9 +363,6 @@ class WebBackend:
 
     def load_style(self, entry: StyleEntry) -> "Generator":
         """The adapted generator of a catalogue entry."""
-        from nada.generator.checkpoints import load_generator
-        from nada.weights.presets import load_preset
-
         if entry.preset is not None:
             return self._load(entry.key, lambda: load_preset(entry.preset, device="cpu", progress=False))
         if entry.generator is not None:
@@ -363,8 +371,6 @@ class WebBackend:
 
     def load_base(self, source: str | None = None) -> "Generator":
         """The base generator (this app's, or the one a style names)."""
-        from nada.generator.checkpoints import load_generator
-
         source = source or self.base
         return self._load(f"base:{source}", lambda: load_generator(source, device="cpu"))
 
@@ -380,10 +386,6 @@ class WebBackend:
         session: Session | None = None,
     ) -> tuple[list[tuple["Image.Image", str]], list[Path]]:
         """Pairs (frozen base | adapted) per seed with captions, plus files to download: the comparison grid and a zip of all images."""
-        from nada.generator.generate import GRID_COLUMNS, generate_images
-        from nada.io import atomic_save_image, image_grid
-        from nada.weights.presets import comparison_rows, share_mean_latent
-
         session = session if session is not None else Session()
         seed_list = self._seed_list(seeds, count)
         if not (math.isfinite(float(truncation)) and 0 <= float(truncation) <= 1):
@@ -413,8 +415,6 @@ class WebBackend:
 
     def _seed_list(self, seeds: str, count: int) -> list[int]:
         """The seeds of a Generate click, counted before any list is built; NadaError beyond `limits.max_seeds`."""
-        from nada.io import parse_seeds
-
         n = _seed_count(seeds) if seeds and seeds.strip() else int(count)
         if n < 1:
             raise NadaError("no images asked for: give seeds such as '0-7' or a count of 1 or more")
@@ -424,35 +424,37 @@ class WebBackend:
 
     # ---- Adapt
 
-    def default_keep(self) -> str:
-        """The attributes an adaptation keeps unless the page says otherwise: the toy recipe's for the toy base, none otherwise."""
-        from nada.weights.presets import TOY_RECIPE
+    def defaults(self) -> AdaptConfig:
+        """The settings of an adaptation of this app's base before the page's choices (nada.config.resolve)."""
+        return resolve(self.base, user={} if self.clip.strip().lower() == AUTO else {"clip": self.clip})[0]
 
-        return dict(TOY_RECIPE)["keep"] if self.base == "toy" else AdaptConfig.keep
+    def default_keep(self) -> str:
+        """The attributes an adaptation keeps unless the page says otherwise: the base profile's, else none."""
+        return self.defaults().keep
 
     def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path, keep: str | None = None) -> AdaptConfig:
-        """The run's AdaptConfig: AdaptConfig defaults (for the toy base, the toy presets' guide, lr, views, noise,
-        structure and keep terms), the page's choices (keep None: `default_keep`), samples about every tenth of the run."""
-        from nada.weights.presets import TOY_RECIPE
-
-        d = AdaptConfig()
+        """The run's AdaptConfig, resolved as `nada adapt` resolves it (defaults < the base's profile < the page's
+        choices: texts, layers, iterations, keep (None: the profile's), clip), samples about every tenth of the run."""
+        d = self.defaults()
         iterations = int(iterations)
-        keys = ("lr", "clip_views", "clip_noise", "lambda_structure", "lambda_keep")
-        recipe = {k: v for k, v in TOY_RECIPE if k in keys} if self.base == "toy" else {}
-        return AdaptConfig(
-            source=(source or "").strip(), target=(target or "").strip(), layers=(layers or d.layers).strip(),
-            iterations=iterations, generator=self.base, clip=self._clip_spec(), out_dir=str(run_dir), device=str(self.device),
-            sample_every=max(1, min(d.sample_every, iterations // 10)), save_every=0,
-            keep=(self.default_keep() if keep is None else keep).strip(), **recipe,
-        )
+        user = {
+            "source": (source or "").strip(), "target": (target or "").strip(), "layers": (layers or d.layers).strip(),
+            "iterations": iterations, "out_dir": str(run_dir), "device": str(self.device),
+            "sample_every": max(1, min(d.sample_every, iterations // 10)), "save_every": 0,
+            "keep": (d.keep if keep is None else keep).strip(),
+        }
+        if self.clip.strip().lower() != AUTO:
+            user["clip"] = self.clip
+        return resolve(self.base, user=user)[0]
 
     def submit_adapt(
-        self, source: str, target: str, layers: str = AdaptConfig.layers, iterations: int = AdaptConfig.iterations,
+        self, source: str, target: str, layers: str | None = None, iterations: int | None = None,
         keep: str | None = None, session: Session | None = None,
     ) -> AdaptJob:
-        """Check the settings, the limits and the weights, then queue an adaptation; NadaError for anything wrong."""
-        from nada.weights import preflight
-        from nada.adaptation.layers import parse_layers
+        """Check the settings, the limits and the weights, then queue an adaptation; NadaError for anything wrong.
+
+        `layers` and `iterations` None: the base's resolved defaults."""
+        iterations = self.defaults().iterations if iterations is None else iterations
 
         if int(iterations) > self.limits.max_iterations:  # before anything else: no config for a huge run
             raise NadaError(f"{int(iterations)} iterations asked for: this server runs at most "
@@ -474,9 +476,6 @@ class WebBackend:
 
     def _run_job(self, job: AdaptJob) -> None:
         """Worker thread: fetch missing weights, run one adaptation, offer its generator in the visitor's session."""
-        from nada.weights import preflight
-        from nada.adaptation.loop import adapt
-
         if job.cancel_requested.is_set():
             job.state, job.message = "cancelled", "cancelled before it started"
             return
@@ -505,18 +504,11 @@ class WebBackend:
             print(f"nada web: adaptation job {job.id} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
     def _clip_spec(self) -> str:
-        """The CLIP spec of this app's runs: the one asked for, or for 'auto' the toy presets' guide on the toy
-        base and the config's default elsewhere."""
-        from nada.weights.presets import TOY_RECIPE
-
-        if self.clip.strip().lower() == AUTO and self.base == "toy":
-            return dict(TOY_RECIPE)["clip"]
-        return AdaptConfig(generator=self.base, clip=self.clip).resolved_clip()
+        """The CLIP spec of this app's runs: the one asked for, or for 'auto' the base profile's (see `defaults`)."""
+        return self.defaults().resolved_clip()
 
     def _clip_ensemble(self) -> list[tuple[Any, float]]:
         """The CLIP ensemble of this app's runs (``_clip_spec``), loaded once."""
-        from nada.guidance.clip import load_clip_ensemble
-
         spec = self._clip_spec()
         with self._lock:
             cached = getattr(self, "_ensemble", None)
@@ -554,8 +546,6 @@ class WebBackend:
         self, photo: str | None, style_keys: Sequence[str], steps: int, session: Session | None = None
     ) -> tuple[list[tuple["Image.Image", str]], list[str]]:
         """Aligned input, reconstruction and one image per chosen style (captioned), plus notes (dropped losses ...)."""
-        from nada.photos.invert import InvertConfig
-
         if not photo:
             raise NadaError("no photo uploaded: upload a photo (PNG or JPEG) first")
         if not style_keys:
@@ -579,8 +569,6 @@ class WebBackend:
         """NadaError for an upload over the byte or pixel limit, read from the file size and the image header only."""
         import warnings
 
-        from PIL import Image
-
         mb = self.limits.max_upload_mb
         if path.is_file() and path.stat().st_size > mb * 1_000_000:
             raise NadaError(f"{path.name} is larger than {mb} MB: upload a smaller photo")
@@ -600,8 +588,6 @@ class WebBackend:
 
     def _stylize(self, photo: str, entries: Sequence[StyleEntry], config: "InvertConfig", notes: list[str]) -> "StylizeReport":
         """nada.photos.stylize.stylize on one photo into a fresh output folder; styles split into presets and checkpoint files."""
-        from nada.photos.stylize import stylize
-
         return stylize(
             [photo], self._new_output_dir("stylize"),
             presets=[e.preset for e in entries if e.preset is not None],
@@ -673,10 +659,8 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
     """The Gradio page (Generate, Adapt, Stylize) over `backend` (default: WebBackend(**backend_options))."""
     import gradio as gr
 
-    from nada.photos.invert import InvertConfig
-
     be = backend if backend is not None else WebBackend(**backend_options)
-    d = AdaptConfig()
+    d = be.defaults()
     first = (be.style_choices() or [("", None)])[0][1]
 
     with gr.Blocks(title="nada: StyleGAN-NADA", analytics_enabled=False) as app:
@@ -705,7 +689,8 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
                 a_iters = gr.Number(value=min(d.iterations, be.limits.max_iterations), precision=0, minimum=1,
                                     maximum=be.limits.max_iterations, label="iterations", elem_id="adapt-iterations")
             a_keep = gr.Textbox(value=be.default_keep(), label="attributes to keep, read by CLIP: 'a smiling face|a frowning face; "
-                                "glasses|no glasses', toy (the toy faces' six) or toy:mouth,glasses; empty: none", elem_id="adapt-keep")
+                                "glasses|no glasses', or registered groups by name (NAME or NAME:a,b); empty: none",
+                                elem_id="adapt-keep")
             with gr.Row():
                 a_start = gr.Button("Adapt", variant="primary", elem_id="adapt-button")
                 a_cancel = gr.Button("Cancel", variant="stop", elem_id="adapt-cancel")

@@ -1,12 +1,19 @@
-"""Prompt templates of StyleGAN-NADA: the 79 ImageNet templates of CLIP and the 15 part templates.
+"""Prompt sets by name: the templates text directions average over, and the attribute groups the keep term reads.
 
 Each template holds one ``{}`` that receives the class text (``"a sketch of a {}."`` -> ``"a sketch of a photo."``).
-The lists are data copied from the reference implementation, so text directions match it exactly.
+The ImageNet and part lists are data copied from the reference implementation, so text directions match it
+exactly. Core registers "imagenet" and "plain" (the bare text); a plugin registers its own sets with
+`register_prompt_set` (naming the CLIPs they were trained with, which "auto" then picks them for) and its
+attribute groups with `register_attribute_groups`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from nada.errors import NadaError
+from nada.plugins import load_plugins
 
 # CLIP's ImageNet zero-shot prompt ensemble, in the order the reference code averages them.
 IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -116,3 +123,75 @@ def compose(text: str, templates: Sequence[str] | None) -> list[str]:
     if templates is None:
         return [text]
     return [template.format(text) for template in templates]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Named templates (None: the bare text) and the CLIP names for which "auto" picks them."""
+
+    name: str
+    templates: tuple[str, ...] | None
+    clips: frozenset[str] = frozenset()
+
+
+_PROMPT_SETS: dict[str, PromptSet] = {}
+_ATTRIBUTE_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {}
+DEFAULT_PROMPT_SET = "imagenet"  # what "auto" means for CLIPs no registered set names
+
+
+def register_prompt_set(name: str, templates: Sequence[str] | None, clips: Sequence[str] = ()) -> PromptSet:
+    """Register templates under `name`; "auto" picks them when every guiding CLIP is one of `clips`."""
+    if templates is not None and not all("{}" in t for t in templates):
+        raise NadaError(f"prompt set {name!r}: every template needs one '{{}}' for the text")
+    entry = PromptSet(name, None if templates is None else tuple(templates), frozenset(clips))
+    _PROMPT_SETS[name] = entry
+    return entry
+
+
+def prompt_sets() -> list[str]:
+    """Names of the registered prompt sets, in registration order."""
+    load_plugins()
+    return list(_PROMPT_SETS)
+
+
+def get_prompt_set(name: str) -> tuple[str, ...] | None:
+    """The templates of the prompt set `name` (None: the bare text); NadaError naming the valid sets."""
+    load_plugins()
+    if name not in _PROMPT_SETS:
+        raise NadaError(f"unknown templates {name!r}: use auto or one of {', '.join(_PROMPT_SETS)}")
+    return _PROMPT_SETS[name].templates
+
+
+def prompt_set_for(clip_names: Sequence[str]) -> str:
+    """The set "auto" means for these CLIPs: a set registered for all of them, else DEFAULT_PROMPT_SET."""
+    load_plugins()
+    for entry in _PROMPT_SETS.values():
+        if entry.clips and clip_names and all(n in entry.clips for n in clip_names):
+            return entry.name
+    return DEFAULT_PROMPT_SET
+
+
+def register_attribute_groups(name: str, groups: Mapping[str, Sequence[str]]) -> None:
+    """Register named attributes (attribute -> its value prompts) that a keep spec "NAME" or "NAME:a,b" selects."""
+    if any(len(values) < 2 for values in groups.values()):
+        raise NadaError(f"attribute groups {name!r}: every attribute needs at least 2 value prompts")
+    _ATTRIBUTE_GROUPS[name] = {k: tuple(v) for k, v in groups.items()}
+
+
+def attribute_groups(spec: str) -> list[list[str]] | None:
+    """The groups a keep spec "NAME" or "NAME:a,b" selects from a registered set; None when it names none."""
+    load_plugins()
+    head, _, rest = spec.partition(":")
+    groups = _ATTRIBUTE_GROUPS.get(head.strip())
+    if groups is None:
+        return None
+    names = [n.strip() for n in rest.split(",") if n.strip()] or list(groups)
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise NadaError(f"keep {spec!r} names unknown {head.strip()} attributes {unknown}: "
+                        f"choose from {', '.join(groups)}")
+    return [list(groups[n]) for n in names]
+
+
+register_prompt_set("imagenet", IMAGENET_TEMPLATES)
+register_prompt_set("plain", None)

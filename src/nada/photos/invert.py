@@ -7,10 +7,10 @@ loss per image is
     lambda_mse * MSE(G(w+), x) + lambda_lpips * perceptual(G(w+), x) + lambda_id * identity(G(w+), x)
 
 with LPIPS as the perceptual distance and the ArcFace identity loss for real faces (defaults 0.8,
-0.5, 1.0 as in the StyleGAN/e4e literature), and the toy CLIP's token features as the perceptual
-distance for the toy world (see `nada.photos.perceptual`; the identity network knows human faces only, so
-the toy world uses none). Adam with the learning-rate schedule of rosinality's projector (short
-warm-up, cosine ramp-down). Noise stays the generator's stored constant noise, so the code found
+0.5, 1.0 as in the StyleGAN/e4e literature). A base whose profile (`nada.profiles`) brings its own
+perceptual distance uses that instead of LPIPS, and the identity loss only where the profile says it
+applies (the identity network knows human faces only). Adam with the learning-rate schedule of
+rosinality's projector (short warm-up, cosine ramp-down). Noise stays the generator's stored constant noise, so the code found
 renders the same image in every generator adapted from this base (`render_wplus`).
 
 `build_losses` loads the networks and refuses, naming the missing file, when a wanted loss has no
@@ -28,8 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nada.errors import NadaError
+from nada.photos import perceptual as P
+from nada.profiles import Profile, profile_base, profile_for
 
-LOSS_KINDS = ("face", "toy")
+# "face": LPIPS and ArcFace; "profile": the perceptual distance of the base's profile (nada.profiles).
+LOSS_KINDS = ("face", "profile")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class ReconstructionLosses:
     """The loss networks an inversion uses; None where a loss is off, dropped or does not apply."""
 
     perceptual: nn.Module | None = None
-    perceptual_name: str = ""  # "LPIPS (vgg)", "toy CLIP features" ...
+    perceptual_name: str = ""  # "LPIPS (vgg)", or the name a base's profile gives its own distance
     identity: nn.Module | None = None
     dropped: list[str] = field(default_factory=list)  # one line per loss dropped for missing weights
 
@@ -84,10 +87,20 @@ class ReconstructionLosses:
         return self
 
 
+def base_profile(base: str, metadata: Mapping[str, Any] | None = None) -> Profile | None:
+    """The profile of `base`, or of the registered base its nada metadata names; None when it has none."""
+    profile = profile_for(str(base))
+    for key in ("base_model", "base"):
+        value = (metadata or {}).get(key)
+        if profile is None and isinstance(value, str) and profile_base(value) is not None:
+            profile = profile_for(value)
+    return profile
+
+
 def loss_kind_for_base(base: str, metadata: Mapping[str, Any] | None = None) -> str:
-    """'toy' for the toy world's generator (by name or metadata), else 'face'."""
-    metadata = metadata or {}
-    return "toy" if "toy" in (str(base), metadata.get("base"), metadata.get("base_model")) else "face"
+    """'profile' when the base's profile brings its own perceptual distance, else 'face' (LPIPS and ArcFace)."""
+    profile = base_profile(base, metadata)
+    return "profile" if profile is not None and profile.perceptual is not None else "face"
 
 
 def build_losses(
@@ -96,16 +109,19 @@ def build_losses(
     device: str | torch.device = "cpu",
     allow_missing: bool = False,
     progress: bool = True,
+    base: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> ReconstructionLosses:
-    """Load the perceptual/identity networks that `config` weights for `kind` ('face' or 'toy').
+    """Load the perceptual/identity networks that `config` weights for `kind` ('face', or 'profile': `base`'s own).
 
     A loss whose weights are unavailable raises the loader's NadaError (which says which file to put
     where) plus the hint to pass ``--allow-missing-losses``; with ``allow_missing`` it is dropped instead.
     """
     if kind not in LOSS_KINDS:
         raise NadaError(f"unknown loss set {kind!r}: use one of {', '.join(LOSS_KINDS)}")
-    from nada.photos import perceptual as P
-
+    profile = base_profile(base, metadata) if base is not None else None
+    if kind == "profile" and (profile is None or profile.perceptual is None):
+        raise NadaError(f"the base {base!r} has no profile with its own perceptual distance: use the 'face' losses")
     out = ReconstructionLosses()
 
     def attempt(what: str, load: Callable[[], nn.Module]) -> nn.Module | None:
@@ -118,13 +134,14 @@ def build_losses(
             return None
 
     if config.lambda_lpips > 0:
-        if kind == "toy":
-            out.perceptual = attempt("toy CLIP perceptual", lambda: P.load_toy_perceptual(device))
-            out.perceptual_name = "toy CLIP features"
+        if kind == "profile":
+            name, loader = profile.perceptual
+            out.perceptual, out.perceptual_name = attempt(name, lambda: loader(device)), name
         else:
             out.perceptual = attempt("LPIPS", lambda: P.load_lpips(config.lpips_net, device, progress))
             out.perceptual_name = f"LPIPS ({config.lpips_net})"
-    if config.lambda_id > 0 and kind == "face":
+    identity = profile.identity if profile is not None else kind == "face"
+    if config.lambda_id > 0 and identity:
         out.identity = attempt("identity (ArcFace)", lambda: P.load_identity_loss(device, progress))
     return out
 

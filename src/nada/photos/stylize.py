@@ -206,7 +206,8 @@ def stylize(
     meta = _base_metadata(base)
     mode = alignment_for_base(base, meta) if align == "auto" else align
     kind = loss_kind_for_base(base, meta)
-    losses = build_losses(config, kind, device, allow_missing=allow_missing_losses, progress=progress)
+    losses = build_losses(config, kind, device, allow_missing=allow_missing_losses, progress=progress, base=base,
+                          metadata=meta)
     notes = [f"dropped loss {d}" for d in losses.dropped]
     for n in notes:
         log(n)

@@ -1,6 +1,39 @@
-"""The toy world as a nada plugin: registers its generator, CLIPs, profile, presets and judge."""
+"""The toy world as a nada plugin: registers its generator, prompt sets, profile, presets, judge and CLI commands.
+
+nada's core knows nothing of the toy world: `register` (named in pyproject's ``nada.plugins`` entry points)
+adds every part through the same public functions a third-party base would use (docs/plugins.md).
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from nada.config import AdaptConfig
+    from nada.generator.networks import Generator
+    from nada.profiles import WorldJudges
+
+NAME = "toy"
+# A tiny CLIP is easy to satisfy with colour changes that are no style, and each architecture has its
+# own such changes: the guide is the packaged toy CLIP, its stability-trained copy (weighted 2) and the
+# convolutional toy-rn, which share one text space, smoothed by noise; views, the structure term and
+# the keep term on the six face attributes keep the faces (docs/toy_quality.md measures each part).
+TOY_RECIPE: tuple[tuple[str, Any], ...] = (
+    ("clip", "toy,toy-robust:2,toy-rn"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 8),
+    ("clip_noise", 0.4), ("lambda_structure", 1.0), ("keep", NAME), ("lambda_keep", 0.1), ("seed", 0),
+)
+# Packaged presets: style -> (description, changes to TOY_RECIPE); the styles the guides move least get a
+# larger step (docs/presets.md gives the measurements behind each lr).
+TOY_STYLES: dict[str, tuple[str, dict[str, Any]]] = {
+    "sketch": ("toy faces drawn in pencil", {}),
+    "watercolor": ("toy faces as watercolour washes", {}),
+    "pixel art": ("toy faces as blocky pixel art", {"lr": 0.014}),
+    "pop art": ("toy faces inked and dotted like pop art", {"lr": 0.01}),
+}
 
 
 def register() -> None:
@@ -8,3 +41,129 @@ def register() -> None:
     from nada.toy.clips import register_toy_clips
 
     register_toy_clips()
+    _register_generator()
+    _register_prompts()
+    _register_profile()
+    _register_presets()
+    _register_commands()
+
+
+def _register_generator() -> None:
+    from nada.weights.download import WeightsSource
+    from nada.weights.registry import RegisteredGenerator, register_generator
+
+    weights = WeightsSource("generator.pt", package_path="assets/toy/generator.pt")
+    register_generator(RegisteredGenerator(NAME, weights, 64, "64x64 toy faces trained by nada, small enough "
+                                           "for the CPU (packaged)"))
+
+
+def _register_prompts() -> None:
+    from nada.toy.clips import TOY_CLIPS
+    from nada.guidance.templates import register_attribute_groups, register_prompt_set
+    from nada.toy.render import ATTRIBUTE_PROMPTS, TEMPLATES
+
+    register_prompt_set(NAME, TEMPLATES, clips=tuple(TOY_CLIPS))  # the prompts the toy CLIPs were trained with
+    register_attribute_groups(NAME, ATTRIBUTE_PROMPTS)
+
+
+def _register_profile() -> None:
+    from nada.photos import perceptual
+    from nada.profiles import EvalWorld, Profile, register_profile
+
+    def load_perceptual(device: Any = "cpu") -> Any:
+        """The toy CLIP's token-feature distance (looked up at call time, so tests can stand in for it)."""
+        return perceptual.load_toy_perceptual(device)
+
+    register_profile(Profile(
+        NAME, TOY_RECIPE, perceptual=("toy CLIP features", load_perceptual), identity=False,
+        alignment="none", judge=judge, description="the toy recipe (docs/toy_quality.md)",
+        evaluation=EvalWorld(NAME, ("toy-rn", "toy-robust", "toy"), eval_judges, EVAL_COLUMNS, EVAL_SHEET),
+    ))
+
+
+def _register_presets() -> None:
+    from nada.weights.download import WeightsSource
+    from nada.weights.presets import Preset, register_preset
+
+    for style, (description, changes) in TOY_STYLES.items():
+        name = f"{NAME}-" + style.replace(" ", "-")
+        options = tuple((k, changes.get(k, v)) for k, v in TOY_RECIPE)
+        weights = WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt")
+        register_preset(Preset(name, NAME, "photo", style, options, weights, description))
+
+
+def _register_commands() -> None:
+    from nada.frontends.cli import register_command
+    from nada.toy import cli
+
+    register_command(NAME, "toy-world tools: `nada toy judge IMAGES --target sketch` prints the strict toy judge's "
+                     "verdicts", cli.add_arguments, cli.run)
+
+
+# The toy judge's quality metrics in `nada eval` tables and on the sweep's contact sheet.
+EVAL_COLUMNS = (
+    ("target_rate", "TOY-TGT", "{:.0%}"),
+    ("content_kept", "TOY-KEPT", "{:.0%}"),
+    ("diversity_ratio", "TOY-DIV", "{:.2f}"),
+    ("frozen_target_rate", "TOY-TGT-BASE", "{:.0%}"),
+)
+EVAL_SHEET = (("target_rate", "tgt"), ("content_kept", "kept"))
+
+
+class EvaluatorFeatures(torch.nn.Module):
+    """The toy evaluator's unnormalised embedding as a torchmetrics feature network: uint8 [N, 3, H, W] -> [N, E]."""
+
+    def __init__(self, evaluator: torch.nn.Module) -> None:
+        super().__init__()
+        self.evaluator = evaluator
+        self.num_features = int(evaluator.config.embed_dim)
+
+    @torch.no_grad()
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.evaluator.features(img.float() / 127.5 - 1 if img.dtype == torch.uint8 else img).double()
+
+
+def eval_judges(device: torch.device) -> "WorldJudges":
+    """The toy world's networks for `nada eval`: toy CLIP token distance, the evaluator's features and quality."""
+    from nada.photos.perceptual import load_toy_perceptual
+    from nada.profiles import WorldJudges
+    from nada.toy.evaluator import load_evaluator
+    from nada.toy.quality import infer_target, quality_from_images
+
+    distance, evaluator = load_toy_perceptual(device), load_evaluator(device=device)
+
+    def quality(source: str, target: str, base: torch.Tensor, adapted: torch.Tensor) -> dict[str, Any] | None:
+        what = infer_target(source, target)  # None: the texts name no toy style or attribute
+        if what is None:
+            return None
+        return quality_from_images(evaluator, base.to(device), adapted.to(device), what).to_dict()
+
+    note = "not measured: the toy world reads its attributes with the toy evaluator (content kept)"
+    return WorldJudges(distance, "toy CLIP token distance", EvaluatorFeatures(evaluator), "toy evaluator embedding",
+                       note, quality)
+
+
+def judge(config: "AdaptConfig", G_train: "Generator", run_dir: Path) -> list[str]:
+    """Judge a toy-world run with the independent evaluator; write run_dir/metrics.json; the summary lines."""
+    from nada.generator.checkpoints import load_generator
+    from nada.io import atomic_write
+    from nada.toy.quality import run_metrics
+
+    G_frozen = load_generator(config.generator, device=next(G_train.parameters()).device)
+    report = run_metrics(G_frozen, G_train, config.source, config.target)
+    if report is None:
+        return [f"metrics:     none (the toy evaluator knows no style or attribute in {config.target!r})"]
+    path = run_dir / "metrics.json"
+    record = {**report.to_dict(), "judge": "nada.toy.evaluator (strict: none for filters and blends), not the "
+              "guiding CLIP", "latents": "z = torch.randn(n, style_dim) from torch.Generator().manual_seed(0)"}
+    atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
+    lines = [f"metrics:     {path} ({report.target}: {report.target_rate:.0%} of {report.n} adapted images, "
+             f"{report.frozen_target_rate:.0%} before; content kept {report.content_kept:.0%}; "
+             f"diversity {report.diversity_ratio:.2f})"]
+    if report.fidelity:  # stroke distance to the true renders, lower is closer (nada.toy.judge)
+        fid = report.fidelity
+        lines.append(f"fidelity:    stroke distance {fid['adapted']['stroke']:.4f} "
+                     f"(unadapted {fid['unadapted']['stroke']:.4f}, "
+                     f"best filter {fid['best_filter']['stroke']:.4f}: {fid['best_filter']['filter']})")
+    return lines
+

@@ -4,7 +4,7 @@ A `Preset` names its base generator (a `nada.weights.registry` name), the source
 adaptation options (`AdaptConfig` fields, the recipe) and where its weights come from. `load_preset`
 looks, in this order, for:
 
-1. the preset's own weights: a file packaged with nada (the toy presets, ``nada/assets/toy/presets/NAME.pt``)
+1. the preset's own weights: a file packaged with nada (``nada/assets/...``, e.g. a plugin's presets)
    or a released file downloaded on first use into ``$NADA_CACHE/weights/NAME/`` (the FFHQ presets
    released by the StyleGAN-NADA authors);
 2. a run trained on this machine, ``$NADA_CACHE/presets/NAME/generator.pt``: a preset without released
@@ -23,7 +23,7 @@ state-dict tensor that changed, ``adapted - base`` in float16 (half the bytes, a
 is relative to the small difference, not to the weight), plus the mean latent and a fingerprint of
 the base weights it was made against::
 
-    {"nada_preset": {"format": "nada-preset-delta", "format_version": 1, "name": ..., "base": "toy",
+    {"nada_preset": {"format": "nada-preset-delta", "format_version": 1, "name": ..., "base": "ffhq",
                      "base_fingerprint": sha256 hex, "metadata": {... the run's checkpoint metadata ...}},
      "delta": {state-dict key: float16 tensor},       # float32 where float16 would overflow
      "latent_avg": float32 [style_dim]}
@@ -44,9 +44,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nada.weights.download import WeightsSource, cache_dir, fetch, human_size, local_path
+from nada.config import cli_flag
 from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator, read_metadata
 from nada.io import atomic_torch_save
+from nada.plugins import load_plugins
+from nada.profiles import PAPER_RECIPE
+from nada.weights.download import (
+    WeightsSource,
+    cache_dir,
+    fetch,
+    human_size,
+    local_path,
+)
+from nada.weights.registry import known_generators
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
@@ -58,24 +69,8 @@ NADA_MODELS_REPO = "rinong/stylegan-nada-models"
 NADA_MODELS_REVISION = "d1d03db8190a4867e9278aa8bdea3c121fa5742e"  # "Upload pixar.pt", 18 May 2022
 NADA_MODEL_BYTES = 132724587  # every file of that repository has this size (its LFS pointers say so)
 
-# The official README's training command, as AdaptConfig options.
-OFFICIAL_RECIPE: tuple[tuple[str, Any], ...] = (
-    ("clip", "ViT-B/32,ViT-B/16"),
-    ("layers", "auto:18"),
-    ("iterations", 301),
-    ("batch_size", 2),
-    ("lr", 0.002),
-    ("mixing_prob", 0.0),
-)
-# A tiny CLIP is easy to satisfy with colour changes that are no style, and each architecture has its
-# own such changes: the guide is the packaged toy CLIP, its stability-trained copy (weighted 2) and the
-# convolutional toy-rn, which share one text space, smoothed by noise; views, the structure term and
-# the keep term on the six face attributes keep the faces (docs/toy_quality.md measures each part and
-# what the recipe reaches).
-TOY_RECIPE: tuple[tuple[str, Any], ...] = (
-    ("clip", "toy,toy-robust:2,toy-rn"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 8),
-    ("clip_noise", 0.4), ("lambda_structure", 1.0), ("keep", "toy"), ("lambda_keep", 0.1), ("seed", 0),
-)
+# The official README's training command, as AdaptConfig options (the recipe of the released presets).
+OFFICIAL_RECIPE: tuple[tuple[str, Any], ...] = PAPER_RECIPE
 
 
 @dataclass(frozen=True)
@@ -95,19 +90,11 @@ class Preset:
         return f"{self.source} -> {self.target}"
 
     def adapt_config(self, out_dir: str | os.PathLike | None = None) -> "AdaptConfig":
-        """The AdaptConfig that trains this preset; its run folder is `trained_dir` unless `out_dir` is given."""
-        from nada.config import AdaptConfig
+        """The AdaptConfig that trains this preset (its base's profile, then its recipe); run folder `trained_dir`."""
+        from nada.config import resolve
 
         out = str(out_dir if out_dir is not None else trained_dir(self.name))
-        return AdaptConfig(generator=self.base, source=self.source, target=self.target, out_dir=out, **dict(self.options))
-
-
-def _toy(style: str, description: str, **changes: Any) -> Preset:
-    """A packaged toy preset: TOY_RECIPE with `changes` (e.g. its own lr)."""
-    assert set(changes) <= dict(TOY_RECIPE).keys(), f"not in the toy recipe: {set(changes) - dict(TOY_RECIPE).keys()}"
-    name = "toy-" + style.replace(" ", "-")
-    options = tuple((k, changes.get(k, v)) for k, v in TOY_RECIPE)
-    return Preset(name, "toy", "photo", style, options, WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt"), description)
+        return resolve(self.base, preset=self.name, user={"out_dir": out})[0]
 
 
 def _nada(name: str, filename: str, source: str, target: str, sha256: str | None, description: str) -> Preset:
@@ -118,12 +105,6 @@ def _nada(name: str, filename: str, source: str, target: str, sha256: str | None
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        _toy("sketch", "toy faces drawn in pencil"),
-        _toy("watercolor", "toy faces as watercolour washes"),
-        # The styles the guides move least get a larger step (lr 0.005 / 0.01 / 0.014 / 0.02, target / content kept:
-        # pixel art 0.31 / 0.95, 0.50 / 0.93, 0.82 / 0.76, 0.94 / 0.52; pop art 0.32 / 0.94, 0.52 / 0.81, 0.56 / 0.77).
-        _toy("pixel art", "toy faces as blocky pixel art", lr=0.014),
-        _toy("pop art", "toy faces inked and dotted like pop art", lr=0.01),
         _nada("ffhq-sketch", "sketch.pt", "photo", "sketch", None, "pencil sketches (StyleGAN-NADA release)"),
         _nada("ffhq-pixar", "pixar.pt", "photo", "Pixar character", "e690afbf1518362220e663f3db74b40f40667f13daab7689d86e90035d8d537f", "3D animated characters (StyleGAN-NADA release)"),
         _nada("ffhq-anime", "anime.pt", "photo", "anime painting", "1424d2a668f7b97ee4b993c5bf5fa4eaeff9250a514d5e5e3050d52c0315f1fb", "anime faces (StyleGAN-NADA release)"),
@@ -141,13 +122,23 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def register_preset(preset: Preset, replace: bool = False) -> Preset:
+    """Add `preset` to the table; NadaError if another preset has its name (unless `replace`)."""
+    if preset.name in PRESETS and PRESETS[preset.name] != preset and not replace:
+        raise NadaError(f"a preset named {preset.name!r} is already registered: choose another name")
+    PRESETS[preset.name] = preset
+    return preset
+
+
 def known_presets() -> list[str]:
-    """Preset names in table order."""
+    """Preset names in table order (core presets, then the plugins')."""
+    load_plugins()
     return list(PRESETS)
 
 
 def get_preset(name: str) -> Preset:
     """The preset called `name`; NadaError listing the valid names otherwise."""
+    load_plugins()
     preset = PRESETS.get(name)
     if preset is None:
         raise NadaError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)} (see `nada presets list`)")
@@ -187,20 +178,20 @@ def preset_status(preset: Preset) -> PresetStatus:
 
 
 def adapt_command(preset: Preset, out_dir: str | os.PathLike | None = None) -> str:
-    """The exact `nada adapt` command line that trains `preset` (into `trained_dir` unless `out_dir` is given)."""
-    from nada.frontends.cli import _ADAPT_FLAGS
+    """The exact `nada adapt` command line that trains `preset` (into `trained_dir` unless `out_dir` is given).
 
+    The base's profile applies by itself, so the command names the base, the texts and the preset's recipe.
+    """
     config = preset.adapt_config(out_dir)
-    wanted = {"generator", "source", "target", "out_dir"} | {k for k, _ in preset.options}
+    wanted = ["generator", "source", "target", "out_dir"] + [k for k, _ in preset.options if k not in (
+        "generator", "source", "target", "out_dir")]
     args = ["nada", "adapt"]
-    for field, (flag, _) in _ADAPT_FLAGS.items():
-        if field in wanted:
-            args += [flag, str(getattr(config, field))]
-    options = dict(preset.options)
-    if options.get("antialias") is False:
-        args.append("--no-antialias")
-    if options.get("bf16"):
-        args.append("--bf16")
+    for field in wanted:
+        value = getattr(config, field)
+        if isinstance(value, bool):
+            args += [cli_flag(field)] if value != getattr(type(config), field) else []
+        else:
+            args += [cli_flag(field), str(value)]
     return shlex.join(args)
 
 
@@ -260,8 +251,6 @@ def is_compact(path: str | os.PathLike) -> bool:
 
 def load_preset_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Generator":
     """Generator from a compact preset file (base + float16 deltas) or from any checkpoint `load_generator` reads."""
-    from nada.generator.checkpoints import load_generator
-
     path = Path(path)
     if not path.is_file() or not is_compact(path):
         return load_generator(path, device=device)
@@ -320,9 +309,6 @@ def pack_preset(
     `base` defaults to the ``base_model`` in the checkpoint's nada metadata and must be a registered
     generator name (the file is loaded later by that name).
     """
-    from nada.generator.checkpoints import load_generator, read_metadata
-    from nada.weights.registry import known_generators
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise NadaError(f"{out} already exists: choose another path or pass --force to overwrite")

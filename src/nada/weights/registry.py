@@ -1,7 +1,8 @@
-"""Generators known by name: a name such as "toy" or "ffhq" stands for a weights file, packaged or downloaded on first use.
+"""Generators known by name: a name such as "ffhq" stands for a weights file, packaged or downloaded on first use.
 
 `GENERATORS` is the table (configs as data): each entry names its weights file through a
-`nada.weights.download.WeightsSource`, and `resolve_generator(name)` returns the local, verified file
+`nada.weights.download.WeightsSource`; plugins add theirs with `register_generator` (`nada.plugins`,
+loaded before the first lookup). `resolve_generator(name)` returns the local, verified file
 (downloading it into ``$NADA_CACHE/weights/<name>/`` on first use). ``nada.generator.checkpoints.load_generator``
 calls it for every source that is not an existing path, so ``load_generator("ffhq")`` just works.
 
@@ -24,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nada.weights.download import WeightsSource, fetch, local_path
 from nada.errors import NadaError
+from nada.plugins import load_plugins
+from nada.weights.download import WeightsSource, fetch, local_path
 
 NVLABS_PRETRAINED = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
 
@@ -47,10 +49,6 @@ def _nvlabs(name: str, path: str, resolution: int, description: str) -> Register
 GENERATORS: dict[str, RegisteredGenerator] = {
     g.name: g
     for g in (
-        RegisteredGenerator(
-            "toy", WeightsSource("generator.pt", package_path="assets/toy/generator.pt"), 64,
-            "64x64 toy faces trained by nada, small enough for the CPU (packaged)",
-        ),
         RegisteredGenerator(
             "ffhq",
             WeightsSource(
@@ -78,13 +76,36 @@ GENERATORS: dict[str, RegisteredGenerator] = {
 }
 
 
+def register_generator(entry: RegisteredGenerator, replace: bool = False) -> RegisteredGenerator:
+    """Make `entry` known by its name; NadaError if another entry has that name (unless `replace`)."""
+    if entry.name in GENERATORS and GENERATORS[entry.name] != entry and not replace:
+        raise NadaError(f"a generator named {entry.name!r} is already registered: choose another name")
+    GENERATORS[entry.name] = entry
+    return entry
+
+
+def registered_generators() -> list[RegisteredGenerator]:
+    """Every registered generator, core ones first, then the plugins' in registration order."""
+    load_plugins()
+    return list(GENERATORS.values())
+
+
 def known_generators() -> list[str]:
     """Names accepted by `resolve_generator`, sorted."""
+    load_plugins()
     return sorted(GENERATORS)
+
+
+def first_local_generator(fallback: str = "ffhq") -> str:
+    """The first packaged generator, else the first one downloaded already: a default that needs no download."""
+    local = [g for g in registered_generators() if is_local(g.name)]
+    local.sort(key=lambda g: g.weights.kind != "package")  # stable: table order within each kind
+    return local[0].name if local else fallback
 
 
 def get_generator(name: str) -> RegisteredGenerator:
     """The table entry of `name`; NadaError listing the valid names for an unknown one."""
+    load_plugins()
     entry = GENERATORS.get(name)
     if entry is None:
         raise NadaError(
