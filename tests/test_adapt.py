@@ -200,7 +200,7 @@ def test_resume_of_a_finished_run_and_extension(tmp_path: Path, clip) -> None:
         adapt(cfg.replace(iterations=2), progress=False, G_base=make_generator(), clip=clip, resume=True)
     state = RunPaths(Path(cfg.out_dir)).state
     state.write_bytes(state.read_bytes()[:100])  # truncated
-    with pytest.raises(NadaError, match="cannot be read.*--force"):
+    with pytest.raises(NadaError, match="truncated, corrupt or not a weights file.*--force"):
         adapt(cfg.replace(iterations=3), progress=False, G_base=make_generator(), clip=clip, resume=True)
 
 

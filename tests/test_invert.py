@@ -219,10 +219,10 @@ def test_clip_feature_distance():
 
 
 def test_toy_losses_use_the_toy_clip_without_flags(monkeypatch):
-    import nada.photos.perceptual as P
+    import nada.toy.plugin as toy_plugin
     from nada.photos.perceptual import ClipFeatureDistance
 
-    monkeypatch.setattr(P, "load_toy_perceptual", lambda device="cpu": ClipFeatureDistance(_tiny_clip()))
+    monkeypatch.setattr(toy_plugin, "load_toy_perceptual", lambda device="cpu": ClipFeatureDistance(_tiny_clip()))
     losses = build_losses(InvertConfig(), "profile", base="toy")
     assert isinstance(losses.perceptual, ClipFeatureDistance) and losses.perceptual_name == "toy CLIP features"
     assert losses.identity is None and losses.dropped == []  # ArcFace does not apply to toy faces

@@ -13,12 +13,15 @@ from nada.errors import NadaError
 
 GROUP = "nada.plugins"
 _loaded: list[str] = []
+_started = False
 
 
 def load_plugins() -> list[str]:
     """Call every registered plugin once; returns the names of the plugins loaded so far."""
-    if _loaded:
+    global _started
+    if _started:  # also while plugins load: a registry lookup inside a plugin must not load them again
         return list(_loaded)
+    _started = True
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         try:
             ep.load()()

@@ -65,6 +65,7 @@ from nada.generator.checkpoints import load_generator, save_checkpoint
 from nada.guidance import losses
 from nada.guidance.clip import load_clip_ensemble, parse_clip_spec
 from nada.guidance.templates import get_prompt_set
+from nada.weights.safe_load import torch_load
 from nada.io import (
     TMP_SUFFIX,
     BackgroundWriter,
@@ -239,17 +240,8 @@ def _load_state(paths: RunPaths) -> dict[str, Any]:
 
 
 def _read_torch_file(path: Path, root: Path) -> Any:
-    """torch.load(weights_only=True) of a run file; one-line NadaError (never torch's multi-line advice) if it fails."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        why = "it holds objects other than tensors and plain values"
-    except Exception as e:  # truncated file, missing file, foreign content: all end the same way
-        why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:160]
-    raise NadaError(f"the saved state of the run in {root} cannot be read ({path.name}: {why}): "
-                    "start over with --force")
+    """A run file read with the one safe reader; a one-line NadaError that ends in --force if it fails."""
+    return torch_load(path, what=f"the saved state of the run in {root}:", fix="start over with --force")
 
 
 def _state_problem(state: Any, root: Path) -> str | None:

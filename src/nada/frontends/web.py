@@ -44,7 +44,7 @@ from PIL import Image
 from nada.adaptation.layers import parse_layers
 from nada.adaptation.loop import adapt
 from nada.config import AUTO, AdaptConfig, WebLimits, resolve
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 from nada.generator.checkpoints import load_generator, read_metadata
 from nada.generator.generate import GRID_COLUMNS, generate_images
 from nada.generator.networks import PRECISIONS
@@ -303,7 +303,7 @@ class WebBackend:
         try:
             self.load_style(entry)  # a file that holds no generator gets the answer a missing one gets
         except Exception as e:
-            print(f"nada web: refused checkpoint {text!r}: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+            print(f"nada web: refused checkpoint {text!r}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
             raise NadaError(NOT_AVAILABLE) from None
         session.styles[entry.key] = entry
         return entry
@@ -500,7 +500,7 @@ class WebBackend:
         except NadaError as e:
             job.state, job.message = "failed", str(e)
         except Exception as e:  # the worker must survive anything; the page shows one line
-            job.state, job.message = "failed", f"adaptation failed ({type(e).__name__}: {_one_line(e)})"
+            job.state, job.message = "failed", f"adaptation failed ({type(e).__name__}: {one_line(e)})"
             print(f"nada web: adaptation job {job.id} failed: {type(e).__name__}: {e}", file=sys.stderr)
 
     def _clip_spec(self) -> str:
@@ -596,10 +596,6 @@ class WebBackend:
         )
 
 
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    return " ".join(str(e).split())[:limit]
-
-
 def _allowed_folder(folder: str | Path | None) -> Path | None:
     """The operator's checkpoint folder, resolved once (symlinks and '..' gone); NadaError when it is no folder."""
     if folder is None or not str(folder).strip():
@@ -641,7 +637,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error(str(e), print_exception=False) from None
         except Exception as e:
             print(f"nada web: {fn.__name__} failed: {type(e).__name__}: {e}", file=sys.stderr)
-            raise gr.Error(f"{type(e).__name__}: {_one_line(e)}", print_exception=False) from None
+            raise gr.Error(f"{type(e).__name__}: {one_line(e)}", print_exception=False) from None
 
     return wrapped
 

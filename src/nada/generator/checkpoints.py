@@ -6,7 +6,7 @@ Formats recognised by `load_generator` (never executing code from the file):
   is allow-listed for ``torch.load(weights_only=True)``); ``g_ema`` is preferred over ``g``.
 - NVlabs stylegan2-ada-pytorch ``network-snapshot-*.pkl``: read by `nada.generator.nvlabs` with a restricted unpickler.
 - nada checkpoints written by `save_checkpoint`: the rosinality layout plus a ``"nada"`` metadata dict.
-- a registered name such as ``"toy"`` (see `nada.weights.registry`).
+- a registered name (see `nada.weights.registry`).
 The generator configuration is inferred from the state-dict shapes (rosinality) or taken from the metadata
 (nada, checked against the shapes), and the weights are loaded with ``strict=True``.
 """
@@ -52,7 +52,7 @@ def _resolve_source(source: str | os.PathLike) -> Path:
         any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in _PATH_SUFFIXES or text.startswith((".", "~"))
     )
     if looks_like_path:
-        raise NadaError(f"checkpoint file {path} not found: check the path (or use a registered name such as 'toy')")
+        raise NadaError(f"checkpoint file {path} not found: check the path (or a registered name: nada presets generators)")
     from nada.weights.registry import resolve_generator
 
     return resolve_generator(text)

@@ -14,7 +14,7 @@ with, so aligned photos match the training distribution as closely as possible. 
 considered first, but its current releases no longer bundle the face landmark model (it must be
 downloaded at run time) and the last release that did needs numpy < 2. Both packages form the
 optional extra ``nada[faces]``; without them, `load_detector` says how to install them, and
-``--align none`` works for images that are already aligned (the toy world's faces are).
+``--align none`` works for images that are already aligned (a base's profile can say its photos are).
 
 Coordinates: landmarks and quads are (x, y) in pixels of the input image, with pixel k's centre at k.
 """
@@ -35,6 +35,7 @@ from PIL import Image
 
 from nada.errors import NadaError
 from nada.io import to_uint8_image
+from nada.profiles import profile_for
 from nada.weights.download import cache_dir
 
 ALIGN_MODES = ("auto", "ffhq", "none")
@@ -322,12 +323,13 @@ def align_face(
 
 
 def alignment_for_base(base: str, metadata: Mapping[str, Any] | None = None) -> str:
-    """'ffhq' or 'none' for images inverted into `base`: metadata 'alignment' if given, 'none' for the toy world, else
-    'ffhq'."""
+    """'ffhq' or 'none' for images inverted into `base`: metadata 'alignment' if given, else the base profile's."""
     metadata = metadata or {}
     declared = metadata.get("alignment")
     if declared in ("ffhq", "none"):
         return str(declared)
-    if str(base) == "toy" or metadata.get("base") == "toy" or metadata.get("base_model") == "toy":
-        return "none"  # the toy renderer draws every face already centred and upright
-    return "ffhq"
+    profile = profile_for(str(base))
+    for key in ("base", "base_model"):
+        if profile is None and metadata.get(key):
+            profile = profile_for(str(metadata[key]))
+    return profile.alignment if profile is not None else "ffhq"

@@ -1,4 +1,4 @@
-"""Perceptual losses for GAN inversion: LPIPS, the ArcFace identity loss, and a CLIP-feature distance for the toy world.
+"""Perceptual losses for GAN inversion: LPIPS, the ArcFace identity loss, and a CLIP-feature distance.
 
 Every distance is an ``nn.Module`` whose ``forward(x, y)`` takes two batches [N, 3, H, W] in [-1, 1]
 and returns one value per pair, [N] (lower is closer); the networks are frozen and stay in eval mode.
@@ -11,9 +11,8 @@ and returns one value per pair, [N] (lower is closer); the networks are frozen a
   TreB1eN's InsightFace_Pytorch model ``model_ir_se50.pth``, the file the pSp/e4e/StyleGAN-NADA
   literature uses), on the face region of a 256x256 view, as in pSp's ID loss.
 - `ClipFeatureDistance`: LPIPS's recipe without learned weights on a CLIP vision transformer's token
-  maps (unit-normalised tokens, squared differences, spatial mean, mean over blocks). With the
-  project's toy CLIP (``load_clip("toy")``) it is the toy world's perceptual loss: LPIPS's ImageNet
-  features know nothing about the toy renderer's faces, the toy CLIP was trained on exactly them.
+  maps (unit-normalised tokens, squared differences, spatial mean, mean over blocks): the distance for a
+  base whose images LPIPS's ImageNet features do not know, with a CLIP trained on exactly them.
 
 Weights files are resolved in one place, `resolve_weights`, from the table `WEIGHTS` (sources in the
 format of `nada.weights.download`): nada's cache (``$NADA_CACHE/weights/<key>/<file>``) first, then places
@@ -338,7 +337,7 @@ def load_identity_loss(device: str | torch.device = "cpu", progress: bool = True
     return IdentityLoss(net).to(device)
 
 
-# ---------------------------------------------------------------- CLIP token features (toy world)
+# ---------------------------------------------------------------- CLIP token features
 
 
 class ClipFeatureDistance(nn.Module):
@@ -374,9 +373,3 @@ class ClipFeatureDistance(nn.Module):
             total = total + (_unit_channels(f[:n]) - _unit_channels(f[n:])).pow(2).sum(dim=1).mean(dim=(1, 2))
         return total / len(maps)
 
-
-def load_toy_perceptual(device: str | torch.device = "cpu") -> ClipFeatureDistance:
-    """The toy world's perceptual distance: token features of the project's toy CLIP (NadaError if it is not
-    installed)."""
-
-    return ClipFeatureDistance(load_clip("toy", device=device))

@@ -15,6 +15,7 @@ import torch
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
     from nada.generator.networks import Generator
+    from nada.photos.perceptual import ClipFeatureDistance
     from nada.profiles import WorldJudges
 
 NAME = "toy"
@@ -48,6 +49,14 @@ def register() -> None:
     _register_commands()
 
 
+def load_toy_perceptual(device: str | torch.device = "cpu") -> "ClipFeatureDistance":
+    """The toy world's perceptual distance for inversion: token features of the toy CLIP, x, y [N, 3, H, W] -> [N]."""
+    from nada.guidance.clip import load_clip
+    from nada.photos.perceptual import ClipFeatureDistance
+
+    return ClipFeatureDistance(load_clip(NAME, device=device))
+
+
 def _register_generator() -> None:
     from nada.weights.download import WeightsSource
     from nada.weights.registry import RegisteredGenerator, register_generator
@@ -67,12 +76,11 @@ def _register_prompts() -> None:
 
 
 def _register_profile() -> None:
-    from nada.photos import perceptual
     from nada.profiles import EvalWorld, Profile, register_profile
 
     def load_perceptual(device: Any = "cpu") -> Any:
         """The toy CLIP's token-feature distance (looked up at call time, so tests can stand in for it)."""
-        return perceptual.load_toy_perceptual(device)
+        return load_toy_perceptual(device)
 
     register_profile(Profile(
         NAME, TOY_RECIPE, perceptual=("toy CLIP features", load_perceptual), identity=False,
@@ -125,7 +133,6 @@ class EvaluatorFeatures(torch.nn.Module):
 
 def eval_judges(device: torch.device) -> "WorldJudges":
     """The toy world's networks for `nada eval`: toy CLIP token distance, the evaluator's features and quality."""
-    from nada.photos.perceptual import load_toy_perceptual
     from nada.profiles import WorldJudges
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import infer_target, quality_from_images

@@ -13,6 +13,7 @@ import torch
 
 from nada.errors import NadaError, one_line
 from nada.io import atomic_torch_save
+from nada.weights.safe_load import torch_load
 
 
 def save_state(
@@ -44,12 +45,7 @@ def save_state(
 
 def load_state(path: Path, version: int) -> dict[str, Any]:
     """Read a state file written by ``save_state`` (tensors and plain data only)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise NadaError(
-            f"training state {path} is unreadable ({one_line(e, 120, typed=True)}): delete it to start over"
-        ) from None
+    state = torch_load(path, what="training state", fix="delete it to start over")
     if not isinstance(state, dict) or state.get("version") != version:
         got = state.get("version") if isinstance(state, dict) else None
         raise NadaError(f"training state {path} has version {got}, expected {version}: delete it to start over")

@@ -113,7 +113,7 @@ def loss_needs(config: "InvertConfig", kind: str, optional: bool = False) -> lis
     if kind not in LOSS_KINDS:
         raise NadaError(f"unknown loss set {kind!r}: use one of {', '.join(LOSS_KINDS)}")
     if kind != "face":
-        return []  # the toy world's perceptual distance is the packaged toy CLIP
+        return []  # a profile's own perceptual distance is the profile's to provide
 
     keys = [P._LPIPS_ARCH[config.lpips_net][2], f"lpips-{config.lpips_net}"] if config.lambda_lpips > 0 else []
     keys += ["arcface-ir-se50"] if config.lambda_id > 0 else []

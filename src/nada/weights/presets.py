@@ -50,6 +50,7 @@ from nada.generator.checkpoints import load_generator, read_metadata
 from nada.io import atomic_torch_save
 from nada.plugins import load_plugins
 from nada.profiles import PAPER_RECIPE
+from nada.weights.safe_load import torch_load
 from nada.weights.download import (
     WeightsSource,
     cache_dir,
@@ -231,10 +232,7 @@ def _read(path: Path, mmap: bool = False) -> Any:
 
     mmap=True maps instead of reading the tensors, so a look at the keys of a large checkpoint costs nothing.
     """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # truncated, not a torch file, a refused global: one advice
-        raise NadaError(f"{path} is not a readable preset file ({' '.join(str(e).split())[:160]}): download or pack it again") from None
+    return torch_load(path, mmap=mmap, what="preset file", fix="download or pack it again")
 
 
 def is_compact(path: str | os.PathLike) -> bool:

@@ -30,11 +30,13 @@ _DAMAGED = "truncated, corrupt or not a weights file"
 _READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError)
 
 
-def torch_load(path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool = False, what: str = "") -> Any:
+def torch_load(
+    path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool = False, what: str = "", fix: str | None = None
+) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, the classes in ``allow`` added to torch's allow-list.
 
     A refused Python object or a damaged file is a one-line NadaError naming ``path`` (after ``what``, e.g.
-    "evaluator weights", when given).
+    "evaluator weights", when given) and ending in ``fix`` (else the advice for a downloaded file).
     """
     named = f"{what} {path}" if what else str(path)
     try:
@@ -45,9 +47,9 @@ def torch_load(path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool =
         if refused is not None:
             raise NadaError(
                 f"{named} contains the Python object '{refused.group(1)}', which nada refuses to load because loading "
-                "it could run code: use a file that holds only tensors and plain data"
+                f"it could run code: {fix or 'use a file that holds only tensors and plain data'}"
             ) from None
-        raise NadaError(f"{named} is {_DAMAGED} ({_load_failure(e)}): download or copy it again") from None
+        raise NadaError(f"{named} is {_DAMAGED} ({_load_failure(e)}): {fix or 'download or copy it again'}") from None
 
 
 def _load_failure(e: BaseException) -> str:
