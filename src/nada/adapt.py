@@ -17,7 +17,8 @@ A run folder holds:
 - ``samples/step_000050.png``: grids, top row the frozen generator, bottom row the trained one, for
   the latents of seeds 0 .. n-1 at truncation 0.7 towards the stored mean latent.
 - ``checkpoints/step_000100.pt`` every ``save_every`` steps and ``generator.pt`` at the end:
-  nada checkpoints (rosinality layout + metadata), loadable by ``nada.checkpoints.load_generator``.
+  nada checkpoints (rosinality layout + metadata), loadable by ``nada.checkpoints.load_generator``;
+  with ``params="domain"`` kilobyte domain files (`nada.domains`), which it loads onto their base.
 - ``state.pt``: what a resumed run needs besides the weights: step, Adam state, the states of the
   run's two random generators, the current layer selection, and which checkpoint holds the weights.
 
@@ -198,6 +199,7 @@ def _remove_stale_temp_files(root: Path) -> None:
 def _check_resumable(stored: dict[str, Any], config: AdaptConfig, where: Path) -> None:
     """Refuse to resume a run whose computation-relevant settings differ from the current ones."""
     current = config.to_dict()
+    stored = {**AdaptConfig().to_dict(), **stored}  # a setting added since the run was saved has its default
     diff = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
     if diff:
         details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff)
@@ -215,11 +217,20 @@ def _load_state(paths: RunPaths) -> dict[str, Any]:
     problem = _state_problem(state, paths.root)
     if problem is None:
         ckpt = _read_torch_file(paths.root / state["checkpoint"], paths.root)
-        weights = ckpt.get("g_ema") if isinstance(ckpt, dict) else None
+        weights = _trained_tensors(ckpt)
         problem = _tensors_problem(weights, f"the checkpoint {state['checkpoint']}")
     if problem is not None:
         raise NadaError(f"the saved state of the run in {paths.root} is unusable ({problem}): start over with --force")
     return {**state, "g_ema": weights}
+
+
+def _trained_tensors(ckpt: Any) -> Any:
+    """The trained tensors of a run checkpoint: the generator's state dict, or {"vector": [D]} of a domain file."""
+    from nada.domains import is_domain_payload
+
+    if is_domain_payload(ckpt):
+        return {"vector": ckpt.get("domain")}
+    return ckpt.get("g_ema") if isinstance(ckpt, dict) else None
 
 
 def _read_torch_file(path: Path, root: Path) -> Any:
@@ -698,6 +709,7 @@ def _adapt(
     """The body of `adapt`; ``held`` keeps the run folder claimed until `adapt` ends."""
     from nada import __version__
     from nada.checkpoints import load_generator, save_checkpoint
+    from nada.domains import save_domain
 
     # ---- validate cheaply, before anything heavy is loaded
     config.validate()
@@ -717,8 +729,10 @@ def _adapt(
     G_frozen = deepcopy(base).to(device).eval().requires_grad_(False)
     if not bool(G_frozen.mean_latent.any()):
         G_frozen.compute_mean_latent(seed=config.seed)  # samples need a truncation centre
-    G_train = deepcopy(G_frozen)  # requires_grad stays False until layers are selected
+    G_train = _trained_copy(G_frozen, config)  # requires_grad stays False until layers are selected
     if G_start is not None:
+        if config.params == "domain":
+            raise NadaError("G_start sets starting weights, but params 'domain' trains a vector on the frozen weights: use one of the two")
         G_train.load_state_dict(G_start.state_dict())
 
     # ---- CLIP ensemble and the constant parts of the objective
@@ -746,7 +760,7 @@ def _adapt(
     state = _load_state(paths) if resume and paths.state.exists() else None
     if state is not None:
         _check_resumable(state["config"], config, paths.root)
-        G_train.load_state_dict(state["g_ema"])
+        _load_trained(G_train, state["g_ema"])
         optimizer.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         noise_rng.set_state(state["noise_rng"])
@@ -788,7 +802,10 @@ def _adapt(
             "adapt_config": config.to_dict(),
             "nada_version": __version__,
         }
-        save_checkpoint(target, G_train, metadata, overwrite=True)
+        if config.params == "domain":
+            save_domain(target, G_train.vector(), G_frozen, config.generator, metadata, overwrite=True)
+        else:
+            save_checkpoint(target, G_train, metadata, overwrite=True)
         atomic_torch_save(
             {
                 "step": at,
@@ -889,7 +906,29 @@ def _adapt(
     if state is None or int(state["step"]) < config.iterations:  # else the run was already complete
         save_samples(step)
         save(step, boundary, final=True)
-    return G_train.eval().requires_grad_(False)
+    G_train.eval().requires_grad_(False)
+    return G_train.folded() if config.params == "domain" else G_train
+
+
+def _trained_copy(G_frozen: "Generator", config: AdaptConfig) -> torch.nn.Module:
+    """What the run trains: a copy of the frozen generator, or a zero domain vector on it (params "domain")."""
+    if config.params == "domain":
+        from nada.domains import DomainGenerator
+
+        return DomainGenerator(G_frozen)
+    return deepcopy(G_frozen)
+
+
+def _load_trained(G_train: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore the trained tensors of a saved run (a state dict, or {"vector": [D]} for a domain run)."""
+    from nada.domains import DomainGenerator
+
+    if isinstance(G_train, DomainGenerator):
+        if "vector" not in tensors:
+            raise NadaError("the saved run trained weights, not a domain vector: resume it with --params weights")
+        G_train.load_vector(tensors["vector"].to(_device_of(G_train)))
+    else:
+        G_train.load_state_dict(tensors)
 
 
 def _boundary(

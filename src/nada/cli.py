@@ -160,6 +160,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "generator": ("--generator", "base generator: checkpoint path or registered name"),
     "clip": ("--clip", "CLIP model or weighted ensemble, e.g. 'ViT-B/32,ViT-B/16:0.5'; auto: the toy CLIP for the toy generator, else ViT-B/32"),
     "templates": ("--templates", "prompt templates for text directions: imagenet, plain, toy or auto (toy for the toy CLIP, else imagenet)"),
+    "params": ("--params", "what trains: weights (the chosen layers) or domain (a domain vector of style offsets only)"),
     "layers": ("--layers", "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,..."),
     "select_every": ("--select-every", "re-select auto/grad layers every N iterations"),
     "auto_batch": ("--auto-batch", "latents used by the auto/grad layer selection"),
