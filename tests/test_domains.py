@@ -233,3 +233,61 @@ def test_domain_run_resume_is_bit_identical(tmp_path: Path, tiny) -> None:
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
     with pytest.raises(NadaError, match="different settings"):
         adapt(cfg_b.replace(params="weights", iterations=6), progress=False, G_base=G, clip=tiny, resume=True)
+
+
+# ---------------------------------------------------------------- rows and blends in nada generate
+
+
+def grid_tiles(path: Path, rows: int, cols: int, size: int = 32, pad: int = 2) -> torch.Tensor:
+    """uint8 tiles [rows, cols, size, size, 3] of a grid written by nada.io.image_grid."""
+    import numpy as np
+    from PIL import Image
+
+    a = torch.from_numpy(np.asarray(Image.open(path)).copy())
+    return torch.stack([torch.stack([a[pad + r * (size + pad):][:size, pad + c * (size + pad):][:, :size]
+                                     for c in range(cols)]) for r in range(rows)])
+
+
+def test_generate_draws_one_row_per_domain_and_blend(tmp_path: Path, capsys) -> None:
+    from nada.cli import main
+    from nada.io import to_uint8_image, z_from_seeds
+
+    G, base_path = saved_base(tmp_path)
+    va, vb = random_vector(G, 11), random_vector(G, 12)
+    a = save_domain(tmp_path / "a.pt", va, G, str(base_path))
+    b = save_domain(tmp_path / "b.pt", vb, G, str(base_path))
+    out = tmp_path / "rows.png"
+    spec = f"{a},{b},0.5*{a}+0.5*{b}"
+    assert main(["generate", "--preset", spec, "--seeds", "0-2", "--out", str(out), "--compare", "--truncation", "0.7"]) == 0
+    assert "rows:        base, " in capsys.readouterr().out
+    tiles = grid_tiles(out, 4, 3)
+    z = z_from_seeds([0, 1, 2], G.style_dim)
+    for row, vector in enumerate([torch.zeros_like(va), va, vb, 0.5 * va + 0.5 * vb]):
+        expected = to_uint8_image(G(z, truncation_psi=0.7, domain=vector).clamp(-1, 1))
+        assert (tiles[row].int() - expected.int()).abs().max() <= 1, row  # one grey level of float rounding
+    assert main(["generate", "--preset", spec, "--out", str(out)]) == 2  # never overwritten silently
+    assert main(["generate", "--preset", spec, "--out-dir", str(tmp_path / "d")]) == 2
+
+
+def test_blend_of_full_generators_interpolates_weights(tmp_path: Path) -> None:
+    from nada.domains import DomainRows
+
+    G, base_path = saved_base(tmp_path)
+    full = fold_domain(G, random_vector(G, 11))
+    full_path = save_checkpoint(tmp_path / "full.pt", full, {"base_model": str(base_path)})
+    dom = save_domain(tmp_path / "dom.pt", random_vector(G, 12), G, str(base_path))
+    rows = DomainRows(f"{full_path},0.25*{full_path}+0.75*{dom}")
+    assert not rows.shared  # a full generator among the terms: every row is a generator of its own
+    blended = rows.generator(rows.entries[1]).state_dict()
+    folded = fold_domain(G, read_domain(dom).vector).state_dict()
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(blended[k], 0.25 * v + 0.75 * folded[k])
+    images = rows.render([0, 1], 0.7)
+    assert images.shape == (2, 2, 3, 32, 32)
+    torch.testing.assert_close(images[0], full(z_seeds(G, [0, 1]), truncation_psi=0.7).clamp(-1, 1))
+
+
+def z_seeds(G: Generator, seeds: list[int]) -> torch.Tensor:
+    from nada.io import z_from_seeds
+
+    return z_from_seeds(seeds, G.style_dim)

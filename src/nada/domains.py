@@ -326,3 +326,127 @@ def render_domains(
     dd = vectors.repeat_interleave(n, dim=0)
     out = [G(zc, truncation_psi, noise_mode="const", domain=dc) for zc, dc in zip(zz.split(batch_size), dd.split(batch_size))]
     return torch.cat(out).view(k, n, *out[0].shape[1:])
+
+
+# ---------------------------------------------------------------- rows of domains (nada generate --preset a,b,c)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One named domain as loaded: a domain file, or a full adapted generator."""
+
+    name: str
+    domain: DomainFile | None
+    generator: "Generator | None"
+
+
+def load_term(name: str, device: str | torch.device = "cpu") -> Term:
+    """A preset name (or a file path) as a Term: domain files stay vectors, anything else loads as a generator."""
+    from nada.presets import PRESETS, load_preset_file, preset_file
+
+    if name in PRESETS:
+        path = preset_file(name)
+    elif Path(name).expanduser().is_file():
+        path = Path(name).expanduser()
+    else:
+        raise NadaError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)} or the path of an adapted generator")
+    domain = read_domain(path)
+    return Term(name, domain, None if domain is not None else load_preset_file(path, device))
+
+
+class DomainRows:
+    """Rows of `nada generate --preset a,0.5*b+0.5*c`: each entry a domain or a blend, rendered for the same seeds.
+
+    When every term is a domain vector of one base, the rows are K vectors on one generator and render in
+    mixed batches; otherwise every row becomes a generator of its own (domains folded onto their base,
+    blends interpolating the weights).
+    """
+
+    def __init__(self, spec: str, device: str | torch.device = "cpu") -> None:
+        self.entries = parse_domains(spec)
+        self.device = torch.device(device)
+        names = list(dict.fromkeys(name for entry in self.entries for _, name in entry))
+        self.terms = {name: load_term(name, self.device) for name in names}
+        self.labels = [spec_label(entry) for entry in self.entries]
+        domains = [t.domain for t in self.terms.values()]
+        prints = {d.meta["base_fingerprint"] for d in domains if d is not None}
+        self.shared = all(d is not None for d in domains) and len(prints) == 1
+        self._bases: dict[str, "Generator"] = {}
+
+    def base_of(self, domain: DomainFile) -> "Generator":
+        """The base generator of a domain file (loaded once per fingerprint)."""
+        key = domain.meta["base_fingerprint"]
+        if key not in self._bases:
+            self._bases[key] = load_base(domain).to(self.device)
+        return self._bases[key]
+
+    def vectors(self) -> torch.Tensor:
+        """[K, D]: one (blended) domain vector per row; only when every term is a domain of one base."""
+        rows = [blend_vectors([self.terms[n].domain.vector for _, n in e], [w for w, _ in e]) for e in self.entries]
+        return torch.stack(rows).to(self.device)
+
+    def generator(self, entry: list[tuple[float, str]]) -> "Generator":
+        """The generator of one row: a term's own, a domain folded onto its base, or a weight blend."""
+        gens = []
+        for _, name in entry:
+            term = self.terms[name]
+            gens.append(term.generator if term.domain is None else fold_domain(self.base_of(term.domain), term.domain.vector))
+        if len(entry) == 1 and entry[0][0] == 1.0:
+            return gens[0]
+        return blend_generators(gens, [w for w, _ in entry])
+
+    @torch.no_grad()
+    def render(self, seeds: Sequence[int], truncation_psi: float = 1.0, batch_size: int = 16, base_row: bool = False) -> torch.Tensor:
+        """Images [K (+1 with base_row, first), N, 3, H, W] in [-1, 1] for the seeds (z as in `nada generate`)."""
+        from nada.io import z_from_seeds
+
+        if self.shared:
+            G = self.base_of(next(iter(self.terms.values())).domain)
+            vectors = self.vectors()
+            if base_row:
+                vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors])
+            z = z_from_seeds(list(seeds), G.style_dim).to(self.device)
+            return render_domains(G, vectors, z, truncation_psi, batch_size).clamp(-1, 1).cpu()
+        from nada.generate import generate_images
+
+        gens = [self.generator(e) for e in self.entries]
+        if base_row:
+            gens.insert(0, self.base_generator())
+        return torch.stack([generate_images(G, list(seeds), truncation_psi, batch_size, self.device) for G in gens])
+
+    def base_generator(self) -> "Generator":
+        """The base of the first row's first term (a domain file's own base, or a preset's registered base)."""
+        from nada.checkpoints import load_generator
+
+        term = self.terms[self.entries[0][0][1]]
+        if term.domain is not None:
+            return self.base_of(term.domain)
+        if "plain" not in self._bases:
+            self._bases["plain"] = load_generator(self._recorded_base(term.name), device=self.device)
+        return self._bases["plain"]
+
+    @staticmethod
+    def _recorded_base(name: str) -> str:
+        """The base generator a preset names or a nada checkpoint records; NadaError when there is none."""
+        from nada.checkpoints import read_metadata
+        from nada.presets import PRESETS
+
+        if name in PRESETS:
+            return PRESETS[name].base
+        try:
+            base = read_metadata(name).get("base_model")
+        except NadaError:
+            base = None
+        if not isinstance(base, str):
+            raise NadaError(f"{name} records no base generator, which the base row needs: use a preset or a checkpoint written by nada adapt")
+        return base
+
+
+def spec_label(entry: list[tuple[float, str]]) -> str:
+    """The text of one row: ``toy-sketch`` or ``0.5*toy-sketch+0.5*toy-watercolor``."""
+    return "+".join(name if w == 1.0 and len(entry) == 1 else f"{w:g}*{name}" for w, name in entry)
+
+
+def is_multi_spec(spec: str) -> bool:
+    """True when a --preset value names several domains or a blend (a comma, '*' or '+')."""
+    return any(c in spec for c in ",*+")

@@ -206,6 +206,11 @@ def adapt_command(preset: Preset, out_dir: str | os.PathLike | None = None) -> s
 
 def load_preset(name: str, device: str | torch.device = "cpu", progress: bool = True) -> "Generator":
     """The adapted Generator of preset `name` (eval mode, on `device`), downloading released weights on first use."""
+    return load_preset_file(preset_file(name, progress), device)
+
+
+def preset_file(name: str, progress: bool = True) -> Path:
+    """The weights file of preset `name` on this machine (packaged, downloaded now or trained here); NadaError if none."""
     preset = get_preset(name)
     status = preset_status(preset)
     if status.available:
@@ -219,7 +224,7 @@ def load_preset(name: str, device: str | torch.device = "cpu", progress: bool = 
             f"train it first with `{adapt_command(preset)}`, then use --preset {name} again"
         )
     assert path is not None
-    return load_preset_file(path, device)
+    return path
 
 
 # ---------------------------------------------------------------- compact files
