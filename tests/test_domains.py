@@ -291,3 +291,19 @@ def z_seeds(G: Generator, seeds: list[int]) -> torch.Tensor:
     from nada.io import z_from_seeds
 
     return z_from_seeds(seeds, G.style_dim)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["grouped", "activations"])
+def test_cuda_layouts_zero_vector_and_mixed_batch(layout: str) -> None:
+    from nada.adapt import fp32_precision
+
+    G = make_generator().cuda()
+    G.layout = layout
+    z = latents(G, n=3).cuda()
+    with fp32_precision(z.device, tf32=False):  # IEEE float32, so batches differ by rounding only
+        assert torch.equal(G(z, domain=torch.zeros(G.domain_size, device="cuda")), G(z))
+        vectors = random_vector(G, 7, n=4).cuda()
+        mixed = render_domains(G, vectors, z, batch_size=5)
+        for k in range(4):
+            torch.testing.assert_close(mixed[k], G(z, domain=vectors[k]), atol=1e-4, rtol=1e-4)
