@@ -27,19 +27,24 @@ def weight_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median seconds of fn() over `repeats` runs after one warm-up (CUDA synchronised)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+def timed(fns: list[Callable[[], Any]], device: torch.device, repeats: int) -> list[float]:
+    """Median seconds of each fn() over `repeats` runs after one warm-up, the fns taking turns (CUDA synchronised).
+
+    Taking turns spreads changes of the machine's load over both arms alike (a shared CPU).
+    """
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
@@ -73,7 +78,7 @@ def bench_k(G: Any, k: int, args: argparse.Namespace, device: torch.device) -> d
                 Gk(chunk, noise_mode="const")
 
     n = k * args.per_domain
-    t_mixed, t_apart = timed(mixed, device, args.repeats), timed(apart, device, args.repeats)
+    t_mixed, t_apart = timed([mixed, apart], device, args.repeats)
     row = {
         "K": k, "images": n, "mixed_img_s": round(n / t_mixed, 2), "separate_img_s": round(n / t_apart, 2),
         "speedup": round(t_apart / t_mixed, 2),

@@ -307,3 +307,26 @@ def test_cuda_layouts_zero_vector_and_mixed_batch(layout: str) -> None:
         mixed = render_domains(G, vectors, z, batch_size=5)
         for k in range(4):
             torch.testing.assert_close(mixed[k], G(z, domain=vectors[k]), atol=1e-4, rtol=1e-4)
+
+
+def test_web_generate_accepts_a_domain_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, golden: Path) -> None:
+    pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
+    import numpy as np
+
+    from nada.io import to_uint8_image, z_from_seeds
+    from nada.web import WebBackend
+
+    monkeypatch.setenv("NADA_OFFLINE", "1")
+    monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
+    G, base_path = saved_base(tmp_path)
+    v = random_vector(G, 3)
+    (tmp_path / "sketch").mkdir()
+    dom = save_domain(tmp_path / "sketch" / "generator.pt", v, G, str(base_path))
+    backend = WebBackend(generator=str(base_path), clip=str(golden / "tiny_clip_openai.pt"), checkpoints=[str(dom)],
+                         device="cpu", work_dir=tmp_path / "work")
+    pairs, files = backend.generate(f"checkpoint:{dom}", seeds="0,1", count=2, truncation=0.7)
+    assert len(pairs) == 2 and all(p.exists() for p in files)
+    expected = to_uint8_image(G(z_from_seeds([0, 1], G.style_dim), truncation_psi=0.7, domain=v).clamp(-1, 1))
+    for (image, caption), want in zip(pairs, expected):
+        styled = np.asarray(image)[:, 32:].astype(int)  # the pair is base | adapted
+        assert np.abs(styled - want.numpy().astype(int)).max() <= 1, caption
