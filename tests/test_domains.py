@@ -57,9 +57,6 @@ def test_layout_covers_every_modulated_layer() -> None:
     layers = G.domain_channels()
     assert [name for name, _ in layers] == [info.name for info in G.layer_table()]
     assert G.domain_size == sum(G.get_submodule(n).conv.modulation.weight.shape[0] for n, _ in layers) == 32 * 6 + 16 * 5
-    # FFHQ 1024 (config-f): 9,088 numbers, the scale HyperDomainNet reports.
-    with torch.device("meta"):
-        assert Generator(1024).domain_size == 9088
 
 
 @pytest.mark.parametrize("layout", ["cpu", "activations", "grouped"])
@@ -173,6 +170,7 @@ def test_domain_file_refuses_the_wrong_base(tmp_path: Path) -> None:
 def test_ffhq_1024_domain_file_fits_64_kb(tmp_path: Path) -> None:
     torch.manual_seed(0)
     G = Generator(1024)
+    assert G.domain_size == 9088  # FFHQ 1024 config-f; 6,048 in the convs alone, HyperDomainNet's count
     meta = {"adapt_config": AdaptConfig(target="sketch", generator="ffhq").to_dict(), "trained_layers": [n for n, _ in G.domain_channels()]}
     path = save_domain(tmp_path / "ffhq-sketch.pt", 0.1 * torch.randn(G.domain_size), G, "ffhq", meta)
     assert path.stat().st_size <= 64 * 1024, path.stat().st_size
@@ -309,6 +307,7 @@ def test_cuda_layouts_zero_vector_and_mixed_batch(layout: str) -> None:
             torch.testing.assert_close(mixed[k], G(z, domain=vectors[k]), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # importing gradio takes tens of seconds on a loaded CPU
 def test_web_generate_accepts_a_domain_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, golden: Path) -> None:
     pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
     import numpy as np
