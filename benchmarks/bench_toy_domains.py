@@ -60,23 +60,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def blend(args: argparse.Namespace) -> dict[str, Any]:
-    """Judge a 50/50 blend of two domain files under each of their targets."""
-    import torch
+    """Judge the equal-weight blend of two or more adapted generators under each of their targets.
 
+    Domain files of one base blend as vectors; full generators (or a mix) by interpolating weights.
+    """
     from nada.checkpoints import load_generator
-    from nada.domains import blend_vectors, fold_domain, load_base, read_domain
-
-    named = dict(item.split("=", 1) for item in args.blend.split(","))
-    domains = {name: read_domain(path) for name, path in named.items()}
-    base = load_base(next(iter(domains.values())))
-    vector = blend_vectors([d.vector for d in domains.values()], [1 / len(domains)] * len(domains))
-    G = fold_domain(base, vector)
-    G_frozen = load_generator("toy")
+    from nada.domains import DomainRows, fold_domain
     from nada.presets import get_preset
 
-    with torch.no_grad():
-        scores = {name: judge(G_frozen, G, "photo", get_preset(name).target) for name in domains}
-    return {"blend": named, "scores": scores}
+    named = dict(item.split("=", 1) for item in args.blend.split(","))
+    spec = "+".join(f"{1 / len(named):g}*{path}" for path in named.values())
+    rows = DomainRows(spec)
+    G = fold_domain(rows.base_generator(), rows.vectors()[0]) if rows.shared else rows.generator(rows.entries[0])
+    G_frozen = load_generator("toy")
+    scores = {name: judge(G_frozen, G, "photo", get_preset(name).target) for name in named}
+    return {"blend": named, "as": "vectors" if rows.shared else "weights", "scores": scores}
 
 
 def main() -> None:
