@@ -329,3 +329,19 @@ def test_web_generate_accepts_a_domain_file(tmp_path: Path, monkeypatch: pytest.
     for (image, caption), want in zip(pairs, expected):
         styled = np.asarray(image)[:, 32:].astype(int)  # the pair is base | adapted
         assert np.abs(styled - want.numpy().astype(int)).max() <= 1, caption
+
+
+def test_packaged_domain_preset_loads_onto_the_toy_base() -> None:
+    from nada.presets import get_preset, load_preset, preset_file, preset_status
+
+    p = get_preset("toy-watercolor-dv")
+    if not preset_status(p).available:
+        pytest.skip("the toy presets are not packaged in this installation")
+    domain = read_domain(preset_file(p.name))
+    assert domain is not None and domain.base_model == "toy" and preset_file(p.name).stat().st_size < 16 * 1024
+    assert dict(p.options)["params"] == "domain" and domain.meta["adapt_config"]["params"] == "domain"
+    G = load_preset(p.name)
+    base = load_generator("toy")
+    z = latents(base, n=2)
+    torch.testing.assert_close(G(z), base(z, domain=domain.vector), atol=2e-5, rtol=1e-5)
+    assert float((G(z) - base(z)).abs().mean()) > 0.05  # the domain visibly changes the images

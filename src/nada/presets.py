@@ -110,6 +110,13 @@ def _toy(style: str, description: str, **changes: Any) -> Preset:
     return Preset(name, "toy", "photo", style, options, WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt"), description)
 
 
+def _toy_domain(style: str, lr: float, description: str) -> Preset:
+    """A packaged toy preset trained as a domain vector (TOY_RECIPE, params "domain", its own lr): a kilobyte file."""
+    name = "toy-" + style.replace(" ", "-") + "-dv"
+    options = tuple((k, lr if k == "lr" else v) for k, v in TOY_RECIPE) + (("params", "domain"),)
+    return Preset(name, "toy", "photo", style, options, WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt"), description)
+
+
 def _nada(name: str, filename: str, source: str, target: str, sha256: str | None, description: str) -> Preset:
     weights = WeightsSource(filename, hf_repo=NADA_MODELS_REPO, hf_revision=NADA_MODELS_REVISION, sha256=sha256, size=NADA_MODEL_BYTES)
     return Preset(name, "ffhq", source, target, OFFICIAL_RECIPE, weights, description)
@@ -124,6 +131,8 @@ PRESETS: dict[str, Preset] = {
         # pixel art 0.31 / 0.95, 0.50 / 0.93, 0.82 / 0.76, 0.94 / 0.52; pop art 0.32 / 0.94, 0.52 / 0.81, 0.56 / 0.77).
         _toy("pixel art", "toy faces as blocky pixel art", lr=0.014),
         _toy("pop art", "toy faces inked and dotted like pop art", lr=0.01),
+        # Domain vectors where they hold up against full fine-tuning (docs/domains.md measures all four styles).
+        _toy_domain("watercolor", 0.05, "toy faces as watercolour washes (a domain vector: 1,312 numbers, 9 KB)"),
         _nada("ffhq-sketch", "sketch.pt", "photo", "sketch", None, "pencil sketches (StyleGAN-NADA release)"),
         _nada("ffhq-pixar", "pixar.pt", "photo", "Pixar character", "e690afbf1518362220e663f3db74b40f40667f13daab7689d86e90035d8d537f", "3D animated characters (StyleGAN-NADA release)"),
         _nada("ffhq-anime", "anime.pt", "photo", "anime painting", "1424d2a668f7b97ee4b993c5bf5fa4eaeff9250a514d5e5e3050d52c0315f1fb", "anime faces (StyleGAN-NADA release)"),
