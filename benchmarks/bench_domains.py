@@ -80,7 +80,10 @@ def bench_k(G: Any, k: int, args: argparse.Namespace, device: torch.device) -> d
     n = k * args.per_domain
     t_mixed, t_apart = timed([mixed, apart], device, args.repeats)
     row = {
-        "K": k, "images": n, "mixed_img_s": round(n / t_mixed, 2), "separate_img_s": round(n / t_apart, 2),
+        "K": k,
+        "images": n,
+        "mixed_img_s": round(n / t_mixed, 2),
+        "separate_img_s": round(n / t_apart, 2),
         "speedup": round(t_apart / t_mixed, 2),
         "weights_mixed_MB": round((weight_bytes(G) + vectors.numel() * 4) / 2**20, 2),
         "weights_separate_MB": round(sum(weight_bytes(g) for g in separate) / 2**20, 2),
@@ -88,12 +91,11 @@ def bench_k(G: Any, k: int, args: argparse.Namespace, device: torch.device) -> d
     peaks = peak_memory(mixed, device), peak_memory(apart, device)
     if peaks[0] is not None:
         row.update(peak_mixed_MB=round(peaks[0] / 2**20, 1), peak_separate_MB=round(peaks[1] / 2**20, 1))
-    del separate
     return row
 
 
 def base_generator(spec: str, device: torch.device) -> Any:
-    """``shape:SIZE``: rosinality's config-f generator of that size (FFHQ's shapes) with seeded random weights; else load_generator."""
+    """``shape:SIZE``: a config-f generator of that size (FFHQ's shapes), seeded random weights; else load_generator."""
     from nada.checkpoints import load_generator
     from nada.networks import Generator
 
@@ -107,8 +109,12 @@ def base_generator(spec: str, device: torch.device) -> Any:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generator", default="toy", help="base generator: registered name, file, random:SIZE[:SEED] or shape:SIZE "
-                   "(config-f shapes, random weights)")
+    p.add_argument(
+        "--generator",
+        default="toy",
+        help="base generator: registered name, file, random:SIZE[:SEED] or shape:SIZE "
+        "(config-f shapes, random weights)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--ks", default="1,4,16", help="domain counts")
     p.add_argument("--per-domain", type=int, default=8, help="images per domain")
@@ -120,9 +126,20 @@ def main() -> None:
     device = torch.device(args.device)
     G = base_generator(args.generator, device)
     G.layout = args.layout
-    print(json.dumps({"generator": args.generator, "device": str(device), "threads": torch.get_num_threads(),
-                      "layout": args.layout, "per_domain": args.per_domain, "batch": args.batch,
-                      "domain_size": G.domain_size, "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "generator": args.generator,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "layout": args.layout,
+                "per_domain": args.per_domain,
+                "batch": args.batch,
+                "domain_size": G.domain_size,
+                "torch": torch.__version__,
+            }
+        )
+    )
     for k in (int(x) for x in args.ks.split(",")):
         print(json.dumps(bench_k(G, k, args, device)), flush=True)
 

@@ -27,8 +27,12 @@ def judge(G_frozen: Any, G: Any, source: str, target: str) -> dict[str, float]:
 
     r = run_metrics(G_frozen, G, source, target)
     assert r is not None, f"the toy judge knows no style in {target!r}"
-    out = {"target_rate": r.target_rate, "frozen_target_rate": r.frozen_target_rate, "content_kept": r.content_kept,
-           "diversity_ratio": r.diversity_ratio}
+    out = {
+        "target_rate": r.target_rate,
+        "frozen_target_rate": r.frozen_target_rate,
+        "content_kept": r.content_kept,
+        "diversity_ratio": r.diversity_ratio,
+    }
     if r.fidelity:
         out["stroke"] = r.fidelity["adapted"]["stroke"]
     return out
@@ -54,9 +58,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for step in range(100, config.iterations, 100):
         steps[step] = judge(G_frozen, load_generator(paths.checkpoint(step)), config.source, config.target)
     steps[config.iterations] = judge(G_frozen, load_generator(paths.final), config.source, config.target)
-    return {"preset": args.preset, "params": args.params, "lr": config.lr, "iterations": config.iterations,
-            "train_seconds": round(sum(r["seconds"] for r in log), 1), "wall_seconds": round(wall, 1),
-            "file_bytes": paths.final.stat().st_size, "steps": steps}
+    return {
+        "preset": args.preset,
+        "params": args.params,
+        "lr": config.lr,
+        "iterations": config.iterations,
+        "train_seconds": round(sum(r["seconds"] for r in log), 1),
+        "wall_seconds": round(wall, 1),
+        "file_bytes": paths.final.stat().st_size,
+        "steps": steps,
+    }
 
 
 def blend(args: argparse.Namespace) -> dict[str, Any]:

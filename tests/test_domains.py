@@ -56,7 +56,9 @@ def test_layout_covers_every_modulated_layer() -> None:
     G = make_generator()
     layers = G.domain_channels()
     assert [name for name, _ in layers] == [info.name for info in G.layer_table()]
-    assert G.domain_size == sum(G.get_submodule(n).conv.modulation.weight.shape[0] for n, _ in layers) == 32 * 6 + 16 * 5
+    assert (
+        G.domain_size == sum(G.get_submodule(n).conv.modulation.weight.shape[0] for n, _ in layers) == 32 * 6 + 16 * 5
+    )
 
 
 @pytest.mark.parametrize("layout", ["cpu", "activations", "grouped"])
@@ -72,7 +74,7 @@ def test_zero_vector_is_the_base_exactly(layout: str) -> None:
 
 @pytest.mark.parametrize("layout", ["cpu", "activations"])
 def test_vector_changes_only_the_style_modulation(layout: str) -> None:
-    """Rendering with a vector equals the base with each modulation's output rows scaled by (1 + delta), nothing else."""
+    """Rendering with a vector equals the base with each modulation's output rows scaled by (1 + delta)."""
     G = make_generator()
     G.layout = layout
     v = random_vector(G, 5)
@@ -171,7 +173,10 @@ def test_ffhq_1024_domain_file_fits_64_kb(tmp_path: Path) -> None:
     torch.manual_seed(0)
     G = Generator(1024)
     assert G.domain_size == 9088  # FFHQ 1024 config-f; 6,048 in the convs alone, HyperDomainNet's count
-    meta = {"adapt_config": AdaptConfig(target="sketch", generator="ffhq").to_dict(), "trained_layers": [n for n, _ in G.domain_channels()]}
+    meta = {
+        "adapt_config": AdaptConfig(target="sketch", generator="ffhq").to_dict(),
+        "trained_layers": [n for n, _ in G.domain_channels()],
+    }
     path = save_domain(tmp_path / "ffhq-sketch.pt", 0.1 * torch.randn(G.domain_size), G, "ffhq", meta)
     assert path.stat().st_size <= 64 * 1024, path.stat().st_size
 
@@ -180,9 +185,24 @@ def test_ffhq_1024_domain_file_fits_64_kb(tmp_path: Path) -> None:
 
 
 def run_config(tmp_path: Path, base_path: Path, **kw) -> AdaptConfig:
-    base = dict(source="photo", target="sketch", generator=str(base_path), templates="plain", layers="all",
-                params="domain", iterations=4, batch_size=2, auto_batch=2, lr=0.05, out_dir=str(tmp_path / "run"),
-                n_sample_images=3, sample_every=2, save_every=2, device="cpu", lambda_global=0.5)
+    base = dict(
+        source="photo",
+        target="sketch",
+        generator=str(base_path),
+        templates="plain",
+        layers="all",
+        params="domain",
+        iterations=4,
+        batch_size=2,
+        auto_batch=2,
+        lr=0.05,
+        out_dir=str(tmp_path / "run"),
+        n_sample_images=3,
+        sample_every=2,
+        save_every=2,
+        device="cpu",
+        lambda_global=0.5,
+    )
     base.update(kw)
     return AdaptConfig(**base)
 
@@ -242,8 +262,12 @@ def grid_tiles(path: Path, rows: int, cols: int, size: int = 32, pad: int = 2) -
     from PIL import Image
 
     a = torch.from_numpy(np.asarray(Image.open(path)).copy())
-    return torch.stack([torch.stack([a[pad + r * (size + pad):][:size, pad + c * (size + pad):][:, :size]
-                                     for c in range(cols)]) for r in range(rows)])
+    return torch.stack(
+        [
+            torch.stack([a[pad + r * (size + pad) :][:size, pad + c * (size + pad) :][:, :size] for c in range(cols)])
+            for r in range(rows)
+        ]
+    )
 
 
 def test_generate_draws_one_row_per_domain_and_blend(tmp_path: Path, capsys) -> None:
@@ -256,7 +280,10 @@ def test_generate_draws_one_row_per_domain_and_blend(tmp_path: Path, capsys) -> 
     b = save_domain(tmp_path / "b.pt", vb, G, str(base_path))
     out = tmp_path / "rows.png"
     spec = f"{a},{b},0.5*{a}+0.5*{b}"
-    assert main(["generate", "--preset", spec, "--seeds", "0-2", "--out", str(out), "--compare", "--truncation", "0.7"]) == 0
+    assert (
+        main(["generate", "--preset", spec, "--seeds", "0-2", "--out", str(out), "--compare", "--truncation", "0.7"])
+        == 0
+    )
     assert "rows:        base, " in capsys.readouterr().out
     tiles = grid_tiles(out, 4, 3)
     z = z_from_seeds([0, 1, 2], G.style_dim)
@@ -321,8 +348,13 @@ def test_web_generate_accepts_a_domain_file(tmp_path: Path, monkeypatch: pytest.
     v = random_vector(G, 3)
     (tmp_path / "sketch").mkdir()
     dom = save_domain(tmp_path / "sketch" / "generator.pt", v, G, str(base_path))
-    backend = WebBackend(generator=str(base_path), clip=str(golden / "tiny_clip_openai.pt"), checkpoints=[str(dom)],
-                         device="cpu", work_dir=tmp_path / "work")
+    backend = WebBackend(
+        generator=str(base_path),
+        clip=str(golden / "tiny_clip_openai.pt"),
+        checkpoints=[str(dom)],
+        device="cpu",
+        work_dir=tmp_path / "work",
+    )
     pairs, files = backend.generate(f"checkpoint:{dom}", seeds="0,1", count=2, truncation=0.7)
     assert len(pairs) == 2 and all(p.exists() for p in files)
     expected = to_uint8_image(G(z_from_seeds([0, 1], G.style_dim), truncation_psi=0.7, domain=v).clamp(-1, 1))

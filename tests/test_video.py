@@ -63,8 +63,18 @@ def test_cli_video_same_seeds_as_generate(tmp_path: Path, capsys) -> None:
 
     G = make_generator()
     base_path = save_checkpoint(tmp_path / "base.pt", G, {"base_model": "test"})
-    a = save_domain(tmp_path / "a.pt", 0.3 * torch.randn(G.domain_size, generator=torch.Generator().manual_seed(1)), G, str(base_path))
-    b = save_domain(tmp_path / "b.pt", 0.3 * torch.randn(G.domain_size, generator=torch.Generator().manual_seed(2)), G, str(base_path))
+    a = save_domain(
+        tmp_path / "a.pt",
+        0.3 * torch.randn(G.domain_size, generator=torch.Generator().manual_seed(1)),
+        G,
+        str(base_path),
+    )
+    b = save_domain(
+        tmp_path / "b.pt",
+        0.3 * torch.randn(G.domain_size, generator=torch.Generator().manual_seed(2)),
+        G,
+        str(base_path),
+    )
     out = tmp_path / "walk.gif"
     assert main(["video", "--preset", f"{a},{b}", "--seeds", "4,9", "--frames", "6", "--out", str(out), "--quiet"]) == 0
     assert "panels:      base | " in capsys.readouterr().out
@@ -86,8 +96,23 @@ def test_cli_video_same_seeds_as_generate(tmp_path: Path, capsys) -> None:
         assert np.abs(tile - expected).max() <= 1
         assert np.abs(gif_first[2:34, 2 + 34 * j : 34 + 34 * j] - tile).mean() < 8  # the GIF's 256-colour palette
     for walk in ("domain", "both"):
-        assert main(["video", "--preset", f"{a},0.5*{a}+0.5*{b}", "--walk", walk, "--frames", "5",
-                     "--out", str(tmp_path / f"{walk}.gif"), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "video",
+                    "--preset",
+                    f"{a},0.5*{a}+0.5*{b}",
+                    "--walk",
+                    walk,
+                    "--frames",
+                    "5",
+                    "--out",
+                    str(tmp_path / f"{walk}.gif"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         assert count_frames(tmp_path / f"{walk}.gif") == 5
     assert main(["video", "--preset", str(a), "--out", str(out), "--quiet"]) == 2  # never overwritten silently
     assert main(["video", "--preset", str(a), "--out", str(tmp_path / "v.avi")]) == 2

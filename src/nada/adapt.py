@@ -732,7 +732,8 @@ def _adapt(
     G_train = _trained_copy(G_frozen, config)  # requires_grad stays False until layers are selected
     if G_start is not None:
         if config.params == "domain":
-            raise NadaError("G_start sets starting weights, but params 'domain' trains a vector on the frozen weights: use one of the two")
+            raise NadaError("G_start sets starting weights, but params 'domain' trains a vector on the frozen "
+                            "weights: use one of the two")
         G_train.load_state_dict(G_start.state_dict())
 
     # ---- CLIP ensemble and the constant parts of the objective

@@ -50,7 +50,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_generate_rows(args: argparse.Namespace, seeds: list[int]) -> int:
-    """`nada generate --preset a,0.5*b+0.5*c`: one grid with a row per domain or blend (the base row first with --compare)."""
+    """`nada generate --preset a,0.5*b+0.5*c`: one grid, a row per domain or blend (the base first with --compare)."""
     from nada import preflight
     from nada.domains import DomainRows, parse_domains
     from nada.generate import check_grid_size
@@ -58,7 +58,8 @@ def _run_generate_rows(args: argparse.Namespace, seeds: list[int]) -> int:
     from nada.presets import PRESETS
 
     if args.out_dir is not None:
-        raise NadaError("--preset with several domains writes one grid (a row per domain): use --out instead of --out-dir")
+        raise NadaError("--preset with several domains writes one grid (a row per domain): "
+                        "use --out instead of --out-dir")
     if args.precision != "fp32":
         raise NadaError("--precision bf16 renders one generator: use fp32 with several domains in --preset")
     out = _comparison_target(args)
@@ -164,8 +165,8 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt), a registered name (nada presets generators) or random:SIZE for an untrained generator")
-    what.add_argument("--preset", help="an adapted generator by preset name (see nada presets list); downloads released weights "
-                      "on first use; several names ('a,b,c') draw one row each, and blends such as "
+    what.add_argument("--preset", help="an adapted generator by preset name (see nada presets list); downloads "
+                      "released weights on first use; several names ('a,b,c') draw one row each, and blends such as "
                       "'0.5*toy-sketch+0.5*toy-watercolor' mix domain vectors (or interpolate full weights)")
     p.add_argument("--compare", action="store_true", help="one grid with the base generator's row above the adapted row, same seeds")
     p.add_argument("--base", default=None, help="base generator for --compare (default: the preset's base or the checkpoint's recorded base)")
@@ -191,11 +192,12 @@ def _video_arguments(p: argparse.ArgumentParser) -> None:
                    "blends such as '0.5*toy-sketch+0.5*toy-watercolor'")
     p.add_argument("--walk", choices=WALKS, default="latent", help="latent: through the seeds, one panel per domain; "
                    "domain: base -> a -> b on the first seed; both: the two at once (default: %(default)s)")
-    p.add_argument("--seeds", default="0-3", help="keyframe seeds, the same latents as nada generate (default: %(default)s)")
+    p.add_argument("--seeds", default="0-3", help="keyframe seeds, the latents of nada generate (default: %(default)s)")
     p.add_argument("--frames", type=int, default=60, help="frames in the video (default: %(default)s)")
     p.add_argument("--fps", type=float, default=24.0, help="frames per second (default: %(default)s)")
-    p.add_argument("--size", type=int, default=None, help="side of each panel in pixels (default: the generator's size)")
-    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi towards the mean latent (default: %(default)s)")
+    p.add_argument("--size", type=int, default=None, help="side of each panel in pixels (default: the generator's)")
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="truncation psi towards the mean latent (default: %(default)s)")
     p.add_argument("--out", default=None, help="video file, .mp4 (needs PyAV: nada[video]) or .gif "
                    "(default: video.mp4, or video.gif without PyAV)")
     p.add_argument("--batch-size", type=int, default=8, help="frames rendered at once (default: %(default)s)")
@@ -242,7 +244,7 @@ _ADAPT_FLAGS: dict[str, tuple[str, str]] = {
     "generator": ("--generator", "base generator: checkpoint path or registered name"),
     "clip": ("--clip", "CLIP model or weighted ensemble, e.g. 'ViT-B/32,ViT-B/16:0.5'; auto: the toy CLIP for the toy generator, else ViT-B/32"),
     "templates": ("--templates", "prompt templates for text directions: imagenet, plain, toy or auto (toy for the toy CLIP, else imagenet)"),
-    "params": ("--params", "what trains: weights (the chosen layers) or domain (a domain vector of style offsets only)"),
+    "params": ("--params", "what trains: weights (the chosen layers) or domain (only a vector of style offsets)"),
     "layers": ("--layers", "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,..."),
     "select_every": ("--select-every", "re-select auto/grad layers every N iterations"),
     "auto_batch": ("--auto-batch", "latents used by the auto/grad layer selection"),

@@ -103,12 +103,17 @@ class DomainGenerator(nn.Module):
         for (name, _), part in zip(layers, vector.reshape(-1).split([c for _, c in layers])):
             self.get_submodule(name).delta.copy_(part)
 
-    def synthesis(self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const") -> torch.Tensor:
+    def synthesis(
+        self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const"
+    ) -> torch.Tensor:
         """The base's synthesis ws [N, n_latent, style_dim] -> images [N, 3, size, size] in this domain."""
         return self.base.synthesis(ws, noise=noise, noise_mode=noise_mode, domain=self.vector())
 
     def forward(
-        self, z: torch.Tensor, truncation_psi: float = 1.0, noise: Sequence[torch.Tensor] | None = None,
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        noise: Sequence[torch.Tensor] | None = None,
         noise_mode: str = "const",
     ) -> torch.Tensor:
         """z [N, style_dim] -> images [N, 3, size, size] in this domain (truncation towards the base's mean latent)."""
@@ -124,8 +129,10 @@ def check_vector(vector: Any, size: int, what: str) -> torch.Tensor:
     if not isinstance(vector, torch.Tensor) or not vector.is_floating_point():
         raise NadaError(f"{what} is not a float tensor: the domain file is corrupt; train or copy it again")
     if vector.numel() != size:
-        raise NadaError(f"{what} has {vector.numel()} numbers but this generator's domain vectors have {size}: "
-                        "it was made for another architecture; use the base it was trained on")
+        raise NadaError(
+            f"{what} has {vector.numel()} numbers but this generator's domain vectors have {size}: "
+            "it was made for another architecture; use the base it was trained on"
+        )
     if not bool(torch.isfinite(vector).all()):
         raise NadaError(f"{what} contains NaN or infinite values: the domain file is corrupt (or training diverged)")
     return vector
@@ -156,10 +163,14 @@ def base_fingerprint(G: "Generator") -> str:
 
 
 def save_domain(
-    path: str | os.PathLike, vector: torch.Tensor, base: "Generator", base_model: str,
-    metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
+    path: str | os.PathLike,
+    vector: torch.Tensor,
+    base: "Generator",
+    base_model: str,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a domain file (vector [D] float32 + the base's name, path and fingerprint); refuses to overwrite unless asked."""
+    """Write a domain file (vector [D] float32, the base's name, path and fingerprint); never overwrites unasked."""
     from nada import __version__
     from nada.checkpoints import _plain
     from nada.io import atomic_torch_save
@@ -171,9 +182,14 @@ def save_domain(
     base_path = Path(base_model).expanduser()
     meta = _plain(dict(metadata or {}), "metadata")
     meta.update(
-        kind=KIND, format_version=FORMAT_VERSION, nada_version=__version__, base_model=str(base_model),
-        base_path=str(base_path.resolve()) if base_path.is_file() else None, base_fingerprint=base_fingerprint(base),
-        generator_config=base.config.to_dict(), layers=[[n, c] for n, c in base.domain_channels()],
+        kind=KIND,
+        format_version=FORMAT_VERSION,
+        nada_version=__version__,
+        base_model=str(base_model),
+        base_path=str(base_path.resolve()) if base_path.is_file() else None,
+        base_fingerprint=base_fingerprint(base),
+        generator_config=base.config.to_dict(),
+        layers=[[n, c] for n, c in base.domain_channels()],
     )
     return atomic_torch_save({"nada": meta, "domain": vector}, path)
 
@@ -211,8 +227,10 @@ def domain_from_payload(obj: dict[str, Any], path: Path) -> DomainFile:
     """The checked DomainFile of a loaded domain payload; NadaError naming the first fault."""
     meta = dict(obj["nada"])
     if meta.get("format_version") != FORMAT_VERSION:
-        raise NadaError(f"{path} is a domain file of format version {meta.get('format_version')}: "
-                        f"this nada reads version {FORMAT_VERSION}; update nada")
+        raise NadaError(
+            f"{path} is a domain file of format version {meta.get('format_version')}: "
+            f"this nada reads version {FORMAT_VERSION}; update nada"
+        )
     if not isinstance(meta.get("base_model"), str) or not isinstance(meta.get("base_fingerprint"), str):
         raise NadaError(f"{path}: the domain file names no base generator or fingerprint: the file is corrupt")
     layers = meta.get("layers")
@@ -222,7 +240,7 @@ def domain_from_payload(obj: dict[str, Any], path: Path) -> DomainFile:
 
 
 def _base_candidates(domain: DomainFile) -> list[str]:
-    """Where the base may be: the recorded name or path, the absolute path, the same file name beside the domain file."""
+    """Where the base may be: the recorded name or path, its absolute path, the same name beside the domain file."""
     name = domain.base_model
     out = [name]
     if domain.meta.get("base_path"):
@@ -243,16 +261,20 @@ def load_base(domain: DomainFile) -> "Generator":
         G = load_generator(source)
         check_base(domain, G, source)
         return G
-    raise NadaError(f"{domain.path} is a domain vector for the base generator {domain.base_model!r}, which is not on this "
-                    "machine: put that file there (or beside the domain file), or apply it with nada.domains.apply_domain")
+    raise NadaError(
+        f"{domain.path} is a domain vector for the base generator {domain.base_model!r}, which is not on this "
+        "machine: put that file there (or beside the domain file), or apply it with nada.domains.apply_domain"
+    )
 
 
 def check_base(domain: DomainFile, G: "Generator", source: str) -> None:
     """NadaError when G is not the exact base the domain file was trained on (by fingerprint)."""
     if base_fingerprint(G) != domain.meta["base_fingerprint"]:
-        raise NadaError(f"{domain.path} was trained on other base weights than {source} "
-                        f"(fingerprint {domain.meta['base_fingerprint'][:12]}, this base {base_fingerprint(G)[:12]}): "
-                        f"load it with the base it was trained on ({domain.base_model})")
+        raise NadaError(
+            f"{domain.path} was trained on other base weights than {source} "
+            f"(fingerprint {domain.meta['base_fingerprint'][:12]}, this base {base_fingerprint(G)[:12]}): "
+            f"load it with the base it was trained on ({domain.base_model})"
+        )
 
 
 def apply_domain(base: "Generator", domain: DomainFile | str | os.PathLike) -> "Generator":
@@ -307,24 +329,35 @@ def blend_generators(generators: Sequence["Generator"], weights: Sequence[float]
     """A generator whose float weights are sum_i weights[i] * weights of generators[i] (same architecture)."""
     first = generators[0]
     if any(G.config != first.config for G in generators[1:]):
-        raise NadaError("the blended generators have different architectures: blend only generators adapted from one base")
+        raise NadaError(
+            "the blended generators have different architectures: blend only generators adapted from one base"
+        )
     states = [G.state_dict() for G in generators]
     out = deepcopy(first)
-    blended = {k: (sum(w * s[k].float() for w, s in zip(weights, states)).to(v.dtype) if v.is_floating_point() else v)
-               for k, v in states[0].items()}
+    blended = {
+        k: (sum(w * s[k].float() for w, s in zip(weights, states)).to(v.dtype) if v.is_floating_point() else v)
+        for k, v in states[0].items()
+    }
     out.load_state_dict(blended)
     return out
 
 
 @torch.no_grad()
 def render_domains(
-    G: "Generator", vectors: torch.Tensor, z: torch.Tensor, truncation_psi: float = 1.0, batch_size: int = 16,
+    G: "Generator",
+    vectors: torch.Tensor,
+    z: torch.Tensor,
+    truncation_psi: float = 1.0,
+    batch_size: int = 16,
 ) -> torch.Tensor:
     """Images [K, N, 3, H, W] of every latent z [N, style_dim] in each of K domains [K, D], in mixed batches."""
     k, n = vectors.shape[0], z.shape[0]
     zz = z.repeat(k, 1)  # sample i of domain j sits at j * n + i
     dd = vectors.repeat_interleave(n, dim=0)
-    out = [G(zc, truncation_psi, noise_mode="const", domain=dc) for zc, dc in zip(zz.split(batch_size), dd.split(batch_size))]
+    out = [
+        G(zc, truncation_psi, noise_mode="const", domain=dc)
+        for zc, dc in zip(zz.split(batch_size), dd.split(batch_size))
+    ]
     return torch.cat(out).view(k, n, *out[0].shape[1:])
 
 
@@ -390,13 +423,17 @@ class DomainRows:
         gens = []
         for _, name in entry:
             term = self.terms[name]
-            gens.append(term.generator if term.domain is None else fold_domain(self.base_of(term.domain), term.domain.vector))
+            gens.append(
+                term.generator if term.domain is None else fold_domain(self.base_of(term.domain), term.domain.vector)
+            )
         if len(entry) == 1 and entry[0][0] == 1.0:
             return gens[0]
         return blend_generators(gens, [w for w, _ in entry])
 
     @torch.no_grad()
-    def render(self, seeds: Sequence[int], truncation_psi: float = 1.0, batch_size: int = 16, base_row: bool = False) -> torch.Tensor:
+    def render(
+        self, seeds: Sequence[int], truncation_psi: float = 1.0, batch_size: int = 16, base_row: bool = False
+    ) -> torch.Tensor:
         """Images [K (+1 with base_row, first), N, 3, H, W] in [-1, 1] for the seeds (z as in `nada generate`)."""
         from nada.io import z_from_seeds
 
@@ -438,7 +475,10 @@ class DomainRows:
         except NadaError:
             base = None
         if not isinstance(base, str):
-            raise NadaError(f"{name} records no base generator, which the base row needs: use a preset or a checkpoint written by nada adapt")
+            raise NadaError(
+                f"{name} records no base generator, which the base row needs: "
+                "use a preset or a checkpoint written by nada adapt"
+            )
         return base
 
 

@@ -286,7 +286,7 @@ class ModulatedConv2d(nn.Module):
         self.layout = "auto"  # set for the whole generator by `Generator.layout`
 
     def styles(self, style: torch.Tensor, domain: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample input-channel scales [N, in] from styles [N, style_dim], times (1 + domain) [N or 1, in] if given."""
+        """Per-sample input-channel scales [N, in] from styles [N, style_dim], times (1 + domain [N or 1, in])."""
         s = self.modulation(style) * self.scale
         return s if domain is None else s * (1 + domain.to(s.dtype))
 
@@ -295,8 +295,10 @@ class ModulatedConv2d(nn.Module):
         # sum over (in, k, k) of (w * s)^2 as a small matmul, without building per-sample weights.
         return torch.rsqrt(s.square() @ self.weight[0].square().sum([2, 3]).t() + 1e-8)
 
-    def modulated_weight(self, style: torch.Tensor, gain: float = 1.0, domain: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample weights [N, out, in, k, k] from styles [N, style_dim] (and a domain offset), times an output gain."""
+    def modulated_weight(
+        self, style: torch.Tensor, gain: float = 1.0, domain: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-sample weights [N, out, in, k, k] from styles [N, style_dim] and a domain, times an output gain."""
         s = self.styles(style, domain)
         coef = s[:, None, :] * (self.demodulation(s)[:, :, None] * gain if self.demodulate else gain)
         return self.weight[0][None] * coef[..., None, None]
@@ -305,7 +307,7 @@ class ModulatedConv2d(nn.Module):
         self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None,
         domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """gain * modconv(x, style) + bias: x [N, in, H, W] -> [N, out, H', W']; domain [N or 1, in] scales the styles."""
+        """gain * modconv(x, style) + bias: x [N, in, H, W] -> [N, out, H', W']; domain [N or 1, in] scales styles."""
         n, c, h, w = x.shape
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {tuple(x.shape)}"
         assert style.ndim == 2 and style.shape[0] == n, f"style {tuple(style.shape)} does not match input batch {n}"
@@ -598,14 +600,14 @@ class Generator(nn.Module):
         self, z: torch.Tensor, truncation_psi: float = 1.0, noise: Sequence[torch.Tensor] | None = None,
         noise_mode: str = "const", domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z [N, style_dim] -> image [N, 3, size, size], with truncation towards `mean_latent` (domain: see `synthesis`)."""
+        """z [N, style_dim] -> image [N, 3, size, size], truncated towards `mean_latent` (domain: see `synthesis`)."""
         w = self.truncate(self.mapping(z), truncation_psi)
         return self.synthesis(self.broadcast_w(w), noise=noise, noise_mode=noise_mode, domain=domain)
 
     # ------------------------------------------------------------ domain vectors
 
     def domain_channels(self) -> list[tuple[str, int]]:
-        """(layer name, style channels) of every modulated layer in `layer_table` order: the layout of a domain vector."""
+        """(layer name, style channels) of every modulated layer in `layer_table` order: a domain vector's layout."""
         return [(info.name, self.get_submodule(info.name).conv.in_channel) for info in self.layer_table()]
 
     @property

@@ -114,7 +114,8 @@ def _toy_domain(style: str, lr: float, description: str) -> Preset:
     """A packaged toy preset trained as a domain vector (TOY_RECIPE, params "domain", its own lr): a kilobyte file."""
     name = "toy-" + style.replace(" ", "-") + "-dv"
     options = tuple((k, lr if k == "lr" else v) for k, v in TOY_RECIPE) + (("params", "domain"),)
-    return Preset(name, "toy", "photo", style, options, WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt"), description)
+    weights = WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt")
+    return Preset(name, "toy", "photo", style, options, weights, description)
 
 
 def _nada(name: str, filename: str, source: str, target: str, sha256: str | None, description: str) -> Preset:
@@ -219,7 +220,7 @@ def load_preset(name: str, device: str | torch.device = "cpu", progress: bool = 
 
 
 def preset_file(name: str, progress: bool = True) -> Path:
-    """The weights file of preset `name` on this machine (packaged, downloaded now or trained here); NadaError if none."""
+    """The weights file of preset `name` here (packaged, downloaded now or trained here); NadaError if none."""
     preset = get_preset(name)
     status = preset_status(preset)
     if status.available:

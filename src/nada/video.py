@@ -68,7 +68,9 @@ def latent_walk(seeds: Sequence[int], frames: int, style_dim: int) -> torch.Tens
     from nada.io import z_from_seeds
 
     keys = z_from_seeds(list(seeds), style_dim)
-    return torch.stack([slerp(keys[s], keys[min(s + 1, len(keys) - 1)], t) for s, t in eased_positions(frames, len(keys))])
+    return torch.stack(
+        [slerp(keys[s], keys[min(s + 1, len(keys) - 1)], t) for s, t in eased_positions(frames, len(keys))]
+    )
 
 
 def vector_walk(vectors: torch.Tensor, frames: int) -> torch.Tensor:
@@ -123,7 +125,9 @@ def build_panels(rows: "DomainRows", walk: str, frames: int, truncation: float) 
     if walk == "latent":
         if rows.shared:
             return panels + [static_panel(label, base, v, truncation) for label, v in zip(rows.labels, rows.vectors())]
-        return panels + [static_panel(label, rows.generator(e), None, truncation) for label, e in zip(rows.labels, rows.entries)]
+        return panels + [
+            static_panel(label, rows.generator(e), None, truncation) for label, e in zip(rows.labels, rows.entries)
+        ]
     label = " -> ".join(["base", *rows.labels])
     if rows.shared:
         keys = torch.cat([torch.zeros_like(rows.vectors()[:1]), rows.vectors()])
@@ -140,7 +144,11 @@ def frame_latents(walk: str, seeds: Sequence[int], frames: int, style_dim: int) 
 
 @torch.no_grad()
 def render_frames(
-    panels: Sequence[Panel], z: torch.Tensor, size: int, batch_size: int = 8, progress: bool = True,
+    panels: Sequence[Panel],
+    z: torch.Tensor,
+    size: int,
+    batch_size: int = 8,
+    progress: bool = True,
 ) -> Iterator[torch.Tensor]:
     """uint8 frames [H, W, 3]: the panels side by side, each resized to size x size, frame by frame."""
     from tqdm.auto import tqdm
@@ -153,7 +161,10 @@ def render_frames(
             idx = list(range(start, min(start + batch_size, z.shape[0])))
             images = [p.render(idx, z[idx].to(device)).float().clamp(-1, 1) for p in panels]
             if images[0].shape[-1] != size:
-                images = [F.interpolate(im, size=(size, size), mode="bilinear", antialias=True, align_corners=False) for im in images]
+                images = [
+                    F.interpolate(im, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                    for im in images
+                ]
             tiles = [to_uint8_image(im.cpu()) for im in images]  # [n, size, size, 3] each
             for i in range(len(idx)):
                 yield side_by_side([t[i] for t in tiles])
@@ -196,7 +207,9 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise NadaError(f"cannot write video {path}: use a file name ending in {' or '.join(VIDEO_SUFFIXES)}")
     if path.suffix.lower() == ".mp4" and not have_pyav():
-        raise NadaError(f"writing {path} needs PyAV, which is not installed: pip install 'nada[video]', or write a .gif")
+        raise NadaError(
+            f"writing {path} needs PyAV, which is not installed: pip install 'nada[video]', or write a .gif"
+        )
     if path.exists() and not force:
         raise NadaError(f"{path} already exists: choose another --out or pass --force to overwrite")
     check_writable_file(path, "--out")
@@ -212,12 +225,14 @@ def check_frames(frames: int, fps: float, size: int, panels: int, gif: bool) -> 
     if not 16 <= size <= 4096:
         raise NadaError(f"--size {size} is outside 16 .. 4096 pixels: use e.g. 256")
     if gif and frames * size * size * panels > MAX_GRID_PIXELS:
-        raise NadaError(f"a GIF of {frames} frames of {panels} panels of {size}px exceeds the {MAX_GRID_PIXELS:,} pixels "
-                        "nada holds in memory: write an .mp4, or use fewer --frames or a smaller --size")
+        raise NadaError(
+            f"a GIF of {frames} frames of {panels} panels of {size}px exceeds the {MAX_GRID_PIXELS:,} pixels "
+            "nada holds in memory: write an .mp4, or use fewer --frames or a smaller --size"
+        )
 
 
 def write_video(frames: Iterable[torch.Tensor], path: str | os.PathLike, fps: float) -> tuple[Path, int]:
-    """Write uint8 frames [H, W, 3] atomically as MP4 (PyAV, H.264) or GIF (Pillow) by suffix; (path, frames written)."""
+    """Write uint8 frames [H, W, 3] atomically as MP4 (PyAV, H.264) or GIF (Pillow), by suffix; (path, frame count)."""
     from nada.io import atomic_write
 
     path = Path(path)
@@ -262,8 +277,16 @@ def _write_gif(frames: Iterator[torch.Tensor], path: Path, fps: float) -> None:
     images = [Image.fromarray(f.numpy()) for f in frames]
     if not images:
         raise NadaError(f"no frames to write to {path}")
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
-                   optimize=False, disposal=1)
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 / fps),
+        loop=0,
+        optimize=False,
+        disposal=1,
+    )
 
 
 def count_frames(path: str | os.PathLike) -> int:
