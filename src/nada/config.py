@@ -28,6 +28,7 @@ SELECT_NOISE_CHOICES = ("random", "const")
 FIRST_STEP_CHOICES = ("limit", "shift")
 SCORE_CHOICES = ("mean_abs", "l2")
 LAYER_SET_CHOICES = ("nada", "official")
+PARAMS_CHOICES = ("weights", "domain")
 # Reference modes: AdaptConfig values that reproduce a published implementation (docs/adapt.md lists
 # every default that departs from it). "official": rinongal/StyleGAN-nada @ dc8406a.
 REFERENCES: dict[str, dict[str, Any]] = {
@@ -105,7 +106,10 @@ class AdaptConfig:
     # an average over noisy copies (randomised smoothing), which favours changes that survive noise.
     clip_noise: float = 0.0
 
-    # Which layers train (see nada.adaptation.layers for the specs).
+    # What trains: "weights" (the chosen layers' weights, as the paper) or "domain" (only a domain vector of
+    # per-channel style offsets, HyperDomainNet; the run's generator.pt is a kilobyte domain file, see nada.generator.domains).
+    params: str = "weights"
+    # Which layers train (see nada.adaptation.layers for the specs); with params "domain", which layers' slices of the vector.
     layers: str = "auto:3"
     select_every: int = 1  # re-run a data-driven selection every N iterations (the official code: every one)
     auto_batch: int = 8  # latents used by the auto/grad selection (official auto_layer_batch)
@@ -241,7 +245,7 @@ class AdaptConfig:
         if self.templates not in (AUTO, *prompt_sets()):
             raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join((AUTO, *prompt_sets()))}")
         choices = {"noise_mode": NOISE_CHOICES, "select_noise": SELECT_NOISE_CHOICES, "first_step": FIRST_STEP_CHOICES}
-        choices.update(select_score=SCORE_CHOICES, layer_sets=LAYER_SET_CHOICES)
+        choices.update(select_score=SCORE_CHOICES, layer_sets=LAYER_SET_CHOICES, params=PARAMS_CHOICES)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise NadaError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")

@@ -17,7 +17,8 @@ A run folder holds:
 - ``samples/step_000050.png``: grids, top row the frozen generator, bottom row the trained one, for
   the latents of seeds 0 .. n-1 at truncation 0.7 towards the stored mean latent.
 - ``checkpoints/step_000100.pt`` every ``save_every`` steps and ``generator.pt`` at the end:
-  nada checkpoints (rosinality layout + metadata), loadable by ``nada.generator.checkpoints.load_generator``.
+  nada checkpoints (rosinality layout + metadata), loadable by ``nada.generator.checkpoints.load_generator``;
+  with ``params="domain"`` kilobyte domain files (`nada.generator.domains`), which it loads onto their base.
 - ``state.pt``: what a resumed run needs besides the weights: step, Adam state, the states of the
   run's two random generators, the current layer selection, and which checkpoint holds the weights.
 
@@ -62,10 +63,10 @@ from nada.adaptation.layers import (
 from nada.config import AdaptConfig
 from nada.errors import NadaError
 from nada.generator.checkpoints import load_generator, save_checkpoint
+from nada.generator.domains import DomainGenerator, is_domain_payload, save_domain
 from nada.guidance import losses
 from nada.guidance.clip import load_clip_ensemble, parse_clip_spec
 from nada.guidance.templates import get_prompt_set
-from nada.weights.safe_load import torch_load
 from nada.io import (
     TMP_SUFFIX,
     BackgroundWriter,
@@ -77,6 +78,7 @@ from nada.io import (
     z_from_seeds,
 )
 from nada.photos.images import IMAGE_SUFFIXES
+from nada.weights.safe_load import torch_load
 
 if TYPE_CHECKING:
     from nada.generator.networks import Generator
@@ -215,6 +217,7 @@ def _remove_stale_temp_files(root: Path) -> None:
 def _check_resumable(stored: dict[str, Any], config: AdaptConfig, where: Path) -> None:
     """Refuse to resume a run whose computation-relevant settings differ from the current ones."""
     current = config.to_dict()
+    stored = {**AdaptConfig().to_dict(), **stored}  # a setting added since the run was saved has its default
     diff = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
     if diff:
         details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff)
@@ -232,11 +235,18 @@ def _load_state(paths: RunPaths) -> dict[str, Any]:
     problem = _state_problem(state, paths.root)
     if problem is None:
         ckpt = _read_torch_file(paths.root / state["checkpoint"], paths.root)
-        weights = ckpt.get("g_ema") if isinstance(ckpt, dict) else None
+        weights = _trained_tensors(ckpt)
         problem = _tensors_problem(weights, f"the checkpoint {state['checkpoint']}")
     if problem is not None:
         raise NadaError(f"the saved state of the run in {paths.root} is unusable ({problem}): start over with --force")
     return {**state, "g_ema": weights}
+
+
+def _trained_tensors(ckpt: Any) -> Any:
+    """The trained tensors of a run checkpoint: the generator's state dict, or {"vector": [D]} of a domain file."""
+    if is_domain_payload(ckpt):
+        return {"vector": ckpt.get("domain")}
+    return ckpt.get("g_ema") if isinstance(ckpt, dict) else None
 
 
 def _read_torch_file(path: Path, root: Path) -> Any:
@@ -347,7 +357,7 @@ def fp32_precision(device: torch.device, tf32: bool) -> Iterator[None]:
 def deterministic_kernels(device: torch.device, enabled: bool) -> Iterator[None]:
     """Within the block (CUDA, ``enabled``), deterministic kernels only: cuDNN's, PyTorch's, a fixed cuBLAS workspace.
 
-    Ops without a deterministic CUDA kernel warn instead of failing; CLIP's resize has its own (`nada.clip`),
+    Ops without a deterministic CUDA kernel warn instead of failing; CLIP's resize has its own (`nada.guidance.clip`),
     and attention runs in its plain matmul form, since the fused kernels' backward stays free in warn-only
     mode. The previous settings come back afterwards. Does nothing on the CPU, whose kernels already are.
     """
@@ -796,7 +806,8 @@ def _adapt(
         _save(run, boundary, final=True)
     run.writer.wait()
     clock.lap("grids")
-    return run.G_train.eval().requires_grad_(False)
+    run.G_train.eval().requires_grad_(False)
+    return run.G_train.folded() if config.params == "domain" else run.G_train
 
 
 def _setup(
@@ -863,8 +874,11 @@ def _generators(
     G_frozen = deepcopy(base).to(device).eval().requires_grad_(False)
     if not bool(G_frozen.mean_latent.any()):
         G_frozen.compute_mean_latent(seed=config.seed)  # samples need a truncation centre
-    G_train = deepcopy(G_frozen)  # requires_grad stays False until layers are selected
+    G_train = _trained_copy(G_frozen, config)  # requires_grad stays False until layers are selected
     if G_start is not None:
+        if config.params == "domain":
+            raise NadaError("G_start sets starting weights, but params 'domain' trains a vector on the frozen "
+                            "weights: use one of the two")
         G_train.load_state_dict(G_start.state_dict())
     return G_frozen, G_train
 
@@ -875,7 +889,7 @@ def _restore(run: _Run, resume: bool) -> None:
     state = _load_state(paths) if resume and paths.state.exists() else None
     if state is not None:
         _check_resumable(state["config"], config, paths.root)
-        run.G_train.load_state_dict(state["g_ema"])
+        _load_trained(run.G_train, state["g_ema"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.rng.set_state(state["rng"])
         run.noise_rng.set_state(state["noise_rng"])
@@ -992,7 +1006,10 @@ def _save(run: _Run, boundary: dict[str, Any], final: bool) -> Path:
         "adapt_config": config.to_dict(),
         "nada_version": __version__,
     }
-    save_checkpoint(target, run.G_train, metadata, overwrite=True)
+    if config.params == "domain":
+        save_domain(target, run.G_train.vector(), run.G_frozen, config.generator, metadata, overwrite=True)
+    else:
+        save_checkpoint(target, run.G_train, metadata, overwrite=True)
     resume_state = {
         "step": at,
         "optimizer": run.optimizer.state_dict(),
@@ -1006,6 +1023,23 @@ def _save(run: _Run, boundary: dict[str, Any], final: bool) -> Path:
     atomic_torch_save(resume_state, paths.state)
     run.clock.lap("saves")
     return target
+
+
+def _trained_copy(G_frozen: "Generator", config: AdaptConfig) -> torch.nn.Module:
+    """What the run trains: a copy of the frozen generator, or a zero domain vector on it (params "domain")."""
+    if config.params == "domain":
+        return DomainGenerator(G_frozen)
+    return deepcopy(G_frozen)
+
+
+def _load_trained(G_train: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore the trained tensors of a saved run (a state dict, or {"vector": [D]} for a domain run)."""
+    if isinstance(G_train, DomainGenerator):
+        if "vector" not in tensors:
+            raise NadaError("the saved run trained weights, not a domain vector: resume it with --params weights")
+        G_train.load_vector(tensors["vector"].to(_device_of(G_train)))
+    else:
+        G_train.load_state_dict(tensors)
 
 
 def _boundary(

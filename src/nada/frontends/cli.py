@@ -70,6 +70,10 @@ def _run_generate(args: argparse.Namespace) -> int:
     check_truncation(args.truncation)
     if args.batch_size < 1:
         raise NadaError(f"batch size {args.batch_size} is invalid: use 1 or more")
+    from nada.generator.domains import is_multi_spec
+
+    if args.preset is not None and is_multi_spec(args.preset):
+        return _run_generate_rows(args, seeds)
     compare_out = _comparison_target(args) if args.compare else None
     grid, folder = check_outputs(seeds, args.out, args.out_dir, args.force) if compare_out is None else (None, None)
     _preflight_generate(args)
@@ -82,6 +86,32 @@ def _run_generate(args: argparse.Namespace) -> int:
               "precision": args.precision}
     for path in write_outputs(G, seeds, grid, folder, **render):
         print(f"wrote {path}")
+    return 0
+
+
+def _run_generate_rows(args: argparse.Namespace, seeds: list[int]) -> int:
+    """`nada generate --preset a,0.5*b+0.5*c`: one grid, a row per domain or blend (the base first with --compare)."""
+    from nada.generator.domains import DomainRows, parse_domains
+    from nada.generator.generate import check_grid_size
+    from nada.io import atomic_save_image, image_grid, resolve_device
+    from nada.weights import preflight
+    from nada.weights.presets import PRESETS
+
+    if args.out_dir is not None:
+        raise NadaError("--preset with several domains writes one grid (a row per domain): "
+                        "use --out instead of --out-dir")
+    if args.precision != "fp32":
+        raise NadaError("--precision bf16 renders one generator: use fp32 with several domains in --preset")
+    out = _comparison_target(args)
+    names = {name for entry in parse_domains(args.preset) for _, name in entry if name in PRESETS}
+    preflight.ensure([need for name in sorted(names) for need in preflight.preset_needs(name)])
+    rows = DomainRows(args.preset, resolve_device(args.device))
+    images = rows.render(seeds, args.truncation, args.batch_size, base_row=args.compare)
+    check_grid_size(images.shape[0] * images.shape[1], images.shape[-1])
+    labels = (["base"] if args.compare else []) + rows.labels
+    mode = "one generator, mixed batches" if rows.shared else "one generator per row"
+    print(f"rows:        {', '.join(labels)} ({mode})")
+    print(f"wrote {atomic_save_image(image_grid(list(images)), out)}")
     return 0
 
 
@@ -157,7 +187,9 @@ def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: a
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt), a registered name (nada presets generators) or random:SIZE for an untrained generator")
-    what.add_argument("--preset", help="an adapted generator by preset name (see nada presets list); downloads released weights on first use")
+    what.add_argument("--preset", help="an adapted generator by preset name (see nada presets list); downloads "
+                      "released weights on first use; several names ('a,b,c') draw one row each, and blends such as "
+                      "'0.5*ffhq-sketch+0.5*ffhq-pixar' mix domain vectors (or interpolate full weights)")
     p.add_argument("--compare", action="store_true", help="one grid with the base generator's row above the adapted row, same seeds")
     p.add_argument("--base", default=None, help="base generator for --compare (default: the preset's base or the checkpoint's recorded base)")
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. '0-15' or '1,5,9' (default: %(default)s)")
@@ -170,6 +202,58 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights' precision: bf16 renders with native bf16 weights (fast only on CPUs with bf16 "
                    "units), fp32 is exact (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+# ---------------------------------------------------------------- video
+
+
+def _video_arguments(p: argparse.ArgumentParser) -> None:
+    from nada.generator.video import WALKS
+
+    p.add_argument("--preset", required=True, help="domains as in `nada generate --preset`: names or files, 'a,b' or "
+                   "blends such as '0.5*ffhq-sketch+0.5*ffhq-pixar'")
+    p.add_argument("--walk", choices=WALKS, default="latent", help="latent: through the seeds, one panel per domain; "
+                   "domain: base -> a -> b on the first seed; both: the two at once (default: %(default)s)")
+    p.add_argument("--seeds", default="0-3", help="keyframe seeds, the latents of nada generate (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=60, help="frames in the video (default: %(default)s)")
+    p.add_argument("--fps", type=float, default=24.0, help="frames per second (default: %(default)s)")
+    p.add_argument("--size", type=int, default=None, help="side of each panel in pixels (default: the generator's)")
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="truncation psi towards the mean latent (default: %(default)s)")
+    p.add_argument("--out", default=None, help="video file, .mp4 (needs PyAV: nada[video]) or .gif "
+                   "(default: video.mp4, or video.gif without PyAV)")
+    p.add_argument("--batch-size", type=int, default=8, help="frames rendered at once (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing video file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_video(args: argparse.Namespace) -> int:
+    from nada.config import check_truncation
+    from nada.generator.domains import DomainRows, parse_domains
+    from nada.io import parse_seeds, resolve_device
+    from nada.weights import preflight, video
+    from nada.weights.presets import PRESETS
+
+    seeds = parse_seeds(args.seeds)
+    check_truncation(args.truncation)
+    if args.batch_size < 1:
+        raise NadaError(f"batch size {args.batch_size} is invalid: use 1 or more")
+    out = video.check_output(args.out or video.default_output(), args.force)
+    video.check_frames(args.frames, args.fps, args.size or 16, 1, gif=False)  # numbers first; the GIF size once known
+    names = {name for entry in parse_domains(args.preset) for _, name in entry if name in PRESETS}
+    preflight.ensure([need for name in sorted(names) for need in preflight.preset_needs(name)])
+    device = resolve_device(args.device)
+    rows = DomainRows(args.preset, device)
+    panels = video.build_panels(rows, args.walk, args.frames, args.truncation)
+    size = args.size or rows.base_generator().size
+    video.check_frames(args.frames, args.fps, size, len(panels), gif=out.suffix.lower() == ".gif")
+    z = video.frame_latents(args.walk, seeds, args.frames, rows.base_generator().style_dim).to(device)
+    frames = video.render_frames(panels, z, size, args.batch_size, progress=not args.quiet)
+    path, count = video.write_video(frames, out, args.fps)
+    print(f"panels:      {' | '.join(p.label for p in panels)}")
+    print(f"wrote {path} ({count} frames, {args.fps:g} fps)")
+    return 0
 
 
 # ---------------------------------------------------------------- adapt
@@ -199,6 +283,7 @@ ADAPT_HELP: dict[str, str] = {
     "lambda_keep": "weight of the keep loss (used only with --keep)",
     "clip_views": "random crops per image pair for the CLIP terms (0: the plain images)",
     "clip_noise": "std of Gaussian noise added to the CLIP terms' images, the same for both images of a pair",
+    "params": "what trains: weights (the chosen layers) or domain (only a vector of style offsets, kilobytes)",
     "layers": "layers to train: all, last:K, auto:K[:ITERS], grad:K or NAME,NAME,...",
     "select_every": "re-select auto/grad layers every N iterations",
     "auto_batch": "latents used by the auto/grad layer selection",
@@ -476,6 +561,8 @@ def _run_web(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "generate": ("render images from a generator checkpoint for a list of seeds", _generate_arguments, _run_generate),
     "adapt": ("adapt a generator to a new domain described by text (StyleGAN-NADA)", _adapt_arguments, _run_adapt),
+    "video": ("videos of latent walks and domain walks as side-by-side panels (base | domains), MP4 or GIF",
+              _video_arguments, _run_video),
     "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
     "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
     "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),

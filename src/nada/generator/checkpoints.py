@@ -281,6 +281,10 @@ def _load_file(path: Path) -> "Generator":
         return G
 
     obj = _torch_load(path)
+    from nada.generator.domains import generator_from_domain_payload, is_domain_payload
+
+    if is_domain_payload(obj):  # a domain vector: its base with the vector folded in
+        return generator_from_domain_payload(obj, path)
     kind, sd = _state_dict_of(obj, path)
     cfg = _config_from_metadata(obj["nada"], sd, path) if kind == "nada" else infer_config(sd, path)
     _check_finite(sd, path)

@@ -302,25 +302,29 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.layout = "auto"  # set for the whole generator by `Generator.layout`
 
-    def styles(self, style: torch.Tensor) -> torch.Tensor:
-        """Per-sample input-channel scales [N, in] from styles [N, style_dim], equalized-lr scale included."""
-        return self.modulation(style) * self.scale
+    def styles(self, style: torch.Tensor, domain: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample input-channel scales [N, in] from styles [N, style_dim], times (1 + domain [N or 1, in])."""
+        s = self.modulation(style) * self.scale
+        return s if domain is None else s * (1 + domain.to(s.dtype))
 
     def demodulation(self, s: torch.Tensor) -> torch.Tensor:
         """Output-channel factors [N, out] that give every modulated filter unit norm, from scales s [N, in]."""
         # sum over (in, k, k) of (w * s)^2 as a small matmul, without building per-sample weights.
         return torch.rsqrt(s.square() @ self.weight[0].square().sum([2, 3]).t() + 1e-8)
 
-    def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        """Per-sample weights [N, out, in, k, k] from styles [N, style_dim], times an output gain."""
-        s = self.styles(style)
+    def modulated_weight(
+        self, style: torch.Tensor, gain: float = 1.0, domain: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-sample weights [N, out, in, k, k] from styles [N, style_dim] and a domain, times an output gain."""
+        s = self.styles(style, domain)
         coef = s[:, None, :] * (self.demodulation(s)[:, :, None] * gain if self.demodulate else gain)
         return self.weight[0][None] * coef[..., None, None]
 
     def forward(
-        self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None
+        self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None,
+        domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """gain * modconv(x, style) + bias: x [N, in, H, W] -> [N, out, H', W'] (H' = 2H when up-sampling)."""
+        """gain * modconv(x, style) + bias: x [N, in, H, W] -> [N, out, H', W']; domain [N or 1, in] scales styles."""
         n, c, h, w = x.shape
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {tuple(x.shape)}"
         assert style.ndim == 2 and style.shape[0] == n, f"style {tuple(style.shape)} does not match input batch {n}"
@@ -329,15 +333,15 @@ class ModulatedConv2d(nn.Module):
         # larger than a feature map (low resolutions), scale the activations and share one weight
         # across the batch; elsewhere build per-sample weights and convolve each sample with its own.
         if layout == "activations" or c * self.kernel_size**2 > h * w:
-            return self._modulate_activations(x, style, gain, bias)
+            return self._modulate_activations(x, style, gain, bias, domain)
         if layout == "grouped":
-            return self._modulate_weights_grouped(x, style, gain, bias)
-        return self._modulate_weights(x, style, gain, bias)
+            return self._modulate_weights_grouped(x, style, gain, bias, domain)
+        return self._modulate_weights(x, style, gain, bias, domain)
 
     def _modulate_weights(
-        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None
+        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None, domain: torch.Tensor | None
     ) -> torch.Tensor:
-        weight = self.modulated_weight(style, gain)
+        weight = self.modulated_weight(style, gain, domain)
         if self.upsample:
             # conv_transpose2d wants [in, out, k, k]; the bias goes after the blur, as in the reference.
             out = per_sample(lambda xi, wi: F.conv_transpose2d(xi, wi.transpose(0, 1), stride=2), x, weight)
@@ -345,9 +349,9 @@ class ModulatedConv2d(nn.Module):
         return per_sample(lambda xi, wi: F.conv2d(xi, wi, bias, padding=self.padding), x, weight)
 
     def _modulate_weights_grouped(
-        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None
+        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None, domain: torch.Tensor | None
     ) -> torch.Tensor:
-        weight = self.modulated_weight(style, gain)
+        weight = self.modulated_weight(style, gain, domain)
         if self.upsample:
             out = grouped(F.conv_transpose2d, x, weight.transpose(1, 2), stride=2)
             return self.blur(out, bias)
@@ -356,10 +360,10 @@ class ModulatedConv2d(nn.Module):
         return grouped(F.conv2d, x, weight, bias=bias, padding=self.padding)
 
     def _modulate_activations(
-        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None
+        self, x: torch.Tensor, style: torch.Tensor, gain: float, bias: torch.Tensor | None, domain: torch.Tensor | None
     ) -> torch.Tensor:
         n = x.shape[0]
-        s = self.styles(style)
+        s = self.styles(style, domain)
         x = x * s.view(n, -1, 1, 1)
         w = self.weight[0]
         if self.upsample:
@@ -418,12 +422,14 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None, domain: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # Same as activate(noise(conv(x))), with fewer passes over the activations: the bias rides
         # in the convolution and the sqrt(2) gain of the activation is folded into the linear part
         # (leaky_relu(g*y) = g*leaky_relu(y) for g > 0).
         gain = math.sqrt(2)
-        out = self.conv(x, style, gain=gain, bias=self.activate.bias * gain)
+        out = self.conv(x, style, gain=gain, bias=self.activate.bias * gain, domain=domain)
         if noise is not None:
             assert noise.ndim == 4 and noise.shape[1] == 1 and noise.shape[2:] == out.shape[2:], (
                 f"noise {tuple(noise.shape)} does not fit activations {tuple(out.shape)}"
@@ -446,8 +452,10 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(x, style, bias=self.bias.view(3))
+    def forward(
+        self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None, domain: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out = self.conv(x, style, bias=self.bias.view(3), domain=domain)
         if skip is not None:
             out = out.add_(self.upsample(skip))  # in place on a fresh tensor, safe for autograd
         return out
@@ -602,9 +610,14 @@ class Generator(nn.Module):
         return None
 
     def synthesis(
-        self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const"
+        self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const",
+        domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Synthesis network: ws [N, n_latent, style_dim] -> image [N, 3, size, size] (about [-1, 1])."""
+        """Synthesis network: ws [N, n_latent, style_dim] -> image [N, 3, size, size] (about [-1, 1]).
+
+        ``domain`` is a domain vector [D] or one per sample [N, D] (D = `domain_size`, layers in
+        `domain_channels` order): every layer's styles are scaled by (1 + its slice); None renders the base.
+        """
         assert ws.ndim == 3 and ws.shape[1:] == (self.n_latent, self.style_dim), (
             f"ws must be [N, {self.n_latent}, {self.style_dim}], got {tuple(ws.shape)}"
         )
@@ -617,26 +630,48 @@ class Generator(nn.Module):
         ws = ws.to(self.dtype)
         noise = None if noise is None else [n.to(self.dtype) for n in noise]
         fmt = torch.channels_last if resolve_layout(self._layout, ws.device) == "cpu" else torch.contiguous_format
+        d = self._domain_slices(domain, ws.shape[0])
         out = self.input(ws.shape[0]).contiguous(memory_format=fmt)
-        out = self.conv1(out, ws[:, 0], self._layer_noise(0, noise, noise_mode, ws))
-        skip = self.to_rgb1(out, ws[:, 1])
+        out = self.conv1(out, ws[:, 0], self._layer_noise(0, noise, noise_mode, ws), d["conv1"])
+        skip = self.to_rgb1(out, ws[:, 1], domain=d["to_rgb1"])
         for j, to_rgb in enumerate(self.to_rgbs):
             i = 2 * j + 1  # index of the up-sampling conv, both in noise layers and W+ rows
-            out = self.convs[2 * j](out, ws[:, i], self._layer_noise(i, noise, noise_mode, ws))
-            out = self.convs[2 * j + 1](out, ws[:, i + 1], self._layer_noise(i + 1, noise, noise_mode, ws))
-            skip = to_rgb(out, ws[:, i + 2], skip)
+            out = self.convs[2 * j](out, ws[:, i], self._layer_noise(i, noise, noise_mode, ws), d[f"convs.{2 * j}"])
+            noise_i = self._layer_noise(i + 1, noise, noise_mode, ws)
+            out = self.convs[2 * j + 1](out, ws[:, i + 1], noise_i, d[f"convs.{2 * j + 1}"])
+            skip = to_rgb(out, ws[:, i + 2], skip, d[f"to_rgbs.{j}"])
         return skip.contiguous()
 
     def forward(
-        self,
-        z: torch.Tensor,
-        truncation_psi: float = 1.0,
-        noise: Sequence[torch.Tensor] | None = None,
-        noise_mode: str = "const",
+        self, z: torch.Tensor, truncation_psi: float = 1.0, noise: Sequence[torch.Tensor] | None = None,
+        noise_mode: str = "const", domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z [N, style_dim] -> image [N, 3, size, size], with truncation towards `mean_latent`."""
+        """z [N, style_dim] -> image [N, 3, size, size], truncated towards `mean_latent` (domain: see `synthesis`)."""
         w = self.truncate(self.mapping(z), truncation_psi)
-        return self.synthesis(self.broadcast_w(w), noise=noise, noise_mode=noise_mode)
+        return self.synthesis(self.broadcast_w(w), noise=noise, noise_mode=noise_mode, domain=domain)
+
+    # ------------------------------------------------------------ domain vectors
+
+    def domain_channels(self) -> list[tuple[str, int]]:
+        """(layer name, style channels) of every modulated layer in `layer_table` order: a domain vector's layout."""
+        return [(info.name, self.get_submodule(info.name).conv.in_channel) for info in self.layer_table()]
+
+    @property
+    def domain_size(self) -> int:
+        """Numbers in one domain vector: the style channels of every modulated conv and to_rgb layer."""
+        return sum(c for _, c in self.domain_channels())
+
+    def _domain_slices(self, domain: torch.Tensor | None, n: int) -> dict[str, torch.Tensor | None]:
+        """Layer name -> its slice [N or 1, channels] of a domain vector [D] or [N, D]; every value None without one."""
+        layers = self.domain_channels()
+        if domain is None:
+            return {name: None for name, _ in layers}
+        rows = domain.reshape(1, -1) if domain.ndim == 1 else domain
+        if rows.ndim != 2 or rows.shape[1] != self.domain_size or rows.shape[0] not in (1, n):
+            raise NadaError(f"domain vector of shape {list(domain.shape)} does not fit this generator: "
+                            f"give [{self.domain_size}] or [{n}, {self.domain_size}] (one per sample)")
+        parts = rows.split([c for _, c in layers], dim=1)
+        return {name: part for (name, _), part in zip(layers, parts)}
 
     # ------------------------------------------------------------ introspection
 

@@ -98,6 +98,12 @@ def _register_presets() -> None:
         options = tuple((k, changes.get(k, v)) for k, v in TOY_RECIPE)
         weights = WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt")
         register_preset(Preset(name, NAME, "photo", style, options, weights, description))
+    # Domain vectors where they hold up against full fine-tuning (docs/domains.md measures all four styles).
+    name = f"{NAME}-watercolor-dv"
+    options = tuple((k, 0.05 if k == "lr" else v) for k, v in TOY_RECIPE) + (("params", "domain"),)
+    weights = WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt")
+    register_preset(Preset(name, NAME, "photo", "watercolor", options, weights,
+                           "toy faces as watercolour washes (a domain vector: 1,312 numbers, 9 KB)"))
 
 
 def _register_commands() -> None:

@@ -86,7 +86,10 @@ def preset_needs(name: str) -> list[Need]:
     preset = get_preset(name)
     status = preset_status(preset)
     if status.available:
-        return generator_needs(preset.base) if status.path is not None and is_compact(status.path) else []
+        from nada.generator.domains import read_domain
+
+        on_base = status.path is not None and (is_compact(status.path) or read_domain(status.path) is not None)
+        return generator_needs(preset.base) if on_base else []
     if preset.weights is None or preset.weights.kind == "package":
         return []  # train on demand: load_preset says how
     weights, dest = preset.weights, local_path(preset.weights, preset.name)

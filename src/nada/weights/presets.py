@@ -50,7 +50,6 @@ from nada.generator.checkpoints import load_generator, read_metadata
 from nada.io import atomic_torch_save
 from nada.plugins import load_plugins
 from nada.profiles import PAPER_RECIPE
-from nada.weights.safe_load import torch_load
 from nada.weights.download import (
     WeightsSource,
     cache_dir,
@@ -59,6 +58,7 @@ from nada.weights.download import (
     local_path,
 )
 from nada.weights.registry import known_generators
+from nada.weights.safe_load import torch_load
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
@@ -198,6 +198,11 @@ def adapt_command(preset: Preset, out_dir: str | os.PathLike | None = None) -> s
 
 def load_preset(name: str, device: str | torch.device = "cpu", progress: bool = True) -> "Generator":
     """The adapted Generator of preset `name` (eval mode, on `device`), downloading released weights on first use."""
+    return load_preset_file(preset_file(name, progress), device)
+
+
+def preset_file(name: str, progress: bool = True) -> Path:
+    """The weights file of preset `name` here (packaged, downloaded now or trained here); NadaError if none."""
     preset = get_preset(name)
     status = preset_status(preset)
     if status.available:
@@ -211,7 +216,7 @@ def load_preset(name: str, device: str | torch.device = "cpu", progress: bool = 
             f"train it first with `{adapt_command(preset)}`, then use --preset {name} again"
         )
     assert path is not None
-    return load_preset_file(path, device)
+    return path
 
 
 # ---------------------------------------------------------------- compact files
