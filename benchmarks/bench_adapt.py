@@ -62,8 +62,17 @@ def extra_outputs(iterations: int) -> tuple[int, int]:
     return grids, saves
 
 
-def run_one(size: int, clips: str, layers: str, iterations: int, device: str, threads: int, precision: str,
-            log_every: int, changes: dict) -> dict:
+def run_one(
+    size: int,
+    clips: str,
+    layers: str,
+    iterations: int,
+    device: str,
+    threads: int,
+    precision: str,
+    log_every: int,
+    changes: dict,
+) -> dict:
     """Run one configuration in this process and return its measurements."""
     import torch
 
@@ -82,9 +91,23 @@ def run_one(size: int, clips: str, layers: str, iterations: int, device: str, th
         torch.cuda.synchronize()
     phases = {"build": time.perf_counter() - t_start}
     with tempfile.TemporaryDirectory() as out:
-        cfg = AdaptConfig(source="photo", target="sketch", generator=f"random-{size}", clip=clips, layers=layers,
-                          iterations=iterations, batch_size=2, out_dir=out, sample_every=0, save_every=0, device=device,
-                          tf32=precision == "tf32", bf16=precision == "bf16", log_every=log_every, **changes)
+        cfg = AdaptConfig(
+            source="photo",
+            target="sketch",
+            generator=f"random-{size}",
+            clip=clips,
+            layers=layers,
+            iterations=iterations,
+            batch_size=2,
+            out_dir=out,
+            sample_every=0,
+            save_every=0,
+            device=device,
+            tf32=precision == "tf32",
+            bf16=precision == "bf16",
+            log_every=log_every,
+            **changes,
+        )
         adapt(cfg, progress=False, G_base=G, clip=ensemble, timings=phases)
         total = time.perf_counter() - t_start
         records = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
@@ -98,32 +121,62 @@ def run_one(size: int, clips: str, layers: str, iterations: int, device: str, th
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    return {"size": size, "clip": clips, "layers": layers, "device": device, "precision": precision,
-            "iterations": iterations, "s_per_it": steady, "first_it_s": seconds[0], "total_s": total,
-            "grid_s": t_grid, "save_s": t_save, "phases_s": phases, "set": changes,
-            "selections": [r["layers"] for r in records], "e2e_300_s": e2e, "peak_mb": peak_mb}
+    return {
+        "size": size,
+        "clip": clips,
+        "layers": layers,
+        "device": device,
+        "precision": precision,
+        "iterations": iterations,
+        "s_per_it": steady,
+        "first_it_s": seconds[0],
+        "total_s": total,
+        "grid_s": t_grid,
+        "save_s": t_save,
+        "phases_s": phases,
+        "set": changes,
+        "selections": [r["layers"] for r in records],
+        "e2e_300_s": e2e,
+        "peak_mb": peak_mb,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="256,1024", help="generator sizes (default: %(default)s)")
-    p.add_argument("--clips", default="ViT-B/32,ViT-B/32+ViT-B/16", help="CLIP sets, '+' joins an ensemble (default: %(default)s)")
+    p.add_argument(
+        "--clips", default="ViT-B/32,ViT-B/32+ViT-B/16", help="CLIP sets, '+' joins an ensemble (default: %(default)s)"
+    )
     p.add_argument("--layers", default="auto:3,all", help="layer specs (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=3, help="iterations per configuration (default: %(default)s)")
     p.add_argument("--precisions", default="fp32", help="fp32, tf32 (CUDA), bf16 (CUDA autocast) (default: fp32)")
     p.add_argument("--log-every", type=int, default=10, help="the loop's log_every (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu, plus cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="an AdaptConfig field for every row, e.g. select_chunk=2 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an AdaptConfig field for every row, e.g. select_chunk=2 (repeatable)",
+    )
     p.add_argument("--json", default=None, help="also append every result as one JSON line to this file")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = p.parse_args()
 
     if args.one:
         size, clips, layers, device, precision = args.one.split("|")
-        result = run_one(int(size), clips, layers, args.iterations, device, args.threads, precision, args.log_every,
-                         parse_changes(args.set))
+        result = run_one(
+            int(size),
+            clips,
+            layers,
+            args.iterations,
+            device,
+            args.threads,
+            precision,
+            args.log_every,
+            parse_changes(args.set),
+        )
         print(json.dumps(result))
         return
 
@@ -134,8 +187,10 @@ def main() -> None:
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"{args.iterations} iterations per row; peak MB: CUDA max allocated / CPU max RSS, whole process")
-    print(f"{'device':6} {'size':>5} {'clip':20} {'layers':8} {'prec':5} {'set':18} {'s/it':>8} {'first':>8} "
-          f"{'300 it e2e':>11} {'peak MB':>9}  build / setup / iters / grids / saves (s)")
+    print(
+        f"{'device':6} {'size':>5} {'clip':20} {'layers':8} {'prec':5} {'set':18} {'s/it':>8} {'first':>8} "
+        f"{'300 it e2e':>11} {'peak MB':>9}  build / setup / iters / grids / saves (s)"
+    )
     for device in devices:
         for size in (int(s) for s in args.sizes.split(",")):
             for clips in args.clips.split(","):
@@ -147,8 +202,18 @@ def main() -> None:
 def run_row(args: argparse.Namespace, device: str, size: int, clips: str, layers: str, precision: str) -> None:
     """One configuration in a fresh subprocess; prints its row (or why it failed)."""
     one = "|".join([str(size), clips, layers, device, precision])
-    cmd = [sys.executable, __file__, "--one", one, "--iterations", str(args.iterations), "--threads", str(args.threads),
-           "--log-every", str(args.log_every)] + [f"--set={item}" for item in args.set]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        one,
+        "--iterations",
+        str(args.iterations),
+        "--threads",
+        str(args.threads),
+        "--log-every",
+        str(args.log_every),
+    ] + [f"--set={item}" for item in args.set]
     res = subprocess.run(cmd, capture_output=True, text=True)
     head = f"{device:6} {size:>5} {clips:20} {layers:8} {precision:5} {','.join(args.set) or '-':18}"
     if res.returncode != 0:
@@ -157,8 +222,10 @@ def run_row(args: argparse.Namespace, device: str, size: int, clips: str, layers
     r = json.loads(res.stdout.strip().splitlines()[-1])
     ph = r["phases_s"]
     split = " / ".join(f"{ph.get(k, 0.0):.2f}" for k in ("build", "setup", "iterations", "grids", "saves"))
-    print(f"{head} {r['s_per_it']:8.3f} {r['first_it_s']:8.3f} {r['e2e_300_s']:10.1f}s {r['peak_mb']:9.0f}  {split}",
-          flush=True)
+    print(
+        f"{head} {r['s_per_it']:8.3f} {r['first_it_s']:8.3f} {r['e2e_300_s']:10.1f}s {r['peak_mb']:9.0f}  {split}",
+        flush=True,
+    )
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             f.write(json.dumps(r) + "\n")

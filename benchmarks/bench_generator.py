@@ -20,14 +20,15 @@ import resource
 import statistics
 import threading
 import time
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 
 from nada.adaptation.loop import fp32_precision
-from nada.io import resolve_device
 from nada.generator.networks import Generator, ModulatedConv2d, StyledConv, ToRGB
+from nada.io import resolve_device
 
 # ---------------------------------------------------------------- naive reference path
 
@@ -157,7 +158,7 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> tup
 CASES = {"fwd1": (1, False), "fwd4": (4, False), "bwd2": (2, True)}
 
 
-def precision_context(device: torch.device, precision: str) -> ContextManager[None]:
+def precision_context(device: torch.device, precision: str) -> AbstractContextManager[None]:
     """fp32: IEEE float32 everywhere; tf32: TF32 CUDA matmuls and convolutions; bf16: weights cast, no switch."""
     return fp32_precision(device, tf32=precision == "tf32")
 
@@ -193,11 +194,15 @@ def bench_size(size: int, device: torch.device, args: argparse.Namespace) -> Non
     default_layouts = ["grouped", "activations", "cpu"] if device.type == "cuda" else ["cpu"]
     layouts = args.layouts.split(",") if args.layouts else default_layouts
     mem = "peak CUDA alloc growth" if device.type == "cuda" else "peak RSS growth"
-    print(f"\n== Generator({size}, 512, 8, 2) on {device} ({sum(p.numel() for p in G.parameters()):,} parameters); "
-          f"median of {args.repeats}; memory: {mem}; ratio = naive time / nada time, same run, same precision switch "
-          f"(the naive port always runs in float32 weights)")
-    print(f"{'case':<8}{'prec':<6}{'layout':<13}{'img/s':>10}{'naive img/s':>13}{'ratio':>8}{'(cpu t)':>9}{'MiB':>8}"
-          f"{'naive MiB':>11}{'max|diff|':>11}")
+    print(
+        f"\n== Generator({size}, 512, 8, 2) on {device} ({sum(p.numel() for p in G.parameters()):,} parameters); "
+        f"median of {args.repeats}; memory: {mem}; ratio = naive time / nada time, same run, same precision switch "
+        f"(the naive port always runs in float32 weights)"
+    )
+    print(
+        f"{'case':<8}{'prec':<6}{'layout':<13}{'img/s':>10}{'naive img/s':>13}{'ratio':>8}{'(cpu t)':>9}{'MiB':>8}"
+        f"{'naive MiB':>11}{'max|diff|':>11}"
+    )
     for case in args.cases.split(","):
         batch, backward = CASES[case]
         z = torch.randn(batch, 512, device=device)
@@ -235,13 +240,18 @@ def main() -> None:
         default=512,
         help="run the naive fwd+bwd only up to this size; at 1024 it needs tens of GB of memory (default: %(default)s)",
     )
-    p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark) for every row")
+    p.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark) for every row",
+    )
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"cudnn.benchmark {torch.backends.cudnn.benchmark}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+        f"cudnn.benchmark {torch.backends.cudnn.benchmark}"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         bench_size(size, device, args)
 

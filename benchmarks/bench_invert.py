@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from nada.photos.invert import InvertConfig, ReconstructionLosses, invert
 from nada.generator.networks import Generator
+from nada.photos.invert import InvertConfig, ReconstructionLosses, invert
 
 
 def main() -> None:
@@ -30,7 +30,10 @@ def main() -> None:
         from nada.photos.perceptual import LPIPS
 
         losses = ReconstructionLosses(perceptual=LPIPS("vgg").to(device), perceptual_name="LPIPS (vgg, random)")
-    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, perceptual: {losses.perceptual_name or 'none'}")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"perceptual: {losses.perceptual_name or 'none'}"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         torch.manual_seed(0)
         G = Generator(size, style_dim=512, n_mlp=8).to(device).eval()
@@ -41,7 +44,13 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        invert(G, target, InvertConfig(steps=args.steps, lambda_id=0.0, lambda_lpips=config.lambda_lpips), losses, progress=False)
+        invert(
+            G,
+            target,
+            InvertConfig(steps=args.steps, lambda_id=0.0, lambda_lpips=config.lambda_lpips),
+            losses,
+            progress=False,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / args.steps

@@ -62,13 +62,17 @@ def style_rate(evaluator, images: torch.Tensor, style: str) -> float:
     return float((preds["style"] == evaluator.classes["style"].index(style)).float().mean())
 
 
-def oracle_finetune(G_frozen, z_eval: torch.Tensor, style: str, steps: int, lr: float, batch: int = 2) -> torch.nn.Module:
+def oracle_finetune(
+    G_frozen, z_eval: torch.Tensor, style: str, steps: int, lr: float, batch: int = 2
+) -> torch.nn.Module:
     """G_frozen's copy trained to draw the true ``style`` renders of its latents (MSE, Adam as in adaptation)."""
     from nada.config import AdaptConfig
 
     d = AdaptConfig()
     G = copy.deepcopy(G_frozen).train().requires_grad_(True)
-    opt = torch.optim.Adam([p for n, p in G.named_parameters() if not n.startswith("style.")], lr=lr, betas=(d.beta1, d.beta2))
+    opt = torch.optim.Adam(
+        [p for n, p in G.named_parameters() if not n.startswith("style.")], lr=lr, betas=(d.beta1, d.beta2)
+    )
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
         z = torch.randn(batch, G.style_dim, generator=gen)
@@ -82,15 +86,18 @@ def oracle_finetune(G_frozen, z_eval: torch.Tensor, style: str, steps: int, lr: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from nada.guidance import losses
     from nada.generator.checkpoints import load_generator
+    from nada.guidance import losses
     from nada.guidance.clip import load_clip_ensemble
     from nada.toy import render as R
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import measure_quality
 
     if args.target not in R.STYLES or args.target == "photo":
-        print(f"bench_toy_guidance: error: --target must be a toy style other than photo: {', '.join(R.STYLES[1:])}", file=sys.stderr)
+        print(
+            f"bench_toy_guidance: error: --target must be a toy style other than photo: {', '.join(R.STYLES[1:])}",
+            file=sys.stderr,
+        )
         return 2
     G0 = load_generator(args.generator).eval()
     guides = load_clip_ensemble(args.clip)
@@ -100,15 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         frozen = G0(z, noise_mode="const")
         # Per guide: weight, text direction and features of the frozen images, computed once.
-        anchors = [(w, losses.text_direction(clip, "photo", args.target), clip.encode_image(frozen)) for clip, w in guides]
+        anchors = [
+            (w, losses.text_direction(clip, "photo", args.target), clip.encode_image(frozen)) for clip, w in guides
+        ]
 
     def loss_of(x: torch.Tensor) -> float:
         """Weighted mean over the guides of the directional loss frozen -> x."""
-        total = sum(w * float(losses.directional_loss(f0, clip.encode_image(x), d)) for (clip, _), (w, d, f0) in zip(guides, anchors))
+        total = sum(
+            w * float(losses.directional_loss(f0, clip.encode_image(x), d))
+            for (clip, _), (w, d, f0) in zip(guides, anchors)
+        )
         return total / sum(w for w, _, _ in anchors)
 
     with torch.no_grad():
-        print(f"1. directional loss photo -> {args.target} (frozen -> X; 0 = along the text direction) and evaluator {args.target} rate, {args.n} latents")
+        print(
+            f"1. directional loss photo -> {args.target} (frozen -> X; 0 = along the text direction) "
+            f"and evaluator {args.target} rate, {args.n} latents"
+        )
         target = true_renders(z, args.target)
         for style in R.STYLES:
             x = true_renders(z, style)
@@ -123,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         G = oracle_finetune(G0, z, args.target, args.oracle_steps, args.oracle_lr)
         q = measure_quality(G0, G, evaluator, args.target, n=args.n)
         per_key = "  ".join(f"{k} {v:.2f}" for k, v in q.content_per_key.items())
-        print(f"3. supervised fine-tune to true {args.target} renders ({args.oracle_steps} steps, lr {args.oracle_lr}, {time.time() - t0:.0f} s):")
-        print(f"   target {q.target_rate:.2f}  content kept {q.content_kept:.2f} (mean {q.content_kept_mean:.2f}: {per_key})  diversity {q.diversity_ratio:.2f}")
+        print(
+            f"3. supervised fine-tune to true {args.target} renders "
+            f"({args.oracle_steps} steps, lr {args.oracle_lr}, {time.time() - t0:.0f} s):"
+        )
+        print(
+            f"   target {q.target_rate:.2f}  content kept {q.content_kept:.2f} "
+            f"(mean {q.content_kept_mean:.2f}: {per_key})  diversity {q.diversity_ratio:.2f}"
+        )
     return 0
 
 

@@ -31,13 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--evaluator", default=None, help="judge weights (default: the packaged ones)")
     p.add_argument("--generator", default="toy", help="base generator: 'toy' or a checkpoint path")
     p.add_argument("--adapted", default="", help="comma-separated adapted generators: checkpoints or preset names")
-    p.add_argument("--target", default="",
-                   help="comma-separated target styles for the fidelity table, e.g. sketch,watercolor")
-    p.add_argument("--oracle", action="store_true",
-                   help="fine-tune the supervised oracle per target (about a minute each)")
+    p.add_argument(
+        "--target", default="", help="comma-separated target styles for the fidelity table, e.g. sketch,watercolor"
+    )
+    p.add_argument(
+        "--oracle", action="store_true", help="fine-tune the supervised oracle per target (about a minute each)"
+    )
     p.add_argument("--oracle-steps", type=int, default=300)
-    p.add_argument("--oracle-dir", default=None,
-                   help="keep the oracles here (oracle-TARGET.pt) and reuse the ones already there")
+    p.add_argument(
+        "--oracle-dir", default=None, help="keep the oracles here (oracle-TARGET.pt) and reuse the ones already there"
+    )
     p.add_argument("--no-filters", action="store_true", help="skip the filter table")
     p.add_argument("--n", type=int, default=128, help="latents")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -89,11 +92,12 @@ def oracle_for(G, z: torch.Tensor, target: str, steps: int, folder: str | None) 
     return oracle, label
 
 
-def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, oracle_steps: int | None,
-                     oracle_dir: str | None = None) -> dict:
+def fidelity_section(
+    judge, G, z: torch.Tensor, target: str, adapted: dict, oracle_steps: int | None, oracle_dir: str | None = None
+) -> dict:
     """Print and return the fidelity table for one target style."""
-    from nada.toy.judge import best_filter, fidelity, style_rates, true_renders
     from nada.toy import filters as toy_filters
+    from nada.toy.judge import best_filter, fidelity, style_rates, true_renders
 
     truth = true_renders(z, target)
     with torch.no_grad():
@@ -114,8 +118,10 @@ def fidelity_section(judge, G, z: torch.Tensor, target: str, adapted: dict, orac
     print(f"\nfidelity to the true {target} renders ({len(z)} latents): stroke distance, pixel L1, judge {target} rate")
     for k, v in out.items():
         progress = f"  progress {(base - v['stroke']) / (base - top):+.2f}" if top is not None and base != top else ""
-        print(f"   {k:<58s} stroke {v['stroke']:.4f}  dark IoU {v['dark_iou']:.3f}  L1 {v['l1']:.3f}  "
-              f"{target} {100 * v['target_rate']:5.1f} %{progress}")
+        print(
+            f"   {k:<58s} stroke {v['stroke']:.4f}  dark IoU {v['dark_iou']:.3f}  L1 {v['l1']:.3f}  "
+            f"{target} {100 * v['target_rate']:5.1f} %{progress}"
+        )
     return out
 
 

@@ -57,12 +57,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows, in order (known: {', '.join(ROWS)})")
     p.add_argument("--iterations", type=int, default=None, help="adaptation iterations (default: AdaptConfig's)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="change an AdaptConfig field for every row (a row's own setting wins), e.g. lr=0.01")
-    p.add_argument("--recipe", choices=("toy", "defaults"), default="toy",
-                   help="base settings of every row: the toy presets' recipe, or AdaptConfig's defaults (default: %(default)s)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change an AdaptConfig field for every row (a row's own setting wins), e.g. lr=0.01",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=("toy", "defaults"),
+        default="toy",
+        help="base settings of every row: the toy presets' recipe, or AdaptConfig's defaults (default: %(default)s)",
+    )
     p.add_argument("--generator", default="toy", help="base generator: 'toy' or a checkpoint path")
-    p.add_argument("--clip", default=None, help="CLIP guides, 'NAME[:WEIGHT],...' (default: the recipe's; 'toy' for --recipe defaults)")
+    p.add_argument(
+        "--clip",
+        default=None,
+        help="CLIP guides, 'NAME[:WEIGHT],...' (default: the recipe's; 'toy' for --recipe defaults)",
+    )
     p.add_argument("--n", type=int, default=256, help="latents judged per row")
     p.add_argument("--seed", type=int, default=0, help="adaptation seed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
@@ -84,7 +97,13 @@ def parse_changes(items: list[str]) -> dict[str, Any]:
         if name not in defaults:
             sys.exit(f"unknown AdaptConfig field {name!r}: known are {', '.join(defaults)}")
         kind = type(defaults[name])
-        out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value) if defaults[name] is not None else value
+        out[name] = (
+            value.lower() in ("1", "true", "yes")
+            if kind is bool
+            else kind(value)
+            if defaults[name] is not None
+            else value
+        )
     return out
 
 
@@ -101,7 +120,9 @@ def base_settings(recipe: str, target: str = "") -> dict[str, Any]:
     return dict(preset.options if preset is not None and preset.source == "photo" else TOY_RECIPE)
 
 
-def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, clip, evaluator) -> tuple[dict[str, Any], Any, Any]:
+def run_row(
+    name: str, args: argparse.Namespace, changes: dict[str, Any], G, clip, evaluator
+) -> tuple[dict[str, Any], Any, Any]:
     """Adapt for one row, judge it; returns the record and the (frozen, adapted) sample images."""
     from nada.adaptation.loop import adapt
     from nada.config import AdaptConfig
@@ -113,41 +134,69 @@ def run_row(name: str, args: argparse.Namespace, changes: dict[str, Any], G, cli
         settings["clip"] = args.clip
     if args.iterations is not None:
         settings["iterations"] = args.iterations
-    cfg = AdaptConfig(source=source, target=target, generator="toy", device=args.device,
-                      out_dir=str(Path(args.out) / "runs" / name.replace(":", "-")), sample_every=0, save_every=0, **settings)
+    cfg = AdaptConfig(
+        source=source,
+        target=target,
+        generator="toy",
+        device=args.device,
+        out_dir=str(Path(args.out) / "runs" / name.replace(":", "-")),
+        sample_every=0,
+        save_every=0,
+        **settings,
+    )
     t0 = time.perf_counter()
     G_train = adapt(cfg, progress=False, G_base=G, clip=clip, force=True)
     seconds = time.perf_counter() - t0
     report = measure_quality(G, G_train, evaluator, judged, n=args.n, fidelity=True)
-    record = {"row": name, "source": source, "target": target, "judged": judged, "clip": cfg.clip, "layers": cfg.layers, "lr": cfg.lr,
-              "iterations": cfg.iterations, "lambda_direction": cfg.lambda_direction, "lambda_global": cfg.lambda_global, "keep": cfg.keep,
-              "seconds": round(seconds, 1), **report.to_dict()}
+    record = {
+        "row": name,
+        "source": source,
+        "target": target,
+        "judged": judged,
+        "clip": cfg.clip,
+        "layers": cfg.layers,
+        "lr": cfg.lr,
+        "iterations": cfg.iterations,
+        "lambda_direction": cfg.lambda_direction,
+        "lambda_global": cfg.lambda_global,
+        "keep": cfg.keep,
+        "seconds": round(seconds, 1),
+        **report.to_dict(),
+    }
     return record, *render_pairs(G, G_train, 8, seed=1_000)
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
     """One line per row, a "best filter" line under each style row; goals met are marked with *."""
-    head = (f"{'row':<12} {'target':<14} {'layers':<8} {'lr':>6} {'iters':>5} {'frozen':>6} {'target%':>7} "
-            f"{'reject%':>7} {'content%':>8} {'cont.mean':>9} {'divers.':>7} {'stroke':>7} {'L1':>6} {'sec':>6}")
+    head = (
+        f"{'row':<12} {'target':<14} {'layers':<8} {'lr':>6} {'iters':>5} {'frozen':>6} {'target%':>7} "
+        f"{'reject%':>7} {'content%':>8} {'cont.mean':>9} {'divers.':>7} {'stroke':>7} {'L1':>6} {'sec':>6}"
+    )
     print(head)
     print("-" * len(head))
     for r in records:
         mark = lambda key, v: f"{v:.2f}{'*' if v >= GOALS[key] else ' '}"  # noqa: E731
         fid = r.get("fidelity") or {}
         stroke = f"{fid['adapted']['stroke']:>7.4f} {fid['adapted']['l1']:>6.3f}" if fid else f"{'-':>7} {'-':>6}"
-        print(f"{r['row']:<12} {r['judged']:<14} {r['layers']:<8} {r['lr']:>6g} {r['iterations']:>5} "
-              f"{r['frozen_target_rate']:>6.2f} {mark('target_rate', r['target_rate']):>7} "
-              f"{r.get('reject_rate', 0.0):>7.2f} "
-              f"{mark('content_kept', r['content_kept']):>8} {r['content_kept_mean']:>9.2f} "
-              f"{mark('diversity_ratio', r['diversity_ratio']):>7} {stroke} {r['seconds']:>6.1f}")
+        print(
+            f"{r['row']:<12} {r['judged']:<14} {r['layers']:<8} {r['lr']:>6g} {r['iterations']:>5} "
+            f"{r['frozen_target_rate']:>6.2f} {mark('target_rate', r['target_rate']):>7} "
+            f"{r.get('reject_rate', 0.0):>7.2f} "
+            f"{mark('content_kept', r['content_kept']):>8} {r['content_kept_mean']:>9.2f} "
+            f"{mark('diversity_ratio', r['diversity_ratio']):>7} {stroke} {r['seconds']:>6.1f}"
+        )
         if fid:
             best = fid["best_filter"]
             rate = best.get("target_rate", float("nan"))
-            print(f"{'  best filter':<12} {best['filter'][:40]:<40} {rate:>7.2f} {'':>36} "
-                  f"{best['stroke']:>7.4f} {best['l1']:>6.3f}   (unadapted: stroke {fid['unadapted']['stroke']:.4f})")
-    print(f"* = goal met ({', '.join(f'{k} >= {v}' for k, v in GOALS.items())}); stroke, L1: distance to the true "
-          "render of each face in the target style (nada.toy.judge); best filter: the filter of nada.toy.filters.SUITE "
-          "closest to them")
+            print(
+                f"{'  best filter':<12} {best['filter'][:40]:<40} {rate:>7.2f} {'':>36} "
+                f"{best['stroke']:>7.4f} {best['l1']:>6.3f}   (unadapted: stroke {fid['unadapted']['stroke']:.4f})"
+            )
+    print(
+        f"* = goal met ({', '.join(f'{k} >= {v}' for k, v in GOALS.items())}); stroke, L1: distance to the true "
+        "render of each face in the target style (nada.toy.judge); best filter: the filter of nada.toy.filters.SUITE "
+        "closest to them"
+    )
 
 
 def figure(records: list[dict[str, Any]], pairs: list[tuple[Any, Any]]):
@@ -166,7 +215,14 @@ def figure(records: list[dict[str, Any]], pairs: list[tuple[Any, Any]]):
     x_bar = label_w + max(g.width for g in grids) + 2 * pad
     for i, (r, g) in enumerate(zip(records, grids)):
         y = i * row_h
-        draw.text((4, y + 4), f"{r['row']}\n{r['source']} -> {r['target']}\n{r['layers']} lr {r['lr']:g}\n{r['iterations']} it, {r['seconds']:.0f} s", fill="black")
+        draw.text(
+            (4, y + 4),
+            (
+                f"{r['row']}\n{r['source']} -> {r['target']}\n{r['layers']} lr {r['lr']:g}\n"
+                f"{r['iterations']} it, {r['seconds']:.0f} s"
+            ),
+            fill="black",
+        )
         canvas.paste(g, (label_w, y))
         for j, (key, color) in enumerate(colors.items()):
             value = max(0.0, min(float(r[key]), 1.2))
@@ -212,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         pairs.append((frozen, adapted))
         print(json.dumps(record), flush=True)
         # rewrite after every row, so an interrupted benchmark keeps what it measured
-        atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps({"settings": vars(args), "rows": records}, indent=2)))
+        atomic_write(
+            out / "results.json",
+            lambda tmp: tmp.write_text(json.dumps({"settings": vars(args), "rows": records}, indent=2)),
+        )
         atomic_save_image(figure(records, pairs), out / "quality.png")
     print()
     print_table(records)

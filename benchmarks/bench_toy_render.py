@@ -11,7 +11,9 @@ from nada.toy import render as R
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=512, help="faces per render call (default: %(default)s)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed calls per style; the best is kept (default: %(default)s)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per style; the best is kept (default: %(default)s)"
+    )
     args = ap.parse_args()
     params = R.sample_params(args.n, seed=0)
     R.render(params.subset(slice(0, 8)), "photo")  # warm-up

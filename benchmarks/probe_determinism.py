@@ -36,11 +36,24 @@ def run_twice(G, clip, args: argparse.Namespace, precision: str, deterministic: 
     for _ in range(2):
         with tempfile.TemporaryDirectory() as out, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cfg = AdaptConfig(source="photo", target="sketch", generator="random", clip=args.clip, layers=args.layers,
-                              iterations=args.iterations, batch_size=2, out_dir=out, n_sample_images=1,
-                              templates=args.templates,
-                              sample_every=0, save_every=0, device=args.device, tf32=precision == "tf32",
-                              bf16=precision == "bf16", deterministic=deterministic)
+            cfg = AdaptConfig(
+                source="photo",
+                target="sketch",
+                generator="random",
+                clip=args.clip,
+                layers=args.layers,
+                iterations=args.iterations,
+                batch_size=2,
+                out_dir=out,
+                n_sample_images=1,
+                templates=args.templates,
+                sample_every=0,
+                save_every=0,
+                device=args.device,
+                tf32=precision == "tf32",
+                bf16=precision == "bf16",
+                deterministic=deterministic,
+            )
             trained = adapt(cfg, progress=False, G_base=G, clip=[(clip, 1.0)])
             log = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
         seconds += [r["seconds"] for r in (log[1:] or log)]
@@ -49,10 +62,14 @@ def run_twice(G, clip, args: argparse.Namespace, precision: str, deterministic: 
         results.append({k: v.detach().float().cpu() for k, v in trained.state_dict().items()})
     diffs = [(results[0][k] - results[1][k]).abs() for k in results[0]]
     changed = sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs)
-    return {"precision": precision, "deterministic": deterministic,
-            "max_weight_diff": max(float(d.max()) for d in diffs), "changed_share": changed,
-            "s_per_it": statistics.median(seconds),
-            "warnings": sorted(notes)}
+    return {
+        "precision": precision,
+        "deterministic": deterministic,
+        "max_weight_diff": max(float(d.max()) for d in diffs),
+        "changed_share": changed,
+        "s_per_it": statistics.median(seconds),
+        "warnings": sorted(notes),
+    }
 
 
 def main() -> None:
@@ -74,14 +91,19 @@ def main() -> None:
     G = Generator(args.size, 512, 8, channel_multiplier=2).to(args.device)
     G.compute_mean_latent(n=1024, seed=0)
     clip = random_clip(args.clip, args.device)
-    print(f"{args.size} px, {args.clip}, {args.layers}, {args.iterations} iterations per run, two runs per row "
-          f"(models built in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"{args.size} px, {args.clip}, {args.layers}, {args.iterations} iterations per run, two runs per row "
+        f"(models built in {time.perf_counter() - t0:.1f} s)"
+    )
     print(f"{'prec':5} {'determ.':8} {'max|dW|':>10} {'changed':>9} {'s/it':>7}  ops without a deterministic kernel")
     for precision in args.precisions.split(","):
         for deterministic in (False, True):
             r = run_twice(G, clip, args, precision, deterministic)
-            print(f"{precision:5} {str(deterministic):8} {r['max_weight_diff']:10.2e} {r['changed_share']:9.2%} "
-                  f"{r['s_per_it']:7.3f}  {'; '.join(r['warnings']) or '-'}", flush=True)
+            print(
+                f"{precision:5} {str(deterministic):8} {r['max_weight_diff']:10.2e} {r['changed_share']:9.2%} "
+                f"{r['s_per_it']:7.3f}  {'; '.join(r['warnings']) or '-'}",
+                flush=True,
+            )
             if args.json:
                 with open(args.json, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"size": args.size, "clip": args.clip, "layers": args.layers, **r}) + "\n")

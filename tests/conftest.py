@@ -48,7 +48,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tiny_clip(path: str, antialias: bool = True):
     """A CLIP loaded once per test session (they are read-only in every test)."""
     from nada.guidance.clip import load_clip
@@ -72,7 +72,8 @@ def ref(golden: Path) -> dict:
 
 @pytest.fixture
 def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No downloads and empty caches (NADA_OFFLINE, NADA_CACHE, TORCH_HOME): every pretrained weights file is missing."""
+    """No downloads and empty caches (NADA_OFFLINE, NADA_CACHE, TORCH_HOME): every pretrained weights file
+    is missing."""
     monkeypatch.setenv("NADA_OFFLINE", "1")
     monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

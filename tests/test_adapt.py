@@ -37,9 +37,22 @@ def weights(G: Generator) -> dict[str, torch.Tensor]:
 
 
 def config(tmp_path: Path, **kw) -> AdaptConfig:
-    base = dict(source="photo", target="sketch", generator="tiny-test", templates="plain", layers="all", iterations=4,
-                batch_size=2, auto_batch=2, lr=0.01, out_dir=str(tmp_path / "run"), n_sample_images=3, sample_every=2,
-                save_every=2, device="cpu")
+    base = dict(
+        source="photo",
+        target="sketch",
+        generator="tiny-test",
+        templates="plain",
+        layers="all",
+        iterations=4,
+        batch_size=2,
+        auto_batch=2,
+        lr=0.01,
+        out_dir=str(tmp_path / "run"),
+        n_sample_images=3,
+        sample_every=2,
+        save_every=2,
+        device="cpu",
+    )
     base.update(kw)
     return AdaptConfig(**base)
 
@@ -63,11 +76,14 @@ def test_config_defaults_and_auto_choices() -> None:
     # "auto" asks the base's profile for its guide; the toy prompts go with the toy CLIPs (registered by the plugin).
     assert (d.resolved_clip(), d.resolved_templates()) == ("toy,toy-robust:2,toy-rn", "toy")
     assert (d.replace(generator="ffhq").resolved_clip(), d.replace(generator="ffhq").resolved_templates()) == (
-        "ViT-B/32,ViT-B/16", "imagenet")
+        "ViT-B/32,ViT-B/16",
+        "imagenet",
+    )
     unknown = d.replace(generator="ffhq.pt")  # a file with no metadata: no profile, the paper's single CLIP
     assert (unknown.resolved_clip(), unknown.resolved_templates()) == ("ViT-B/32", "imagenet")
     assert d.replace(clip="ViT-B/16").resolved_templates() == "imagenet"
-    # The toy prompt templates go with every packaged toy CLIP, alone or together; a mix with another CLIP uses ImageNet's.
+    # The toy prompt templates go with every packaged toy CLIP, alone or together; a mix with another CLIP
+    # uses ImageNet's.
     assert d.replace(clip="toy,toy-robust:2,toy-rn").resolved_templates() == "toy"
     assert d.replace(clip="toy,ViT-B/32").resolved_templates() == "imagenet"
     assert AdaptConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d
@@ -81,7 +97,9 @@ def test_cli_defaults_come_from_the_config() -> None:
     args = build_parser().parse_args(["adapt", "--target", "sketch"])
     assert args.lr is None and args.layers is None  # not given: the base's profile or AdaptConfig decides
     assert adapt_config(args) == AdaptConfig(target="sketch")  # no base, no profile: AdaptConfig's defaults
-    args = build_parser().parse_args(["adapt", "--target", "x", "--no-antialias", "--bf16", "--mixing", "0.9", "--out", "o"])
+    args = build_parser().parse_args(
+        ["adapt", "--target", "x", "--no-antialias", "--bf16", "--mixing", "0.9", "--out", "o"]
+    )
     assert (args.antialias, args.bf16, args.mixing_prob, args.out_dir) == (False, True, 0.9, "o")
 
 
@@ -259,22 +277,29 @@ def test_target_images(tmp_path: Path, clip) -> None:
     with pytest.raises(NadaError, match="no readable image"), pytest.warns(UserWarning, match="broken.png"):
         adapt(config(tmp_path, target="", target_images=str(bad)), progress=False, G_base=make_generator(), clip=clip)
     with pytest.raises(NadaError, match="does not exist"):
-        adapt(config(tmp_path, target="", target_images=str(tmp_path / "nowhere")), progress=False, G_base=make_generator(), clip=clip)
+        adapt(
+            config(tmp_path, target="", target_images=str(tmp_path / "nowhere")),
+            progress=False,
+            G_base=make_generator(),
+            clip=clip,
+        )
 
     good = tmp_path / "good"
     good.mkdir()
     rng = np.random.default_rng(0)
     for i, size in enumerate([(40, 48), (64, 64)]):  # style references of different sizes
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(good / f"style{i}.png")
-    cfg = config(tmp_path, target="", target_images=str(good), iterations=2, lambda_global=0.5, sample_every=0, save_every=0)
+    cfg = config(
+        tmp_path, target="", target_images=str(good), iterations=2, lambda_global=0.5, sample_every=0, save_every=0
+    )
     adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
     log = log_of(cfg)
     assert len(log) == 2 and {"direction", "global"} <= set(log[0]) and np.isfinite(log[-1]["loss"])
 
 
 def test_directional_term_has_a_sane_gradient_at_equal_images() -> None:
-    from nada.guidance import losses
     from nada.adaptation.loop import directional_term
+    from nada.guidance import losses
 
     torch.manual_seed(0)
     f_src, direction = torch.randn(3, 8), torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
@@ -298,7 +323,9 @@ def test_clip_views_are_paired_seeded_crops() -> None:
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(2, 2, 3)
     assert torch.allclose(apply_views(img, identity), img, atol=1e-5)
     theta = paired_views(2, 3, torch.Generator().manual_seed(1), torch.device("cpu"))
-    assert theta.shape == (6, 2, 3) and torch.equal(theta, paired_views(2, 3, torch.Generator().manual_seed(1), torch.device("cpu")))
+    assert theta.shape == (6, 2, 3) and torch.equal(
+        theta, paired_views(2, 3, torch.Generator().manual_seed(1), torch.device("cpu"))
+    )
     views = apply_views(img, theta)
     assert views.shape == (6, 3, 32, 32) and views.abs().max() <= 1 + 1e-5
     assert not torch.allclose(views[0], views[1])  # the views of one image differ
@@ -324,7 +351,9 @@ def test_clip_noise_is_shared_by_a_pair_and_seeded(tmp_path: Path, clip) -> None
     from nada.adaptation.loop import build_guides, loss_terms, paired_noise
 
     a = paired_noise(torch.Size([2, 3, 8, 8]), 0.2, torch.Generator().manual_seed(3), torch.device("cpu"))
-    assert torch.equal(a, paired_noise(torch.Size([2, 3, 8, 8]), 0.2, torch.Generator().manual_seed(3), torch.device("cpu")))
+    assert torch.equal(
+        a, paired_noise(torch.Size([2, 3, 8, 8]), 0.2, torch.Generator().manual_seed(3), torch.device("cpu"))
+    )
     assert 0.15 < float(a.std()) < 0.25
     cfg = config(tmp_path, clip_noise=0.2, clip_views=2)
     guides = build_guides([(clip, 1.0)], cfg, make_generator(), None)
@@ -340,12 +369,28 @@ def test_clip_noise_is_shared_by_a_pair_and_seeded(tmp_path: Path, clip) -> None
 
 
 def test_all_loss_terms_are_logged(tmp_path: Path, clip) -> None:
-    cfg = config(tmp_path, iterations=1, lambda_global=0.5, lambda_manifold=0.5, lambda_texture=0.5, lambda_patch=0.5,
-                 lambda_structure=0.5, lambda_consistency=0.5, keep="a smiling face|a frowning face", lambda_keep=0.5,
-                 batch_size=3, layers="grad:3", sample_every=0, save_every=0)
+    cfg = config(
+        tmp_path,
+        iterations=1,
+        lambda_global=0.5,
+        lambda_manifold=0.5,
+        lambda_texture=0.5,
+        lambda_patch=0.5,
+        lambda_structure=0.5,
+        lambda_consistency=0.5,
+        keep="a smiling face|a frowning face",
+        lambda_keep=0.5,
+        batch_size=3,
+        layers="grad:3",
+        sample_every=0,
+        save_every=0,
+    )
     adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
     (record,) = log_of(cfg)
-    terms = {k: record[k] for k in ("direction", "global", "manifold", "texture", "patch", "structure", "consistency", "keep")}
+    terms = {
+        k: record[k]
+        for k in ("direction", "global", "manifold", "texture", "patch", "structure", "consistency", "keep")
+    }
     assert all(np.isfinite(v) for v in terms.values())
     expected = terms["direction"] + 0.5 * sum(v for k, v in terms.items() if k != "direction")
     assert record["loss"] == pytest.approx(expected, rel=1e-5)
@@ -356,14 +401,39 @@ def test_all_loss_terms_are_logged(tmp_path: Path, clip) -> None:
 
 
 def test_cli_end_to_end(tmp_path: Path, golden: Path, capsys) -> None:
-    from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
     from nada.frontends.cli import main
+    from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 
     gen_path = save_checkpoint(tmp_path / "tiny.pt", make_generator(), {"note": "random test generator"})
     out = tmp_path / "cli-run"
-    argv = ["adapt", "--source", "photo", "--target", "sketch", "--generator", str(gen_path),
-            "--clip", str(golden / "tiny_clip_openai.pt"), "--layers", "auto:2", "--iterations", "3", "--batch-size", "2",
-            "--auto-batch", "2", "--templates", "plain", "--n-samples", "2", "--out", str(out), "--device", "cpu", "--quiet"]
+    argv = [
+        "adapt",
+        "--source",
+        "photo",
+        "--target",
+        "sketch",
+        "--generator",
+        str(gen_path),
+        "--clip",
+        str(golden / "tiny_clip_openai.pt"),
+        "--layers",
+        "auto:2",
+        "--iterations",
+        "3",
+        "--batch-size",
+        "2",
+        "--auto-batch",
+        "2",
+        "--templates",
+        "plain",
+        "--n-samples",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     paths = RunPaths(out)
@@ -433,8 +503,8 @@ def test_phase_timings_and_grids_written_before_adapt_returns(tmp_path: Path, cl
 
 
 def test_guides_share_text_features_without_changing_them(tiny) -> None:
-    from nada.guidance import losses
     from nada.adaptation.loop import build_guides
+    from nada.guidance import losses
     from nada.guidance.templates import IMAGENET_TEMPLATES
 
     cfg = AdaptConfig(source="photo", target="sketch", templates="imagenet", lambda_manifold=1.0)
@@ -467,18 +537,28 @@ def test_speed_switches_on_the_command_line() -> None:
 
 
 def test_consistency_loss_needs_three_images_per_batch(tmp_path: Path, clip) -> None:
-    cfg = config(tmp_path, iterations=1, batch_size=1, clip_views=2, lambda_consistency=1.0, sample_every=0, save_every=0)
+    cfg = config(
+        tmp_path, iterations=1, batch_size=1, clip_views=2, lambda_consistency=1.0, sample_every=0, save_every=0
+    )
     with pytest.raises(NadaError, match="--batch-size or --clip-views"):
         adapt(cfg, progress=False, G_base=make_generator(), clip=clip)
     adapt(cfg.replace(clip_views=3), progress=False, G_base=make_generator(), clip=clip)
     (record,) = log_of(cfg)
-    assert np.isfinite(record["consistency"]) and record["consistency"] >= -1e-6  # a KL divergence, up to float rounding
+    assert (
+        np.isfinite(record["consistency"]) and record["consistency"] >= -1e-6
+    )  # a KL divergence, up to float rounding
 
 
 def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path, clip) -> None:
     from nada.adaptation.loop import build_guides, loss_terms
 
-    cfg = config(tmp_path, iterations=1, keep="a smiling face|a neutral face|a frowning face; glasses|no glasses", sample_every=0, save_every=0)
+    cfg = config(
+        tmp_path,
+        iterations=1,
+        keep="a smiling face|a neutral face|a frowning face; glasses|no glasses",
+        sample_every=0,
+        save_every=0,
+    )
     (guide,) = build_guides([(clip, 1.0)], cfg, make_generator(), None)
     dim = clip.encode_text(["x"]).shape[1]
     assert [tuple(t.shape) for t in guide.keep_text] == [(3, dim), (2, dim)]
@@ -490,7 +570,9 @@ def test_keep_term_reads_the_named_attributes_and_only_with_them(tmp_path: Path,
     assert plain.keep_text == () and "keep" not in loss_terms([plain], img, img.flip(-2), cfg.replace(keep=""), rng())
     assert cfg.replace(keep="toy").resolved_keep()[-1] == ["a face without glasses", "a face with glasses"]
     assert cfg.replace(keep=" ").resolved_keep() == [] and AdaptConfig().resolved_keep() == []
-    assert len(cfg.replace(keep="toy").resolved_keep()) == 6 and cfg.replace(keep="toy:glasses").resolved_keep() == [["a face without glasses", "a face with glasses"]]
+    assert len(cfg.replace(keep="toy").resolved_keep()) == 6 and cfg.replace(keep="toy:glasses").resolved_keep() == [
+        ["a face without glasses", "a face with glasses"]
+    ]
     with pytest.raises(NadaError, match="unknown toy attributes \\['beard'\\]"):
         cfg.replace(keep="toy:glasses,beard").validate()
     with pytest.raises(NadaError, match="fewer than 2 values"):
@@ -534,8 +616,13 @@ def test_buffered_log_survives_kill_9_and_resume_agrees(tmp_path: Path, clip, go
 
     kw = dict(layers="all", iterations=8, save_every=4, sample_every=0, log_every=3)
     full = adapt(config(tmp_path / "a", **kw), progress=False, G_base=make_generator(), clip=clip)
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), kill_at=7, out=str(tmp_path / "b"), kw=kw,
-                                clip=str(golden / "tiny_clip_openai.pt"))
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent),
+        kill_at=7,
+        out=str(tmp_path / "b"),
+        kw=kw,
+        clip=str(golden / "tiny_clip_openai.pt"),
+    )
     src = str(Path(__file__).parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

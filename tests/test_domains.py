@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from nada.adaptation.loop import RunPaths, adapt
-from nada.generator.checkpoints import load_generator, save_checkpoint
 from nada.config import AdaptConfig
+from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator, save_checkpoint
 from nada.generator.domains import (
     DomainGenerator,
     apply_domain,
@@ -21,7 +22,6 @@ from nada.generator.domains import (
     render_domains,
     save_domain,
 )
-from nada.errors import NadaError
 from nada.generator.networks import Generator
 
 CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
@@ -339,8 +339,8 @@ def test_web_generate_accepts_a_domain_file(tmp_path: Path, monkeypatch: pytest.
     pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
     import numpy as np
 
-    from nada.io import to_uint8_image, z_from_seeds
     from nada.frontends.web import WebBackend
+    from nada.io import to_uint8_image, z_from_seeds
 
     monkeypatch.setenv("NADA_OFFLINE", "1")
     monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))

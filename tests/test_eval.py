@@ -11,10 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from nada.errors import NadaError
 from nada.evaluation import evaluate as E
 from nada.frontends.cli import main
-from nada.errors import NadaError
-
 
 # ---------------------------------------------------------------- metric functions
 
@@ -253,10 +252,10 @@ def test_eval_refuses_to_overwrite_and_needs_compare(adapted_run, capsys):
 @pytest.mark.slow
 def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
     from nada.generator.checkpoints import load_generator
-    from nada.weights.presets import load_preset
+    from nada.io import z_from_seeds
     from nada.toy.evaluator import load_evaluator
     from nada.toy.quality import quality_from_images
-    from nada.io import z_from_seeds
+    from nada.weights.presets import load_preset
 
     refs = tmp_path / "refs"
     refs.mkdir()

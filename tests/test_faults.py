@@ -348,7 +348,9 @@ def test_bad_state_files_give_one_line(saved_run: AdaptConfig, tiny, fault: str,
 
 def test_state_with_foreign_objects_gives_one_line_without_torch_advice(saved_run: AdaptConfig, tiny) -> None:
     torch.save({"step": 2, "payload": Path("x")}, RunPaths(Path(saved_run.out_dir)).state)  # a pickled class
-    with pytest.raises(NadaError, match="refuses to load because loading it could run code: start over with --force") as e:
+    with pytest.raises(
+        NadaError, match="refuses to load because loading it could run code: start over with --force"
+    ) as e:
         adapt(saved_run, progress=False, G_base=tiny_generator(), clip=tiny, resume=True)
     assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
 

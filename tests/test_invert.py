@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from nada.errors import NadaError
-from nada.photos.invert import InvertConfig, ReconstructionLosses, build_losses, invert, loss_kind_for_base, lr_at, render_wplus
 from nada.generator.networks import Generator
+from nada.photos.invert import (
+    InvertConfig,
+    ReconstructionLosses,
+    build_losses,
+    invert,
+    loss_kind_for_base,
+    lr_at,
+    render_wplus,
+)
 
 
 def small_generator(seed: int = 0) -> Generator:
@@ -52,7 +60,9 @@ def test_inversion_uses_the_perceptual_loss_and_reports_it():
     losses = ReconstructionLosses(perceptual=Half(), perceptual_name="L1")
     result = invert(G, target, InvertConfig(steps=3, lambda_id=0.0), losses, progress=False)
     assert result.perceptual_name == "L1" and result.perceptual is not None
-    assert result.perceptual[0] == pytest.approx(float((result.reconstruction - target).abs().mean()), rel=1e-4, abs=1e-4)
+    assert result.perceptual[0] == pytest.approx(
+        float((result.reconstruction - target).abs().mean()), rel=1e-4, abs=1e-4
+    )
     assert "perceptual" in result.history[0]
 
 
@@ -130,7 +140,13 @@ def test_lpips_loads_weights_from_the_cache(no_weights):
     backbone.parent.mkdir(parents=True)
     linear.parent.mkdir(parents=True)
     # torchvision's layout (features.* plus a classifier that LPIPS ignores) and the LPIPS release's keys
-    torch.save({**{f"features.{k}": v for k, v in ref.features.state_dict().items()}, "classifier.1.weight": torch.zeros(2, 2)}, backbone)
+    torch.save(
+        {
+            **{f"features.{k}": v for k, v in ref.features.state_dict().items()},
+            "classifier.1.weight": torch.zeros(2, 2),
+        },
+        backbone,
+    )
     torch.save({f"lin{k}.model.1.weight": lin.weight for k, lin in enumerate(ref.lins)}, linear)
     m = load_lpips("alex")
     x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
@@ -150,7 +166,9 @@ def test_lpips_matches_the_reference_package():
         torch.manual_seed(0)
         ref = lpips.LPIPS(net=net, pnet_rand=True, verbose=False).eval()  # random backbone, released linear layers
         mine = LPIPS(net)
-        mine.features.load_state_dict({k.split(".", 2)[2]: v for k, v in ref.state_dict().items() if k.startswith("net.slice")})
+        mine.features.load_state_dict(
+            {k.split(".", 2)[2]: v for k, v in ref.state_dict().items() if k.startswith("net.slice")}
+        )
         lin = load_state_dict(resolve_weights(f"lpips-{net}"))
         mine.lins.load_state_dict({f"{k}.weight": lin[f"lin{k}.model.1.weight"] for k in range(5)})
         x, y = torch.rand(2, 3, 48, 48) * 2 - 1, torch.rand(2, 3, 48, 48) * 2 - 1

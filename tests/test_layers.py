@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nada.errors import NadaError
 from nada.adaptation.layers import (
     AdaptiveWPlus,
     AllLayers,
@@ -19,6 +18,7 @@ from nada.adaptation.layers import (
     set_trainable,
     synthesis_blocks,
 )
+from nada.errors import NadaError
 from nada.generator.networks import Generator
 
 CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
@@ -61,8 +61,14 @@ def snapshot(G: Generator) -> tuple[dict, dict, dict]:
 
 @pytest.mark.parametrize(
     "spec, cls, k",
-    [("all", AllLayers, None), ("last:2", LastBlocks, 2), ("auto:3", AdaptiveWPlus, 3), ("AUTO:2:4", AdaptiveWPlus, 2),
-     ("grad:4", GradNorm, 4), ("convs.0, to_rgbs.1", NamedLayers, None)],
+    [
+        ("all", AllLayers, None),
+        ("last:2", LastBlocks, 2),
+        ("auto:3", AdaptiveWPlus, 3),
+        ("AUTO:2:4", AdaptiveWPlus, 2),
+        ("grad:4", GradNorm, 4),
+        ("convs.0, to_rgbs.1", NamedLayers, None),
+    ],
 )
 def test_parse_layers(spec: str, cls: type, k: int | None) -> None:
     sel = parse_layers(spec)
@@ -73,7 +79,9 @@ def test_parse_layers(spec: str, cls: type, k: int | None) -> None:
         assert sel.iters == 4 and sel.spec == "auto:2:4"
 
 
-@pytest.mark.parametrize("spec", ["", "auto", "auto:0", "auto:-1", "grad:x", "last:2:3", "all:3", "fancy:2", "convs.x", "style.1"])
+@pytest.mark.parametrize(
+    "spec", ["", "auto", "auto:0", "auto:-1", "grad:x", "last:2:3", "all:3", "fancy:2", "convs.x", "style.1"]
+)
 def test_parse_layers_rejects_bad_specs(spec: str) -> None:
     with pytest.raises(NadaError, match="layers spec"):
         parse_layers(spec)
@@ -128,7 +136,9 @@ def test_set_trainable_touches_only_named_layers() -> None:
     set_trainable(G, ["convs.2", "to_rgbs.0"])
     trainable = {k for k, p in G.named_parameters() if p.requires_grad}
     assert trainable and all(k.startswith(("convs.2.", "to_rgbs.0.")) for k in trainable)
-    assert {k for k in trainable if k.startswith("convs.2.")} == {"convs.2." + n for n, _ in G.convs[2].named_parameters()}
+    assert {k for k in trainable if k.startswith("convs.2.")} == {
+        "convs.2." + n for n, _ in G.convs[2].named_parameters()
+    }
     with pytest.raises(NadaError, match="unknown layer"):
         set_trainable(G, ["style.1"])
 
@@ -176,7 +186,9 @@ def test_grad_selects_top_k_gradient_norms() -> None:
     ctx = context(H, seed=3)
     w = ctx.sample_w(ctx.batch_size)
     ctx.image_loss(H.synthesis(H.broadcast_w(w), noise_mode="const")).backward()
-    norms = {n: torch.cat([p.grad.flatten() for p in H.get_submodule(n).parameters()]).norm().item() for n in layer_names(H)}
+    norms = {
+        n: torch.cat([p.grad.flatten() for p in H.get_submodule(n).parameters()]).norm().item() for n in layer_names(H)
+    }
     top4 = sorted(norms, key=lambda n: -norms[n])[:4]
     chosen = parse_layers("grad:4").select(G, context(G, seed=3))
     assert len(chosen) == 4 and set(chosen) == set(top4)
@@ -266,8 +278,9 @@ def test_auto_layer_scores_are_the_official_mean_absolute_change(tiny) -> None:
     # The noise argument is honoured: other explicit noise, or fresh noise, moves the scores.
     other = [torch.randn_like(n) for n in noise]
     assert not torch.allclose(nada.auto_layer_scores(G, tiny, "sketch", z, noise=other)[0], scores)
-    fresh = [nada.auto_layer_scores(G, tiny, "sketch", z, generator=torch.Generator().manual_seed(s))[0]
-             for s in (1, 1, 2)]
+    fresh = [
+        nada.auto_layer_scores(G, tiny, "sketch", z, generator=torch.Generator().manual_seed(s))[0] for s in (1, 1, 2)
+    ]
     assert torch.equal(fresh[0], fresh[1]) and not torch.equal(fresh[0], fresh[2])
     assert torch.equal(nada.auto_layer_scores(G, tiny, "sketch", z, noise=noise)[0], scores)  # deterministic
 
@@ -351,9 +364,14 @@ def test_chunked_selection_has_the_same_gradients_per_latent(tiny, chunk: int) -
     assert torch.allclose(parts[1], whole[1], rtol=1e-6)
     # The chunks really split the batch: a loss that is no batch mean would change the scores.
     summed = lambda img: global_loss(tiny.encode_image(img), text, tiny.logit_scale) * img.shape[0]  # noqa: E731
-    assert not torch.allclose(wplus_row_scores(G, w, summed, lambda n: noise, chunk=chunk)[0],
-                              wplus_row_scores(G, w, summed, lambda n: noise)[0], rtol=1e-3)
-    ctx = SelectionContext(sample_w=lambda n: w[:n], image_loss=loss, batch_size=4, chunk=chunk,
-                           sample_noise=lambda n: noise)
-    assert parse_layers("auto:3").select(G, ctx) == parse_layers("auto:3").select(G, ctx.__class__(
-        sample_w=ctx.sample_w, image_loss=loss, batch_size=4, sample_noise=ctx.sample_noise))
+    assert not torch.allclose(
+        wplus_row_scores(G, w, summed, lambda n: noise, chunk=chunk)[0],
+        wplus_row_scores(G, w, summed, lambda n: noise)[0],
+        rtol=1e-3,
+    )
+    ctx = SelectionContext(
+        sample_w=lambda n: w[:n], image_loss=loss, batch_size=4, chunk=chunk, sample_noise=lambda n: noise
+    )
+    assert parse_layers("auto:3").select(G, ctx) == parse_layers("auto:3").select(
+        G, ctx.__class__(sample_w=ctx.sample_w, image_loss=loss, batch_size=4, sample_noise=ctx.sample_noise)
+    )

@@ -1,4 +1,5 @@
-"""notebooks/quickstart.ipynb runs top to bottom (toy world when installed, else a tiny stand-in) and is committed without outputs."""
+"""notebooks/quickstart.ipynb runs top to bottom (toy world when installed, else a tiny stand-in)
+and is committed without outputs."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def test_notebook_is_committed_clean():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), "clear the notebook's outputs before committing"
+    assert all(not c.outputs and c.execution_count is None for c in code), (
+        "clear the notebook's outputs before committing"
+    )
     first = code[0]
     assert "parameters" in first.metadata.get("tags", []) and first.source.startswith('WORLD = "toy"')
 
@@ -30,7 +33,6 @@ def test_notebook_is_committed_clean():
 def _stand_in(tmp_path: Path) -> str:
     """Parameters for WORLD="custom": a tiny random base generator, one adapted copy, the golden tiny CLIP."""
     from conftest import golden_dir
-
     from nada.generator.checkpoints import save_checkpoint
     from nada.generator.networks import Generator
 
@@ -70,7 +72,9 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     nb.cells.insert(at + 1, cell)
     work = tmp_path / "run"
     work.mkdir()
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    ).execute()
 
     out = work / "nada-quickstart"
     assert (out / "adapt" / "generator.pt").is_file()

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT, load_tiny_clip
 from nada.adaptation.loop import RunPaths, adapt, build_guides, loss_terms
 from nada.config import REFERENCES, AdaptConfig
 from nada.generator.networks import Generator
-
-from conftest import ROOT, load_tiny_clip
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,11 +59,23 @@ def replay_config(tmp_path: Path, steps: dict, cfg: AdaptConfig) -> AdaptConfig:
     """The record's setting on top of ``cfg``: its texts, batch, lr, trained layers, stored noise, 5 steps."""
     c = steps["config"]
     return cfg.replace(
-        source=c["source"], target=c["target"], generator="golden-A", layers=c["nada_layers"],
+        source=c["source"],
+        target=c["target"],
+        generator="golden-A",
+        layers=c["nada_layers"],
         batch_size=c["batch_size"],
-        lr=c["lr"], beta1=c["beta1"], beta2=c["beta2"], lambda_direction=c["lambda_direction"], noise_mode="const",
-        iterations=c["steps"], seed=c["seed"], out_dir=str(tmp_path / "run"), n_sample_images=1, sample_every=0,
-        save_every=1, device="cpu",
+        lr=c["lr"],
+        beta1=c["beta1"],
+        beta2=c["beta2"],
+        lambda_direction=c["lambda_direction"],
+        noise_mode="const",
+        iterations=c["steps"],
+        seed=c["seed"],
+        out_dir=str(tmp_path / "run"),
+        n_sample_images=1,
+        sample_every=0,
+        save_every=1,
+        device="cpu",
     )
 
 

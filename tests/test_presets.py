@@ -1,4 +1,5 @@
-"""Presets: the table, where weights are found, compact preset files, and `nada presets` / `nada generate --preset --compare`."""
+"""Presets: the table, where weights are found, compact preset files,
+and `nada presets` / `nada generate --preset --compare`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,24 @@ import pytest
 import torch
 from PIL import Image
 
-from nada.weights import presets, registry
-from nada.generator.checkpoints import save_checkpoint
-from nada.frontends.cli import build_parser, main
 from nada.config import AdaptConfig
-from nada.weights.download import WeightsSource
 from nada.errors import NadaError
+from nada.frontends.cli import build_parser, main
+from nada.generator.checkpoints import save_checkpoint
 from nada.generator.generate import generate_images
 from nada.generator.networks import Generator
-from nada.weights.presets import PRESETS, Preset, comparison_rows, get_preset, load_preset, load_preset_file, pack_preset, preset_status
+from nada.weights import presets, registry
+from nada.weights.download import WeightsSource
+from nada.weights.presets import (
+    PRESETS,
+    Preset,
+    comparison_rows,
+    get_preset,
+    load_preset,
+    load_preset_file,
+    pack_preset,
+    preset_status,
+)
 
 SIZE, PAD = 16, 2
 CHANGED = ("convs.1", "to_rgbs.0")  # the layers the fake adaptation moves
@@ -54,16 +64,29 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     monkeypatch.setenv("NADA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NADA_OFFLINE", "1")  # nothing in these tests may touch the network
     monkeypatch.chdir(tmp_path)
-    tiny = registry.RegisteredGenerator("tiny", WeightsSource("tiny.pt", url="https://example.invalid/tiny.pt"), SIZE, "test base")
+    tiny = registry.RegisteredGenerator(
+        "tiny", WeightsSource("tiny.pt", url="https://example.invalid/tiny.pt"), SIZE, "test base"
+    )
     monkeypatch.setitem(registry.GENERATORS, "tiny", tiny)
     base = make_base()
     save_checkpoint(registry.generator_file("tiny"), base, {})
     adapted = adapted_from(base)
     run = tmp_path / "run" / "generator.pt"
-    save_checkpoint(run, adapted, {"base_model": "tiny", "source": "photo", "target": "sketch", "iterations": 7, "layers": "all"})
-    released = Preset("tiny-released", "tiny", "photo", "sketch", (("iterations", 7),),
-                      WeightsSource("released.pt", url="https://example.invalid/released.pt"), "released weights")
-    on_demand = Preset("tiny-on-demand", "tiny", "photo", "watercolor", (("iterations", 5), ("layers", "all")), None, "train on demand")
+    save_checkpoint(
+        run, adapted, {"base_model": "tiny", "source": "photo", "target": "sketch", "iterations": 7, "layers": "all"}
+    )
+    released = Preset(
+        "tiny-released",
+        "tiny",
+        "photo",
+        "sketch",
+        (("iterations", 7),),
+        WeightsSource("released.pt", url="https://example.invalid/released.pt"),
+        "released weights",
+    )
+    on_demand = Preset(
+        "tiny-on-demand", "tiny", "photo", "watercolor", (("iterations", 5), ("layers", "all")), None, "train on demand"
+    )
     for p in (released, on_demand):
         monkeypatch.setitem(PRESETS, p.name, p)
     return {"base": base, "adapted": adapted, "run": run, "released": released, "on_demand": on_demand}
@@ -149,7 +172,14 @@ def test_train_on_demand_preset(world: dict) -> None:
 
 
 def test_missing_packaged_preset_is_not_available() -> None:
-    p = Preset("toy-missing", "toy", "photo", "neon", (), WeightsSource("toy-missing.pt", package_path="assets/toy/presets/toy-missing.pt"))
+    p = Preset(
+        "toy-missing",
+        "toy",
+        "photo",
+        "neon",
+        (),
+        WeightsSource("toy-missing.pt", package_path="assets/toy/presets/toy-missing.pt"),
+    )
     st = preset_status(p)
     assert not st.available and st.note.startswith("not available")
 
@@ -265,7 +295,25 @@ def test_cli_generate_preset_compare(world: dict, tmp_path: Path) -> None:
     trained = presets.trained_dir("tiny-on-demand") / "generator.pt"
     pack_preset(world["run"], trained)
     out = tmp_path / "cmp.png"
-    assert main(["generate", "--preset", "tiny-on-demand", "--seeds", "0-2", "--truncation", "0.7", "--compare", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--preset",
+                "tiny-on-demand",
+                "--seeds",
+                "0-2",
+                "--truncation",
+                "0.7",
+                "--compare",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     img = pixels(out)
     assert img.shape == (2 * (SIZE + PAD) + PAD, 3 * (SIZE + PAD) + PAD, 3)
     top = img[PAD : PAD + SIZE, PAD : PAD + SIZE].astype(int)
@@ -274,12 +322,30 @@ def test_cli_generate_preset_compare(world: dict, tmp_path: Path) -> None:
     expect_bottom = ((render(world["adapted"], [0])[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
     assert np.abs(top - expect_top).max() <= 1 and np.abs(bottom - expect_bottom).max() <= 2
     assert np.abs(top - bottom).max() > 10  # the adaptation shows
-    assert main(["generate", "--preset", "tiny-on-demand", "--seeds", "0-2", "--compare", "--out", str(out)]) == 2  # exists
+    assert (
+        main(["generate", "--preset", "tiny-on-demand", "--seeds", "0-2", "--compare", "--out", str(out)]) == 2
+    )  # exists
 
 
 def test_cli_generate_checkpoint_compare_uses_recorded_base(world: dict, tmp_path: Path) -> None:
     out = tmp_path / "cmp.png"
-    assert main(["generate", "--checkpoint", str(world["run"]), "--seeds", "4", "--compare", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(world["run"]),
+                "--seeds",
+                "4",
+                "--compare",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert pixels(out).shape == (2 * (SIZE + PAD) + PAD, SIZE + 2 * PAD, 3)
 
 

@@ -91,9 +91,31 @@ def test_the_web_app_resolves_as_the_cli(tmp_path: Path) -> None:
     backend = WebBackend(generator="toy", device="cpu", work_dir=tmp_path / "web")
     run = tmp_path / "web" / "runs" / "r"
     config = backend.adapt_config("photo", "sketch", "all", 20, run)
-    args = build_parser().parse_args(["adapt", "--generator", "toy", "--source", "photo", "--target", "sketch",
-                                      "--layers", "all", "--iterations", "20", "--out", str(run), "--device", "cpu",
-                                      "--sample-every", "2", "--save-every", "0", "--keep", "toy"])
+    args = build_parser().parse_args(
+        [
+            "adapt",
+            "--generator",
+            "toy",
+            "--source",
+            "photo",
+            "--target",
+            "sketch",
+            "--layers",
+            "all",
+            "--iterations",
+            "20",
+            "--out",
+            str(run),
+            "--device",
+            "cpu",
+            "--sample-every",
+            "2",
+            "--save-every",
+            "0",
+            "--keep",
+            "toy",
+        ]
+    )
     assert config == adapt_settings(args)[0]
     assert backend.default_keep() == "toy" and backend.defaults() == resolve("toy")[0]
     assert WebBackend(generator="toy", clip="toy", device="cpu", work_dir=tmp_path / "w2")._clip_spec() == "toy"
@@ -105,8 +127,14 @@ def registries() -> None:
     from nada.frontends import cli
     from nada.weights import presets, registry
 
-    tables = (profiles._PROFILES, templates._PROMPT_SETS, templates._ATTRIBUTE_GROUPS, registry.GENERATORS,
-              presets.PRESETS, cli.COMMANDS)
+    tables = (
+        profiles._PROFILES,
+        templates._PROMPT_SETS,
+        templates._ATTRIBUTE_GROUPS,
+        registry.GENERATORS,
+        presets.PRESETS,
+        cli.COMMANDS,
+    )
     saved = [dict(table) for table in tables]
     yield
     for table, before in zip(tables, saved):
@@ -120,11 +148,13 @@ def test_a_third_party_base_registers_like_the_toy_world(registries: None, capsy
     from nada.weights.presets import Preset, get_preset, register_preset
     from nada.weights.registry import RegisteredGenerator, known_generators, register_generator
 
-    register_generator(RegisteredGenerator("moon", WeightsSource("moon.pt", url="https://example.invalid/m.pt"), 256,
-                                           "moon craters"))
+    register_generator(
+        RegisteredGenerator("moon", WeightsSource("moon.pt", url="https://example.invalid/m.pt"), 256, "moon craters")
+    )
     templates.register_prompt_set("moon", ["a crater in {}", "{} on the moon"], clips=["moon-clip"])
-    templates.register_attribute_groups("moon", {"size": ["a small crater", "a large crater"],
-                                                 "light": ["a lit crater", "a dark crater"]})
+    templates.register_attribute_groups(
+        "moon", {"size": ["a small crater", "a large crater"], "light": ["a lit crater", "a dark crater"]}
+    )
     profiles.register_profile(profiles.Profile("moon", (("clip", "moon-clip"), ("lr", 0.01), ("keep", "moon:size"))))
     register_preset(Preset("moon-chalk", "moon", "photo", "chalk drawing", (("iterations", 50),)))
     register_command("moon", "moon tools", lambda p: p.add_argument("--n", type=int), lambda a: print(a.n) or 0)
@@ -154,7 +184,9 @@ def test_the_core_names_no_toy_world() -> None:
     assert [o for o in offenders if not o.startswith("photos/align.py")] == []
 
 
-def test_adapt_without_a_base_names_the_flag_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_adapt_without_a_base_names_the_flag_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["adapt", "--source", "photo", "--target", "sketch", "--out", str(tmp_path / "r")]) == 2
     assert "no base generator given: pass --generator" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nada.generator.checkpoints import save_checkpoint
-from nada.frontends.cli import main
 from nada.errors import NadaError
+from nada.frontends.cli import main
+from nada.generator.checkpoints import save_checkpoint
 from nada.generator.networks import Generator
 
 FAST = ["--steps", "4", "--quiet", "--device", "cpu"]
@@ -107,8 +107,14 @@ def test_failure_while_writing_leaves_nothing(world, monkeypatch):
 
     monkeypatch.setattr(nada.photos.images, "tensor_to_pil", flaky)
     with pytest.raises(NadaError, match="cannot write .*disk full"):  # one line for the CLI, not a traceback
-        stylize(world["photos"], world["out"], checkpoints=[str(world["style"])],
-                config=InvertConfig(steps=2, lambda_lpips=0, lambda_id=0), progress=False, log=lambda m: None)
+        stylize(
+            world["photos"],
+            world["out"],
+            checkpoints=[str(world["style"])],
+            config=InvertConfig(steps=2, lambda_lpips=0, lambda_id=0),
+            progress=False,
+            log=lambda m: None,
+        )
     assert not world["out"].exists()
 
 
@@ -126,8 +132,20 @@ def test_missing_losses_refuse_then_run_when_allowed(world, capsys):
 
 def test_base_must_be_known(world, tmp_path, capsys):
     plain = tmp_path / "plain.pt"
-    torch.save({"g_ema": world["styled"].state_dict(), "latent_avg": world["G"].mean_latent}, plain)  # rosinality layout, no metadata
-    args = ["stylize", "--checkpoint", str(plain), "--image", str(world["photos"][0]), "--out", str(world["out"]), *FAST, *MSE_ONLY]
+    torch.save(
+        {"g_ema": world["styled"].state_dict(), "latent_avg": world["G"].mean_latent}, plain
+    )  # rosinality layout, no metadata
+    args = [
+        "stylize",
+        "--checkpoint",
+        str(plain),
+        "--image",
+        str(world["photos"][0]),
+        "--out",
+        str(world["out"]),
+        *FAST,
+        *MSE_ONLY,
+    ]
     assert main(args) == 2
     assert "pass --base" in capsys.readouterr().err
     assert main(args + ["--base", str(world["base"])]) == 0
@@ -139,7 +157,17 @@ def test_incompatible_style_is_refused(world, tmp_path, capsys):
     other = Generator(32, style_dim=16, n_mlp=1, channels={4: 8, 8: 8, 16: 8, 32: 8})
     other.compute_mean_latent(64)
     path = save_checkpoint(tmp_path / "other.pt", other, {"base_model": str(world["base"])})
-    args = ["stylize", "--checkpoint", str(path), "--image", str(world["photos"][0]), "--out", str(world["out"]), *FAST, *MSE_ONLY]
+    args = [
+        "stylize",
+        "--checkpoint",
+        str(path),
+        "--image",
+        str(world["photos"][0]),
+        "--out",
+        str(world["out"]),
+        *FAST,
+        *MSE_ONLY,
+    ]
     assert main(args) == 2
     assert "use styles adapted from that base" in capsys.readouterr().err
     assert not world["out"].exists()
@@ -152,8 +180,14 @@ def test_duplicate_names_are_kept_apart(world, tmp_path):
     twin = tmp_path / "twin"
     twin.mkdir()
     Image.open(world["photos"][0]).save(twin / "alice.png")
-    report = stylize([world["photos"][0], twin / "alice.png"], world["out"], checkpoints=[str(world["style"])] * 2,
-                     config=InvertConfig(steps=1, lambda_lpips=0, lambda_id=0), progress=False, log=lambda m: None)
+    report = stylize(
+        [world["photos"][0], twin / "alice.png"],
+        world["out"],
+        checkpoints=[str(world["style"])] * 2,
+        config=InvertConfig(steps=1, lambda_lpips=0, lambda_id=0),
+        progress=False,
+        log=lambda m: None,
+    )
     assert [r.folder for r in report.results] == ["alice", "alice-2"]
     assert (world["out"] / "alice-2" / "sketch-run-2.png").is_file()
 
@@ -172,8 +206,12 @@ def test_ffhq_alignment_without_a_face(world, capsys):
 
 def _toy_assets() -> dict[str, Path]:
     root = Path(__file__).resolve().parents[1] / "src" / "nada" / "assets" / "toy"
-    return {"toy generator": root / "generator.pt", "toy CLIP": root / "clip.pt", "evaluator": root / "evaluator.pt",
-            "toy-sketch preset": root / "presets" / "toy-sketch.pt"}
+    return {
+        "toy generator": root / "generator.pt",
+        "toy CLIP": root / "clip.pt",
+        "evaluator": root / "evaluator.pt",
+        "toy-sketch preset": root / "presets" / "toy-sketch.pt",
+    }
 
 
 @pytest.mark.slow
@@ -189,8 +227,25 @@ def test_toy_photo_is_reconstructed_and_restyled(tmp_path, capsys):
     photo = R.render(params, "photo", seed=987_654)[0]
     Image.fromarray(photo).save(tmp_path / "face.png")
     out = tmp_path / "out"
-    assert main(["stylize", "--image", str(tmp_path / "face.png"), "--preset", "toy-sketch", "--out", str(out),
-                 "--steps", "200", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "stylize",
+                "--image",
+                str(tmp_path / "face.png"),
+                "--preset",
+                "toy-sketch",
+                "--out",
+                str(out),
+                "--steps",
+                "200",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     mse = float(stdout.split("reconstruction MSE ")[1].split(",")[0].split()[0])
     assert mse < 0.02, stdout

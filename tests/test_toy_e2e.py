@@ -28,20 +28,28 @@ def missing_toy_assets() -> list[str]:
 
 @pytest.fixture(scope="module")
 def sketch_run(tmp_path_factory):
-    """One photo -> sketch run with the toy presets' recipe: (quality report, per-iteration log, run folder, adapted generator)."""
+    """One photo -> sketch run with the toy presets' recipe:
+    (quality report, per-iteration log, run folder, adapted generator)."""
     missing = missing_toy_assets()
     if missing:
         pytest.skip("the toy-world run needs the trained toy assets: " + ", ".join(missing))
     from nada.adaptation.loop import adapt
-    from nada.generator.checkpoints import load_generator
     from nada.config import AdaptConfig
-    from nada.toy.plugin import TOY_RECIPE
+    from nada.generator.checkpoints import load_generator
     from nada.toy.evaluator import load_evaluator
+    from nada.toy.plugin import TOY_RECIPE
     from nada.toy.quality import measure_quality
 
     out = tmp_path_factory.mktemp("toy-sketch")
-    config = AdaptConfig(generator="toy", source="photo", target="sketch", out_dir=str(out), sample_every=0,
-                         save_every=0, **dict(TOY_RECIPE))
+    config = AdaptConfig(
+        generator="toy",
+        source="photo",
+        target="sketch",
+        out_dir=str(out),
+        sample_every=0,
+        save_every=0,
+        **dict(TOY_RECIPE),
+    )
     adapted = adapt(config, progress=False)
     base = load_generator("toy")
     judge = load_evaluator()
@@ -84,8 +92,11 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the guidance's known limit (docs/toy_quality.md, 2026-12-04): the adapted "
-                   "faces are no closer to the true sketch renders than the best global filter of the unadapted ones")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the guidance's known limit (docs/toy_quality.md, 2026-12-04): the adapted "
+    "faces are no closer to the true sketch renders than the best global filter of the unadapted ones",
+)
 def test_toy_run_draws_the_true_sketch_strokes_better_than_any_filter(sketch_run):
     fid = sketch_run[0].fidelity
     # The issue's bar for a real adaptation: clearly closer (stroke distance) than the best filter.
@@ -98,37 +109,130 @@ def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):
     from nada.frontends.cli import main
 
     out = tmp_path / "run"
-    assert main(["adapt", "--generator", "toy", "--source", "photo", "--target", "pixel art", "--iterations", "2",
-                 "--layers", "all", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--generator",
+                "toy",
+                "--source",
+                "photo",
+                "--target",
+                "pixel art",
+                "--iterations",
+                "2",
+                "--layers",
+                "all",
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target"] == "pixel art" and metrics["n"] == N_JUDGED
     assert 0 <= metrics["target_rate"] <= 1 and metrics["frozen_target_rate"] < 0.1 and metrics["diversity_ratio"] > 0
     assert f"metrics:     {out / 'metrics.json'} (pixel art:" in printed
     # A target the evaluator knows nothing about: the run still succeeds and says so.
-    assert main(["adapt", "--generator", "toy", "--source", "photo", "--target", "werewolf", "--iterations", "1",
-                 "--out", str(tmp_path / "wolf"), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--generator",
+                "toy",
+                "--source",
+                "photo",
+                "--target",
+                "werewolf",
+                "--iterations",
+                "1",
+                "--out",
+                str(tmp_path / "wolf"),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "metrics:     none" in capsys.readouterr().out and not (tmp_path / "wolf" / "metrics.json").exists()
 
 
 def test_cli_judges_a_toy_generator_trained_by_the_user_but_not_other_generators(tmp_path, capsys):
     if missing_toy_assets():
         pytest.skip("needs the trained toy assets: " + ", ".join(missing_toy_assets()))
-    from nada.generator.checkpoints import save_checkpoint
     from nada.frontends.cli import main
+    from nada.generator.checkpoints import save_checkpoint
     from nada.generator.networks import Generator
     from nada.toy import generator_train as gt
 
-    cfg = gt.TrainConfig(steps=1, style_dim=32, n_mlp=2, channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 8)), batch_size=2, eval_size=8)
+    cfg = gt.TrainConfig(
+        steps=1,
+        style_dim=32,
+        n_mlp=2,
+        channels=((4, 16), (8, 16), (16, 8), (32, 8), (64, 8)),
+        batch_size=2,
+        eval_size=8,
+    )
     own = gt.export_generator(gt.train(cfg, tmp_path / "train", progress=False), tmp_path / "own.pt")
-    assert main(["adapt", "--generator", str(own), "--clip", "toy", "--source", "photo", "--target", "sketch", "--iterations", "1",
-                 "--layers", "all", "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--generator",
+                str(own),
+                "--clip",
+                "toy",
+                "--source",
+                "photo",
+                "--target",
+                "sketch",
+                "--iterations",
+                "1",
+                "--layers",
+                "all",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["target"] == "sketch"
     assert "metrics:     " + str(tmp_path / "run" / "metrics.json") in capsys.readouterr().out
     # A generator without toy-world metadata is not judged by the toy evaluator.
     plain = Generator(64, style_dim=32, n_mlp=2, channels=dict(cfg.channels))
     plain.compute_mean_latent(64, seed=0)
     other = save_checkpoint(tmp_path / "other.pt", plain, {"note": "not toy"})
-    assert main(["adapt", "--generator", str(other), "--clip", "toy", "--source", "photo", "--target", "sketch", "--iterations", "1",
-                 "--layers", "all", "--out", str(tmp_path / "run2"), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--generator",
+                str(other),
+                "--clip",
+                "toy",
+                "--source",
+                "photo",
+                "--target",
+                "sketch",
+                "--iterations",
+                "1",
+                "--layers",
+                "all",
+                "--out",
+                str(tmp_path / "run2"),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert not (tmp_path / "run2" / "metrics.json").exists()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nada.errors import NadaError
 from nada.generator.checkpoints import save_checkpoint
 from nada.generator.domains import save_domain
-from nada.errors import NadaError
 from nada.generator.networks import Generator
 from nada.generator.video import count_frames, eased_positions, latent_walk, side_by_side, write_video
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import socket
 import time
 import zipfile
@@ -22,10 +21,10 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
 
-from nada.generator.checkpoints import save_checkpoint  # noqa: E402
 from nada.errors import NadaError  # noqa: E402
-from nada.generator.networks import Generator  # noqa: E402
 from nada.frontends.web import JobQueue, Session, WebBackend, _user_errors, build_app, serve  # noqa: E402
+from nada.generator.checkpoints import save_checkpoint  # noqa: E402
+from nada.generator.networks import Generator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "src" / "nada" / "assets" / "toy"
@@ -147,12 +146,15 @@ def test_callback_errors_are_short_page_messages():
     assert str(info.value.message) == "ZeroDivisionError: division by zero"
 
 
-@pytest.mark.parametrize("source,target,layers,match", [
-    ("photo", "", "auto:3", "target text is empty"),
-    ("photo", "  Photo ", "auto:3", "same text"),
-    ("", "sketch", "auto:3", "source text is empty"),
-    ("photo", "sketch", "bogus:7", "layer"),
-])
+@pytest.mark.parametrize(
+    "source,target,layers,match",
+    [
+        ("photo", "", "auto:3", "target text is empty"),
+        ("photo", "  Photo ", "auto:3", "same text"),
+        ("", "sketch", "auto:3", "source text is empty"),
+        ("photo", "sketch", "bogus:7", "layer"),
+    ],
+)
 def test_adapt_refuses_bad_settings(backend, source, target, layers, match):
     with pytest.raises(NadaError, match=match):
         backend.submit_adapt(source, target, layers, 3)
@@ -163,7 +165,9 @@ def test_adapt_keeps_the_attributes_the_page_names(backend):
     with pytest.raises(NadaError, match="fewer than 2 values"):
         backend.submit_adapt("face", "smiling face", "all", 3, keep="a smiling face")
     config = backend.adapt_config("face", "smiling face", "all", 3, backend.work_dir / "x", keep=" toy:glasses ")
-    assert config.keep == "toy:glasses" and config.resolved_keep() == [["a face without glasses", "a face with glasses"]]
+    assert config.keep == "toy:glasses" and config.resolved_keep() == [
+        ["a face without glasses", "a face with glasses"]
+    ]
     assert backend.adapt_config("photo", "sketch", "all", 3, backend.work_dir / "y").keep == backend.default_keep()
     assert backend.adapt_config("photo", "sketch", "all", 3, backend.work_dir / "z", keep="").keep == ""
 
@@ -263,8 +267,19 @@ def test_build_app_and_cli(world, tmp_path, monkeypatch):
     assert isinstance(app, gr.Blocks)
     seen = {}
     monkeypatch.setattr(web, "serve", lambda app, host, port, block: seen.update(host=host, port=port, app=app) or "")
-    args = ["web", "--port", "7999", "--device", "cpu", "--work-dir", str(tmp_path / "b"),
-            "--generator", world["options"]["generator"], "--clip", world["options"]["clip"]]
+    args = [
+        "web",
+        "--port",
+        "7999",
+        "--device",
+        "cpu",
+        "--work-dir",
+        str(tmp_path / "b"),
+        "--generator",
+        world["options"]["generator"],
+        "--clip",
+        world["options"]["clip"],
+    ]
     for c in world["options"]["checkpoints"]:
         args += ["--checkpoint", c]
     assert main(args) == 0
@@ -294,8 +309,14 @@ def test_browser_generate_adapt_stylize(world, tmp_path):
     shots = ARTIFACTS
     shots.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {shots}")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)

@@ -18,11 +18,11 @@ import torch
 
 gr = pytest.importorskip("gradio", reason="the web demo needs gradio: pip install 'nada[web]'")
 
-from nada.generator.checkpoints import save_checkpoint  # noqa: E402
 from nada.config import WebLimits  # noqa: E402
 from nada.errors import NadaError  # noqa: E402
-from nada.generator.networks import Generator  # noqa: E402
 from nada.frontends.web import NOT_AVAILABLE, Session, WebBackend  # noqa: E402
+from nada.generator.checkpoints import save_checkpoint  # noqa: E402
+from nada.generator.networks import Generator  # noqa: E402
 
 
 @pytest.fixture(scope="module")

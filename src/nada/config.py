@@ -10,8 +10,9 @@ web app all call it, so a setting comes from the same place whichever front end 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from nada.errors import NadaError
 from nada.guidance.clip import parse_clip_spec
@@ -73,7 +74,9 @@ class AdaptConfig:
     source: str = "photo"  # source domain text describing what the generator makes now
     generator: str = ""  # checkpoint path or registered name (see nada.generator.checkpoints.load_generator)
     target_images: str | None = None  # folder of example images of the target style (image-guided)
-    target_images_batch: int = 16  # generated source images whose mean embedding the image direction starts from (official img2img_batch)
+    target_images_batch: int = (
+        16  # generated source images whose mean embedding the image direction starts from (official img2img_batch)
+    )
 
     # CLIP guidance.
     clip: str = AUTO  # one model or a weighted ensemble, e.g. "ViT-B/32,ViT-B/16:0.5"; see resolved_clip
@@ -87,7 +90,9 @@ class AdaptConfig:
     lambda_manifold: float = 0.0
     lambda_texture: float = 0.0
     lambda_patch: float = 0.0
-    lambda_structure: float = 0.0  # edge-map correlation with the frozen image (nada's own content anchor; see losses.structure_loss)
+    lambda_structure: float = (
+        0.0  # edge-map correlation with the frozen image (nada's own content anchor; see losses.structure_loss)
+    )
     # Cross-sample consistency: each adapted image's CLIP similarities to the other images of the batch (all
     # views) keep the frozen images' distribution (Ojha et al.'s cross-domain correspondence; losses.consistency_loss).
     lambda_consistency: float = 0.0
@@ -107,16 +112,20 @@ class AdaptConfig:
     clip_noise: float = 0.0
 
     # What trains: "weights" (the chosen layers' weights, as the paper) or "domain" (only a domain vector of
-    # per-channel style offsets, HyperDomainNet; the run's generator.pt is a kilobyte domain file, see nada.generator.domains).
+    # per-channel style offsets, HyperDomainNet; the run's generator.pt is a kilobyte domain file,
+    # see nada.generator.domains).
     params: str = "weights"
-    # Which layers train (see nada.adaptation.layers for the specs); with params "domain", which layers' slices of the vector.
+    # Which layers train (see nada.adaptation.layers for the specs); with params "domain", which layers'
+    # slices of the vector.
     layers: str = "auto:3"
     select_every: int = 1  # re-run a data-driven selection every N iterations (the official code: every one)
     auto_batch: int = 8  # latents used by the auto/grad selection (official auto_layer_batch)
     # auto:K renders and back-propagates this many of the auto_batch latents at a time (0: all at once). Each
     # latent's gradient is the same (the loss is a batch mean, rescaled per chunk); peak memory falls.
     select_chunk: int = 0
-    select_score: str = "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.adaptation.layers)
+    select_score: str = (
+        "mean_abs"  # how auto:K ranks W+ rows: "mean_abs" (official) or "l2" (see nada.adaptation.layers)
+    )
     select_noise: str = "random"  # selection renders with fresh noise ("random", official) or stored noise ("const")
     # "official": `all` is the official set (constant, conv1, convs; no to_rgb) and auto:K maps row i to the
     # official code's layer (convs.{i-2}); "nada": `all` is every conv and to_rgb, rows map to the layers they drive.
@@ -208,11 +217,20 @@ class AdaptConfig:
         if not self.source.strip():
             raise NadaError("the source text is empty: describe what the generator makes now, e.g. --source 'photo'")
         if not self.target.strip() and not self.target_images:
-            raise NadaError("the target text is empty: describe the new domain, e.g. --target 'sketch' (or give --target-images)")
+            raise NadaError(
+                "the target text is empty: describe the new domain, e.g. --target 'sketch' (or give --target-images)"
+            )
         if self.target.strip() and self.source.strip().lower() == self.target.strip().lower():
-            raise NadaError(f"source and target are the same text ({self.source!r}): the target must describe a different domain")
+            raise NadaError(
+                f"source and target are the same text ({self.source!r}): the target must describe a different domain"
+            )
         positive_ints = (
-            "iterations", "batch_size", "select_every", "auto_batch", "n_sample_images", "target_images_batch",
+            "iterations",
+            "batch_size",
+            "select_every",
+            "auto_batch",
+            "n_sample_images",
+            "target_images_batch",
             "log_every",
         )
         for name in positive_ints:
@@ -222,7 +240,10 @@ class AdaptConfig:
             if int(getattr(self, name)) < 0:
                 raise NadaError(f"{name} must be 0 or more (got {getattr(self, name)})")
         if not (0 <= self.clip_noise <= 1):
-            raise NadaError(f"clip_noise must lie in [0, 1] (got {self.clip_noise}): it is a standard deviation for images in [-1, 1]")
+            raise NadaError(
+                f"clip_noise must lie in [0, 1] (got {self.clip_noise}): "
+                "it is a standard deviation for images in [-1, 1]"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise NadaError(f"lr must be a positive number (got {self.lr})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -238,8 +259,9 @@ class AdaptConfig:
             raise NadaError("every loss weight is 0, so nothing would train: set e.g. lambda_direction to 1")
         if self.lambda_consistency > 0 and self.batch_size * max(1, self.clip_views) < 3:
             raise NadaError(
-                f"the consistency loss compares each image with the others of its batch: batch_size {self.batch_size} x clip_views "
-                f"{self.clip_views} gives fewer than 3 images; raise --batch-size or --clip-views, or set lambda_consistency to 0"
+                "the consistency loss compares each image with the others of its batch: "
+                f"batch_size {self.batch_size} x clip_views {self.clip_views} gives fewer than 3 images; "
+                "raise --batch-size or --clip-views, or set lambda_consistency to 0"
             )
         self.resolved_keep()  # a keep spec that names no attribute or unknown ones fails here, not in the run
         if self.templates not in (AUTO, *prompt_sets()):
@@ -253,8 +275,10 @@ class AdaptConfig:
         if not self.out_dir.strip():
             raise NadaError("out_dir is empty: give a folder for the run's outputs, e.g. --out runs/sketch")
         if not str(self.generator).strip():
-            raise NadaError("no base generator given: pass --generator with a registered name "
-                            "(see `nada presets generators`) or a checkpoint path")
+            raise NadaError(
+                "no base generator given: pass --generator with a registered name "
+                "(see `nada presets generators`) or a checkpoint path"
+            )
 
 
 @dataclass(frozen=True)
@@ -323,8 +347,12 @@ def resolve(
     layers: list[tuple[str, dict[str, Any]]] = []
     recipe = get_preset(preset) if preset else None
     if recipe is not None:
-        layers.append(("preset", {"generator": recipe.base, "source": recipe.source, "target": recipe.target,
-                                  **dict(recipe.options)}))
+        layers.append(
+            (
+                "preset",
+                {"generator": recipe.base, "source": recipe.source, "target": recipe.target, **dict(recipe.options)},
+            )
+        )
     if base:
         user["generator"] = str(base)
     generator = user.get("generator") or (recipe.base if recipe is not None else "")
@@ -355,9 +383,14 @@ def _check_names(options: Mapping[str, Any], what: str) -> None:
 def describe(config: AdaptConfig, sources: Mapping[str, str]) -> str:
     """Every setting of `config`, one per line, with where its value came from (as `--print-config` shows)."""
     width = max(len(f.name) for f in fields(AdaptConfig))
-    lines = [f"{f.name:<{width}}  {getattr(config, f.name)!r:<40}  {sources.get(f.name, 'default')}"
-             for f in fields(AdaptConfig)]
+    lines = [
+        f"{f.name:<{width}}  {getattr(config, f.name)!r:<40}  {sources.get(f.name, 'default')}"
+        for f in fields(AdaptConfig)
+    ]
     resolved = {"clip": config.resolved_clip(), "templates": config.resolved_templates()}
-    lines += [f"{'(' + k + ')':<{width}}  {v!r:<40}  resolved from {getattr(config, k)!r}"
-              for k, v in resolved.items() if v != getattr(config, k)]
+    lines += [
+        f"{'(' + k + ')':<{width}}  {v!r:<40}  resolved from {getattr(config, k)!r}"
+        for k, v in resolved.items()
+        if v != getattr(config, k)
+    ]
     return "\n".join(line.rstrip() for line in lines)

@@ -107,9 +107,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_save_image(
-    img: Image.Image, path: str | os.PathLike, compress_level: int | None = None
-) -> Path:
+def atomic_save_image(img: Image.Image, path: str | os.PathLike, compress_level: int | None = None) -> Path:
     """Save a PIL image atomically; the format follows the file extension of ``path``.
 
     ``compress_level`` (PNG only, 0-9; None: Pillow's 6) trades file size for encoding time, never pixels.

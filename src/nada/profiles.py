@@ -10,9 +10,10 @@ recipe. Core registers the real-world bases below with the paper's settings; a p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from nada.errors import NadaError
 from nada.plugins import load_plugins
@@ -154,7 +155,17 @@ def _paper(base: str, rows: int) -> Profile:
 
 # Registered real-world bases and the number of W+ rows of their generators (2 log2(size) - 2).
 for _base, _rows in (
-    ("ffhq", 18), ("ffhq-nvlabs", 18), ("ffhq1024", 18), ("metfaces", 18), ("ffhq512", 16), ("afhqcat", 16),
-    ("afhqdog", 16), ("afhqwild", 16), ("brecahad", 16), ("ffhq256", 14), ("celebahq256", 14), ("lsundog256", 14),
+    ("ffhq", 18),
+    ("ffhq-nvlabs", 18),
+    ("ffhq1024", 18),
+    ("metfaces", 18),
+    ("ffhq512", 16),
+    ("afhqcat", 16),
+    ("afhqdog", 16),
+    ("afhqwild", 16),
+    ("brecahad", 16),
+    ("ffhq256", 14),
+    ("celebahq256", 14),
+    ("lsundog256", 14),
 ):
     register_profile(_paper(_base, _rows))

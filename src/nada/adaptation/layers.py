@@ -42,8 +42,9 @@ leaves no gradients and no changed ``requires_grad`` flags behind (gradients are
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -199,7 +200,10 @@ class LastBlocks(LayerSelector):
     def validate(self, G: nn.Module) -> None:
         n = len(synthesis_blocks(G))
         if self.k > n:
-            raise NadaError(f"layers {self.spec!r} asks for {self.k} blocks but this {G.size}x{G.size} generator has {n}: use K <= {n}")
+            raise NadaError(
+                f"layers {self.spec!r} asks for {self.k} blocks but this {G.size}x{G.size} generator has {n}: "
+                f"use K <= {n}"
+            )
 
     def select(self, G: nn.Module, ctx: SelectionContext | None = None) -> list[str]:
         self.validate(G)
@@ -326,7 +330,10 @@ class AdaptiveWPlus(LayerSelector):
 
     def validate(self, G: nn.Module) -> None:
         if self.k > G.n_latent:
-            raise NadaError(f"layers {self.spec!r} asks for {self.k} W+ rows but this {G.size}x{G.size} generator has {G.n_latent}: use K <= {G.n_latent}")
+            raise NadaError(
+                f"layers {self.spec!r} asks for {self.k} W+ rows but this {G.size}x{G.size} generator "
+                f"has {G.n_latent}: use K <= {G.n_latent}"
+            )
 
     def row_scores(self, G: nn.Module, ctx: SelectionContext) -> torch.Tensor:
         """How far each W+ row moves under the global loss: [n_latent] (see `wplus_row_scores`)."""
@@ -357,7 +364,10 @@ class GradNorm(LayerSelector):
     def validate(self, G: nn.Module) -> None:
         n = len(layer_names(G))
         if self.k > n:
-            raise NadaError(f"layers {self.spec!r} asks for {self.k} layers but this generator has {n} synthesis layers: use K <= {n}")
+            raise NadaError(
+                f"layers {self.spec!r} asks for {self.k} layers but this generator has {n} synthesis layers: "
+                f"use K <= {n}"
+            )
 
     def layer_scores(self, G: nn.Module, ctx: SelectionContext) -> dict[str, float]:
         """Layer name -> L2 norm of the global-loss gradient over all of that layer's parameters."""
@@ -453,4 +463,3 @@ def _looks_like_layer(name: str) -> bool:
         return True
     head, _, idx = name.partition(".")
     return head in ("convs", "to_rgbs") and idx.isdigit()
-

@@ -40,11 +40,12 @@ import socket
 import threading
 import time
 import warnings
-from contextlib import ExitStack, contextmanager, nullcontext, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -150,7 +151,7 @@ class RunPaths:
                 folder.rmdir()
 
 
-def claim_run_dir(config: AdaptConfig, resume: bool, force: bool) -> ContextManager[RunPaths]:
+def claim_run_dir(config: AdaptConfig, resume: bool, force: bool) -> AbstractContextManager[RunPaths]:
     """Claim out_dir for one run: create it, hold its exclusive lock until the block ends, refuse unasked overwrites.
 
     A second run into a held folder is refused with one line naming the holder (pid, host, start
@@ -168,13 +169,15 @@ def _claimed(paths: RunPaths, resume: bool, force: bool) -> Iterator[RunPaths]:
     try:
         _remove_stale_temp_files(paths.root)
         if paths.has_run() and not (resume or force):
-            raise NadaError(f"{paths.root} already holds an adaptation run: pass --resume to continue it, "
-                            "--force to start it over, or choose another --out")
+            raise NadaError(
+                f"{paths.root} already holds an adaptation run: pass --resume to continue it, "
+                "--force to start it over, or choose another --out"
+            )
         if resume and not paths.state.exists():
             from nada.errors import NadaWarning
 
             message = f"nothing to resume in {paths.root}: no state was saved yet, so the run starts at step 0"
-            warnings.warn(message, NadaWarning)
+            warnings.warn(message, NadaWarning, stacklevel=2)
         yield paths
     finally:
         os.close(fd)
@@ -186,15 +189,18 @@ def _lock_run_dir(paths: RunPaths) -> int:
         paths.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise NadaError(f"cannot write to the output folder {paths.root} ({e.strerror or e}): "
-                        "choose another --out or fix its permissions") from None
+        raise NadaError(
+            f"cannot write to the output folder {paths.root} ({e.strerror or e}): "
+            "choose another --out or fix its permissions"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _read_holder(fd)
         os.close(fd)
-        raise NadaError(f"{paths.root} is in use by another nada run ({holder}): "
-                        "wait for it to end, or choose another --out") from None
+        raise NadaError(
+            f"{paths.root} is in use by another nada run ({holder}): wait for it to end, or choose another --out"
+        ) from None
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
@@ -218,15 +224,27 @@ def _check_resumable(stored: dict[str, Any], config: AdaptConfig, where: Path) -
     """Refuse to resume a run whose computation-relevant settings differ from the current ones."""
     current = config.to_dict()
     stored = {**AdaptConfig().to_dict(), **stored}  # a setting added since the run was saved has its default
-    diff = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    diff = sorted(
+        k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k)
+    )
     if diff:
         details = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff)
-        raise NadaError(f"cannot resume the run in {where} with different settings ({details}): use the original settings, --force to start over, or another --out")
+        raise NadaError(
+            f"cannot resume the run in {where} with different settings ({details}): "
+            "use the original settings, --force to start over, or another --out"
+        )
 
 
 # What state.pt holds, each entry with the type it must have.
-STATE_TYPES: dict[str, type] = {"step": int, "optimizer": dict, "rng": torch.Tensor, "selected": list, "trained": list,
-                                "checkpoint": str, "config": dict}
+STATE_TYPES: dict[str, type] = {
+    "step": int,
+    "optimizer": dict,
+    "rng": torch.Tensor,
+    "selected": list,
+    "trained": list,
+    "checkpoint": str,
+    "config": dict,
+}
 
 
 def _load_state(paths: RunPaths) -> dict[str, Any]:
@@ -365,8 +383,12 @@ def deterministic_kernels(device: torch.device, enabled: bool) -> Iterator[None]
         yield
         return
     cudnn = torch.backends.cudnn
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              cudnn.deterministic, cudnn.benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+    )
     # cuBLAS reads this when it makes a workspace: set before the process's first matmul to hold everywhere.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -423,26 +445,36 @@ def load_target_images(folder: str | os.PathLike) -> list[torch.Tensor]:
     """Every readable image of a folder as [1, 3, H, W] in [-1, 1] (sorted by name); NadaError if none."""
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise NadaError(f"target images folder {root} does not exist or is not a folder: give a folder of example images")
+        raise NadaError(
+            f"target images folder {root} does not exist or is not a folder: give a folder of example images"
+        )
     images = []
     for p in sorted(root.iterdir()):
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         try:
             with Image.open(p) as im:
-                arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8).view(im.height, im.width, 3)
+                arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8).view(
+                    im.height, im.width, 3
+                )
         except (OSError, UnidentifiedImageError, ValueError):
-            warnings.warn(f"skipping unreadable image {p}")
+            warnings.warn(f"skipping unreadable image {p}", stacklevel=2)
             continue
         images.append(arr.permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1)
     if not images:
-        raise NadaError(f"target images folder {root} holds no readable image ({', '.join(IMAGE_SUFFIXES)}): add example images of the target style")
+        raise NadaError(
+            f"target images folder {root} holds no readable image ({', '.join(IMAGE_SUFFIXES)}): "
+            "add example images of the target style"
+        )
     return images
 
 
 @torch.no_grad()
 def build_guides(
-    ensemble: Sequence[tuple["ClipModel", float]], config: AdaptConfig, G_frozen: "Generator", target_images: list[torch.Tensor] | None
+    ensemble: Sequence[tuple["ClipModel", float]],
+    config: AdaptConfig,
+    G_frozen: "Generator",
+    target_images: list[torch.Tensor] | None,
 ) -> list[Guide]:
     """Precompute, per CLIP model, the directions and anchors of the losses (constants of the objective)."""
     templates = get_prompt_set(config.resolved_templates())
@@ -458,7 +490,9 @@ def build_guides(
         unit = lambda f: torch.nn.functional.normalize(f, dim=-1)  # noqa: E731
         if target_images is not None:
             direction = losses.image_direction(clip, target_images, source_imgs)
-            image_mean = unit(torch.cat([unit(clip.encode_image(t.to(clip.device))) for t in target_images]).mean(0, keepdim=True))
+            image_mean = unit(
+                torch.cat([unit(clip.encode_image(t.to(clip.device))) for t in target_images]).mean(0, keepdim=True)
+            )
         has_text = bool(config.target.strip())
         # Each prompt set is encoded once; the direction and both anchors share the features.
         source_feats = losses.text_features(clip, config.source, templates)
@@ -471,9 +505,19 @@ def build_guides(
         global_target = unit(clip.encode_text([f"a {config.target}"])) if has_text else image_mean
         source_anchor = losses.mean_feature(source_feats)
         target_anchor = losses.mean_feature(target_feats) if has_text else image_mean
-        parts = losses.part_text_directions(clip, config.source, config.target, templates=templates) if config.lambda_patch > 0 else None
-        keep = tuple(unit(clip.encode_text(group)) for group in config.resolved_keep()) if config.lambda_keep > 0 else ()
-        guides.append(Guide(clip, float(weight), direction, select_target, global_target, source_anchor, target_anchor, parts, keep))
+        parts = (
+            losses.part_text_directions(clip, config.source, config.target, templates=templates)
+            if config.lambda_patch > 0
+            else None
+        )
+        keep = (
+            tuple(unit(clip.encode_text(group)) for group in config.resolved_keep()) if config.lambda_keep > 0 else ()
+        )
+        guides.append(
+            Guide(
+                clip, float(weight), direction, select_target, global_target, source_anchor, target_anchor, parts, keep
+            )
+        )
     return guides
 
 
@@ -488,7 +532,11 @@ def patch_size_for(resolution: int) -> int:
 
 
 def loss_terms(
-    guides: Sequence[Guide], img_frozen: torch.Tensor, img_train: torch.Tensor, config: AdaptConfig, rng: torch.Generator
+    guides: Sequence[Guide],
+    img_frozen: torch.Tensor,
+    img_train: torch.Tensor,
+    config: AdaptConfig,
+    rng: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     """Every active loss term (lambda > 0), each summed over the ensemble with the models' weights.
 
@@ -534,7 +582,11 @@ def loss_terms(
             add("consistency", g.weight * losses.consistency_loss(f_src, f_tgt))
         if config.lambda_patch > 0:
             size = patch_size_for(img_train.shape[-1])
-            add("patch", g.weight * losses.patch_directional_loss(g.clip, img_frozen, img_train, g.part_directions, centers, size))
+            add(
+                "patch",
+                g.weight
+                * losses.patch_directional_loss(g.clip, img_frozen, img_train, g.part_directions, centers, size),
+            )
     return terms
 
 
@@ -613,8 +665,9 @@ def shifted_directional_term(
 def selection_loss(guides: Sequence[Guide], img: torch.Tensor) -> torch.Tensor:
     """The layer selection's objective: ensemble-weighted global loss of images [N,3,H,W] towards the target,
     at each model's logit scale."""
-    terms = [g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target, g.clip.logit_scale)
-             for g in guides]
+    terms = [
+        g.weight * losses.global_loss(g.clip.encode_image(img), g.select_target, g.clip.logit_scale) for g in guides
+    ]
     return sum(terms)  # type: ignore[return-value]
 
 
@@ -628,7 +681,9 @@ def sample_w(G: "Generator", n: int, rng: torch.Generator, device: torch.device)
 
 
 @torch.no_grad()
-def sample_latents(G: "Generator", n: int, mixing_prob: float, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+def sample_latents(
+    G: "Generator", n: int, mixing_prob: float, rng: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """W+ latents [n, n_latent, style_dim] (no gradient); with probability ``mixing_prob`` two w's are style-mixed."""
     w = sample_w(G, n, rng, device)
     if mixing_prob > 0 and float(torch.rand((), generator=rng)) < mixing_prob:
@@ -751,7 +806,7 @@ class _Run:
     complete: bool = False  # a resumed run that had already reached its iterations
     log: "LogBuffer | None" = None
     ctx: SelectionContext | None = None
-    autocast: Callable[[], ContextManager[Any]] = nullcontext
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
     clock: "PhaseClock | None" = None
     writer: BackgroundWriter | None = None  # sample grids are PNG-encoded on its thread while training goes on
 
@@ -780,8 +835,11 @@ def _adapt(
     boundary = _boundary(run.rng, run.noise_rng, run.selected, run.trained)
     updating = False
     try:
-        with (_DeferredInterrupt() as interrupt, fp32_precision(run.device, config.tf32),
-              deterministic_kernels(run.device, config.deterministic)):
+        with (
+            _DeferredInterrupt() as interrupt,
+            fp32_precision(run.device, config.tf32),
+            deterministic_kernels(run.device, config.deterministic),
+        ):
             while run.step < config.iterations:
                 t0 = time.perf_counter()
                 boundary = _boundary(run.rng, run.noise_rng, run.selected, run.trained)
@@ -857,15 +915,19 @@ def _validated_selector(config: AdaptConfig, clip: Any) -> LayerSelector:
     config.validate()
     selector = parse_layers(config.layers, score=config.select_score, layer_sets=config.layer_sets)
     if config.lambda_patch > 0 and not config.target.strip():
-        raise NadaError("the patch loss needs a target text: give --target as well as --target-images, "
-                        "or set lambda_patch to 0")
+        raise NadaError(
+            "the patch loss needs a target text: give --target as well as --target-images, or set lambda_patch to 0"
+        )
     if clip is None:
         parse_clip_spec(config.resolved_clip())  # a malformed list fails here, before any loading
     return selector
 
 
 def _generators(
-    config: AdaptConfig, G_base: "Generator | None", G_start: "Generator | None", selector: LayerSelector,
+    config: AdaptConfig,
+    G_base: "Generator | None",
+    G_start: "Generator | None",
+    selector: LayerSelector,
     device: torch.device,
 ) -> tuple["Generator", "Generator"]:
     """G_frozen, the fixed anchor, and G_train, the copy whose chosen layers learn (no gradients yet)."""
@@ -877,8 +939,10 @@ def _generators(
     G_train = _trained_copy(G_frozen, config)  # requires_grad stays False until layers are selected
     if G_start is not None:
         if config.params == "domain":
-            raise NadaError("G_start sets starting weights, but params 'domain' trains a vector on the frozen "
-                            "weights: use one of the two")
+            raise NadaError(
+                "G_start sets starting weights, but params 'domain' trains a vector on the frozen "
+                "weights: use one of the two"
+            )
         G_train.load_state_dict(G_start.state_dict())
     return G_frozen, G_train
 
@@ -895,8 +959,10 @@ def _restore(run: _Run, resume: bool) -> None:
         run.noise_rng.set_state(state["noise_rng"])
         run.step, run.selected, run.trained = int(state["step"]), list(state["selected"]), set(state["trained"])
         if run.step > config.iterations:
-            raise NadaError(f"the run in {paths.root} already has {run.step} iterations: ask for at least that many "
-                            f"(--iterations {run.step})")
+            raise NadaError(
+                f"the run in {paths.root} already has {run.step} iterations: ask for at least that many "
+                f"(--iterations {run.step})"
+            )
         run.complete = run.step >= config.iterations
         set_trainable(run.G_train, run.selected)
         log_lines = _read_log(paths.log, run.step)
@@ -911,15 +977,15 @@ def _restore(run: _Run, resume: bool) -> None:
     run.log = LogBuffer(paths.log)
 
 
-def _autocast(config: AdaptConfig, device: torch.device) -> Callable[[], ContextManager[Any]]:
+def _autocast(config: AdaptConfig, device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
     """bf16 autocast on CUDA when asked for, else a no-op; warns for settings that apply only on CUDA."""
     use_bf16 = config.bf16 and device.type == "cuda"
     if config.bf16 and not use_bf16:
-        warnings.warn("bf16 autocast is only used on CUDA; running in float32")
+        warnings.warn("bf16 autocast is only used on CUDA; running in float32", stacklevel=2)
     if config.tf32 and device.type != "cuda":
-        warnings.warn("TF32 is only used on CUDA; running in float32")
+        warnings.warn("TF32 is only used on CUDA; running in float32", stacklevel=2)
     if config.deterministic and device.type != "cuda":
-        warnings.warn("deterministic only changes CUDA runs; the CPU runs deterministically already")
+        warnings.warn("deterministic only changes CUDA runs; the CPU runs deterministically already", stacklevel=2)
     return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
 
@@ -957,8 +1023,13 @@ def _update(run: _Run, loss: torch.Tensor) -> None:
 
 
 def _bookkeeping(
-    run: _Run, loss: torch.Tensor, terms: dict[str, torch.Tensor], boundary: dict[str, Any], bar: Any,
-    callback: Callback | None, seconds: float,
+    run: _Run,
+    loss: torch.Tensor,
+    terms: dict[str, torch.Tensor],
+    boundary: dict[str, Any],
+    bar: Any,
+    callback: Callback | None,
+    seconds: float,
 ) -> None:
     """6. Log (a callback sees every record, so it reads each step back), samples, checkpoints, the callback."""
     config, step = run.config, run.step
@@ -980,8 +1051,10 @@ def _save_samples(run: _Run, at: int) -> None:
     config = run.config
     run.clock.lap("iterations")
     with torch.no_grad():
-        rows = [render_samples(G, config.n_sample_images, config.sample_truncation, config.batch_size)
-                for G in (run.G_frozen, run.G_train)]
+        rows = [
+            render_samples(G, config.n_sample_images, config.sample_truncation, config.batch_size)
+            for G in (run.G_frozen, run.G_train)
+        ]
     run.writer.submit(atomic_save_image, image_grid(rows), run.paths.sample(at), compress_level=SAMPLE_PNG_LEVEL)
     run.clock.lap("grids")
 

@@ -25,9 +25,10 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,6 @@ def _from_metadata(label: str, source: str, meta: dict[str, Any]) -> EvalModel:
     cfg = meta.get("adapt_config") or {}
     clip = meta.get("clip") or cfg.get("clip")
     if clip == "auto":
-
         clip = AdaptConfig.from_dict(cfg).resolved_clip() if cfg else None
     return EvalModel(
         label,
@@ -387,9 +387,7 @@ def _collect(loaders: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     return out
 
 
-def load_judges(
-    settings: EvalSettings, world: EvalWorld | None, guided: Sequence[str], device: torch.device
-) -> Judges:
+def load_judges(settings: EvalSettings, world: EvalWorld | None, guided: Sequence[str], device: torch.device) -> Judges:
     """Load every judge network the settings ask for (an evaluation world's or the real world's), failing once for
     all missing files."""
     judge, note = choose_judge(guided, world, settings.judge)
@@ -406,13 +404,29 @@ def load_judges(
     templates = get_prompt_set(prompt_set_for([judge])) or IMAGENET_TEMPLATES
     if world is not None:
         kit: WorldJudges = got[f"{world.name} judges"]
-        return Judges(got["judge CLIP"], note, templates, kit.distance, kit.distance_name,
-                      identity_note=kit.identity_note, quality=kit.quality, world=world.name,
-                      fid_feature=kit.fid_feature, fid_name=kit.fid_name)
+        return Judges(
+            got["judge CLIP"],
+            note,
+            templates,
+            kit.distance,
+            kit.distance_name,
+            identity_note=kit.identity_note,
+            quality=kit.quality,
+            world=world.name,
+            fid_feature=kit.fid_feature,
+            fid_name=kit.fid_name,
+        )
     identity = got.get("ArcFace")
-    return Judges(got["judge CLIP"], note, templates, got["LPIPS"], f"LPIPS {settings.lpips_net}", identity=identity,
-                  identity_note="ArcFace IR-SE50" if identity is not None else "not measured (--no-identity)",
-                  fid_name="Inception-v3 pool3 (2048)")
+    return Judges(
+        got["judge CLIP"],
+        note,
+        templates,
+        got["LPIPS"],
+        f"LPIPS {settings.lpips_net}",
+        identity=identity,
+        identity_note="ArcFace IR-SE50" if identity is not None else "not measured (--no-identity)",
+        fid_name="Inception-v3 pool3 (2048)",
+    )
 
 
 @torch.no_grad()

@@ -13,8 +13,8 @@ is one trial. The sweep folder holds::
 
 Trials are Ray tasks (see docs/eval.md for why tasks and not Ray Tune). Ray reschedules a task whose worker
 process dies (``max_retries``); the new attempt resumes the run folder from its last saved state
-(`nada.adaptation.loop.adapt` with ``resume=True``), and a rerun of the same command after an interrupted sweep skips the
-trials that have a ``result.json`` and resumes the others.
+(`nada.adaptation.loop.adapt` with ``resume=True``), and a rerun of the same command after an interrupted sweep
+skips the trials that have a ``result.json`` and resumes the others.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
@@ -159,8 +160,14 @@ def expand_trials(spec: SweepSpec, trials_dir: Path) -> list[Trial]:
         varied = dict(zip(keys, combo))
         parts = [_slug(target), *(f"{_slug(k)}{_slug(v)}" for k, v in varied.items()), f"s{seed}"]
         trial_id = f"{i:03d}-" + "-".join(parts)
-        user = {**spec.settings, **varied, "source": source, "target": target, "seed": seed,
-                "out_dir": str(trials_dir / trial_id)}
+        user = {
+            **spec.settings,
+            **varied,
+            "source": source,
+            "target": target,
+            "seed": seed,
+            "out_dir": str(trials_dir / trial_id),
+        }
         config = resolve(user=user)[0]
         config.validate()
         trials.append(Trial(trial_id, config.to_dict(), {"source": source, "target": target, **varied, "seed": seed}))
@@ -193,7 +200,6 @@ def _kill_hook(trial_id: str, folder: Path) -> Callable[[int, dict[str, Any]], N
 
 def run_trial(trial: dict[str, Any], eval_settings: dict[str, Any], threads: int = 1) -> dict[str, Any]:
     """Train (resuming whatever the folder holds), evaluate and record one trial; returns its result record."""
-
 
     folder = Path(trial["config"]["out_dir"])
     done = folder / "result.json"
@@ -461,7 +467,6 @@ def _grid_row(grid: Any, row: int, pad: int = 2) -> Any:
 
 def contact_sheet(records: Sequence[dict[str, Any]], label_w: int = 300) -> Any:
     """One row per trial (its last samples, adapted), under the base's row; labelled with id and key metrics."""
-
 
     rows = []
     for r in records:

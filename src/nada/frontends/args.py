@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def flag_for(field: str, flags: Mapping[str, str] | None = None) -> str:
@@ -38,14 +39,22 @@ def add_dataclass_arguments(
         flag = flag_for(name, flags)
         if isinstance(default, bool):
             switch = flag if not default else "--no-" + flag[2:]
-            parser.add_argument(switch, dest=name, action="store_const", const=not default, default=None,
-                                help=text + note)
+            parser.add_argument(
+                switch, dest=name, action="store_const", const=not default, default=None, help=text + note
+            )
             continue
         kind = str if default is None else type(default)
         metavar = flag[2:].upper().replace("-", "_")
         allowed = (choices or {}).get(name)
-        parser.add_argument(flag, dest=name, type=kind, default=None, metavar=None if allowed else metavar,
-                            choices=allowed, help=text + note)
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            default=None,
+            metavar=None if allowed else metavar,
+            choices=allowed,
+            help=text + note,
+        )
     return list(helps)
 
 

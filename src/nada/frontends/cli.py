@@ -7,8 +7,9 @@ import errno
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from nada import __version__
 from nada.adaptation.loop import RunPaths, adapt
@@ -23,8 +24,9 @@ from nada.config import (
 )
 from nada.errors import NadaError, NadaWarning
 from nada.frontends import cli_eval as _cli_eval
+from nada.frontends import web
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, given
-from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT, WebBackend, build_app, serve
+from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT, WebBackend
 from nada.generator import checkpoints  # checkpoints.load_generator: looked up at call time (tests stand in for it)
 from nada.generator.checkpoints import read_metadata
 from nada.generator.generate import (
@@ -58,6 +60,11 @@ from nada.weights.presets import (
 )
 from nada.weights.registry import first_local_generator, is_local, registered_generators
 
+if TYPE_CHECKING:
+    import torch
+
+    from nada.generator.networks import Generator
+
 # OS errors that mean a write failed for lack of room or rights: the CLI reports them in one line.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -82,8 +89,12 @@ def _run_generate(args: argparse.Namespace) -> int:
     if compare_out is not None:
         print(f"wrote {_save_comparison(compare_out, base_source, G, args, seeds, device)}")
         return 0
-    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device,
-              "precision": args.precision}
+    render = {
+        "truncation_psi": args.truncation,
+        "batch_size": args.batch_size,
+        "device": device,
+        "precision": args.precision,
+    }
     for path in write_outputs(G, seeds, grid, folder, **render):
         print(f"wrote {path}")
     return 0
@@ -95,15 +106,16 @@ def _run_generate_rows(args: argparse.Namespace, seeds: list[int]) -> int:
     from nada.generator.generate import check_grid_size
     from nada.io import atomic_save_image, image_grid, resolve_device
     from nada.weights import preflight
-    from nada.weights.presets import PRESETS
+    from nada.weights.presets import known_presets
 
     if args.out_dir is not None:
-        raise NadaError("--preset with several domains writes one grid (a row per domain): "
-                        "use --out instead of --out-dir")
+        raise NadaError(
+            "--preset with several domains writes one grid (a row per domain): use --out instead of --out-dir"
+        )
     if args.precision != "fp32":
         raise NadaError("--precision bf16 renders one generator: use fp32 with several domains in --preset")
     out = _comparison_target(args)
-    names = {name for entry in parse_domains(args.preset) for _, name in entry if name in PRESETS}
+    names = {name for entry in parse_domains(args.preset) for _, name in entry if name in known_presets()}
     preflight.ensure([need for name in sorted(names) for need in preflight.preset_needs(name)])
     rows = DomainRows(args.preset, resolve_device(args.device))
     images = rows.render(seeds, args.truncation, args.batch_size, base_row=args.compare)
@@ -168,39 +180,79 @@ def _comparison_target(args: argparse.Namespace) -> Path:
     return out
 
 
-def _save_comparison(out: Path, base_source: str | None, G: "Generator", args: argparse.Namespace,  # noqa: F821
-                     seeds: list[int], device: "torch.device") -> Path:  # noqa: F821
+def _save_comparison(
+    out: Path,
+    base_source: str | None,
+    G: "Generator",
+    args: argparse.Namespace,
+    seeds: list[int],
+    device: "torch.device",
+) -> Path:
     """Render the adapted and the base generator for the same seeds; one grid, base row above adapted row."""
     if base_source is None:
-        raise NadaError(f"--compare needs the base generator, and {args.checkpoint} does not record one: pass --base NAME_OR_PATH")
+        raise NadaError(
+            f"--compare needs the base generator, and {args.checkpoint} does not record one: pass --base NAME_OR_PATH"
+        )
     base = checkpoints.load_generator(base_source, device=device)
     if base.size != G.size:
-        raise NadaError(f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: pass the base it was adapted from with --base")
+        raise NadaError(
+            f"the base {base_source} makes {base.size}px images but the adapted generator {G.size}px: "
+            "pass the base it was adapted from with --base"
+        )
     check_grid_size(2 * len(seeds), G.size)
     share_mean_latent(base, G)  # one truncation centre for both rows (adaptation never trains the mapping)
-    render = {"truncation_psi": args.truncation, "batch_size": args.batch_size, "device": device,
-              "precision": args.precision}
+    render = {
+        "truncation_psi": args.truncation,
+        "batch_size": args.batch_size,
+        "device": device,
+        "precision": args.precision,
+    }
     rows = comparison_rows(generate_images(base, seeds, **render), generate_images(G, seeds, **render), GRID_COLUMNS)
     return atomic_save_image(image_grid(rows), out)
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt), a registered name (nada presets generators) or random:SIZE for an untrained generator")
-    what.add_argument("--preset", help="an adapted generator by preset name (see nada presets list); downloads "
-                      "released weights on first use; several names ('a,b,c') draw one row each, and blends such as "
-                      "'0.5*ffhq-sketch+0.5*ffhq-pixar' mix domain vectors (or interpolate full weights)")
-    p.add_argument("--compare", action="store_true", help="one grid with the base generator's row above the adapted row, same seeds")
-    p.add_argument("--base", default=None, help="base generator for --compare (default: the preset's base or the checkpoint's recorded base)")
+    what.add_argument(
+        "--checkpoint",
+        help=(
+            "checkpoint file (rosinality .pt, NVlabs .pkl, nada .pt), a registered name (nada presets generators) "
+            "or random:SIZE for an untrained generator"
+        ),
+    )
+    what.add_argument(
+        "--preset",
+        help="an adapted generator by preset name (see nada presets list); downloads "
+        "released weights on first use; several names ('a,b,c') draw one row each, and blends such as "
+        "'0.5*ffhq-sketch+0.5*ffhq-pixar' mix domain vectors (or interpolate full weights)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="one grid with the base generator's row above the adapted row, same seeds",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        help="base generator for --compare (default: the preset's base or the checkpoint's recorded base)",
+    )
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. '0-15' or '1,5,9' (default: %(default)s)")
-    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi towards the mean latent (default: %(default)s)")
-    p.add_argument("--out", default=None, help="write one grid image here (default: grid.png unless --out-dir is given)")
+    p.add_argument(
+        "--truncation", type=float, default=1.0, help="truncation psi towards the mean latent (default: %(default)s)"
+    )
+    p.add_argument(
+        "--out", default=None, help="write one grid image here (default: grid.png unless --out-dir is given)"
+    )
     p.add_argument("--out-dir", default=None, help="write one image per seed into this folder instead of a grid")
     p.add_argument("--batch-size", type=int, default=4, help="images rendered at once (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="weights' precision: bf16 renders with native bf16 weights (fast only on CPUs with bf16 "
-                   "units), fp32 is exact (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="weights' precision: bf16 renders with native bf16 weights (fast only on CPUs with bf16 "
+        "units), fp32 is exact (default: %(default)s)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
@@ -210,18 +262,31 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 def _video_arguments(p: argparse.ArgumentParser) -> None:
     from nada.generator.video import WALKS
 
-    p.add_argument("--preset", required=True, help="domains as in `nada generate --preset`: names or files, 'a,b' or "
-                   "blends such as '0.5*ffhq-sketch+0.5*ffhq-pixar'")
-    p.add_argument("--walk", choices=WALKS, default="latent", help="latent: through the seeds, one panel per domain; "
-                   "domain: base -> a -> b on the first seed; both: the two at once (default: %(default)s)")
+    p.add_argument(
+        "--preset",
+        required=True,
+        help="domains as in `nada generate --preset`: names or files, 'a,b' or "
+        "blends such as '0.5*ffhq-sketch+0.5*ffhq-pixar'",
+    )
+    p.add_argument(
+        "--walk",
+        choices=WALKS,
+        default="latent",
+        help="latent: through the seeds, one panel per domain; "
+        "domain: base -> a -> b on the first seed; both: the two at once (default: %(default)s)",
+    )
     p.add_argument("--seeds", default="0-3", help="keyframe seeds, the latents of nada generate (default: %(default)s)")
     p.add_argument("--frames", type=int, default=60, help="frames in the video (default: %(default)s)")
     p.add_argument("--fps", type=float, default=24.0, help="frames per second (default: %(default)s)")
     p.add_argument("--size", type=int, default=None, help="side of each panel in pixels (default: the generator's)")
-    p.add_argument("--truncation", type=float, default=1.0,
-                   help="truncation psi towards the mean latent (default: %(default)s)")
-    p.add_argument("--out", default=None, help="video file, .mp4 (needs PyAV: nada[video]) or .gif "
-                   "(default: video.mp4, or video.gif without PyAV)")
+    p.add_argument(
+        "--truncation", type=float, default=1.0, help="truncation psi towards the mean latent (default: %(default)s)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="video file, .mp4 (needs PyAV: nada[video]) or .gif (default: video.mp4, or video.gif without PyAV)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="frames rendered at once (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing video file")
@@ -230,10 +295,10 @@ def _video_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_video(args: argparse.Namespace) -> int:
     from nada.config import check_truncation
+    from nada.generator import video
     from nada.generator.domains import DomainRows, parse_domains
     from nada.io import parse_seeds, resolve_device
-    from nada.weights import preflight, video
-    from nada.weights.presets import PRESETS
+    from nada.weights.presets import known_presets
 
     seeds = parse_seeds(args.seeds)
     check_truncation(args.truncation)
@@ -241,7 +306,7 @@ def _run_video(args: argparse.Namespace) -> int:
         raise NadaError(f"batch size {args.batch_size} is invalid: use 1 or more")
     out = video.check_output(args.out or video.default_output(), args.force)
     video.check_frames(args.frames, args.fps, args.size or 16, 1, gif=False)  # numbers first; the GIF size once known
-    names = {name for entry in parse_domains(args.preset) for _, name in entry if name in PRESETS}
+    names = {name for entry in parse_domains(args.preset) for _, name in entry if name in known_presets()}
     preflight.ensure([need for name in sorted(names) for need in preflight.preset_needs(name)])
     device = resolve_device(args.device)
     rows = DomainRows(args.preset, device)
@@ -267,7 +332,7 @@ ADAPT_HELP: dict[str, str] = {
     "generator": "base generator: checkpoint path or registered name (nada presets generators)",
     "clip": "CLIP model or weighted ensemble, e.g. 'ViT-B/32,ViT-B/16:0.5'; auto: the base profile's, else ViT-B/32",
     "templates": "prompt set for text directions: imagenet, plain, a plugin's set, or auto (the set registered "
-                 "for the guiding CLIPs, else imagenet)",
+    "for the guiding CLIPs, else imagenet)",
     "antialias": "non-antialiased resize to CLIP's input, as the official code computed it",
     "first_step": "directional loss at equal images: limit (first-order limit) or shift (official)",
     "lambda_direction": "weight of the directional CLIP loss",
@@ -277,9 +342,9 @@ ADAPT_HELP: dict[str, str] = {
     "lambda_patch": "weight of the patch directional loss",
     "lambda_structure": "weight of the structure loss (edge maps kept from the frozen image)",
     "lambda_consistency": "weight of the cross-sample consistency loss (CLIP similarities between the batch's "
-                          "images kept)",
+    "images kept)",
     "keep": "attributes the adapted images keep, read by CLIP: 'a smiling face|a neutral face; a face with "
-            "glasses|a face without glasses', or registered attribute groups by name (NAME or NAME:a,b)",
+    "glasses|a face without glasses', or registered attribute groups by name (NAME or NAME:a,b)",
     "lambda_keep": "weight of the keep loss (used only with --keep)",
     "clip_views": "random crops per image pair for the CLIP terms (0: the plain images)",
     "clip_noise": "std of Gaussian noise added to the CLIP terms' images, the same for both images of a pair",
@@ -291,7 +356,7 @@ ADAPT_HELP: dict[str, str] = {
     "select_score": "how auto:K ranks W+ rows: mean_abs (official) or l2",
     "select_noise": "noise of the selection's renders: random (fresh, official) or const (stored)",
     "layer_sets": "nada (all: convs + to_rgbs; rows -> layers they drive) or official (all: constant + convs; "
-                  "official mapping)",
+    "official mapping)",
     "iterations": "training iterations",
     "batch_size": "latents per iteration",
     "lr": "learning rate as in the official code (Adam uses lr * 4/5)",
@@ -315,13 +380,24 @@ ADAPT_HELP: dict[str, str] = {
 
 def _adapt_arguments(p: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(p, AdaptConfig, ADAPT_HELP, CLI_FLAGS, defaults_note=", unless a profile or preset sets it")
-    p.add_argument("--preset", default=None, metavar="NAME",
-                   help="start from a preset's recipe (base, texts and options; nada presets list); flags given win")
-    p.add_argument("--reference", choices=sorted(REFERENCES), default=None,
-                   help="start from a reference mode's settings (official: see docs/adapt.md); flags given win")
-    p.add_argument("--print-config", action="store_true",
-                   help="print every resolved setting and where it came from (default, profile, preset, reference, "
-                   "user), then stop")
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="start from a preset's recipe (base, texts and options; nada presets list); flags given win",
+    )
+    p.add_argument(
+        "--reference",
+        choices=sorted(REFERENCES),
+        default=None,
+        help="start from a reference mode's settings (official: see docs/adapt.md); flags given win",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every resolved setting and where it came from (default, profile, preset, reference, "
+        "user), then stop",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     p.add_argument("--force", action="store_true", help="start over in an --out folder that already holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -372,11 +448,15 @@ def _presets_arguments(p: argparse.ArgumentParser) -> None:
     sub.add_parser("generators", help="table of registered base generators (names for --checkpoint and --generator)")
     show = sub.add_parser("show", help="details of one preset, with the `nada adapt` command that trains it")
     show.add_argument("name", help="preset name")
-    pack = sub.add_parser("pack", help="write the compact preset file of an adapted checkpoint (float16 differences to its base)")
+    pack = sub.add_parser(
+        "pack", help="write the compact preset file of an adapted checkpoint (float16 differences to its base)"
+    )
     pack.add_argument("name", help="preset name; the file goes where the preset table expects it unless --out is given")
     pack.add_argument("checkpoint", help="adapted checkpoint, e.g. runs/sketch/generator.pt from nada adapt")
     pack.add_argument("--out", default=None, help="output file (default: the preset's packaged or cache location)")
-    pack.add_argument("--base", default=None, help="registered base generator (default: the checkpoint's recorded base)")
+    pack.add_argument(
+        "--base", default=None, help="registered base generator (default: the checkpoint's recorded base)"
+    )
     pack.add_argument("--force", action="store_true", help="overwrite an existing preset file")
 
 
@@ -395,6 +475,7 @@ def _run_presets(args: argparse.Namespace) -> int:
             rows.append((p.name, p.base, p.domain, presets.preset_status(p).note))
         print(_table(("NAME", "BASE", "DOMAIN (SOURCE -> TARGET)", "LOCAL"), rows))
     elif args.presets_command == "generators":
+
         def local(g: "RegisteredGenerator") -> str:  # noqa: F821
             if is_local(g.name):
                 return "yes"
@@ -426,7 +507,10 @@ def _show_preset(p: "Preset") -> None:  # noqa: F821
     if status.path is not None and presets.is_compact(status.path):
         info = presets.packed_info(status.path)
         trained = {k: info["metadata"][k] for k in ("iterations", "layers", "clip") if k in info["metadata"]}
-        print(f"packed:      {info['tensors']} changed tensors, {info['parameters']:,} parameters; trained with {trained or 'unknown settings'}")
+        print(
+            f"packed:      {info['tensors']} changed tensors, {info['parameters']:,} parameters; "
+            f"trained with {trained or 'unknown settings'}"
+        )
     print(f"recipe:      {', '.join(f'{k}={v}' for k, v in p.options) or '(defaults)'}")
     print(f"train with:  {presets.adapt_command(p)}")
     print(f"then:        nada generate --preset {p.name} --seeds 0-7 --compare")
@@ -443,8 +527,10 @@ def _pack_preset(args: argparse.Namespace) -> None:
     written = presets.pack_preset(args.checkpoint, out, base=args.base or None, name=p.name, overwrite=args.force)
     info = presets.packed_info(written)
     full = Path(args.checkpoint).stat().st_size
-    print(f"wrote {written}: {info['tensors']} changed tensors ({info['parameters']:,} parameters), "
-          f"{human_size(info['bytes'])} instead of {human_size(full)} for the full checkpoint")
+    print(
+        f"wrote {written}: {info['tensors']} changed tensors ({info['parameters']:,} parameters), "
+        f"{human_size(info['bytes'])} instead of {human_size(full)} for the full checkpoint"
+    )
 
 
 # ---------------------------------------------------------------- stylize
@@ -463,16 +549,41 @@ INVERT_FLAGS = {"lambda_mse": "--mse", "lambda_lpips": "--lpips", "lambda_id": "
 
 
 def _stylize_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", action="append", required=True, metavar="PATH", help="photo to stylize; repeat for several")
-    p.add_argument("--preset", action="append", default=[], metavar="NAME", help="style preset (see `nada presets list`); repeatable")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted generator checkpoint; repeatable")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder: DIR/<image>/{aligned,reconstruction,<style>}.png, DIR/grid.png")
-    p.add_argument("--base", default=None, help="base generator the styles were adapted from (default: what their metadata says)")
-    p.add_argument("--align", choices=ALIGN_MODES, default="auto",
-                   help="ffhq: detect the face and align it like FFHQ (needs nada[faces]); none: image is already aligned; "
-                        "auto: what the base's profile says, else ffhq (default: %(default)s)")
+    p.add_argument(
+        "--image", action="append", required=True, metavar="PATH", help="photo to stylize; repeat for several"
+    )
+    p.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="style preset (see `nada presets list`); repeatable",
+    )
+    p.add_argument(
+        "--checkpoint", action="append", default=[], metavar="PATH", help="adapted generator checkpoint; repeatable"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: DIR/<image>/{aligned,reconstruction,<style>}.png, DIR/grid.png",
+    )
+    p.add_argument(
+        "--base", default=None, help="base generator the styles were adapted from (default: what their metadata says)"
+    )
+    p.add_argument(
+        "--align",
+        choices=ALIGN_MODES,
+        default="auto",
+        help="ffhq: detect the face and align it like FFHQ (needs nada[faces]); none: image is already aligned; "
+        "auto: what the base's profile says, else ffhq (default: %(default)s)",
+    )
     add_dataclass_arguments(p, InvertConfig, INVERT_HELP, INVERT_FLAGS, choices={"lpips_net": ("vgg", "alex")})
-    p.add_argument("--allow-missing-losses", action="store_true", help="run without losses whose weights are missing (they are named)")
+    p.add_argument(
+        "--allow-missing-losses",
+        action="store_true",
+        help="run without losses whose weights are missing (they are named)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -482,9 +593,18 @@ def _run_stylize(args: argparse.Namespace) -> int:
     config = dataclass_from_args(InvertConfig, args, list(INVERT_HELP))
     _preflight_stylize(args, config)
     report = stylize(
-        args.image, args.out, presets=args.preset, checkpoints=args.checkpoint, base=args.base, align=args.align,
-        config=config, device=resolve_device(args.device), allow_missing_losses=args.allow_missing_losses,
-        force=args.force, progress=not args.quiet, log=lambda msg: print(msg, file=sys.stderr),
+        args.image,
+        args.out,
+        presets=args.preset,
+        checkpoints=args.checkpoint,
+        base=args.base,
+        align=args.align,
+        config=config,
+        device=resolve_device(args.device),
+        allow_missing_losses=args.allow_missing_losses,
+        force=args.force,
+        progress=not args.quiet,
+        log=lambda msg: print(msg, file=sys.stderr),
     )
     for r in report.results:
         quality = f"MSE {r.mse:.4f}"
@@ -514,8 +634,10 @@ def _preflight_stylize(args: argparse.Namespace, config: "InvertConfig") -> None
 
 # WebLimits field -> help of its flag.
 WEB_LIMITS_HELP = {
-    "max_iterations": "most iterations of one Adapt job", "max_batch": "most latents per Adapt iteration",
-    "max_views": "most CLIP views per image pair in Adapt", "max_seeds": "most images per Generate click",
+    "max_iterations": "most iterations of one Adapt job",
+    "max_batch": "most latents per Adapt iteration",
+    "max_views": "most CLIP views per image pair in Adapt",
+    "max_seeds": "most images per Generate click",
     "max_steps": "most inversion steps per Stylize click",
     "max_upload_pixels": "most pixels (width x height) of an uploaded photo",
     "max_upload_mb": "most megabytes of one uploaded file",
@@ -523,21 +645,45 @@ WEB_LIMITS_HELP = {
 
 
 def _web_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on; 0.0.0.0 opens the demo to the network (default: %(default)s)")
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to listen on; 0.0.0.0 opens the demo to the network (default: %(default)s)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
-    p.add_argument("--generator", default=None,
-                   help="base generator: checkpoint path or registered name (default: the first packaged one)")
-    p.add_argument("--clip", default=AdaptConfig.clip,
-                   help="CLIP model or ensemble for adaptation; auto: the base profile's (default: %(default)s)")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="adapted checkpoint to offer as a style; repeatable")
-    p.add_argument("--checkpoints", default=None, metavar="DIR",
-                   help="folder whose checkpoint files visitors may name in the page "
-                        "(default: none, only presets and registered names)")
+    p.add_argument(
+        "--generator",
+        default=None,
+        help="base generator: checkpoint path or registered name (default: the first packaged one)",
+    )
+    p.add_argument(
+        "--clip",
+        default=AdaptConfig.clip,
+        help="CLIP model or ensemble for adaptation; auto: the base profile's (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="adapted checkpoint to offer as a style; repeatable",
+    )
+    p.add_argument(
+        "--checkpoints",
+        default=None,
+        metavar="DIR",
+        help="folder whose checkpoint files visitors may name in the page "
+        "(default: none, only presets and registered names)",
+    )
     p.add_argument("--work-dir", default=None, help="folder for runs and downloads (default: a new temporary folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     add_dataclass_arguments(p, WebLimits, WEB_LIMITS_HELP)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="weights' precision of the Generate tab (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="weights' precision of the Generate tab (default: %(default)s)",
+    )
 
 
 def _run_web(args: argparse.Namespace) -> int:
@@ -547,11 +693,18 @@ def _run_web(args: argparse.Namespace) -> int:
         raise NadaError("the web demo needs gradio: pip install 'nada[web]'") from None
 
     limits = dataclass_from_args(WebLimits, args, list(WEB_LIMITS_HELP))
-    backend = WebBackend(generator=args.generator or first_local_generator(), clip=args.clip,
-                         checkpoints=args.checkpoint, device=args.device, work_dir=args.work_dir,
-                         checkpoints_dir=args.checkpoints, limits=limits, precision=args.precision)
+    backend = WebBackend(
+        generator=args.generator or first_local_generator(),
+        clip=args.clip,
+        checkpoints=args.checkpoint,
+        device=args.device,
+        work_dir=args.work_dir,
+        checkpoints_dir=args.checkpoints,
+        limits=limits,
+        precision=args.precision,
+    )
     print(f"nada web: runs and downloads go to {backend.work_dir}", file=sys.stderr)
-    serve(build_app(backend), host=args.host, port=args.port, block=True)
+    web.serve(web.build_app(backend), host=args.host, port=args.port, block=True)  # looked up at call time
     return 0
 
 
@@ -561,18 +714,35 @@ def _run_web(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "generate": ("render images from a generator checkpoint for a list of seeds", _generate_arguments, _run_generate),
     "adapt": ("adapt a generator to a new domain described by text (StyleGAN-NADA)", _adapt_arguments, _run_adapt),
-    "video": ("videos of latent walks and domain walks as side-by-side panels (base | domains), MP4 or GIF",
-              _video_arguments, _run_video),
-    "presets": ("list, inspect and pack presets (named adapted generators) and the registered base generators", _presets_arguments, _run_presets),
-    "stylize": ("stylize photos: align, invert into the base generator, render with adapted generators", _stylize_arguments, _run_stylize),
-    "web": ("start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]", _web_arguments, _run_web),
+    "video": (
+        "videos of latent walks and domain walks as side-by-side panels (base | domains), MP4 or GIF",
+        _video_arguments,
+        _run_video,
+    ),
+    "presets": (
+        "list, inspect and pack presets (named adapted generators) and the registered base generators",
+        _presets_arguments,
+        _run_presets,
+    ),
+    "stylize": (
+        "stylize photos: align, invert into the base generator, render with adapted generators",
+        _stylize_arguments,
+        _run_stylize,
+    ),
+    "web": (
+        "start the web demo (Generate, Adapt, Stylize tabs) in the browser; needs nada[web]",
+        _web_arguments,
+        _run_web,
+    ),
 }
 # `nada eval` and `nada sweep` live in nada.frontends.cli_eval.
 COMMANDS.update(_cli_eval.COMMANDS)
 
 
 def register_command(
-    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace], int],
 ) -> None:
     """Add a subcommand `nada NAME` (a plugin's tools); NadaError if a command of that name exists."""

@@ -34,9 +34,10 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -261,14 +262,17 @@ class WebBackend:
     # ---- catalogue
 
     def _add_presets(self) -> None:
-        """Every preset adapted from this base that is here or downloads on first use (train-on-demand ones are left out)."""
+        """Every preset adapted from this base that is here or downloads on first use
+        (train-on-demand ones are left out)."""
         for name in known_presets():
             p = get_preset(name)
             status = preset_status(p)
             downloadable = p.weights is not None and p.weights.kind != "package"
             if p.base == self.base and (status.available or downloadable):
                 note = "" if status.available else " (downloads on first use)"
-                self._styles[f"preset:{name}"] = StyleEntry(f"preset:{name}", f"{name}: {p.domain}{note}", preset=name, base=p.base)
+                self._styles[f"preset:{name}"] = StyleEntry(
+                    f"preset:{name}", f"{name}: {p.domain}{note}", preset=name, base=p.base
+                )
 
     def add_checkpoint(self, path: str | Path) -> StyleEntry:
         """Offer an operator's checkpoint file to every visitor; its base comes from its metadata (else this app's)."""
@@ -382,10 +386,16 @@ class WebBackend:
     # ---- Generate
 
     def generate(
-        self, style_key: str, checkpoint: str = "", seeds: str = "", count: int = 4, truncation: float = 0.7,
+        self,
+        style_key: str,
+        checkpoint: str = "",
+        seeds: str = "",
+        count: int = 4,
+        truncation: float = 0.7,
         session: Session | None = None,
     ) -> tuple[list[tuple["Image.Image", str]], list[Path]]:
-        """Pairs (frozen base | adapted) per seed with captions, plus files to download: the comparison grid and a zip of all images."""
+        """Pairs (frozen base | adapted) per seed with captions, plus files to download: the comparison grid
+        and a zip of all images."""
         session = session if session is not None else Session()
         seed_list = self._seed_list(seeds, count)
         if not (math.isfinite(float(truncation)) and 0 <= float(truncation) <= 1):
@@ -395,12 +405,18 @@ class WebBackend:
         adapted = self.load_style(entry)
         base = self.load_base(entry.base)
         if (base.size, base.style_dim) != (adapted.size, adapted.style_dim):
-            raise NadaError(f"{entry.label} is not adapted from the base {entry.base!r} (different size or latent width): choose another style")
+            raise NadaError(
+                f"{entry.label} is not adapted from the base {entry.base!r} (different size or latent width): "
+                "choose another style"
+            )
         share_mean_latent(base, adapted)
         render = {"truncation_psi": float(truncation), "batch_size": 4, "precision": self.precision}
         with torch.no_grad():
             frozen, styled = generate_images(base, seed_list, **render), generate_images(adapted, seed_list, **render)
-        pairs = [(_pil(torch.cat([f, s], dim=-1)), f"seed {k}: base | {entry.label}") for k, f, s in zip(seed_list, frozen, styled)]
+        pairs = [
+            (_pil(torch.cat([f, s], dim=-1)), f"seed {k}: base | {entry.label}")
+            for k, f, s in zip(seed_list, frozen, styled)
+        ]
 
         out = self._new_output_dir("generate")
         grid = atomic_save_image(image_grid(comparison_rows(frozen, styled, GRID_COLUMNS)), out / "comparison.png")
@@ -432,15 +448,22 @@ class WebBackend:
         """The attributes an adaptation keeps unless the page says otherwise: the base profile's, else none."""
         return self.defaults().keep
 
-    def adapt_config(self, source: str, target: str, layers: str, iterations: int, run_dir: Path, keep: str | None = None) -> AdaptConfig:
+    def adapt_config(
+        self, source: str, target: str, layers: str, iterations: int, run_dir: Path, keep: str | None = None
+    ) -> AdaptConfig:
         """The run's AdaptConfig, resolved as `nada adapt` resolves it (defaults < the base's profile < the page's
         choices: texts, layers, iterations, keep (None: the profile's), clip), samples about every tenth of the run."""
         d = self.defaults()
         iterations = int(iterations)
         user = {
-            "source": (source or "").strip(), "target": (target or "").strip(), "layers": (layers or d.layers).strip(),
-            "iterations": iterations, "out_dir": str(run_dir), "device": str(self.device),
-            "sample_every": max(1, min(d.sample_every, iterations // 10)), "save_every": 0,
+            "source": (source or "").strip(),
+            "target": (target or "").strip(),
+            "layers": (layers or d.layers).strip(),
+            "iterations": iterations,
+            "out_dir": str(run_dir),
+            "device": str(self.device),
+            "sample_every": max(1, min(d.sample_every, iterations // 10)),
+            "save_every": 0,
             "keep": (d.keep if keep is None else keep).strip(),
         }
         if self.clip.strip().lower() != AUTO:
@@ -448,8 +471,13 @@ class WebBackend:
         return resolve(self.base, user=user)[0]
 
     def submit_adapt(
-        self, source: str, target: str, layers: str | None = None, iterations: int | None = None,
-        keep: str | None = None, session: Session | None = None,
+        self,
+        source: str,
+        target: str,
+        layers: str | None = None,
+        iterations: int | None = None,
+        keep: str | None = None,
+        session: Session | None = None,
     ) -> AdaptJob:
         """Check the settings, the limits and the weights, then queue an adaptation; NadaError for anything wrong.
 
@@ -457,8 +485,10 @@ class WebBackend:
         iterations = self.defaults().iterations if iterations is None else iterations
 
         if int(iterations) > self.limits.max_iterations:  # before anything else: no config for a huge run
-            raise NadaError(f"{int(iterations)} iterations asked for: this server runs at most "
-                            f"{self.limits.max_iterations} per adaptation; ask for fewer")
+            raise NadaError(
+                f"{int(iterations)} iterations asked for: this server runs at most "
+                f"{self.limits.max_iterations} per adaptation; ask for fewer"
+            )
 
         job_id = next(self._ids)
         name = f"run-{job_id}-{_slug(source or '')}-to-{_slug(target or '')}"
@@ -560,7 +590,9 @@ class WebBackend:
         except NadaError as e:  # the upload's temporary path means nothing to the person: name the file only
             raise NadaError(str(e).replace(str(photo), Path(photo).name)) from None
         r = report.results[0]
-        quality = f"MSE {r.mse:.4f}" + (f", {report.perceptual_name} {r.perceptual:.4f}" if r.perceptual is not None else "")
+        quality = f"MSE {r.mse:.4f}" + (
+            f", {report.perceptual_name} {r.perceptual:.4f}" if r.perceptual is not None else ""
+        )
         gallery = [(_pil(r.aligned), "aligned input"), (_pil(r.reconstruction), f"reconstruction ({quality})")]
         gallery += [(_pil(img), name) for name, img in r.styled.items()]
         return gallery, [n for n in notes if n.startswith("dropped")]
@@ -583,16 +615,26 @@ class WebBackend:
             return  # not an image: load_image names the file and says so
         if w * h > self.limits.max_upload_pixels:
             size = f"{w}x{h} pixels" if w < 2**31 else "too many pixels"
-            raise NadaError(f"{path.name} has {size}: this server reads photos of at most "
-                            f"{self.limits.max_upload_pixels / 1e6:.1f} megapixels; upload a smaller one")
+            raise NadaError(
+                f"{path.name} has {size}: this server reads photos of at most "
+                f"{self.limits.max_upload_pixels / 1e6:.1f} megapixels; upload a smaller one"
+            )
 
-    def _stylize(self, photo: str, entries: Sequence[StyleEntry], config: "InvertConfig", notes: list[str]) -> "StylizeReport":
-        """nada.photos.stylize.stylize on one photo into a fresh output folder; styles split into presets and checkpoint files."""
+    def _stylize(
+        self, photo: str, entries: Sequence[StyleEntry], config: "InvertConfig", notes: list[str]
+    ) -> "StylizeReport":
+        """nada.photos.stylize.stylize on one photo into a fresh output folder; styles split into presets
+        and checkpoint files."""
         return stylize(
-            [photo], self._new_output_dir("stylize"),
+            [photo],
+            self._new_output_dir("stylize"),
             presets=[e.preset for e in entries if e.preset is not None],
             checkpoints=[str(e.checkpoint) for e in entries if e.preset is None],
-            config=config, device=self.device, allow_missing_losses=True, progress=False, log=notes.append,
+            config=config,
+            device=self.device,
+            allow_missing_losses=True,
+            progress=False,
+            log=notes.append,
         )
 
 
@@ -622,7 +664,8 @@ def _seed_count(spec: str) -> int:
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a callback so any failure reaches the page as one short gr.Error (no stack trace); the server keeps serving."""
+    """Wrap a callback so any failure reaches the page as one short gr.Error (no stack trace);
+    the server keeps serving."""
     import functools
 
     import gradio as gr
@@ -648,7 +691,10 @@ def _progress_html(job: AdaptJob | None, status: str) -> str:
 
     value = job.step if job is not None else 0
     total = job.total if job is not None else 1
-    return f'<progress id="adapt-progress" value="{value}" max="{total}" style="width:100%"></progress><p id="adapt-status">{html.escape(status)}</p>'
+    return (
+        f'<progress id="adapt-progress" value="{value}" max="{total}" style="width:100%"></progress>'
+        f'<p id="adapt-status">{html.escape(status)}</p>'
+    )
 
 
 def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.Blocks":
@@ -660,46 +706,86 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
     first = (be.style_choices() or [("", None)])[0][1]
 
     with gr.Blocks(title="nada: StyleGAN-NADA", analytics_enabled=False) as app:
-        gr.Markdown(f"## nada: text-driven domain adaptation of StyleGAN2\nBase generator: `{be.base}` on `{be.device}`.")
+        gr.Markdown(
+            f"## nada: text-driven domain adaptation of StyleGAN2\nBase generator: `{be.base}` on `{be.device}`."
+        )
         with gr.Tab("Generate") as tab_generate:
             with gr.Row():
-                g_style = gr.Dropdown(be.style_choices(), value=first, label="style (preset or adapted generator)", elem_id="gen-style")
-                g_ckpt = gr.Textbox(label="or a preset, a registered generator or a file in the server's folder",
-                                    placeholder="sketch/generator.pt", elem_id="gen-checkpoint")
+                g_style = gr.Dropdown(
+                    be.style_choices(), value=first, label="style (preset or adapted generator)", elem_id="gen-style"
+                )
+                g_ckpt = gr.Textbox(
+                    label="or a preset, a registered generator or a file in the server's folder",
+                    placeholder="sketch/generator.pt",
+                    elem_id="gen-checkpoint",
+                )
             with gr.Row():
-                g_seeds = gr.Textbox(value="", label="seeds, e.g. 0-7 or 1,5,9 (empty: use the count)", elem_id="gen-seeds")
-                g_count = gr.Number(value=4, precision=0, minimum=1, maximum=be.limits.max_seeds, label="count",
-                                    elem_id="gen-count")
+                g_seeds = gr.Textbox(
+                    value="", label="seeds, e.g. 0-7 or 1,5,9 (empty: use the count)", elem_id="gen-seeds"
+                )
+                g_count = gr.Number(
+                    value=4, precision=0, minimum=1, maximum=be.limits.max_seeds, label="count", elem_id="gen-count"
+                )
                 g_trunc = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="truncation", elem_id="gen-truncation")
             g_button = gr.Button("Generate", variant="primary", elem_id="gen-button")
-            g_gallery = gr.Gallery(label="base | adapted, per seed", columns=4, object_fit="contain", elem_id="gen-gallery")
+            g_gallery = gr.Gallery(
+                label="base | adapted, per seed", columns=4, object_fit="contain", elem_id="gen-gallery"
+            )
             g_files = gr.File(label="download", file_count="multiple", elem_id="gen-files")
 
-        with gr.Tab("Adapt") as tab_adapt:
+        with gr.Tab("Adapt"):
             with gr.Row():
-                a_source = gr.Textbox(value=d.source, label="source text (what the generator makes now)", elem_id="adapt-source")
-                a_target = gr.Textbox(value=d.target, label="target text (the new domain)", placeholder="sketch", elem_id="adapt-target")
+                a_source = gr.Textbox(
+                    value=d.source, label="source text (what the generator makes now)", elem_id="adapt-source"
+                )
+                a_target = gr.Textbox(
+                    value=d.target, label="target text (the new domain)", placeholder="sketch", elem_id="adapt-target"
+                )
             with gr.Row():
-                a_layers = gr.Dropdown(list(dict.fromkeys([d.layers, *LAYER_CHOICES])), value=d.layers, allow_custom_value=True,
-                                       label="layers to train (all, last:K, auto:K, grad:K or names)", elem_id="adapt-layers")
-                a_iters = gr.Number(value=min(d.iterations, be.limits.max_iterations), precision=0, minimum=1,
-                                    maximum=be.limits.max_iterations, label="iterations", elem_id="adapt-iterations")
-            a_keep = gr.Textbox(value=be.default_keep(), label="attributes to keep, read by CLIP: 'a smiling face|a frowning face; "
-                                "glasses|no glasses', or registered groups by name (NAME or NAME:a,b); empty: none",
-                                elem_id="adapt-keep")
+                a_layers = gr.Dropdown(
+                    list(dict.fromkeys([d.layers, *LAYER_CHOICES])),
+                    value=d.layers,
+                    allow_custom_value=True,
+                    label="layers to train (all, last:K, auto:K, grad:K or names)",
+                    elem_id="adapt-layers",
+                )
+                a_iters = gr.Number(
+                    value=min(d.iterations, be.limits.max_iterations),
+                    precision=0,
+                    minimum=1,
+                    maximum=be.limits.max_iterations,
+                    label="iterations",
+                    elem_id="adapt-iterations",
+                )
+            a_keep = gr.Textbox(
+                value=be.default_keep(),
+                label="attributes to keep, read by CLIP: 'a smiling face|a frowning face; "
+                "glasses|no glasses', or registered groups by name (NAME or NAME:a,b); empty: none",
+                elem_id="adapt-keep",
+            )
             with gr.Row():
                 a_start = gr.Button("Adapt", variant="primary", elem_id="adapt-button")
                 a_cancel = gr.Button("Cancel", variant="stop", elem_id="adapt-cancel")
             a_status = gr.HTML(_progress_html(None, "idle"), elem_id="adapt-status-box")
-            a_grid = gr.Image(label="samples: base row above adapted row", type="filepath", interactive=False, elem_id="adapt-grid")
+            a_grid = gr.Image(
+                label="samples: base row above adapted row", type="filepath", interactive=False, elem_id="adapt-grid"
+            )
             a_job = gr.State(None)
 
         with gr.Tab("Stylize") as tab_stylize:
             with gr.Row():
                 s_photo = gr.File(label="photo", type="filepath", elem_id="stylize-photo")
-                s_styles = gr.CheckboxGroup(be.style_choices(), value=[first] if first else [], label="styles", elem_id="stylize-styles")
-            s_steps = gr.Slider(1, be.limits.max_steps, value=min(InvertConfig().steps, be.limits.max_steps), step=1,
-                                label="inversion steps", elem_id="stylize-steps")
+                s_styles = gr.CheckboxGroup(
+                    be.style_choices(), value=[first] if first else [], label="styles", elem_id="stylize-styles"
+                )
+            s_steps = gr.Slider(
+                1,
+                be.limits.max_steps,
+                value=min(InvertConfig().steps, be.limits.max_steps),
+                step=1,
+                label="inversion steps",
+                elem_id="stylize-steps",
+            )
             s_button = gr.Button("Stylize", variant="primary", elem_id="stylize-button")
             s_gallery = gr.Gallery(label="aligned input, reconstruction, styles", columns=4, elem_id="stylize-gallery")
         session = gr.State(Session())  # this visitor's styles and jobs; Gradio gives each visitor a copy
@@ -715,7 +801,12 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
             return gr.update(choices=be.style_choices(visitor)), gr.update(choices=be.style_choices(visitor))
 
         def adapt_stream(
-            source: str, target: str, layers: str, iterations: float, attributes: str, visitor: Session,
+            source: str,
+            target: str,
+            layers: str,
+            iterations: float,
+            attributes: str,
+            visitor: Session,
             progress: gr.Progress = gr.Progress(),
         ) -> Iterator[tuple[Any, ...]]:
             job = _user_errors(be.submit_adapt)(source, target, layers, int(iterations or 0), attributes or "", visitor)
@@ -744,7 +835,9 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
         @_user_errors
         def on_cancel(job_id: int | None, visitor: Session) -> str:
             job = be.cancel(job_id, visitor)
-            return _progress_html(job, "cancelling: stops after the current iteration" if job.state == "running" else be.job_status(job))
+            return _progress_html(
+                job, "cancelling: stops after the current iteration" if job.state == "running" else be.job_status(job)
+            )
 
         @_user_errors
         def on_stylize(photo: str | None, styles: list[str], steps: float, visitor: Session) -> tuple[Any, ...]:
@@ -753,11 +846,15 @@ def build_app(backend: WebBackend | None = None, **backend_options: Any) -> "gr.
                 gr.Info(note)
             return gallery
 
-        g_button.click(on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc, session],
-                       [g_gallery, g_files, g_style, session])
-        a_start.click(adapt_stream, [a_source, a_target, a_layers, a_iters, a_keep, session],
-                      [a_job, a_status, a_grid, g_style, s_styles, session],
-                      concurrency_limit=None)  # many pages may watch their jobs; the JobQueue runs one at a time
+        g_button.click(
+            on_generate, [g_style, g_ckpt, g_seeds, g_count, g_trunc, session], [g_gallery, g_files, g_style, session]
+        )
+        a_start.click(
+            adapt_stream,
+            [a_source, a_target, a_layers, a_iters, a_keep, session],
+            [a_job, a_status, a_grid, g_style, s_styles, session],
+            concurrency_limit=None,
+        )  # many pages may watch their jobs; the JobQueue runs one at a time
         a_cancel.click(on_cancel, [a_job, session], [a_status], concurrency_limit=None)
         s_button.click(on_stylize, [s_photo, s_styles, s_steps, session], [s_gallery])
         for tab in (tab_generate, tab_stylize):
@@ -774,12 +871,21 @@ def _local_theme() -> "gr.themes.Base":
 
 
 def serve(app: "gr.Blocks", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True) -> str:
-    """Start the page on host:port (queue on, no share link, no telemetry); returns its URL. block=False returns at once."""
+    """Start the page on host:port (queue on, no share link, no telemetry); returns its URL.
+    block=False returns at once."""
     be: WebBackend = app.nada_backend  # type: ignore[attr-defined]
     app.queue(default_concurrency_limit=1)
     _, url, _ = app.launch(
-        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=False, quiet=not block,
-        allowed_paths=[str(be.work_dir)], ssr_mode=False, theme=_local_theme(), footer_links=[],
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=not block,
+        show_error=False,
+        quiet=not block,
+        allowed_paths=[str(be.work_dir)],
+        ssr_mode=False,
+        theme=_local_theme(),
+        footer_links=[],
         max_file_size=be.limits.max_upload_mb * 1_000_000,
     )
     return url

@@ -52,7 +52,9 @@ def _resolve_source(source: str | os.PathLike) -> Path:
         any(sep in text for sep in ("/", "\\")) or path.suffix.lower() in _PATH_SUFFIXES or text.startswith((".", "~"))
     )
     if looks_like_path:
-        raise NadaError(f"checkpoint file {path} not found: check the path (or a registered name: nada presets generators)")
+        raise NadaError(
+            f"checkpoint file {path} not found: check the path (or a registered name: nada presets generators)"
+        )
     from nada.weights.registry import resolve_generator
 
     return resolve_generator(text)

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -375,14 +376,16 @@ class Term:
 
 def load_term(name: str, device: str | torch.device = "cpu") -> Term:
     """A preset name (or a file path) as a Term: domain files stay vectors, anything else loads as a generator."""
-    from nada.weights.presets import PRESETS, load_preset_file, preset_file
+    from nada.weights.presets import known_presets, load_preset_file, preset_file
 
-    if name in PRESETS:
+    if name in known_presets():
         path = preset_file(name)
     elif Path(name).expanduser().is_file():
         path = Path(name).expanduser()
     else:
-        raise NadaError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)} or the path of an adapted generator")
+        raise NadaError(
+            f"unknown preset {name!r}: use one of {', '.join(known_presets())} or the path of an adapted generator"
+        )
     domain = read_domain(path)
     return Term(name, domain, None if domain is not None else load_preset_file(path, device))
 
@@ -466,10 +469,10 @@ class DomainRows:
     def _recorded_base(name: str) -> str:
         """The base generator a preset names or a nada checkpoint records; NadaError when there is none."""
         from nada.generator.checkpoints import read_metadata
-        from nada.weights.presets import PRESETS
+        from nada.weights.presets import get_preset, known_presets
 
-        if name in PRESETS:
-            return PRESETS[name].base
+        if name in known_presets():
+            return get_preset(name).base
         try:
             base = read_metadata(name).get("base_model")
         except NadaError:

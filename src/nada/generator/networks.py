@@ -321,7 +321,11 @@ class ModulatedConv2d(nn.Module):
         return self.weight[0][None] * coef[..., None, None]
 
     def forward(
-        self, x: torch.Tensor, style: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        style: torch.Tensor,
+        gain: float = 1.0,
+        bias: torch.Tensor | None = None,
         domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """gain * modconv(x, style) + bias: x [N, in, H, W] -> [N, out, H', W']; domain [N or 1, in] scales styles."""
@@ -610,7 +614,10 @@ class Generator(nn.Module):
         return None
 
     def synthesis(
-        self, ws: torch.Tensor, noise: Sequence[torch.Tensor] | None = None, noise_mode: str = "const",
+        self,
+        ws: torch.Tensor,
+        noise: Sequence[torch.Tensor] | None = None,
+        noise_mode: str = "const",
         domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Synthesis network: ws [N, n_latent, style_dim] -> image [N, 3, size, size] (about [-1, 1]).
@@ -643,8 +650,12 @@ class Generator(nn.Module):
         return skip.contiguous()
 
     def forward(
-        self, z: torch.Tensor, truncation_psi: float = 1.0, noise: Sequence[torch.Tensor] | None = None,
-        noise_mode: str = "const", domain: torch.Tensor | None = None,
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        noise: Sequence[torch.Tensor] | None = None,
+        noise_mode: str = "const",
+        domain: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """z [N, style_dim] -> image [N, 3, size, size], truncated towards `mean_latent` (domain: see `synthesis`)."""
         w = self.truncate(self.mapping(z), truncation_psi)
@@ -668,8 +679,10 @@ class Generator(nn.Module):
             return {name: None for name, _ in layers}
         rows = domain.reshape(1, -1) if domain.ndim == 1 else domain
         if rows.ndim != 2 or rows.shape[1] != self.domain_size or rows.shape[0] not in (1, n):
-            raise NadaError(f"domain vector of shape {list(domain.shape)} does not fit this generator: "
-                            f"give [{self.domain_size}] or [{n}, {self.domain_size}] (one per sample)")
+            raise NadaError(
+                f"domain vector of shape {list(domain.shape)} does not fit this generator: "
+                f"give [{self.domain_size}] or [{n}, {self.domain_size}] (one per sample)"
+            )
         parts = rows.split([c for _, c in layers], dim=1)
         return {name: part for (name, _), part in zip(layers, parts)}
 

@@ -10,8 +10,8 @@ with LPIPS as the perceptual distance and the ArcFace identity loss for real fac
 0.5, 1.0 as in the StyleGAN/e4e literature). A base whose profile (`nada.profiles`) brings its own
 perceptual distance uses that instead of LPIPS, and the identity loss only where the profile says it
 applies (the identity network knows human faces only). Adam with the learning-rate schedule of
-rosinality's projector (short warm-up, cosine ramp-down). Noise stays the generator's stored constant noise, so the code found
-renders the same image in every generator adapted from this base (`render_wplus`).
+rosinality's projector (short warm-up, cosine ramp-down). Noise stays the generator's stored constant noise,
+so the code found renders the same image in every generator adapted from this base (`render_wplus`).
 
 `build_losses` loads the networks and refuses, naming the missing file, when a wanted loss has no
 weights, unless ``allow_missing=True``, in which case that loss is dropped and reported.
@@ -20,8 +20,9 @@ weights, unless ``allow_missing=True``, in which case that loss is dropped and r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,10 @@ class InvertConfig:
         if self.lpips_net not in ("vgg", "alex"):
             raise NadaError(f"unknown LPIPS network {self.lpips_net!r}: use vgg or alex")
         if self.noise_mode not in ("const", "none"):
-            raise NadaError(f"inversion noise mode {self.noise_mode!r} is invalid: use const or none (random noise cannot be inverted)")
+            raise NadaError(
+                f"inversion noise mode {self.noise_mode!r} is invalid: "
+                "use const or none (random noise cannot be inverted)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type dict of every setting."""
@@ -168,7 +172,9 @@ def lr_at(step: int, config: InvertConfig) -> float:
     return config.lr * ramp
 
 
-def _per_image_losses(img: torch.Tensor, target: torch.Tensor, losses: ReconstructionLosses, config: InvertConfig) -> dict[str, torch.Tensor]:
+def _per_image_losses(
+    img: torch.Tensor, target: torch.Tensor, losses: ReconstructionLosses, config: InvertConfig
+) -> dict[str, torch.Tensor]:
     """Each loss as [N] for renders img and targets, both [N, 3, S, S] in [-1, 1]."""
     from nada.photos.perceptual import downsample_for_lpips
 
@@ -197,9 +203,13 @@ def invert(
     losses = losses if losses is not None else ReconstructionLosses()
     size = G.size
     assert target.ndim == 4 and target.shape[1:] == (3, size, size), (
-        f"targets must be aligned images [N, 3, {size}, {size}], got {tuple(target.shape)}")
+        f"targets must be aligned images [N, 3, {size}, {size}], got {tuple(target.shape)}"
+    )
     if not bool(G.mean_latent.any()):
-        raise NadaError("the base generator has no mean latent, which inversion starts from: load it from a checkpoint that stores one")
+        raise NadaError(
+            "the base generator has no mean latent, which inversion starts from: "
+            "load it from a checkpoint that stores one"
+        )
     device = G.mean_latent.device
     target = target.to(device=device, dtype=torch.float32)
     G.eval()
@@ -224,7 +234,9 @@ def invert(
             loss.sum().backward()
             opt.step()
             if step % log_every == 0 or step == config.steps - 1:
-                row = {"step": float(step), "lr": lr, "loss": float(loss.detach().mean())} | {k: float(v.detach().mean()) for k, v in parts.items()}
+                row = {"step": float(step), "lr": lr, "loss": float(loss.detach().mean())} | {
+                    k: float(v.detach().mean()) for k, v in parts.items()
+                }
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", mse=f"{row['mse']:.4f}")
         with torch.no_grad():  # quality is reported on what the user gets: the clamped image
@@ -245,14 +257,19 @@ def invert(
 
 
 @torch.no_grad()
-def render_wplus(G: nn.Module, wplus: torch.Tensor, noise: list[torch.Tensor] | None = None, batch_size: int = 4) -> torch.Tensor:
-    """Render W+ codes [N, n_latent, style_dim] with G (e.g. an adapted generator) -> [N, 3, S, S] in [-1, 1] on the CPU.
+def render_wplus(
+    G: nn.Module, wplus: torch.Tensor, noise: list[torch.Tensor] | None = None, batch_size: int = 4
+) -> torch.Tensor:
+    """Render W+ codes [N, n_latent, style_dim] with G (e.g. an adapted generator) -> [N, 3, S, S] in [-1, 1]
+    on the CPU.
 
     Pass the base generator's ``noise_buffers()`` as `noise` so the adapted render uses the very noise
     the code was found with.
     """
     assert wplus.ndim == 3 and wplus.shape[1:] == (G.n_latent, G.style_dim), (
-        f"W+ codes must be [N, {G.n_latent}, {G.style_dim}], got {tuple(wplus.shape)}: was this generator adapted from another base?")
+        f"W+ codes must be [N, {G.n_latent}, {G.style_dim}], got {tuple(wplus.shape)}: "
+        "was this generator adapted from another base?"
+    )
     device = G.mean_latent.device
     G.eval()
     noise = [t.to(device) for t in noise] if noise is not None else None
@@ -264,4 +281,6 @@ def resize_to(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize [N, 3, H, W] to [N, 3, size, size] (antialiased bicubic; no-op at that size)."""
     if img.shape[-2:] == (size, size):
         return img
-    return F.interpolate(img.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    return F.interpolate(img.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(
+        -1, 1
+    )

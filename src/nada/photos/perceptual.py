@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nada.errors import NadaError
-from nada.guidance.clip import load_clip
 from nada.weights import download
 from nada.weights.download import WeightsSource, local_path, missing_file_error
 from nada.weights.safe_load import read_state_dict as load_state_dict
@@ -372,4 +371,3 @@ class ClipFeatureDistance(nn.Module):
             f = f.float()
             total = total + (_unit_channels(f[:n]) - _unit_channels(f[n:])).pow(2).sum(dim=1).mean(dim=(1, 2))
         return total / len(maps)
-

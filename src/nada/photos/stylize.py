@@ -18,15 +18,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from nada.errors import NadaError
-from nada.photos.invert import InvertConfig
 from nada.io import check_writable_folder, write_error
+from nada.photos.invert import InvertConfig
 
 STAGING_PREFIX = ".nada-stylize-"
 
@@ -42,7 +43,8 @@ class Style:
 
 @dataclass
 class ImageResult:
-    """Everything produced for one input image; tensors are [1, 3, S, S] in [-1, 1] (wplus: [1, n_latent, style_dim])."""
+    """Everything produced for one input image; tensors are [1, 3, S, S] in [-1, 1]
+    (wplus: [1, n_latent, style_dim])."""
 
     source: Path
     folder: str
@@ -87,8 +89,11 @@ def _safe_name(name: str) -> str:
     return keep or "style"
 
 
-def load_styles(presets: Sequence[str], checkpoints: Sequence[str], device: torch.device, progress: bool = True) -> list[Style]:
-    """Load every preset (through nada.weights.presets) and checkpoint; each Style records the base it was adapted from."""
+def load_styles(
+    presets: Sequence[str], checkpoints: Sequence[str], device: torch.device, progress: bool = True
+) -> list[Style]:
+    """Load every preset (through nada.weights.presets) and checkpoint; each Style records the base
+    it was adapted from."""
     from nada.generator.checkpoints import load_generator, read_metadata
 
     styles: list[Style] = []
@@ -118,15 +123,22 @@ def resolve_base(styles: Sequence[Style], base: str | None) -> str:
     if base:
         return base
     if not styles:
-        raise NadaError("nothing to stylize with: give at least one --preset or --checkpoint (or --base to only invert)")
+        raise NadaError(
+            "nothing to stylize with: give at least one --preset or --checkpoint (or --base to only invert)"
+        )
     unknown = [s.name for s in styles if s.base is None]
     if unknown:
-        raise NadaError(f"cannot tell which base generator {unknown[0]!r} was adapted from (its file does not record it): "
-                        "pass --base with the base checkpoint or name")
+        raise NadaError(
+            f"cannot tell which base generator {unknown[0]!r} was adapted from (its file does not record it): "
+            "pass --base with the base checkpoint or name"
+        )
     bases = sorted({str(s.base) for s in styles})
     if len(bases) > 1:
         listing = ", ".join(f"{s.name}: {s.base}" for s in styles)
-        raise NadaError(f"the styles come from different base generators ({listing}): stylize with styles of one base at a time, or pass --base")
+        raise NadaError(
+            f"the styles come from different base generators ({listing}): "
+            "stylize with styles of one base at a time, or pass --base"
+        )
     return bases[0]
 
 
@@ -136,8 +148,10 @@ def _check_compatible(base_G: torch.nn.Module, styles: Sequence[Style], base: st
     for s in styles:
         got = (s.generator.size, s.generator.n_latent, s.generator.style_dim)
         if got != want:
-            raise NadaError(f"style {s.name!r} is a {got[0]}px generator with W+ {got[1]}x{got[2]}, but the base {base!r} is "
-                            f"{want[0]}px with W+ {want[1]}x{want[2]}: use styles adapted from that base (or the right --base)")
+            raise NadaError(
+                f"style {s.name!r} is a {got[0]}px generator with W+ {got[1]}x{got[2]}, but the base {base!r} is "
+                f"{want[0]}px with W+ {want[1]}x{want[2]}: use styles adapted from that base (or the right --base)"
+            )
 
 
 def _base_metadata(base: str) -> dict[str, Any]:
@@ -174,8 +188,8 @@ def stylize(
     log: Callable[[str], None] = print,
 ) -> StylizeReport:
     """Align, invert and restyle each image; write the results under out_dir (see the module docstring)."""
-    from nada.photos.align import ALIGN_MODES, align_face, alignment_for_base, load_detector
     from nada.generator.checkpoints import load_generator
+    from nada.photos.align import ALIGN_MODES, align_face, alignment_for_base, load_detector
     from nada.photos.images import load_image
     from nada.photos.invert import build_losses, invert, loss_kind_for_base, render_wplus
 
@@ -206,15 +220,18 @@ def stylize(
     meta = _base_metadata(base)
     mode = alignment_for_base(base, meta) if align == "auto" else align
     kind = loss_kind_for_base(base, meta)
-    losses = build_losses(config, kind, device, allow_missing=allow_missing_losses, progress=progress, base=base,
-                          metadata=meta)
+    losses = build_losses(
+        config, kind, device, allow_missing=allow_missing_losses, progress=progress, base=base, metadata=meta
+    )
     notes = [f"dropped loss {d}" for d in losses.dropped]
     for n in notes:
         log(n)
 
     # 2. Alignment (may find no face), then inversion into the base generator.
     detector = load_detector() if mode == "ffhq" else None
-    aligned = [align_face(x, base_G.size, mode, detector=detector, log=log, name=str(p)).image for x, p in zip(pixels, paths)]
+    aligned = [
+        align_face(x, base_G.size, mode, detector=detector, log=log, name=str(p)).image for x, p in zip(pixels, paths)
+    ]
     log(f"inverting {len(aligned)} image(s) into {base} ({base_G.size}px, alignment {mode}, {config.steps} steps)")
     target = torch.cat(aligned)
     results: list[ImageResult] = []
@@ -225,11 +242,18 @@ def stylize(
         styled = {s.name: render_wplus(s.generator, inv.wplus, noise=noise) for s in styles}
         for i in range(chunk.shape[0]):
             k = start + i
-            results.append(ImageResult(
-                source=paths[k], folder=folders[k], aligned=chunk[i : i + 1].cpu(), reconstruction=inv.reconstruction[i : i + 1].cpu(),
-                wplus=inv.wplus[i : i + 1].cpu(), styled={n: t[i : i + 1] for n, t in styled.items()},
-                mse=inv.mse[i], perceptual=None if inv.perceptual is None else inv.perceptual[i],
-            ))
+            results.append(
+                ImageResult(
+                    source=paths[k],
+                    folder=folders[k],
+                    aligned=chunk[i : i + 1].cpu(),
+                    reconstruction=inv.reconstruction[i : i + 1].cpu(),
+                    wplus=inv.wplus[i : i + 1].cpu(),
+                    styled={n: t[i : i + 1] for n, t in styled.items()},
+                    mse=inv.mse[i],
+                    perceptual=None if inv.perceptual is None else inv.perceptual[i],
+                )
+            )
 
     # 3. Write: stage everything, then move into place.
     written = _write_all(out_dir, results, [s.name for s in styles])
@@ -238,8 +262,8 @@ def stylize(
 
 def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Sequence[str]) -> list[Path]:
     """Write every output into a staging folder inside out_dir, then rename each into place; on error nothing stays."""
-    from nada.photos.images import tensor_to_pil
     from nada.io import image_grid
+    from nada.photos.images import tensor_to_pil
 
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)

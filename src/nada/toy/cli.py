@@ -18,16 +18,22 @@ TILE_PAD = 2  # the padding nada.io.image_grid puts around every tile
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `nada toy`."""
     sub = p.add_subparsers(dest="toy_command", metavar="ACTION", required=True)
-    judge = sub.add_parser("judge", help="the strict toy judge's verdicts for images, as JSON "
-                           "(style or none, reject score, attributes)")
+    judge = sub.add_parser(
+        "judge", help="the strict toy judge's verdicts for images, as JSON (style or none, reject score, attributes)"
+    )
     judge.add_argument("images", nargs="+", type=Path, help="image files (any size: each is resized to 64x64)")
     judge.add_argument("--target", default=None, help="a toy style whose rate to report, e.g. sketch")
-    judge.add_argument("--grid", type=int, default=0, metavar="SIZE",
-                       help="each file is a grid of SIZE-pixel tiles with 2-pixel padding (nada's sample grids: 64); "
-                       "judge every tile")
+    judge.add_argument(
+        "--grid",
+        type=int,
+        default=0,
+        metavar="SIZE",
+        help="each file is a grid of SIZE-pixel tiles with 2-pixel padding (nada's sample grids: 64); judge every tile",
+    )
     judge.add_argument("--evaluator", type=Path, default=None, help="judge weights (default: the packaged ones)")
-    judge.add_argument("--out", type=Path, default=None,
-                       help="also write the JSON to this file (refuses to overwrite one)")
+    judge.add_argument(
+        "--out", type=Path, default=None, help="also write the JSON to this file (refuses to overwrite one)"
+    )
 
 
 def split_grid(img: "torch.Tensor", size: int, pad: int = TILE_PAD) -> "torch.Tensor":
@@ -37,8 +43,10 @@ def split_grid(img: "torch.Tensor", size: int, pad: int = TILE_PAD) -> "torch.Te
     h, w = img.shape[-2:]
     rows, cols = (h - pad) // (size + pad), (w - pad) // (size + pad)
     if rows < 1 or cols < 1 or rows * (size + pad) + pad != h or cols * (size + pad) + pad != w:
-        raise NadaError(f"a {w}x{h} image is not a grid of {size}-pixel tiles with {pad}-pixel padding: "
-                        "give the tile size nada wrote (64 for the toy world) or drop --grid")
+        raise NadaError(
+            f"a {w}x{h} image is not a grid of {size}-pixel tiles with {pad}-pixel padding: "
+            "give the tile size nada wrote (64 for the toy world) or drop --grid"
+        )
     corners = [(pad + r * (size + pad), pad + c * (size + pad)) for r in range(rows) for c in range(cols)]
     return torch.cat([img[:, :, y : y + size, x : x + size] for y, x in corners])
 

@@ -24,8 +24,16 @@ NAME = "toy"
 # convolutional toy-rn, which share one text space, smoothed by noise; views, the structure term and
 # the keep term on the six face attributes keep the faces (docs/toy_quality.md measures each part).
 TOY_RECIPE: tuple[tuple[str, Any], ...] = (
-    ("clip", "toy,toy-robust:2,toy-rn"), ("layers", "all"), ("iterations", 300), ("lr", 0.005), ("clip_views", 8),
-    ("clip_noise", 0.4), ("lambda_structure", 1.0), ("keep", NAME), ("lambda_keep", 0.1), ("seed", 0),
+    ("clip", "toy,toy-robust:2,toy-rn"),
+    ("layers", "all"),
+    ("iterations", 300),
+    ("lr", 0.005),
+    ("clip_views", 8),
+    ("clip_noise", 0.4),
+    ("lambda_structure", 1.0),
+    ("keep", NAME),
+    ("lambda_keep", 0.1),
+    ("seed", 0),
 )
 # Packaged presets: style -> (description, changes to TOY_RECIPE); the styles the guides move least get a
 # larger step (docs/presets.md gives the measurements behind each lr).
@@ -62,13 +70,14 @@ def _register_generator() -> None:
     from nada.weights.registry import RegisteredGenerator, register_generator
 
     weights = WeightsSource("generator.pt", package_path="assets/toy/generator.pt")
-    register_generator(RegisteredGenerator(NAME, weights, 64, "64x64 toy faces trained by nada, small enough "
-                                           "for the CPU (packaged)"))
+    register_generator(
+        RegisteredGenerator(NAME, weights, 64, "64x64 toy faces trained by nada, small enough for the CPU (packaged)")
+    )
 
 
 def _register_prompts() -> None:
-    from nada.toy.clips import TOY_CLIPS
     from nada.guidance.templates import register_attribute_groups, register_prompt_set
+    from nada.toy.clips import TOY_CLIPS
     from nada.toy.render import ATTRIBUTE_PROMPTS, TEMPLATES
 
     register_prompt_set(NAME, TEMPLATES, clips=tuple(TOY_CLIPS))  # the prompts the toy CLIPs were trained with
@@ -82,11 +91,18 @@ def _register_profile() -> None:
         """The toy CLIP's token-feature distance (looked up at call time, so tests can stand in for it)."""
         return load_toy_perceptual(device)
 
-    register_profile(Profile(
-        NAME, TOY_RECIPE, perceptual=("toy CLIP features", load_perceptual), identity=False,
-        alignment="none", judge=judge, description="the toy recipe (docs/toy_quality.md)",
-        evaluation=EvalWorld(NAME, ("toy-rn", "toy-robust", "toy"), eval_judges, EVAL_COLUMNS, EVAL_SHEET),
-    ))
+    register_profile(
+        Profile(
+            NAME,
+            TOY_RECIPE,
+            perceptual=("toy CLIP features", load_perceptual),
+            identity=False,
+            alignment="none",
+            judge=judge,
+            description="the toy recipe (docs/toy_quality.md)",
+            evaluation=EvalWorld(NAME, ("toy-rn", "toy-robust", "toy"), eval_judges, EVAL_COLUMNS, EVAL_SHEET),
+        )
+    )
 
 
 def _register_presets() -> None:
@@ -102,16 +118,29 @@ def _register_presets() -> None:
     name = f"{NAME}-watercolor-dv"
     options = tuple((k, 0.05 if k == "lr" else v) for k, v in TOY_RECIPE) + (("params", "domain"),)
     weights = WeightsSource(f"{name}.pt", package_path=f"assets/toy/presets/{name}.pt")
-    register_preset(Preset(name, NAME, "photo", "watercolor", options, weights,
-                           "toy faces as watercolour washes (a domain vector: 1,312 numbers, 9 KB)"))
+    register_preset(
+        Preset(
+            name,
+            NAME,
+            "photo",
+            "watercolor",
+            options,
+            weights,
+            "toy faces as watercolour washes (a domain vector: 1,312 numbers, 9 KB)",
+        )
+    )
 
 
 def _register_commands() -> None:
     from nada.frontends.cli import register_command
     from nada.toy import cli
 
-    register_command(NAME, "toy-world tools: `nada toy judge IMAGES --target sketch` prints the strict toy judge's "
-                     "verdicts", cli.add_arguments, cli.run)
+    register_command(
+        NAME,
+        "toy-world tools: `nada toy judge IMAGES --target sketch` prints the strict toy judge's verdicts",
+        cli.add_arguments,
+        cli.run,
+    )
 
 
 # The toy judge's quality metrics in `nada eval` tables and on the sweep's contact sheet.
@@ -152,8 +181,9 @@ def eval_judges(device: torch.device) -> "WorldJudges":
         return quality_from_images(evaluator, base.to(device), adapted.to(device), what).to_dict()
 
     note = "not measured: the toy world reads its attributes with the toy evaluator (content kept)"
-    return WorldJudges(distance, "toy CLIP token distance", EvaluatorFeatures(evaluator), "toy evaluator embedding",
-                       note, quality)
+    return WorldJudges(
+        distance, "toy CLIP token distance", EvaluatorFeatures(evaluator), "toy evaluator embedding", note, quality
+    )
 
 
 def judge(config: "AdaptConfig", G_train: "Generator", run_dir: Path) -> list[str]:
@@ -167,16 +197,22 @@ def judge(config: "AdaptConfig", G_train: "Generator", run_dir: Path) -> list[st
     if report is None:
         return [f"metrics:     none (the toy evaluator knows no style or attribute in {config.target!r})"]
     path = run_dir / "metrics.json"
-    record = {**report.to_dict(), "judge": "nada.toy.evaluator (strict: none for filters and blends), not the "
-              "guiding CLIP", "latents": "z = torch.randn(n, style_dim) from torch.Generator().manual_seed(0)"}
+    record = {
+        **report.to_dict(),
+        "judge": "nada.toy.evaluator (strict: none for filters and blends), not the guiding CLIP",
+        "latents": "z = torch.randn(n, style_dim) from torch.Generator().manual_seed(0)",
+    }
     atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
-    lines = [f"metrics:     {path} ({report.target}: {report.target_rate:.0%} of {report.n} adapted images, "
-             f"{report.frozen_target_rate:.0%} before; content kept {report.content_kept:.0%}; "
-             f"diversity {report.diversity_ratio:.2f})"]
+    lines = [
+        f"metrics:     {path} ({report.target}: {report.target_rate:.0%} of {report.n} adapted images, "
+        f"{report.frozen_target_rate:.0%} before; content kept {report.content_kept:.0%}; "
+        f"diversity {report.diversity_ratio:.2f})"
+    ]
     if report.fidelity:  # stroke distance to the true renders, lower is closer (nada.toy.judge)
         fid = report.fidelity
-        lines.append(f"fidelity:    stroke distance {fid['adapted']['stroke']:.4f} "
-                     f"(unadapted {fid['unadapted']['stroke']:.4f}, "
-                     f"best filter {fid['best_filter']['stroke']:.4f}: {fid['best_filter']['filter']})")
+        lines.append(
+            f"fidelity:    stroke distance {fid['adapted']['stroke']:.4f} "
+            f"(unadapted {fid['unadapted']['stroke']:.4f}, "
+            f"best filter {fid['best_filter']['stroke']:.4f}: {fid['best_filter']['filter']})"
+        )
     return lines
-

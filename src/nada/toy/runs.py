@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from nada.errors import NadaError, one_line
+from nada.errors import NadaError
 from nada.io import atomic_torch_save
 from nada.weights.safe_load import torch_load
 

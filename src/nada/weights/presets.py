@@ -76,7 +76,8 @@ OFFICIAL_RECIPE: tuple[tuple[str, Any], ...] = PAPER_RECIPE
 
 @dataclass(frozen=True)
 class Preset:
-    """An adapted generator by name: base, source -> target, recipe (AdaptConfig options) and weights (None: train on demand)."""
+    """An adapted generator by name: base, source -> target, recipe (AdaptConfig options)
+    and weights (None: train on demand)."""
 
     name: str
     base: str
@@ -99,7 +100,9 @@ class Preset:
 
 
 def _nada(name: str, filename: str, source: str, target: str, sha256: str | None, description: str) -> Preset:
-    weights = WeightsSource(filename, hf_repo=NADA_MODELS_REPO, hf_revision=NADA_MODELS_REVISION, sha256=sha256, size=NADA_MODEL_BYTES)
+    weights = WeightsSource(
+        filename, hf_repo=NADA_MODELS_REPO, hf_revision=NADA_MODELS_REVISION, sha256=sha256, size=NADA_MODEL_BYTES
+    )
     return Preset(name, "ffhq", source, target, OFFICIAL_RECIPE, weights, description)
 
 
@@ -107,18 +110,97 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         _nada("ffhq-sketch", "sketch.pt", "photo", "sketch", None, "pencil sketches (StyleGAN-NADA release)"),
-        _nada("ffhq-pixar", "pixar.pt", "photo", "Pixar character", "e690afbf1518362220e663f3db74b40f40667f13daab7689d86e90035d8d537f", "3D animated characters (StyleGAN-NADA release)"),
-        _nada("ffhq-anime", "anime.pt", "photo", "anime painting", "1424d2a668f7b97ee4b993c5bf5fa4eaeff9250a514d5e5e3050d52c0315f1fb", "anime faces (StyleGAN-NADA release)"),
-        _nada("ffhq-joker", "joker.pt", "person", "the Joker", "9a00c9664d1862a22e448b0aae4fc975978c4b2a13e0f800c777f1b9bbbec827", "Joker make-up (StyleGAN-NADA release)"),
-        _nada("ffhq-ukiyoe", "ukiyoe.pt", "photo", "Ukiyo-e painting", "220fedd0fd51f965d9b166978ba41602146cc8f84b617066b3d45c7fab2e43a8", "Japanese woodblock prints (StyleGAN-NADA release)"),
-        _nada("ffhq-botero", "botero.pt", "photo", "Botero painting", "a4954705a6b7565e07b7ba70fca255058dec8c5f89ea94b99d6b672ffedee932", "Fernando Botero's style (StyleGAN-NADA release)"),
-        _nada("ffhq-shrek", "shrek.pt", "person", "Shrek", "b92a8e5912d1e369f0611eccd0ed06034d4e52486b6926ab5c6810259ab90951", "ogres (StyleGAN-NADA release)"),
-        _nada("ffhq-ghibli", "ghibli.pt", "photo", "Studio Ghibli character", "94c25e6a83a14fb90e6f39741f93eb7217dbbe357abc37619955c102a899a075", "Ghibli animation (StyleGAN-NADA release)"),
-        _nada("ffhq-elf", "elf.pt", "human", "elf", "2965fd5d0dda16a70f8a53a44f108a7bf601b01790f797cd72fc0ea3e3274c43", "elves (StyleGAN-NADA release)"),
-        _nada("ffhq-super-saiyan", "ssj.pt", "person", "Super Saiyan", "713a5da9fa3459bf8d1eeb2d6d9527725e32405e58ce741e7b5fc8da5c018f8e", "Dragon Ball hair (StyleGAN-NADA release)"),
-        Preset("ffhq-werewolf", "ffhq", "human", "werewolf", OFFICIAL_RECIPE, None, "werewolves (paper example; train on demand)"),
+        _nada(
+            "ffhq-pixar",
+            "pixar.pt",
+            "photo",
+            "Pixar character",
+            "e690afbf1518362220e663f3db74b40f40667f13daab7689d86e90035d8d537f",
+            "3D animated characters (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-anime",
+            "anime.pt",
+            "photo",
+            "anime painting",
+            "1424d2a668f7b97ee4b993c5bf5fa4eaeff9250a514d5e5e3050d52c0315f1fb",
+            "anime faces (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-joker",
+            "joker.pt",
+            "person",
+            "the Joker",
+            "9a00c9664d1862a22e448b0aae4fc975978c4b2a13e0f800c777f1b9bbbec827",
+            "Joker make-up (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-ukiyoe",
+            "ukiyoe.pt",
+            "photo",
+            "Ukiyo-e painting",
+            "220fedd0fd51f965d9b166978ba41602146cc8f84b617066b3d45c7fab2e43a8",
+            "Japanese woodblock prints (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-botero",
+            "botero.pt",
+            "photo",
+            "Botero painting",
+            "a4954705a6b7565e07b7ba70fca255058dec8c5f89ea94b99d6b672ffedee932",
+            "Fernando Botero's style (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-shrek",
+            "shrek.pt",
+            "person",
+            "Shrek",
+            "b92a8e5912d1e369f0611eccd0ed06034d4e52486b6926ab5c6810259ab90951",
+            "ogres (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-ghibli",
+            "ghibli.pt",
+            "photo",
+            "Studio Ghibli character",
+            "94c25e6a83a14fb90e6f39741f93eb7217dbbe357abc37619955c102a899a075",
+            "Ghibli animation (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-elf",
+            "elf.pt",
+            "human",
+            "elf",
+            "2965fd5d0dda16a70f8a53a44f108a7bf601b01790f797cd72fc0ea3e3274c43",
+            "elves (StyleGAN-NADA release)",
+        ),
+        _nada(
+            "ffhq-super-saiyan",
+            "ssj.pt",
+            "person",
+            "Super Saiyan",
+            "713a5da9fa3459bf8d1eeb2d6d9527725e32405e58ce741e7b5fc8da5c018f8e",
+            "Dragon Ball hair (StyleGAN-NADA release)",
+        ),
+        Preset(
+            "ffhq-werewolf",
+            "ffhq",
+            "human",
+            "werewolf",
+            OFFICIAL_RECIPE,
+            None,
+            "werewolves (paper example; train on demand)",
+        ),
         Preset("ffhq-zombie", "ffhq", "human", "zombie", OFFICIAL_RECIPE, None, "zombies (train on demand)"),
-        Preset("afhqdog-nicolas-cage", "afhqdog", "dog", "Nicolas Cage", OFFICIAL_RECIPE, None, "dogs to Nicolas Cage (paper example; train on demand)"),
+        Preset(
+            "afhqdog-nicolas-cage",
+            "afhqdog",
+            "dog",
+            "Nicolas Cage",
+            OFFICIAL_RECIPE,
+            None,
+            "dogs to Nicolas Cage (paper example; train on demand)",
+        ),
     )
 }
 
@@ -184,8 +266,9 @@ def adapt_command(preset: Preset, out_dir: str | os.PathLike | None = None) -> s
     The base's profile applies by itself, so the command names the base, the texts and the preset's recipe.
     """
     config = preset.adapt_config(out_dir)
-    wanted = ["generator", "source", "target", "out_dir"] + [k for k, _ in preset.options if k not in (
-        "generator", "source", "target", "out_dir")]
+    wanted = ["generator", "source", "target", "out_dir"] + [
+        k for k, _ in preset.options if k not in ("generator", "source", "target", "out_dir")
+    ]
     args = ["nada", "adapt"]
     for field in wanted:
         value = getattr(config, field)
@@ -268,13 +351,18 @@ def load_preset_file(path: str | os.PathLike, device: str | torch.device = "cpu"
     state = G.state_dict()
     for key, delta in obj["delta"].items():
         if key not in state or state[key].shape != delta.shape:
-            raise NadaError(f"{path}: delta {key} {list(delta.shape)} does not fit the base generator {meta['base']!r}: the file is corrupt")
+            raise NadaError(
+                f"{path}: delta {key} {list(delta.shape)} does not fit the base generator {meta['base']!r}: "
+                "the file is corrupt"
+            )
         state[key] = state[key] + delta.to(state[key].dtype)
     G.load_state_dict(state, strict=True)
     latent_avg = obj["latent_avg"]
     if latent_avg.numel() != G.style_dim:
-        raise NadaError(f"{path}: latent_avg has shape {list(latent_avg.shape)}, not [{G.style_dim}] as the base "
-                        f"{meta['base']!r} needs: the file is corrupt; pack it again")
+        raise NadaError(
+            f"{path}: latent_avg has shape {list(latent_avg.shape)}, not [{G.style_dim}] as the base "
+            f"{meta['base']!r} needs: the file is corrupt; pack it again"
+        )
     G.mean_latent.copy_(latent_avg.reshape(G.mean_latent.shape))
     return G.eval().to(device)
 
@@ -283,8 +371,10 @@ def _checked_record(obj: dict[str, Any], path: Path) -> dict[str, Any]:
     """The 'nada_preset' record of a loaded compact file, every entry checked; NadaError naming the first fault."""
     meta = obj["nada_preset"]
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise NadaError(f"{path} is a preset file of format {meta.get('format')} v{meta.get('format_version')}: "
-                        f"this nada reads {FORMAT} v{FORMAT_VERSION}; update nada")
+        raise NadaError(
+            f"{path} is a preset file of format {meta.get('format')} v{meta.get('format_version')}: "
+            f"this nada reads {FORMAT} v{FORMAT_VERSION}; update nada"
+        )
     if not isinstance(meta.get("base"), str):
         raise NadaError(f"{path}: the preset record names no base generator: the file is corrupt; pack it again")
     tensors = {"latent_avg": obj.get("latent_avg")}
@@ -321,10 +411,16 @@ def pack_preset(
         metadata = {}
     base = base or metadata.get("base_model")
     if base not in known_generators():
-        raise NadaError(f"the base generator {base!r} is not a registered name: pass the registered base of {checkpoint} (one of {', '.join(known_generators())})")
+        raise NadaError(
+            f"the base generator {base!r} is not a registered name: "
+            f"pass the registered base of {checkpoint} (one of {', '.join(known_generators())})"
+        )
     G, B = load_generator(checkpoint), load_generator(base)
     if G.config != B.config:
-        raise NadaError(f"{checkpoint} is a {G.config.size}px generator of another architecture than the base {base!r}: pass the base it was adapted from")
+        raise NadaError(
+            f"{checkpoint} is a {G.config.size}px generator of another architecture than the base {base!r}: "
+            "pass the base it was adapted from"
+        )
     base_state = B.state_dict()
     delta: dict[str, torch.Tensor] = {}
     for key, t in G.state_dict().items():
@@ -375,7 +471,9 @@ def share_mean_latent(base: "Generator", adapted: "Generator") -> bool:
     """
     base_map = {k: v for k, v in base.state_dict().items() if k.startswith("style.")}
     adapted_map = {k: v for k, v in adapted.state_dict().items() if k.startswith("style.")}
-    if base_map.keys() != adapted_map.keys() or not all(torch.equal(v, adapted_map[k].to(v.device)) for k, v in base_map.items()):
+    if base_map.keys() != adapted_map.keys() or not all(
+        torch.equal(v, adapted_map[k].to(v.device)) for k, v in base_map.items()
+    ):
         return False
     with torch.no_grad():
         adapted.mean_latent.copy_(base.mean_latent.to(adapted.mean_latent.device))
@@ -383,11 +481,14 @@ def share_mean_latent(base: "Generator", adapted: "Generator") -> bool:
 
 
 def comparison_rows(base: torch.Tensor, adapted: torch.Tensor, columns: int = 8) -> list[torch.Tensor]:
-    """Rows for `nada.io.image_grid`: up to `columns` base images [n,3,H,W] in [-1,1], then the adapted images of the same seeds below.
+    """Rows for `nada.io.image_grid`: up to `columns` base images [n,3,H,W] in [-1,1], then the adapted images
+    of the same seeds below.
 
     With more seeds than columns the pairs of rows repeat; the last pair is padded with white tiles.
     """
-    assert base.shape == adapted.shape and base.ndim == 4, f"need matching [N,3,H,W] batches, got {tuple(base.shape)} and {tuple(adapted.shape)}"
+    assert base.shape == adapted.shape and base.ndim == 4, (
+        f"need matching [N,3,H,W] batches, got {tuple(base.shape)} and {tuple(adapted.shape)}"
+    )
     n = base.shape[0]
     cols = min(n, columns)
     pad = (-n) % cols

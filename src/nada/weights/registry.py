@@ -43,7 +43,9 @@ class RegisteredGenerator:
 
 
 def _nvlabs(name: str, path: str, resolution: int, description: str) -> RegisteredGenerator:
-    return RegisteredGenerator(name, WeightsSource(filename=path.rsplit("/", 1)[-1], url=NVLABS_PRETRAINED + path), resolution, description)
+    return RegisteredGenerator(
+        name, WeightsSource(filename=path.rsplit("/", 1)[-1], url=NVLABS_PRETRAINED + path), resolution, description
+    )
 
 
 GENERATORS: dict[str, RegisteredGenerator] = {
@@ -67,11 +69,36 @@ GENERATORS: dict[str, RegisteredGenerator] = {
         _nvlabs("afhqdog", "afhqdog.pkl", 512, "AFHQ dogs 512, ADA from scratch (NVlabs)"),
         _nvlabs("afhqwild", "afhqwild.pkl", 512, "AFHQ wild animals 512, ADA from scratch (NVlabs)"),
         _nvlabs("brecahad", "brecahad.pkl", 512, "BreCaHAD histology 512, ADA from scratch (NVlabs)"),
-        _nvlabs("ffhq256", "transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl", 256, "FFHQ faces 256, paper256 config (NVlabs)"),
-        _nvlabs("ffhq512", "transfer-learning-source-nets/ffhq-res512-mirror-stylegan2-noaug.pkl", 512, "FFHQ faces 512, StyleGAN2 config (NVlabs)"),
-        _nvlabs("ffhq1024", "transfer-learning-source-nets/ffhq-res1024-mirror-stylegan2-noaug.pkl", 1024, "FFHQ faces 1024, StyleGAN2 config (NVlabs)"),
-        _nvlabs("celebahq256", "transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl", 256, "CelebA-HQ faces 256, paper256 config (NVlabs)"),
-        _nvlabs("lsundog256", "transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl", 256, "LSUN dogs 256, paper256 config (NVlabs)"),
+        _nvlabs(
+            "ffhq256",
+            "transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl",
+            256,
+            "FFHQ faces 256, paper256 config (NVlabs)",
+        ),
+        _nvlabs(
+            "ffhq512",
+            "transfer-learning-source-nets/ffhq-res512-mirror-stylegan2-noaug.pkl",
+            512,
+            "FFHQ faces 512, StyleGAN2 config (NVlabs)",
+        ),
+        _nvlabs(
+            "ffhq1024",
+            "transfer-learning-source-nets/ffhq-res1024-mirror-stylegan2-noaug.pkl",
+            1024,
+            "FFHQ faces 1024, StyleGAN2 config (NVlabs)",
+        ),
+        _nvlabs(
+            "celebahq256",
+            "transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl",
+            256,
+            "CelebA-HQ faces 256, paper256 config (NVlabs)",
+        ),
+        _nvlabs(
+            "lsundog256",
+            "transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl",
+            256,
+            "LSUN dogs 256, paper256 config (NVlabs)",
+        ),
     )
 }
 
@@ -131,6 +158,7 @@ def resolve_generator(name: str, progress: bool = True) -> Path:
     entry = get_generator(name)
     if entry.weights.kind == "package" and not generator_file(name).is_file():
         raise NadaError(
-            f"the registered generator {name!r} should be at {generator_file(name)}, which is missing: reinstall nada (pip install -e .)"
+            f"the registered generator {name!r} should be at {generator_file(name)}, which is missing: "
+            "reinstall nada (pip install -e .)"
         )
     return fetch(entry.weights, entry.name, progress=progress)
