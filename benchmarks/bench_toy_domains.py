@@ -1,6 +1,6 @@
 """Domain vector against full fine-tuning on the toy world, judged by the strict toy judge.
 
-Each run adapts the toy generator with the recipe of a packaged toy preset (``nada.weights.presets.TOY_RECIPE`` and
+Each run adapts the toy generator with the recipe of a packaged toy preset (``nada.toy.plugin.TOY_RECIPE`` and
 the preset's own changes), with ``--params weights`` (the paper: the layers' weights) or ``--params domain``
 (only a domain vector), and an optional learning rate. Every saved checkpoint (steps 100, 200, 300) is judged
 with ``nada.toy.quality.run_metrics`` (128 seeded latents, as ``nada adapt`` prints for toy runs): target rate,
