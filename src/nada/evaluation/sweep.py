@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from nada.adaptation.loop import adapt
 from nada.config import AdaptConfig, resolve
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 from nada.evaluation.evaluate import EvalSettings, _font, run_eval, write_outputs
 from nada.io import atomic_save_image, atomic_write
 from nada.profiles import eval_world, eval_worlds
@@ -97,7 +97,7 @@ def read_sweep_file(path: str | os.PathLike) -> SweepSpec:
             data = json.loads(text)
     except Exception as e:  # YAML and JSON syntax errors alike
         raise NadaError(
-            f"sweep file {p} cannot be parsed ({type(e).__name__}: {str(e).splitlines()[0]}): fix its syntax"
+            f"sweep file {p} cannot be parsed ({one_line(e, typed=True, first_line=True)}): fix its syntax"
         ) from None
     return parse_sweep(data, str(p))
 
