@@ -165,7 +165,7 @@ def test_a_third_party_base_registers_like_the_toy_world(registries: None, capsy
     assert config.resolved_templates() == "moon" and config.resolved_keep() == [["a small crater", "a large crater"]]
     assert "clip" in describe(config, sources) and sources["iterations"] == "preset"
     assert main(["moon", "--n", "3"]) == 0 and capsys.readouterr().out == "3\n"
-    with pytest.raises(NadaError, match="already has a profile"):
+    with pytest.raises(NadaError, match="a profile for base .* is already registered"):
         profiles.register_profile(profiles.Profile("moon", (("lr", 0.5),)))
     with pytest.raises(NadaError, match="unknown moon attributes"):
         config.replace(keep="moon:colour").validate()

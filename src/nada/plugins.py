@@ -8,8 +8,11 @@ first lookup in any registry. The toy world registers itself this way, as a thir
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import TypeVar
 
 from nada.errors import NadaError
+
+T = TypeVar("T")
 
 GROUP = "nada.plugins"
 _loaded: list[str] = []
@@ -29,3 +32,12 @@ def load_plugins() -> list[str]:
             raise NadaError(f"nada plugin {ep.name!r} ({ep.value}) failed to load: {e}; reinstall or remove it") from e
         _loaded.append(ep.name)
     return list(_loaded)
+
+
+def register(table: dict[str, T], name: str, entry: T, kind: str, replace: bool = False) -> T:
+    """Put ``entry`` into a registry ``table`` under ``name``; NadaError if another entry holds the name (unless
+    ``replace``). Registering an equal entry again is a no-op, so a plugin may run twice."""
+    if name in table and table[name] != entry and not replace:
+        raise NadaError(f"{kind} {name!r} is already registered: choose another name or pass replace=True")
+    table[name] = entry
+    return entry

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nada.errors import NadaError
-from nada.plugins import load_plugins
+from nada.plugins import load_plugins, register
 
 if TYPE_CHECKING:
     import torch
@@ -89,10 +89,7 @@ _PROFILES: dict[str, Profile] = {}
 
 def register_profile(profile: Profile, replace: bool = False) -> Profile:
     """Make `profile` the profile of its base; NadaError if the base has one already (unless `replace`)."""
-    if profile.base in _PROFILES and not replace and _PROFILES[profile.base] != profile:
-        raise NadaError(f"base {profile.base!r} already has a profile: pass replace=True to change it")
-    _PROFILES[profile.base] = profile
-    return profile
+    return register(_PROFILES, profile.base, profile, "a profile for base", replace)
 
 
 def known_profiles() -> list[str]:

@@ -468,6 +468,16 @@ class ToRGB(nn.Module):
 # ---------------------------------------------------------------- generator
 
 
+class _NoDomainSlices(dict):
+    """Every layer's domain slice is None: the mapping `Generator.synthesis` reads when it renders the base."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+_NO_DOMAIN = _NoDomainSlices()
+
+
 class Generator(nn.Module):
     """StyleGAN2 generator (rosinality layout): mapping z -> w and synthesis W+ -> image [N, 3, size, size]."""
 
@@ -661,7 +671,7 @@ class Generator(nn.Module):
         w = self.truncate(self.mapping(z), truncation_psi)
         return self.synthesis(self.broadcast_w(w), noise=noise, noise_mode=noise_mode, domain=domain)
 
-    # ------------------------------------------------------------ domain vectors
+    # ------------------------------------------------------------ domain vectors (see nada.generator.domains)
 
     def domain_channels(self) -> list[tuple[str, int]]:
         """(layer name, style channels) of every modulated layer in `layer_table` order: a domain vector's layout."""
@@ -674,9 +684,9 @@ class Generator(nn.Module):
 
     def _domain_slices(self, domain: torch.Tensor | None, n: int) -> dict[str, torch.Tensor | None]:
         """Layer name -> its slice [N or 1, channels] of a domain vector [D] or [N, D]; every value None without one."""
+        if domain is None:  # the base's forward pass: nothing to compute per call
+            return _NO_DOMAIN
         layers = self.domain_channels()
-        if domain is None:
-            return {name: None for name, _ in layers}
         rows = domain.reshape(1, -1) if domain.ndim == 1 else domain
         if rows.ndim != 2 or rows.shape[1] != self.domain_size or rows.shape[0] not in (1, n):
             raise NadaError(

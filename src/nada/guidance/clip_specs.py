@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nada.errors import NadaError
-from nada.plugins import load_plugins
+from nada.plugins import load_plugins, register
 
 if TYPE_CHECKING:
     import torch
@@ -54,9 +54,7 @@ def register_clip(name: str, loader: ClipLoader, description: str = "", replace:
     """Make ``name`` loadable by `load_clip` through ``loader``; registering a taken name needs ``replace``."""
     if not name or name != name.strip() or "," in name or name in OPENAI_MODELS or name.startswith(OPEN_CLIP_PREFIX):
         raise NadaError(f"cannot register a CLIP as {name!r}: choose a short name that is no OpenAI or open_clip name")
-    if name in _REGISTRY and not replace:
-        raise NadaError(f"a CLIP named {name!r} is already registered: choose another name or pass replace=True")
-    _REGISTRY[name] = RegisteredClip(name, loader, description)
+    register(_REGISTRY, name, RegisteredClip(name, loader, description), "a CLIP named", replace)
 
 
 def registered_clip(name: str) -> RegisteredClip | None:

@@ -48,7 +48,7 @@ from nada.config import cli_flag
 from nada.errors import NadaError
 from nada.generator.checkpoints import load_generator, read_metadata
 from nada.io import atomic_torch_save
-from nada.plugins import load_plugins
+from nada.plugins import load_plugins, register
 from nada.profiles import PAPER_RECIPE
 from nada.weights.download import (
     WeightsSource,
@@ -207,10 +207,7 @@ PRESETS: dict[str, Preset] = {
 
 def register_preset(preset: Preset, replace: bool = False) -> Preset:
     """Add `preset` to the table; NadaError if another preset has its name (unless `replace`)."""
-    if preset.name in PRESETS and PRESETS[preset.name] != preset and not replace:
-        raise NadaError(f"a preset named {preset.name!r} is already registered: choose another name")
-    PRESETS[preset.name] = preset
-    return preset
+    return register(PRESETS, preset.name, preset, "a preset named", replace)
 
 
 def known_presets() -> list[str]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nada.errors import NadaError
-from nada.plugins import load_plugins
+from nada.plugins import load_plugins, register
 from nada.weights.download import WeightsSource, fetch, local_path
 
 NVLABS_PRETRAINED = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
@@ -105,10 +105,7 @@ GENERATORS: dict[str, RegisteredGenerator] = {
 
 def register_generator(entry: RegisteredGenerator, replace: bool = False) -> RegisteredGenerator:
     """Make `entry` known by its name; NadaError if another entry has that name (unless `replace`)."""
-    if entry.name in GENERATORS and GENERATORS[entry.name] != entry and not replace:
-        raise NadaError(f"a generator named {entry.name!r} is already registered: choose another name")
-    GENERATORS[entry.name] = entry
-    return entry
+    return register(GENERATORS, entry.name, entry, "a generator named", replace)
 
 
 def registered_generators() -> list[RegisteredGenerator]:
