@@ -302,3 +302,58 @@ def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
     assert sketch["clip_direction"] > 0.3
     assert sketch["fid"] < report["base_metrics"]["fid"]
     assert "TOY-TGT" in out.out and "FID" in out.out and "warning: FID on 12 generated" in out.err
+
+
+def _row_lines(table: str, label: str) -> list[str]:
+    return [line for line in table.splitlines() if line.split()[0] == label]
+
+
+def test_toy_eval_reports_the_paired_fidelity_of_the_toy_judge(tmp_path, capsys):
+    from nada.generator.checkpoints import load_generator
+    from nada.io import z_from_seeds
+    from nada.toy.evaluator import load_evaluator
+    from nada.toy.judge import paired_fidelity
+    from nada.weights.presets import load_preset
+
+    argv = ["eval", "--compare", "toy-sketch", "toy-watercolor", "--n", "4", "--out", str(tmp_path / "ev"), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert "oracle" in report["quality_note"] and "toy metrics:" in out.err and "oracle" in out.err
+    # the same numbers as the toy judge's own paired fidelity on the same images (seeds 0 .. 3, stored noise)
+    z = z_from_seeds(list(range(4)), 64)
+    with torch.no_grad():
+        base = load_generator("toy")(z, noise_mode="const").clamp(-1, 1)
+        for row, preset, style in zip(report["models"], ("toy-sketch", "toy-watercolor"), ("sketch", "watercolor")):
+            adapted = load_preset(preset)(z, noise_mode="const").clamp(-1, 1)
+            want = paired_fidelity(base, adapted, z, style, load_evaluator())
+            got = row["toy"]["fidelity"]
+            assert set(got) == {"distance", "adapted", "unadapted", "best_filter"}
+            for key in ("adapted", "unadapted"):
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7)
+            assert got["best_filter"]["filter"] == want["best_filter"]["filter"]
+            assert got["best_filter"]["stroke"] == pytest.approx(want["best_filter"]["stroke"], rel=1e-5)
+    assert report["models"][0]["toy"]["fidelity"]["adapted"] != report["models"][1]["toy"]["fidelity"]["adapted"]
+    # one table row per model, with the stroke columns, as in eval.txt; the figure has their charts
+    header = out.out.splitlines()[0].split()
+    assert header[-3:] == ["STROKE", "STROKE-BASE", "STROKE-FILTER"]
+    for row in report["models"]:
+        (line,) = _row_lines(out.out, row["label"])
+        assert line.split()[-3] == f"{row['toy']['fidelity']['adapted']['stroke']:.4f}"
+    assert out.out.startswith((tmp_path / "ev" / "eval.txt").read_text())
+    assert Image.open(tmp_path / "ev" / "eval.png").size[0] > 1000
+
+
+def test_toy_eval_says_n_a_where_there_are_no_true_renders(tmp_path):
+    unknown = E.run_eval(["toy-sketch"], E.EvalSettings(n=3), target="cubist painting", progress=False, log=print)
+    assert unknown.report["models"][0]["toy"] is None  # the toy world knows no such style
+    edit = E.run_eval(["toy-sketch"], E.EvalSettings(n=3), source="face", target="smiling face", progress=False)
+    toy = edit.report["models"][0]["toy"]
+    assert toy["fidelity"] is None and "mouth=smiling has no true renders" in toy["fidelity_note"]
+    assert toy["target_rate"] is not None  # the rest of the toy judge's report is there
+    for result, blanks in ((unknown, 7), (edit, 3)):
+        table = E.format_table(result.report)
+        (line,) = _row_lines(table, "toy-sketch")
+        assert line.split()[-blanks:] == ["n/a"] * blanks and line.count("n/a") == blanks
+        assert _row_lines(table, "(base)")[0].split()[-7:] == ["-"] * 7
+        E.write_outputs(result, tmp_path / f"ev{blanks}")  # the figure draws n/a where a number is missing

@@ -51,8 +51,10 @@ class WorldJudges:
     fid_feature: "nn.Module"  # torchmetrics feature network: uint8 [N, 3, H, W] -> [N, E]
     fid_name: str
     identity_note: str  # why the identity metric is not measured in this world
-    # (source text, target text, base images, adapted images [N, 3, H, W] in [-1, 1]) -> metrics, or None
-    quality: Callable[[str, str, "torch.Tensor", "torch.Tensor"], dict[str, Any] | None]
+    # (source text, target text, base images, adapted images [N, 3, H, W] in [-1, 1], their latents z
+    # [N, style_dim] (row i of both images comes from z[i]), truncation psi) -> metrics, or None
+    quality: Callable[[str, str, "torch.Tensor", "torch.Tensor", "torch.Tensor", float], dict[str, Any] | None]
+    quality_note: str = ""  # what the quality metrics compare with and leave out; printed and kept in the report
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class EvalWorld:
     name: str  # the report's world, and the key of its quality metrics in each model's row
     judge_candidates: tuple[str, ...]  # judge CLIPs, most independent first
     load: Callable[["torch.device"], WorldJudges]
-    columns: tuple[tuple[str, str, str], ...] = ()  # (quality key, table header, format) for `nada eval`
+    # (quality key, table header, format) for `nada eval`; a key may name a nested value ("fidelity.adapted.stroke")
+    columns: tuple[tuple[str, str, str], ...] = ()
     sheet: tuple[tuple[str, str], ...] = ()  # (quality key, short label) for the sweep's contact sheet
 
 

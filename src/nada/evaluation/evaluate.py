@@ -369,6 +369,7 @@ class Judges:
     identity: nn.Module | None = None
     identity_note: str = ""
     quality: Callable[..., dict[str, Any] | None] | None = None  # an evaluation world's extra metrics
+    quality_note: str = ""  # what those metrics compare with (the world's WorldJudges.quality_note)
     world: str = "real"
     fid_feature: nn.Module | None = None  # None: Inception through the registry
     fid_name: str = ""
@@ -412,6 +413,7 @@ def load_judges(settings: EvalSettings, world: EvalWorld | None, guided: Sequenc
             kit.distance_name,
             identity_note=kit.identity_note,
             quality=kit.quality,
+            quality_note=kit.quality_note,
             world=world.name,
             fid_feature=kit.fid_feature,
             fid_name=kit.fid_name,
@@ -448,6 +450,7 @@ class _Pass:
     clip_features: torch.Tensor
     small: torch.Tensor
     identity: torch.Tensor | None
+    truncation: float  # the psi the images were rendered with
     fid: dict[str, float] = field(default_factory=dict)
 
 
@@ -477,7 +480,7 @@ def _render_pass(
         if metrics is not None:
             for m in metrics:
                 m.update(as_uint8(img), real=False)
-    out = _Pass(torch.cat(feats), torch.cat(smalls), torch.cat(ids) if ids else None)
+    out = _Pass(torch.cat(feats), torch.cat(smalls), torch.cat(ids) if ids else None, settings.truncation)
     if metrics is not None:
         out.fid = _compute_fid_kid(*metrics)
     return out
@@ -528,9 +531,9 @@ def _reference_metrics(
 
 
 def _model_metrics(
-    model: EvalModel, base: _Pass, run: _Pass, judges: Judges, pairs: torch.Tensor, base_div: float
+    model: EvalModel, base: _Pass, run: _Pass, judges: Judges, pairs: torch.Tensor, base_div: float, z: torch.Tensor
 ) -> dict[str, Any]:
-    """Every number of one adapted generator against its base (means over the latents), for its own texts."""
+    """Every number of one adapted generator against its base (means over the latents z), for its own texts."""
     text_dir, text_tgt = text_targets(judges, model.source_text, model.target_text)
     direction = directional_similarity(base.clip_features, run.clip_features, text_dir)
     div = mean_pairwise_distance(judges.distance, run.small, pairs, device=_device(judges.distance))
@@ -548,7 +551,7 @@ def _model_metrics(
         out["identity"] = float((base.identity * run.identity).sum(1).mean())
     if judges.quality is not None:
         pair = [as_float(p.small) for p in (base, run)]
-        out[judges.world] = judges.quality(model.source_text, model.target_text, *pair)
+        out[judges.world] = judges.quality(model.source_text, model.target_text, *pair, z, run.truncation)
     return out
 
 
@@ -593,7 +596,7 @@ def evaluate(
                 "source": m.source_text,
                 "target": m.target_text,
                 "guided_by": m.guided_by,
-                **_model_metrics(m, base, run, judges, pairs, base_div),
+                **_model_metrics(m, base, run, judges, pairs, base_div, z),
             }
         )
         samples.append(as_float(run.small[: settings.columns]).float())
@@ -619,6 +622,7 @@ def _report_header(
         "diversity_pairs": n_pairs,
         "reference": settings.reference,
         "fid_features": judges.fid_name if settings.reference else None,
+        **({"quality_note": judges.quality_note} if judges.quality_note else {}),
         "warnings": warns,
     }
 
@@ -638,24 +642,38 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def report_columns(report: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
-    """COLUMNS and the columns of the report's evaluation world (its quality keys under the world's name)."""
+def world_columns(report: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The columns of the report's evaluation world: its quality keys under the world's name (none: real world)."""
     world = eval_world(str(report.get("world")))
-    return COLUMNS + tuple((f"{world.name}.{k}", h, f) for k, h, f in world.columns) if world else COLUMNS
+    return tuple((f"{world.name}.{k}", h, f) for k, h, f in world.columns) if world else ()
 
 
-def _get(row: dict[str, Any], key: str) -> Any:
-    head, _, tail = key.partition(".")
-    value = row.get(head)
-    return value.get(tail) if tail and isinstance(value, dict) else (None if tail else value)
+def report_columns(report: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The columns shown: COLUMNS that some row has a value for, then every column of the report's world."""
+    rows = [report["base_metrics"], *report["models"]]
+    shown = tuple(c for c in COLUMNS if any(lookup(r, c[0]) is not None for r in rows))
+    return shown + world_columns(report)
+
+
+def lookup(row: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key ("toy.fidelity.adapted.stroke") of a report row; None where any part is missing."""
+    value: Any = row
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str, missing: str) -> str:
+    value = lookup(row, key)
+    return missing if value is None else fmt.format(value)
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The terminal table: one row for the base and one per model, a column per metric that has a value."""
-    rows = [{"label": "(base)", **report["base_metrics"]}, *report["models"]]
-    cols = [c for c in report_columns(report) if any(_get(r, c[0]) is not None for r in rows)]
+    """The terminal table: a row for the base and one per model; "-": not measured for the base, "n/a": no value."""
+    cols = report_columns(report)
     header = ["MODEL", *(c[1] for c in cols)]
-    body = [[r["label"], *("-" if _get(r, k) is None else f.format(_get(r, k)) for k, _, f in cols)] for r in rows]
+    body = [["(base)", *(_cell(report["base_metrics"], k, f, "-") for k, _, f in cols)]]
+    body += [[r["label"], *(_cell(r, k, f, "n/a") for k, _, f in cols)] for r in report["models"]]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *body])
 
@@ -688,6 +706,8 @@ def _bar_chart(title: str, labels: list[str], values: list[float | None], fmt: s
                 [x + 3, min(y, y0), x + slot - 3, max(y, y0)], fill=_COLOURS[i % len(_COLOURS)] if i else "#999999"
             )
             d.text((x + 3, min(y, y0) - 13), fmt.format(v), fill="black", font=_font(10))
+        elif i:  # a model without this number says so; the base bar stays empty (not measured for it)
+            d.text((x + 3, y0 - 13), "n/a", fill="black", font=_font(10))
         d.text((x + 3, bottom + 4), label[:6], fill="black", font=_font(10))
     d.line([6, y0, w - 6, y0], fill="black")
     return img
@@ -705,10 +725,11 @@ def make_figure(result: EvalResult, thumb: int = 96) -> Any:
     label_w, pad = 170, 4
     cols = max(s.shape[0] for s in result.samples)
     left_w, left_h = label_w + cols * (thumb + pad), len(rows) * (thumb + pad) + 30
+    world = world_columns(report)  # charted even without a value, so that their n/a shows
     charts = [
-        _bar_chart(head, labels, [_get(r, k) for r in rows], f)
+        _bar_chart(head, labels, [lookup(r, k) for r in rows], f)
         for k, head, f in report_columns(report)
-        if any(_get(r, k) is not None for r in rows)
+        if (k, head, f) in world or any(isinstance(lookup(r, k), (int, float)) for r in rows)
     ]
     per_row = 3
     chart_rows = [charts[i : i + per_row] for i in range(0, len(charts), per_row)]
@@ -778,6 +799,8 @@ def run_eval(
     guided = sorted({name for m in models for name in m.guided_by})
     judges = load_judges(settings, world, guided, device)
     log(f"nada eval: {judges.clip_note}; diversity: {judges.distance_name}; identity: {judges.identity_note}")
+    if judges.quality_note:
+        log(f"nada eval: {judges.world} metrics: {judges.quality_note}")
     base_G = load_generator(base_name, device=device).eval()
     for m in models:
         m.generator = load_model(m, device)

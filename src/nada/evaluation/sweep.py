@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from nada.adaptation.loop import adapt
 from nada.config import AdaptConfig, resolve
 from nada.errors import NadaError, one_line
-from nada.evaluation.evaluate import EvalSettings, _font, run_eval, write_outputs
+from nada.evaluation.evaluate import EvalSettings, _font, lookup, run_eval, write_outputs
 from nada.io import atomic_save_image, atomic_write
 from nada.profiles import eval_world, eval_worlds
 
@@ -229,12 +229,13 @@ def _trial_device() -> str:
 
 
 def world_metrics(row: dict[str, Any]) -> dict[str, Any]:
-    """An eval row's evaluation-world metrics, flat: "<world>_<key>" for each of the world's table columns."""
+    """An eval row's evaluation-world metrics, flat: "<world>_<key>" for each of the world's table columns (a nested
+    key's dots become underscores: "toy_fidelity_adapted_stroke")."""
     out: dict[str, Any] = {}
     for key, value in row.items():
         world = eval_world(key)
         if world is not None:
-            out.update({f"{key}_{k}": (value or {}).get(k) for k, _, _ in world.columns})
+            out.update({f"{key}_{k.replace('.', '_')}": lookup(value or {}, k) for k, _, _ in world.columns})
     return out
 
 

@@ -144,7 +144,7 @@ def paired_fidelity(
 ) -> dict[str, Any]:
     """Fidelity to the true ``style`` renders of the faces of toy latents z: adapted, unadapted and best filter
     (with ``evaluator``: also the share of the best filter's images it puts in ``style``)."""
-    truth = true_renders(z, style)
+    truth = true_renders(z, style).to(img_frozen)
     name, best = best_filter(img_frozen, truth)
     record: dict[str, Any] = {"filter": name, **best}
     if evaluator is not None:
