@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,9 @@ from nada.errors import NadaError
 from nada.frontends.cli import main
 from nada.generator.checkpoints import save_checkpoint
 from nada.generator.networks import Generator
+from nada.photos.stylize import STAGING_LOCK, STAGING_PREFIX, remove_stale_staging
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = ["--steps", "4", "--quiet", "--device", "cpu"]
 MSE_ONLY = ["--lpips", "0", "--id", "0"]
@@ -116,6 +123,85 @@ def test_failure_while_writing_leaves_nothing(world, monkeypatch):
             log=lambda m: None,
         )
     assert not world["out"].exists()
+
+
+# A stylize whose writer stops half-way through staging, says so, and goes on when its stdin closes.
+PAUSED_WRITER = """
+import sys
+import nada.photos.images
+from nada.frontends.cli import main
+
+real, calls = nada.photos.images.tensor_to_pil, []
+
+def paused(img):
+    calls.append(img)
+    if len(calls) == 3:  # two images staged, none moved into place
+        print("staged", flush=True)
+        sys.stdin.read()
+    return real(img)
+
+nada.photos.images.tensor_to_pil = paused
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _paused_stylize(world) -> tuple[subprocess.Popen, Path]:
+    """A child `nada stylize` stopped mid-write, and its staging folder."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_WRITER, *_args(world, *MSE_ONLY)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
+    )
+    assert child.stdout.readline().strip() == "staged"
+    (stage,) = [p for p in world["out"].glob(f"{STAGING_PREFIX}*") if p.is_dir()]
+    assert len(list(stage.rglob("*.png"))) == 2 and Path(f"{stage}{STAGING_LOCK}").is_file()
+    return child, stage
+
+
+def _complete(out: Path, people: tuple[str, ...]) -> None:
+    for person in people:
+        for name in ("aligned.png", "reconstruction.png", "sketch-run.png"):
+            assert Image.open(out / person / name).size == (16, 16)
+        assert torch.load(out / person / "wplus.pt", weights_only=True)["wplus"].shape[0] == 1
+    assert not list(out.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_staging_left_by_a_killed_stylize_is_removed_by_the_next(world):
+    out = world["out"]
+    child, stage = _paused_stylize(world)
+    try:
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert sorted(p.name for p in out.iterdir()) == [stage.name, stage.name + STAGING_LOCK]  # what the kill left
+    assert main(_args(world, *MSE_ONLY)) == 0
+    _complete(out, ("alice", "bob"))
+    assert (out / "grid.png").is_file()
+
+
+def test_staging_of_a_running_stylize_is_kept(world, tmp_path):
+    out = world["out"]
+    old = out / f"{STAGING_PREFIX}from-an-older-version"  # no lock file: no owner
+    child, stage = _paused_stylize(world)
+    try:
+        old.mkdir()
+        staged = sorted(p.relative_to(stage) for p in stage.rglob("*"))
+        assert remove_stale_staging(out) == [old]
+        carol = tmp_path / "carol.png"
+        Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(carol)
+        second = ["stylize", "--checkpoint", str(world["style"]), "--out", str(out), "--image", str(carol)]
+        assert main([*second, *FAST, *MSE_ONLY]) == 0  # another stylize into the same folder meanwhile
+        assert sorted(p.relative_to(stage) for p in stage.rglob("*")) == staged  # the live one's files untouched
+        child.stdin.close()
+        assert child.wait(timeout=120) == 0
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    _complete(out, ("alice", "bob", "carol"))
 
 
 def test_missing_losses_refuse_then_run_when_allowed(world, capsys):

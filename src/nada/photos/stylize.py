@@ -10,14 +10,19 @@ generator's redraw), ``<style>.png`` per style and ``wplus.pt`` (the code, reusa
 Everything that can fail is done before anything is written: reading the images and the generators,
 loading the losses, detecting faces, the inversion itself. The files are then written into a hidden
 staging folder inside DIR and moved into place one rename each, so an error leaves no partial output;
-existing files are never replaced without ``force``.
+existing files are never replaced without ``force``. Each staging folder has an owner: a lock file beside it,
+held (flock) for as long as the stylize that made it runs, so a later stylize into DIR removes the folders of
+owners that are gone (killed with ``kill -9`` mid-write) and never one that is still being written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +35,7 @@ from nada.io import check_writable_folder, write_error
 from nada.photos.invert import InvertConfig
 
 STAGING_PREFIX = ".nada-stylize-"
+STAGING_LOCK = ".lock"  # suffix of a staging folder's owner lock file, which sits beside the folder
 
 
 @dataclass
@@ -267,7 +273,8 @@ def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Seque
 
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    remove_stale_staging(out_dir)
+    stage, owner = _claim_staging(out_dir)
     done = False
     try:
         rel: list[Path] = []
@@ -298,6 +305,67 @@ def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Seque
             raise
         raise error from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        _release_staging(stage, owner)
         if created and not done and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed first run leaves no empty folder behind
+
+
+def _claim_staging(out_dir: Path) -> tuple[Path, int]:
+    """A new staging folder in out_dir and the descriptor that holds its owner lock (flock, holder line written)."""
+    fd, lock = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=STAGING_LOCK, dir=out_dir)
+    stage = Path(lock.removesuffix(STAGING_LOCK))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a cleaner looks at the still empty file
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+        stage.mkdir()  # after the lock: a staging folder without its lock file has no owner
+    except OSError:
+        _release_staging(stage, fd)
+        raise
+    return stage, fd
+
+
+def _release_staging(stage: Path, fd: int) -> None:
+    """Remove a staging folder, then its lock file, then let go of the lock."""
+    try:
+        shutil.rmtree(stage, ignore_errors=True)
+        Path(f"{stage}{STAGING_LOCK}").unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders in out_dir whose owner is gone (its lock is free); the folders removed.
+
+    A folder whose lock is held belongs to a stylize still writing and is kept. A lock file that is still
+    empty is being claimed (its owner writes the holder line right after taking the lock) and is kept too.
+    """
+    removed = []
+    for lock in sorted(out_dir.glob(f"{STAGING_PREFIX}*{STAGING_LOCK}")):
+        stage = Path(str(lock).removesuffix(STAGING_LOCK))
+        if _owner_gone(lock):
+            shutil.rmtree(stage, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed.append(stage)
+    for stage in sorted(out_dir.glob(f"{STAGING_PREFIX}*")):  # folders of older versions had no lock file
+        if stage.is_dir() and not Path(f"{stage}{STAGING_LOCK}").exists():
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+def _owner_gone(lock: Path) -> bool:
+    """Whether a staging lock file was claimed by a process that no longer holds it (killed or finished)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:  # its owner finished and removed it just now
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        return bool(os.pread(fd, 200, 0).strip())
+    finally:
+        os.close(fd)  # releases the lock
