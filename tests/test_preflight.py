@@ -184,3 +184,19 @@ def test_web_adapt_job_is_refused_with_the_list_before_it_queues(cache, tmp_path
     message = str(info.value)
     assert "2 weights files" in message and FFHQ_URL in message and B32_URL in message
     assert backend.jobs == {}
+
+
+def test_the_cli_prints_the_offline_message_once_and_its_first_line_says_what_to_do(
+    cache, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("NADA_OFFLINE", "1")
+    argv = ["adapt", "--generator", "ffhq", "--clip", "ViT-B/32,ViT-B/16", "--target", "sketch"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and err.count("weights files this command needs") == 1
+    first, *rest = err.splitlines()
+    assert first.startswith("nada adapt: error: 3 weights files this command needs are not on this machine")
+    assert "NADA_OFFLINE=1" in first and "NADA_OFFLINE unset" in first  # the cause and the way out
+    assert f"save it under {cache} as the path after its arrow" in first  # where the files go
+    assert [line[:4] for line in rest] == ["  - "] * 3 and all(str(cache) in line for line in rest)
+    assert not (tmp_path / "run").exists()

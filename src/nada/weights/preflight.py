@@ -183,12 +183,19 @@ def _blocked(missing: Sequence[Need]) -> str | None:
 
 
 def missing_message(missing: Sequence[Need], reason: str) -> str:
-    """The one message that lists every missing file (address, size, target path) and what to do."""
-    count = f"{len(missing)} weights files" if len(missing) > 1 else "1 weights file"
+    """The one message that lists every missing file (address, size, target path) and what to do.
+
+    Its first line alone names the problem, the folder the files go to and both fixes; the lines after it
+    list the files, one each.
+    """
+    many = len(missing) > 1
+    count = f"{len(missing)} weights files" if many else "1 weights file"
+    root = Path(os.path.commonpath([str(n.dest.parent) for n in missing]))
     lines = [
-        f"{count} this command needs {'are' if len(missing) > 1 else 'is'} not on this machine and {reason}: "
-        "download each file and save it as the path after the arrow, or run again with network access "
-        "(NADA_OFFLINE unset), which caches them there"
+        f"{count} this command needs {'are' if many else 'is'} not on this machine and {reason}: "
+        f"download {'each file listed below' if many else 'the file below'} and save it under {root} as the path "
+        f"after its arrow, or run again with network access (NADA_OFFLINE unset), which caches "
+        f"{'them' if many else 'it'} there"
     ]
     lines += [f"  - {n.line()}" for n in missing]
     lines += [f"or {hint}" for hint in dict.fromkeys(n.hint for n in missing if n.hint)]
