@@ -25,6 +25,7 @@ from nada.evaluation.sweep import (
     run_sweep,
     run_trial,
     summary_rows,
+    world_metrics,
     write_summary,
 )
 
@@ -136,6 +137,14 @@ def _fake_trial(folder: Path, colour: int) -> None:
     (folder / "samples").mkdir(parents=True)
     rows = [torch.full((3, 3, 8, 8), -1.0), torch.full((3, 3, 8, 8), colour / 127.5 - 1)]
     image_grid(rows).save(folder / "samples" / "step_000008.png")
+
+
+def test_world_metrics_flatten_nested_columns():
+    fidelity = {"adapted": {"stroke": 0.019}, "unadapted": {"stroke": 0.02}, "best_filter": {"stroke": 0.018}}
+    flat = world_metrics({"clip_direction": 0.9, "toy": {"target_rate": 0.5, "fidelity": fidelity}})
+    assert flat["toy_target_rate"] == 0.5 and flat["toy_content_kept"] is None and "clip_direction" not in flat
+    assert (flat["toy_fidelity_adapted_stroke"], flat["toy_fidelity_best_filter_stroke"]) == (0.019, 0.018)
+    assert set(world_metrics({"toy": None}).values()) == {None}  # a target the toy world does not know
 
 
 def test_summary_and_contact_sheet(tmp_path):
