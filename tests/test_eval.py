@@ -351,6 +351,9 @@ def test_toy_eval_says_n_a_where_there_are_no_true_renders(tmp_path):
     toy = edit.report["models"][0]["toy"]
     assert toy["fidelity"] is None and "mouth=smiling has no true renders" in toy["fidelity_note"]
     assert toy["target_rate"] is not None  # the rest of the toy judge's report is there
+    truncated = E.run_eval(["toy-sketch"], E.EvalSettings(n=3, truncation=0.7), progress=False)
+    toy = truncated.report["models"][0]["toy"]
+    assert toy["fidelity"] is None and "truncation 0.7" in toy["fidelity_note"] and toy["target_rate"] is not None
     for result, blanks in ((unknown, 7), (edit, 3)):
         table = E.format_table(result.report)
         (line,) = _row_lines(table, "toy-sketch")

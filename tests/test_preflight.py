@@ -197,6 +197,6 @@ def test_the_cli_prints_the_offline_message_once_and_its_first_line_says_what_to
     first, *rest = err.splitlines()
     assert first.startswith("nada adapt: error: 3 weights files this command needs are not on this machine")
     assert "NADA_OFFLINE=1" in first and "NADA_OFFLINE unset" in first  # the cause and the way out
-    assert f"save it under {cache} as the path after its arrow" in first  # where the files go
+    assert f"save it as the path after its arrow (under {cache})" in first  # where the files go
     assert [line[:4] for line in rest] == ["  - "] * 3 and all(str(cache) in line for line in rest)
     assert not (tmp_path / "run").exists()

@@ -156,9 +156,9 @@ EVAL_COLUMNS = (
 )
 EVAL_SHEET = (("target_rate", "tgt"), ("content_kept", "kept"))
 EVAL_NOTE = (
-    "stroke distance to the true renders of the same faces in the target style (lower is closer), beside the "
-    "unadapted faces' and the best global filter's of the same latents; the supervised oracle of docs/toy_quality.md "
-    "is not run (minutes of fine-tuning per target)"
+    "STROKE: distance of the adapted images to the true renders of the same faces in the target style (lower is "
+    "closer); STROKE-BASE and STROKE-FILTER: the same for the unadapted faces and for the best global filter of them; "
+    "the supervised oracle of docs/toy_quality.md is not run (110-200 s of fine-tuning per target)"
 )
 
 

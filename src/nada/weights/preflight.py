@@ -193,8 +193,8 @@ def missing_message(missing: Sequence[Need], reason: str) -> str:
     root = Path(os.path.commonpath([str(n.dest.parent) for n in missing]))
     lines = [
         f"{count} this command needs {'are' if many else 'is'} not on this machine and {reason}: "
-        f"download {'each file listed below' if many else 'the file below'} and save it under {root} as the path "
-        f"after its arrow, or run again with network access (NADA_OFFLINE unset), which caches "
+        f"download {'each file listed below' if many else 'the file below'} and save it as the path after its arrow "
+        f"(under {root}), or run again with network access (NADA_OFFLINE unset), which caches "
         f"{'them' if many else 'it'} there"
     ]
     lines += [f"  - {n.line()}" for n in missing]
