@@ -18,7 +18,7 @@ from nada.errors import NadaError
 from nada.frontends.cli import main
 from nada.generator.checkpoints import save_checkpoint
 from nada.generator.networks import Generator
-from nada.photos.stylize import STAGING_LOCK, STAGING_PREFIX, remove_stale_staging
+from nada.photos.stylize import FOLDER_LOCK, STAGING_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def _paused_stylize(world) -> tuple[subprocess.Popen, Path]:
     )
     assert child.stdout.readline().strip() == "staged"
     (stage,) = [p for p in world["out"].glob(f"{STAGING_PREFIX}*") if p.is_dir()]
-    assert len(list(stage.rglob("*.png"))) == 2 and Path(f"{stage}{STAGING_LOCK}").is_file()
+    assert len(list(stage.rglob("*.png"))) == 2 and (world["out"] / FOLDER_LOCK).is_file()
     return child, stage
 
 
@@ -177,31 +177,31 @@ def test_staging_left_by_a_killed_stylize_is_removed_by_the_next(world):
     finally:
         child.kill()
         child.wait(timeout=60)
-    assert sorted(p.name for p in out.iterdir()) == [stage.name, stage.name + STAGING_LOCK]  # what the kill left
+    assert sorted(p.name for p in out.iterdir()) == sorted([stage.name, FOLDER_LOCK])  # what the kill left
     assert main(_args(world, *MSE_ONLY)) == 0
     _complete(out, ("alice", "bob"))
     assert (out / "grid.png").is_file()
 
 
-def test_staging_of_a_running_stylize_is_kept(world, tmp_path):
+def test_a_second_stylize_into_a_held_folder_is_refused_and_the_first_completes(world, tmp_path, capsys):
     out = world["out"]
-    old = out / f"{STAGING_PREFIX}from-an-older-version"  # no lock file: no owner
     child, stage = _paused_stylize(world)
     try:
-        old.mkdir()
         staged = sorted(p.relative_to(stage) for p in stage.rglob("*"))
-        assert remove_stale_staging(out) == [old]
         carol = tmp_path / "carol.png"
         Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(carol)
         second = ["stylize", "--checkpoint", str(world["style"]), "--out", str(out), "--image", str(carol)]
-        assert main([*second, *FAST, *MSE_ONLY]) == 0  # another stylize into the same folder meanwhile
+        assert main([*second, *FAST, *MSE_ONLY]) == 2  # refused before any work, not racing for grid.png
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "in use by another nada run (pid" in err and "--out" in err
         assert sorted(p.relative_to(stage) for p in stage.rglob("*")) == staged  # the live one's files untouched
         child.stdin.close()
         assert child.wait(timeout=120) == 0
     finally:
         child.kill()
         child.wait(timeout=60)
-    _complete(out, ("alice", "bob", "carol"))
+    _complete(out, ("alice", "bob"))
+    assert not (out / "carol").exists()
 
 
 def test_missing_losses_refuse_then_run_when_allowed(world, capsys):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,55 @@ def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
     except OSError as e:
         what, _ = _WRITE_FIXES.get(e.errno or 0, (e.strerror or type(e).__name__, ""))
         raise NadaError(f"cannot write into {folder}: {what}: choose another {flag} or fix its permissions") from None
+
+
+def lock_folder(root: Path, lock_name: str, flag: str) -> int:
+    """Create ``root``, take the exclusive lock of ``root/lock_name`` without waiting, write the holder; its descriptor.
+
+    Another process holding the lock gets one NadaError line naming it (pid, host, start time); the kernel drops
+    the lock when the holder exits, also after ``kill -9``.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / lock_name, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise NadaError(
+            f"cannot write to the output folder {root} ({e.strerror or e}): "
+            f"choose another {flag} or fix its permissions"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        raise NadaError(
+            f"{root} is in use by another nada run ({holder}): wait for it to end, or choose another {flag}"
+        ) from None
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+    return fd
+
+
+def _read_holder(fd: int) -> str:
+    """The holder line a running process wrote into its lock file (it may not have written it yet)."""
+    text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    return text or "its holder has not written its name yet"
+
+
+@contextlib.contextmanager
+def claimed_folder(root: Path, lock_name: str, flag: str) -> Iterator[Path]:
+    """Hold ``root`` for one command (see `lock_folder`); a folder this claim created and left empty is removed."""
+    created = not root.exists()
+    fd = lock_folder(root, lock_name, flag)
+    try:
+        yield root
+    finally:
+        lock = root / lock_name
+        if created and [p.name for p in root.iterdir()] == [lock_name]:
+            lock.unlink(missing_ok=True)  # a failed first command leaves no folder behind
+            root.rmdir()
+        os.close(fd)
 
 
 def check_writable_file(path: str | os.PathLike, flag: str) -> None:

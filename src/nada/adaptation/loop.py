@@ -32,11 +32,9 @@ N/2 iterations, an interruption and a resumed run of the rest.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import warnings
@@ -75,6 +73,7 @@ from nada.io import (
     atomic_torch_save,
     atomic_write,
     image_grid,
+    lock_folder,
     resolve_device,
     z_from_seeds,
 )
@@ -165,7 +164,7 @@ def claim_run_dir(config: AdaptConfig, resume: bool, force: bool) -> AbstractCon
 
 @contextmanager
 def _claimed(paths: RunPaths, resume: bool, force: bool) -> Iterator[RunPaths]:
-    fd = _lock_run_dir(paths)
+    fd = lock_folder(paths.root, paths.lock.name, "--out")
     try:
         _remove_stale_temp_files(paths.root)
         if paths.has_run() and not (resume or force):
@@ -181,36 +180,6 @@ def _claimed(paths: RunPaths, resume: bool, force: bool) -> Iterator[RunPaths]:
         yield paths
     finally:
         os.close(fd)
-
-
-def _lock_run_dir(paths: RunPaths) -> int:
-    """Open and flock the folder's lock file (creating both), write the holder into it; the open descriptor."""
-    try:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise NadaError(
-            f"cannot write to the output folder {paths.root} ({e.strerror or e}): "
-            "choose another --out or fix its permissions"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read_holder(fd)
-        os.close(fd)
-        raise NadaError(
-            f"{paths.root} is in use by another nada run ({holder}): wait for it to end, or choose another --out"
-        ) from None
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
-    return fd
-
-
-def _read_holder(fd: int) -> str:
-    """The holder line a running run wrote into its lock file (it may not have written it yet)."""
-    text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    return text or "its holder has not written its name yet"
 
 
 def _remove_stale_temp_files(root: Path) -> None:

@@ -10,19 +10,16 @@ generator's redraw), ``<style>.png`` per style and ``wplus.pt`` (the code, reusa
 Everything that can fail is done before anything is written: reading the images and the generators,
 loading the losses, detecting faces, the inversion itself. The files are then written into a hidden
 staging folder inside DIR and moved into place one rename each, so an error leaves no partial output;
-existing files are never replaced without ``force``. Each staging folder has an owner: a lock file beside it,
-held (flock) for as long as the stylize that made it runs, so a later stylize into DIR removes the folders of
-owners that are gone (killed with ``kill -9`` mid-write) and never one that is still being written.
+existing files are never replaced without ``force``. DIR is held for the whole command (the lock file
+``.nada-stylize.lock``, as run folders are), so a second stylize into it is refused in one line before any work,
+and staging folders found there were left by a killed stylize and are removed.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import socket
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +28,11 @@ from typing import Any
 import torch
 
 from nada.errors import NadaError
-from nada.io import check_writable_folder, write_error
+from nada.io import check_writable_folder, claimed_folder, write_error
 from nada.photos.invert import InvertConfig
 
 STAGING_PREFIX = ".nada-stylize-"
-STAGING_LOCK = ".lock"  # suffix of a staging folder's owner lock file, which sits beside the folder
+FOLDER_LOCK = ".nada-stylize.lock"
 
 
 @dataclass
@@ -194,10 +191,7 @@ def stylize(
     log: Callable[[str], None] = print,
 ) -> StylizeReport:
     """Align, invert and restyle each image; write the results under out_dir (see the module docstring)."""
-    from nada.generator.checkpoints import load_generator
-    from nada.photos.align import ALIGN_MODES, align_face, alignment_for_base, load_detector
-    from nada.photos.images import load_image
-    from nada.photos.invert import build_losses, invert, loss_kind_for_base, render_wplus
+    from nada.photos.align import ALIGN_MODES
 
     if not images:
         raise NadaError("no image given: pass at least one --image PATH")
@@ -208,6 +202,44 @@ def stylize(
     if out_dir.exists() and not out_dir.is_dir():
         raise NadaError(f"{out_dir} exists and is not a folder: choose another --out")
     check_writable_folder(out_dir, "--out")
+    with claimed_folder(out_dir, FOLDER_LOCK, "--out"):
+        remove_stale_staging(out_dir)
+        return _stylize(
+            images,
+            out_dir,
+            presets,
+            checkpoints,
+            base,
+            align,
+            config,
+            device,
+            allow_missing_losses,
+            force,
+            progress,
+            log,
+        )
+
+
+def _stylize(
+    images: Sequence[str | os.PathLike],
+    out_dir: Path,
+    presets: Sequence[str],
+    checkpoints: Sequence[str],
+    base: str | None,
+    align: str,
+    config: InvertConfig,
+    device: torch.device,
+    allow_missing_losses: bool,
+    force: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> StylizeReport:
+    """`stylize` in a folder this process holds."""
+    from nada.generator.checkpoints import load_generator
+    from nada.photos.align import align_face, alignment_for_base, load_detector
+    from nada.photos.images import load_image
+    from nada.photos.invert import build_losses, invert, loss_kind_for_base, render_wplus
+
     paths = [Path(p).expanduser() for p in images]
     folders = _unique([_safe_name(p.stem) for p in paths])
 
@@ -271,11 +303,7 @@ def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Seque
     from nada.io import image_grid
     from nada.photos.images import tensor_to_pil
 
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(out_dir)
-    stage, owner = _claim_staging(out_dir)
-    done = False
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         rel: list[Path] = []
 
@@ -297,7 +325,6 @@ def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Seque
         for name in rel:  # os.replace is atomic per file, and staging is on the same file system
             (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / name, out_dir / name)
-        done = True
         return [out_dir / name for name in rel]
     except (OSError, RuntimeError) as e:  # a full disk or lost rights while writing: one line, nothing left
         error = write_error(getattr(e, "filename", None) or out_dir, e)
@@ -305,67 +332,15 @@ def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Seque
             raise
         raise error from None
     finally:
-        _release_staging(stage, owner)
-        if created and not done and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failed first run leaves no empty folder behind
-
-
-def _claim_staging(out_dir: Path) -> tuple[Path, int]:
-    """A new staging folder in out_dir and the descriptor that holds its owner lock (flock, holder line written)."""
-    fd, lock = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=STAGING_LOCK, dir=out_dir)
-    stage = Path(lock.removesuffix(STAGING_LOCK))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a cleaner looks at the still empty file
-        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
-        stage.mkdir()  # after the lock: a staging folder without its lock file has no owner
-    except OSError:
-        _release_staging(stage, fd)
-        raise
-    return stage, fd
-
-
-def _release_staging(stage: Path, fd: int) -> None:
-    """Remove a staging folder, then its lock file, then let go of the lock."""
-    try:
         shutil.rmtree(stage, ignore_errors=True)
-        Path(f"{stage}{STAGING_LOCK}").unlink(missing_ok=True)
-    finally:
-        os.close(fd)
 
 
 def remove_stale_staging(out_dir: Path) -> list[Path]:
-    """Remove the staging folders in out_dir whose owner is gone (its lock is free); the folders removed.
-
-    A folder whose lock is held belongs to a stylize still writing and is kept. A lock file that is still
-    empty is being claimed (its owner writes the holder line right after taking the lock) and is kept too.
-    """
-    removed = []
-    for lock in sorted(out_dir.glob(f"{STAGING_PREFIX}*{STAGING_LOCK}")):
-        stage = Path(str(lock).removesuffix(STAGING_LOCK))
-        if _owner_gone(lock):
+    """Remove the staging folders in out_dir, which the caller holds: a killed stylize left them; those removed."""
+    stale = sorted(out_dir.glob(f"{STAGING_PREFIX}*"))
+    for stage in stale:
+        if stage.is_dir():
             shutil.rmtree(stage, ignore_errors=True)
-            lock.unlink(missing_ok=True)
-            removed.append(stage)
-    for stage in sorted(out_dir.glob(f"{STAGING_PREFIX}*")):  # folders of older versions had no lock file
-        if stage.is_dir() and not Path(f"{stage}{STAGING_LOCK}").exists():
-            shutil.rmtree(stage, ignore_errors=True)
-            removed.append(stage)
-    return removed
-
-
-def _owner_gone(lock: Path) -> bool:
-    """Whether a staging lock file was claimed by a process that no longer holds it (killed or finished)."""
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except FileNotFoundError:  # its owner finished and removed it just now
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return False
-    try:
-        return bool(os.pread(fd, 200, 0).strip())
-    finally:
-        os.close(fd)  # releases the lock
+        else:
+            stage.unlink(missing_ok=True)  # an owner lock file of an earlier version's staging
+    return stale
