@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from nada.config import MAX_SEEDS
 from nada.errors import NadaError
+from nada.limits import MAX_SEEDS
 
 # Every temporary file nada writes ends so: a kill during a save leaves only names that are recognisably nada's.
 TMP_SUFFIX = ".nada-tmp"

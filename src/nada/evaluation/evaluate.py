@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from tqdm.auto import tqdm
 
-from nada.config import AdaptConfig
+from nada.config import AdaptConfig, preset_config
 from nada.errors import NadaError
 from nada.generator.checkpoints import load_generator, read_metadata
 from nada.guidance import losses
@@ -125,7 +125,7 @@ def describe_model(spec: str) -> EvalModel:
         meta = presets.packed_info(status.path)["metadata"] if status.path and presets.is_compact(status.path) else {}
         model = _from_metadata(spec, f"preset:{spec}", meta)
         model.base, model.source_text, model.target_text = p.base, p.source, p.target
-        model.guided_by = model.guided_by or _clip_names(p.adapt_config(".").resolved_clip())
+        model.guided_by = model.guided_by or _clip_names(preset_config(p, ".").resolved_clip())
         return model
     raise NadaError(f"{spec!r} is neither a run folder, a checkpoint file nor a preset name: see `nada presets list`")
 

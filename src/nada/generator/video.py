@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from nada.config import MAX_GRID_PIXELS
 from nada.errors import NadaError
+from nada.limits import MAX_GRID_PIXELS
 
 if TYPE_CHECKING:
     from nada.generator.domains import DomainRows
