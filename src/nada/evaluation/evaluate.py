@@ -48,12 +48,12 @@ from nada.photos.perceptual import (
     downsample_for_lpips,
     load_identity_loss,
     load_lpips,
-    load_state_dict,
     resolve_weights,
 )
 from nada.profiles import EvalWorld, WorldJudges, eval_world, profile_for
 from nada.weights import presets
 from nada.weights.presets import share_mean_latent
+from nada.weights.safe_load import read_state_dict
 
 if TYPE_CHECKING:
     from nada.generator.networks import Generator
@@ -251,7 +251,7 @@ def inception_weights(progress: bool = True) -> Path:
     """The FID Inception weights file through the weights registry, checked to hold tensors only."""
 
     path = resolve_weights("inception-fid", progress)
-    load_state_dict(path)  # loads with weights_only=True: proves the file runs no code when torch-fidelity reads it
+    read_state_dict(path, what="FID Inception weights")  # the one safe reader: the file holds tensors only
     return path
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 
 def option(
@@ -72,7 +72,7 @@ def add_dataclass_arguments(
             continue
         allowed = (choices or {}).get(name) or field.metadata.get("choices")
         metavar = field.metadata.get("metavar") or (None if allowed else flag[2:].upper().replace("-", "_"))
-        parser.add_argument(flag, metavar=metavar, choices=allowed, **_value_kind(field, default), **kwargs)
+        parser.add_argument(flag, metavar=metavar, choices=allowed, **_value_kind(cls, field, default), **kwargs)
     return list(helps)
 
 
@@ -86,15 +86,18 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, names: Sequence[str
     return cls(**{**given(args, names), **extra})
 
 
-def _value_kind(field: dataclasses.Field, default: Any) -> dict[str, Any]:
+def _value_kind(owner: type, field: dataclasses.Field, default: Any) -> dict[str, Any]:
     """argparse's `type` (and `nargs` for a tuple or list of plain values) of a field's values."""
     if "type" in field.metadata:
         return {"type": field.metadata["type"]}
+    if default is None:  # the annotation names the type: `int | None` parses ints
+        kinds = [t for t in get_args(get_type_hints(owner)[field.name]) if t is not type(None)]
+        return {"type": kinds[0] if len(kinds) == 1 and kinds[0] in (int, float, str) else str}
     if isinstance(default, tuple | list):
         item = type(default[0]) if default else str
         # argparse gives a list; a tuple field gets a tuple back so the dataclass stays hashable and comparable
         return {"type": item, "nargs": "+", "action": _TupleStore if isinstance(default, tuple) else "store"}
-    return {"type": str if default is None else type(default)}
+    return {"type": type(default)}
 
 
 class _TupleStore(argparse.Action):
