@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nada.errors import NadaError
+from nada.generator.checkpoints import read_metadata
 from nada.plugins import load_plugins, register
 
 if TYPE_CHECKING:
@@ -112,7 +113,6 @@ def profile_base(generator: str, depth: int = 4) -> str | None:
         return generator
     if depth == 0 or not generator or not Path(generator).expanduser().is_file():
         return None
-    from nada.generator.checkpoints import read_metadata  # loads torch's checkpoint readers only for files
 
     try:
         meta = read_metadata(Path(generator).expanduser())

@@ -62,7 +62,7 @@ from nada.adaptation.layers import (
     trainable_names,
 )
 from nada.config import AdaptConfig
-from nada.errors import NadaError
+from nada.errors import NadaError, NadaWarning
 from nada.generator.checkpoints import load_generator, save_checkpoint
 from nada.generator.domains import DomainGenerator, is_domain_payload, save_domain
 from nada.guidance import losses
@@ -174,7 +174,6 @@ def _claimed(paths: RunPaths, resume: bool, force: bool) -> Iterator[RunPaths]:
                 "--force to start it over, or choose another --out"
             )
         if resume and not paths.state.exists():
-            from nada.errors import NadaWarning
 
             message = f"nothing to resume in {paths.root}: no state was saved yet, so the run starts at step 0"
             warnings.warn(message, NadaWarning, stacklevel=2)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from nada.errors import NadaError
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
+from nada.generator.checkpoints import load_generator
 from nada.toy import filters as toy_filters
 from nada.toy import render as R
 from nada.toy import runs
@@ -209,7 +210,6 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
         init_from(model, Path(cfg.init_from))
     G = None
     if cfg.negatives > 0 or cfg.generator_share > 0:
-        from nada.generator.checkpoints import load_generator
 
         G = load_generator(cfg.generator).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

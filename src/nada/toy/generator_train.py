@@ -47,6 +47,7 @@ from nada.errors import NadaError
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
 from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 from nada.generator.networks import Generator
+from nada.guidance.clip import load_clip
 from nada.io import atomic_save_image, image_grid, resolve_device
 from nada.toy import render as R
 from nada.toy import runs
@@ -489,7 +490,6 @@ def train(
         log.info(f"new run: {cfg.to_dict()} on {device}")
     teacher, text = None, None
     if cfg.teacher:
-        from nada.guidance.clip import load_clip
 
         teacher = load_clip(cfg.teacher, device)
         text = attribute_text_features(teacher)
