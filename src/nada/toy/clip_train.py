@@ -126,9 +126,9 @@ class TrainConfig:
     text_from: str = option("", "load the text tower of this clip.pt and keep it frozen (locked-text training)")
     # Embedding stability (adversarial training): each step, projected gradient ascent finds a perturbation
     # of at most adv_eps per pixel (images in [-1, 1]) that moves each image's unit embedding furthest,
-    # and adv_weight x that squared move is added to the loss. Without it a change of 0.1 per pixel moved
-    # the embedding by 1.5 (unit vectors), so adaptation followed such pixel-level directions (colour
-    # noise) instead of drawing a style. 0 = off.
+    # and adv_weight x that squared move is added to the loss. Without it small colour changes move the
+    # embedding far, so adaptation follows such pixel-level directions (colour noise) instead of drawing a
+    # style (docs/toy_quality.md has the measurement). 0 = off.
     adv_eps: float = option(0.0, "embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off")
     adv_steps: int = option(3, "gradient-ascent steps of that attack")
     adv_weight: float = option(10.0, "weight of the embedding move under attack")
