@@ -71,3 +71,6 @@ def test_option_fields_carry_help_type_and_choices_and_keep_defaults_parses_to_t
     text = " ".join(p.format_help().split())
     assert "--sizes SIZES [SIZES ...]" in text and "(default: 64 128)" in text and "(default: A:B)" in text
     assert "--net NET" in text
+    q = argparse.ArgumentParser()
+    add_dataclass_arguments(q, Settings, {"folder": "a folder"}, shown={"folder": "the current folder"})
+    assert "(default: the current folder)" in " ".join(q.format_help().split())

@@ -48,22 +48,24 @@ def add_dataclass_arguments(
     defaults_note: str = "",
     choices: Mapping[str, Sequence[Any]] | None = None,
     keep_defaults: bool = False,
+    shown: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Add one option per field of `cls` named in `helps` (in that order; None: `field_helps`); returns the fields.
 
     The parsed value is None unless the option is given (the dataclass default with `keep_defaults`); the help
-    shows the dataclass default and `defaults_note`.
+    shows the dataclass default (or what `shown` says of it) and `defaults_note`.
     """
     helps = field_helps(cls) if helps is None else helps
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     for name, text in helps.items():
         field = by_name[name]
         default = _default(field)
-        shown = field.metadata.get("shown") or (_shown(default) if default not in (None, "") else "none")
+        said = (shown or {}).get(name) or field.metadata.get("shown")
+        said = said or (_shown(default) if default not in (None, "") else "none")
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": default if keep_defaults else None,
-            "help": f"{text} (default: {shown}{defaults_note})",
+            "help": f"{text} (default: {said}{defaults_note})",
         }
         flag = flag_for(name, flags)
         if isinstance(default, bool):

@@ -88,11 +88,17 @@ COMMANDS = {
 
 # SweepOptions field -> help; flags, types and defaults come from SweepOptions (nada.frontends.args).
 SWEEP_HELP = {
-    "address": "join this Ray cluster ('auto' or ray://HOST:10001) instead of starting one (none: start one here)",
-    "workers": "trials at once (none: as many as the resources allow)",
+    "address": "join this Ray cluster ('auto' or ray://HOST:10001) instead of starting one",
+    "workers": "trials at once",
     "cpus_per_trial": "CPUs (and torch threads) per trial",
-    "gpus_per_trial": "GPUs per trial (none: 1 when there are GPUs, else 0)",
+    "gpus_per_trial": "GPUs per trial",
     "retries": "times Ray reruns a trial whose worker died",
+}
+# What a None default of SweepOptions means, as the help says it.
+SWEEP_SHOWN = {
+    "address": "start Ray on this machine",
+    "workers": "as many as the resources allow",
+    "gpus_per_trial": "1 when there are GPUs, else 0",
 }
 
 
@@ -105,7 +111,7 @@ def sweep_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="sweep folder (trial run folders, summary); with --address, a path every node mounts",
     )
-    add_dataclass_arguments(p, SweepOptions, SWEEP_HELP, keep_defaults=True)
+    add_dataclass_arguments(p, SweepOptions, SWEEP_HELP, keep_defaults=True, shown=SWEEP_SHOWN)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
