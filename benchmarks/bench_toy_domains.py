@@ -41,11 +41,10 @@ def judge(G_frozen: Any, G: Any, source: str, target: str) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Adapt one preset's recipe with the asked params and lr; judge every checkpoint."""
     from nada.adaptation.loop import RunPaths, adapt
+    from nada.config import preset_config
     from nada.generator.checkpoints import load_generator
-    from nada.weights.presets import get_preset
 
-    preset = get_preset(args.preset)
-    config = preset.adapt_config(args.out).replace(params=args.params, iterations=args.iterations)
+    config = preset_config(args.preset, args.out).replace(params=args.params, iterations=args.iterations)
     if args.lr is not None:
         config = config.replace(lr=args.lr)
     t0 = time.perf_counter()

@@ -56,7 +56,7 @@ def true_renders(z: torch.Tensor, style: str, seed: int = 3) -> torch.Tensor:
 
 def style_rate(evaluator, images: torch.Tensor, style: str) -> float:
     """Share of images the evaluator puts in ``style``."""
-    from nada.toy.quality import predict_all
+    from nada.toy.evaluator import predict_all
 
     preds = predict_all(evaluator, images)
     return float((preds["style"] == evaluator.classes["style"].index(style)).float().mean())

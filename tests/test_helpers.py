@@ -18,6 +18,7 @@ def test_one_line_collapses_cuts_and_names_the_type() -> None:
     assert one_line(e) == "first line second line"
     assert one_line(e, first_line=True) == "first line"
     assert one_line(e, typed=True, first_line=True) == "ValueError: first line"
+    assert one_line(e, last_line=True) == "second line"  # Ray's task errors: the traceback first, the cause last
     assert one_line(KeyError()) == "KeyError"  # an empty message still says something
     cut = one_line(OSError("x" * 500), limit=50)
     assert len(cut) == 50 and cut.endswith("...")

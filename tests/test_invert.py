@@ -160,7 +160,8 @@ def test_lpips_loads_weights_from_the_cache(no_weights):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # the reference package uses torchvision's deprecated 'pretrained'
 def test_lpips_matches_the_reference_package():
     lpips = pytest.importorskip("lpips", reason="the reference lpips package is not installed")
-    from nada.photos.perceptual import LPIPS, load_state_dict, resolve_weights
+    from nada.photos.perceptual import LPIPS, resolve_weights
+    from nada.weights.safe_load import read_state_dict
 
     for net in ("vgg", "alex"):
         torch.manual_seed(0)
@@ -169,7 +170,7 @@ def test_lpips_matches_the_reference_package():
         mine.features.load_state_dict(
             {k.split(".", 2)[2]: v for k, v in ref.state_dict().items() if k.startswith("net.slice")}
         )
-        lin = load_state_dict(resolve_weights(f"lpips-{net}"))
+        lin = read_state_dict(resolve_weights(f"lpips-{net}"))
         mine.lins.load_state_dict({f"{k}.weight": lin[f"lin{k}.model.1.weight"] for k in range(5)})
         x, y = torch.rand(2, 3, 48, 48) * 2 - 1, torch.rand(2, 3, 48, 48) * 2 - 1
         with torch.no_grad():

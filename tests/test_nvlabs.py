@@ -229,7 +229,7 @@ def test_payload_inside_tensor_storage_bytes_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "network-snapshot-000000.pkl"
     path.write_bytes(_snapshot_bytes(Reduce(torch.storage._load_from_bytes, blob.getvalue())))
     with pytest.raises(
-        NadaError, match="network-snapshot-000000.pkl: a tensor storage in the snapshot holds more than tensor data"
+        NadaError, match="network-snapshot-000000.pkl: a tensor storage in the snapshot contains the Python object"
     ):
         load_generator(path)
     assert not marker.exists()

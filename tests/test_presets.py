@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nada.config import AdaptConfig
+from nada.config import AdaptConfig, preset_config
 from nada.errors import NadaError
 from nada.frontends.cli import build_parser, main
 from nada.generator.checkpoints import save_checkpoint
@@ -112,7 +112,7 @@ def test_table_is_consistent() -> None:
             continue
         assert p.name == name and p.base in registry.known_generators(), name
         assert {k for k, _ in p.options} <= valid, name
-        p.adapt_config().validate()  # every recipe is a runnable AdaptConfig
+        preset_config(p).validate()  # every recipe is a runnable AdaptConfig
         if p.weights is not None and p.weights.kind == "hub":
             assert len(p.weights.hf_revision) == 40 and p.weights.address.startswith("https://huggingface.co/"), name
     toy = [p for p in table.values() if p.base == "toy"]
@@ -130,7 +130,7 @@ def test_printed_adapt_command_parses_to_the_recipe(name: str) -> None:
     argv = shlex.split(presets.adapt_command(p, out_dir="runs/x"))
     assert argv[:2] == ["nada", "adapt"]
     parsed = adapt_config(build_parser().parse_args(argv[1:]))  # the base's profile applies as it does in the CLI
-    assert parsed == p.adapt_config("runs/x")
+    assert parsed == preset_config(p, "runs/x")
     assert parsed.to_dict() == {**parsed.to_dict(), **dict(p.options)}  # the preset's recipe wins over the profile
 
 

@@ -10,6 +10,7 @@ web app all call it, so a setting comes from the same place whichever front end 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -18,7 +19,9 @@ from nada.errors import NadaError
 from nada.guidance.clip import parse_clip_spec
 from nada.guidance.losses import keep_groups
 from nada.guidance.templates import attribute_groups, prompt_set_for, prompt_sets
+from nada.limits import check_truncation
 from nada.profiles import get_profile, profile_base
+from nada.weights.preset_table import Preset, get_preset, trained_dir
 
 # "auto" for the CLIP means the base profile's guide, else the paper's ViT-B/32; for the templates, the
 # prompt set registered for the guiding CLIPs, else CLIP's ImageNet prompts (nada.guidance.templates).
@@ -43,26 +46,6 @@ REFERENCES: dict[str, dict[str, Any]] = {
         "templates": "imagenet",
     },
 }
-
-
-# ---------------------------------------------------------------- limits
-# Sizes and counts nada accepts, so that memory stays bounded whatever the input; docs/adapt.md
-# ("Limits") lists them for users.
-MAX_SEEDS = 1_000_000  # seeds in one seed list (the list itself: about 40 MB); images stream to --out-dir
-MAX_GRID_PIXELS = 64 * 1024 * 1024  # image pixels in one grid file (its uint8 canvas: about 200 MB)
-TRUNCATION_RANGE = (-1.0, 2.0)  # truncation psi; beyond it images leave the generator's range and turn to noise
-MIN_IMAGE_SIDE = 32  # smaller images hold too little detail to align or invert
-MAX_IMAGE_SIDE = 4096  # larger images are downscaled to this longer side before anything else
-MAX_IMAGE_PIXELS = 2 * 89_478_485  # pixels an image header may declare (Pillow's decompression-bomb limit)
-MAX_DECODED_PIXELS = 8192 * 8192  # pixels decoded from one file (RGBA: 256 MB); JPEG decodes reduced first
-
-
-def check_truncation(psi: float, flag: str = "--truncation") -> float:
-    """``psi`` if it is a finite number inside TRUNCATION_RANGE, else a NadaError naming ``flag``."""
-    lo, hi = TRUNCATION_RANGE
-    if not (math.isfinite(psi) and lo <= psi <= hi):
-        raise NadaError(f"{flag} {psi} is outside [{lo}, {hi}]: use e.g. 0.7 (1 means no truncation)")
-    return psi
 
 
 @dataclass(frozen=True)
@@ -340,8 +323,6 @@ def resolve(
     `base` is a registered name or a checkpoint path (its metadata's base gives the profile); without it
     the preset's base is used. `user` holds only the options the user gave explicitly.
     """
-    from nada.weights.presets import get_preset  # presets import nada.io, which imports this module
-
     user = dict(user or {})
     _check_names(user, "user options")
     layers: list[tuple[str, dict[str, Any]]] = []
@@ -371,6 +352,13 @@ def resolve(
         values.update(options)
         sources.update({k: source for k in options})
     return AdaptConfig(**values), sources
+
+
+def preset_config(preset: str | Preset, out_dir: str | os.PathLike | None = None) -> AdaptConfig:
+    """The AdaptConfig that trains `preset` (its base's profile, then its recipe); run folder `trained_dir`."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    out = str(out_dir if out_dir is not None else trained_dir(p.name))
+    return resolve(p.base, preset=p.name, user={"out_dir": out})[0]
 
 
 def _check_names(options: Mapping[str, Any], what: str) -> None:

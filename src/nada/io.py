@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from nada.config import MAX_SEEDS
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
+from nada.limits import MAX_SEEDS
 
 # Every temporary file nada writes ends so: a kill during a save leaves only names that are recognisably nada's.
 TMP_SUFFIX = ".nada-tmp"
@@ -37,7 +37,7 @@ def write_error(path: str | os.PathLike, e: BaseException) -> NadaError | None:
     if isinstance(e, NadaError):
         return e
     if isinstance(e, OSError):
-        what, fix = _WRITE_FIXES.get(e.errno or 0, (e.strerror or str(e) or type(e).__name__, "check the output path"))
+        what, fix = _WRITE_FIXES.get(e.errno or 0, (e.strerror or one_line(e), "check the output path"))
         return NadaError(f"cannot write {path}: {what}: {fix}")
     torch_write = any(m in str(e) for m in ("inline_container", "PytorchStreamWriter")) and "Reader" not in str(e)
     if isinstance(e, RuntimeError) and torch_write:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nada.errors import NadaError
+from nada.generator.checkpoints import read_metadata
 from nada.plugins import load_plugins, register
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from nada.config import AdaptConfig
     from nada.generator.networks import Generator
 
 # The training command of the official README (rinongal/StyleGAN-nada): two CLIPs, adaptive layer
@@ -36,8 +36,9 @@ PAPER_RECIPE: tuple[tuple[str, Any], ...] = (
     ("mixing_prob", 0.0),
 )
 
-# A judge scores an adapted generator: (resolved config, adapted generator, run folder) -> summary lines.
-Judge = Callable[["AdaptConfig", "Generator", Path], list[str]]
+# A judge scores an adapted generator: (resolved AdaptConfig, adapted generator, run folder) -> summary lines.
+# The config is typed Any because nada.config reads the profiles: this module stays below it.
+Judge = Callable[[Any, "Generator", Path], list[str]]
 # A perceptual distance for inversion: (name shown to users, loader taking a device).
 Perceptual = tuple[str, Callable[["torch.device | str"], "nn.Module"]]
 
@@ -115,7 +116,6 @@ def profile_base(generator: str, depth: int = 4) -> str | None:
         return generator
     if depth == 0 or not generator or not Path(generator).expanduser().is_file():
         return None
-    from nada.generator.checkpoints import read_metadata  # loads torch's checkpoint readers only for files
 
     try:
         meta = read_metadata(Path(generator).expanduser())

@@ -51,6 +51,7 @@ from torch import nn
 
 from nada.config import LAYER_SET_CHOICES, SCORE_CHOICES
 from nada.errors import NadaError
+from nada.guidance import losses
 
 # ---------------------------------------------------------------- layer bookkeeping
 
@@ -293,7 +294,6 @@ def auto_layer_scores(
     ``generator`` (on G's device) or the global RNG. Returns (scores, loss of the first step);
     ``auto:K`` picks the K rows with the highest scores.
     """
-    from nada.guidance import losses
 
     ensemble = [(m, float(wt)) for m, wt in clip] if isinstance(clip, (list, tuple)) else [(clip, 1.0)]
     with torch.no_grad():

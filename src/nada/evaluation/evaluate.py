@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from tqdm.auto import tqdm
 
-from nada.config import AdaptConfig
+from nada.config import AdaptConfig, preset_config
 from nada.errors import NadaError
 from nada.generator.checkpoints import load_generator, read_metadata
 from nada.guidance import losses
@@ -48,12 +48,12 @@ from nada.photos.perceptual import (
     downsample_for_lpips,
     load_identity_loss,
     load_lpips,
-    load_state_dict,
     resolve_weights,
 )
 from nada.profiles import EvalWorld, WorldJudges, eval_world, profile_for
 from nada.weights import presets
 from nada.weights.presets import share_mean_latent
+from nada.weights.safe_load import read_state_dict
 
 if TYPE_CHECKING:
     from nada.generator.networks import Generator
@@ -125,7 +125,7 @@ def describe_model(spec: str) -> EvalModel:
         meta = presets.packed_info(status.path)["metadata"] if status.path and presets.is_compact(status.path) else {}
         model = _from_metadata(spec, f"preset:{spec}", meta)
         model.base, model.source_text, model.target_text = p.base, p.source, p.target
-        model.guided_by = model.guided_by or _clip_names(p.adapt_config(".").resolved_clip())
+        model.guided_by = model.guided_by or _clip_names(preset_config(p, ".").resolved_clip())
         return model
     raise NadaError(f"{spec!r} is neither a run folder, a checkpoint file nor a preset name: see `nada presets list`")
 
@@ -251,7 +251,7 @@ def inception_weights(progress: bool = True) -> Path:
     """The FID Inception weights file through the weights registry, checked to hold tensors only."""
 
     path = resolve_weights("inception-fid", progress)
-    load_state_dict(path)  # loads with weights_only=True: proves the file runs no code when torch-fidelity reads it
+    read_state_dict(path, what="FID Inception weights")  # the one safe reader: the file holds tensors only
     return path
 
 

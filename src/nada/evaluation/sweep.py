@@ -387,11 +387,10 @@ def _run_on_ray(
             try:
                 results[t.id] = ray.get(ready[0])
             except Exception as e:  # the trial failed for good (its own error, or its worker died too often)
-                first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
                 results[t.id] = {
                     "id": t.id,
                     "status": "failed",
-                    "error": first,
+                    "error": one_line(e, 300, last_line=True),
                     "varied": t.varied,
                     "folder": t.config["out_dir"],
                     "metrics": {},

@@ -18,7 +18,6 @@ from nada.config import (
     REFERENCES,
     AdaptConfig,
     WebLimits,
-    check_truncation,
     describe,
     resolve,
 )
@@ -27,8 +26,12 @@ from nada.frontends import cli_eval as _cli_eval
 from nada.frontends import web
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, given
 from nada.frontends.web import DEFAULT_HOST, DEFAULT_PORT, WebBackend
-from nada.generator import checkpoints  # checkpoints.load_generator: looked up at call time (tests stand in for it)
+from nada.generator import (
+    checkpoints,  # checkpoints.load_generator: looked up at call time (tests stand in for it)
+    video,
+)
 from nada.generator.checkpoints import read_metadata
+from nada.generator.domains import DomainRows, is_multi_spec, parse_domains
 from nada.generator.generate import (
     GRID_COLUMNS,
     check_grid_size,
@@ -36,6 +39,7 @@ from nada.generator.generate import (
     generate_images,
     write_outputs,
 )
+from nada.generator.video import WALKS
 from nada.io import (
     atomic_save_image,
     check_writable_file,
@@ -44,6 +48,7 @@ from nada.io import (
     resolve_device,
     write_error,
 )
+from nada.limits import check_truncation
 from nada.photos.align import ALIGN_MODES
 from nada.photos.images import WRITE_SUFFIXES
 from nada.photos.invert import InvertConfig, loss_kind_for_base
@@ -55,6 +60,7 @@ from nada.weights.download import human_size, local_path
 from nada.weights.presets import (
     comparison_rows,
     get_preset,
+    known_presets,
     load_preset,
     share_mean_latent,
 )
@@ -77,7 +83,6 @@ def _run_generate(args: argparse.Namespace) -> int:
     check_truncation(args.truncation)
     if args.batch_size < 1:
         raise NadaError(f"batch size {args.batch_size} is invalid: use 1 or more")
-    from nada.generator.domains import is_multi_spec
 
     if args.preset is not None and is_multi_spec(args.preset):
         return _run_generate_rows(args, seeds)
@@ -102,11 +107,6 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _run_generate_rows(args: argparse.Namespace, seeds: list[int]) -> int:
     """`nada generate --preset a,0.5*b+0.5*c`: one grid, a row per domain or blend (the base first with --compare)."""
-    from nada.generator.domains import DomainRows, parse_domains
-    from nada.generator.generate import check_grid_size
-    from nada.io import atomic_save_image, image_grid, resolve_device
-    from nada.weights import preflight
-    from nada.weights.presets import known_presets
 
     if args.out_dir is not None:
         raise NadaError(
@@ -260,7 +260,6 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _video_arguments(p: argparse.ArgumentParser) -> None:
-    from nada.generator.video import WALKS
 
     p.add_argument(
         "--preset",
@@ -294,11 +293,6 @@ def _video_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_video(args: argparse.Namespace) -> int:
-    from nada.config import check_truncation
-    from nada.generator import video
-    from nada.generator.domains import DomainRows, parse_domains
-    from nada.io import parse_seeds, resolve_device
-    from nada.weights.presets import known_presets
 
     seeds = parse_seeds(args.seeds)
     check_truncation(args.truncation)

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from nada.errors import NadaError
-from nada.evaluation.evaluate import EvalSettings
+from nada.evaluation.evaluate import EvalSettings, format_table, run_eval, write_outputs
+from nada.evaluation.sweep import SweepOptions, read_sweep_file, run_sweep
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args
+from nada.io import resolve_device
 
 # EvalSettings field -> help (flag: --field-name; a True default becomes --no-field-name).
 EVAL_HELP = {
@@ -46,9 +48,6 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """`nada eval`: score, print the table, write the files."""
-    from nada.evaluation.evaluate import format_table, run_eval, write_outputs
-    from nada.io import resolve_device
-
     if len(args.models) > 1 and not args.compare:
         raise NadaError(f"{len(args.models)} models given: pass --compare to evaluate them side by side")
     out = (
@@ -87,6 +86,22 @@ COMMANDS = {
 }
 
 
+# SweepOptions field -> help; flags, types and defaults come from SweepOptions (nada.frontends.args).
+SWEEP_HELP = {
+    "address": "join this Ray cluster ('auto' or ray://HOST:10001) instead of starting one",
+    "workers": "trials at once",
+    "cpus_per_trial": "CPUs (and torch threads) per trial",
+    "gpus_per_trial": "GPUs per trial",
+    "retries": "times Ray reruns a trial whose worker died",
+}
+# What a None default of SweepOptions means, as the help says it.
+SWEEP_SHOWN = {
+    "address": "start Ray on this machine",
+    "workers": "as many as the resources allow",
+    "gpus_per_trial": "1 when there are GPUs, else 0",
+}
+
+
 def sweep_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `nada sweep`."""
     p.add_argument("file", help="sweep file (.yaml or .json): targets or pairs, settings, vary, seeds, eval")
@@ -96,36 +111,15 @@ def sweep_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="sweep folder (trial run folders, summary); with --address, a path every node mounts",
     )
-    p.add_argument(
-        "--address", default=None, help="join this Ray cluster ('auto' or ray://HOST:10001) instead of starting one"
-    )
-    p.add_argument("--workers", type=int, default=None, help="trials at once (default: as many as the resources allow)")
-    p.add_argument(
-        "--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: %(default)s)"
-    )
-    p.add_argument(
-        "--gpus-per-trial", type=float, default=None, help="GPUs per trial (default: 1 when there are GPUs, else 0)"
-    )
-    p.add_argument(
-        "--retries", type=int, default=3, help="times Ray reruns a trial whose worker died (default: %(default)s)"
-    )
+    add_dataclass_arguments(p, SweepOptions, SWEEP_HELP, keep_defaults=True, shown=SWEEP_SHOWN)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     """`nada sweep`: run (or continue) the sweep, print the summary table."""
-    from nada.evaluation.sweep import SweepOptions, read_sweep_file, run_sweep
-
     if args.workers is not None and args.workers < 1 or args.cpus_per_trial < 1 or args.retries < 0:
         raise NadaError("--workers and --cpus-per-trial must be at least 1, --retries at least 0")
-    options = SweepOptions(
-        address=args.address,
-        workers=args.workers,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        retries=args.retries,
-        progress=not args.quiet,
-    )
+    options = dataclass_from_args(SweepOptions, args, list(SWEEP_HELP), progress=not args.quiet)
     records = run_sweep(read_sweep_file(args.file), args.out, options, log=lambda m: print(m, file=sys.stderr))
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
     failed = [r["id"] for r in records if r["status"] != "done"]

@@ -80,6 +80,7 @@ DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine 
 DEFAULT_PORT = 7860
 LAYER_CHOICES = ("auto:3", "auto:6", "all", "last:3", "grad:3")
 POLL_SECONDS = 0.5  # how often the Adapt tab refreshes a running job
+SERVER_LOG_LIMIT = 2000  # characters of an unexpected error in the server log; the page shows one_line's default
 
 
 # ---------------------------------------------------------------- jobs
@@ -307,7 +308,7 @@ class WebBackend:
         try:
             self.load_style(entry)  # a file that holds no generator gets the answer a missing one gets
         except Exception as e:
-            print(f"nada web: refused checkpoint {text!r}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+            print(f"nada web: refused checkpoint {text!r}: {one_line(e, typed=True)}", file=sys.stderr)
             raise NadaError(NOT_AVAILABLE) from None
         session.styles[entry.key] = entry
         return entry
@@ -530,8 +531,9 @@ class WebBackend:
         except NadaError as e:
             job.state, job.message = "failed", str(e)
         except Exception as e:  # the worker must survive anything; the page shows one line
-            job.state, job.message = "failed", f"adaptation failed ({type(e).__name__}: {one_line(e)})"
-            print(f"nada web: adaptation job {job.id} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            job.state, job.message = "failed", f"adaptation failed ({one_line(e, typed=True)})"
+            log_line = one_line(e, SERVER_LOG_LIMIT, typed=True)
+            print(f"nada web: adaptation job {job.id} failed: {log_line}", file=sys.stderr)
 
     def _clip_spec(self) -> str:
         """The CLIP spec of this app's runs: the one asked for, or for 'auto' the base profile's (see `defaults`)."""
@@ -679,8 +681,8 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except NadaError as e:
             raise gr.Error(str(e), print_exception=False) from None
         except Exception as e:
-            print(f"nada web: {fn.__name__} failed: {type(e).__name__}: {e}", file=sys.stderr)
-            raise gr.Error(f"{type(e).__name__}: {one_line(e)}", print_exception=False) from None
+            print(f"nada web: {fn.__name__} failed: {one_line(e, SERVER_LOG_LIMIT, typed=True)}", file=sys.stderr)
+            raise gr.Error(one_line(e, typed=True), print_exception=False) from None
 
     return wrapped
 

@@ -27,7 +27,9 @@ import torch
 from nada import __version__
 from nada.errors import NadaError
 from nada.generator.networks import Generator, GeneratorConfig, default_channels
+from nada.generator.nvlabs import generator_from_snapshot
 from nada.io import atomic_torch_save
+from nada.weights.registry import resolve_generator
 from nada.weights.safe_load import torch_load
 
 # torch.save's legacy (pre-zip) format starts with a pickled magic number; NVlabs pickles start with b"\x80".
@@ -55,7 +57,6 @@ def _resolve_source(source: str | os.PathLike) -> Path:
         raise NadaError(
             f"checkpoint file {path} not found: check the path (or a registered name: nada presets generators)"
         )
-    from nada.weights.registry import resolve_generator
 
     return resolve_generator(text)
 
@@ -275,7 +276,6 @@ def _load_file(path: Path) -> "Generator":
     """The generator stored in the existing file `path`, on the CPU, in eval mode."""
 
     if _sniff(path) == "pickle":
-        from nada.generator.nvlabs import generator_from_snapshot
 
         G = generator_from_snapshot(path)
         _check_finite(G.state_dict(), path)
@@ -283,6 +283,7 @@ def _load_file(path: Path) -> "Generator":
         return G
 
     obj = _torch_load(path)
+    # imported on use: a domain file names its base checkpoint, so nada.generator.domains imports this module
     from nada.generator.domains import generator_from_domain_payload, is_domain_payload
 
     if is_domain_payload(obj):  # a domain vector: its base with the vector folded in

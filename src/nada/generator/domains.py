@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from nada import __version__
 from nada.errors import NadaError
+from nada.generator.checkpoints import _plain, _sniff, _torch_load, load_generator, read_metadata
+from nada.generator.generate import generate_images
+from nada.io import atomic_torch_save, z_from_seeds
+from nada.weights.presets import get_preset, known_presets, load_preset_file, preset_file, state_fingerprint
+from nada.weights.registry import known_generators
 
 if TYPE_CHECKING:
     from nada.generator.networks import Generator
@@ -158,7 +164,6 @@ def fold_domain(G: "Generator", vector: torch.Tensor) -> "Generator":
 
 def base_fingerprint(G: "Generator") -> str:
     """SHA-256 of the base's state dict (names, shapes, float32 bytes): a domain file names its exact base by it."""
-    from nada.weights.presets import state_fingerprint
 
     return state_fingerprint(G)
 
@@ -172,9 +177,6 @@ def save_domain(
     overwrite: bool = False,
 ) -> Path:
     """Write a domain file (vector [D] float32, the base's name, path and fingerprint); never overwrites unasked."""
-    from nada import __version__
-    from nada.generator.checkpoints import _plain
-    from nada.io import atomic_torch_save
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -215,7 +217,6 @@ def is_domain_payload(obj: Any) -> bool:
 
 def read_domain(path: str | os.PathLike) -> DomainFile | None:
     """The domain file at ``path``, or None when ``path`` is another kind of file (a checkpoint, a preset)."""
-    from nada.generator.checkpoints import _sniff, _torch_load
 
     path = Path(path)
     if not path.is_file() or _sniff(path) != "torch" or path.stat().st_size > 64 * 1024 * 1024:
@@ -252,8 +253,6 @@ def _base_candidates(domain: DomainFile) -> list[str]:
 
 def load_base(domain: DomainFile) -> "Generator":
     """The base generator of a domain file, checked against its fingerprint; NadaError when missing or different."""
-    from nada.generator.checkpoints import load_generator
-    from nada.weights.registry import known_generators
 
     for source in _base_candidates(domain):
         is_name = source in known_generators() or source.startswith("random:")
@@ -376,7 +375,6 @@ class Term:
 
 def load_term(name: str, device: str | torch.device = "cpu") -> Term:
     """A preset name (or a file path) as a Term: domain files stay vectors, anything else loads as a generator."""
-    from nada.weights.presets import known_presets, load_preset_file, preset_file
 
     if name in known_presets():
         path = preset_file(name)
@@ -438,7 +436,6 @@ class DomainRows:
         self, seeds: Sequence[int], truncation_psi: float = 1.0, batch_size: int = 16, base_row: bool = False
     ) -> torch.Tensor:
         """Images [K (+1 with base_row, first), N, 3, H, W] in [-1, 1] for the seeds (z as in `nada generate`)."""
-        from nada.io import z_from_seeds
 
         if self.shared:
             G = self.base_of(next(iter(self.terms.values())).domain)
@@ -447,7 +444,6 @@ class DomainRows:
                 vectors = torch.cat([torch.zeros_like(vectors[:1]), vectors])
             z = z_from_seeds(list(seeds), G.style_dim).to(self.device)
             return render_domains(G, vectors, z, truncation_psi, batch_size).clamp(-1, 1).cpu()
-        from nada.generator.generate import generate_images
 
         gens = [self.generator(e) for e in self.entries]
         if base_row:
@@ -456,7 +452,6 @@ class DomainRows:
 
     def base_generator(self) -> "Generator":
         """The base of the first row's first term (a domain file's own base, or a preset's registered base)."""
-        from nada.generator.checkpoints import load_generator
 
         term = self.terms[self.entries[0][0][1]]
         if term.domain is not None:
@@ -468,8 +463,6 @@ class DomainRows:
     @staticmethod
     def _recorded_base(name: str) -> str:
         """The base generator a preset names or a nada checkpoint records; NadaError when there is none."""
-        from nada.generator.checkpoints import read_metadata
-        from nada.weights.presets import get_preset, known_presets
 
         if name in known_presets():
             return get_preset(name).base

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from nada.config import MAX_GRID_PIXELS, check_truncation
 from nada.errors import NadaError
 from nada.generator.networks import PRECISIONS
 from nada.io import (
@@ -21,6 +20,7 @@ from nada.io import (
     to_uint8_image,
     z_from_seeds,
 )
+from nada.limits import MAX_GRID_PIXELS, check_truncation
 from nada.photos.images import WRITE_SUFFIXES
 
 GRID_COLUMNS = 8  # images per grid row; the last row is padded with white tiles

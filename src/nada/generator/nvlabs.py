@@ -6,7 +6,7 @@ the *source code* of every network class in the file and `exec`s it on load; tor
 pickled through `torch.storage._load_from_bytes`, which calls `torch.load(weights_only=False)`. Plain
 `pickle.load` therefore runs whatever the file says. `SnapshotUnpickler` allows a short list of globals,
 replaces the persistent classes by `PersistentObject` (their pickled `__dict__` kept as data, the embedded
-source never executed) and loads storages with `torch.load(weights_only=True)`.
+source never executed) and loads storages through `nada.weights.safe_load.torch_load` (weights only).
 
 How the two codebases relate (all verified against the reference outputs in the test suite):
 - Mapping: both normalise z by its second moment (eps 1e-8), both use equalised-lr linear layers with a
@@ -46,6 +46,7 @@ import torch
 
 from nada.errors import NadaError, one_line
 from nada.generator.networks import Generator, GeneratorConfig, default_channels, make_kernel
+from nada.weights.safe_load import torch_load
 
 # Source of the persistent-class reconstructor and of the storages; both are replaced, never imported.
 _PERSISTENCE_MODULE = "torch_utils.persistence"
@@ -131,13 +132,8 @@ def _load_storage(data: Any) -> torch.storage.TypedStorage | torch.UntypedStorag
     """Replacement of `torch.storage._load_from_bytes`: the embedded torch.save blob read with weights_only=True."""
     if not isinstance(data, bytes):
         raise NadaError("a tensor storage in the snapshot is not stored as bytes: the snapshot is malformed")
-    try:
-        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise NadaError(
-            "a tensor storage in the snapshot holds more than tensor data and was refused "
-            f"({one_line(e, first_line=True)})"
-        ) from None
+    fix = "use a network-snapshot-*.pkl written by stylegan2-ada-pytorch's training loop"
+    storage = torch_load(io.BytesIO(data), what="a tensor storage in the snapshot", fix=fix)
     if not isinstance(storage, _STORAGE_TYPES):
         raise NadaError(
             f"a tensor storage in the snapshot decodes to a {type(storage).__name__}: the snapshot is malformed"

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from nada.config import MAX_GRID_PIXELS
 from nada.errors import NadaError
+from nada.generator.domains import blend_generators
+from nada.io import atomic_write, check_writable_file, to_uint8_image, z_from_seeds
+from nada.limits import MAX_GRID_PIXELS
 
 if TYPE_CHECKING:
     from nada.generator.domains import DomainRows
@@ -66,7 +68,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 def latent_walk(seeds: Sequence[int], frames: int, style_dim: int) -> torch.Tensor:
     """z [frames, style_dim] through the latents of `seeds` (drawn as `nada generate` draws them)."""
-    from nada.io import z_from_seeds
 
     keys = z_from_seeds(list(seeds), style_dim)
     return torch.stack(
@@ -104,7 +105,6 @@ def vector_walk_panel(label: str, G: "Generator", keys: torch.Tensor, frames: in
 
 def weight_walk_panel(label: str, keys: Sequence["Generator"], frames: int, truncation: float) -> Panel:
     """A panel walking through keyframe generators by interpolating their weights (one generator per frame)."""
-    from nada.generator.domains import blend_generators
 
     steps = eased_positions(frames, len(keys))
 
@@ -154,7 +154,6 @@ def render_frames(
     """uint8 frames [H, W, 3]: the panels side by side, each resized to size x size, frame by frame."""
     from tqdm.auto import tqdm
 
-    from nada.io import to_uint8_image
 
     device = z.device
     with tqdm(total=z.shape[0], disable=not progress, desc="video", unit="frame", dynamic_ncols=True) as bar:
@@ -202,7 +201,6 @@ def default_output() -> Path:
 
 def check_output(path: str | os.PathLike, force: bool) -> Path:
     """The video file to write: a known suffix, MP4 only with PyAV, writable, not existing unless `force`."""
-    from nada.io import check_writable_file
 
     path = Path(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -234,7 +232,6 @@ def check_frames(frames: int, fps: float, size: int, panels: int, gif: bool) -> 
 
 def write_video(frames: Iterable[torch.Tensor], path: str | os.PathLike, fps: float) -> tuple[Path, int]:
     """Write uint8 frames [H, W, 3] atomically as MP4 (PyAV, H.264) or GIF (Pillow), by suffix; (path, frame count)."""
-    from nada.io import atomic_write
 
     path = Path(path)
     count = [0]

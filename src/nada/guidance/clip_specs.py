@@ -18,7 +18,7 @@ from nada.plugins import load_plugins, register
 if TYPE_CHECKING:
     import torch
 
-    from nada.guidance.clip import ClipModel
+    from nada.guidance.clip_model import ClipModel
 
 # OpenAI release name -> open_clip architecture trained by OpenAI (loaded with QuickGELU).
 OPENAI_MODELS: dict[str, str] = {

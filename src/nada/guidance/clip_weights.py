@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from nada.errors import NadaError, one_line
-from nada.guidance.clip import ClipModel, ClipPreprocess, as_pair, wrap_clip
+from nada.guidance.clip_model import ClipModel, ClipPreprocess, as_pair, wrap_clip
 from nada.guidance.clip_specs import model_tag, valid_names_hint
 from nada.weights import download
 from nada.weights.download import WeightsSource, clip_cache_dir, offline

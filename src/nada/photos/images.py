@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from nada.config import MAX_DECODED_PIXELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from nada.errors import NadaError, one_line
 from nada.io import to_uint8_image
+from nada.limits import MAX_DECODED_PIXELS, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 
-MIN_SIDE, MAX_SIDE, MAX_PIXELS = MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS  # the limits live in nada.config
+MIN_SIDE, MAX_SIDE, MAX_PIXELS = MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS  # the limits live in nada.limits
 # Files nada reads as images, and the subset it writes (PNG for lossless results, JPEG for small ones).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 WRITE_SUFFIXES = (".png", ".jpg", ".jpeg")

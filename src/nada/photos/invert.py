@@ -30,6 +30,7 @@ from torch import nn
 
 from nada.errors import NadaError
 from nada.photos import perceptual as P
+from nada.photos.perceptual import downsample_for_lpips
 from nada.profiles import Profile, profile_base, profile_for
 
 # "face": LPIPS and ArcFace; "profile": the perceptual distance of the base's profile (nada.profiles).
@@ -176,7 +177,6 @@ def _per_image_losses(
     img: torch.Tensor, target: torch.Tensor, losses: ReconstructionLosses, config: InvertConfig
 ) -> dict[str, torch.Tensor]:
     """Each loss as [N] for renders img and targets, both [N, 3, S, S] in [-1, 1]."""
-    from nada.photos.perceptual import downsample_for_lpips
 
     parts = {"mse": (img - target).pow(2).mean(dim=(1, 2, 3))}
     if losses.perceptual is not None:

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nada.errors import NadaError
+from nada.errors import NadaError, one_line
 from nada.weights import download
 from nada.weights.download import WeightsSource, local_path, missing_file_error
-from nada.weights.safe_load import read_state_dict as load_state_dict
+from nada.weights.safe_load import read_state_dict
 
 WEIGHTS: dict[str, WeightsSource] = {
     "lpips-vgg": WeightsSource(
@@ -109,8 +109,8 @@ def _load_into(module: nn.Module, sd: dict[str, torch.Tensor], path: Path, what:
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        first = " ".join(str(e).split())[:200]
-        raise NadaError(f"{path} does not hold the {what} weights ({first}): fetch the right file again") from None
+        why = one_line(e)
+        raise NadaError(f"{path} does not hold the {what} weights ({why}): fetch the right file again") from None
 
 
 # ---------------------------------------------------------------- LPIPS
@@ -178,11 +178,11 @@ class LPIPS(nn.Module):
     def load_weights(self, backbone: Path, linear: Path) -> "LPIPS":
         """Load torchvision's ImageNet file (its ``features.*`` part) and the LPIPS linear layers
         (``lin{k}.model.1.weight``)."""
-        sd = load_state_dict(backbone)
+        sd = read_state_dict(backbone)
         feats = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
         feats = {k: v for k, v in feats.items() if int(k.split(".")[0]) < self.taps[-1]}
         _load_into(self.features, feats, backbone, f"torchvision {self.net} ImageNet")
-        lin = load_state_dict(linear)
+        lin = read_state_dict(linear)
         lins = {
             f"{k}.weight": lin.get(f"lin{k}.model.1.weight", lin.get(f"lin{k}.weight")) for k in range(len(self.lins))
         }
@@ -332,7 +332,7 @@ def load_identity_loss(device: str | torch.device = "cpu", progress: bool = True
     """The ArcFace identity loss with ``model_ir_se50.pth``; NadaError (saying where to put the file) when missing."""
     path = resolve_weights("arcface-ir-se50", progress)
     net = IRSE50()
-    _load_into(net, load_state_dict(path), path, "ArcFace IR-SE50")
+    _load_into(net, read_state_dict(path), path, "ArcFace IR-SE50")
     return IdentityLoss(net).to(device)
 
 

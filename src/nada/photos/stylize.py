@@ -28,8 +28,13 @@ from typing import Any
 import torch
 
 from nada.errors import NadaError
-from nada.io import check_writable_folder, claimed_folder, write_error
-from nada.photos.invert import InvertConfig
+from nada.generator import checkpoints as generator_files  # looked up at call time: tests stand in for the loader
+from nada.generator.checkpoints import read_metadata
+from nada.io import check_writable_folder, claimed_folder, image_grid, write_error
+from nada.photos import images as images_io  # looked up at call time: tests stand in for the image reader
+from nada.photos.align import ALIGN_MODES, align_face, alignment_for_base, load_detector
+from nada.photos.invert import InvertConfig, build_losses, invert, loss_kind_for_base, render_wplus
+from nada.weights.presets import get_preset, load_preset
 
 STAGING_PREFIX = ".nada-stylize-"
 FOLDER_LOCK = ".nada-stylize.lock"
@@ -97,19 +102,12 @@ def load_styles(
 ) -> list[Style]:
     """Load every preset (through nada.weights.presets) and checkpoint; each Style records the base
     it was adapted from."""
-    from nada.generator.checkpoints import load_generator, read_metadata
-
     styles: list[Style] = []
-    if presets:
-        try:
-            from nada.weights.presets import get_preset, load_preset
-        except ImportError:
-            raise NadaError("presets are not available in this installation: use --checkpoint PATH instead") from None
-        for name in presets:
-            preset = get_preset(name)
-            styles.append(Style(name, load_preset(name, device=device, progress=progress), preset.base))
+    for name in presets:
+        preset = get_preset(name)
+        styles.append(Style(name, load_preset(name, device=device, progress=progress), preset.base))
     for ckpt in checkpoints:
-        G = load_generator(ckpt, device=device)
+        G = generator_files.load_generator(ckpt, device=device)
         try:
             base = read_metadata(ckpt).get("base_model")
         except NadaError:  # a rosinality/NVlabs file: no metadata, the base must come from --base
@@ -159,8 +157,6 @@ def _check_compatible(base_G: torch.nn.Module, styles: Sequence[Style], base: st
 
 def _base_metadata(base: str) -> dict[str, Any]:
     """The base checkpoint's nada metadata, or {} when it has none."""
-    from nada.generator.checkpoints import read_metadata
-
     try:
         return read_metadata(base)
     except NadaError:
@@ -191,8 +187,6 @@ def stylize(
     log: Callable[[str], None] = print,
 ) -> StylizeReport:
     """Align, invert and restyle each image; write the results under out_dir (see the module docstring)."""
-    from nada.photos.align import ALIGN_MODES
-
     if not images:
         raise NadaError("no image given: pass at least one --image PATH")
     if align not in ALIGN_MODES:
@@ -235,16 +229,11 @@ def _stylize(
     log: Callable[[str], None],
 ) -> StylizeReport:
     """`stylize` in a folder this process holds."""
-    from nada.generator.checkpoints import load_generator
-    from nada.photos.align import align_face, alignment_for_base, load_detector
-    from nada.photos.images import load_image
-    from nada.photos.invert import build_losses, invert, loss_kind_for_base, render_wplus
-
     paths = [Path(p).expanduser() for p in images]
     folders = _unique([_safe_name(p.stem) for p in paths])
 
     # 1. Inputs: every image, every generator, the losses. Cheap checks before expensive loads.
-    pixels = [load_image(p, log=log) for p in paths]
+    pixels = [images_io.load_image(p, log=log) for p in paths]
     styles = load_styles(presets, checkpoints, device, progress)
     planned = plan_outputs(out_dir, folders, [s.name for s in styles])
     existing = [out_dir / p for p in planned if (out_dir / p).exists()]
@@ -253,7 +242,7 @@ def _stylize(
         verb = "exist" if len(existing) > 1 else "exists"
         raise NadaError(f"{existing[0]}{more} already {verb}: choose another --out or pass --force to overwrite")
     base = resolve_base(styles, base)
-    base_G = load_generator(base, device=device)
+    base_G = generator_files.load_generator(base, device=device)
     _check_compatible(base_G, styles, base)
     meta = _base_metadata(base)
     mode = alignment_for_base(base, meta) if align == "auto" else align
@@ -300,16 +289,13 @@ def _stylize(
 
 def _write_all(out_dir: Path, results: Sequence[ImageResult], style_names: Sequence[str]) -> list[Path]:
     """Write every output into a staging folder inside out_dir, then rename each into place; on error nothing stays."""
-    from nada.io import image_grid
-    from nada.photos.images import tensor_to_pil
-
     stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         rel: list[Path] = []
 
         def save(img: torch.Tensor, name: Path) -> None:
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
-            tensor_to_pil(img).save(stage / name, format="PNG")
+            images_io.tensor_to_pil(img).save(stage / name, format="PNG")
             rel.append(name)
 
         for r in results:

@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nada.errors import NadaError
+from nada.io import atomic_write
+from nada.photos.images import load_image
+from nada.toy.evaluator import load_evaluator
+from nada.toy.judge import verdicts
+from nada.toy.quality import parse_target
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +61,6 @@ def load_images(paths: list[Path], grid: int) -> tuple["torch.Tensor", list[str]
     import torch
     import torch.nn.functional as F
 
-    from nada.photos.images import load_image
 
     images, names = [], []
     for path in paths:
@@ -71,10 +75,6 @@ def load_images(paths: list[Path], grid: int) -> tuple["torch.Tensor", list[str]
 
 def run(args: argparse.Namespace) -> int:
     """Run `nada toy ACTION`."""
-    from nada.io import atomic_write
-    from nada.toy.evaluator import load_evaluator
-    from nada.toy.judge import verdicts
-    from nada.toy.quality import parse_target
 
     if args.target is not None and not parse_target(args.target).is_style:
         raise NadaError(f"--target {args.target!r} is an attribute; give a toy style such as sketch")

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nada.errors import NadaError
+from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
 from nada.io import atomic_torch_save, atomic_write
 from nada.toy import filters as toy_filters
 from nada.toy import render as R
@@ -98,11 +99,11 @@ log = logging.getLogger("nada.toy.clip_train")
 class TrainConfig:
     """Everything that defines a run; a resumed run must match except for RESUME_FREE fields."""
 
-    steps: int = 3000
-    seed: int = 0
-    faces: int = 48  # faces per step; each is rendered twice, so the image batch is 2 * faces
-    lr: float = 1e-3
-    warmup: int = 150
+    steps: int = option(3000, "total training steps")
+    seed: int = option(0, "seed of the initialisation and of all data")
+    faces: int = option(48, "faces per step, each rendered twice")  # so the image batch is 2 * faces
+    lr: float = option(1e-3, "peak learning rate")
+    warmup: int = option(150, "learning-rate warm-up steps")
     weight_decay: float = 0.05
     dir_weight: float = 0.5
     cls_weight: float = 1.0
@@ -111,28 +112,29 @@ class TrainConfig:
     # towards a flat colour, desaturated, or strongly blurred. Without it the only pale, colourless
     # images the model ever saw were sketches, and adaptation learnt to pass off a washed-out photo as
     # a sketch (toy README, "Tiny CLIP").
-    appearance_aug: float = 0.0
-    appearance_max: float = 0.8  # strongest wash-out / desaturation (0.97: almost a blank page, still labelled)
+    appearance_aug: float = option(0.0, "share of images washed out, desaturated or blurred, style label kept")
+    # 0.97 is almost a blank page, still labelled with its style
+    appearance_max: float = option(0.8, "strongest wash-out or desaturation, 0.3-1")
     # Share of images passed through a random chain of the strict judge's training filters (nada.toy.filters),
     # style label kept: a grayscale, contrasted or posterized photo is still a photo for the guide.
-    filter_aug: float = 0.0
-    init_from: str = ""  # optional clip.pt whose weights start the run (fine-tuning) instead of a random init
-    vision: str = "vit"  # image tower, a key of VISION_TOWERS
+    filter_aug: float = option(0.0, "share of images given a random photo filter (nada.toy.filters), style label kept")
+    init_from: str = option("", "start from the weights of this clip.pt instead of a random init")
+    vision: str = option("vit", "image tower", choices=tuple(VISION_TOWERS))
     # Locked-text training: a clip.pt whose text tower (token table, transformer, projection) is loaded
     # and frozen, so the image tower learns to embed into that CLIP's text space. A second guide trained
     # this way shares the first one's text features and token table, and only its image tower is new.
-    text_from: str = ""
+    text_from: str = option("", "load the text tower of this clip.pt and keep it frozen (locked-text training)")
     # Embedding stability (adversarial training): each step, projected gradient ascent finds a perturbation
     # of at most adv_eps per pixel (images in [-1, 1]) that moves each image's unit embedding furthest,
-    # and adv_weight x that squared move is added to the loss. Without it a change of 0.1 per pixel moved
-    # the embedding by 1.5 (unit vectors), so adaptation followed such pixel-level directions (colour
-    # noise) instead of drawing a style. 0 = off.
-    adv_eps: float = 0.0
-    adv_steps: int = 3
-    adv_weight: float = 10.0
-    ckpt_every: int = 100
-    eval_every: int = 500
-    threads: int = 1
+    # and adv_weight x that squared move is added to the loss. Without it small colour changes move the
+    # embedding far, so adaptation follows such pixel-level directions (colour noise) instead of drawing a
+    # style (docs/toy_quality.md has the measurement). 0 = off.
+    adv_eps: float = option(0.0, "embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off")
+    adv_steps: int = option(3, "gradient-ascent steps of that attack")
+    adv_weight: float = option(10.0, "weight of the embedding move under attack")
+    ckpt_every: int = option(100, "steps between state saves")
+    eval_every: int = option(500, "steps between zero-shot checks")
+    threads: int = option(1, "torch CPU threads")
     eval_faces: int = 600  # fresh faces for the final zero-shot accuracy
     direction_faces: int = 120  # faces for the final direction check
 
@@ -683,71 +685,15 @@ def _train(
     return {"accuracy": acc, "direction": dirs, "train_seconds": total_s}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: python -m nada.toy.clip_train --out DIR --steps N --seed S [--export DIR]."""
-    d = TrainConfig()
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; the TrainConfig flags, their defaults and help come from TrainConfig's fields."""
     ap = argparse.ArgumentParser(
         prog="python -m nada.toy.clip_train", description="Train the toy world's tiny CLIP (resumable)."
     )
     ap.add_argument(
         "--out", required=True, type=Path, help="run folder: state.pt, train.log, clip.pt, clip_config.json"
     )
-    ap.add_argument("--steps", type=int, default=d.steps, help="total training steps (default: %(default)s)")
-    ap.add_argument(
-        "--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--faces", type=int, default=d.faces, help="faces per step, each rendered twice (default: %(default)s)"
-    )
-    ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    ap.add_argument(
-        "--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--eval-every", type=int, default=d.eval_every, help="steps between zero-shot checks (default: %(default)s)"
-    )
-    ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
-    ap.add_argument(
-        "--appearance-aug",
-        type=float,
-        default=d.appearance_aug,
-        help="share of images washed out, desaturated or blurred, style label kept (default: %(default)s)",
-    )
-    ap.add_argument(
-        "--filter-aug",
-        type=float,
-        default=d.filter_aug,
-        help="share of images given a random photo filter (nada.toy.filters), style label kept (default: %(default)s)",
-    )
-    ap.add_argument(
-        "--appearance-max",
-        type=float,
-        default=d.appearance_max,
-        help="strongest wash-out or desaturation, 0.3-1 (default: %(default)s)",
-    )
-    ap.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps (default: %(default)s)")
-    ap.add_argument(
-        "--adv-eps",
-        type=float,
-        default=d.adv_eps,
-        help="embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off (default: %(default)s)",
-    )
-    ap.add_argument(
-        "--adv-steps", type=int, default=d.adv_steps, help="gradient-ascent steps of that attack (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--adv-weight",
-        type=float,
-        default=d.adv_weight,
-        help="weight of the embedding move under attack (default: %(default)s)",
-    )
-    ap.add_argument("--init-from", default="", help="start from the weights of this clip.pt instead of a random init")
-    ap.add_argument(
-        "--vision", choices=tuple(VISION_TOWERS), default=d.vision, help="image tower (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--text-from", default="", help="load the text tower of this clip.pt and keep it frozen (locked-text training)"
-    )
+    add_dataclass_arguments(ap, TrainConfig, keep_defaults=True)
     ap.add_argument(
         "--export",
         type=Path,
@@ -760,26 +706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="with --export: store the token table as the rows that differ from this clip.pt's (how toy-robust ships)",
     )
-    args = ap.parse_args(argv)
-    cfg = TrainConfig(
-        steps=args.steps,
-        seed=args.seed,
-        faces=args.faces,
-        lr=args.lr,
-        warmup=args.warmup,
-        appearance_aug=args.appearance_aug,
-        appearance_max=args.appearance_max,
-        filter_aug=args.filter_aug,
-        ckpt_every=args.ckpt_every,
-        eval_every=args.eval_every,
-        threads=args.threads,
-        init_from=args.init_from,
-        adv_eps=args.adv_eps,
-        adv_steps=args.adv_steps,
-        adv_weight=args.adv_weight,
-        vision=args.vision,
-        text_from=args.text_from,
-    )
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: python -m nada.toy.clip_train --out DIR --steps N --seed S [--export DIR]."""
+    args = parse_args(argv)
+    cfg = dataclass_from_args(TrainConfig, args, list(field_helps(TrainConfig)))
     try:
         if args.share_tokens_with is not None and args.export is None:
             raise NadaError("--share-tokens-with applies to the --export copy: give --export as well")

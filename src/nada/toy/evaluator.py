@@ -175,6 +175,19 @@ def accuracy(
     return {k: (torch.cat(preds[k]) == labels[k].cpu()).float().mean().item() for k in labels}
 
 
+@torch.no_grad()
+def predict_all(evaluator: Evaluator, images: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Evaluator class indices {key: LongTensor [N]} (CPU) for images [N, 3, H, W] in [-1, 1]."""
+    chunks = [evaluator.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return {k: torch.cat([c[k].cpu() for c in chunks]) for k in chunks[0]}
+
+
+@torch.no_grad()
+def embed_all(evaluator: Evaluator, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """L2-normalised evaluator embeddings [N, E] (CPU) of images [N, 3, H, W] in [-1, 1]."""
+    return torch.cat([evaluator.embed(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
+
+
 def fresh_renders(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """n faces in every style in turn (face i in style i mod S): images [n,3,64,64] in [-1,1] and labels per key."""
 

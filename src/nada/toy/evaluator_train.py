@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nada.errors import NadaError
+from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
+from nada.generator.checkpoints import load_generator
 from nada.toy import filters as toy_filters
 from nada.toy import render as R
 from nada.toy import runs
@@ -50,20 +52,24 @@ log = logging.getLogger("nada.toy.evaluator_train")
 class TrainConfig:
     """Everything that defines a run; a resumed run must match except for RESUME_FREE fields."""
 
-    steps: int = 1500
-    seed: int = 0
-    batch: int = 96
-    lr: float = 2e-3
+    steps: int = option(1500, "total training steps")
+    seed: int = option(0, "seed of the initialisation and of all data")
+    batch: int = option(96, "images per step")
+    lr: float = option(2e-3, "peak learning rate")
     warmup: int = 50
     weight_decay: float = 1e-4
-    ckpt_every: int = 100
-    eval_every: int = 250
-    threads: int = 1
+    ckpt_every: int = option(100, "steps between state saves")
+    eval_every: int = option(250, "steps between accuracy checks")
+    threads: int = option(1, "torch CPU threads")
     eval_faces: int = 1200  # fresh renders for the final accuracy
-    negatives: float = 0.0  # share of each batch that is a hard negative (style label "none")
-    generator_share: float = 0.0  # share of each batch drawn by the generator (label "photo")
-    generator: str = "toy"  # the generator whose outputs (plain: photo; filtered: none) are shown
-    init_from: str = ""  # evaluator weights to start from (a smaller style head is copied into the first rows)
+    negatives: float = option(  # their style label is "none"
+        0.0, "share of each batch that is a hard negative: filtered photos, style blends"
+    )
+    generator_share: float = option(0.0, "share of each batch drawn by --generator, labelled photo")
+    # its plain outputs are labelled photo, its filtered ones none
+    generator: str = option("toy", "generator for those images")
+    # a smaller style head is copied into the first rows
+    init_from: str = option("", "start from these evaluator weights")
 
 
 IGNORE = -100  # attribute label of a hard negative: its attributes are not trained
@@ -204,7 +210,6 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
         init_from(model, Path(cfg.init_from))
     G = None
     if cfg.negatives > 0 or cfg.generator_share > 0:
-        from nada.generator.checkpoints import load_generator
 
         G = load_generator(cfg.generator).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -287,60 +292,26 @@ def _fmt(acc: dict[str, float]) -> str:
     return "  ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: python -m nada.toy.evaluator_train --out DIR --steps N --seed S [--export FILE]."""
-    d = TrainConfig()
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; the TrainConfig flags, their defaults and help come from TrainConfig's fields."""
     ap = argparse.ArgumentParser(
         prog="python -m nada.toy.evaluator_train", description="Train the toy world's evaluator CNN (resumable)."
     )
     ap.add_argument("--out", required=True, type=Path, help="run folder: state.pt, train.log, evaluator.pt")
-    ap.add_argument("--steps", type=int, default=d.steps, help="total training steps (default: %(default)s)")
-    ap.add_argument(
-        "--seed", type=int, default=d.seed, help="seed of the initialisation and of all data (default: %(default)s)"
-    )
-    ap.add_argument("--batch", type=int, default=d.batch, help="images per step (default: %(default)s)")
-    ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    ap.add_argument(
-        "--ckpt-every", type=int, default=d.ckpt_every, help="steps between state saves (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--eval-every", type=int, default=d.eval_every, help="steps between accuracy checks (default: %(default)s)"
-    )
-    ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
-    ap.add_argument(
-        "--negatives",
-        type=float,
-        default=d.negatives,
-        help="share of each batch that is a hard negative: filtered photos, style blends (default: %(default)s)",
-    )
-    ap.add_argument(
-        "--generator-share",
-        type=float,
-        default=d.generator_share,
-        help="share of each batch drawn by --generator, labelled photo (default: %(default)s)",
-    )
-    ap.add_argument("--generator", default=d.generator, help="generator for those images (default: %(default)s)")
-    ap.add_argument("--init-from", default=d.init_from, help="start from these evaluator weights")
+    add_dataclass_arguments(ap, TrainConfig, keep_defaults=True)
     ap.add_argument(
         "--export",
         type=Path,
         default=None,
         help="also copy evaluator.pt to this file, e.g. src/nada/assets/toy/evaluator.pt",
     )
-    args = ap.parse_args(argv)
-    cfg = TrainConfig(
-        steps=args.steps,
-        seed=args.seed,
-        batch=args.batch,
-        lr=args.lr,
-        ckpt_every=args.ckpt_every,
-        eval_every=args.eval_every,
-        threads=args.threads,
-        negatives=args.negatives,
-        generator_share=args.generator_share,
-        generator=args.generator,
-        init_from=args.init_from,
-    )
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: python -m nada.toy.evaluator_train --out DIR --steps N --seed S [--export FILE]."""
+    args = parse_args(argv)
+    cfg = dataclass_from_args(TrainConfig, args, list(field_helps(TrainConfig)))
     try:
         train(cfg, args.out, args.export)
     except NadaError as e:

@@ -44,8 +44,10 @@ from tqdm import tqdm
 
 from nada.dataclass_dict import strict_from_dict
 from nada.errors import NadaError
+from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
 from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 from nada.generator.networks import Generator
+from nada.guidance.clip import load_clip
 from nada.io import atomic_save_image, image_grid, resolve_device
 from nada.toy import render as R
 from nada.toy import runs
@@ -60,49 +62,80 @@ LOSSES = ("mse", "l1")
 RESUME_FREE = ("steps", "ckpt_every", "sample_every", "eval_size")  # settings a resumed run may change
 
 
+CHANNELS = ((4, 128), (8, 128), (16, 96), (32, 64), (64, 32))  # the shipped generator's channel table
+
+
+def parse_channels(text: str) -> tuple[tuple[int, int], ...]:
+    """Parse a channel table "4:128,8:128,...,64:32" into ((4, 128), ..., (64, 32)): every resolution 4-64, positive
+    counts."""
+    try:
+        table = tuple((int(r), int(c)) for r, c in (item.split(":") for item in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad channel table {text!r}: write RES:COUNT pairs, e.g. 4:128,8:128,16:96,32:64,64:32"
+        ) from None
+    if [r for r, _ in table] != [4, 8, 16, 32, 64] or any(c < 1 for _, c in table):
+        raise argparse.ArgumentTypeError(
+            f"bad channel table {text!r}: give a positive count for each of 4, 8, 16, 32 and 64"
+        )
+    return table
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; a resumed run must have the same values (except `steps`)."""
 
-    steps: int = 6000
-    seed: int = 0
-    batch_size: int = 16
-    lr: float = 2e-2  # high for StyleGAN, but the best for this regression within a CPU budget (toy README)
+    steps: int = option(6000, "total optimisation steps")
+    seed: int = option(0, "seed of the initialisation and the latents")
+    batch_size: int = option(16, "latents per step")
+    # high for StyleGAN, but the best for this regression within a CPU budget (toy README)
+    lr: float = option(2e-2, "Adam learning rate")
     # Effective learning-rate factor of the mapping network relative to synthesis. The network keeps
     # rosinality's lr_mlp=0.01 parameterisation; the optimiser group rescales so the factor applies.
     mapping_lr: float = 3.0
     style_dim: int = 64
     n_mlp: int = 4
-    channels: tuple[tuple[int, int], ...] = ((4, 128), (8, 128), (16, 96), (32, 64), (64, 32))
+    channels: tuple[tuple[int, int], ...] = option(
+        CHANNELS,
+        "feature maps per resolution, e.g. 4:128,8:128,16:128,32:96,64:64",
+        type=parse_channels,
+        metavar="RES:C,...",
+        shown=",".join(f"{r}:{c}" for r, c in CHANNELS),
+    )
     ema_half_life: float = 50.0  # in steps
     # Squared error, not L1: its gradient fades on pixels that are already right (background, texture
     # noise), so the optimiser's step goes to what is still wrong: eyes, mouth, glasses.
-    loss: str = "mse"
+    loss: str = option("mse", "pixel error of the regression", choices=LOSSES)
     multiscale_weight: float = 1.0
-    gradient_weight: float = 0.0
+    gradient_weight: float = option(0.0, "weight of the error on image differences (edges)")
     # Extra weight of the pixels of eyes, brows, mouth and glasses (render.detail_mask): they are a small
     # share of the image, so a plain pixel loss barely notices them drawn half-open and half-there.
-    detail_weight: float = 10.0
+    detail_weight: float = option(10.0, "extra loss weight of eye, brow, mouth and glasses pixels")
     # Extra weight of the face outline (render.outline_mask); face shape is learnt through LATENT_ORDER
     # instead, so it stays off (toy README, "Generator").
-    outline_weight: float = 0.0
+    outline_weight: float = option(0.0, "extra loss weight of the face outline pixels")
     # A fine-tuning stage: start from this generator's weights (a path or registered name) instead of a
     # seeded random initialisation. The channel table and mapping settings must match it.
-    init_from: str = ""
+    init_from: str = option(
+        "", "start from this generator (path or name, e.g. toy) instead of random weights", metavar="GENERATOR"
+    )
     # CLIP (load_clip name) whose zero-shot reading of each attribute of G(z) joins the loss as a cross-entropy
     # against the face's true values, times `teacher_weight`. Pixel errors on a thin mouth stroke are
     # tiny, so the regression leaves mouths half-smiling; the teacher asks for the mouth that the face's
     # label names. The evaluator is a different network and never used.
-    teacher: str = ""
-    teacher_weight: float = 0.1
+    teacher: str = option(
+        "", "CLIP (e.g. toy-robust) whose zero-shot attribute reading of G(z) joins the loss", metavar="CLIP"
+    )
+    teacher_weight: float = option(0.1, "weight of the teacher's cross-entropy")
     # Share of each batch's latents with one attribute's coordinate moved to within `border_width` (in
     # probability, along z) of a border between two of its values, where a smooth generator draws
     # in-between faces. It did not help (toy README); `nada.toy.sharpen` is the stage that removes them.
-    border_share: float = 0.0
-    border_width: float = 0.05
-    decay_start: float = 0.5  # fraction of `steps` after which the learning rate follows a cosine to 5 %
-    ckpt_every: int = 50
-    sample_every: int = 500
+    border_share: float = option(0.0, "share of latents moved next to a border between two values of one attribute")
+    border_width: float = option(0.05, "how close, in probability along z, those latents lie to the border")
+    # after it the learning rate follows a cosine down to 5 % of its peak
+    decay_start: float = option(0.5, "fraction of --steps after which the learning rate decays")
+    ckpt_every: int = option(50, "steps between state checkpoints")
+    sample_every: int = option(500, "steps between sample grids and logged errors")
     eval_size: int = 64  # held-out latents behind the logged error (the first 8 also make the sample grids)
 
     def to_dict(self) -> dict[str, Any]:
@@ -457,7 +490,6 @@ def train(
         log.info(f"new run: {cfg.to_dict()} on {device}")
     teacher, text = None, None
     if cfg.teacher:
-        from nada.guidance.clip import load_clip
 
         teacher = load_clip(cfg.teacher, device)
         text = attribute_text_features(teacher)
@@ -588,109 +620,14 @@ def export_generator(state_path: Path, export_path: str | Path, overwrite: bool 
 # ---------------------------------------------------------------- command line
 
 
-def parse_channels(text: str) -> tuple[tuple[int, int], ...]:
-    """Parse a channel table "4:128,8:128,...,64:32" into ((4, 128), ..., (64, 32)): every resolution 4-64, positive
-    counts."""
-    try:
-        table = tuple((int(r), int(c)) for r, c in (item.split(":") for item in text.split(",")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"bad channel table {text!r}: write RES:COUNT pairs, e.g. 4:128,8:128,16:96,32:64,64:32"
-        ) from None
-    if [r for r, _ in table] != [4, 8, 16, 32, 64] or any(c < 1 for _, c in table):
-        raise argparse.ArgumentTypeError(
-            f"bad channel table {text!r}: give a positive count for each of 4, 8, 16, 32 and 64"
-        )
-    return table
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    d = TrainConfig()
+    """The command line; the TrainConfig flags, their defaults and help come from TrainConfig's fields."""
     p = argparse.ArgumentParser(
         prog="python -m nada.toy.generator_train",
         description="Train the toy StyleGAN2 generator on photo-style faces (resumable).",
     )
     p.add_argument("--out", required=True, help="run folder: state.pt, train.log, samples/ (rerun to resume)")
-    p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps (default: %(default)s)")
-    p.add_argument(
-        "--seed", type=int, default=d.seed, help="seed of the initialisation and the latents (default: %(default)s)"
-    )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="latents per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
-    p.add_argument(
-        "--loss", choices=LOSSES, default=d.loss, help="pixel error of the regression (default: %(default)s)"
-    )
-    p.add_argument(
-        "--gradient-weight",
-        type=float,
-        default=d.gradient_weight,
-        help="weight of the error on image differences (edges) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--detail-weight",
-        type=float,
-        default=d.detail_weight,
-        help="extra loss weight of eye, brow, mouth and glasses pixels (default: %(default)s)",
-    )
-    p.add_argument(
-        "--outline-weight",
-        type=float,
-        default=d.outline_weight,
-        help="extra loss weight of the face outline pixels (default: %(default)s)",
-    )
-    p.add_argument(
-        "--channels",
-        type=parse_channels,
-        default=d.channels,
-        metavar="RES:C,...",
-        help="feature maps per resolution, e.g. 4:128,8:128,16:128,32:96,64:64 (default: "
-        f"{','.join(f'{r}:{c}' for r, c in d.channels)})",
-    )
-    p.add_argument(
-        "--init-from",
-        default=d.init_from,
-        metavar="GENERATOR",
-        help="start from this generator (path or name, e.g. toy) instead of random weights",
-    )
-    p.add_argument(
-        "--teacher",
-        default=d.teacher,
-        metavar="CLIP",
-        help="CLIP (e.g. toy-robust) whose zero-shot attribute reading of G(z) joins the loss",
-    )
-    p.add_argument(
-        "--teacher-weight",
-        type=float,
-        default=d.teacher_weight,
-        help="weight of the teacher's cross-entropy (default: %(default)s)",
-    )
-    p.add_argument(
-        "--border-share",
-        type=float,
-        default=d.border_share,
-        help="share of latents moved next to a border between two values of one attribute (default: %(default)s)",
-    )
-    p.add_argument(
-        "--border-width",
-        type=float,
-        default=d.border_width,
-        help="how close, in probability along z, those latents lie to the border (default: %(default)s)",
-    )
-    p.add_argument(
-        "--decay-start",
-        type=float,
-        default=d.decay_start,
-        help="fraction of --steps after which the learning rate decays (default: %(default)s)",
-    )
-    p.add_argument(
-        "--ckpt-every", type=int, default=d.ckpt_every, help="steps between state checkpoints (default: %(default)s)"
-    )
-    p.add_argument(
-        "--sample-every",
-        type=int,
-        default=d.sample_every,
-        help="steps between sample grids and logged errors (default: %(default)s)",
-    )
+    add_dataclass_arguments(p, TrainConfig, keep_defaults=True)
     p.add_argument("--export", default=None, help="nada checkpoint written at the end (default: OUT/generator.pt)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --export file")
     p.add_argument(
@@ -734,25 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if export.exists() and not args.force:
             raise NadaError(f"{export} exists: pass --force to replace it or choose another --export path")
         torch.set_num_threads(args.threads)
-        cfg = TrainConfig(
-            steps=args.steps,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            loss=args.loss,
-            gradient_weight=args.gradient_weight,
-            detail_weight=args.detail_weight,
-            outline_weight=args.outline_weight,
-            channels=args.channels,
-            init_from=args.init_from,
-            teacher=args.teacher,
-            teacher_weight=args.teacher_weight,
-            border_share=args.border_share,
-            border_width=args.border_width,
-            decay_start=args.decay_start,
-            ckpt_every=args.ckpt_every,
-            sample_every=args.sample_every,
-        )
+        cfg = dataclass_from_args(TrainConfig, args, list(field_helps(TrainConfig)))
         limit = None if args.max_minutes is None else 60.0 * args.max_minutes
         state_path = train(
             cfg,

@@ -20,17 +20,15 @@ Images are [N, 3, H, W] in [-1, 1].
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nada.toy import filters as toy_filters
 from nada.toy import render as R
+from nada.toy.evaluator import Evaluator, predict_all
 from nada.toy.generator_train import face_params
-
-if TYPE_CHECKING:
-    from nada.toy.evaluator import Evaluator
 
 STROKE_SIGMA = 2.0  # pixels; the scale of face parts, above the texture of a single hatching line
 INK = 0.45  # luma in [0, 1] below which a pixel counts as a dark stroke
@@ -49,7 +47,6 @@ def verdicts(
     styles = evaluator.classes["style"]
     chunks = range(0, len(images), batch_size)
     probs = torch.cat([evaluator.style_probabilities(images[i : i + batch_size]) for i in chunks])
-    from nada.toy.quality import predict_all
 
     preds = predict_all(evaluator, images, batch_size)
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
@@ -74,7 +71,6 @@ def verdicts(
 @torch.no_grad()
 def style_rates(evaluator: "Evaluator", images: torch.Tensor) -> dict[str, float]:
     """Share of images [N,3,H,W] the evaluator puts in each of its style classes."""
-    from nada.toy.quality import predict_all
 
     pred = predict_all(evaluator, images)["style"]
     return {s: float((pred == j).float().mean()) for j, s in enumerate(evaluator.classes["style"])}

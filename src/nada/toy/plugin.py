@@ -2,6 +2,8 @@
 
 nada's core knows nothing of the toy world: `register` (named in pyproject's ``nada.plugins`` entry points)
 adds every part through the same public functions a third-party base would use (docs/plugins.md).
+nada's modules are imported inside the functions below: `nada.plugins.load_plugins` imports this module from
+inside registry lookups, which may run while one of those modules (the CLI among them) is itself importing.
 """
 
 from __future__ import annotations

@@ -20,17 +20,17 @@ Every function is pure (no cached state); images are [N, 3, H, W] in [-1, 1].
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from nada.errors import NadaError
-from nada.toy.evaluator import class_names, load_evaluator
+from nada.toy.evaluator import Evaluator, class_names, embed_all, load_evaluator, predict_all
+from nada.toy.judge import paired_fidelity
 
 if TYPE_CHECKING:
     from nada.generator.networks import Generator
-    from nada.toy.evaluator import Evaluator
 
 STYLE_KEY = "style"
 REJECT = "none"  # nada.toy.evaluator.REJECT: the judge's style answer for images in no style
@@ -74,19 +74,6 @@ def parse_target(spec: str | QualityTarget) -> QualityTarget:
 def compared_keys(target: QualityTarget, keys: list[str] | tuple[str, ...]) -> list[str]:
     """The evaluator keys whose agreement counts as content kept: every key except the one the target changes."""
     return [k for k in keys if k != target.key]
-
-
-@torch.no_grad()
-def predict_all(evaluator: "Evaluator", images: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """Evaluator class indices {key: LongTensor [N]} (CPU) for images [N, 3, H, W] in [-1, 1]."""
-    chunks = [evaluator.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return {k: torch.cat([c[k].cpu() for c in chunks]) for k in chunks[0]}
-
-
-@torch.no_grad()
-def embed_all(evaluator: "Evaluator", images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """L2-normalised evaluator embeddings [N, E] (CPU) of images [N, 3, H, W] in [-1, 1]."""
-    return torch.cat([evaluator.embed(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
 
 
 def target_rate(preds: dict[str, torch.Tensor], target: QualityTarget, classes: dict[str, tuple[str, ...]]) -> float:
@@ -219,9 +206,7 @@ def measure_quality(
     img_f, img_t = render_pairs(G_frozen, G_train, n, seed, truncation, batch_size)
     report = quality_from_images(evaluator, img_f, img_t, target, batch_size)
     if fidelity and target.is_style:
-        from dataclasses import replace
 
-        from nada.toy.judge import paired_fidelity
 
         fid = paired_fidelity(img_f, img_t, latents(G_frozen, n, seed), target.value, evaluator)
         report = replace(report, fidelity=fid)

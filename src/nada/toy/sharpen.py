@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from nada.errors import NadaError
+from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
 from nada.generator.checkpoints import load_generator, read_metadata, save_checkpoint
 from nada.toy import render as R
 from nada.toy.generator_train import (
@@ -49,12 +50,14 @@ from nada.toy.generator_train import (
 class SharpenConfig:
     """Settings of the distillation (all of them recorded in the exported checkpoint)."""
 
-    base: str = "toy"  # generator to sharpen: a checkpoint path or registered name
-    margin: float = 0.15  # in probability: how far from its bin's borders snap puts each attribute coordinate
-    steps: int = 40_000
-    batch_size: int = 1024
-    lr: float = 15.0  # Adam on the equalised (lr_mul 0.01) weights: an effective step of about 0.02 per weight
-    seed: int = 0
+    base: str = option("toy", "generator to sharpen (checkpoint path or registered name)")
+    # how far from its bin's borders `snap_latent` puts each attribute coordinate
+    margin: float = option(0.15, "distance (probability) from the borders of each attribute's bin")
+    steps: int = option(40_000, "distillation steps")
+    batch_size: int = option(1024, "latents per step")
+    # Adam on the equalised (lr_mul 0.01) weights: an effective step of about 0.02 per weight
+    lr: float = option(15.0, "Adam learning rate of the mapping's raw weights")
+    seed: int = option(0, "seed of the training latents")
 
 
 def snap_latent(z: torch.Tensor, margin: float) -> torch.Tensor:
@@ -150,36 +153,21 @@ def sharpen(cfg: SharpenConfig, out: str | Path, overwrite: bool = False, progre
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    d = SharpenConfig()
+    """The command line; the SharpenConfig flags, their defaults and help come from SharpenConfig's fields."""
     p = argparse.ArgumentParser(prog="python -m nada.toy.sharpen", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--base", default=d.base, help="generator to sharpen (checkpoint path or registered name; default: %(default)s)"
-    )
     p.add_argument("--out", required=True, help="checkpoint to write")
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=d.margin,
-        help="distance (probability) from the borders of each attribute's bin (default: %(default)s)",
-    )
-    p.add_argument("--steps", type=int, default=d.steps, help="distillation steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="latents per step (default: %(default)s)")
-    p.add_argument(
-        "--lr", type=float, default=d.lr, help="Adam learning rate of the mapping's raw weights (default: %(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the training latents (default: %(default)s)")
+    add_dataclass_arguments(p, SharpenConfig, keep_defaults=True)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: distil, then write the checkpoint; user errors print one line and return 2."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = SharpenConfig(
-        base=args.base, margin=args.margin, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-    )
+    cfg = dataclass_from_args(SharpenConfig, args, list(field_helps(SharpenConfig)))
     try:
         path = sharpen(cfg, args.out, overwrite=args.overwrite)
     except NadaError as e:

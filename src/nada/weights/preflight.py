@@ -21,11 +21,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from nada.errors import NadaError, one_line
+from nada.generator.domains import read_domain
 from nada.guidance.clip_specs import parse_clip_spec
 from nada.guidance.clip_weights import fetch_pretrained_weights, pretrained_weights
 from nada.photos import perceptual as P
+from nada.photos.invert import LOSS_KINDS
 from nada.weights import download
 from nada.weights.download import OFFLINE_REASON, human_size, local_path, offline
+from nada.weights.presets import get_preset, is_compact, preset_status
+from nada.weights.registry import GENERATORS
 
 if TYPE_CHECKING:
     from nada.config import AdaptConfig
@@ -61,7 +65,6 @@ class Need:
 
 def generator_needs(source: str | os.PathLike | None) -> list[Need]:
     """The download a generator source needs: a registered name's file; nothing for paths and packaged names."""
-    from nada.weights.registry import GENERATORS
 
     text = str(source or "").strip()
     entry = GENERATORS.get(text)
@@ -81,12 +84,10 @@ def generator_needs(source: str | os.PathLike | None) -> list[Need]:
 
 def preset_needs(name: str) -> list[Need]:
     """The released weights of a preset not yet on this machine, or the base generator a compact preset file needs."""
-    from nada.weights.presets import get_preset, is_compact, preset_status
 
     preset = get_preset(name)
     status = preset_status(preset)
     if status.available:
-        from nada.generator.domains import read_domain
 
         on_base = status.path is not None and (is_compact(status.path) or read_domain(status.path) is not None)
         return generator_needs(preset.base) if on_base else []
@@ -111,7 +112,6 @@ def clip_needs(spec: str) -> list[Need]:
 
 def loss_needs(config: "InvertConfig", kind: str, optional: bool = False) -> list[Need]:
     """LPIPS (backbone and linear layers) and ArcFace files that an inversion with `config` weights for `kind`."""
-    from nada.photos.invert import LOSS_KINDS
 
     if kind not in LOSS_KINDS:
         raise NadaError(f"unknown loss set {kind!r}: use one of {', '.join(LOSS_KINDS)}")

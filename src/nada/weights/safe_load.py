@@ -31,14 +31,19 @@ _READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipf
 
 
 def torch_load(
-    path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool = False, what: str = "", fix: str | None = None
+    path: str | os.PathLike | io.BytesIO,
+    allow: Iterable[type] = (),
+    mmap: bool = False,
+    what: str = "",
+    fix: str | None = None,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, the classes in ``allow`` added to torch's allow-list.
 
     A refused Python object or a damaged file is a one-line NadaError naming ``path`` (after ``what``, e.g.
-    "evaluator weights", when given) and ending in ``fix`` (else the advice for a downloaded file).
+    "evaluator weights", when given; an in-memory blob is named by ``what`` alone) and ending in ``fix``
+    (else the advice for a downloaded file).
     """
-    named = f"{what} {path}" if what else str(path)
+    named = what if isinstance(path, io.BytesIO) else f"{what} {path}" if what else str(path)
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
