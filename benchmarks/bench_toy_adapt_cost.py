@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -38,7 +38,7 @@ def iteration_parts(views: int, batch: int, repeats: int) -> dict[str, float]:
     from nada.adaptation.loop import apply_views, paired_views
     from nada.generator.checkpoints import load_generator
     from nada.guidance import losses
-    from nada.guidance.clip import load_clip, parse_clip_spec
+    from nada.guidance.clip import parse_clip_spec
     from nada.toy.plugin import TOY_RECIPE
 
     G = load_generator("toy")
@@ -57,16 +57,27 @@ def iteration_parts(views: int, batch: int, repeats: int) -> dict[str, float]:
         lambda: losses.structure_loss(img_frozen, img).backward(), repeats
     )
     theta = paired_views(batch, max(views, 1), rng, img.device)
-    parts["views (both images)"] = median_seconds(lambda: (apply_views(img_frozen, theta), apply_views(img, theta)), repeats)
+    parts["views (both images)"] = median_seconds(
+        lambda: (apply_views(img_frozen, theta), apply_views(img, theta)), repeats
+    )
     seen = apply_views(img_frozen, theta) if views else img_frozen
     for name, _ in parse_clip_spec(dict(TOY_RECIPE)["clip"]):
-        clip = load_clip(name)
-        x = seen.detach().clone().requires_grad_(True)
-        parts[f"{name}: frozen views (no grad)"] = median_seconds(lambda: _nograd(lambda: clip.encode_image(seen)), repeats)
-        parts[f"{name}: trained views fwd + bwd"] = median_seconds(
-            lambda: clip.encode_image(x).square().mean().backward(), repeats
-        )
+        parts.update(guide_parts(name, seen, repeats))
     return parts
+
+
+def guide_parts(name: str, seen: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Seconds of one guide on views [M,3,H,W] in [-1, 1]: frozen side without gradient, trained side fwd + bwd."""
+    from nada.guidance.clip import load_clip
+
+    clip = load_clip(name)
+    x = seen.detach().clone().requires_grad_(True)
+    return {
+        f"{name}: frozen views (no grad)": median_seconds(lambda: _nograd(lambda: clip.encode_image(seen)), repeats),
+        f"{name}: trained views fwd + bwd": median_seconds(
+            lambda: clip.encode_image(x).square().mean().backward(), repeats
+        ),
+    }
 
 
 def _nograd(fn: Callable[[], object]) -> object:
@@ -83,7 +94,7 @@ def fixed_costs(repeats: int) -> dict[str, float]:
     from nada.toy.evaluator import load_evaluator
     from nada.toy.judge import best_filter, true_renders
     from nada.toy.plugin import TOY_RECIPE
-    from nada.toy.quality import latents, quality_from_images, parse_target, render_pairs
+    from nada.toy.quality import latents, parse_target, quality_from_images, render_pairs
 
     recipe = dict(TOY_RECIPE)
     config = AdaptConfig(generator="toy", source="photo", target="sketch", **recipe)
@@ -112,8 +123,8 @@ def fixed_costs(repeats: int) -> dict[str, float]:
 def main() -> None:
     """Print the iteration's parts and the fixed costs as two tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--views", type=int, default=8, help="CLIP views per image (the recipe's 8)")
-    parser.add_argument("--batch", type=int, default=2, help="latents per iteration")
+    parser.add_argument("--views", default="8", help="CLIP views per image, comma-separated (the recipe's 8)")
+    parser.add_argument("--batch", default="2", help="latents per iteration, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per part (median)")
     parser.add_argument("--skip-fixed", action="store_true", help="time only the iteration's parts")
     args = parser.parse_args()
@@ -121,11 +132,13 @@ def main() -> None:
     import nada.toy.plugin  # noqa: F401
 
     print(f"| import nada.toy.plugin | {time.perf_counter() - t0:.3f} |")
-    parts = iteration_parts(args.views, args.batch, args.repeats)
-    print(f"| part (views {args.views}, batch {args.batch}) | seconds |\n| --- | --- |")
-    for name, seconds in parts.items():
-        print(f"| {name} | {seconds:.4f} |")
-    print(f"| sum | {sum(parts.values()):.4f} |")
+    for batch in (int(b) for b in args.batch.split(",")):
+        for views in (int(v) for v in args.views.split(",")):
+            parts = iteration_parts(views, batch, args.repeats)
+            print(f"| part (views {views}, batch {batch}) | seconds |\n| --- | --- |")
+            for name, seconds in parts.items():
+                print(f"| {name} | {seconds:.4f} |")
+            print(f"| sum | {sum(parts.values()):.4f} |", flush=True)
     if not args.skip_fixed:
         print("| fixed cost | seconds |\n| --- | --- |")
         for name, seconds in fixed_costs(args.repeats).items():

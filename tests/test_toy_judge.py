@@ -89,12 +89,14 @@ def test_best_filter_search_computes_the_renders_side_once_and_gives_the_same_nu
         }
         for name, img in direct.items()
     }
-    calls = []
-    plain_map = J.stroke_map
-    monkeypatch.setattr(J, "stroke_map", lambda img: calls.append(img) or plain_map(img))
+    strokes, masks = [], []
+    plain_map, plain_mask = J.stroke_map, J.dark_mask
+    monkeypatch.setattr(J, "stroke_map", lambda img: strokes.append(img) or plain_map(img))
+    monkeypatch.setattr(J, "dark_mask", lambda img: masks.append(img) or plain_mask(img))
     name, record = J.best_filter(photo, truth, suite)
     assert name == min(expected, key=lambda k: expected[k]["stroke"]) and record == expected[name]
-    assert len(calls) == len(suite) + 2  # one per filtered image, one for no filter, one for the renders
+    # Stroke maps: the renders once, each candidate once, the chosen one again; dark masks: renders and chosen.
+    assert len(strokes) == 1 + len(suite) + 1 + 1 and len(masks) == 2
     assert J.fidelity(photo, truth) == expected["no filter"]
 
 
