@@ -75,6 +75,31 @@ def test_stroke_distance_sees_strokes_not_mean_colour(faces):
     assert J.stroke_distance(blank, sketch).mean() > 0.5 * d_photo.mean()
 
 
+def test_best_filter_search_computes_the_renders_side_once_and_gives_the_same_numbers(faces, monkeypatch):
+    truth = R.render_tensor(faces, "sketch")
+    photo = R.render_tensor(faces, "photo")
+    suite = dict(list(Fl.SUITE.items())[:4])
+    # The per-pair formulas, applied filter by filter: what the search must reproduce bit for bit.
+    direct = {name: Fl.apply_chain(photo, chain) for name, chain in suite.items()} | {"no filter": photo}
+    expected = {
+        name: {
+            "stroke": float(J.stroke_distance(img, truth).mean()),
+            "dark_iou": float(J.dark_iou(img, truth).mean()),
+            "l1": float((img - truth).abs().mean()),
+        }
+        for name, img in direct.items()
+    }
+    strokes, masks = [], []
+    plain_map, plain_mask = J.stroke_map, J.dark_mask
+    monkeypatch.setattr(J, "stroke_map", lambda img: strokes.append(img) or plain_map(img))
+    monkeypatch.setattr(J, "dark_mask", lambda img: masks.append(img) or plain_mask(img))
+    name, record = J.best_filter(photo, truth, suite)
+    assert name == min(expected, key=lambda k: expected[k]["stroke"]) and record == expected[name]
+    # Stroke maps: the renders once, each candidate once, the chosen one again; dark masks: renders and chosen.
+    assert len(strokes) == 1 + len(suite) + 1 + 1 and len(masks) == 2
+    assert J.fidelity(photo, truth) == expected["no filter"]
+
+
 def test_cli_judges_files_and_grid_tiles_as_json(tmp_path, capsys):
     from nada.frontends.cli import main
     from nada.io import image_grid
