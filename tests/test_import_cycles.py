@@ -45,8 +45,9 @@ def import_edges(src: Path = SRC) -> tuple[dict[str, set[str]], dict[str, set[st
     inner: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        lazy = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
-                for n in ast.walk(f)}
+        lazy = {
+            id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(f)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 for target in _targets(node, mod, path.name == "__init__.py", known):

@@ -174,7 +174,6 @@ def _claimed(paths: RunPaths, resume: bool, force: bool) -> Iterator[RunPaths]:
                 "--force to start it over, or choose another --out"
             )
         if resume and not paths.state.exists():
-
             message = f"nothing to resume in {paths.root}: no state was saved yet, so the run starts at step 0"
             warnings.warn(message, NadaWarning, stacklevel=2)
         yield paths

@@ -276,7 +276,6 @@ def _load_file(path: Path) -> "Generator":
     """The generator stored in the existing file `path`, on the CPU, in eval mode."""
 
     if _sniff(path) == "pickle":
-
         G = generator_from_snapshot(path)
         _check_finite(G.state_dict(), path)
         _check_finite({"mapping.w_avg": G.mean_latent}, path)

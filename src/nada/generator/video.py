@@ -154,7 +154,6 @@ def render_frames(
     """uint8 frames [H, W, 3]: the panels side by side, each resized to size x size, frame by frame."""
     from tqdm.auto import tqdm
 
-
     device = z.device
     with tqdm(total=z.shape[0], disable=not progress, desc="video", unit="frame", dynamic_ncols=True) as bar:
         for start in range(0, z.shape[0], batch_size):

@@ -122,5 +122,3 @@ def build_random_clip(
         net = open_clip.create_model(model_name, pretrained=None, device="cpu")
     pp = ClipPreprocess.from_open_clip(net.visual.preprocess_cfg)
     return wrap_clip(net, open_clip.get_tokenizer(model_name), pp, f"{name} (random)", device, antialias, precision)
-
-

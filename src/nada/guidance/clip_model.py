@@ -202,7 +202,6 @@ class ClipModel(nn.Module):
         return f"name={self.name!r}, image_size={self.image_size}, antialias={self.antialias}"
 
 
-
 def wrap_clip(
     model: nn.Module,
     tokenizer: Callable,

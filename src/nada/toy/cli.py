@@ -61,7 +61,6 @@ def load_images(paths: list[Path], grid: int) -> tuple["torch.Tensor", list[str]
     import torch
     import torch.nn.functional as F
 
-
     images, names = [], []
     for path in paths:
         img = load_image(path, min_side=8)

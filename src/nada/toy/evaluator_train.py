@@ -210,7 +210,6 @@ def _train(cfg: TrainConfig, out: Path, export_to: Path | None) -> dict[str, Any
         init_from(model, Path(cfg.init_from))
     G = None
     if cfg.negatives > 0 or cfg.generator_share > 0:
-
         G = load_generator(cfg.generator).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, elapsed = 0, 0.0

@@ -490,7 +490,6 @@ def train(
         log.info(f"new run: {cfg.to_dict()} on {device}")
     teacher, text = None, None
     if cfg.teacher:
-
         teacher = load_clip(cfg.teacher, device)
         text = attribute_text_features(teacher)
 

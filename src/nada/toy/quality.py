@@ -206,8 +206,6 @@ def measure_quality(
     img_f, img_t = render_pairs(G_frozen, G_train, n, seed, truncation, batch_size)
     report = quality_from_images(evaluator, img_f, img_t, target, batch_size)
     if fidelity and target.is_style:
-
-
         fid = paired_fidelity(img_f, img_t, latents(G_frozen, n, seed), target.value, evaluator)
         report = replace(report, fidelity=fid)
     return report

@@ -88,7 +88,6 @@ def preset_needs(name: str) -> list[Need]:
     preset = get_preset(name)
     status = preset_status(preset)
     if status.available:
-
         on_base = status.path is not None and (is_compact(status.path) or read_domain(status.path) is not None)
         return generator_needs(preset.base) if on_base else []
     if preset.weights is None or preset.weights.kind == "package":
