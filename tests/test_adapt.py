@@ -465,9 +465,14 @@ def test_ctrl_c_stops_after_the_current_iteration(tmp_path: Path, clip) -> None:
         if step == 2:
             signal.raise_signal(signal.SIGINT)  # delivered to this thread before the call returns
 
-    with pytest.raises(KeyboardInterrupt):
-        adapt(cfg, progress=False, G_base=make_generator(), clip=clip, callback=press_ctrl_c)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    # A terminal's Ctrl-C handler, whatever started pytest (a background job inherits SIGINT ignored).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            adapt(cfg, progress=False, G_base=make_generator(), clip=clip, callback=press_ctrl_c)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert torch.load(RunPaths(Path(cfg.out_dir)).state, weights_only=True)["step"] == 2
     assert [r["step"] for r in log_of(cfg)] == [1, 2]
 
