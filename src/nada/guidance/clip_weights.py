@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from nada.weights.download import WeightsSource, clip_cache_dir, offline
 from nada.weights.safe_load import read_state_dict
 
 CONFIG_NAMES = ("clip_config.json", "open_clip_config.json")
+# A config key naming a weightless input transform in front of the image tower (see load_clip_from_config).
+INPUT_STEM_KEY = "input_stem"
 WEIGHT_NAMES = ("clip.safetensors", "clip.pt", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # OpenAI's files carry three sizes as tensors; the architecture is read from the shapes instead.
 _OPENAI_SIZE_ENTRIES = ("input_resolution", "context_length", "vocab_size")
@@ -144,17 +146,25 @@ def load_clip_from_config(
     precision: str = "fp32",
     name: str | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    input_stems: Mapping[str, Callable[[torch.nn.Module], torch.nn.Module]] | None = None,
 ) -> ClipModel:
     """Load an open_clip model from a config JSON (see ``read_clip_config``) and a weights file.
 
     The tokenizer is open_clip's default (OpenAI BPE, with the config's context length) unless
     ``text_cfg.hf_tokenizer_name`` names another. ``state_dict``, when given, holds the weights already
-    read (and rebuilt) from ``weights_path``.
+    read (and rebuilt) from ``weights_path``. A config whose ``input_stem`` names a weightless input
+    transform gets it from ``input_stems`` (the plugin that trained such a tower provides it).
     """
     import open_clip
 
     config_path, weights_path = Path(config_path), Path(weights_path)
     model_cfg, pp_cfg = read_clip_config(config_path)
+    stem = model_cfg.pop(INPUT_STEM_KEY, None)
+    if stem is not None and stem not in (input_stems or {}):
+        raise NadaError(
+            f"CLIP config {config_path} puts the input stem {stem!r} in front of its image tower, which only its "
+            "plugin provides: load this CLIP by the name its plugin registers for it"
+        )
     if not weights_path.is_file():
         raise NadaError(f"CLIP weights {weights_path} not found: check the path")
     text_cfg = model_cfg["text_cfg"]
@@ -177,6 +187,8 @@ def load_clip_from_config(
             f"CLIP model from {config_path} and {weights_path} could not be built ({one_line(e, 300, typed=True)}): "
             "check that the weights belong to that config and the file is complete"
         ) from None
+    if stem is not None:
+        model = input_stems[stem](model)
     pp = ClipPreprocess.from_open_clip({**pp_cfg, "size": as_pair(model.visual.image_size)})
     return wrap_clip(model, tokenizer, pp, name or str(config_path.parent), device, antialias, precision)
 

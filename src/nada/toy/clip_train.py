@@ -55,6 +55,7 @@ from nada.io import atomic_torch_save, atomic_write
 from nada.toy import filters as toy_filters
 from nada.toy import render as R
 from nada.toy import runs
+from nada.toy import strokes as toy_strokes
 from nada.toy.clips import pack_token_table, unpack_token_table
 from nada.weights.safe_load import read_state_dict
 
@@ -78,7 +79,10 @@ CLIP_CONFIG: dict[str, Any] = {
 VISION_TOWERS: dict[str, dict[str, Any]] = {
     "vit": CLIP_CONFIG["vision_cfg"],
     "resnet": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
+    "resnet-strokes": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
 }
+# Towers that see the image through a weightless input stem (nada.toy.strokes), named in the exported config.
+TOWER_STEMS: dict[str, str] = {"resnet-strokes": toy_strokes.STEM}
 FACT_KEYS: tuple[str, ...] = ("style", *R.ATTRIBUTES)  # columns of the truth / fact tables
 EVAL_SEED = 987_654_321  # held-out faces and textures; training draws from SeedSequence([seed, step]) instead
 STATE_FILE, WEIGHTS_FILE, CONFIG_FILE = "state.pt", "clip.pt", "clip_config.json"
@@ -118,6 +122,10 @@ class TrainConfig:
     # Share of images passed through a random chain of the strict judge's training filters (nada.toy.filters),
     # style label kept: a grayscale, contrasted or posterized photo is still a photo for the guide.
     filter_aug: float = option(0.0, "share of images given a random photo filter (nada.toy.filters), style label kept")
+    # Share of images given strong Gaussian noise (std up to noise_max, not clipped), label kept: what an
+    # adaptation's --clip-noise shows a guide; a stroke-seeing tower (nada.toy.strokes) sees it at full strength.
+    noise_aug: float = option(0.0, "share of images given Gaussian noise of std up to --noise-max, label kept")
+    noise_max: float = option(0.4, "strongest noise of --noise-aug, images in [-1, 1]")
     init_from: str = option("", "start from the weights of this clip.pt instead of a random init")
     vision: str = option("vit", "image tower", choices=tuple(VISION_TOWERS))
     # Locked-text training: a clip.pt whose text tower (token table, transformer, projection) is loaded
@@ -146,7 +154,10 @@ def model_config(vision: str = "vit") -> dict[str, Any]:
     """CLIP_CONFIG with the image tower ``vision`` (a key of VISION_TOWERS)."""
     if vision not in VISION_TOWERS:
         raise NadaError(f"unknown image tower {vision!r}: choose one of {', '.join(VISION_TOWERS)}")
-    return {**CLIP_CONFIG, "vision_cfg": dict(VISION_TOWERS[vision])}
+    config = {**CLIP_CONFIG, "vision_cfg": dict(VISION_TOWERS[vision])}
+    if vision in TOWER_STEMS:
+        config[toy_strokes.CONFIG_KEY] = TOWER_STEMS[vision]
+    return config
 
 
 def is_text_key(key: str) -> bool:
@@ -156,7 +167,7 @@ def is_text_key(key: str) -> bool:
 
 def model_kwargs(config: dict[str, Any] = CLIP_CONFIG) -> dict[str, Any]:
     """The constructor arguments of ``open_clip.CLIP`` from a config dict (drops the preprocessing)."""
-    return {k: v for k, v in config.items() if k != "preprocess_cfg"}
+    return {k: v for k, v in config.items() if k not in ("preprocess_cfg", toy_strokes.CONFIG_KEY)}
 
 
 def build_model(seed: int, config: dict[str, Any] = CLIP_CONFIG) -> torch.nn.Module:
@@ -165,7 +176,17 @@ def build_model(seed: int, config: dict[str, Any] = CLIP_CONFIG) -> torch.nn.Mod
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return open_clip.CLIP(**model_kwargs(config))
+        return with_stem(open_clip.CLIP(**model_kwargs(config)), config)
+
+
+def with_stem(model: torch.nn.Module, config: dict[str, Any]) -> torch.nn.Module:
+    """``model`` with the input stem its config names (``nada.toy.strokes``) in front of its image tower."""
+    stem = config.get(toy_strokes.CONFIG_KEY)
+    if stem is None:
+        return model
+    if stem not in toy_strokes.INPUT_STEMS:
+        raise NadaError(f"unknown input stem {stem!r}: choose one of {', '.join(toy_strokes.INPUT_STEMS)}")
+    return toy_strokes.INPUT_STEMS[stem](model)
 
 
 class Trainee(torch.nn.Module):
@@ -325,8 +346,9 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     facts = [facts_row(f) for f in parts]
     c_texts, c_facts, c_index = class_prompts(rng)
     offset = len(texts)
+    images = augment(filter_change(images, rng, cfg.filter_aug), rng, cfg.appearance_aug, cfg.appearance_max)
     return Batch(
-        images=augment(filter_change(images, rng, cfg.filter_aug), rng, cfg.appearance_aug, cfg.appearance_max),
+        images=noise_change(images, rng, cfg.noise_aug, cfg.noise_max),
         truth=truth_table(all_params, styles),
         texts=texts + c_texts,
         facts=np.array(facts + c_facts, np.int64),
@@ -346,6 +368,16 @@ def filter_change(img: torch.Tensor, rng: np.random.Generator, share: float) -> 
         chain = toy_filters.random_chain(rng)
         img[i : i + 1] = toy_filters.apply_chain(img[i : i + 1], chain, seed=int(rng.integers(2**31)))
     return img
+
+
+def noise_change(img: torch.Tensor, rng: np.random.Generator, share: float, strongest: float) -> torch.Tensor:
+    """Gaussian noise of std U(0, strongest) on a share of images [N,3,64,64] in [-1,1], unclipped; none when 0."""
+    if share <= 0:  # drawn only when enabled, so runs without it keep their data
+        return img
+    n = img.shape[0]
+    sigma = (rng.random(n) < share) * rng.uniform(0.0, strongest, n)
+    noise = torch.from_numpy(rng.standard_normal(img.shape).astype(np.float32))
+    return img + torch.from_numpy(sigma).float().view(n, 1, 1, 1) * noise
 
 
 def appearance_change(img: torch.Tensor, rng: np.random.Generator, strongest: float = 0.8) -> torch.Tensor:
@@ -579,7 +611,7 @@ def load_exported(folder: str | Path, tokens_from: str | Path | None = None) -> 
 
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    model = open_clip.CLIP(**model_kwargs(config))
+    model = with_stem(open_clip.CLIP(**model_kwargs(config)), config)
     sd = read_state_dict(folder / WEIGHTS_FILE, "CLIP weights")
     if tokens_from is not None:
         sd = unpack_token_table(sd, read_state_dict(Path(tokens_from) / WEIGHTS_FILE, "CLIP weights"))

@@ -1,4 +1,4 @@
-"""The toy world's packaged CLIPs ("toy", "toy-robust", "toy-rn"), registered with nada like any other named CLIP.
+"""The toy world's packaged CLIPs ("toy", "toy-robust", "toy-rn", "toy-strokes"), registered with nada like any other named CLIP.
 
 Each lives in a folder under ``nada/assets`` with ``clip_config.json`` + ``clip.pt``. Fine-tuning leaves
 almost every row of the 49408 x 64 token table untouched, so a fine-tuned copy stores only the rows that
@@ -15,6 +15,7 @@ from nada.errors import NadaError
 from nada.guidance.clip import ClipModel
 from nada.guidance.clip_specs import register_clip
 from nada.guidance.clip_weights import load_clip_from_config, read_clip_weights
+from nada.toy.strokes import INPUT_STEMS
 
 TOY_NAME = "toy"
 # name -> (folder under nada/assets, the packaged CLIP whose token table it shares, or None)
@@ -22,11 +23,13 @@ TOY_CLIPS: dict[str, tuple[str, str | None]] = {
     TOY_NAME: ("toy", None),
     "toy-robust": ("toy/clip_robust", TOY_NAME),
     "toy-rn": ("toy/clip_rn", TOY_NAME),
+    "toy-strokes": ("toy/clip_strokes", TOY_NAME),
 }
 _DESCRIPTIONS = {
     TOY_NAME: "the toy world's tiny ViT CLIP",
     "toy-robust": "the toy CLIP after embedding-stability training",
     "toy-rn": "a ResNet image tower trained into the toy CLIP's text space",
+    "toy-strokes": "a ResNet image tower that sees only the luma's strokes, in the toy CLIP's text space",
 }
 TOKEN_TABLE = "token_embedding.weight"
 TABLE_ROWS, TABLE_VALUES = "token_embedding.changed_rows", "token_embedding.changed_values"
@@ -59,10 +62,12 @@ def load_toy_clip(name: str, device: str | torch.device, antialias: bool, precis
     """A packaged toy CLIP (see `TOY_CLIPS`); one that shares another's token table gets the full table rebuilt."""
     config, weights = _toy_files(name)
     base = TOY_CLIPS[name][1]
-    if base is None:
-        return load_clip_from_config(config, weights, device, antialias, precision, name=name)
-    sd = unpack_token_table(read_clip_weights(weights), read_clip_weights(_toy_files(base)[1]))
-    return load_clip_from_config(config, weights, device, antialias, precision, name=name, state_dict=sd)
+    sd = None
+    if base is not None:
+        sd = unpack_token_table(read_clip_weights(weights), read_clip_weights(_toy_files(base)[1]))
+    return load_clip_from_config(
+        config, weights, device, antialias, precision, name=name, state_dict=sd, input_stems=INPUT_STEMS
+    )
 
 
 def pack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
