@@ -1,4 +1,4 @@
-"""The stroke stem (nada.toy.strokes): what it sees of an image, and how a tower behind it is trained, saved and loaded."""
+"""The stroke stem (nada.toy.strokes): what it sees of an image; how a tower behind it is saved and loaded."""
 
 from __future__ import annotations
 

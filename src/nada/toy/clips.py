@@ -1,4 +1,4 @@
-"""The toy world's packaged CLIPs ("toy", "toy-robust", "toy-rn", "toy-strokes"), registered with nada like any other named CLIP.
+"""The toy world's packaged CLIPs (``TOY_CLIPS``), registered with nada like any other named CLIP.
 
 Each lives in a folder under ``nada/assets`` with ``clip_config.json`` + ``clip.pt``. Fine-tuning leaves
 almost every row of the 49408 x 64 token table untouched, so a fine-tuned copy stores only the rows that

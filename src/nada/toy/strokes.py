@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nada.guidance.clip_weights import INPUT_STEM_KEY as CONFIG_KEY
+from nada.guidance.clip_weights import INPUT_STEM_KEY
 from nada.toy import filters as toy_filters
 
 STEM = "luma-strokes"
+CONFIG_KEY = INPUT_STEM_KEY  # the config entry that names the stem
 LOCAL_SIGMA = 1.5  # pixels: the neighbourhood a line is dark against
 # Scales each channel to a spread near 1 on the toy renders (gradients are small numbers per pixel).
 GAIN = 8.0
