@@ -293,6 +293,30 @@ def test_resnet_guide_shares_the_text_tower_and_reads_every_attribute(toy_clip, 
     assert torch.allclose(T.encode_images(model, img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
 
 
+# ---------------------------------------------------------------- the stroke-seeing guide ("toy-strokes")
+
+STROKES = ASSETS / "clip_strokes"
+
+
+def test_stroke_guide_reads_styles_from_strokes_alone_and_loads_by_name(toy_clip):
+    model, tok = packaged_copy(STROKES, "toy-strokes")
+    assert json.loads((STROKES / T.CONFIG_FILE).read_text()) == T.model_config("resnet-strokes")
+    assert (STROKES / T.WEIGHTS_FILE).stat().st_size < 4e6
+    texts = ["a sketch of a smiling face", "a photo of a face with glasses"]
+    assert torch.equal(T.encode_texts(model, tok, texts), T.encode_texts(toy_clip[0], tok, texts))  # locked text tower
+    acc = T.zero_shot_accuracy(model, tok, n=300, seed=2024)
+    assert acc["style"] >= 0.95, T.format_accuracy(acc)
+    # Colour is invisible to it: hair colour is read from the hair's luma and texture only.
+    assert min(acc[k] for k in R.ATTRIBUTES if k != "hair_color") >= 0.85, T.format_accuracy(acc)
+    assert acc["hair_color"] >= 0.7, T.format_accuracy(acc)
+    img = R.render_tensor(R.sample_params(4, seed=9), "photo", seed=9)
+    # A uniform brightness offset draws no stroke, so it leaves the embedding where it was.
+    assert torch.allclose(T.encode_images(model, img + 0.1), T.encode_images(model, img), atol=1e-4)
+    clip = pytest.importorskip("nada.guidance.clip")
+    wrapped = clip.load_clip("toy-strokes")
+    assert torch.allclose(T.encode_images(model, img), F.normalize(wrapped.encode_image(img), dim=-1), atol=1e-4)
+
+
 def test_token_table_sharing_round_trips_and_refuses_a_foreign_base():
     from nada.toy.clips import TOKEN_TABLE, pack_token_table, unpack_token_table
 
