@@ -321,13 +321,15 @@ def z_seeds(G: Generator, seeds: list[int]) -> torch.Tensor:
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["grouped", "activations"])
 def test_cuda_layouts_zero_vector_and_mixed_batch(layout: str) -> None:
-    from nada.adaptation.loop import fp32_precision
+    from nada.adaptation.loop import deterministic_kernels, fp32_precision
 
     G = make_generator().cuda()
     G.layout = layout
     z = latents(G, n=3).cuda()
     with fp32_precision(z.device, tf32=False):  # IEEE float32, so batches differ by rounding only
-        assert torch.equal(G(z, domain=torch.zeros(G.domain_size, device="cuda")), G(z))
+        # (1 + 0) scales every style exactly; with CUDA's free kernel choice two equal calls may still round apart.
+        with deterministic_kernels(z.device, True):
+            assert torch.equal(G(z, domain=torch.zeros(G.domain_size, device="cuda")), G(z))
         vectors = random_vector(G, 7, n=4).cuda()
         mixed = render_domains(G, vectors, z, batch_size=5)
         for k in range(4):
