@@ -13,6 +13,7 @@ from nada.toy import clip_train as T
 from nada.toy import render as R
 
 ASSETS = T.Path(__file__).resolve().parents[1] / "src" / "nada" / "assets" / "toy"
+CLIP_VOCAB = T.CLIP_CONFIG["text_cfg"]["vocab_size"]
 
 
 def shipped() -> tuple[T.Path, T.Path]:
@@ -190,7 +191,7 @@ def test_shipped_files_are_small_and_safe():
     assert json.loads(config.read_text()) == T.CLIP_CONFIG
     sd = torch.load(weights, map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v.float()).all() for v in sd.values())
-    assert weights.stat().st_size < 12e6
+    assert weights.stat().st_size < 3e6  # the token table keeps only its trained rows
 
 
 def test_loads_through_nada_clip_with_the_same_features(toy_clip):
@@ -335,6 +336,37 @@ def test_token_table_sharing_round_trips_and_refuses_a_foreign_base():
         unpack_token_table(packed, small)
     with pytest.raises(T.NadaError, match="not a shared-table copy"):
         unpack_token_table(tuned, base)
+
+
+def test_a_table_kept_against_the_seeded_untrained_rows_round_trips_and_says_what_it_needs():
+    from nada.toy.clips import TOKEN_TABLE, full_state_dict, pack_against_untrained, pack_token_table
+
+    sd = T.build_model(seed=4).state_dict()
+    trained = torch.tensor([5, 9, 400])
+    packed = pack_against_untrained(sd, trained, seed=3)
+    assert TOKEN_TABLE not in packed and packed["token_embedding.changed_rows"].tolist() == [5, 9, 400]
+    full = full_state_dict(packed)
+    assert set(full) == set(sd) and all(torch.equal(full[k], sd[k]) for k in sd if k != TOKEN_TABLE)
+    assert torch.equal(full[TOKEN_TABLE][trained], sd[TOKEN_TABLE][trained])
+    assert torch.equal(full_state_dict(packed)[TOKEN_TABLE], full[TOKEN_TABLE])  # the same stand-in every time
+    assert full_state_dict(sd) is sd  # a whole table is returned as it is
+    with pytest.raises(T.NadaError, match="load them with that CLIP's weights as the base"):
+        full_state_dict(pack_token_table(sd, T.build_model(seed=5).state_dict()))
+
+
+def test_the_shipped_toy_clip_keeps_only_its_trained_token_rows():
+    from nada.toy.clips import TOKEN_TABLE, full_state_dict
+
+    _, weights = shipped()
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    assert TOKEN_TABLE not in sd and len(sd["token_embedding.changed_rows"]) == 48
+    assert full_state_dict(sd)[TOKEN_TABLE].shape == (CLIP_VOCAB, T.CLIP_CONFIG["text_cfg"]["width"])
+    # Every token of the prompts the toy world uses is a trained row.
+    tok = T.tokenizer()
+    used = torch.unique(
+        tok([t.format(s) for t in R.TEMPLATES for s in R.STYLES] + T.class_prompts(np.random.default_rng(0))[0])
+    )
+    assert set(used.tolist()) - {0} <= set(sd["token_embedding.changed_rows"].tolist())
 
 
 def test_export_can_share_the_token_table(tmp_path):

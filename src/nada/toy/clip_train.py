@@ -56,7 +56,7 @@ from nada.toy import filters as toy_filters
 from nada.toy import render as R
 from nada.toy import runs
 from nada.toy import strokes as toy_strokes
-from nada.toy.clips import pack_token_table, unpack_token_table
+from nada.toy.clips import full_state_dict, pack_token_table
 from nada.weights.safe_load import read_state_dict
 
 # The architecture, as open_clip reads it (plus the preprocessing that nada.guidance.clip applies).
@@ -240,7 +240,7 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
     """An exported clip.pt as an fp32 state dict (tensors only: nothing in the file is executed)."""
     if not Path(path).is_file():
         raise NadaError(f"no CLIP weights at {path}: give the clip.pt written by a clip_train run")
-    return {k: v.float() for k, v in read_state_dict(path, "CLIP weights").items()}
+    return {k: v.float() for k, v in full_state_dict(read_state_dict(path, "CLIP weights")).items()}
 
 
 def tokenizer(config: dict[str, Any] = CLIP_CONFIG):
@@ -596,7 +596,7 @@ def export(
 
     half = {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     if share_tokens_with:
-        half = pack_token_table(half, read_state_dict(share_tokens_with, "CLIP weights"))
+        half = pack_token_table(half, full_state_dict(read_state_dict(share_tokens_with, "CLIP weights")))
     weights = atomic_torch_save(half, out_dir / WEIGHTS_FILE)
     config = atomic_write(
         out_dir / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -613,8 +613,10 @@ def load_exported(folder: str | Path, tokens_from: str | Path | None = None) -> 
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     model = with_stem(open_clip.CLIP(**model_kwargs(config)), config)
     sd = read_state_dict(folder / WEIGHTS_FILE, "CLIP weights")
+    base = None
     if tokens_from is not None:
-        sd = unpack_token_table(sd, read_state_dict(Path(tokens_from) / WEIGHTS_FILE, "CLIP weights"))
+        base = full_state_dict(read_state_dict(Path(tokens_from) / WEIGHTS_FILE, "CLIP weights"))
+    sd = full_state_dict(sd, base)
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     return model.eval()
 

@@ -33,6 +33,10 @@ _DESCRIPTIONS = {
 }
 TOKEN_TABLE = "token_embedding.weight"
 TABLE_ROWS, TABLE_VALUES = "token_embedding.changed_rows", "token_embedding.changed_values"
+# A table stored against no other CLIP: the rows training never reached hold a seeded random draw that the
+# loader makes again, so only the trained rows are in the file; this key holds (seed, rows of the table).
+UNTRAINED = "token_embedding.untrained_seed_rows"
+UNTRAINED_STD = 0.02  # open_clip's initialisation of token embeddings
 
 
 def register_toy_clips() -> None:
@@ -62,9 +66,8 @@ def load_toy_clip(name: str, device: str | torch.device, antialias: bool, precis
     """A packaged toy CLIP (see `TOY_CLIPS`); one that shares another's token table gets the full table rebuilt."""
     config, weights = _toy_files(name)
     base = TOY_CLIPS[name][1]
-    sd = None
-    if base is not None:
-        sd = unpack_token_table(read_clip_weights(weights), read_clip_weights(_toy_files(base)[1]))
+    base_sd = None if base is None else full_state_dict(read_clip_weights(_toy_files(base)[1]))
+    sd = full_state_dict(read_clip_weights(weights), base_sd)
     return load_clip_from_config(
         config, weights, device, antialias, precision, name=name, state_dict=sd, input_stems=INPUT_STEMS
     )
@@ -99,3 +102,40 @@ def unpack_token_table(sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor
     full = {k: v for k, v in sd.items() if k not in (TABLE_ROWS, TABLE_VALUES)}
     full[TOKEN_TABLE] = table
     return full
+
+
+def untrained_table(seed: int, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """The seeded stand-in [rows, width] for token-table rows that training never reached (std UNTRAINED_STD)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, width, generator=gen) * UNTRAINED_STD).to(dtype)
+
+
+def pack_against_untrained(sd: dict[str, torch.Tensor], trained: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """``sd`` with its token table [V, D] kept as the ``trained`` rows [R] only; `untrained_table` makes the rest."""
+    table = sd[TOKEN_TABLE]
+    stand_in = untrained_table(seed, *table.shape, table.dtype)
+    kept = stand_in.clone()
+    kept[trained] = table[trained]
+    packed = pack_token_table({**sd, TOKEN_TABLE: kept}, {TOKEN_TABLE: stand_in})
+    packed[UNTRAINED] = torch.tensor([seed, table.shape[0]])
+    return packed
+
+
+def full_state_dict(
+    sd: dict[str, torch.Tensor], base: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """A CLIP state dict with its whole token table, however it was stored: whole, against the seeded untrained
+    table (`pack_against_untrained`), or against ``base``'s table (`pack_token_table`)."""
+    if TABLE_ROWS not in sd:
+        return sd
+    if UNTRAINED in sd:
+        seed, rows = (int(v) for v in sd[UNTRAINED])
+        values = sd[TABLE_VALUES]
+        stand_in = untrained_table(seed, rows, values.shape[1], values.dtype)
+        return unpack_token_table({k: v for k, v in sd.items() if k != UNTRAINED}, {TOKEN_TABLE: stand_in})
+    if base is None:
+        raise NadaError(
+            "these CLIP weights store only the token-table rows that differ from another CLIP's: "
+            "load them with that CLIP's weights as the base (clip_train --share-tokens-with names it)"
+        )
+    return unpack_token_table(sd, base)
