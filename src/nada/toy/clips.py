@@ -112,11 +112,9 @@ def untrained_table(seed: int, rows: int, width: int, dtype: torch.dtype) -> tor
 
 def pack_against_untrained(sd: dict[str, torch.Tensor], trained: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """``sd`` with its token table [V, D] kept as the ``trained`` rows [R] only; `untrained_table` makes the rest."""
-    table = sd[TOKEN_TABLE]
-    stand_in = untrained_table(seed, *table.shape, table.dtype)
-    kept = stand_in.clone()
-    kept[trained] = table[trained]
-    packed = pack_token_table({**sd, TOKEN_TABLE: kept}, {TOKEN_TABLE: stand_in})
+    table, rows = sd[TOKEN_TABLE], torch.unique(trained.long())
+    packed = {k: v for k, v in sd.items() if k != TOKEN_TABLE}
+    packed[TABLE_ROWS], packed[TABLE_VALUES] = rows, table[rows].clone()
     packed[UNTRAINED] = torch.tensor([seed, table.shape[0]])
     return packed
 

@@ -23,6 +23,7 @@ Chain = tuple[tuple[str, float], ...]
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 _SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8  # central difference, smoothed
 _TINTS = torch.tensor([[1.0, 0.85, 0.6], [0.6, 0.8, 1.0], [0.7, 1.0, 0.7], [1.0, 0.7, 0.85]])
 
 
@@ -37,6 +38,13 @@ def _signed(x: torch.Tensor) -> torch.Tensor:
 def luminance(img: torch.Tensor) -> torch.Tensor:
     """Luma [N, 1, H, W] in [0, 1] of images [N, 3, H, W] in [-1, 1]."""
     return (_unit(img) * _LUMA.to(img)).sum(1, keepdim=True)
+
+
+def luma_gradients(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel gradients (x, y) of a luma map [N, 1, H, W], each [N, 1, H, W] in luma per pixel; edges replicated."""
+    padded = F.pad(y, (1, 1, 1, 1), mode="replicate")
+    k = _SOBEL.to(y)
+    return F.conv2d(padded, k.view(1, 1, 3, 3)), F.conv2d(padded, k.t().contiguous().view(1, 1, 3, 3))
 
 
 def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:

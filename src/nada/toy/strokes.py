@@ -11,7 +11,6 @@ the config names the stem (``"input_stem": STEM``) and the loader puts it back i
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nada.guidance.clip_weights import INPUT_STEM_KEY
 from nada.toy import filters as toy_filters
@@ -21,17 +20,13 @@ CONFIG_KEY = INPUT_STEM_KEY  # the config entry that names the stem
 LOCAL_SIGMA = 1.5  # pixels: the neighbourhood a line is dark against
 # Scales each channel to a spread near 1 on the toy renders (gradients are small numbers per pixel).
 GAIN = 8.0
-_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
 
 
 def stroke_channels(x: torch.Tensor) -> torch.Tensor:
     """[N,3,H,W] images in [-1,1] -> [N,3,H,W]: luma gradient x, gradient y, luma minus its local mean (scaled)."""
     assert x.ndim == 4 and x.shape[1] == 3, f"expected images [N,3,H,W], got {tuple(x.shape)}"
     y = toy_filters.luminance(x)
-    padded = F.pad(y, (1, 1, 1, 1), mode="replicate")
-    k = _SOBEL.to(y)
-    gx = F.conv2d(padded, k.view(1, 1, 3, 3))
-    gy = F.conv2d(padded, k.t().contiguous().view(1, 1, 3, 3))
+    gx, gy = toy_filters.luma_gradients(y)
     local = y - toy_filters.gaussian_blur(y, LOCAL_SIGMA)
     return torch.cat([gx, gy, local], 1) * GAIN
 
