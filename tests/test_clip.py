@@ -123,6 +123,41 @@ def test_bf16_precision_close_to_fp32(golden: Path, tiny, ref) -> None:
         load_clip(str(golden / "tiny_clip_openai.pt"), precision="int8")
 
 
+def test_openai_layout_skips_the_random_init_and_equals_the_plain_build(golden: Path) -> None:
+    """construct_then_load: the same tensors, mask and features as building then loading; fp16 files become fp32."""
+    import open_clip
+
+    from nada.guidance.clip_weights import build_openai_layout, causal_mask, construct_then_load, read_clip_weights
+
+    sd = read_clip_weights(golden / "tiny_clip_openai.pt")
+    plain = open_clip.CLIP(
+        64,
+        vision_cfg=open_clip.CLIPVisionCfg(**TINY_CONFIG["vision_cfg"]),
+        text_cfg=open_clip.CLIPTextCfg(**TINY_CONFIG["text_cfg"]),
+        quick_gelu=True,
+    )
+    plain.load_state_dict(sd, strict=True)
+    fast = build_openai_layout({k: v.half() for k, v in sd.items()})  # OpenAI's release stores fp16
+    plain.load_state_dict({k: v.half().float() for k, v in sd.items()})
+    assert all(p.dtype == torch.float32 and not p.is_meta for p in fast.parameters())
+    assert torch.equal(fast.attn_mask, plain.attn_mask) and torch.equal(causal_mask(5), plain.attn_mask[:5, :5])
+    img = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fast.encode_image(img), plain.encode_image(img))
+        tokens = open_clip.tokenize(["a photo", "a sketch"])
+        assert torch.equal(fast.encode_text(tokens), plain.encode_text(tokens))
+
+    class OtherBuffer(torch.nn.Linear):  # a non-persistent buffer of unknown meaning: the plain build
+        def __init__(self) -> None:
+            super().__init__(3, 2)
+            self.register_buffer("scale", torch.full((2,), 7.0), persistent=False)
+
+    other = construct_then_load(OtherBuffer, OtherBuffer().state_dict())
+    assert torch.equal(other.scale, torch.full((2,), 7.0))
+    with pytest.raises(RuntimeError):  # strict either way: a missing key is an error
+        build_openai_layout({k: v for k, v in sd.items() if k != "ln_final.bias"})
+
+
 # ---------------------------------------------------------------- other sources
 
 
