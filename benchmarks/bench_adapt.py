@@ -1,18 +1,20 @@
 """Seconds per adaptation iteration, 300 iterations end to end, and peak memory, per size, CLIP set, layers, precision.
 
 Random weights everywhere (no download): ``Generator(size, 512, 8, 2)`` and open_clip architectures
-built with ``pretrained=None``. Each configuration runs in its own subprocess so that its peak memory
-is its own. Columns:
+built with ``pretrained=None``, written to files before the clock starts and loaded as a run loads them.
+Each configuration runs in its own subprocess so that its peak memory is its own. Columns:
 
 - ``s/it``: median of the loop's per-iteration times (log.jsonl "seconds") without the first iteration.
 - ``first``: the first iteration (kernel selection, allocator warm-up, the first layer selection).
 - ``300 it e2e``: what ``nada adapt --iterations 300`` with the default ``sample_every`` 50 and
-  ``save_every`` 100 takes, setup included: the measured run (model building, guides, the first
+  ``save_every`` 100 takes, setup included: the measured run (CUDA context, loading the weights, guides, the first
   iteration, its two sample grids and final save) plus (300 - N) median iterations plus the five
   sample grids and two checkpoint-and-state saves that the longer run writes in addition, each
   costed at what the run's own grids and save took (``adapt(timings=...)``).
-- ``build / setup / iters / grids / saves``: where the measured run's seconds went: ``build`` the
-  benchmark's random generator and CLIPs (a real run loads them instead), then `nada.adaptation.loop.adapt`'s
+- ``cuda / load / setup / iters / grids / saves``: where the measured run's seconds went: ``cuda`` the
+  CUDA context, ``load`` reading the generator and CLIP files (random weights written beforehand, untimed,
+  in the formats of real downloads: a nada checkpoint and OpenAI-layout CLIP weights), then
+  `nada.adaptation.loop.adapt`'s
   phases: ``setup`` (copies, guides, optimizer), ``iters`` (the N iterations with their logging),
   ``grids`` (rendering the two sample grids, and waiting for their PNG encoding at the end), ``saves``
   (the final checkpoint and resume state).
@@ -55,6 +57,25 @@ def random_clip(name: str, device: str):
     return ClipModel(model, open_clip.get_tokenizer(ARCHS[name]), pp, name).to(device)
 
 
+def write_random_weights(folder: Path, size: int, clips: str) -> tuple[Path, list[Path]]:
+    """A seeded random 512-style-dim generator as a nada checkpoint and each CLIP's random weights in OpenAI's
+    layout, so that the timed part loads them as a real run loads downloaded weights."""
+    import torch
+
+    from nada.generator.checkpoints import save_checkpoint
+    from nada.generator.networks import Generator
+
+    torch.manual_seed(0)
+    G = Generator(size, 512, 8, channel_multiplier=2)
+    G.compute_mean_latent(n=1024, seed=0)
+    g_file = save_checkpoint(folder / "generator.pt", G, {"base_model": f"random-{size}"})
+    clip_files = []
+    for i, name in enumerate(clips.split("+")):
+        clip_files.append(folder / f"clip{i}.pt")
+        torch.save(random_clip(name, "cpu").model.state_dict(), clip_files[-1])
+    return g_file, clip_files
+
+
 def extra_outputs(iterations: int) -> tuple[int, int]:
     """(grids, saves) that 300 iterations with the default intervals write beyond N iterations without them."""
     grids = len(range(SAMPLE_EVERY, E2E_ITERATIONS, SAMPLE_EVERY))  # in-loop grids; start and end grids both runs write
@@ -78,18 +99,24 @@ def run_one(
 
     from nada.adaptation.loop import adapt
     from nada.config import AdaptConfig
-    from nada.generator.networks import Generator
+    from nada.generator.checkpoints import load_generator
+    from nada.guidance.clip_weights import load_clip_openai_file
 
     if threads:
         torch.set_num_threads(threads)
+    files = tempfile.TemporaryDirectory()
+    g_file, clip_files = write_random_weights(Path(files.name), size, clips)
     t_start = time.perf_counter()
-    torch.manual_seed(0)
-    G = Generator(size, 512, 8, channel_multiplier=2).to(device)
-    G.compute_mean_latent(n=1024, seed=0)
-    ensemble = [(random_clip(n, device), 1.0) for n in clips.split("+")]
+    phases = {}
+    if device.startswith("cuda"):
+        torch.zeros(1, device=device)  # the CUDA context, which every run on the GPU pays first
+        torch.cuda.synchronize()
+        phases["cuda"] = time.perf_counter() - t_start
+    G = load_generator(g_file, device=device)
+    ensemble = [(load_clip_openai_file(f, device, name=n), 1.0) for n, f in zip(clips.split("+"), clip_files)]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    phases = {"build": time.perf_counter() - t_start}
+    phases["load"] = time.perf_counter() - t_start - phases.get("cuda", 0.0)
     with tempfile.TemporaryDirectory() as out:
         cfg = AdaptConfig(
             source="photo",
@@ -189,7 +216,7 @@ def main() -> None:
     print(f"{args.iterations} iterations per row; peak MB: CUDA max allocated / CPU max RSS, whole process")
     print(
         f"{'device':6} {'size':>5} {'clip':20} {'layers':8} {'prec':5} {'set':18} {'s/it':>8} {'first':>8} "
-        f"{'300 it e2e':>11} {'peak MB':>9}  build / setup / iters / grids / saves (s)"
+        f"{'300 it e2e':>11} {'peak MB':>9}  cuda / load / setup / iters / grids / saves (s)"
     )
     for device in devices:
         for size in (int(s) for s in args.sizes.split(",")):
@@ -221,7 +248,7 @@ def run_row(args: argparse.Namespace, device: str, size: int, clips: str, layers
         return
     r = json.loads(res.stdout.strip().splitlines()[-1])
     ph = r["phases_s"]
-    split = " / ".join(f"{ph.get(k, 0.0):.2f}" for k in ("build", "setup", "iterations", "grids", "saves"))
+    split = " / ".join(f"{ph.get(k, 0.0):.2f}" for k in ("cuda", "load", "setup", "iterations", "grids", "saves"))
     print(
         f"{head} {r['s_per_it']:8.3f} {r['first_it_s']:8.3f} {r['e2e_300_s']:10.1f}s {r['peak_mb']:9.0f}  {split}",
         flush=True,
