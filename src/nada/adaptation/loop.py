@@ -777,6 +777,7 @@ class _Run:
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
     clock: "PhaseClock | None" = None
     writer: BackgroundWriter | None = None  # sample grids are PNG-encoded on its thread while training goes on
+    frozen_row: torch.Tensor | None = None  # the grids' top row: the frozen generator never changes, so drawn once
 
 
 def _adapt(
@@ -1018,11 +1019,14 @@ def _save_samples(run: _Run, at: int) -> None:
     """The sample grid of step `at`: the frozen generator's row above the trained one's."""
     config = run.config
     run.clock.lap("iterations")
-    with torch.no_grad():
-        rows = [
-            render_samples(G, config.n_sample_images, config.sample_truncation, config.batch_size)
-            for G in (run.G_frozen, run.G_train)
-        ]
+    if run.frozen_row is None:
+        run.frozen_row = render_samples(
+            run.G_frozen, config.n_sample_images, config.sample_truncation, config.batch_size
+        )
+    rows = [
+        run.frozen_row,
+        render_samples(run.G_train, config.n_sample_images, config.sample_truncation, config.batch_size),
+    ]
     run.writer.submit(atomic_save_image, image_grid(rows), run.paths.sample(at), compress_level=SAMPLE_PNG_LEVEL)
     run.clock.lap("grids")
 
