@@ -491,6 +491,21 @@ def test_cuda_deterministic_runs_are_finite_and_repeat(tmp_path: Path, golden: P
     assert not torch.are_deterministic_algorithms_enabled()  # the run's switches are undone
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_cuda_first_step_takes_equal_images_as_at_rest_in_every_precision(tmp_path: Path, precision: str) -> None:
+    """Step 1 renders the same latents with equal weights: its directional term must be the at-rest form (1 - e.d
+    with e = 0), not the direction of rounding noise, with ViT-B/32's attention kernels in reduced precision."""
+    from nada.guidance.clip import build_random_clip
+
+    clip_cuda = build_random_clip("ViT-B/32", device="cuda", seed=0)
+    kw = dict(device="cuda", bf16=precision == "bf16", tf32=precision != "fp32", iterations=1, sample_every=0)
+    cfg = config(tmp_path, save_every=0, **kw)
+    adapt(cfg, progress=False, G_base=make_generator(), clip=clip_cuda)
+    first = log_of(cfg)[0]["direction"]
+    assert abs(first - 1.0) < 1e-4, f"{precision}: step 1's directional term is {first}, not the at-rest 1"
+
+
 def test_phase_timings_and_grids_written_before_adapt_returns(tmp_path: Path, clip) -> None:
     from nada.adaptation.loop import render_samples
     from nada.io import image_grid
