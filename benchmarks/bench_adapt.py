@@ -130,10 +130,8 @@ def run_one(
             sample_every=0,
             save_every=0,
             device=device,
-            tf32=precision == "tf32",
-            bf16=precision == "bf16",
             log_every=log_every,
-            **changes,
+            **{"tf32": precision == "tf32", "bf16": precision == "bf16", **changes},
         )
         adapt(cfg, progress=False, G_base=G, clip=ensemble, timings=phases)
         total = time.perf_counter() - t_start
