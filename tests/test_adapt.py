@@ -314,6 +314,25 @@ def test_directional_term_has_a_sane_gradient_at_equal_images() -> None:
     mixed = torch.cat([f_src[:1], moved[1:]])
     expected = (1.0 + 2 * losses.directional_loss(f_src[1:], moved[1:], direction)) / 3
     assert torch.allclose(directional_term(f_src, mixed, direction), expected)
+    # Features apart by more than rounding, but the images are known equal (reduced precision): at rest all the same.
+    at_rest = torch.tensor([True, False, False])
+    unit = torch.nn.functional.normalize
+    first = 1 - (unit(moved[:1], dim=-1) - unit(f_src[:1], dim=-1))[0] @ direction[0]
+    moving = 2 * losses.directional_loss(f_src[1:], moved[1:], direction)
+    assert torch.allclose(directional_term(f_src, moved, direction, at_rest), (first + moving) / 3)
+    assert not torch.allclose(first, losses.directional_loss(f_src[:1], moved[:1], direction))  # the forms differ
+
+
+def test_images_at_rest_tolerates_rounding_not_a_step() -> None:
+    from nada.adaptation.loop import images_at_rest
+
+    img = torch.rand(3, 3, 8, 8) * 2 - 1
+    other = img.clone()
+    other[0] += 1e-6  # kernel noise
+    other[1, 0, 4, 4] += 0.01  # one pixel moved by a training step
+    other[2] = other[2].bfloat16().float()  # rounding of bf16 autocast
+    assert images_at_rest(img, other).tolist() == [True, False, False]
+    assert images_at_rest(img.bfloat16(), other.bfloat16()).tolist() == [True, True, True]
 
 
 def test_clip_views_are_paired_seeded_crops() -> None:

@@ -523,9 +523,11 @@ def loss_terms(
     if config.lambda_structure > 0:  # on the generated images themselves, before any CLIP view
         add("structure", losses.structure_loss(img_frozen, img_train))
     seen_frozen, seen_train = img_frozen, img_train  # what the CLIP terms encode; the patch term cuts its own crops
+    at_rest = images_at_rest(img_frozen, img_train)
     if config.clip_views > 0:
         views = paired_views(img_frozen.shape[0], config.clip_views, rng, img_train.device)
         seen_frozen, seen_train = apply_views(img_frozen, views), apply_views(img_train, views)
+        at_rest = at_rest.repeat_interleave(config.clip_views)  # paired views of equal images are equal
     if config.clip_noise > 0:
         noise = paired_noise(seen_frozen.shape, config.clip_noise, rng, img_train.device)
         seen_frozen, seen_train = seen_frozen + noise, seen_train + noise
@@ -537,7 +539,7 @@ def loss_terms(
             if config.first_step == "shift":
                 add("direction", g.weight * shifted_directional_term(g.clip, f_src, f_tgt, seen_train, g.direction))
             else:
-                add("direction", g.weight * directional_term(f_src, f_tgt, g.direction))
+                add("direction", g.weight * directional_term(f_src, f_tgt, g.direction, at_rest))
         if config.lambda_global > 0:
             add("global", g.weight * losses.global_loss(f_tgt, g.global_target, g.clip.logit_scale))
         if config.lambda_manifold > 0:
@@ -593,9 +595,21 @@ def apply_views(img: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 # Unit-feature edits shorter than this are rounding noise between equal images (seen: 7e-8).
 EDIT_AT_REST = 1e-5
+# Pixels (in [-1, 1]) of two renderings of equal images differ by at most this much, or a few units of rounding of
+# their dtype: CUDA's free kernels differ between calls (3.6e-7 seen in float32); one training step moves far more.
+IMAGE_AT_REST = 1e-3
 
 
-def directional_term(f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+def images_at_rest(img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
+    """Which pairs of images [N, 3, H, W] are equal up to rounding: bool [N] (the first step renders only such)."""
+    eps = torch.finfo(torch.promote_types(img_frozen.dtype, img_train.dtype)).eps
+    gap = (img_train.detach() - img_frozen.detach()).flatten(1).abs().amax(dim=1)
+    return gap <= max(IMAGE_AT_REST, 4 * eps)
+
+
+def directional_term(
+    f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.Tensor, at_rest: torch.Tensor | None = None
+) -> torch.Tensor:
     """The directional loss over features [N, D], with its first-order limit for samples whose images are equal.
 
     Where the trained image still equals the frozen one (the first step, when both render the same
@@ -604,12 +618,16 @@ def directional_term(f_src: torch.Tensor, f_tgt: torch.Tensor, direction: torch.
     that best follows the direction, with the magnitude of an ordinary step. The official code
     instead measures the edit of a 1e-6-shifted image; the gradient of that normalised near-zero
     edit is about a million times too large and fills Adam's second-moment estimate, which then
-    (beta2 = 0.992) shrinks every later step for thousands of iterations.
+    (beta2 = 0.992) shrinks every later step for thousands of iterations. ``at_rest`` (bool [N],
+    `images_at_rest`) marks the pairs whose images are equal, which the features alone cannot show
+    in reduced precision (TF32 on an H200: ViT-B/32's step-1 term read 1.004, from an edit of rounding alone).
     """
     edit = torch.nn.functional.normalize(f_tgt, dim=-1) - torch.nn.functional.normalize(f_src, dim=-1)
     # Equal images need not give bit-equal features (CLIP's attention takes a different kernel when
     # no gradient is needed), so "no edit yet" is an edit below rounding level, not exactly zero.
     still = edit.norm(dim=-1) <= EDIT_AT_REST
+    if at_rest is not None:
+        still = still | at_rest
     if not bool(still.any()):
         return losses.directional_loss(f_src, f_tgt, direction)
     total = (1 - edit[still] @ direction[0]).sum()
