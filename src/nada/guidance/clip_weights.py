@@ -79,7 +79,7 @@ def build_openai_layout(sd: dict[str, torch.Tensor]) -> nn.Module:
 def construct_then_load(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor]) -> nn.Module:
     """``build()`` holding the tensors of ``sd`` (strict: every key, every shape), without a random initialisation.
 
-    Drawing random weights that ``sd`` then overwrites cost 1.3 of the 1.4 s it took to build a ViT-B/32
+    Drawing random weights that ``sd`` then overwrites cost 1.2 of the 1.4 s it took to build a ViT-B/32
     on two cores, so the module is built on the meta device and takes the loaded tensors themselves
     (cast to the dtypes the module declares: OpenAI's file holds fp16). open_clip's CLIP has one tensor
     that no file holds, the causal mask of its text tower, made here as open_clip makes it; a module with
