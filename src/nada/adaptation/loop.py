@@ -523,11 +523,13 @@ def loss_terms(
     if config.lambda_structure > 0:  # on the generated images themselves, before any CLIP view
         add("structure", losses.structure_loss(img_frozen, img_train))
     seen_frozen, seen_train = img_frozen, img_train  # what the CLIP terms encode; the patch term cuts its own crops
-    at_rest = images_at_rest(img_frozen, img_train)
+    # Only the plain directional term asks which pairs are still equal images.
+    at_rest = images_at_rest(img_frozen, img_train) if config.lambda_direction > 0 else None
     if config.clip_views > 0:
         views = paired_views(img_frozen.shape[0], config.clip_views, rng, img_train.device)
         seen_frozen, seen_train = apply_views(img_frozen, views), apply_views(img_train, views)
-        at_rest = at_rest.repeat_interleave(config.clip_views)  # paired views of equal images are equal
+        if at_rest is not None:
+            at_rest = at_rest.repeat_interleave(config.clip_views)  # paired views of equal images are equal
     if config.clip_noise > 0:
         noise = paired_noise(seen_frozen.shape, config.clip_noise, rng, img_train.device)
         seen_frozen, seen_train = seen_frozen + noise, seen_train + noise
