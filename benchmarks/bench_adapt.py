@@ -136,6 +136,7 @@ def run_one(
         adapt(cfg, progress=False, G_base=G, clip=ensemble, timings=phases)
         total = time.perf_counter() - t_start
         records = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    files.cleanup()
     seconds = [r["seconds"] for r in records]
     steady = steady_seconds(records, changes.get("select_every", 1))
     grids, saves = extra_outputs(iterations)
