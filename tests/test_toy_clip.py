@@ -60,6 +60,39 @@ def test_appearance_changes_keep_labels_and_only_touch_the_chosen_images():
     assert rng_a.random() == rng_b.random()
 
 
+def test_exploit_pairs_caption_an_adapted_generators_output_as_a_photo_beside_the_true_render():
+    from nada.generator.checkpoints import load_generator
+    from nada.toy.generator_train import face_params
+
+    n = 8
+    params = R.sample_params(n, seed=1)
+    both, styles = R.FaceParams.concat([params, params]), ["sketch"] * (2 * n)
+    images = R.render_tensor(both, "sketch", seed=0)
+    pair_key = np.full(n, 3)
+    cfg = T.TrainConfig(negatives_share=0.5, negatives_from="toy")
+    out, out_styles, out_images = T.exploit_pairs(cfg, np.random.default_rng(0), both, styles, images, pair_key)
+    rng = np.random.default_rng(0)  # the function's own draws, replayed
+    pick = np.flatnonzero(rng.random(n) < 0.5)
+    rng.integers(1, size=len(pick))
+    z = torch.from_numpy(rng.standard_normal((len(pick), 64)).astype(np.float32))
+    assert 0 < len(pick) < n and np.array_equal(np.flatnonzero(pair_key == 0), pick)
+    with torch.no_grad():
+        drawn = load_generator("toy").eval()(z, noise_mode="const").clamp(-1, 1)
+    assert torch.allclose(out_images[pick], drawn, atol=1e-5)
+    faces, truth = face_params(z), T.truth_table(out, out_styles)
+    for col, key in enumerate(T.FACT_KEYS[1:], start=1):  # both images of a picked pair show the latent's face
+        assert np.array_equal(truth[pick, col], getattr(faces, key))
+        assert np.array_equal(truth[pick + n, col], getattr(faces, key))
+    assert (truth[pick, 0] == 0).all() and (truth[pick + n, 0] != 0).all()  # a photo, then another style
+    rest = np.setdiff1d(np.arange(2 * n), np.concatenate([pick, pick + n]))
+    assert torch.equal(out_images[rest], images[rest]) and all(out_styles[i] == "sketch" for i in rest)
+    # In a training step the swapped pairs keep the batch's invariants.
+    batch = T.make_batch(T.TrainConfig(faces=12, negatives_share=0.5, negatives_from="toy"), step=3)
+    for i, k in enumerate(batch.pair_key):
+        assert list(np.nonzero(batch.truth[i] != batch.truth[12 + i])[0]) == [k]
+    assert T.compatibility(batch.truth, batch.facts)[:, :24].diagonal().all()
+
+
 def test_stability_attack_stays_in_its_ball_and_moves_the_embedding_more_than_noise():
     model = T.build_model(seed=0)
     img = R.render_tensor(R.sample_params(8, seed=1), "photo")
@@ -382,3 +415,11 @@ def test_export_can_share_the_token_table(tmp_path):
     rebuilt = T.load_exported(tmp_path / "copy", tokens_from=tmp_path / "base").state_dict()
     for k, v in tuned_model.state_dict().items():
         assert torch.equal(rebuilt[k], v.half().float()), k
+    # A run may start from such a copy when its locked text tower comes from the base it shares the table with.
+    cfg = T.TrainConfig(
+        init_from=str(tmp_path / "copy" / T.WEIGHTS_FILE), text_from=str(tmp_path / "base" / T.WEIGHTS_FILE)
+    )
+    started = T.build_trainee(cfg).clip.state_dict()
+    assert torch.equal(started["visual.proj"], tuned_model.visual.proj.half().float())
+    with pytest.raises(T.NadaError, match="token-table rows that differ"):
+        T.build_trainee(T.TrainConfig(init_from=cfg.init_from))

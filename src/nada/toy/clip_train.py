@@ -33,6 +33,7 @@ two files to --export when given.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -51,12 +52,14 @@ from tqdm import tqdm
 
 from nada.errors import NadaError
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
+from nada.generator.checkpoints import load_generator
 from nada.io import atomic_torch_save, atomic_write
 from nada.toy import filters as toy_filters
 from nada.toy import render as R
 from nada.toy import runs
 from nada.toy import strokes as toy_strokes
 from nada.toy.clips import full_state_dict, pack_token_table
+from nada.toy.generator_train import face_params
 from nada.weights.safe_load import read_state_dict
 
 # The architecture, as open_clip reads it (plus the preprocessing that nada.guidance.clip applies).
@@ -126,6 +129,11 @@ class TrainConfig:
     # adaptation's --clip-noise shows a guide; a stroke-seeing tower (nada.toy.strokes) sees it at full strength.
     noise_aug: float = option(0.0, "share of images given Gaussian noise of std up to --noise-max, label kept")
     noise_max: float = option(0.4, "strongest noise of --noise-aug, images in [-1, 1]")
+    # Adaptations' exploits as photos: a share of the faces of a step are drawn by adapted generators (their
+    # latents' faces known), captioned as photos and paired with a true render in another style, so the guide
+    # learns that what it was talked into calling a sketch is a changed photo (docs/toy_quality.md).
+    negatives_from: str = option("", "comma-separated generator checkpoints whose outputs are captioned as photos")
+    negatives_share: float = option(0.0, "share of faces drawn by --negatives-from, paired with a true render")
     init_from: str = option("", "start from the weights of this clip.pt instead of a random init")
     vision: str = option("vit", "image tower", choices=tuple(VISION_TOWERS))
     # Locked-text training: a clip.pt whose text tower (token table, transformer, projection) is loaded
@@ -215,7 +223,7 @@ def build_trainee(cfg: "TrainConfig") -> Trainee:
     probes."""
     clip = build_model(cfg.seed, model_config(cfg.vision))
     if cfg.init_from:
-        sd = _read_weights(cfg.init_from)
+        sd = _read_weights(cfg.init_from, base=cfg.text_from)  # a locked-text guide shares that tower's token table
         try:
             clip.load_state_dict(sd)
         except RuntimeError as e:
@@ -236,11 +244,14 @@ def build_trainee(cfg: "TrainConfig") -> Trainee:
         return Trainee(clip, CLIP_CONFIG["embed_dim"])
 
 
-def _read_weights(path: str) -> dict[str, torch.Tensor]:
-    """An exported clip.pt as an fp32 state dict (tensors only: nothing in the file is executed)."""
-    if not Path(path).is_file():
-        raise NadaError(f"no CLIP weights at {path}: give the clip.pt written by a clip_train run")
-    return {k: v.float() for k, v in full_state_dict(read_state_dict(path, "CLIP weights")).items()}
+def _read_weights(path: str, base: str = "") -> dict[str, torch.Tensor]:
+    """An exported clip.pt as an fp32 state dict (tensors only: nothing in the file is executed); ``base`` is the
+    clip.pt whose token table it shares, if it was exported with ``--share-tokens-with``."""
+    for p in (path, base):
+        if p and not Path(p).is_file():
+            raise NadaError(f"no CLIP weights at {p}: give the clip.pt written by a clip_train run")
+    base_sd = full_state_dict(read_state_dict(base, "CLIP weights")) if base else None
+    return {k: v.float() for k, v in full_state_dict(read_state_dict(path, "CLIP weights"), base_sd).items()}
 
 
 def tokenizer(config: dict[str, Any] = CLIP_CONFIG):
@@ -339,6 +350,8 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     all_params = R.FaceParams.concat([params, params_b])
     styles = [R.STYLES[s] for s in np.concatenate([style_a, style_b])]
     images = R.to_tensor(R.render_mixed(all_params, styles, seed=int(rng.integers(2**62))))
+    if cfg.negatives_share > 0:  # drawn only when enabled, so runs without it keep their data
+        all_params, styles, images = exploit_pairs(cfg, rng, all_params, styles, images, pair_key)
     caption_seed = int(rng.integers(2**62))
     parts = R.caption_parts(all_params, styles, seed=caption_seed)
     cap_rng = np.random.default_rng([caption_seed, 1])
@@ -356,6 +369,48 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
         pair_key=pair_key,
         attack_seed=int(rng.integers(2**62)),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _exploit_generators(paths: str) -> tuple[torch.nn.Module, ...]:
+    """The generators of ``--negatives-from``, loaded once per process (frozen, eval mode)."""
+    return tuple(load_generator(p.strip()).eval().requires_grad_(False) for p in paths.split(",") if p.strip())
+
+
+@torch.no_grad()
+def exploit_pairs(
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    params: R.FaceParams,
+    styles: list[str],
+    images: torch.Tensor,
+    pair_key: np.ndarray,
+) -> tuple[R.FaceParams, list[str], torch.Tensor]:
+    """Replace a share of the step's pairs (in place for ``pair_key``) by (an adapted generator's output for a
+    latent, labelled photo; the true render of that latent's face in another style); images [2F,3,64,64]."""
+    n = len(pair_key)
+    pick = np.flatnonzero(rng.random(n) < cfg.negatives_share)
+    gens = _exploit_generators(cfg.negatives_from)
+    if not len(pick):
+        return params, styles, images
+    which = rng.integers(len(gens), size=len(pick))
+    z = torch.from_numpy(rng.standard_normal((len(pick), gens[0].style_dim)).astype(np.float32))
+    faces = face_params(z)
+    other = [R.STYLES[s] for s in rng.integers(1, len(R.STYLES), size=len(pick))]  # STYLES[0] is the photo
+    values = {k: getattr(params, k).copy() for k in params.__dataclass_fields__}
+    for k, v in values.items():
+        v[pick] = v[pick + n] = getattr(faces, k)
+    images = images.clone()
+    for g, gen in enumerate(gens):
+        mine = which == g
+        if mine.any():
+            images[pick[mine]] = gen(z[torch.from_numpy(mine)], noise_mode="const").clamp(-1, 1)
+    images[pick + n] = R.to_tensor(R.render_mixed(faces, other, seed=int(rng.integers(2**62))))
+    styles = list(styles)
+    for j, i in enumerate(pick):
+        styles[i], styles[i + n] = R.STYLES[0], other[j]
+    pair_key[pick] = 0
+    return R.FaceParams(**values), styles, images
 
 
 def filter_change(img: torch.Tensor, rng: np.random.Generator, share: float) -> torch.Tensor:
