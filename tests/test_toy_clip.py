@@ -93,6 +93,19 @@ def test_exploit_pairs_caption_an_adapted_generators_output_as_a_photo_beside_th
     assert T.compatibility(batch.truth, batch.facts)[:, :24].diagonal().all()
 
 
+def test_colour_fields_are_smooth_keep_labels_and_are_drawn_only_when_asked():
+    plain = T.make_batch(T.TrainConfig(faces=6), step=2)
+    tinted = T.make_batch(T.TrainConfig(faces=6, colour_aug=1.0), step=2)
+    assert np.array_equal(plain.truth, tinted.truth) and plain.texts == tinted.texts
+    img = torch.zeros(4, 3, 64, 64)
+    out = T.colour_change(img, np.random.default_rng(1), 1.0, 0.5)
+    assert out.abs().max() <= 0.5 and out.abs().mean() > 0.02
+    step = (out[..., 1:] - out[..., :-1]).abs().max()  # 4x4 offsets over 64 pixels: no pixel-level pattern
+    assert step < 0.5 * 2 / 21 + 1e-6
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    assert T.colour_change(img, rng_a, 0.0, 0.5) is img and rng_a.random() == rng_b.random()
+
+
 def test_stability_attack_stays_in_its_ball_and_moves_the_embedding_more_than_noise():
     model = T.build_model(seed=0)
     img = R.render_tensor(R.sample_params(8, seed=1), "photo")

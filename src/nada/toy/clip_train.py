@@ -127,6 +127,11 @@ class TrainConfig:
     filter_aug: float = option(0.0, "share of images given a random photo filter (nada.toy.filters), style label kept")
     # Share of images given strong Gaussian noise (std up to noise_max, not clipped), label kept: what an
     # adaptation's --clip-noise shows a guide; a stroke-seeing tower (nada.toy.strokes) sees it at full strength.
+    # Share of images given a smooth random colour field (a 4x4 grid of RGB offsets, up to colour_max, bilinearly
+    # enlarged), label kept: the local tints (a green face, a magenta neck) an adaptation turns to once washes
+    # no longer pay (docs/toy_quality.md, "Adaptations' exploits as negatives").
+    colour_aug: float = option(0.0, "share of images given a smooth random colour field, style label kept")
+    colour_max: float = option(0.5, "largest offset of --colour-aug per channel, images in [-1, 1]")
     noise_aug: float = option(0.0, "share of images given Gaussian noise of std up to --noise-max, label kept")
     noise_max: float = option(0.4, "strongest noise of --noise-aug, images in [-1, 1]")
     # Adaptations' exploits as photos: a share of the faces of a step are drawn by adapted generators (their
@@ -360,6 +365,7 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     c_texts, c_facts, c_index = class_prompts(rng)
     offset = len(texts)
     images = augment(filter_change(images, rng, cfg.filter_aug), rng, cfg.appearance_aug, cfg.appearance_max)
+    images = colour_change(images, rng, cfg.colour_aug, cfg.colour_max)
     return Batch(
         images=noise_change(images, rng, cfg.noise_aug, cfg.noise_max),
         truth=truth_table(all_params, styles),
@@ -423,6 +429,18 @@ def filter_change(img: torch.Tensor, rng: np.random.Generator, share: float) -> 
         chain = toy_filters.random_chain(rng)
         img[i : i + 1] = toy_filters.apply_chain(img[i : i + 1], chain, seed=int(rng.integers(2**31)))
     return img
+
+
+def colour_change(img: torch.Tensor, rng: np.random.Generator, share: float, strongest: float) -> torch.Tensor:
+    """A smooth random colour field (4x4 RGB offsets up to ``strongest``, bilinear) added to a share of images
+    [N,3,64,64] in [-1,1], clipped; none when 0."""
+    if share <= 0:  # drawn only when enabled, so runs without it keep their data
+        return img
+    n = img.shape[0]
+    amount = (rng.random(n) < share) * rng.uniform(0.0, strongest, n)
+    grid = torch.from_numpy(rng.uniform(-1.0, 1.0, (n, 3, 4, 4)).astype(np.float32))
+    field = F.interpolate(grid, size=img.shape[-2:], mode="bilinear", align_corners=True)
+    return (img + torch.from_numpy(amount).float().view(n, 1, 1, 1) * field).clamp(-1, 1)
 
 
 def noise_change(img: torch.Tensor, rng: np.random.Generator, share: float, strongest: float) -> torch.Tensor:
