@@ -91,6 +91,8 @@ def test_exploit_pairs_caption_an_adapted_generators_output_as_a_photo_beside_th
     for i, k in enumerate(batch.pair_key):
         assert list(np.nonzero(batch.truth[i] != batch.truth[12 + i])[0]) == [k]
     assert T.compatibility(batch.truth, batch.facts)[:, :24].diagonal().all()
+    with pytest.raises(T.NadaError, match="give --negatives-from"):
+        T.make_batch(T.TrainConfig(faces=12, negatives_share=0.5), step=3)
 
 
 def test_colour_fields_are_smooth_keep_labels_and_are_drawn_only_when_asked():

@@ -125,13 +125,13 @@ class TrainConfig:
     # Share of images passed through a random chain of the strict judge's training filters (nada.toy.filters),
     # style label kept: a grayscale, contrasted or posterized photo is still a photo for the guide.
     filter_aug: float = option(0.0, "share of images given a random photo filter (nada.toy.filters), style label kept")
-    # Share of images given strong Gaussian noise (std up to noise_max, not clipped), label kept: what an
-    # adaptation's --clip-noise shows a guide; a stroke-seeing tower (nada.toy.strokes) sees it at full strength.
     # Share of images given a smooth random colour field (a 4x4 grid of RGB offsets, up to colour_max, bilinearly
     # enlarged), label kept: the local tints (a green face, a magenta neck) an adaptation turns to once washes
     # no longer pay (docs/toy_quality.md, "Adaptations' exploits as negatives").
     colour_aug: float = option(0.0, "share of images given a smooth random colour field, style label kept")
     colour_max: float = option(0.5, "largest offset of --colour-aug per channel, images in [-1, 1]")
+    # Share of images given strong Gaussian noise (std up to noise_max, not clipped), label kept: what an
+    # adaptation's --clip-noise shows a guide; a stroke-seeing tower (nada.toy.strokes) sees it at full strength.
     noise_aug: float = option(0.0, "share of images given Gaussian noise of std up to --noise-max, label kept")
     noise_max: float = option(0.4, "strongest noise of --noise-aug, images in [-1, 1]")
     # Adaptations' exploits as photos: a share of the faces of a step are drawn by adapted generators (their
@@ -380,7 +380,10 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
 @functools.lru_cache(maxsize=4)
 def _exploit_generators(paths: str) -> tuple[torch.nn.Module, ...]:
     """The generators of ``--negatives-from``, loaded once per process (frozen, eval mode)."""
-    return tuple(load_generator(p.strip()).eval().requires_grad_(False) for p in paths.split(",") if p.strip())
+    names = [p.strip() for p in paths.split(",") if p.strip()]
+    if not names:
+        raise NadaError("--negatives-share needs generators to draw from: give --negatives-from G1,G2,...")
+    return tuple(load_generator(name).eval().requires_grad_(False) for name in names)
 
 
 @torch.no_grad()
