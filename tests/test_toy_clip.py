@@ -134,6 +134,31 @@ def test_stability_term_is_in_the_loss_only_when_asked():
     assert torch.allclose(robust["total"], plain["total"] + 10.0 * robust["adv"])
 
 
+def test_blend_term_is_drawn_only_when_asked_and_at_full_blend_is_the_pairs_direction_term():
+    plain_cfg, blend_cfg = (
+        T.TrainConfig(faces=8),
+        T.TrainConfig(faces=8, blend_weight=0.5, blend_min=0.2, blend_max=0.4),
+    )
+    plain, batch = T.make_batch(plain_cfg, step=1), T.make_batch(blend_cfg, step=1)
+    assert plain.blend_t is None and torch.equal(plain.images, batch.images) and plain.texts == batch.texts
+    assert batch.blend_t.shape == (8,) and (batch.blend_t >= 0.2).all() and (batch.blend_t <= 0.4).all()
+    trainee = T.build_trainee(blend_cfg)
+    terms = T.losses(trainee, T.tokenizer(), batch, blend_cfg)
+    assert "blend" not in T.losses(trainee, T.tokenizer(), batch, plain_cfg)
+    assert torch.allclose(
+        terms["total"], T.losses(trainee, T.tokenizer(), batch, plain_cfg)["total"] + 0.5 * terms["blend"]
+    )
+    # At t = 1 a blend is the pair's second image: the term is the direction term over the cross-style pairs.
+    cross = batch.pair_key == 0
+    assert cross.any() and not cross.all()
+    only_cross = T.Batch(**{**vars(batch), "blend_t": np.ones(8)})
+    fi = T.encode_images(trainee.clip, batch.images)
+    d_txt = torch.randn(8, fi.shape[1])
+    d_txt = F.normalize(d_txt, dim=-1)
+    expect = (1 - (F.normalize(fi[8:] - fi[:8], dim=-1) * d_txt).sum(-1))[torch.from_numpy(cross)].mean()
+    assert torch.allclose(T.blend_direction_loss(trainee.clip, only_cross, fi[:8], d_txt), expect, atol=1e-5)
+
+
 def test_multi_positive_loss_prefers_positives():
     positive = torch.tensor([[True, False, True], [False, True, False]])
     good = torch.tensor([[5.0, -5.0, 5.0], [-5.0, 5.0, -5.0]])

@@ -153,6 +153,13 @@ class TrainConfig:
     adv_eps: float = option(0.0, "embedding-stability attack radius per pixel, images in [-1, 1]; 0 = off")
     adv_steps: int = option(3, "gradient-ascent steps of that attack")
     adv_weight: float = option(10.0, "weight of the embedding move under attack")
+    # The way towards a style: for each pair of one face in two styles, a pixel blend a + t (b - a) with t drawn
+    # from [blend_min, blend_max] should move the embedding along the text change as the full pair does. The
+    # directional loss of an adaptation is blind to the size of a move, so a guide whose partial blends point
+    # elsewhere offers no downhill way to the style (docs/toy_quality.md, "Diagnosis"). 0 = off.
+    blend_weight: float = option(0.0, "weight of the direction term on partial blends of cross-style pairs; 0 = off")
+    blend_min: float = option(0.1, "smallest blend share t of --blend-weight")
+    blend_max: float = option(0.5, "largest blend share t of --blend-weight")
     ckpt_every: int = option(100, "steps between state saves")
     eval_every: int = option(500, "steps between zero-shot checks")
     threads: int = option(1, "torch CPU threads")
@@ -298,6 +305,7 @@ class Batch:
     class_text: dict[str, np.ndarray]  # fact key -> indices into texts of its class prompts, in value order
     pair_key: np.ndarray  # [F] which fact key differs inside each pair (0 = style)
     attack_seed: int = 0  # random start of the embedding-stability attack
+    blend_t: np.ndarray | None = None  # [F] blend share of each pair for the blend term (None when it is off)
 
 
 def truth_table(params: R.FaceParams, styles: Sequence[str]) -> np.ndarray:
@@ -374,6 +382,8 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
         class_text={k: np.array(v) + offset for k, v in c_index.items()},
         pair_key=pair_key,
         attack_seed=int(rng.integers(2**62)),
+        # drawn last and only when enabled, so runs without it keep their data
+        blend_t=rng.uniform(cfg.blend_min, cfg.blend_max, len(pair_key)) if cfg.blend_weight > 0 else None,
     )
 
 
@@ -554,7 +564,8 @@ def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, t
     for i, k in enumerate(batch.pair_key):
         idx = batch.class_text[FACT_KEYS[k]]
         d_txt.append(ft[idx[batch.truth[n + i, k]]] - ft[idx[batch.truth[i, k]]])
-    out["dir"] = (1 - (d_img * F.normalize(torch.stack(d_txt), dim=-1)).sum(-1)).mean()
+    d_txt = F.normalize(torch.stack(d_txt), dim=-1)
+    out["dir"] = (1 - (d_img * d_txt).sum(-1)).mean()
     out["probe"] = torch.stack(
         [F.cross_entropy(head(fi) * 10.0, truth[:, FACT_KEYS.index(k)]) for k, head in trainee.probes.items()]
     ).mean()
@@ -565,11 +576,32 @@ def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, t
         + cfg.dir_weight * out["dir"]
         + cfg.probe_weight * out["probe"]
     )
+    if cfg.blend_weight > 0:
+        out["blend"] = blend_direction_loss(model, batch, fi[:n], d_txt)
+        out["total"] = out["total"] + cfg.blend_weight * out["blend"]
     if cfg.adv_eps > 0:
         attacked = stability_attack(model, batch.images, cfg.adv_eps, cfg.adv_steps, batch.attack_seed, clean=fi)
         out["adv"] = (encode_images(model, attacked) - fi.detach()).pow(2).sum(-1).mean()
         out["total"] = out["total"] + cfg.adv_weight * out["adv"]
     return out
+
+
+def blend_direction_loss(model: torch.nn.Module, batch: Batch, f_a: torch.Tensor, d_txt: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cos(E(a + t (b - a)) - E(a), text change) over the cross-style pairs (a, b) of ``batch``.
+
+    ``f_a`` [F, D] are the first images' unit embeddings, ``d_txt`` [F, D] the pairs' unit text changes; images in
+    [-1, 1]. A pair whose blend equals its first image (t = 0) has no direction and is not drawn (t >= blend_min).
+    """
+    assert batch.blend_t is not None, "the batch was made without blend shares (blend_weight 0)"
+    n = len(batch.pair_key)
+    cross = torch.from_numpy(np.flatnonzero(batch.pair_key == 0))
+    if not len(cross):
+        return f_a.sum() * 0.0
+    t = torch.from_numpy(batch.blend_t).float()[cross].view(-1, 1, 1, 1)
+    a, b = batch.images[cross], batch.images[cross + n]
+    f_blend = encode_images(model, a + t * (b - a))
+    d_img = F.normalize(f_blend - f_a[cross], dim=-1)
+    return (1 - (d_img * d_txt[cross]).sum(-1)).mean()
 
 
 # ---------------------------------------------------------------- evaluation
