@@ -134,7 +134,7 @@ def test_stability_term_is_in_the_loss_only_when_asked():
     assert torch.allclose(robust["total"], plain["total"] + 10.0 * robust["adv"])
 
 
-def test_blend_term_is_drawn_only_when_asked_and_at_full_blend_is_the_pairs_direction_term():
+def test_blend_term_is_drawn_only_when_asked_and_at_full_blend_is_the_pairs_direction_term(tmp_path):
     plain_cfg, blend_cfg = (
         T.TrainConfig(faces=8),
         T.TrainConfig(faces=8, blend_weight=0.5, blend_min=0.2, blend_max=0.4),
@@ -157,6 +157,11 @@ def test_blend_term_is_drawn_only_when_asked_and_at_full_blend_is_the_pairs_dire
     d_txt = F.normalize(d_txt, dim=-1)
     expect = (1 - (F.normalize(fi[8:] - fi[:8], dim=-1) * d_txt).sum(-1))[torch.from_numpy(cross)].mean()
     assert torch.allclose(T.blend_direction_loss(trainee.clip, only_cross, fi[:8], d_txt), expect, atol=1e-5)
+    with pytest.raises(T.NadaError, match="give 0 < --blend-min <= --blend-max <= 1"):
+        T.TrainConfig(blend_weight=1.0, blend_min=0.0)
+    out = tmp_path / "run"
+    assert T.main(["--out", str(out), "--blend-weight", "1", "--blend-min", "0.6", "--blend-max", "0.2"]) == 2
+    assert not out.exists()
 
 
 def test_multi_positive_loss_prefers_positives():

@@ -166,6 +166,13 @@ class TrainConfig:
     eval_faces: int = 600  # fresh faces for the final zero-shot accuracy
     direction_faces: int = 120  # faces for the final direction check
 
+    def __post_init__(self) -> None:
+        if self.blend_weight > 0 and not 0 < self.blend_min <= self.blend_max <= 1:
+            raise NadaError(
+                f"blend shares from {self.blend_min} to {self.blend_max} are no range inside (0, 1]: give "
+                "0 < --blend-min <= --blend-max <= 1 (a share of 0 is the pair's first image, with no direction)"
+            )
+
 
 # ---------------------------------------------------------------- model
 
@@ -854,8 +861,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: python -m nada.toy.clip_train --out DIR --steps N --seed S [--export DIR]."""
     args = parse_args(argv)
-    cfg = dataclass_from_args(TrainConfig, args, list(field_helps(TrainConfig)))
     try:
+        cfg = dataclass_from_args(TrainConfig, args, list(field_helps(TrainConfig)))
         if args.share_tokens_with is not None and args.export is None:
             raise NadaError("--share-tokens-with applies to the --export copy: give --export as well")
         train(cfg, args.out, args.export, args.share_tokens_with)
