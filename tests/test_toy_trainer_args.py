@@ -28,6 +28,8 @@ def _other(field: dataclasses.Field) -> tuple[str, Any]:
         return str(pick), pick
     if field.name == "channels":
         return CHANNELS, generator_train.parse_channels(CHANNELS)
+    if field.name in ("blend_min", "blend_max"):  # shares that must stay a range inside (0, 1]
+        return str(round(default + 0.1, 6)), round(default + 0.1, 6)
     if isinstance(default, str):
         return "elsewhere", "elsewhere"
     return str(default + 1), default + 1
