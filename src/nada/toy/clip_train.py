@@ -167,6 +167,8 @@ class TrainConfig:
     direction_faces: int = 120  # faces for the final direction check
 
     def __post_init__(self) -> None:
+        if self.negatives_share > 0 and not self.negatives_from.strip(" ,"):
+            raise NadaError("--negatives-share needs generators to draw from: give --negatives-from G1,G2,...")
         if self.blend_weight > 0 and not 0 < self.blend_min <= self.blend_max <= 1:
             raise NadaError(
                 f"blend shares from {self.blend_min} to {self.blend_max} are no range inside (0, 1]: give "
@@ -398,8 +400,6 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
 def _exploit_generators(paths: str) -> tuple[torch.nn.Module, ...]:
     """The generators of ``--negatives-from``, loaded once per process (frozen, eval mode)."""
     names = [p.strip() for p in paths.split(",") if p.strip()]
-    if not names:
-        raise NadaError("--negatives-share needs generators to draw from: give --negatives-from G1,G2,...")
     return tuple(load_generator(name).eval().requires_grad_(False) for name in names)
 
 
