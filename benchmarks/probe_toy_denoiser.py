@@ -1,0 +1,225 @@
+"""Probe: a style-conditioned denoiser of the toy world as a guide (delta denoising score beside the toy CLIPs).
+
+Not part of the package: it measures whether a generative prior leads the adaptation to drawings where the
+discriminative toy CLIPs lead it to washed-out photos (docs/toy_quality.md, "A denoising prior as the guide").
+
+    python benchmarks/probe_toy_denoiser.py train --out runs/toy_denoiser.pt --minutes 42
+    python benchmarks/probe_toy_denoiser.py adapt --denoiser runs/toy_denoiser.pt --weight 0.1 --cfg 5 \\
+        -- --generator toy --source photo --target sketch --out runs/dds --iterations 150
+
+`train` resumes from ``--out`` when it exists (one step = 32 fresh renders in random styles, 10 % of them
+unconditioned). `adapt` runs `nada adapt` with one more loss term, added to the directional term: for the
+trained image x and the frozen image x0 of a latent, at a noise level t from [t_min, t_max] and the same
+noise for both, the gradient on x is w_cfg-guided eps(x_t | target style) - eps(x0_t | source style).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nada.toy import render as R
+
+UNCONDITIONED = len(R.STYLES)  # the class index of "no style given"
+
+
+def alpha_bar(t: torch.Tensor) -> torch.Tensor:
+    """Cosine noise schedule: the signal's share of variance at times t in [0, 1]."""
+    return torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features [N, dim] of times t [N] in [0, 1]."""
+    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    angles = t[:, None].float() * 1000 * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with a scale and shift from the time-and-style embedding."""
+
+    def __init__(self, cin: int, cout: int, emb: int) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb, 2 * cout)
+        self.norm2, self.conv2 = nn.GroupNorm(8, cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(e)[:, :, None, None].chunk(2, 1)
+        h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
+        return h + self.skip(x)
+
+
+class Denoiser(nn.Module):
+    """A small UNet predicting the noise of [N, 3, 64, 64] images at times t [N] for style indices y [N]."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 96, 128), emb: int = 128) -> None:
+        super().__init__()
+        self.emb = emb
+        self.time = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.style = nn.Embedding(UNCONDITIONED + 1, emb)
+        self.inp = nn.Conv2d(3, channels[0], 3, padding=1)
+        widths = [channels[0], *channels]
+        self.down = nn.ModuleList(ResBlock(a, b, emb) for a, b in zip(widths[:-1], widths[1:]))
+        self.mid = ResBlock(channels[-1], channels[-1], emb)
+        ups, c = [], channels[-1]
+        for skip in reversed(channels):
+            ups.append(ResBlock(c + skip, skip, emb))
+            c = skip
+        self.up = nn.ModuleList(ups)
+        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        e = F.silu(self.time(time_features(t, self.emb)) + self.style(y))
+        h, skips = self.inp(x), []
+        for i, block in enumerate(self.down):
+            h = block(h, e)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, 2)
+        h = self.mid(h, e)
+        for block, skip in zip(self.up, reversed(skips)):
+            if h.shape[-1] != skip.shape[-1]:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = block(torch.cat([h, skip], 1), e)
+        return self.out(h)
+
+
+def guided_eps(model: Denoiser, x: torch.Tensor, t: torch.Tensor, style: int, cfg: float) -> torch.Tensor:
+    """Classifier-free guided noise prediction [N, 3, H, W] for one style index."""
+    n = x.shape[0]
+    y = torch.cat([torch.full((n,), style), torch.full((n,), UNCONDITIONED)])
+    cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), y).chunk(2)
+    return uncond + cfg * (cond - uncond)
+
+
+def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4) -> None:
+    """Train (or resume) the denoiser on fresh toy renders until ``minutes`` have passed; saves every 50 steps."""
+    torch.manual_seed(0)
+    model = Denoiser()
+    opt = torch.optim.Adam(model.parameters(), lr)
+    step = 0
+    if out.exists():
+        state = torch.load(out, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    deadline, losses = time.time() + minutes * 60, []
+    while time.time() < deadline:
+        rng = np.random.default_rng([step, 5])
+        styles = rng.integers(0, len(R.STYLES), batch)
+        faces = R.sample_params(batch, seed=step + 10_000)
+        x0 = R.to_tensor(R.render_mixed(faces, [R.STYLES[i] for i in styles], step))
+        y = torch.as_tensor(styles)
+        y[torch.as_tensor(rng.random(batch) < 0.1)] = UNCONDITIONED
+        g = torch.Generator().manual_seed(step)
+        t = torch.rand(batch, generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        ab = alpha_bar(t)[:, None, None, None]
+        loss = (model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y) - noise).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(float(loss))
+        if step % 50 == 0:
+            print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
+            _save(out, model, opt, step)
+    _save(out, model, opt, step)
+
+
+def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    """Write the training state atomically (a temporary file, then a rename)."""
+    tmp = out.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, out)
+
+
+class DeltaDenoising:
+    """The probe's loss term on paired images [N, 3, H, W] in [-1, 1]: its gradient on the trained images is
+    the guided noise prediction for the target style minus that of the frozen images for the source style."""
+
+    def __init__(self, model: Denoiser, source: str, target: str, cfg: float, t_range: tuple[float, float]) -> None:
+        self.model, self.cfg, self.t_range = model.eval().requires_grad_(False), cfg, t_range
+        self.source, self.target = R.STYLES.index(source), R.STYLES.index(target)
+        self.rng = torch.Generator().manual_seed(1234)
+
+    def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
+        n = img_train.shape[0]
+        lo, hi = self.t_range
+        t = lo + (hi - lo) * torch.rand(n, generator=self.rng)
+        noise = torch.randn(img_train.shape, generator=self.rng)
+        ab = alpha_bar(t)[:, None, None, None]
+        with torch.no_grad():
+            noised_train = ab.sqrt() * img_train.detach() + (1 - ab).sqrt() * noise
+            noised_frozen = ab.sqrt() * img_frozen + (1 - ab).sqrt() * noise
+            toward = guided_eps(self.model, noised_train, t, self.target, self.cfg)
+            away = guided_eps(self.model, noised_frozen, t, self.source, self.cfg)
+        # A surrogate whose gradient is (toward - away), scaled to a per-pixel mean (x1000: the CLIP terms' order).
+        return ((toward - away) * img_train).sum() / img_train.numel() * 1000
+
+
+@contextmanager
+def with_denoising_term(term: DeltaDenoising, weight: float) -> Iterator[None]:
+    """Add ``weight * term`` to the directional term of every `nada adapt` iteration run inside the block."""
+    import nada.adaptation.loop as loop
+
+    plain = loop.loss_terms
+
+    def loss_terms(guides, img_frozen, img_train, config, rng):  # type: ignore[no-untyped-def]
+        terms = plain(guides, img_frozen, img_train, config, rng)
+        extra = weight * term(img_frozen, img_train) / config.lambda_direction
+        terms["direction"] = terms.get("direction", 0) + extra
+        return terms
+
+    loop.loss_terms = loss_terms
+    try:
+        yield
+    finally:
+        loop.loss_terms = plain
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``train`` or ``adapt`` (the arguments after ``--`` go to `nada adapt`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train or resume the denoiser")
+    tr.add_argument("--out", type=Path, required=True)
+    tr.add_argument("--minutes", type=float, default=40.0)
+    ad = sub.add_parser("adapt", help="nada adapt with the delta denoising term")
+    ad.add_argument("--denoiser", type=Path, required=True)
+    ad.add_argument("--weight", type=float, default=0.1)
+    ad.add_argument("--cfg", type=float, default=5.0)
+    ad.add_argument("--t-range", type=float, nargs=2, default=(0.2, 0.7))
+    ad.add_argument("--source-style", default="photo")
+    ad.add_argument("--target-style", default="sketch")
+    ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        train(args.out, args.minutes)
+        return 0
+    from nada.frontends.cli import main as nada_main
+
+    model = Denoiser()
+    model.load_state_dict(torch.load(args.denoiser, weights_only=True)["model"])
+    term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range))
+    rest = [a for a in args.adapt_args if a != "--"]
+    with with_denoising_term(term, args.weight):
+        return nada_main(["adapt", *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
