@@ -180,6 +180,8 @@ def with_denoising_term(term: DeltaDenoising, weight: float) -> Iterator[None]:
     plain = loop.loss_terms
 
     def loss_terms(guides, img_frozen, img_train, config, rng):  # type: ignore[no-untyped-def]
+        if config.lambda_direction <= 0:
+            raise SystemExit("the denoising term rides on the directional term: give --lambda-direction > 0")
         terms = plain(guides, img_frozen, img_train, config, rng)
         extra = weight * term(img_frozen, img_train) / config.lambda_direction
         terms["direction"] = terms.get("direction", 0) + extra
