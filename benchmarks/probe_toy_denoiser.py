@@ -106,8 +106,13 @@ def guided_eps(model: Denoiser, x: torch.Tensor, t: torch.Tensor, style: int, cf
     return uncond + cfg * (cond - uncond)
 
 
-def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4) -> None:
-    """Train (or resume) the denoiser on fresh toy renders until ``minutes`` have passed; saves every 50 steps."""
+def train(
+    out: Path, minutes: float, t_range: tuple[float, float] = (0.0, 1.0), batch: int = 32, lr: float = 3e-4
+) -> None:
+    """Train (or resume) the denoiser on fresh toy renders until ``minutes`` have passed; saves every 50 steps.
+
+    Noise levels are drawn from ``t_range``: a narrower band spends the steps where `adapt` samples t.
+    """
     torch.manual_seed(0)
     model = Denoiser()
     opt = torch.optim.Adam(model.parameters(), lr)
@@ -126,7 +131,7 @@ def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4) -> None:
         y = torch.as_tensor(styles)
         y[torch.as_tensor(rng.random(batch) < 0.1)] = UNCONDITIONED
         g = torch.Generator().manual_seed(step)
-        t = torch.rand(batch, generator=g)
+        t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(batch, generator=g)
         noise = torch.randn(x0.shape, generator=g)
         ab = alpha_bar(t)[:, None, None, None]
         loss = (model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y) - noise).pow(2).mean()
@@ -134,7 +139,7 @@ def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4) -> None:
         loss.backward()
         opt.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 50 == 0:
             print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
             _save(out, model, opt, step)
@@ -201,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr = sub.add_parser("train", help="train or resume the denoiser")
     tr.add_argument("--out", type=Path, required=True)
     tr.add_argument("--minutes", type=float, default=40.0)
+    tr.add_argument("--t-range", type=float, nargs=2, default=(0.0, 1.0), help="band of noise levels to train on")
     ad = sub.add_parser("adapt", help="nada adapt with the delta denoising term")
     ad.add_argument("--denoiser", type=Path, required=True)
     ad.add_argument("--weight", type=float, default=0.1)
@@ -211,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "train":
-        train(args.out, args.minutes)
+        train(args.out, args.minutes, tuple(args.t_range))
         return 0
     from nada.frontends.cli import main as nada_main
 
