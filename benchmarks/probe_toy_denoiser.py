@@ -216,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--target-style", default="sketch")
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    lo, hi = args.t_range
+    if not 0.0 <= lo < hi <= 1.0:
+        parser.error(f"--t-range {lo:g} {hi:g} is not a band of noise levels: give 0 <= LOW < HIGH <= 1")
     if args.command == "train":
         train(args.out, args.minutes, tuple(args.t_range))
         return 0
