@@ -28,6 +28,15 @@ def test_architecture_outputs_and_independence_from_the_clip():
     assert model.predict(torch.nn.functional.interpolate(img, size=128))["style"].shape == (5,)
 
 
+def test_images_beyond_the_range_are_judged_as_shown():
+    model = T.build(0).eval()
+    img = R.render_tensor(R.sample_params(4, seed=1), "photo") * 2.5 + 0.8  # overshoots, as generators do
+    with torch.no_grad():
+        assert torch.equal(model.features(img), model.features(img.clamp(-1, 1)))
+        assert not torch.allclose(model.features(img), model.features(img / 2.5))
+    assert all(torch.equal(a, b) for a, b in zip(model.predict(img).values(), model.predict(img.clamp(-1, 1)).values()))
+
+
 def test_augmentation_keeps_range_and_is_seeded():
     cfg = T.TrainConfig(batch=8)
     a, la = T.make_batch(cfg, step=5)

@@ -75,6 +75,18 @@ def test_stroke_distance_sees_strokes_not_mean_colour(faces):
     assert J.stroke_distance(blank, sketch).mean() > 0.5 * d_photo.mean()
 
 
+def test_fidelity_sees_overshooting_images_as_they_are_shown(faces):
+    truth, photo = R.render_tensor(faces, "sketch"), R.render_tensor(faces, "photo")
+    over = photo * 2.5 + 0.8  # beyond [-1, 1], as a washed-out adaptation renders; a saved image clips it
+    shown = over.clamp(-1, 1)
+    # Unclipped, the luma gradients read brightness that no saved image shows.
+    raw_luma, shown_luma = Fl.luminance(over), Fl.luminance(shown)
+    assert not torch.allclose(Fl.luma_gradients(raw_luma)[0], Fl.luma_gradients(shown_luma)[0])
+    maps = J.TruthMaps(truth)
+    assert maps.fidelity(over) == maps.fidelity(shown)
+    assert torch.equal(J.stroke_distance(over, truth), J.stroke_distance(shown, truth))
+
+
 def test_best_filter_search_computes_the_renders_side_once_and_gives_the_same_numbers(faces, monkeypatch):
     truth = R.render_tensor(faces, "sketch")
     photo = R.render_tensor(faces, "photo")

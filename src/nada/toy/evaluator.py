@@ -82,6 +82,8 @@ class Evaluator(nn.Module):
     def features(self, img: torch.Tensor) -> torch.Tensor:
         """Unnormalised embedding [N, E] of images [N, 3, H, W] in [-1, 1]."""
         assert img.ndim == 4 and img.shape[1] == 3, f"expected images [N,3,H,W], got {tuple(img.shape)}"
+        # Judge what is shown: generators overshoot [-1, 1], and every saved image clips those pixels.
+        img = img.clamp(-1, 1)
         if img.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
             img = F.interpolate(
                 img, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False, antialias=True

@@ -92,9 +92,15 @@ def worst_filter(table: dict[str, dict[str, Any]], style: str) -> tuple[str, flo
     return name, table[name]["rates"][style]
 
 
+def as_shown(img: torch.Tensor) -> torch.Tensor:
+    """Images [N,3,H,W] clipped to [-1, 1], as every saved image shows them (generators overshoot the range)."""
+    return img.clamp(-1, 1)
+
+
 def stroke_map(img: torch.Tensor) -> torch.Tensor:
-    """Gradient magnitude [N, 1, H, W] (luma in [0, 1] per pixel) at STROKE_SIGMA, of images in [-1, 1]."""
-    gx, gy = toy_filters.luma_gradients(toy_filters.gaussian_blur(toy_filters.luminance(img), STROKE_SIGMA))
+    """Gradient magnitude [N, 1, H, W] (luma in [0, 1] per pixel) at STROKE_SIGMA, of images as shown."""
+    luma = toy_filters.luminance(as_shown(img))
+    gx, gy = toy_filters.luma_gradients(toy_filters.gaussian_blur(luma, STROKE_SIGMA))
     gx, gy = 2 * gx, 2 * gy  # the Sobel sum over its 4 weights, the scale the judge's numbers were measured in
     return (gx.pow(2) + gy.pow(2) + 1e-12).sqrt()
 
@@ -106,8 +112,8 @@ def stroke_distance(img: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 def dark_mask(img: torch.Tensor) -> torch.Tensor:
-    """Dark pixels [N, 1, H, W] (1.0 where the luma after a 1-pixel blur is below INK) of images [N,3,H,W]."""
-    return (toy_filters.luminance(toy_filters.gaussian_blur(img, 1.0)) < INK).float()
+    """Dark pixels [N, 1, H, W] (1.0 where the luma after a 1-pixel blur is below INK) of images [N,3,H,W] as shown."""
+    return (toy_filters.luminance(toy_filters.gaussian_blur(as_shown(img), 1.0)) < INK).float()
 
 
 def dark_iou(img: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -137,7 +143,7 @@ class TruthMaps:
         return {
             "stroke": self.stroke(img),
             "dark_iou": float(_mask_iou(dark_mask(img), self.dark).mean()),
-            "l1": float((img - self.truth).abs().mean()),
+            "l1": float((as_shown(img) - self.truth).abs().mean()),
         }
 
 
