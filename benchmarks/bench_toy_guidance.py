@@ -63,9 +63,10 @@ def style_rate(evaluator, images: torch.Tensor, style: str) -> float:
 
 
 def oracle_finetune(
-    G_frozen, z_eval: torch.Tensor, style: str, steps: int, lr: float, batch: int = 2
+    G_frozen, z_eval: torch.Tensor, style: str, steps: int, lr: float, batch: int = 2, seed: int = 1
 ) -> torch.nn.Module:
-    """G_frozen's copy trained to draw the true ``style`` renders of its latents (MSE, Adam as in adaptation)."""
+    """G_frozen's copy trained to draw the true ``style`` renders of its latents (MSE, Adam as in adaptation);
+    ``seed`` draws the training latents."""
     from nada.config import AdaptConfig
 
     d = AdaptConfig()
@@ -73,7 +74,7 @@ def oracle_finetune(
     opt = torch.optim.Adam(
         [p for n, p in G.named_parameters() if not n.startswith("style.")], lr=lr, betas=(d.beta1, d.beta2)
     )
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         z = torch.randn(batch, G.style_dim, generator=gen)
         loss = (G(z, noise_mode="const") - true_renders(z, style, seed=step)).pow(2).mean()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from nada.errors import NadaError
 from nada.toy import evaluator as E
 from nada.toy import evaluator_train as T
 from nada.toy import filters as Fl
@@ -50,6 +51,54 @@ def test_hard_negative_batches_are_seeded_and_labelled_none_with_attributes_igno
     assert int(reject.sum()) == 8 and a.min() >= -1 and a.max() <= 1
     for key in R.ATTRIBUTES:
         assert (la[key][reject] == T.IGNORE).all() and (la[key][~reject] >= 0).all()
+
+
+def test_adapted_generators_outputs_are_drawn_as_shown_labelled_none_and_seeded():
+    from nada.toy import runs
+
+    cfg = T.TrainConfig(batch=16, negatives=0.25, negatives_from="toy", negatives_from_share=0.25)
+    a, la = T.make_batch(cfg, step=2)
+    b, lb = T.make_batch(cfg, step=2)
+    assert torch.equal(a, b) and all(torch.equal(la[k], lb[k]) for k in la)
+    none = E.class_names()["style"].index(E.REJECT)
+    assert (la["style"][-4:] == none).all() and int((la["style"] == none).sum()) == 8
+    assert all((la[key][-4:] == T.IGNORE).all() for key in R.ATTRIBUTES)
+    # The drawn images are the generator's clipped outputs for latents of the step's random stream.
+    (G,) = runs.frozen_generators("toy")
+    out = T.adapted_outputs("toy", 3, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    rng.integers(1, size=3)  # the draw that picks a generator per image
+    z = torch.from_numpy(rng.standard_normal((3, G.style_dim)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(out, G(z, noise_mode="const").clamp(-1, 1))
+    with pytest.raises(NadaError, match="--negatives-from G1"):
+        T.TrainConfig(negatives_from_share=0.2)
+    with pytest.raises(NadaError, match="below 1"):
+        T.TrainConfig(negatives=0.5, generator_share=0.2, negatives_from="toy", negatives_from_share=0.3)
+
+
+def test_generator_drawn_styles_carry_their_style_and_the_faces_of_their_latents():
+    from nada.toy import runs
+    from nada.toy.generator_train import face_params
+
+    spec = "sketch=toy, pixel art=toy"
+    assert T.drawn_pairs(spec) == [("sketch", "toy"), ("pixel art", "toy")]
+    images, labels = T.drawn_styles(spec, 6, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    which = rng.integers(2, size=6)
+    z = torch.from_numpy(rng.standard_normal((6, runs.frozen_generators("toy")[0].style_dim)).astype(np.float32))
+    assert labels["style"].tolist() == [R.STYLES.index(("sketch", "pixel art")[w]) for w in which]
+    for key, value in face_params(z).labels().items():
+        assert labels[key].tolist() == value.tolist(), key
+    assert images.shape == (6, 3, 64, 64) and images.min() >= -1 and images.max() <= 1
+    cfg = T.TrainConfig(batch=16, drawn_from=spec, drawn_share=0.25)
+    _, la = T.make_batch(cfg, step=1)
+    assert set(la["style"][-4:].tolist()) <= {R.STYLES.index("sketch"), R.STYLES.index("pixel art")}
+    for bad in ("sketch", "crayon=toy", "sketch="):
+        with pytest.raises(NadaError, match="STYLE=CHECKPOINT"):
+            T.TrainConfig(drawn_from=bad, drawn_share=0.1)
+    with pytest.raises(NadaError, match="--drawn-from sketch=G1"):
+        T.TrainConfig(drawn_share=0.1)
 
 
 def test_init_from_grows_a_smaller_style_head(tmp_path):

@@ -33,7 +33,6 @@ two files to --export when given.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -52,7 +51,6 @@ from tqdm import tqdm
 
 from nada.errors import NadaError
 from nada.frontends.args import add_dataclass_arguments, dataclass_from_args, field_helps, option
-from nada.generator.checkpoints import load_generator
 from nada.io import atomic_torch_save, atomic_write
 from nada.toy import filters as toy_filters
 from nada.toy import render as R
@@ -396,13 +394,6 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _exploit_generators(paths: str) -> tuple[torch.nn.Module, ...]:
-    """The generators of ``--negatives-from``, loaded once per process (frozen, eval mode)."""
-    names = [p.strip() for p in paths.split(",") if p.strip()]
-    return tuple(load_generator(name).eval().requires_grad_(False) for name in names)
-
-
 @torch.no_grad()
 def exploit_pairs(
     cfg: TrainConfig,
@@ -416,7 +407,7 @@ def exploit_pairs(
     latent, labelled photo; the true render of that latent's face in another style); images [2F,3,64,64]."""
     n = len(pair_key)
     pick = np.flatnonzero(rng.random(n) < cfg.negatives_share)
-    gens = _exploit_generators(cfg.negatives_from)
+    gens = runs.frozen_generators(cfg.negatives_from)
     if not len(pick):
         return params, styles, images
     which = rng.integers(len(gens), size=len(pick))

@@ -70,6 +70,23 @@ class TrainConfig:
     generator: str = option("toy", "generator for those images")
     # a smaller style head is copied into the first rows
     init_from: str = option("", "start from these evaluator weights")
+    # adaptations that the paired fidelity shows failed: their outputs are changed photos, not the target style
+    negatives_from: str = option("", "comma-separated adapted generator checkpoints whose outputs are labelled none")
+    negatives_from_share: float = option(0.0, "share of each batch drawn by --negatives-from")
+    # supervised oracles: a style as a generator draws it, softer than the renderer's
+    drawn_from: str = option("", "comma-separated STYLE=CHECKPOINT of generators fine-tuned on true STYLE renders")
+    drawn_share: float = option(0.0, "share of each batch drawn by --drawn-from, labelled with their style")
+
+    def __post_init__(self) -> None:
+        if self.negatives_from_share > 0 and not self.negatives_from.strip(" ,"):
+            raise NadaError("--negatives-from-share needs generators to draw from: give --negatives-from G1,G2,...")
+        if self.drawn_share > 0 and not drawn_pairs(self.drawn_from):
+            raise NadaError("--drawn-share needs generators to draw from: give --drawn-from sketch=G1,watercolor=G2")
+        if self.negatives + self.generator_share + self.negatives_from_share + self.drawn_share >= 1:
+            raise NadaError(
+                "--negatives, --generator-share, --negatives-from-share and --drawn-share leave no true renders "
+                "in a batch: keep their sum below 1"
+            )
 
 
 IGNORE = -100  # attribute label of a hard negative: its attributes are not trained
@@ -86,7 +103,9 @@ def make_batch(
     rng = np.random.default_rng([cfg.seed, step])
     n_neg = int(round(cfg.batch * cfg.negatives))
     n_gen = int(round(cfg.batch * cfg.generator_share)) if G is not None else 0
-    n_pos = cfg.batch - n_neg - n_gen
+    n_adapted = int(round(cfg.batch * cfg.negatives_from_share))
+    n_drawn = int(round(cfg.batch * cfg.drawn_share))
+    n_pos = cfg.batch - n_neg - n_gen - n_adapted - n_drawn
     params = R.sample_params(n_pos, seed=int(rng.integers(2**62)))
     style_idx = rng.integers(len(R.STYLES), size=n_pos)
     images = [R.to_tensor(R.render_mixed(params, [R.STYLES[i] for i in style_idx], seed=int(rng.integers(2**62))))]
@@ -99,6 +118,13 @@ def make_batch(
     if n_neg:
         images.append(hard_negatives(n_neg, rng, G))
         labels.append({k: torch.full((n_neg,), REJECT_INDEX if k == "style" else IGNORE) for k in labels[0]})
+    if n_adapted:  # drawn after every other image, so runs without them keep their data
+        images.append(adapted_outputs(cfg.negatives_from, n_adapted, rng))
+        labels.append({k: torch.full((n_adapted,), REJECT_INDEX if k == "style" else IGNORE) for k in labels[0]})
+    if n_drawn:
+        drawn, drawn_labels = drawn_styles(cfg.drawn_from, n_drawn, rng)
+        images.append(drawn)
+        labels.append(drawn_labels)
     merged = {k: torch.cat([lab[k].long() for lab in labels]) for k in labels[0]}
     return augment(torch.cat(images), rng), merged
 
@@ -112,6 +138,46 @@ def generator_photos(G: torch.nn.Module, n: int, rng: np.random.Generator) -> tu
 
     z = torch.from_numpy(rng.standard_normal((n, G.style_dim)).astype(np.float32))
     return G(z, noise_mode="const").clamp(-1, 1), face_params(z)
+
+
+def drawn_pairs(spec: str) -> list[tuple[str, str]]:
+    """(style, checkpoint) pairs of a ``--drawn-from`` value such as "sketch=a.pt,pixel art=b.pt"."""
+    pairs = []
+    for item in (i.strip() for i in spec.split(",") if i.strip()):
+        style, sep, path = (part.strip() for part in item.partition("="))
+        if not sep or not path or style not in R.STYLES:
+            styles = ", ".join(R.STYLES)
+            raise NadaError(f"--drawn-from item {item!r} is not STYLE=CHECKPOINT with STYLE one of {styles}")
+        pairs.append((style, path))
+    return pairs
+
+
+@torch.no_grad()
+def _draw(paths: str, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped outputs [n,3,64,64] of the generators ``paths`` for n seeded latents; the latents; which generator."""
+    gens = runs.frozen_generators(paths)
+    which = torch.from_numpy(rng.integers(len(gens), size=n))
+    z = torch.from_numpy(rng.standard_normal((n, gens[0].style_dim)).astype(np.float32))
+    out = torch.empty(n, 3, R.IMAGE_SIZE, R.IMAGE_SIZE)
+    for g, gen in enumerate(gens):
+        mine = which == g
+        if mine.any():
+            out[mine] = gen(z[mine], noise_mode="const").clamp(-1, 1)
+    return out, z, which
+
+
+def adapted_outputs(paths: str, n: int, rng: np.random.Generator) -> torch.Tensor:
+    """n images [n,3,64,64] in [-1,1] (as shown: clipped) of the generators ``paths`` for seeded latents."""
+    return _draw(paths, n, rng)[0]
+
+
+def drawn_styles(spec: str, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """n images [n,3,64,64] in [-1,1] of the ``--drawn-from`` generators and their labels (their style, the faces
+    their latents stand for)."""
+    pairs = drawn_pairs(spec)
+    images, z, which = _draw(",".join(path for _, path in pairs), n, rng)
+    styles = torch.tensor([R.STYLES.index(pairs[int(w)][0]) for w in which])
+    return images, {"style": styles, **{k: torch.from_numpy(v) for k, v in face_params(z).labels().items()}}
 
 
 def hard_negatives(n: int, rng: np.random.Generator, G: torch.nn.Module | None) -> torch.Tensor:

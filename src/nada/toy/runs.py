@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from nada.errors import NadaError
+from nada.generator.checkpoints import load_generator
 from nada.io import atomic_torch_save
 from nada.weights.safe_load import torch_load
 
@@ -100,3 +102,10 @@ def setup_logging(log: logging.Logger, path: Path, echo: bool = True) -> None:
         log.addHandler(fh)
     if echo and not any(type(h) is logging.StreamHandler for h in log.handlers):
         log.addHandler(logging.StreamHandler(sys.stdout))
+
+
+@functools.lru_cache(maxsize=4)
+def frozen_generators(paths: str) -> tuple[torch.nn.Module, ...]:
+    """The generators of a comma-separated list (names or checkpoints), loaded once per process, frozen, eval mode."""
+    names = [p.strip() for p in paths.split(",") if p.strip()]
+    return tuple(load_generator(name).eval().requires_grad_(False) for name in names)
