@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--oracle", action="store_true", help="fine-tune the supervised oracle per target (about a minute each)"
     )
     p.add_argument("--oracle-steps", type=int, default=300)
+    p.add_argument("--oracle-seed", type=int, default=1, help="seed of its training latents (1: the check)")
     p.add_argument(
         "--oracle-dir", default=None, help="keep the oracles here (oracle-TARGET.pt) and reuse the ones already there"
     )
@@ -74,26 +75,36 @@ def filter_section(judge, G, z: torch.Tensor, adapted: dict[str, torch.Tensor]) 
     return {"rows": rows, "filters": table, "worst": {s: {"rate": r, "filter": n} for s, (r, n) in worst.items()}}
 
 
-def oracle_for(G, z: torch.Tensor, target: str, steps: int, folder: str | None) -> tuple[torch.nn.Module, str]:
+def oracle_for(
+    G, z: torch.Tensor, target: str, steps: int, folder: str | None, seed: int = 1
+) -> tuple[torch.nn.Module, str]:
     """The supervised oracle for ``target`` (bench_toy_guidance.oracle_finetune), from ``folder`` when kept there."""
     from nada.generator.checkpoints import load_generator, save_checkpoint
 
-    path = Path(folder) / f"oracle-{target.replace(' ', '-')}-{steps}.pt" if folder else None
+    name = f"oracle-{target.replace(' ', '-')}-{steps}" + (f"-s{seed}" if seed != 1 else "") + ".pt"
+    path = Path(folder) / name if folder else None
     if path is not None and path.is_file():
         return load_generator(path).eval(), f"oracle ({steps} supervised steps, {path.name})"
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_toy_guidance import oracle_finetune
 
     t0 = time.time()
-    oracle = oracle_finetune(G, z, target, steps, 0.005)
+    oracle = oracle_finetune(G, z, target, steps, 0.005, seed=seed)
     label = f"oracle ({steps} supervised steps, {time.time() - t0:.0f} s)"
     if path is not None:
-        save_checkpoint(path, oracle, {"base": "toy", "oracle": target, "steps": steps})
+        save_checkpoint(path, oracle, {"base": "toy", "oracle": target, "steps": steps, "seed": seed})
     return oracle, label
 
 
 def fidelity_section(
-    judge, G, z: torch.Tensor, target: str, adapted: dict, oracle_steps: int | None, oracle_dir: str | None = None
+    judge,
+    G,
+    z: torch.Tensor,
+    target: str,
+    adapted: dict,
+    oracle_steps: int | None,
+    oracle_dir: str | None = None,
+    oracle_seed: int = 1,
 ) -> dict:
     """Print and return the fidelity table for one target style."""
     from nada.toy import filters as toy_filters
@@ -106,7 +117,7 @@ def fidelity_section(
     filtered = faces if name == "no filter" else toy_filters.apply_chain(faces, toy_filters.SUITE[name])
     rows = {"unadapted faces": faces, f"best filter ({name})": filtered}
     if oracle_steps:
-        oracle, label = oracle_for(G, z, target, oracle_steps, oracle_dir)
+        oracle, label = oracle_for(G, z, target, oracle_steps, oracle_dir, oracle_seed)
         with torch.no_grad():
             rows[label] = oracle(z, noise_mode="const")
     with torch.no_grad():
@@ -153,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         results["filter_table"] = filter_section(judge, G, z, adapted_faces)
     for target in filter(None, args.target.split(",")):
         steps = args.oracle_steps if args.oracle else None
-        results.setdefault("fidelity", {})[target] = fidelity_section(judge, G, z, target, gens, steps, args.oracle_dir)
+        results.setdefault("fidelity", {})[target] = fidelity_section(
+            judge, G, z, target, gens, steps, args.oracle_dir, args.oracle_seed
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -215,15 +215,14 @@ def test_shipped_judge_is_not_fooled_by_any_filter_of_the_unadapted_faces(shippe
     table = J.filter_table(shipped, img)
     assert any(e["held_out"] for e in table.values())
     # The goal is at most 5 % for every filter and style; measured here (docs/toy_quality.md) the worst
-    # cells are 14.8 % and 10.2 % sketch (held-out grey tone curves: grayscale + brightness + contrast, grayscale
-    # + gamma + contrast) and 7.0 % pixel art (grayscale + posterize); the issue's own three filters <= 0.8 %.
+    # cell is 8.6 % pixel art (grayscale + posterize), every other <= 1.6 %; the issue's own three filters 0 %.
     for style in R.STYLES[1:]:
         name, rate = J.worst_filter(table, style)
-        assert rate <= 0.20, (style, name, rate)
+        assert rate <= (0.12 if style == "pixel art" else 0.05), (style, name, rate)
     for name in list(Fl.SUITE)[:3]:
         assert max(table[name]["rates"][s] for s in R.STYLES[1:]) <= 0.05, (name, table[name])
     mean_sketch = sum(e["rates"]["sketch"] for e in table.values()) / len(table)
-    assert mean_sketch <= 0.03, mean_sketch  # measured 0.016
+    assert mean_sketch <= 0.01, mean_sketch  # measured 0.0015
     assert J.style_rates(shipped, img)["photo"] >= 0.9
 
 
