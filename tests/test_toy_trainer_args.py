@@ -30,6 +30,10 @@ def _other(field: dataclasses.Field) -> tuple[str, Any]:
         return CHANNELS, generator_train.parse_channels(CHANNELS)
     if field.name in ("blend_min", "blend_max"):  # shares that must stay a range inside (0, 1]
         return str(round(default + 0.1, 6)), round(default + 0.1, 6)
+    if field.name in ("negatives", "generator_share", "negatives_from_share", "drawn_share"):  # their sum stays < 1
+        return str(round(default + 0.1, 6)), round(default + 0.1, 6)
+    if field.name == "drawn_from":
+        return "sketch=elsewhere", "sketch=elsewhere"
     if isinstance(default, str):
         return "elsewhere", "elsewhere"
     return str(default + 1), default + 1
