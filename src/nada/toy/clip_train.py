@@ -407,21 +407,17 @@ def exploit_pairs(
     latent, labelled photo; the true render of that latent's face in another style); images [2F,3,64,64]."""
     n = len(pair_key)
     pick = np.flatnonzero(rng.random(n) < cfg.negatives_share)
-    gens = runs.frozen_generators(cfg.negatives_from)
+    runs.frozen_generators(cfg.negatives_from)  # a bad path fails at the first step, not at the first pick
     if not len(pick):
         return params, styles, images
-    which = rng.integers(len(gens), size=len(pick))
-    z = torch.from_numpy(rng.standard_normal((len(pick), gens[0].style_dim)).astype(np.float32))
+    drawn, z, _ = runs.draw_outputs(cfg.negatives_from, len(pick), rng)
     faces = face_params(z)
     other = [R.STYLES[s] for s in rng.integers(1, len(R.STYLES), size=len(pick))]  # STYLES[0] is the photo
     values = {k: getattr(params, k).copy() for k in params.__dataclass_fields__}
     for k, v in values.items():
         v[pick] = v[pick + n] = getattr(faces, k)
     images = images.clone()
-    for g, gen in enumerate(gens):
-        mine = which == g
-        if mine.any():
-            images[pick[mine]] = gen(z[torch.from_numpy(mine)], noise_mode="const").clamp(-1, 1)
+    images[pick] = drawn
     images[pick + n] = R.to_tensor(R.render_mixed(faces, other, seed=int(rng.integers(2**62))))
     styles = list(styles)
     for j, i in enumerate(pick):

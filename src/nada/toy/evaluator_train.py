@@ -152,30 +152,16 @@ def drawn_pairs(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
-@torch.no_grad()
-def _draw(paths: str, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped outputs [n,3,64,64] of the generators ``paths`` for n seeded latents; the latents; which generator."""
-    gens = runs.frozen_generators(paths)
-    which = torch.from_numpy(rng.integers(len(gens), size=n))
-    z = torch.from_numpy(rng.standard_normal((n, gens[0].style_dim)).astype(np.float32))
-    out = torch.empty(n, 3, R.IMAGE_SIZE, R.IMAGE_SIZE)
-    for g, gen in enumerate(gens):
-        mine = which == g
-        if mine.any():
-            out[mine] = gen(z[mine], noise_mode="const").clamp(-1, 1)
-    return out, z, which
-
-
 def adapted_outputs(paths: str, n: int, rng: np.random.Generator) -> torch.Tensor:
     """n images [n,3,64,64] in [-1,1] (as shown: clipped) of the generators ``paths`` for seeded latents."""
-    return _draw(paths, n, rng)[0]
+    return runs.draw_outputs(paths, n, rng)[0]
 
 
 def drawn_styles(spec: str, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """n images [n,3,64,64] in [-1,1] of the ``--drawn-from`` generators and their labels (their style, the faces
     their latents stand for)."""
     pairs = drawn_pairs(spec)
-    images, z, which = _draw(",".join(path for _, path in pairs), n, rng)
+    images, z, which = runs.draw_outputs(",".join(path for _, path in pairs), n, rng)
     styles = torch.tensor([R.STYLES.index(pairs[int(w)][0]) for w in which])
     return images, {"style": styles, **{k: torch.from_numpy(v) for k, v in face_params(z).labels().items()}}
 

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nada.errors import NadaError
 from nada.generator.checkpoints import load_generator
 from nada.io import atomic_torch_save
+from nada.toy import render as R
 from nada.weights.safe_load import torch_load
 
 
@@ -109,3 +111,18 @@ def frozen_generators(paths: str) -> tuple[torch.nn.Module, ...]:
     """The generators of a comma-separated list (names or checkpoints), loaded once per process, frozen, eval mode."""
     names = [p.strip() for p in paths.split(",") if p.strip()]
     return tuple(load_generator(name).eval().requires_grad_(False) for name in names)
+
+
+@torch.no_grad()
+def draw_outputs(paths: str, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped outputs [n,3,64,64] in [-1,1] of the generators ``paths`` for n latents drawn from ``rng`` (a generator
+    per image, then the latents); the latents [n, style_dim]; which generator drew each image [n]."""
+    gens = frozen_generators(paths)
+    which = torch.from_numpy(rng.integers(len(gens), size=n))
+    z = torch.from_numpy(rng.standard_normal((n, gens[0].style_dim)).astype(np.float32))
+    out = torch.empty(n, 3, R.IMAGE_SIZE, R.IMAGE_SIZE)
+    for g, gen in enumerate(gens):
+        mine = which == g
+        if mine.any():
+            out[mine] = gen(z[mine], noise_mode="const").clamp(-1, 1)
+    return out, z, which
