@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from nada.adaptation.loop import fp32_precision
 from nada.generator.networks import Generator, ModulatedConv2d, StyledConv, ToRGB
 from nada.io import resolve_device
+from nada.runtime import retain_freed_memory
 
 # ---------------------------------------------------------------- naive reference path
 
@@ -245,12 +246,18 @@ def main() -> None:
         action="store_true",
         help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark) for every row",
     )
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's heap as it is (nada's CLI keeps freed memory: nada.runtime.retain_freed_memory)",
+    )
     args = p.parse_args()
+    retained = False if args.system_malloc else retain_freed_memory()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-        f"cudnn.benchmark {torch.backends.cudnn.benchmark}"
+        f"cudnn.benchmark {torch.backends.cudnn.benchmark}, freed memory kept by the heap {retained}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         bench_size(size, device, args)

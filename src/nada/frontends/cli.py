@@ -55,6 +55,7 @@ from nada.photos.invert import InvertConfig, loss_kind_for_base
 from nada.photos.stylize import stylize
 from nada.plugins import load_plugins
 from nada.profiles import profile_for
+from nada.runtime import retain_freed_memory
 from nada.weights import preflight, presets
 from nada.weights.download import human_size, local_path
 from nada.weights.presets import (
@@ -784,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _, _, run = COMMANDS[args.command]
+    retain_freed_memory()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command)
