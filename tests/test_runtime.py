@@ -25,6 +25,7 @@ faults_of_one_pass()
 print(json.dumps({"applied": applied, "faults": sum(faults_of_one_pass() for _ in range(7))}))
 """
 
+
 def probe(mode: str) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
