@@ -19,7 +19,8 @@ def retain_freed_memory() -> bool:
     mmap and unmaps it when freed, so each forward pass faults in its memory page by page again
     (measured in docs/performance.md: 15-30 % of a 1024 forward on 2 cores). Serving everything from
     the heap and never trimming it keeps those pages mapped; the price is that the process keeps its
-    peak memory until it exits. A no-op (False) where the C library is not glibc.
+    peak memory until it exits, and a lone block allocated and freed again and again can hold up to
+    eight copies (docs/performance.md). A no-op (False) where the C library is not glibc.
     """
     name = ctypes.util.find_library("c")
     try:
