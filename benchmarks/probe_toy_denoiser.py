@@ -64,13 +64,14 @@ class ResBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """A small UNet predicting the noise of [N, 3, 64, 64] images at times t [N] for style indices y [N]."""
+    """A small UNet predicting the noise of [N, 3, 64, 64] images at times t [N] for conditions y: style indices [N]
+    (``text_dim`` 0) or unit text features [N, text_dim] (zero rows: unconditioned)."""
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 96, 128), emb: int = 128) -> None:
+    def __init__(self, channels: Sequence[int] = (32, 64, 96, 128), emb: int = 128, text_dim: int = 0) -> None:
         super().__init__()
         self.emb = emb
         self.time = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.style = nn.Embedding(UNCONDITIONED + 1, emb)
+        self.style = nn.Linear(text_dim, emb) if text_dim else nn.Embedding(UNCONDITIONED + 1, emb)
         self.inp = nn.Conv2d(3, channels[0], 3, padding=1)
         widths = [channels[0], *channels]
         self.down = nn.ModuleList(ResBlock(a, b, emb) for a, b in zip(widths[:-1], widths[1:]))
@@ -98,23 +99,53 @@ class Denoiser(nn.Module):
         return self.out(h)
 
 
-def guided_eps(model: Denoiser, x: torch.Tensor, t: torch.Tensor, style: int, cfg: float) -> torch.Tensor:
-    """Classifier-free guided noise prediction [N, 3, H, W] for one style index."""
+def guided_eps(
+    model: Denoiser, x: torch.Tensor, t: torch.Tensor, style: int | torch.Tensor, cfg: float
+) -> torch.Tensor:
+    """Classifier-free guided noise prediction [N, 3, H, W] for one style index or one text feature [1, D]."""
     n = x.shape[0]
-    y = torch.cat([torch.full((n,), style), torch.full((n,), UNCONDITIONED)])
+    if isinstance(style, torch.Tensor):
+        y = torch.cat([style.expand(n, -1), torch.zeros(n, style.shape[1])])
+    else:
+        y = torch.cat([torch.full((n,), style), torch.full((n,), UNCONDITIONED)])
     cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), y).chunk(2)
     return uncond + cfg * (cond - uncond)
 
 
+def style_text_features() -> torch.Tensor:
+    """Unit toy-CLIP text features [len(STYLES), len(TEMPLATES), D] of every style in every toy template."""
+    from nada.guidance import losses
+    from nada.guidance.clip import load_clip
+
+    clip = load_clip("toy")
+    return torch.stack([losses.text_features(clip, style, R.TEMPLATES) for style in R.STYLES])
+
+
+def text_condition(text: str) -> torch.Tensor:
+    """The text-conditioned prior's condition for a prompt: the unit mean of its toy-CLIP features over the
+    toy templates, [1, D] (the text side of the directional term)."""
+    from nada.guidance import losses
+    from nada.guidance.clip import load_clip
+
+    return losses.mean_text_feature(load_clip("toy"), text, R.TEMPLATES)
+
+
 def train(
-    out: Path, minutes: float, t_range: tuple[float, float] = (0.0, 1.0), batch: int = 32, lr: float = 3e-4
+    out: Path,
+    minutes: float,
+    t_range: tuple[float, float] = (0.0, 1.0),
+    text: bool = False,
+    batch: int = 32,
+    lr: float = 3e-4,
 ) -> None:
     """Train (or resume) the denoiser on fresh toy renders until ``minutes`` have passed; saves every 50 steps.
 
-    Noise levels are drawn from ``t_range``: a narrower band spends the steps where `adapt` samples t.
+    Noise levels are drawn from ``t_range``: a narrower band spends the steps where `adapt` samples t. With
+    ``text`` each render is conditioned on its style's toy-CLIP text feature in a random toy template.
     """
     torch.manual_seed(0)
-    model = Denoiser()
+    features = style_text_features() if text else None
+    model = Denoiser(text_dim=0 if features is None else features.shape[-1])
     opt = torch.optim.Adam(model.parameters(), lr)
     step = 0
     if out.exists():
@@ -128,8 +159,13 @@ def train(
         styles = rng.integers(0, len(R.STYLES), batch)
         faces = R.sample_params(batch, seed=step + 10_000)
         x0 = R.to_tensor(R.render_mixed(faces, [R.STYLES[i] for i in styles], step))
-        y = torch.as_tensor(styles)
-        y[torch.as_tensor(rng.random(batch) < 0.1)] = UNCONDITIONED
+        dropped = torch.as_tensor(rng.random(batch) < 0.1)
+        if features is None:
+            y = torch.as_tensor(styles)
+            y[dropped] = UNCONDITIONED
+        else:
+            y = features[torch.as_tensor(styles), torch.as_tensor(rng.integers(0, features.shape[1], batch))]
+            y[dropped] = 0.0
         g = torch.Generator().manual_seed(step)
         t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(batch, generator=g)
         noise = torch.randn(x0.shape, generator=g)
@@ -159,7 +195,12 @@ class DeltaDenoising:
 
     def __init__(self, model: Denoiser, source: str, target: str, cfg: float, t_range: tuple[float, float]) -> None:
         self.model, self.cfg, self.t_range = model.eval().requires_grad_(False), cfg, t_range
-        self.source, self.target = R.STYLES.index(source), R.STYLES.index(target)
+        self.source: int | torch.Tensor
+        self.target: int | torch.Tensor
+        if isinstance(model.style, nn.Linear):  # a text-conditioned prior takes the prompts themselves
+            self.source, self.target = text_condition(source), text_condition(target)
+        else:
+            self.source, self.target = R.STYLES.index(source), R.STYLES.index(target)
         self.rng = torch.Generator().manual_seed(1234)
 
     def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
@@ -207,25 +248,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--out", type=Path, required=True)
     tr.add_argument("--minutes", type=float, default=40.0)
     tr.add_argument("--t-range", type=float, nargs=2, default=(0.0, 1.0), help="band of noise levels to train on")
+    tr.add_argument("--text", action="store_true", help="condition on toy-CLIP text features, not style indices")
     ad = sub.add_parser("adapt", help="nada adapt with the delta denoising term")
     ad.add_argument("--denoiser", type=Path, required=True)
     ad.add_argument("--weight", type=float, default=0.1)
     ad.add_argument("--cfg", type=float, default=5.0)
     ad.add_argument("--t-range", type=float, nargs=2, default=(0.2, 0.7))
-    ad.add_argument("--source-style", default="photo")
-    ad.add_argument("--target-style", default="sketch")
+    ad.add_argument("--source-style", default="photo", help="a toy style (a text-conditioned prior: any prompt)")
+    ad.add_argument("--target-style", default="sketch", help="a toy style (a text-conditioned prior: any prompt)")
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     lo, hi = args.t_range
     if not 0.0 <= lo < hi <= 1.0:
         parser.error(f"--t-range {lo:g} {hi:g} is not a band of noise levels: give 0 <= LOW < HIGH <= 1")
     if args.command == "train":
-        train(args.out, args.minutes, tuple(args.t_range))
+        train(args.out, args.minutes, tuple(args.t_range), args.text)
         return 0
     from nada.frontends.cli import main as nada_main
 
-    model = Denoiser()
-    model.load_state_dict(torch.load(args.denoiser, weights_only=True)["model"])
+    state = torch.load(args.denoiser, weights_only=True)["model"]
+    text_dim = state["style.weight"].shape[1] if "style.bias" in state else 0
+    model = Denoiser(text_dim=text_dim)
+    model.load_state_dict(state)
     term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range))
     rest = [a for a in args.adapt_args if a != "--"]
     with with_denoising_term(term, args.weight):
