@@ -6,6 +6,7 @@ discriminative toy CLIPs lead it to washed-out photos (docs/toy_quality.md, "A d
     python benchmarks/probe_toy_denoiser.py train --out runs/toy_denoiser.pt --minutes 42
     python benchmarks/probe_toy_denoiser.py adapt --denoiser runs/toy_denoiser.pt --weight 0.1 --cfg 5 \\
         -- --generator toy --source photo --target sketch --out runs/dds --iterations 150
+    python benchmarks/probe_toy_denoiser.py strip --out strip.png runs/dds/generator.pt   # the docs' image rows
 
 `train` resumes from ``--out`` when it exists (one step = 32 fresh renders in random styles, 10 % of them
 unconditioned). `adapt` runs `nada adapt` with one more loss term, added to the directional term: for the
@@ -240,6 +241,24 @@ def with_denoising_term(term: DeltaDenoising, weight: float) -> Iterator[None]:
         loop.loss_terms = plain
 
 
+@torch.no_grad()
+def save_strip(out: Path, generators: Sequence[str], n: int = 6, style: str = "sketch") -> None:
+    """A PNG of n judged latents (seed 0, stored noise), magnified three times: a row for the packaged toy generator,
+    one per generator of ``generators`` (checkpoints or names), and the true renders of the same faces in ``style``."""
+    from PIL import Image
+
+    from nada.generator.checkpoints import load_generator
+    from nada.toy.judge import true_renders
+    from nada.toy.quality import latents
+
+    z = latents(load_generator("toy"), 128, 0)[:n]
+    rows = [load_generator(g).eval()(z, noise_mode="const") for g in ("toy", *generators)]
+    rows.append(true_renders(z, style))
+    grid = torch.cat([torch.cat(list(row.clamp(-1, 1)), 2) for row in rows], 1)
+    pixels = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).resize((pixels.shape[1] * 3, pixels.shape[0] * 3), Image.NEAREST).save(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``train`` or ``adapt`` (the arguments after ``--`` go to `nada adapt`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -257,7 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--source-style", default="photo", help="a toy style (a text-conditioned prior: any prompt)")
     ad.add_argument("--target-style", default="sketch", help="a toy style (a text-conditioned prior: any prompt)")
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
+    st = sub.add_parser("strip", help="rows of six judged latents: the toy generator, GENERATORS..., true renders")
+    st.add_argument("--out", type=Path, required=True)
+    st.add_argument("--style", default="sketch")
+    st.add_argument("generators", nargs="*")
     args = parser.parse_args(argv)
+    if args.command == "strip":
+        save_strip(args.out, args.generators, style=args.style)
+        return 0
     lo, hi = args.t_range
     if not 0.0 <= lo < hi <= 1.0:
         parser.error(f"--t-range {lo:g} {hi:g} is not a band of noise levels: give 0 <= LOW < HIGH <= 1")
