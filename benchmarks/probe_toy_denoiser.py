@@ -260,7 +260,7 @@ def save_strip(out: Path, generators: Sequence[str], n: int = 6, style: str = "s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``train`` or ``adapt`` (the arguments after ``--`` go to `nada adapt`)."""
+    """Command line: ``train``, ``adapt`` (the arguments after ``--`` go to `nada adapt`) or ``strip``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train or resume the denoiser")
