@@ -122,13 +122,14 @@ def style_text_features() -> torch.Tensor:
     return torch.stack([losses.text_features(clip, style, R.TEMPLATES) for style in R.STYLES])
 
 
-def text_condition(text: str) -> torch.Tensor:
-    """The text-conditioned prior's condition for a prompt: the unit mean of its toy-CLIP features over the
+def text_conditions(*texts: str) -> list[torch.Tensor]:
+    """The text-conditioned prior's condition for each prompt: the unit mean of its toy-CLIP features over the
     toy templates, [1, D] (the text side of the directional term)."""
     from nada.guidance import losses
     from nada.guidance.clip import load_clip
 
-    return losses.mean_text_feature(load_clip("toy"), text, R.TEMPLATES)
+    clip = load_clip("toy")
+    return [losses.mean_text_feature(clip, text, R.TEMPLATES) for text in texts]
 
 
 def train(
@@ -199,7 +200,7 @@ class DeltaDenoising:
         self.source: int | torch.Tensor
         self.target: int | torch.Tensor
         if isinstance(model.style, nn.Linear):  # a text-conditioned prior takes the prompts themselves
-            self.source, self.target = text_condition(source), text_condition(target)
+            self.source, self.target = text_conditions(source, target)
         else:
             self.source, self.target = R.STYLES.index(source), R.STYLES.index(target)
         self.rng = torch.Generator().manual_seed(1234)
@@ -251,8 +252,9 @@ def save_strip(out: Path, generators: Sequence[str], n: int = 6, style: str = "s
     from nada.toy.judge import true_renders
     from nada.toy.quality import latents
 
-    z = latents(load_generator("toy"), 128, 0)[:n]
-    rows = [load_generator(g).eval()(z, noise_mode="const") for g in ("toy", *generators)]
+    toy = load_generator("toy").eval()
+    z = latents(toy, 128, 0)[:n]
+    rows = [G(z, noise_mode="const") for G in (toy, *(load_generator(g).eval() for g in generators))]
     rows.append(true_renders(z, style))
     grid = torch.cat([torch.cat(list(row.clamp(-1, 1)), 2) for row in rows], 1)
     pixels = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
