@@ -12,6 +12,7 @@ discriminative toy CLIPs lead it to washed-out photos (docs/toy_quality.md, "A d
 unconditioned). `adapt` runs `nada adapt` with one more loss term, added to the directional term: for the
 trained image x and the frozen image x0 of a latent, at a noise level t from [t_min, t_max] and the same
 noise for both, the gradient on x is w_cfg-guided eps(x_t | target style) - eps(x0_t | source style).
+`--high-boost K` scales that gradient's detail above a 1.5-pixel Gaussian by K (its low band stays).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nada.toy import render as R
+from nada.toy.filters import gaussian_blur
 
 UNCONDITIONED = len(R.STYLES)  # the class index of "no style given"
 
@@ -195,8 +197,17 @@ class DeltaDenoising:
     """The probe's loss term on paired images [N, 3, H, W] in [-1, 1]: its gradient on the trained images is
     the guided noise prediction for the target style minus that of the frozen images for the source style."""
 
-    def __init__(self, model: Denoiser, source: str, target: str, cfg: float, t_range: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        model: Denoiser,
+        source: str,
+        target: str,
+        cfg: float,
+        t_range: tuple[float, float],
+        high_boost: float = 1.0,
+    ) -> None:
         self.model, self.cfg, self.t_range = model.eval().requires_grad_(False), cfg, t_range
+        self.high_boost = high_boost  # the gradient's detail above a 1.5-pixel Gaussian, scaled by this
         self.source: int | torch.Tensor
         self.target: int | torch.Tensor
         if isinstance(model.style, nn.Linear):  # a text-conditioned prior takes the prompts themselves
@@ -216,8 +227,12 @@ class DeltaDenoising:
             noised_frozen = ab.sqrt() * img_frozen + (1 - ab).sqrt() * noise
             toward = guided_eps(self.model, noised_train, t, self.target, self.cfg)
             away = guided_eps(self.model, noised_frozen, t, self.source, self.cfg)
+            push = toward - away
+            if self.high_boost != 1.0:
+                low = gaussian_blur(push, 1.5)
+                push = low + self.high_boost * (push - low)
         # A surrogate whose gradient is (toward - away), scaled to a per-pixel mean (x1000: the CLIP terms' order).
-        return ((toward - away) * img_train).sum() / img_train.numel() * 1000
+        return (push * img_train).sum() / img_train.numel() * 1000
 
 
 @contextmanager
@@ -275,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--weight", type=float, default=0.1)
     ad.add_argument("--cfg", type=float, default=5.0)
     ad.add_argument("--t-range", type=float, nargs=2, default=(0.2, 0.7))
+    ad.add_argument("--high-boost", type=float, default=1.0, help="scale the term's detail above 1.5 px by this")
     ad.add_argument("--source-style", default="photo", help="a toy style (a text-conditioned prior: any prompt)")
     ad.add_argument("--target-style", default="sketch", help="a toy style (a text-conditioned prior: any prompt)")
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
@@ -298,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text_dim = state["style.weight"].shape[1] if "style.bias" in state else 0
     model = Denoiser(text_dim=text_dim)
     model.load_state_dict(state)
-    term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range))
+    term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range), args.high_boost)
     rest = [a for a in args.adapt_args if a != "--"]
     with with_denoising_term(term, args.weight):
         return nada_main(["adapt", *rest])
