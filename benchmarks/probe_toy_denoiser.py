@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -236,15 +236,16 @@ class DeltaDenoising:
 
 
 @contextmanager
-def with_denoising_term(term: DeltaDenoising, weight: float) -> Iterator[None]:
-    """Add ``weight * term`` to the directional term of every `nada adapt` iteration run inside the block."""
+def with_direction_term(term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weight: float) -> Iterator[None]:
+    """Add ``weight * term(img_frozen, img_train)`` (a scalar) to the directional term of every `nada adapt`
+    iteration run inside the block (also the window guide's term, probe_toy_local_guide.py)."""
     import nada.adaptation.loop as loop
 
     plain = loop.loss_terms
 
     def loss_terms(guides, img_frozen, img_train, config, rng):  # type: ignore[no-untyped-def]
         if config.lambda_direction <= 0:
-            raise SystemExit("the denoising term rides on the directional term: give --lambda-direction > 0")
+            raise SystemExit("the probe's term rides on the directional term: give --lambda-direction > 0")
         terms = plain(guides, img_frozen, img_train, config, rng)
         extra = weight * term(img_frozen, img_train) / config.lambda_direction
         terms["direction"] = terms.get("direction", 0) + extra
@@ -261,8 +262,6 @@ def with_denoising_term(term: DeltaDenoising, weight: float) -> Iterator[None]:
 def save_strip(out: Path, generators: Sequence[str], n: int = 6, style: str = "sketch") -> None:
     """A PNG of n judged latents (seed 0, stored noise), magnified three times: a row for the packaged toy generator,
     one per generator of ``generators`` (checkpoints or names), and the true renders of the same faces in ``style``."""
-    from PIL import Image
-
     from nada.generator.checkpoints import load_generator
     from nada.toy.judge import true_renders
     from nada.toy.quality import latents
@@ -271,6 +270,13 @@ def save_strip(out: Path, generators: Sequence[str], n: int = 6, style: str = "s
     z = latents(toy, 128, 0)[:n]
     rows = [G(z, noise_mode="const") for G in (toy, *(load_generator(g).eval() for g in generators))]
     rows.append(true_renders(z, style))
+    save_rows(out, rows)
+
+
+def save_rows(out: Path, rows: Sequence[torch.Tensor]) -> None:
+    """A PNG of rows of images [N, 3, H, W] in [-1, 1], each row's images side by side, magnified three times."""
+    from PIL import Image
+
     grid = torch.cat([torch.cat(list(row.clamp(-1, 1)), 2) for row in rows], 1)
     pixels = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(pixels).resize((pixels.shape[1] * 3, pixels.shape[0] * 3), Image.NEAREST).save(out)
@@ -316,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.load_state_dict(state)
     term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range), args.high_boost)
     rest = [a for a in args.adapt_args if a != "--"]
-    with with_denoising_term(term, args.weight):
+    with with_direction_term(term, args.weight):
         return nada_main(["adapt", *rest])
 
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -210,8 +211,6 @@ def table(guide: Path, generators: Sequence[str]) -> None:
 def optimise_pixels(guides: Sequence[Path], out: Path, mode: str, lr: float, steps: int) -> None:
     """Optimise six judged faces' pixels (Adam, clipped to [-1, 1]) with each guide's term alone; save the frozen
     faces, a row per guide and the true sketch renders, magnified three times."""
-    from PIL import Image
-
     from nada.toy.judge import true_renders
 
     z, photo = judged_faces(6)
@@ -231,49 +230,42 @@ def optimise_pixels(guides: Sequence[Path], out: Path, mode: str, lr: float, ste
                 print(f"{guide.name} step {step} term {loss.item():.3f}", flush=True)
         rows.append(x.detach())
     rows.append(true_renders(z, "sketch"))
-    grid = torch.cat([torch.cat(list(row), 2) for row in rows], 1)
-    pixels = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    Image.fromarray(pixels).resize((pixels.shape[1] * 3, pixels.shape[0] * 3), Image.NEAREST).save(out)
+    denoiser_probe().save_rows(out, rows)
 
 
-@contextmanager
-def with_window_term(model: LocalTower, texts: torch.Tensor, weight: float, mode: str) -> Iterator[None]:
-    """Add ``weight`` x the window term to the directional term of every `nada adapt` iteration inside the block."""
-    import nada.adaptation.loop as loop
+def denoiser_probe() -> ModuleType:
+    """The sibling probe ``probe_toy_denoiser`` (its prior's term, its hook into `nada adapt`, its image rows)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import probe_toy_denoiser
 
-    plain = loop.loss_terms
+    return probe_toy_denoiser
 
-    def loss_terms(guides, img_frozen, img_train, config, rng):  # type: ignore[no-untyped-def]
-        if config.lambda_direction <= 0:
-            raise SystemExit("the window term rides on the directional term: give --lambda-direction > 0")
-        terms = plain(guides, img_frozen, img_train, config, rng)
-        extra = weight * window_loss(model, texts, config.source, config.target, img_frozen, img_train, mode).mean()
-        terms["direction"] = terms.get("direction", 0) + extra / config.lambda_direction
-        return terms
 
-    loop.loss_terms = loss_terms
-    try:
-        yield
-    finally:
-        loop.loss_terms = plain
+class WindowTerm:
+    """The window term as a scalar on paired images [N, 3, H, W] in [-1, 1] (mean over images and windows)."""
+
+    def __init__(self, model: LocalTower, texts: torch.Tensor, source: str, target: str, mode: str) -> None:
+        self.model, self.texts, self.source, self.target, self.mode = model, texts, source, target, mode
+
+    def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
+        return window_loss(self.model, self.texts, self.source, self.target, img_frozen, img_train, self.mode).mean()
 
 
 def adapt(args: argparse.Namespace) -> int:
     """`nada adapt` with the window term, and the low-band denoising term when ``--denoiser`` is given."""
     from nada.frontends.cli import main as nada_main
 
+    dn = denoiser_probe()
     model, texts = load_guide(args.guide)
     rest = [a for a in args.adapt_args if a != "--"]
     with ExitStack() as stack:
         if args.denoiser is not None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            import probe_toy_denoiser as dn
-
             prior = dn.Denoiser()
             prior.load_state_dict(torch.load(args.denoiser, weights_only=True)["model"])
-            term = dn.DeltaDenoising(prior, "photo", "sketch", 5.0, (0.02, 0.3))
-            stack.enter_context(dn.with_denoising_term(term, args.denoiser_weight))
-        stack.enter_context(with_window_term(model, texts, args.weight, args.mode))
+            term = dn.DeltaDenoising(prior, args.source_style, args.target_style, 5.0, (0.02, 0.3))
+            stack.enter_context(dn.with_direction_term(term, args.denoiser_weight))
+        window = WindowTerm(model, texts, args.source_style, args.target_style, args.mode)
+        stack.enter_context(dn.with_direction_term(window, args.weight))
         return nada_main(["adapt", *rest])
 
 
@@ -305,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--mode", choices=("direction", "target"), default="direction")
     ad.add_argument("--denoiser", type=Path, help="also the low-band term of this probe_toy_denoiser.py prior")
     ad.add_argument("--denoiser-weight", type=float, default=0.015)
+    ad.add_argument("--source-style", default="photo", help="the toy style the term moves from")
+    ad.add_argument("--target-style", default="sketch", help="the toy style the term moves towards")
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "train":
