@@ -241,14 +241,29 @@ def denoiser_probe() -> ModuleType:
     return probe_toy_denoiser
 
 
-class WindowTerm:
-    """The window term as a scalar on paired images [N, 3, H, W] in [-1, 1] (mean over images and windows)."""
+def colours_matched(img: torch.Tensor, reference: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """``img`` [B, 3, H, W] under the affine map of its RGB (3x3 plus offset, per image, ridge least squares) that
+    comes closest to ``reference``: what is left of ``img`` once any global colour change is undone."""
+    b = img.shape[0]
+    x = torch.cat([img.flatten(2), torch.ones_like(img[:, :1].flatten(2))], 1)  # [B, 4, HW]
+    gram = x @ x.transpose(1, 2) + ridge * x.shape[2] * torch.eye(4)
+    fit = torch.linalg.solve(gram, x @ reference.flatten(2).transpose(1, 2))  # [B, 4, 3]
+    return (fit.transpose(1, 2) @ x).view(b, 3, *img.shape[2:])
 
-    def __init__(self, model: LocalTower, texts: torch.Tensor, source: str, target: str, mode: str) -> None:
+
+class WindowTerm:
+    """The window term as a scalar on paired images [N, 3, H, W] in [-1, 1] (mean over images and windows);
+    ``colour_blind`` shows the guide the trained images with their global colour change undone."""
+
+    def __init__(
+        self, model: LocalTower, texts: torch.Tensor, source: str, target: str, mode: str, colour_blind: bool = False
+    ) -> None:
         self.model, self.texts, self.source, self.target, self.mode = model, texts, source, target, mode
+        self.colour_blind = colour_blind
 
     def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
-        return window_loss(self.model, self.texts, self.source, self.target, img_frozen, img_train, self.mode).mean()
+        seen = colours_matched(img_train, img_frozen) if self.colour_blind else img_train
+        return window_loss(self.model, self.texts, self.source, self.target, img_frozen, seen, self.mode).mean()
 
 
 def adapt(args: argparse.Namespace) -> int:
@@ -264,7 +279,7 @@ def adapt(args: argparse.Namespace) -> int:
             prior.load_state_dict(torch.load(args.denoiser, weights_only=True)["model"])
             term = dn.DeltaDenoising(prior, args.source_style, args.target_style, 5.0, (0.02, 0.3))
             stack.enter_context(dn.with_direction_term(term, args.denoiser_weight))
-        window = WindowTerm(model, texts, args.source_style, args.target_style, args.mode)
+        window = WindowTerm(model, texts, args.source_style, args.target_style, args.mode, args.colour_blind)
         stack.enter_context(dn.with_direction_term(window, args.weight))
         return nada_main(["adapt", *rest])
 
@@ -297,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--mode", choices=("direction", "target"), default="direction")
     ad.add_argument("--denoiser", type=Path, help="also the low-band term of this probe_toy_denoiser.py prior")
     ad.add_argument("--denoiser-weight", type=float, default=0.015)
+    ad.add_argument("--colour-blind", action="store_true", help="undo each image's global colour change first")
     ad.add_argument("--source-style", default="photo", help="the toy style the term moves from")
     ad.add_argument("--target-style", default="sketch", help="the toy style the term moves towards")
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
