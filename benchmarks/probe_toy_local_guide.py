@@ -20,6 +20,7 @@ frozen toy CLIP's text features of the six styles (locked text, as `toy-rn` and 
 latent, 1 - cos(f(x) - f(x0), t(target) - t(source)) (`--mode direction`; equal windows take its first-order
 limit) or 1 - cos(f(x), unit(f(x0) + t(target) - t(source))) (`--mode target`, which asks for the size of the
 move too); `--denoiser PRIOR.pt --denoiser-weight W` adds `probe_toy_denoiser.py`'s low-band term beside it.
+`--colour-blind` shows the guide each trained image with its global colour change undone (`colours_matched`).
 """
 
 from __future__ import annotations
