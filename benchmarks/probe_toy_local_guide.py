@@ -168,7 +168,7 @@ def window_loss(
     edit = f - f0
     along = (edit * F.normalize(shift, dim=1)).sum(1)
     norm = edit.norm(dim=1)
-    # Equal windows have no direction: their first-order limit, as nada's directional term does at the first step.
+    # Equal windows have no direction: their move along it counts instead, at a fixed scale (x1000).
     cos = torch.where(norm > 1e-6, along / norm.clamp_min(1e-6), along * 1e3)
     return (1 - cos).mean((1, 2))
 
