@@ -186,8 +186,10 @@ def judged_faces(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def table(guide: Path, generators: Sequence[str]) -> None:
-    """Print both terms (photo -> sketch) and the pooled reading for true sketches, filters and NAME=generators."""
+    """Print both terms (photo -> sketch) and the pooled reading for true sketches, filters and NAME=generators,
+    and each packaged toy CLIP's directional loss for the same images."""
     from nada.generator.checkpoints import load_generator
+    from nada.guidance import losses
     from nada.toy.judge import true_renders
 
     model, texts = load_guide(guide)
@@ -201,12 +203,29 @@ def table(guide: Path, generators: Sequence[str]) -> None:
     for spec in generators:
         name, _, path = spec.partition("=")
         rows[name] = load_generator(path).eval()(z, noise_mode="const").clamp(-1, 1)
-    print(f"{'images (64 judged latents)':28s} direction  target  pooled reads sketch")
+    whole = whole_face_guides()
+    print(f"{'images (64 judged latents)':28s} direction  target  pooled reads sketch | " + "  ".join(whole))
     for name, img in rows.items():
         d = float(window_loss(model, texts, "photo", "sketch", photo, img, "direction").mean())
         t = float(window_loss(model, texts, "photo", "sketch", photo, img, "target").mean())
         sketch = (F.normalize(model(img).mean((2, 3)), dim=1) @ texts.T).argmax(1) == R.STYLES.index("sketch")
-        print(f"{name:28s} {d:9.3f} {t:7.3f} {float(sketch.float().mean()):8.2f}")
+        faces = [float(losses.directional_loss(clip.encode_image(photo), clip.encode_image(img), direction))
+                 for clip, direction in whole.values()]  # fmt: skip
+        print(
+            f"{name:28s} {d:9.3f} {t:7.3f} {float(sketch.float().mean()):8.2f} | "
+            + "  ".join(f"{v:.3f}" for v in faces)
+        )
+
+
+def whole_face_guides() -> dict[str, tuple[Any, torch.Tensor]]:
+    """The packaged toy CLIPs and their text directions photo -> sketch [1, D] over the toy templates."""
+    from nada.guidance import losses
+    from nada.guidance.clip import load_clip
+    from nada.toy.clips import TOY_CLIPS, register_toy_clips
+
+    register_toy_clips()
+    clips = {name: load_clip(name) for name in TOY_CLIPS}
+    return {name: (c, losses.text_direction(c, "photo", "sketch", R.TEMPLATES)) for name, c in clips.items()}
 
 
 def optimise_pixels(guides: Sequence[Path], out: Path, mode: str, lr: float, steps: int) -> None:
