@@ -209,8 +209,10 @@ def table(guide: Path, generators: Sequence[str]) -> None:
         d = float(window_loss(model, texts, "photo", "sketch", photo, img, "direction").mean())
         t = float(window_loss(model, texts, "photo", "sketch", photo, img, "target").mean())
         sketch = (F.normalize(model(img).mean((2, 3)), dim=1) @ texts.T).argmax(1) == R.STYLES.index("sketch")
-        faces = [float(losses.directional_loss(clip.encode_image(photo), clip.encode_image(img), direction))
-                 for clip, direction in whole.values()]  # fmt: skip
+        faces = [
+            float(losses.directional_loss(clip.encode_image(photo), clip.encode_image(img), direction))
+            for clip, direction in whole.values()
+        ]
         print(
             f"{name:28s} {d:9.3f} {t:7.3f} {float(sketch.float().mean()):8.2f} | "
             + "  ".join(f"{v:.3f}" for v in faces)
