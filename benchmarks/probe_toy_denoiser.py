@@ -193,6 +193,14 @@ def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) ->
     os.replace(tmp, out)
 
 
+def load_denoiser(path: str | os.PathLike) -> Denoiser:
+    """A trained prior (style-index or text-conditioned, told apart by its weights); tensors only, no code."""
+    state = torch.load(path, weights_only=True)["model"]
+    model = Denoiser(text_dim=state["style.weight"].shape[1] if "style.bias" in state else 0)
+    model.load_state_dict(state)
+    return model
+
+
 class DeltaDenoising:
     """The probe's loss term on paired images [N, 3, H, W] in [-1, 1]: its gradient on the trained images is
     the guided noise prediction for the target style minus that of the frozen images for the source style."""
@@ -231,7 +239,7 @@ class DeltaDenoising:
             if self.high_boost != 1.0:
                 low = gaussian_blur(push, 1.5)
                 push = low + self.high_boost * (push - low)
-        # A surrogate whose gradient is (toward - away), scaled to a per-pixel mean (x1000: the CLIP terms' order).
+        # A surrogate whose gradient is that push, scaled to a per-pixel mean (x1000: the CLIP terms' order).
         return (push * img_train).sum() / img_train.numel() * 1000
 
 
@@ -316,10 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from nada.frontends.cli import main as nada_main
 
-    state = torch.load(args.denoiser, weights_only=True)["model"]
-    text_dim = state["style.weight"].shape[1] if "style.bias" in state else 0
-    model = Denoiser(text_dim=text_dim)
-    model.load_state_dict(state)
+    model = load_denoiser(args.denoiser)
     term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range), args.high_boost)
     rest = [a for a in args.adapt_args if a != "--"]
     with with_direction_term(term, args.weight):

@@ -47,13 +47,7 @@ LOGIT_SCALE = 20.0
 
 def style_texts() -> torch.Tensor:
     """Unit mean toy-CLIP text features [len(STYLES), D] of every style over the toy templates."""
-    from nada.guidance import losses
-    from nada.guidance.clip import load_clip
-    from nada.toy.clips import register_toy_clips
-
-    register_toy_clips()
-    clip = load_clip("toy")
-    return torch.cat([losses.mean_text_feature(clip, style, R.TEMPLATES) for style in R.STYLES])
+    return torch.cat(denoiser_probe().text_conditions(*R.STYLES))
 
 
 class LocalTower(nn.Module):
@@ -297,8 +291,7 @@ def adapt(args: argparse.Namespace) -> int:
     rest = [a for a in args.adapt_args if a != "--"]
     with ExitStack() as stack:
         if args.denoiser is not None:
-            prior = dn.Denoiser()
-            prior.load_state_dict(torch.load(args.denoiser, weights_only=True)["model"])
+            prior = dn.load_denoiser(args.denoiser)
             term = dn.DeltaDenoising(prior, args.source_style, args.target_style, 5.0, (0.02, 0.3))
             stack.enter_context(dn.with_direction_term(term, args.denoiser_weight))
         window = WindowTerm(model, texts, args.source_style, args.target_style, args.mode, args.colour_blind)
