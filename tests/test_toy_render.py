@@ -133,3 +133,19 @@ def test_captions_state_only_true_facts_and_include_short_forms():
     assert short & set(R.STYLES) or short & {f"a {s}" for s in R.STYLES}, "no bare style captions"
     assert any(c.startswith("a smiling face") for c in R.captions(p, "photo", seed=3) + caps)
     assert any("glasses" in c for c in caps)
+
+
+def test_sketch_parts_can_be_taken_away_with_the_same_texture():
+    params = R.sample_params(8, seed=2)
+    images, states = {}, {}
+    for hatch, outlines in [("lines", True), ("tone", True), ("none", True), ("lines", False)]:
+        rng = np.random.default_rng(4)
+        images[hatch, outlines] = R._style_sketch(params, rng, hatch=hatch, outlines=outlines)
+        states[hatch, outlines] = rng.bit_generator.state["state"]["state"]
+    true = images["lines", True]
+    assert np.array_equal(true, R._style_sketch(params, np.random.default_rng(4)))
+    assert len(set(states.values())) == 1, "a variant drew a different texture"
+    tone, none, bare = images["tone", True], images["none", True], images["lines", False]
+    # The tone keeps the hatching's mean ink but not its lines.
+    assert np.abs(tone - true).mean() > 0.01 > abs(float(tone.mean() - true.mean()))
+    assert none.mean() > tone.mean() and bare.mean() > true.mean()

@@ -541,7 +541,9 @@ def _style_photo(p: FaceParams, rng: np.random.Generator) -> np.ndarray:
     return _blur(img, 1, 1) * 0.35 + img * 0.65  # a little optical softness
 
 
-def _style_sketch(p: FaceParams, rng: np.random.Generator) -> np.ndarray:
+def _style_sketch(p: FaceParams, rng: np.random.Generator, hatch: str = "lines", outlines: bool = True) -> np.ndarray:
+    """The sketch style; ``hatch`` ("lines", "tone": the lines' mean cover as a flat tone, "none") and ``outlines``
+    take parts of it away for probes of what a judge needs (the texture draws are the same either way)."""
     n, s = len(p), IMAGE_SIZE
     wobble = (0.012 * _smooth_noise(rng, n, 6), 0.012 * _smooth_noise(rng, n, 6))
     layers = _face_layers(p, warp=wobble)
@@ -555,14 +557,15 @@ def _style_sketch(p: FaceParams, rng: np.random.Generator) -> np.ndarray:
     solid = _union(vis["iris"], vis["lids"], vis["brows"], vis["glasses"], vis["mouth"] * 0.8)
     gx, gy = np.meshgrid(np.arange(s, dtype=np.float32), np.arange(s, dtype=np.float32))
     angle = _col(rng.uniform(0.6, 1.0, n))
-    hatch = (np.sin((gx[None] * angle + gy[None]) * 1.9) > 0.1).astype(np.float32)
+    cover = (np.sin((gx[None] * angle + gy[None]) * 1.9) > 0.1).astype(np.float32)
+    cover = {"lines": cover, "tone": np.full_like(cover, cover.mean()), "none": np.zeros_like(cover)}[hatch]
     hair = _union(vis["hair_back"], vis["hair_front"])
     dens = _col(np.choose(p.hair_color, [0.95, 0.75, 0.5, 0.8]).astype(np.float32))
     cheek = vis["face"] * np.clip((layers.fx - 0.05) * 3.0, 0.0, 1.0) * 0.35
     # Coloured pencil for hair (so its colour survives), graphite for everything else.
-    img = _over(img, layers.colors["hair_back"] * 0.9, hair * hatch * dens)
-    img = _over(img, _paint([0.45, 0.45, 0.45], n), cheek * hatch)
-    return _over(img, _paint([0.18, 0.18, 0.18], n), np.clip(lines * 0.9 + solid, 0.0, 1.0))
+    img = _over(img, layers.colors["hair_back"] * 0.9, hair * cover * dens)
+    img = _over(img, _paint([0.45, 0.45, 0.45], n), cheek * cover)
+    return _over(img, _paint([0.18, 0.18, 0.18], n), np.clip(lines * 0.9 * outlines + solid, 0.0, 1.0))
 
 
 def _style_watercolor(p: FaceParams, rng: np.random.Generator) -> np.ndarray:
