@@ -141,24 +141,40 @@ def train(
     text: bool = False,
     batch: int = 32,
     lr: float = 3e-4,
+    decay: tuple[int, int, float] | None = None,
+    ema: float = 0.0,
+    bf16: bool = False,
+    keep_every: int = 0,
 ) -> None:
     """Train (or resume) the denoiser on fresh toy renders until ``minutes`` have passed; saves every 50 steps.
 
     Noise levels are drawn from ``t_range``: a narrower band spends the steps where `adapt` samples t. With
     ``text`` each render is conditioned on its style's toy-CLIP text feature in a random toy template.
+    ``decay`` (first, last, final lr) lowers the step size linearly between two steps; ``ema`` > 0 keeps an
+    exponential moving average of the weights (started from the weights at resume when the file has none),
+    which `load_denoiser` then prefers; ``bf16`` runs the network under bf16 autocast; ``keep_every`` > 0
+    also keeps a copy ``<out>.<step>.pt`` every that many steps.
     """
     torch.manual_seed(0)
     features = style_text_features() if text else None
     model = Denoiser(text_dim=0 if features is None else features.shape[-1])
     opt = torch.optim.Adam(model.parameters(), lr)
-    step = 0
+    step, average = 0, None
     if out.exists():
         state = torch.load(out, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        if ema > 0:
+            average = state.get("ema", {k: v.clone() for k, v in state["model"].items()})
+    if ema > 0 and average is None:
+        average = {k: v.detach().clone() for k, v in model.state_dict().items()}
     deadline, losses = time.time() + minutes * 60, []
     while time.time() < deadline:
+        if decay is not None:
+            share = min(max((step - decay[0]) / (decay[1] - decay[0]), 0.0), 1.0)
+            for group in opt.param_groups:
+                group["lr"] = lr + share * (decay[2] - lr)
         rng = np.random.default_rng([step, 5])
         styles = rng.integers(0, len(R.STYLES), batch)
         faces = R.sample_params(batch, seed=step + 10_000)
@@ -174,28 +190,43 @@ def train(
         t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(batch, generator=g)
         noise = torch.randn(x0.shape, generator=g)
         ab = alpha_bar(t)[:, None, None, None]
-        loss = (model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y) - noise).pow(2).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            predicted = model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y)
+        loss = (predicted.float() - noise).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if average is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    average[k].lerp_(v, 1 - ema)
         step += 1
         losses.append(loss.item())
         if step % 50 == 0:
             print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
-            _save(out, model, opt, step)
-    _save(out, model, opt, step)
+            _save(out, model, opt, step, average)
+        if keep_every and step % keep_every == 0:
+            _save(out.with_suffix(f".{step}.pt"), model, opt, step, average)
+    _save(out, model, opt, step, average)
 
 
-def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+def _save(
+    out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, average: dict[str, torch.Tensor] | None
+) -> None:
     """Write the training state atomically (a temporary file, then a rename)."""
     tmp = out.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
+    if average is not None:
+        state["ema"] = average
+    torch.save(state, tmp)
     os.replace(tmp, out)
 
 
-def load_denoiser(path: str | os.PathLike) -> Denoiser:
-    """A trained prior (style-index or text-conditioned, told apart by its weights); tensors only, no code."""
-    state = torch.load(path, weights_only=True)["model"]
+def load_denoiser(path: str | os.PathLike, raw: bool = False) -> Denoiser:
+    """A trained prior (style-index or text-conditioned, told apart by its weights), its moving average of the
+    weights where the file has one and ``raw`` is false; tensors only, no code."""
+    saved = torch.load(path, weights_only=True)
+    state = saved["model"] if raw or "ema" not in saved else saved["ema"]
     model = Denoiser(text_dim=state["style.weight"].shape[1] if "style.bias" in state else 0)
     model.load_state_dict(state)
     return model
@@ -213,9 +244,11 @@ class DeltaDenoising:
         cfg: float,
         t_range: tuple[float, float],
         high_boost: float = 1.0,
+        fixed_noise: bool = False,
     ) -> None:
         self.model, self.cfg, self.t_range = model.eval().requires_grad_(False), cfg, t_range
         self.high_boost = high_boost  # the gradient's detail above a 1.5-pixel Gaussian, scaled by this
+        self.fixed_noise = fixed_noise  # one noise map for every image and iteration: the prior commits to it
         self.source: int | torch.Tensor
         self.target: int | torch.Tensor
         if isinstance(model.style, nn.Linear):  # a text-conditioned prior takes the prompts themselves
@@ -228,7 +261,10 @@ class DeltaDenoising:
         n = img_train.shape[0]
         lo, hi = self.t_range
         t = lo + (hi - lo) * torch.rand(n, generator=self.rng)
-        noise = torch.randn(img_train.shape, generator=self.rng)
+        if self.fixed_noise:
+            noise = torch.randn((1, *img_train.shape[1:]), generator=torch.Generator().manual_seed(1234))
+        else:
+            noise = torch.randn(img_train.shape, generator=self.rng)
         ab = alpha_bar(t)[:, None, None, None]
         with torch.no_grad():
             noised_train = ab.sqrt() * img_train.detach() + (1 - ab).sqrt() * noise
@@ -299,11 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--minutes", type=float, default=40.0)
     tr.add_argument("--t-range", type=float, nargs=2, default=(0.0, 1.0), help="band of noise levels to train on")
     tr.add_argument("--text", action="store_true", help="condition on toy-CLIP text features, not style indices")
+    tr.add_argument("--decay", nargs=3, type=float, metavar=("FIRST", "LAST", "LR"), help="lower the lr linearly")
+    tr.add_argument("--ema", type=float, default=0.0, help="keep a moving average of the weights (e.g. 0.999)")
+    tr.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
+    tr.add_argument("--keep-every", type=int, default=0, help="also keep <out>.<step>.pt every that many steps")
     ad = sub.add_parser("adapt", help="nada adapt with the delta denoising term")
     ad.add_argument("--denoiser", type=Path, required=True)
     ad.add_argument("--weight", type=float, default=0.1)
     ad.add_argument("--cfg", type=float, default=5.0)
     ad.add_argument("--t-range", type=float, nargs=2, default=(0.2, 0.7))
+    ad.add_argument("--fixed-noise", action="store_true", help="one noise map for every image and iteration")
+    ad.add_argument("--raw", action="store_true", help="the trained weights, not their moving average")
     ad.add_argument("--high-boost", type=float, default=1.0, help="scale the term's detail above 1.5 px by this")
     ad.add_argument("--source-style", default="photo", help="a toy style (a text-conditioned prior: any prompt)")
     ad.add_argument("--target-style", default="sketch", help="a toy style (a text-conditioned prior: any prompt)")
@@ -320,12 +362,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= lo < hi <= 1.0:
         parser.error(f"--t-range {lo:g} {hi:g} is not a band of noise levels: give 0 <= LOW < HIGH <= 1")
     if args.command == "train":
-        train(args.out, args.minutes, tuple(args.t_range), args.text)
+        decay = None if args.decay is None else (int(args.decay[0]), int(args.decay[1]), args.decay[2])
+        train(args.out, args.minutes, tuple(args.t_range), args.text, decay=decay, ema=args.ema, bf16=args.bf16,
+              keep_every=args.keep_every)
         return 0
     from nada.frontends.cli import main as nada_main
 
-    model = load_denoiser(args.denoiser)
-    term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range), args.high_boost)
+    model = load_denoiser(args.denoiser, raw=args.raw)
+    term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range), args.high_boost,
+                          args.fixed_noise)
     rest = [a for a in args.adapt_args if a != "--"]
     with with_direction_term(term, args.weight):
         return nada_main(["adapt", *rest])
