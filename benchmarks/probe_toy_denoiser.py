@@ -7,6 +7,7 @@ discriminative toy CLIPs lead it to washed-out photos (docs/toy_quality.md, "A d
     python benchmarks/probe_toy_denoiser.py adapt --denoiser runs/toy_denoiser.pt --weight 0.1 --cfg 5 \\
         -- --generator toy --source photo --target sketch --out runs/dds --iterations 150
     python benchmarks/probe_toy_denoiser.py strip --out strip.png runs/dds/generator.pt   # the docs' image rows
+    python benchmarks/probe_toy_denoiser.py translate --out tr.png runs/low.pt:0.35:5 runs/mid.pt:0.6:3  # DDIM passes
 
 `train` resumes from ``--out`` when it exists (one step = 32 fresh renders in random styles, 10 % of them
 unconditioned). `adapt` runs `nada adapt` with one more loss term, added to the directional term: for the
@@ -303,6 +304,42 @@ def with_direction_term(term: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 
 @torch.no_grad()
+def translate(
+    model: Denoiser, images: torch.Tensor, t0: float, style: int, cfg: float, steps: int = 10
+) -> torch.Tensor:
+    """Images [N, 3, H, W] in [-1, 1] noised to t0 (seeded noise) and denoised to t = 0 as ``style`` by a
+    deterministic DDIM pass of ``steps`` steps with guidance ``cfg``: what the prior makes of them."""
+    ab = alpha_bar(torch.tensor(t0))
+    x = ab.sqrt() * images + (1 - ab).sqrt() * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    times = torch.linspace(t0, 0.0, steps + 1)
+    for now, after in zip(times[:-1], times[1:]):
+        t = torch.full((len(x),), float(now))
+        eps = guided_eps(model, x, t, style, cfg)
+        ab_now, ab_after = alpha_bar(t)[:, None, None, None], alpha_bar(after)
+        clean = ((x - (1 - ab_now).sqrt() * eps) / ab_now.sqrt()).clamp(-1, 1)
+        x = ab_after.sqrt() * clean + (1 - ab_after).sqrt() * eps
+    return x
+
+
+@torch.no_grad()
+def save_translations(out: Path, passes: Sequence[tuple[str, float, float]], n: int = 6, style: str = "sketch") -> None:
+    """A PNG of n judged latents: the packaged toy generator's faces, one row per (prior, t0, cfg) of ``passes``
+    (`translate` of those faces into ``style``), and the true renders of the same faces in ``style``."""
+    from nada.generator.checkpoints import load_generator
+    from nada.toy.judge import true_renders
+    from nada.toy.quality import latents
+
+    toy = load_generator("toy").eval()
+    z = latents(toy, 128, 0)[:n]
+    faces = toy(z, noise_mode="const")
+    rows = [faces]
+    for path, t0, cfg in passes:
+        rows.append(translate(load_denoiser(path).eval(), faces, t0, R.STYLES.index(style), cfg))
+    rows.append(true_renders(z, style))
+    save_rows(out, rows)
+
+
+@torch.no_grad()
 def save_strip(out: Path, generators: Sequence[str], n: int = 6, style: str = "sketch") -> None:
     """A PNG of n judged latents (seed 0, stored noise), magnified three times: a row for the packaged toy generator,
     one per generator of ``generators`` (checkpoints or names), and the true renders of the same faces in ``style``."""
@@ -354,7 +391,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--out", type=Path, required=True)
     st.add_argument("--style", default="sketch")
     st.add_argument("generators", nargs="*")
+    tl = sub.add_parser("translate", help="rows of six judged faces, each prior's DDIM pass into a style, true renders")
+    tl.add_argument("--out", type=Path, required=True)
+    tl.add_argument("--style", default="sketch")
+    tl.add_argument("passes", nargs="+", metavar="PRIOR:T0:CFG", help="prior file:start t:cfg")
     args = parser.parse_args(argv)
+    if args.command == "translate":
+        passes = [(path, float(t0), float(cfg)) for path, t0, cfg in (spec.rsplit(":", 2) for spec in args.passes)]
+        save_translations(args.out, passes, style=args.style)
+        return 0
     if args.command == "strip":
         save_strip(args.out, args.generators, style=args.style)
         return 0
