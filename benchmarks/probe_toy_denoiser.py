@@ -249,7 +249,10 @@ class DeltaDenoising:
     ) -> None:
         self.model, self.cfg, self.t_range = model.eval().requires_grad_(False), cfg, t_range
         self.high_boost = high_boost  # the gradient's detail above a 1.5-pixel Gaussian, scaled by this
-        self.fixed_noise = fixed_noise  # one noise map for every image and iteration: the prior commits to it
+        self.fixed_noise: torch.Tensor | None = None
+        if fixed_noise:  # one noise map for every image and iteration, so the prior's hallucinated strokes stay put
+            size = (1, 3, R.IMAGE_SIZE, R.IMAGE_SIZE)
+            self.fixed_noise = torch.randn(size, generator=torch.Generator().manual_seed(1234))
         self.source: int | torch.Tensor
         self.target: int | torch.Tensor
         if isinstance(model.style, nn.Linear):  # a text-conditioned prior takes the prompts themselves
@@ -262,10 +265,7 @@ class DeltaDenoising:
         n = img_train.shape[0]
         lo, hi = self.t_range
         t = lo + (hi - lo) * torch.rand(n, generator=self.rng)
-        if self.fixed_noise:
-            noise = torch.randn((1, *img_train.shape[1:]), generator=torch.Generator().manual_seed(1234))
-        else:
-            noise = torch.randn(img_train.shape, generator=self.rng)
+        noise = torch.randn(img_train.shape, generator=self.rng) if self.fixed_noise is None else self.fixed_noise
         ab = alpha_bar(t)[:, None, None, None]
         with torch.no_grad():
             noised_train = ab.sqrt() * img_train.detach() + (1 - ab).sqrt() * noise
