@@ -166,9 +166,8 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
-        if ema > 0:
-            average = state.get("ema", {k: v.clone() for k, v in state["model"].items()})
-    if ema > 0 and average is None:
+        average = state.get("ema") if ema > 0 else None
+    if ema > 0 and average is None:  # no average in the file yet: start it from the weights as loaded
         average = {k: v.detach().clone() for k, v in model.state_dict().items()}
     deadline, losses = time.time() + minutes * 60, []
     while time.time() < deadline:
@@ -364,7 +363,8 @@ def save_rows(out: Path, rows: Sequence[torch.Tensor]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``train``, ``adapt`` (the arguments after ``--`` go to `nada adapt`) or ``strip``."""
+    """Command line: ``train``, ``adapt`` (the arguments after ``--`` go to `nada adapt`), ``strip`` or
+    ``translate``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train or resume the denoiser")

@@ -2,7 +2,7 @@
 
 `rank`: each of the recipe's guides' directional loss photo -> sketch (toy templates; 0 = along the text
 direction) on 32 judged latents (seed 0) for the true sketch renders and each NAME=GENERATOR.pt, on plain images
-and under the adaptation's 8 paired views with paired noise of standard deviation ``--noise`` (the recipe's 0.4;
+and under the recipe's paired views (8) with paired noise of standard deviation ``--noise`` (the recipe's 0.4;
 four draws, seeded). `path`: `toy`'s loss (plain / views) along the straight line in weight space from each
 generator of ``--start`` to ``--end`` (both fine-tuned from the packaged toy generator). docs/toy_quality.md,
 "The objective, not only the guide".
@@ -27,9 +27,11 @@ from nada.guidance.clip import load_clip
 from nada.toy import render as R
 from nada.toy.clips import register_toy_clips
 from nada.toy.judge import true_renders
+from nada.toy.plugin import TOY_RECIPE
 from nada.toy.quality import latents
 
-GUIDES = ("toy", "toy-robust", "toy-rn")  # the recipe's, nada.toy.plugin.TOY_RECIPE
+RECIPE = dict(TOY_RECIPE)
+GUIDES = tuple(spec.split(":")[0] for spec in RECIPE["clip"].split(","))  # the recipe's guides, unweighted
 
 
 def guide_loss(
@@ -39,7 +41,7 @@ def guide_loss(
     plain = float(losses.directional_loss(clip.encode_image(photo), clip.encode_image(img), direction))
     rng, seen = torch.Generator().manual_seed(0), []
     for _ in range(draws):
-        views = paired_views(len(photo), 8, rng, "cpu")
+        views = paired_views(len(photo), RECIPE["clip_views"], rng, "cpu")
         a, b = apply_views(photo, views), apply_views(img, views)
         if noise > 0:
             shared = paired_noise(a.shape, noise, rng, "cpu")
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rk = sub.add_parser("rank", help="each guide's loss for true sketches and NAME=GENERATOR.pt outputs")
-    rk.add_argument("--noise", type=float, default=0.4)
+    rk.add_argument("--noise", type=float, default=RECIPE["clip_noise"], help="the paired noise's std")
     rk.add_argument("generators", nargs="*")
     pa = sub.add_parser("path", help="toy's loss along straight lines in weight space")
     pa.add_argument("--end", required=True)
