@@ -164,6 +164,46 @@ def test_blend_term_is_drawn_only_when_asked_and_at_full_blend_is_the_pairs_dire
     assert not out.exists()
 
 
+def test_look_captions_name_only_changed_images_and_leave_the_other_data_as_it_was():
+    base = T.TrainConfig(faces=12, appearance_aug=0.5)
+    plain, named = (
+        T.make_batch(base, step=2),
+        T.make_batch(T.TrainConfig(faces=12, appearance_aug=0.5, look_captions=1.0), step=2),
+    )
+    assert torch.equal(plain.images, named.images) and plain.texts[24:] == named.texts[24:]
+    looks = named.truth[:, -1]
+    assert named.truth.shape == (24, len(T.FACT_KEYS) + 1) and np.array_equal(named.truth[:, :-1], plain.truth)
+    assert (looks > 0).any() and (looks == 0).any()
+    for i, (before, after) in enumerate(zip(plain.texts[:24], named.texts[:24])):
+        assert after == (f"{before}, {T.LOOKS[looks[i] - 1]}" if looks[i] else before)
+    pos = T.compatibility(named.truth, named.facts)
+    assert pos[:, :24].diagonal().all(), "an image's own caption must be true of it"
+    changed, unchanged = int(np.flatnonzero(looks > 0)[0]), np.flatnonzero(looks == 0)
+    assert not pos[unchanged, changed].any(), "a caption naming a look is not true of an unchanged image"
+
+
+def test_alignment_term_is_in_the_loss_only_when_asked_and_trains_the_image_tower():
+    cfg = T.TrainConfig(faces=8, align_weight=2.0)
+    plain_cfg = T.TrainConfig(faces=8)
+    batch, plain = T.make_batch(cfg, step=1), T.make_batch(plain_cfg, step=1)
+    assert plain.clean is None and torch.equal(plain.images, batch.images) and plain.texts == batch.texts
+    trainee = T.build_trainee(cfg)
+    terms = T.losses(trainee, T.tokenizer(), batch, cfg)
+    assert "align" not in T.losses(trainee, T.tokenizer(), batch, plain_cfg)
+    assert 0 < float(terms["align"]) < 2
+    # Its own gradient (through the double backward) reaches the image tower and lowers it.
+    tower = [p for p in trainee.clip.visual.parameters()]
+    d_txt = F.normalize(torch.randn(8, T.CLIP_CONFIG["embed_dim"], generator=torch.Generator().manual_seed(0)), dim=-1)
+    before = T.gradient_alignment_loss(trainee.clip, batch, d_txt)
+    grads = torch.autograd.grad(before, tower)
+    norm = torch.cat([g.flatten() for g in grads]).norm()
+    assert norm > 0
+    with torch.no_grad():
+        for p, g in zip(tower, grads):
+            p -= 1e-2 * g / norm
+    assert T.gradient_alignment_loss(trainee.clip, batch, d_txt) < before
+
+
 def test_multi_positive_loss_prefers_positives():
     positive = torch.tensor([[True, False, True], [False, True, False]])
     good = torch.tensor([[5.0, -5.0, 5.0], [-5.0, 5.0, -5.0]])

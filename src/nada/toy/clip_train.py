@@ -158,6 +158,17 @@ class TrainConfig:
     blend_weight: float = option(0.0, "weight of the direction term on partial blends of cross-style pairs; 0 = off")
     blend_min: float = option(0.1, "smallest blend share t of --blend-weight")
     blend_max: float = option(0.5, "largest blend share t of --blend-weight")
+    # Gradients that point at the style: for each pair of one face in two styles (a, b), the pixel gradient of
+    # unit(E(x)) . (text change) at x = a (plus noise of std up to align_noise, as an adaptation's --clip-noise
+    # shows it) should point along b - a. An adaptation's first step follows exactly that gradient, and a guide
+    # whose gradient is blind to where the strokes go leads the generator to a wash (docs/toy_quality.md,
+    # "Which way the guides point"). Costs a second backward pass through the image tower. 0 = off.
+    align_weight: float = option(0.0, "weight of the gradient-alignment term on cross-style pairs; 0 = off")
+    align_noise: float = option(0.4, "strongest noise added to the pairs' first images for --align-weight")
+    # Captions that say how an image was changed ("a photo of a face, washed out"): the guide gets words for
+    # the washes, greys and blurs that adaptations drift into, so a run can be told to avoid them
+    # (`nada adapt --avoid`). Share of the changed images whose caption names the change; 0 = off.
+    look_captions: float = option(0.0, "share of --appearance-aug images whose caption names the change; 0 = off")
     ckpt_every: int = option(100, "steps between state saves")
     eval_every: int = option(500, "steps between zero-shot checks")
     threads: int = option(1, "torch CPU threads")
@@ -313,6 +324,8 @@ class Batch:
     pair_key: np.ndarray  # [F] which fact key differs inside each pair (0 = style)
     attack_seed: int = 0  # random start of the embedding-stability attack
     blend_t: np.ndarray | None = None  # [F] blend share of each pair for the blend term (None when it is off)
+    clean: torch.Tensor | None = None  # the images before any augmentation, for the alignment term (None when off)
+    align_sigma: np.ndarray | None = None  # [F] noise std of each pair's first image for the alignment term
 
 
 def truth_table(params: R.FaceParams, styles: Sequence[str]) -> np.ndarray:
@@ -379,19 +392,41 @@ def make_batch(cfg: TrainConfig, step: int) -> Batch:
     facts = [facts_row(f) for f in parts]
     c_texts, c_facts, c_index = class_prompts(rng)
     offset = len(texts)
-    images = augment(filter_change(images, rng, cfg.filter_aug), rng, cfg.appearance_aug, cfg.appearance_max)
+    clean = images
+    filtered = filter_change(images, rng, cfg.filter_aug)
+    images, looks = augment_with_looks(filtered, rng, cfg.appearance_aug, cfg.appearance_max)
     images = colour_change(images, rng, cfg.colour_aug, cfg.colour_max)
+    truth, facts_table = truth_table(all_params, styles), np.array(facts + c_facts, np.int64)
+    if cfg.look_captions > 0:
+        texts, truth, facts_table = name_looks(texts, truth, facts_table, looks, cfg.look_captions, [cfg.seed, step, 3])
     return Batch(
         images=noise_change(images, rng, cfg.noise_aug, cfg.noise_max),
-        truth=truth_table(all_params, styles),
+        truth=truth,
         texts=texts + c_texts,
-        facts=np.array(facts + c_facts, np.int64),
+        facts=facts_table,
         class_text={k: np.array(v) + offset for k, v in c_index.items()},
         pair_key=pair_key,
         attack_seed=int(rng.integers(2**62)),
         # drawn last and only when enabled, so runs without it keep their data
         blend_t=rng.uniform(cfg.blend_min, cfg.blend_max, len(pair_key)) if cfg.blend_weight > 0 else None,
+        clean=clean if cfg.align_weight > 0 else None,
+        align_sigma=rng.uniform(0.0, cfg.align_noise, len(pair_key)) if cfg.align_weight > 0 else None,
     )
+
+
+def name_looks(
+    texts: list[str], truth: np.ndarray, facts: np.ndarray, looks: np.ndarray, share: float, seed: list[int]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Captions that name a share of the changed images' looks ("a photo of a face, washed out"), with a look
+    column added to the truth table [N, K + 1] (0 = unchanged) and to the captions' facts [T, K + 1] (-1 = not
+    stated; captions that name no look fit every look). A separate generator leaves the step's other data as it was.
+    """
+    rng = np.random.default_rng(seed)
+    named = (looks > 0) & (rng.random(len(looks)) < share)
+    texts = [f"{t}, {LOOKS[k - 1]}" if say else t for t, k, say in zip(texts, looks, named)]
+    stated = np.full(len(facts), -1, np.int64)
+    stated[: len(looks)] = np.where(named, looks, -1)
+    return texts, np.column_stack([truth, looks]), np.column_stack([facts, stated])
 
 
 @torch.no_grad()
@@ -460,10 +495,17 @@ def noise_change(img: torch.Tensor, rng: np.random.Generator, share: float, stro
     return img + torch.from_numpy(sigma).float().view(n, 1, 1, 1) * noise
 
 
-def appearance_change(img: torch.Tensor, rng: np.random.Generator, strongest: float = 0.8) -> torch.Tensor:
-    """Change the overall look of each image [N,3,64,64] in [-1,1] but not its style: wash out, desaturate or blur."""
+# The looks of `appearance_change`, in the order of its kinds; `--look-captions` names them in captions.
+LOOKS = ("washed out", "desaturated", "blurry")
+
+
+def appearance_change(
+    img: torch.Tensor, rng: np.random.Generator, strongest: float = 0.8, kind: np.ndarray | None = None
+) -> torch.Tensor:
+    """Change the overall look of each image [N,3,64,64] in [-1,1] but not its style: wash out, desaturate or blur
+    (``kind`` [N] indexes LOOKS; drawn from ``rng`` when not given)."""
     n = img.shape[0]
-    kind = rng.integers(3, size=n)
+    kind = rng.integers(3, size=n) if kind is None else kind
     grey = img.mean(1, keepdim=True).expand_as(img)
     amount = torch.from_numpy(rng.uniform(0.3, max(0.3, strongest), n)).float().view(n, 1, 1, 1)
     flat = torch.from_numpy(rng.uniform(0.4, 1.0, (n, 3))).float().view(n, 3, 1, 1)  # light, random tint
@@ -482,10 +524,21 @@ def augment(
 ) -> torch.Tensor:
     """Content-preserving changes of [N,3,64,64] in [-1,1]: blur, noise, brightness/contrast, and for a share
     `appearance_aug` of the images an `appearance_change`."""
+    return augment_with_looks(img, rng, appearance_aug, appearance_max)[0]
+
+
+def augment_with_looks(
+    img: torch.Tensor, rng: np.random.Generator, appearance_aug: float = 0.0, appearance_max: float = 0.8
+) -> tuple[torch.Tensor, np.ndarray]:
+    """`augment`, and each image's look [N]: 0 unchanged, k >= 1 given the appearance change LOOKS[k - 1]."""
     n = img.shape[0]
+    looks = np.zeros(n, np.int64)
     if appearance_aug > 0:  # drawn first and only when enabled, so runs without it keep their data
-        change = torch.from_numpy(rng.random(n) < appearance_aug).view(n, 1, 1, 1)
-        img = torch.where(change, appearance_change(img, rng, appearance_max), img)
+        picked = rng.random(n) < appearance_aug
+        change = torch.from_numpy(picked).view(n, 1, 1, 1)
+        kind = rng.integers(3, size=n)
+        img = torch.where(change, appearance_change(img, rng, appearance_max, kind), img)
+        looks = np.where(picked, kind + 1, 0)
     blur = torch.from_numpy(rng.random(n) < 0.25).view(n, 1, 1, 1)
     k = torch.tensor([1.0, 2.0, 1.0])
     kernel = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
@@ -495,7 +548,7 @@ def augment(
     noise = torch.from_numpy(rng.standard_normal(img.shape).astype(np.float32))
     gain = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float().view(n, 1, 1, 1)
     shift = torch.from_numpy(rng.uniform(-0.06, 0.06, n)).float().view(n, 1, 1, 1)
-    return (img * gain + shift + sigma * noise).clamp(-1, 1)
+    return (img * gain + shift + sigma * noise).clamp(-1, 1), looks
 
 
 # ---------------------------------------------------------------- loss
@@ -573,6 +626,9 @@ def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, t
     if cfg.blend_weight > 0:
         out["blend"] = blend_direction_loss(model, batch, fi[:n], d_txt)
         out["total"] = out["total"] + cfg.blend_weight * out["blend"]
+    if cfg.align_weight > 0:
+        out["align"] = gradient_alignment_loss(model, batch, d_txt.detach())
+        out["total"] = out["total"] + cfg.align_weight * out["align"]
     if cfg.adv_eps > 0:
         attacked = stability_attack(model, batch.images, cfg.adv_eps, cfg.adv_steps, batch.attack_seed, clean=fi)
         out["adv"] = (encode_images(model, attacked) - fi.detach()).pow(2).sum(-1).mean()
@@ -596,6 +652,30 @@ def blend_direction_loss(model: torch.nn.Module, batch: Batch, f_a: torch.Tensor
     f_blend = encode_images(model, a + t * (b - a))
     d_img = F.normalize(f_blend - f_a[cross], dim=-1)
     return (1 - (d_img * d_txt[cross]).sum(-1)).mean()
+
+
+def gradient_alignment_loss(model: torch.nn.Module, batch: Batch, d_txt: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cos(grad_x [unit(E(x)) . d], b - a) over the cross-style pairs (a, b) of ``batch``'s clean images.
+
+    x is a plus Gaussian noise of the pair's std (``batch.align_sigma``), images [F, 3, 64, 64] in [-1, 1];
+    ``d_txt`` [F, D] are the pairs' unit text changes. The gradient is taken with ``create_graph`` so that the
+    loss trains the image tower through it (double backward).
+    """
+    assert batch.clean is not None and batch.align_sigma is not None, "the batch was made without align_weight"
+    n = len(batch.pair_key)
+    cross = torch.from_numpy(np.flatnonzero(batch.pair_key == 0))
+    if not len(cross):
+        return d_txt.sum() * 0.0
+    a, b = batch.clean[cross], batch.clean[cross + n]
+    gen = torch.Generator().manual_seed(batch.attack_seed)
+    sigma = torch.from_numpy(batch.align_sigma).float()[cross].view(-1, 1, 1, 1)
+    x = (a + sigma * torch.randn(a.shape, generator=gen)).requires_grad_(True)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention has no double backward
+        score = (encode_images(model, x) * d_txt[cross]).sum()
+    (grad,) = torch.autograd.grad(score, x, create_graph=True)
+    return (1 - F.cosine_similarity(grad.flatten(1), (b - a).flatten(1), dim=1)).mean()
 
 
 # ---------------------------------------------------------------- evaluation
