@@ -165,6 +165,9 @@ class TrainConfig:
     # "Which way the guides point"). Costs a second backward pass through the image tower. 0 = off.
     align_weight: float = option(0.0, "weight of the gradient-alignment term on cross-style pairs; 0 = off")
     align_noise: float = option(0.4, "strongest noise added to the pairs' first images for --align-weight")
+    # "high": compare only what a Gaussian blur of sigma 3 px leaves out (outlines, strokes), where a guide's
+    # gradient is blind even when its low band follows the pair (docs/toy_quality.md).
+    align_band: str = option("whole", "band of the alignment term", choices=("whole", "high"))
     # Captions that say how an image was changed ("a photo of a face, washed out"): the guide gets words for
     # the washes, greys and blurs that adaptations drift into, so a run can be told to avoid them
     # (`nada adapt --avoid`). Share of the changed images whose caption names the change; 0 = off.
@@ -627,7 +630,7 @@ def losses(trainee: Trainee, tok, batch: Batch, cfg: TrainConfig) -> dict[str, t
         out["blend"] = blend_direction_loss(model, batch, fi[:n], d_txt)
         out["total"] = out["total"] + cfg.blend_weight * out["blend"]
     if cfg.align_weight > 0:
-        out["align"] = gradient_alignment_loss(model, batch, d_txt.detach())
+        out["align"] = gradient_alignment_loss(model, batch, d_txt.detach(), cfg.align_band)
         out["total"] = out["total"] + cfg.align_weight * out["align"]
     if cfg.adv_eps > 0:
         attacked = stability_attack(model, batch.images, cfg.adv_eps, cfg.adv_steps, batch.attack_seed, clean=fi)
@@ -654,8 +657,11 @@ def blend_direction_loss(model: torch.nn.Module, batch: Batch, f_a: torch.Tensor
     return (1 - (d_img * d_txt[cross]).sum(-1)).mean()
 
 
-def gradient_alignment_loss(model: torch.nn.Module, batch: Batch, d_txt: torch.Tensor) -> torch.Tensor:
-    """Mean 1 - cos(grad_x [unit(E(x)) . d], b - a) over the cross-style pairs (a, b) of ``batch``'s clean images.
+def gradient_alignment_loss(
+    model: torch.nn.Module, batch: Batch, d_txt: torch.Tensor, band: str = "whole"
+) -> torch.Tensor:
+    """Mean 1 - cos(grad_x [unit(E(x)) . d], b - a) over the cross-style pairs (a, b) of ``batch``'s clean images
+    (``band`` "high": of both, what a blur of sigma 3 px leaves out).
 
     x is a plus Gaussian noise of the pair's std (``batch.align_sigma``), images [F, 3, 64, 64] in [-1, 1];
     ``d_txt`` [F, D] are the pairs' unit text changes. The gradient is taken with ``create_graph`` so that the
@@ -675,7 +681,21 @@ def gradient_alignment_loss(model: torch.nn.Module, batch: Batch, d_txt: torch.T
     with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention has no double backward
         score = (encode_images(model, x) * d_txt[cross]).sum()
     (grad,) = torch.autograd.grad(score, x, create_graph=True)
-    return (1 - F.cosine_similarity(grad.flatten(1), (b - a).flatten(1), dim=1)).mean()
+    goal = b - a
+    if band == "high":
+        grad, goal = grad - gaussian_blur(grad, 3.0), goal - gaussian_blur(goal, 3.0)
+    return (1 - F.cosine_similarity(grad.flatten(1), goal.flatten(1), dim=1)).mean()
+
+
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images [N, C, H, W] (reflected borders, radius 3 sigma)."""
+    r = int(3 * sigma)
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = img.shape[1]
+    out = F.conv2d(F.pad(img, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 # ---------------------------------------------------------------- evaluation
