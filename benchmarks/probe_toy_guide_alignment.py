@@ -35,6 +35,7 @@ from nada.guidance import losses
 from nada.guidance.clip import load_clip
 from nada.toy import render as R
 from nada.toy.clips import register_toy_clips
+from nada.toy.filters import gaussian_blur
 from nada.toy.judge import true_renders
 from nada.toy.quality import latents
 
@@ -47,13 +48,7 @@ def guide(name: str) -> Any:
 
 def low_band(img: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
     """Gaussian blur of images [N, C, H, W] (reflected borders): the band a wash or tint changes."""
-    r = int(3 * sigma)
-    x = torch.arange(-r, r + 1, dtype=img.dtype)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    c = img.shape[1]
-    out = F.conv2d(F.pad(img, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return gaussian_blur(img, sigma, border="reflect")
 
 
 def objective(spec: str, frozen: torch.Tensor, img: torch.Tensor, target: torch.Tensor, draws: int) -> torch.Tensor:

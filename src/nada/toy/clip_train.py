@@ -683,19 +683,9 @@ def gradient_alignment_loss(
     (grad,) = torch.autograd.grad(score, x, create_graph=True)
     goal = b - a
     if band == "high":
-        grad, goal = grad - gaussian_blur(grad, 3.0), goal - gaussian_blur(goal, 3.0)
+        low = [toy_filters.gaussian_blur(t, 3.0, border="reflect") for t in (grad, goal)]
+        grad, goal = grad - low[0], goal - low[1]
     return (1 - F.cosine_similarity(grad.flatten(1), goal.flatten(1), dim=1)).mean()
-
-
-def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of images [N, C, H, W] (reflected borders, radius 3 sigma)."""
-    r = int(3 * sigma)
-    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    c = img.shape[1]
-    out = F.conv2d(F.pad(img, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 # ---------------------------------------------------------------- evaluation

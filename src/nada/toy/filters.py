@@ -47,15 +47,15 @@ def luma_gradients(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.conv2d(padded, k.view(1, 1, 3, 3)), F.conv2d(padded, k.t().contiguous().view(1, 1, 3, 3))
 
 
-def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [N, C, H, W] with ``sigma`` pixels (edges replicated)."""
+def gaussian_blur(img: torch.Tensor, sigma: float, border: str = "replicate") -> torch.Tensor:
+    """Separable Gaussian blur of [N, C, H, W] with ``sigma`` pixels (edges replicated, or ``border="reflect"``)."""
     r = max(1, int(round(3 * sigma)))
     x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
     k = torch.exp(-x.pow(2) / (2 * sigma**2))
     k = (k / k.sum()).repeat(img.shape[1], 1)
     c = img.shape[1]
-    img = F.conv2d(F.pad(img, (r, r, 0, 0), mode="replicate"), k.view(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(img, (0, 0, r, r), mode="replicate"), k.view(c, 1, -1, 1), groups=c)
+    img = F.conv2d(F.pad(img, (r, r, 0, 0), mode=border), k.view(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(img, (0, 0, r, r), mode=border), k.view(c, 1, -1, 1), groups=c)
 
 
 def grayscale(img: torch.Tensor, amount: float) -> torch.Tensor:
