@@ -202,6 +202,8 @@ def test_alignment_term_is_in_the_loss_only_when_asked_and_trains_the_image_towe
         for p, g in zip(tower, grads):
             p -= 1e-2 * g / norm
     assert T.gradient_alignment_loss(trainee.clip, batch, d_txt) < before
+    high = T.gradient_alignment_loss(trainee.clip, batch, d_txt, band="high")
+    assert 0 < float(high) < 2 and not torch.isclose(high, T.gradient_alignment_loss(trainee.clip, batch, d_txt))
 
 
 def test_multi_positive_loss_prefers_positives():

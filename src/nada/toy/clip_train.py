@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from nada.errors import NadaError
@@ -169,8 +170,8 @@ class TrainConfig:
     # gradient is blind even when its low band follows the pair (docs/toy_quality.md).
     align_band: str = option("whole", "band of the alignment term", choices=("whole", "high"))
     # Captions that say how an image was changed ("a photo of a face, washed out"): the guide gets words for
-    # the washes, greys and blurs that adaptations drift into, so a run can be told to avoid them
-    # (`nada adapt --avoid`). Share of the changed images whose caption names the change; 0 = off.
+    # the washes, greys and blurs that adaptations drift into, a direction an adaptation could be kept away from
+    # (docs/toy_quality.md, "Which way the guides point"). Share of the changed images whose caption names it; 0 = off.
     look_captions: float = option(0.0, "share of --appearance-aug images whose caption names the change; 0 = off")
     ckpt_every: int = option(100, "steps between state saves")
     eval_every: int = option(500, "steps between zero-shot checks")
@@ -676,8 +677,6 @@ def gradient_alignment_loss(
     gen = torch.Generator().manual_seed(batch.attack_seed)
     sigma = torch.from_numpy(batch.align_sigma).float()[cross].view(-1, 1, 1, 1)
     x = (a + sigma * torch.randn(a.shape, generator=gen)).requires_grad_(True)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention has no double backward
         score = (encode_images(model, x) * d_txt[cross]).sum()
     (grad,) = torch.autograd.grad(score, x, create_graph=True)
