@@ -12,7 +12,8 @@ one), each objective's descent direction is compared with the way to the goal, b
 
 An objective is ``GUIDE[+GUIDE...]@VIEWS@NOISE[@global]`` (a guide by name or folder): the directional term
 photo -> sketch (or the global term towards "sketch") of the guides, under VIEWS paired views and paired
-noise of std NOISE, as `nada adapt` computes them. ``mse`` is the supervised oracle's own objective, the
+noise of std NOISE, as `nada adapt` computes them; ``prior:PATH@T_LO@T_HI@GUIDANCE`` the denoising prior's term of
+`probe_toy_denoiser.py`. ``mse`` is the supervised oracle's own objective, the
 reference for how well a gradient can point. docs/toy_quality.md, "Which way the guides point".
 
     python benchmarks/probe_toy_guide_alignment.py --oracle oracle.pt --at toy mse toy@8@0.4 toy@8@0 toy-robust@8@0.4
@@ -55,6 +56,12 @@ def objective(spec: str, frozen: torch.Tensor, img: torch.Tensor, target: torch.
     """The objective named by ``spec`` for images ``img`` [N, 3, H, W] in [-1, 1] (frozen photos ``frozen``)."""
     if spec == "mse":
         return (img - target).square().mean()
+    if spec.startswith("prior:"):  # the denoising prior's term (probe_toy_denoiser.py): PATH@T_LO@T_HI@GUIDANCE
+        from probe_toy_denoiser import DeltaDenoising, load_denoiser
+
+        path, lo, hi, cfg = spec[len("prior:") :].split("@")
+        term = DeltaDenoising(load_denoiser(path), "photo", "sketch", float(cfg), (float(lo), float(hi)))
+        return sum(term(frozen, img) for _ in range(draws)) / draws
     parts = spec.split("@")
     names, views, noise = parts[0].split("+"), int(parts[1]), float(parts[2])
     total = img.new_zeros(())
