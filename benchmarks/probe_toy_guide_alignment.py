@@ -47,6 +47,14 @@ def guide(name: str) -> Any:
     return load_clip(name)
 
 
+@functools.cache
+def texts(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Guide ``name``'s direction photo -> sketch [1, D] and its "sketch" text features [T, D] (toy templates)."""
+    clip = guide(name)
+    direction = losses.text_direction(clip, "photo", "sketch", R.TEMPLATES)
+    return direction, losses.text_features(clip, "sketch", R.TEMPLATES)
+
+
 def low_band(img: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
     """Gaussian blur of images [N, C, H, W] (reflected borders): the band a wash or tint changes."""
     return gaussian_blur(img, sigma, border="reflect")
@@ -80,11 +88,10 @@ def objective(spec: str, frozen: torch.Tensor, img: torch.Tensor, target: torch.
             with torch.no_grad():
                 f_src = clip.encode_image(a)
             f_tgt = clip.encode_image(b)
+            direction, sketch = texts(name)
             if parts[3:] == ["global"]:
-                text = losses.text_features(clip, "sketch", R.TEMPLATES)
-                total = total + losses.global_loss(f_tgt, text, clip.logit_scale)
+                total = total + losses.global_loss(f_tgt, sketch, clip.logit_scale)
             else:
-                direction = losses.text_direction(clip, "photo", "sketch", R.TEMPLATES)
                 total = total + directional_term(f_src, f_tgt, direction, rest)
     return total / draws
 
@@ -111,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with torch.no_grad():
         frozen = frozen_g(z, noise_mode="const")
         truth = true_renders(z, "sketch")
-        to_oracle = {k: oracle.state_dict()[k] - v for k, v in current.state_dict().items() if v.is_floating_point()}
+        ends = oracle.state_dict()
+        to_oracle = {k: ends[k] - v for k, v in current.state_dict().items() if v.is_floating_point()}
     params = {k: p for k, p in current.named_parameters() if k in to_oracle}
     way = torch.cat([to_oracle[k].flatten() for k in params])
     print("objective                 pixels: whole / low / high   weights: gradient / sign")
@@ -121,11 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         img.retain_grad()
         objective(spec, frozen, img, truth, args.draws).backward()
         step, goal = -img.grad, truth - img.detach()
-        pixels = [per_image_cos(step, goal)]
-        pixels += [
-            per_image_cos(low_band(step), low_band(goal)),
-            per_image_cos(step - low_band(step), goal - low_band(goal)),
-        ]
+        step_low, goal_low = low_band(step), low_band(goal)
+        pixels = [per_image_cos(step, goal), per_image_cos(step_low, goal_low)]
+        pixels.append(per_image_cos(step - step_low, goal - goal_low))
         grad = torch.cat([(-p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params.values()])
         weights = [float(F.cosine_similarity(grad, way, dim=0)), float(F.cosine_similarity(grad.sign(), way, dim=0))]
         print(
