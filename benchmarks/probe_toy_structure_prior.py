@@ -1,0 +1,321 @@
+"""Probe: a toy-world denoiser conditioned on a style and on an image's outline map, as a guide that keeps the face.
+
+Not part of the package. The style-conditioned priors of `probe_toy_denoiser.py` draw outlines but know nothing of
+the face they are given beyond the noisy image, so they lose its features (docs/toy_quality.md, "The denoising
+prior re-judged"). This prior also sees the structure of the clean image it is to produce (`structure`: the
+gradient magnitude of the blurred luminance, normalised per image), which every style of the toy world shares;
+trained on unpaired renders of all six styles (never a photo and its sketch together), it is asked to draw the
+frozen face's structure in the target style.
+
+    python benchmarks/probe_toy_structure_prior.py train --out runs/structure_prior.pt --minutes 60 --bf16
+    python benchmarks/probe_toy_structure_prior.py translate --prior runs/structure_prior.pt --t0 0.6 --cfg 3 \\
+        --out runs/translated      # judged DDIM translations of the 128 judged faces (+ a PNG of six)
+    python benchmarks/probe_toy_structure_prior.py adapt --prior runs/structure_prior.pt --weight 0.02 --cfg 3 \\
+        -- --generator toy --source photo --target sketch --out runs/sp --iterations 300
+    python benchmarks/probe_toy_structure_prior.py fit --prior runs/structure_prior.pt --t0 0.6 --cfg 3 \\
+        --out runs/fit         # the generator fine-tuned on translations of its own faces (the oracle's procedure)
+
+`train` resumes from ``--out``. One step = 32 fresh renders in random styles; 10 % lose the style, another 10 %
+the structure. `adapt` adds the delta denoising term of `probe_toy_denoiser.py`, both sides conditioned on the
+frozen image's structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nada.toy import render as R  # noqa: E402
+from nada.toy.filters import gaussian_blur  # noqa: E402
+from probe_toy_denoiser import UNCONDITIONED, Denoiser, alpha_bar, save_rows, with_direction_term  # noqa: E402
+
+
+def structure(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Outline map [N, 1, H, W] in [-1, 1] of images [N, 3, H, W] in [-1, 1]: the luminance's gradient magnitude
+    after a Gaussian blur, divided by its per-image 98th percentile (so paper and photo alike reach 1)."""
+    lum = gaussian_blur(x.mean(1, keepdim=True), sigma, border="reflect")
+    gx = F.pad(lum[..., :, 2:] - lum[..., :, :-2], (1, 1, 0, 0), mode="replicate")
+    gy = F.pad(lum[..., 2:, :] - lum[..., :-2, :], (0, 0, 1, 1), mode="replicate")
+    g = (gx.pow(2) + gy.pow(2) + 1e-12).sqrt()
+    scale = g.flatten(1).quantile(0.98, dim=1).clamp_min(1e-3)[:, None, None, None]
+    return (g / scale).clamp(0, 1) * 2 - 1
+
+
+class StructurePrior(nn.Module):
+    """The probe's UNet with the outline map as a fourth input channel: noise of x_t [N, 3, 64, 64] at times t [N]
+    for style indices y [N] (UNCONDITIONED: none) and outline maps s [N, 1, 64, 64] (all -2: none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Denoiser()
+        self.net.inp = nn.Conv2d(4, self.net.inp.out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1] == 3 and s.shape[1] == 1 and x.shape[-2:] == s.shape[-2:], (x.shape, s.shape)
+        return self.net(torch.cat([x, s], 1), t, y)
+
+
+NO_STRUCTURE = -2.0  # outside the map's range [-1, 1]: "no outline map given"
+
+
+def guided_eps(
+    model: StructurePrior, x: torch.Tensor, t: torch.Tensor, style: int, s: torch.Tensor, cfg: float
+) -> torch.Tensor:
+    """Noise prediction [N, 3, H, W] guided towards ``style`` (weight ``cfg``), the outline maps s always given."""
+    n = x.shape[0]
+    y = torch.cat([torch.full((n,), style), torch.full((n,), UNCONDITIONED)])
+    cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), y, torch.cat([s, s])).chunk(2)
+    return uncond + cfg * (cond - uncond)
+
+
+def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4, bf16: bool = False) -> None:
+    """Train (or resume) the prior on fresh renders of every style until ``minutes`` have passed; saves every 50."""
+    torch.manual_seed(0)
+    model = StructurePrior()
+    opt = torch.optim.Adam(model.parameters(), lr)
+    step = 0
+    if out.exists():
+        state = torch.load(out, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    deadline, losses = time.time() + minutes * 60, []
+    while time.time() < deadline:
+        rng = np.random.default_rng([step, 7])
+        styles = rng.integers(0, len(R.STYLES), batch)
+        faces = R.sample_params(batch, seed=step + 20_000)
+        x0 = R.to_tensor(R.render_mixed(faces, [R.STYLES[i] for i in styles], step))
+        s = structure(x0)
+        drop = rng.random(batch)
+        y = torch.as_tensor(styles)
+        y[torch.as_tensor(drop < 0.1)] = UNCONDITIONED
+        s[torch.as_tensor((drop >= 0.1) & (drop < 0.2))] = NO_STRUCTURE
+        g = torch.Generator().manual_seed(step)
+        t = torch.rand(batch, generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        ab = alpha_bar(t)[:, None, None, None]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            predicted = model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y, s)
+        loss = (predicted.float() - noise).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 50 == 0:
+            print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
+            _save(out, model, opt, step)
+    _save(out, model, opt, step)
+
+
+def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    """Write the training state atomically (a temporary file, then a rename)."""
+    tmp = out.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, out)
+
+
+def load_prior(path: str | os.PathLike) -> StructurePrior:
+    """A trained structure prior from its training state (tensors only, no code), in eval mode and frozen."""
+    model = StructurePrior()
+    model.load_state_dict(torch.load(path, weights_only=True)["model"])
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def translate(
+    model: StructurePrior, images: torch.Tensor, t0: float, style: int, cfg: float, steps: int = 10, seed: int = 0
+) -> torch.Tensor:
+    """Images [N, 3, H, W] in [-1, 1] noised to t0 and redrawn as ``style`` by a deterministic DDIM pass, each
+    conditioned on its own outline map: [N, 3, H, W] in [-1, 1]."""
+    s = structure(images)
+    ab = alpha_bar(torch.tensor(t0))
+    x = ab.sqrt() * images + (1 - ab).sqrt() * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    times = torch.linspace(t0, 0.0, steps + 1)
+    for now, after in zip(times[:-1], times[1:]):
+        t = torch.full((len(x),), float(now))
+        eps = guided_eps(model, x, t, style, s, cfg)
+        ab_now, ab_after = alpha_bar(t)[:, None, None, None], alpha_bar(after)
+        clean = ((x - (1 - ab_now).sqrt() * eps) / ab_now.sqrt()).clamp(-1, 1)
+        x = ab_after.sqrt() * clean + (1 - ab_after).sqrt() * eps
+    return x.clamp(-1, 1)
+
+
+class StructureDelta:
+    """Delta denoising on paired images [N, 3, H, W] in [-1, 1], both sides conditioned on the frozen image's
+    outline map: its gradient on the trained images is eps(x_t | target, s) - eps(x0_t | source, s)."""
+
+    def __init__(
+        self, model: StructurePrior, source: str, target: str, cfg: float, t_range: tuple[float, float]
+    ) -> None:
+        self.model, self.cfg, self.t_range = model, cfg, t_range
+        self.source, self.target = R.STYLES.index(source), R.STYLES.index(target)
+        self.rng = torch.Generator().manual_seed(1234)
+
+    def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
+        n = img_train.shape[0]
+        lo, hi = self.t_range
+        t = lo + (hi - lo) * torch.rand(n, generator=self.rng)
+        noise = torch.randn(img_train.shape, generator=self.rng)
+        ab = alpha_bar(t)[:, None, None, None]
+        with torch.no_grad():
+            s = structure(img_frozen)
+            toward = guided_eps(
+                self.model, ab.sqrt() * img_train.detach() + (1 - ab).sqrt() * noise, t, self.target, s, self.cfg
+            )
+            away = guided_eps(self.model, ab.sqrt() * img_frozen + (1 - ab).sqrt() * noise, t, self.source, s, self.cfg)
+        # A surrogate whose gradient is that push, scaled to a per-pixel mean (x1000: the CLIP terms' order).
+        return ((toward - away) * img_train).sum() / img_train.numel() * 1000
+
+
+@torch.no_grad()
+def translate_judged(prior: Path, out: Path, t0: float, cfg: float, style: str, steps: int, n: int = 128) -> dict:
+    """Translate the n judged faces of the packaged toy generator into ``style``; save them (targets.pt: latents and
+    images), a PNG of six (faces, translations, true renders) and the judge's verdict (verdict.json)."""
+    from nada.generator.checkpoints import load_generator
+    from nada.toy.judge import true_renders
+    from nada.toy.quality import latents
+
+    toy = load_generator("toy").eval()
+    z = latents(toy, n, 0)
+    faces = toy(z, noise_mode="const")
+    model = load_prior(prior)
+    images = torch.cat(
+        [translate(model, faces[i : i + 32], t0, R.STYLES.index(style), cfg, steps, seed=i) for i in range(0, n, 32)]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"z": z, "images": images}, out / "targets.pt")
+    save_rows(out / "six.png", [faces[:6], images[:6], true_renders(z[:6], style)])
+    verdict = judge_images(images, faces, z, style)
+    (out / "verdict.json").write_text(json.dumps(verdict, indent=1))
+    return verdict
+
+
+@torch.no_grad()
+def judge_images(images: torch.Tensor, faces: torch.Tensor, z: torch.Tensor, style: str) -> dict:
+    """The strict judge on images [N, 3, 64, 64] made from the toy generator's faces of latents z: style rate, none,
+    content kept, diversity (as for an adaptation) and the stroke distance to the true renders of ``style``."""
+    from nada.toy.evaluator import load_evaluator
+    from nada.toy.judge import paired_fidelity
+    from nada.toy.quality import quality_from_images
+
+    evaluator = load_evaluator()
+    report = quality_from_images(evaluator, faces, images, style)
+    fid = paired_fidelity(faces, images, z, style)
+    return {
+        "target_rate": report.target_rate,
+        "none": report.reject_rate,
+        "content": report.content_kept,
+        "per_key": report.content_per_key,
+        "diversity": report.diversity_ratio,
+        "stroke": fid["adapted"]["stroke"],
+        "stroke_unadapted": fid["unadapted"]["stroke"],
+        "stroke_best_filter": fid["best_filter"]["stroke"],
+    }
+
+
+def fit(
+    prior: Path, out: Path, t0: float, cfg: float, style: str, steps: int, iterations: int, lr: float, seed: int = 1
+) -> dict:
+    """The oracle's procedure (`bench_toy_guidance.py --oracle`: MSE, Adam, batch 2, all but the mapping network)
+    with the prior's translations of the frozen generator's own faces as targets in place of the true renders;
+    judged on the 128 judged latents (the training latents are drawn from ``seed``, never those)."""
+    import copy
+
+    from nada.config import AdaptConfig
+    from nada.generator.checkpoints import load_generator
+    from nada.toy.quality import latents, render_pairs
+
+    d, model = AdaptConfig(), load_prior(prior)
+    G0 = load_generator("toy").eval().requires_grad_(False)
+    G = copy.deepcopy(G0).train().requires_grad_(True)
+    opt = torch.optim.Adam(
+        [p for n, p in G.named_parameters() if not n.startswith("style.")], lr=lr, betas=(d.beta1, d.beta2)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(iterations):
+        z = torch.randn(2, G.style_dim, generator=gen)
+        with torch.no_grad():
+            target = translate(model, G0(z, noise_mode="const"), t0, R.STYLES.index(style), cfg, steps, seed=step)
+        loss = (G(z, noise_mode="const") - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            print(f"step {step + 1} loss {loss.item():.4f}", flush=True)
+    G.eval().requires_grad_(False)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(G.state_dict(), out / "generator.pt")
+    faces, images = render_pairs(G0, G, 128)
+    verdict = judge_images(images, faces, latents(G0, 128, 0), style)
+    (out / "verdict.json").write_text(json.dumps(verdict, indent=1))
+    from nada.toy.judge import true_renders
+
+    save_rows(out / "six.png", [faces[:6], images[:6], true_renders(latents(G0, 128, 0)[:6], style)])
+    return verdict
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``train``, ``translate``, ``adapt`` (arguments after ``--`` go to `nada adapt`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train or resume the prior")
+    tr.add_argument("--out", type=Path, required=True)
+    tr.add_argument("--minutes", type=float, default=60.0)
+    tr.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
+    tl = sub.add_parser("translate", help="judged DDIM translations of the judged faces")
+    tl.add_argument("--prior", type=Path, required=True)
+    tl.add_argument("--out", type=Path, required=True)
+    tl.add_argument("--t0", type=float, default=0.6)
+    tl.add_argument("--cfg", type=float, default=3.0)
+    tl.add_argument("--steps", type=int, default=10)
+    tl.add_argument("--style", default="sketch")
+    ad = sub.add_parser("adapt", help="nada adapt with the structure-conditioned delta denoising term")
+    ad.add_argument("--prior", type=Path, required=True)
+    ad.add_argument("--weight", type=float, default=0.02)
+    ad.add_argument("--cfg", type=float, default=3.0)
+    ad.add_argument("--t-range", type=float, nargs=2, default=(0.2, 0.7))
+    ad.add_argument("--source-style", default="photo")
+    ad.add_argument("--target-style", default="sketch")
+    ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
+    ft = sub.add_parser("fit", help="fine-tune the generator on the prior's translations of its own faces")
+    ft.add_argument("--prior", type=Path, required=True)
+    ft.add_argument("--out", type=Path, required=True)
+    ft.add_argument("--t0", type=float, default=0.6)
+    ft.add_argument("--cfg", type=float, default=3.0)
+    ft.add_argument("--steps", type=int, default=10)
+    ft.add_argument("--iterations", type=int, default=300)
+    ft.add_argument("--lr", type=float, default=0.005)
+    ft.add_argument("--style", default="sketch")
+    args = parser.parse_args(argv)
+    if args.command == "fit":
+        print(
+            json.dumps(fit(args.prior, args.out, args.t0, args.cfg, args.style, args.steps, args.iterations, args.lr))
+        )
+        return 0
+    if args.command == "train":
+        train(args.out, args.minutes, bf16=args.bf16)
+        return 0
+    if args.command == "translate":
+        print(json.dumps(translate_judged(args.prior, args.out, args.t0, args.cfg, args.style, args.steps)))
+        return 0
+    from nada.frontends.cli import main as nada_main
+
+    term = StructureDelta(load_prior(args.prior), args.source_style, args.target_style, args.cfg, tuple(args.t_range))
+    with with_direction_term(term, args.weight):
+        return nada_main(["adapt", *[a for a in args.adapt_args if a != "--"]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
