@@ -261,22 +261,36 @@ class DeltaDenoising:
         self.rng = torch.Generator().manual_seed(1234)
 
     def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
-        n = img_train.shape[0]
-        lo, hi = self.t_range
-        t = lo + (hi - lo) * torch.rand(n, generator=self.rng)
-        noise = torch.randn(img_train.shape, generator=self.rng) if self.fixed_noise is None else self.fixed_noise
-        ab = alpha_bar(t)[:, None, None, None]
+        t, noised_train, noised_frozen = noised_pair(img_frozen, img_train, self.t_range, self.rng, self.fixed_noise)
         with torch.no_grad():
-            noised_train = ab.sqrt() * img_train.detach() + (1 - ab).sqrt() * noise
-            noised_frozen = ab.sqrt() * img_frozen + (1 - ab).sqrt() * noise
             toward = guided_eps(self.model, noised_train, t, self.target, self.cfg)
             away = guided_eps(self.model, noised_frozen, t, self.source, self.cfg)
             push = toward - away
             if self.high_boost != 1.0:
                 low = gaussian_blur(push, 1.5)
                 push = low + self.high_boost * (push - low)
-        # A surrogate whose gradient is that push, scaled to a per-pixel mean (x1000: the CLIP terms' order).
-        return (push * img_train).sum() / img_train.numel() * 1000
+        return surrogate(push, img_train)
+
+
+def noised_pair(
+    img_frozen: torch.Tensor,
+    img_train: torch.Tensor,
+    t_range: tuple[float, float],
+    rng: torch.Generator,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Times t [N] drawn from ``t_range`` and both image batches [N, 3, H, W] noised to them with the same noise
+    (drawn from ``rng`` unless given), detached: (t, noised trained images, noised frozen images)."""
+    lo, hi = t_range
+    t = lo + (hi - lo) * torch.rand(img_train.shape[0], generator=rng)
+    noise = torch.randn(img_train.shape, generator=rng) if noise is None else noise
+    ab = alpha_bar(t)[:, None, None, None]
+    return t, ab.sqrt() * img_train.detach() + (1 - ab).sqrt() * noise, ab.sqrt() * img_frozen + (1 - ab).sqrt() * noise
+
+
+def surrogate(push: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
+    """A scalar whose gradient on img_train is ``push`` scaled to a per-pixel mean (x1000: the CLIP terms' order)."""
+    return (push * img_train).sum() / img_train.numel() * 1000
 
 
 @contextmanager

@@ -38,7 +38,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nada.toy import render as R  # noqa: E402
 from nada.toy.filters import gaussian_blur  # noqa: E402
-from probe_toy_denoiser import UNCONDITIONED, Denoiser, alpha_bar, save_rows, with_direction_term  # noqa: E402
+from probe_toy_denoiser import (  # noqa: E402
+    UNCONDITIONED,
+    Denoiser,
+    alpha_bar,
+    noised_pair,
+    save_rows,
+    surrogate,
+    with_direction_term,
+)
 
 
 def structure(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
@@ -164,19 +172,12 @@ class StructureDelta:
         self.rng = torch.Generator().manual_seed(1234)
 
     def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
-        n = img_train.shape[0]
-        lo, hi = self.t_range
-        t = lo + (hi - lo) * torch.rand(n, generator=self.rng)
-        noise = torch.randn(img_train.shape, generator=self.rng)
-        ab = alpha_bar(t)[:, None, None, None]
+        t, noised_train, noised_frozen = noised_pair(img_frozen, img_train, self.t_range, self.rng)
         with torch.no_grad():
             s = structure(img_frozen)
-            toward = guided_eps(
-                self.model, ab.sqrt() * img_train.detach() + (1 - ab).sqrt() * noise, t, self.target, s, self.cfg
-            )
-            away = guided_eps(self.model, ab.sqrt() * img_frozen + (1 - ab).sqrt() * noise, t, self.source, s, self.cfg)
-        # A surrogate whose gradient is that push, scaled to a per-pixel mean (x1000: the CLIP terms' order).
-        return ((toward - away) * img_train).sum() / img_train.numel() * 1000
+            toward = guided_eps(self.model, noised_train, t, self.target, s, self.cfg)
+            away = guided_eps(self.model, noised_frozen, t, self.source, s, self.cfg)
+        return surrogate(toward - away, img_train)
 
 
 @torch.no_grad()
@@ -266,21 +267,26 @@ def fit(
     return verdict
 
 
+def _pass_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of a DDIM pass through the prior (``translate`` and ``fit``)."""
+    parser.add_argument("--prior", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--t0", type=float, default=0.6, help="the noise level the faces are taken to")
+    parser.add_argument("--cfg", type=float, default=3.0, help="guidance towards the style")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps from t0 to 0")
+    parser.add_argument("--style", default="sketch")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``train``, ``translate``, ``adapt`` (arguments after ``--`` go to `nada adapt`)."""
+    """Command line: ``train``, ``translate``, ``adapt`` (arguments after ``--`` go to `nada adapt`) or ``fit``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train or resume the prior")
     tr.add_argument("--out", type=Path, required=True)
     tr.add_argument("--minutes", type=float, default=60.0)
     tr.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
-    tl = sub.add_parser("translate", help="judged DDIM translations of the judged faces")
-    tl.add_argument("--prior", type=Path, required=True)
-    tl.add_argument("--out", type=Path, required=True)
-    tl.add_argument("--t0", type=float, default=0.6)
-    tl.add_argument("--cfg", type=float, default=3.0)
-    tl.add_argument("--steps", type=int, default=10)
-    tl.add_argument("--style", default="sketch")
+    _pass_arguments(sub.add_parser("translate", help="judged DDIM translations of the judged faces"))
     ad = sub.add_parser("adapt", help="nada adapt with the structure-conditioned delta denoising term")
     ad.add_argument("--prior", type=Path, required=True)
     ad.add_argument("--weight", type=float, default=0.02)
@@ -289,15 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ad.add_argument("--source-style", default="photo")
     ad.add_argument("--target-style", default="sketch")
     ad.add_argument("adapt_args", nargs=argparse.REMAINDER)
-    ft = sub.add_parser("fit", help="fine-tune the generator on the prior's translations of its own faces")
-    ft.add_argument("--prior", type=Path, required=True)
-    ft.add_argument("--out", type=Path, required=True)
-    ft.add_argument("--t0", type=float, default=0.6)
-    ft.add_argument("--cfg", type=float, default=3.0)
-    ft.add_argument("--steps", type=int, default=10)
+    ft = _pass_arguments(sub.add_parser("fit", help="fine-tune the generator on the prior's passes over its faces"))
     ft.add_argument("--iterations", type=int, default=300)
     ft.add_argument("--lr", type=float, default=0.005)
-    ft.add_argument("--style", default="sketch")
     args = parser.parse_args(argv)
     if args.command == "fit":
         print(
