@@ -322,15 +322,28 @@ def translate(
 ) -> torch.Tensor:
     """Images [N, 3, H, W] in [-1, 1] noised to t0 (seeded noise) and denoised to t = 0 as ``style`` by a
     deterministic DDIM pass of ``steps`` steps with guidance ``cfg``: what the prior makes of them."""
+    return ddim_pass(images, t0, steps, lambda x, t: guided_eps(model, x, t, style, cfg))
+
+
+@torch.no_grad()
+def ddim_pass(
+    images: torch.Tensor,
+    t0: float,
+    steps: int,
+    eps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    seed: int = 0,
+) -> torch.Tensor:
+    """Images [N, 3, H, W] in [-1, 1] noised to t0 (noise seeded by ``seed``) and denoised to t = 0 by ``steps``
+    deterministic DDIM steps of the noise prediction eps(x_t, t): [N, 3, H, W], near [-1, 1]."""
     ab = alpha_bar(torch.tensor(t0))
-    x = ab.sqrt() * images + (1 - ab).sqrt() * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    x = ab.sqrt() * images + (1 - ab).sqrt() * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     times = torch.linspace(t0, 0.0, steps + 1)
     for now, after in zip(times[:-1], times[1:]):
         t = torch.full((len(x),), float(now))
-        eps = guided_eps(model, x, t, style, cfg)
+        predicted = eps(x, t)
         ab_now, ab_after = alpha_bar(t)[:, None, None, None], alpha_bar(after)
-        clean = ((x - (1 - ab_now).sqrt() * eps) / ab_now.sqrt()).clamp(-1, 1)
-        x = ab_after.sqrt() * clean + (1 - ab_after).sqrt() * eps
+        clean = ((x - (1 - ab_now).sqrt() * predicted) / ab_now.sqrt()).clamp(-1, 1)
+        x = ab_after.sqrt() * clean + (1 - ab_after).sqrt() * predicted
     return x
 
 

@@ -42,6 +42,7 @@ from probe_toy_denoiser import (  # noqa: E402
     UNCONDITIONED,
     Denoiser,
     alpha_bar,
+    ddim_pass,
     noised_pair,
     save_rows,
     surrogate,
@@ -148,15 +149,7 @@ def translate(
     """Images [N, 3, H, W] in [-1, 1] noised to t0 and redrawn as ``style`` by a deterministic DDIM pass, each
     conditioned on its own outline map: [N, 3, H, W] in [-1, 1]."""
     s = structure(images)
-    ab = alpha_bar(torch.tensor(t0))
-    x = ab.sqrt() * images + (1 - ab).sqrt() * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-    times = torch.linspace(t0, 0.0, steps + 1)
-    for now, after in zip(times[:-1], times[1:]):
-        t = torch.full((len(x),), float(now))
-        eps = guided_eps(model, x, t, style, s, cfg)
-        ab_now, ab_after = alpha_bar(t)[:, None, None, None], alpha_bar(after)
-        clean = ((x - (1 - ab_now).sqrt() * eps) / ab_now.sqrt()).clamp(-1, 1)
-        x = ab_after.sqrt() * clean + (1 - ab_after).sqrt() * eps
+    x = ddim_pass(images, t0, steps, lambda x, t: guided_eps(model, x, t, style, s, cfg), seed)
     return x.clamp(-1, 1)
 
 
