@@ -26,6 +26,7 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -63,10 +64,17 @@ def style_rate(evaluator, images: torch.Tensor, style: str) -> float:
 
 
 def oracle_finetune(
-    G_frozen, z_eval: torch.Tensor, style: str, steps: int, lr: float, batch: int = 2, seed: int = 1
+    G_frozen,
+    z_eval: torch.Tensor,
+    style: str,
+    steps: int,
+    lr: float,
+    batch: int = 2,
+    seed: int = 1,
+    targets: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> torch.nn.Module:
     """G_frozen's copy trained to draw the true ``style`` renders of its latents (MSE, Adam as in adaptation);
-    ``seed`` draws the training latents."""
+    ``seed`` draws the training latents. ``targets(z, step)`` [N, 3, H, W], when given, replaces the true renders."""
     from nada.config import AdaptConfig
 
     d = AdaptConfig()
@@ -77,7 +85,8 @@ def oracle_finetune(
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         z = torch.randn(batch, G.style_dim, generator=gen)
-        loss = (G(z, noise_mode="const") - true_renders(z, style, seed=step)).pow(2).mean()
+        target = true_renders(z, style, seed=step) if targets is None else targets(z, step)
+        loss = (G(z, noise_mode="const") - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

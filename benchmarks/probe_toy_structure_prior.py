@@ -222,41 +222,29 @@ def judge_images(images: torch.Tensor, faces: torch.Tensor, z: torch.Tensor, sty
 def fit(
     prior: Path, out: Path, t0: float, cfg: float, style: str, steps: int, iterations: int, lr: float, seed: int = 1
 ) -> dict:
-    """The oracle's procedure (`bench_toy_guidance.py --oracle`: MSE, Adam, batch 2, all but the mapping network)
-    with the prior's translations of the frozen generator's own faces as targets in place of the true renders;
-    judged on the 128 judged latents (the training latents are drawn from ``seed``, never those)."""
-    import copy
-
-    from nada.config import AdaptConfig
+    """The oracle's procedure (`bench_toy_guidance.oracle_finetune`) with the prior's translations of the frozen
+    generator's own faces as targets in place of the true renders; judged on the 128 judged latents (the training
+    latents are drawn from ``seed``, never those)."""
+    from bench_toy_guidance import oracle_finetune
     from nada.generator.checkpoints import load_generator
+    from nada.toy.judge import true_renders
     from nada.toy.quality import latents, render_pairs
 
-    d, model = AdaptConfig(), load_prior(prior)
+    model = load_prior(prior)
     G0 = load_generator("toy").eval().requires_grad_(False)
-    G = copy.deepcopy(G0).train().requires_grad_(True)
-    opt = torch.optim.Adam(
-        [p for n, p in G.named_parameters() if not n.startswith("style.")], lr=lr, betas=(d.beta1, d.beta2)
-    )
-    gen = torch.Generator().manual_seed(seed)
-    for step in range(iterations):
-        z = torch.randn(2, G.style_dim, generator=gen)
+
+    def targets(z: torch.Tensor, step: int) -> torch.Tensor:
         with torch.no_grad():
-            target = translate(model, G0(z, noise_mode="const"), t0, R.STYLES.index(style), cfg, steps, seed=step)
-        loss = (G(z, noise_mode="const") - target).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            print(f"step {step + 1} loss {loss.item():.4f}", flush=True)
-    G.eval().requires_grad_(False)
+            return translate(model, G0(z, noise_mode="const"), t0, R.STYLES.index(style), cfg, steps, seed=step)
+
+    z = latents(G0, 128, 0)
+    G = oracle_finetune(G0, z, style, iterations, lr, seed=seed, targets=targets)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(G.state_dict(), out / "generator.pt")
     faces, images = render_pairs(G0, G, 128)
-    verdict = judge_images(images, faces, latents(G0, 128, 0), style)
+    verdict = judge_images(images, faces, z, style)
     (out / "verdict.json").write_text(json.dumps(verdict, indent=1))
-    from nada.toy.judge import true_renders
-
-    save_rows(out / "six.png", [faces[:6], images[:6], true_renders(latents(G0, 128, 0)[:6], style)])
+    save_rows(out / "six.png", [faces[:6], images[:6], true_renders(z[:6], style)])
     return verdict
 
 
