@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,18 +61,48 @@ def structure(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     return (g / scale).clamp(0, 1) * 2 - 1
 
 
+# Channels of each kind of map: "outline" is `structure`, "parts" the face's part groups (`R.part_maps`), which the
+# renderer knows for training images and `PartAnnotator` reads from any image.
+MAP_CHANNELS = {"outline": 1, "parts": len(R.PART_GROUPS)}
+
+
 class StructurePrior(nn.Module):
-    """The probe's UNet with the outline map as a fourth input channel: noise of x_t [N, 3, 64, 64] at times t [N]
-    for style indices y [N] (UNCONDITIONED: none) and outline maps s [N, 1, 64, 64] (all -2: none)."""
+    """The probe's UNet with the map as extra input channels: noise of x_t [N, 3, 64, 64] at times t [N] for style
+    indices y [N] (UNCONDITIONED: none) and maps s [N, C, 64, 64] in [-1, 1] (all -2: none)."""
+
+    def __init__(self, map_channels: int = 1) -> None:
+        super().__init__()
+        self.net = Denoiser()
+        self.net.inp = nn.Conv2d(3 + map_channels, self.net.inp.out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        expected = self.net.inp.in_channels - 3
+        assert x.shape[1] == 3 and s.shape[1] == expected and x.shape[-2:] == s.shape[-2:], (x.shape, s.shape)
+        return self.net(torch.cat([x, s], 1), t, y)
+
+
+class PartAnnotator(nn.Module):
+    """Part-group maps [N, C, 64, 64] in [-1, 1] of images [N, 3, 64, 64] in [-1, 1] of any style: the probe's UNet at
+    t = 0 with one output channel per group (a segmentation network, as edge and pose detectors are to real priors)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = Denoiser()
-        self.net.inp = nn.Conv2d(4, self.net.inp.out_channels, 3, padding=1)
+        width = self.net.out[-1].in_channels
+        self.net.out[-1] = nn.Conv2d(width, MAP_CHANNELS["parts"], 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        assert x.shape[1] == 3 and s.shape[1] == 1 and x.shape[-2:] == s.shape[-2:], (x.shape, s.shape)
-        return self.net(torch.cat([x, s], 1), t, y)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-group coverage logits [N, C, H, W] of images [N, 3, H, W] in [-1, 1]."""
+        n = x.shape[0]
+        return self.net(x, torch.zeros(n), torch.full((n,), UNCONDITIONED))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x)) * 2 - 1
+
+
+def true_maps(kind: str, images: torch.Tensor, faces: R.FaceParams) -> torch.Tensor:
+    """Training maps [N, C, 64, 64] in [-1, 1]: the outline map of the images, or the renderer's part groups."""
+    return structure(images) if kind == "outline" else torch.from_numpy(R.part_maps(faces)) * 2 - 1
 
 
 NO_STRUCTURE = -2.0  # outside the map's range [-1, 1]: "no outline map given"
@@ -88,24 +118,19 @@ def guided_eps(
     return uncond + cfg * (cond - uncond)
 
 
-def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4, bf16: bool = False) -> None:
+def train(
+    out: Path, minutes: float, batch: int = 32, lr: float = 3e-4, bf16: bool = False, map_kind: str = "outline"
+) -> None:
     """Train (or resume) the prior on fresh renders of every style until ``minutes`` have passed; saves every 50."""
     torch.manual_seed(0)
-    model = StructurePrior()
-    opt = torch.optim.Adam(model.parameters(), lr)
-    step = 0
-    if out.exists():
-        state = torch.load(out, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-    deadline, losses = time.time() + minutes * 60, []
-    while time.time() < deadline:
+    model = StructurePrior(MAP_CHANNELS[map_kind])
+
+    def loss_at(step: int) -> torch.Tensor:
         rng = np.random.default_rng([step, 7])
         styles = rng.integers(0, len(R.STYLES), batch)
         faces = R.sample_params(batch, seed=step + 20_000)
         x0 = R.to_tensor(R.render_mixed(faces, [R.STYLES[i] for i in styles], step))
-        s = structure(x0)
+        s = true_maps(map_kind, x0, faces)
         drop = rng.random(batch)
         y = torch.as_tensor(styles)
         y[torch.as_tensor(drop < 0.1)] = UNCONDITIONED
@@ -116,7 +141,41 @@ def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4, bf16: bo
         ab = alpha_bar(t)[:, None, None, None]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             predicted = model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y, s)
-        loss = (predicted.float() - noise).pow(2).mean()
+        return (predicted.float() - noise).pow(2).mean()
+
+    _optimise(out, model, lr, minutes, map_kind, loss_at)
+
+
+def train_annotator(out: Path, minutes: float, batch: int = 32, lr: float = 1e-3) -> None:
+    """Train (or resume) the part annotator on fresh renders of every style (binary cross-entropy against the
+    renderer's part groups) until ``minutes`` have passed; saves every 50 steps."""
+    torch.manual_seed(0)
+    model = PartAnnotator()
+
+    def loss_at(step: int) -> torch.Tensor:
+        styles = np.random.default_rng([step, 11]).integers(0, len(R.STYLES), batch)
+        faces = R.sample_params(batch, seed=step + 40_000)
+        x = R.to_tensor(R.render_mixed(faces, [R.STYLES[i] for i in styles], step))
+        return F.binary_cross_entropy_with_logits(model.logits(x), torch.from_numpy(R.part_maps(faces)))
+
+    _optimise(out, model, lr, minutes, "parts", loss_at)
+
+
+def _optimise(
+    out: Path, model: nn.Module, lr: float, minutes: float, map_kind: str, loss_at: Callable[[int], torch.Tensor]
+) -> None:
+    """Adam on ``loss_at(step)``, resumed from ``out`` when it exists, until ``minutes`` have passed; saves every 50."""
+    opt = torch.optim.Adam(model.parameters(), lr)
+    step = 0
+    if out.exists():
+        state = torch.load(out, weights_only=True)
+        assert state.get("map", "outline") == map_kind, f"{out} holds a model of {state.get('map', 'outline')} maps"
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    deadline, losses = time.time() + minutes * 60, []
+    while time.time() < deadline:
+        loss = loss_at(step)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -124,57 +183,85 @@ def train(out: Path, minutes: float, batch: int = 32, lr: float = 3e-4, bf16: bo
         losses.append(loss.item())
         if step % 50 == 0:
             print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
-            _save(out, model, opt, step)
-    _save(out, model, opt, step)
+            _save(out, model, opt, step, map_kind)
+    _save(out, model, opt, step, map_kind)
 
 
-def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, map_kind: str) -> None:
     """Write the training state atomically (a temporary file, then a rename)."""
     tmp = out.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "map": map_kind}, tmp)
     os.replace(tmp, out)
 
 
 def load_prior(path: str | os.PathLike) -> StructurePrior:
     """A trained structure prior from its training state (tensors only, no code), in eval mode and frozen."""
-    model = StructurePrior()
-    model.load_state_dict(torch.load(path, weights_only=True)["model"])
+    state = torch.load(path, weights_only=True)
+    model = StructurePrior(MAP_CHANNELS[state.get("map", "outline")])
+    model.load_state_dict(state["model"])
+    return model.eval().requires_grad_(False)
+
+
+def map_reader(prior: str | os.PathLike, annotator: str | os.PathLike | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map a prior was trained on, read from images [N, 3, 64, 64] in [-1, 1]: `structure`, or the annotator's
+    part groups (``annotator`` required then)."""
+    if torch.load(prior, weights_only=True).get("map", "outline") == "outline":
+        return structure
+    if annotator is None:
+        raise SystemExit(f"{prior} is conditioned on part maps: pass --annotator PATH (train-annotator makes one)")
+    model = PartAnnotator()
+    model.load_state_dict(torch.load(annotator, weights_only=True)["model"])
     return model.eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def translate(
-    model: StructurePrior, images: torch.Tensor, t0: float, style: int, cfg: float, steps: int = 10, seed: int = 0
+    model: StructurePrior,
+    images: torch.Tensor,
+    t0: float,
+    style: int,
+    cfg: float,
+    steps: int = 10,
+    seed: int = 0,
+    read_map: Callable[[torch.Tensor], torch.Tensor] = structure,
 ) -> torch.Tensor:
     """Images [N, 3, H, W] in [-1, 1] noised to t0 and redrawn as ``style`` by a deterministic DDIM pass, each
-    conditioned on its own outline map: [N, 3, H, W] in [-1, 1]."""
-    s = structure(images)
+    conditioned on its own map (``read_map``, the one the prior was trained on): [N, 3, H, W] in [-1, 1]."""
+    s = read_map(images)
     x = ddim_pass(images, t0, steps, lambda x, t: guided_eps(model, x, t, style, s, cfg), seed)
     return x.clamp(-1, 1)
 
 
 class StructureDelta:
     """Delta denoising on paired images [N, 3, H, W] in [-1, 1], both sides conditioned on the frozen image's
-    outline map: its gradient on the trained images is eps(x_t | target, s) - eps(x0_t | source, s)."""
+    map: its gradient on the trained images is eps(x_t | target, s) - eps(x0_t | source, s)."""
 
     def __init__(
-        self, model: StructurePrior, source: str, target: str, cfg: float, t_range: tuple[float, float]
+        self,
+        model: StructurePrior,
+        source: str,
+        target: str,
+        cfg: float,
+        t_range: tuple[float, float],
+        read_map: Callable[[torch.Tensor], torch.Tensor] = structure,
     ) -> None:
-        self.model, self.cfg, self.t_range = model, cfg, t_range
+        self.model, self.cfg, self.t_range, self.read_map = model, cfg, t_range, read_map
         self.source, self.target = R.STYLES.index(source), R.STYLES.index(target)
         self.rng = torch.Generator().manual_seed(1234)
 
     def __call__(self, img_frozen: torch.Tensor, img_train: torch.Tensor) -> torch.Tensor:
         t, noised_train, noised_frozen = noised_pair(img_frozen, img_train, self.t_range, self.rng)
         with torch.no_grad():
-            s = structure(img_frozen)
+            s = self.read_map(img_frozen)
             toward = guided_eps(self.model, noised_train, t, self.target, s, self.cfg)
             away = guided_eps(self.model, noised_frozen, t, self.source, s, self.cfg)
         return surrogate(toward - away, img_train)
 
 
 @torch.no_grad()
-def translate_judged(prior: Path, out: Path, t0: float, cfg: float, style: str, steps: int, n: int = 128) -> dict:
+def translate_judged(
+    prior: Path, out: Path, t0: float, cfg: float, style: str, steps: int, annotator: Path | None = None, n: int = 128
+) -> dict:
     """Translate the n judged faces of the packaged toy generator into ``style``; save them (targets.pt: latents and
     images), a PNG of six (faces, translations, true renders) and the judge's verdict (verdict.json)."""
     from nada.generator.checkpoints import load_generator
@@ -184,9 +271,10 @@ def translate_judged(prior: Path, out: Path, t0: float, cfg: float, style: str, 
     toy = load_generator("toy").eval()
     z = latents(toy, n, 0)
     faces = toy(z, noise_mode="const")
-    model = load_prior(prior)
+    model, read_map = load_prior(prior), map_reader(prior, annotator)
+    index = R.STYLES.index(style)
     images = torch.cat(
-        [translate(model, faces[i : i + 32], t0, R.STYLES.index(style), cfg, steps, seed=i) for i in range(0, n, 32)]
+        [translate(model, faces[i : i + 32], t0, index, cfg, steps, i, read_map) for i in range(0, n, 32)]
     )
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"z": z, "images": images}, out / "targets.pt")
@@ -220,7 +308,16 @@ def judge_images(images: torch.Tensor, faces: torch.Tensor, z: torch.Tensor, sty
 
 
 def fit(
-    prior: Path, out: Path, t0: float, cfg: float, style: str, steps: int, iterations: int, lr: float, seed: int = 1
+    prior: Path,
+    out: Path,
+    t0: float,
+    cfg: float,
+    style: str,
+    steps: int,
+    iterations: int,
+    lr: float,
+    annotator: Path | None = None,
+    seed: int = 1,
 ) -> dict:
     """The oracle's procedure (`bench_toy_guidance.oracle_finetune`) with the prior's translations of the frozen
     generator's own faces as targets in place of the true renders; judged on the 128 judged latents (the training
@@ -230,12 +327,13 @@ def fit(
     from nada.toy.judge import true_renders
     from nada.toy.quality import latents, render_pairs
 
-    model = load_prior(prior)
+    model, read_map = load_prior(prior), map_reader(prior, annotator)
     G0 = load_generator("toy").eval().requires_grad_(False)
 
     def targets(z: torch.Tensor, step: int) -> torch.Tensor:
         with torch.no_grad():
-            return translate(model, G0(z, noise_mode="const"), t0, R.STYLES.index(style), cfg, steps, seed=step)
+            faces = G0(z, noise_mode="const")
+            return translate(model, faces, t0, R.STYLES.index(style), cfg, steps, step, read_map)
 
     z = latents(G0, 128, 0)
     G = oracle_finetune(G0, z, style, iterations, lr, seed=seed, targets=targets)
@@ -256,6 +354,7 @@ def _pass_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cfg", type=float, default=3.0, help="guidance towards the style")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps from t0 to 0")
     parser.add_argument("--style", default="sketch")
+    parser.add_argument("--annotator", type=Path, help="the part annotator (priors conditioned on part maps)")
     return parser
 
 
@@ -267,9 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--out", type=Path, required=True)
     tr.add_argument("--minutes", type=float, default=60.0)
     tr.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
+    tr.add_argument("--map", choices=sorted(MAP_CHANNELS), default="outline", help="what the prior is conditioned on")
+    an = sub.add_parser("train-annotator", help="train or resume the part annotator")
+    an.add_argument("--out", type=Path, required=True)
+    an.add_argument("--minutes", type=float, default=10.0)
     _pass_arguments(sub.add_parser("translate", help="judged DDIM translations of the judged faces"))
     ad = sub.add_parser("adapt", help="nada adapt with the structure-conditioned delta denoising term")
     ad.add_argument("--prior", type=Path, required=True)
+    ad.add_argument("--annotator", type=Path, help="the part annotator (priors conditioned on part maps)")
     ad.add_argument("--weight", type=float, default=0.02)
     ad.add_argument("--cfg", type=float, default=3.0)
     ad.add_argument("--t-range", type=float, nargs=2, default=(0.2, 0.7))
@@ -280,20 +384,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ft.add_argument("--iterations", type=int, default=300)
     ft.add_argument("--lr", type=float, default=0.005)
     args = parser.parse_args(argv)
-    if args.command == "fit":
-        print(
-            json.dumps(fit(args.prior, args.out, args.t0, args.cfg, args.style, args.steps, args.iterations, args.lr))
-        )
-        return 0
     if args.command == "train":
-        train(args.out, args.minutes, bf16=args.bf16)
+        train(args.out, args.minutes, bf16=args.bf16, map_kind=args.map)
         return 0
-    if args.command == "translate":
-        print(json.dumps(translate_judged(args.prior, args.out, args.t0, args.cfg, args.style, args.steps)))
+    if args.command == "train-annotator":
+        train_annotator(args.out, args.minutes)
+        return 0
+    if args.command in ("translate", "fit"):
+        passes = (args.prior, args.out, args.t0, args.cfg, args.style, args.steps)
+        if args.command == "fit":
+            print(json.dumps(fit(*passes, args.iterations, args.lr, args.annotator)))
+        else:
+            print(json.dumps(translate_judged(*passes, args.annotator)))
         return 0
     from nada.frontends.cli import main as nada_main
 
-    term = StructureDelta(load_prior(args.prior), args.source_style, args.target_style, args.cfg, tuple(args.t_range))
+    read_map = map_reader(args.prior, args.annotator)
+    model, styles = load_prior(args.prior), (args.source_style, args.target_style)
+    term = StructureDelta(model, *styles, args.cfg, tuple(args.t_range), read_map)
     with with_direction_term(term, args.weight):
         return nada_main(["adapt", *[a for a in args.adapt_args if a != "--"]])
 

@@ -149,3 +149,22 @@ def test_sketch_parts_can_be_taken_away_with_the_same_texture():
     # The tone keeps the hatching's mean ink but not its lines.
     assert np.abs(tone - true).mean() > 0.01 > abs(float(tone.mean() - true.mean()))
     assert none.mean() > tone.mean() and bare.mean() > true.mean()
+
+
+def test_part_maps_segment_the_photo_by_part_group():
+    faces = R.with_attributes(R.sample_params(4, seed=5), glasses="no")
+    with_glasses = R.with_attributes(faces, glasses="yes")
+    maps, maps_glasses = R.part_maps(faces), R.part_maps(with_glasses)
+    assert maps.shape == (4, len(R.PART_GROUPS), 64, 64) and maps.dtype == np.float32
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    glasses = list(R.PART_GROUPS).index("glasses")
+    assert maps[:, glasses].max() == 0.0 and (maps_glasses[:, glasses].sum((1, 2)) > 20).all()
+    # Visible coverage: the opaque groups never overlap by more than anti-aliasing, and the person covers the middle.
+    opaque = np.delete(maps, glasses, axis=1).sum(1)
+    assert opaque.max() <= 1.0 + 1e-5 and (opaque[:, 24:40, 24:40] > 0.99).all()
+    # The photo's pixels follow the map: inside the hair group a black-haired face is darker than inside its skin.
+    black = R.with_attributes(faces, hair_color="black")
+    grey, dark = R.render(black, "photo").astype(np.float32).mean(-1), R.part_maps(black)
+    hair, skin = list(R.PART_GROUPS).index("hair"), list(R.PART_GROUPS).index("skin")
+    for i in range(4):
+        assert grey[i][dark[i, hair] > 0.99].mean() < grey[i][dark[i, skin] > 0.99].mean() - 40

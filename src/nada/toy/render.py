@@ -765,6 +765,29 @@ def outline_mask(params: FaceParams) -> np.ndarray:
     )
 
 
+# Part groups of `part_maps`, one channel each: what a segmentation of a face into its regions would name.
+PART_GROUPS: dict[str, tuple[str, ...]] = {
+    "hair": ("hair_back", "hair_front"),
+    "skin": ("neck", "ears", "face"),
+    "eye_white": ("eye_white",),
+    "eye_dark": ("iris", "lids", "brows"),
+    "mouth": ("mouth", "teeth"),
+    "glasses": ("glasses", "lens"),
+    "shirt": ("shirt",),
+}
+
+
+def part_maps(params: FaceParams) -> np.ndarray:
+    """Visible coverage float32 [N, len(PART_GROUPS), 64, 64] in [0, 1] of each part group, photo-aligned; the same
+    for every style of a face (a segmentation, no colour or texture)."""
+    out = np.empty((len(params), len(PART_GROUPS), IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    for start in range(0, len(params), _CHUNK):
+        visible = _visible(_face_layers(params.subset(slice(start, start + _CHUNK))))
+        for i, names in enumerate(PART_GROUPS.values()):
+            out[start : start + _CHUNK, i] = np.clip(sum(visible[k] for k in names), 0.0, 1.0)
+    return out
+
+
 def to_tensor(images: np.ndarray, device: "torch.device | str" = "cpu") -> "torch.Tensor":
     """uint8 [N, 64, 64, 3] -> float32 [N, 3, 64, 64] in [-1, 1]."""
 
