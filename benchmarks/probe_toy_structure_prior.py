@@ -68,17 +68,27 @@ MAP_CHANNELS = {"outline": 1, "parts": len(R.PART_GROUPS)}
 
 class StructurePrior(nn.Module):
     """The probe's UNet with the map as extra input channels: noise of x_t [N, 3, 64, 64] at times t [N] for style
-    indices y [N] (UNCONDITIONED: none) and maps s [N, C, 64, 64] in [-1, 1] (all -2: none)."""
+    indices y [N] (UNCONDITIONED: none) and maps s [N, C, 64, 64] in [-1, 1] (all -2: none). With ``predicts="x0"``
+    the network estimates the clean image, and the noise is derived from it (the same sampler and delta term)."""
 
-    def __init__(self, map_channels: int = 1) -> None:
+    def __init__(self, map_channels: int = 1, predicts: str = "eps") -> None:
         super().__init__()
-        self.net = Denoiser()
+        assert predicts in ("eps", "x0"), predicts
+        self.net, self.predicts = Denoiser(), predicts
         self.net.inp = nn.Conv2d(3 + map_channels, self.net.inp.out_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def raw(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The network's own estimate [N, 3, H, W]: the noise, or the clean image when ``predicts`` is "x0"."""
         expected = self.net.inp.in_channels - 3
         assert x.shape[1] == 3 and s.shape[1] == expected and x.shape[-2:] == s.shape[-2:], (x.shape, s.shape)
         return self.net(torch.cat([x, s], 1), t, y)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        out = self.raw(x, t, y, s)
+        if self.predicts == "eps":
+            return out
+        ab = alpha_bar(t)[:, None, None, None]
+        return (x - ab.sqrt() * out) / (1 - ab).sqrt()
 
 
 class PartAnnotator(nn.Module):
@@ -119,11 +129,19 @@ def guided_eps(
 
 
 def train(
-    out: Path, minutes: float, batch: int = 32, lr: float = 3e-4, bf16: bool = False, map_kind: str = "outline"
+    out: Path,
+    minutes: float,
+    batch: int = 32,
+    lr: float = 3e-4,
+    bf16: bool = False,
+    map_kind: str = "outline",
+    predicts: str = "eps",
+    t_range: tuple[float, float] = (0.0, 1.0),
 ) -> None:
-    """Train (or resume) the prior on fresh renders of every style until ``minutes`` have passed; saves every 50."""
+    """Train (or resume) the prior on fresh renders of every style until ``minutes`` have passed; saves every 50.
+    Times are drawn from ``t_range``; the loss is the mean squared error of what the network ``predicts``."""
     torch.manual_seed(0)
-    model = StructurePrior(MAP_CHANNELS[map_kind])
+    model = StructurePrior(MAP_CHANNELS[map_kind], predicts)
 
     def loss_at(step: int) -> torch.Tensor:
         rng = np.random.default_rng([step, 7])
@@ -136,14 +154,14 @@ def train(
         y[torch.as_tensor(drop < 0.1)] = UNCONDITIONED
         s[torch.as_tensor((drop >= 0.1) & (drop < 0.2))] = NO_STRUCTURE
         g = torch.Generator().manual_seed(step)
-        t = torch.rand(batch, generator=g)
+        t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(batch, generator=g)
         noise = torch.randn(x0.shape, generator=g)
         ab = alpha_bar(t)[:, None, None, None]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            predicted = model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y, s)
-        return (predicted.float() - noise).pow(2).mean()
+            predicted = model.raw(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y, s)
+        return (predicted.float() - (noise if predicts == "eps" else x0)).pow(2).mean()
 
-    _optimise(out, model, lr, minutes, map_kind, loss_at)
+    _optimise(out, model, lr, minutes, map_kind, loss_at, predicts)
 
 
 def train_annotator(out: Path, minutes: float, batch: int = 32, lr: float = 1e-3) -> None:
@@ -162,7 +180,13 @@ def train_annotator(out: Path, minutes: float, batch: int = 32, lr: float = 1e-3
 
 
 def _optimise(
-    out: Path, model: nn.Module, lr: float, minutes: float, map_kind: str, loss_at: Callable[[int], torch.Tensor]
+    out: Path,
+    model: nn.Module,
+    lr: float,
+    minutes: float,
+    map_kind: str,
+    loss_at: Callable[[int], torch.Tensor],
+    predicts: str = "",
 ) -> None:
     """Adam on ``loss_at(step)``, resumed from ``out`` when it exists, until ``minutes`` have passed; saves every 50."""
     opt = torch.optim.Adam(model.parameters(), lr)
@@ -170,6 +194,7 @@ def _optimise(
     if out.exists():
         state = torch.load(out, weights_only=True)
         assert state.get("map", "outline") == map_kind, f"{out} holds a model of {state.get('map', 'outline')} maps"
+        assert state.get("predicts", "eps" if predicts else "") == predicts, f"{out} predicts something else"
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
@@ -183,21 +208,22 @@ def _optimise(
         losses.append(loss.item())
         if step % 50 == 0:
             print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
-            _save(out, model, opt, step, map_kind)
-    _save(out, model, opt, step, map_kind)
+            _save(out, model, opt, step, map_kind, predicts)
+    _save(out, model, opt, step, map_kind, predicts)
 
 
-def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, map_kind: str) -> None:
+def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, map_kind: str, predicts: str) -> None:
     """Write the training state atomically (a temporary file, then a rename)."""
     tmp = out.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "map": map_kind}, tmp)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "map": map_kind}
+    torch.save({**state, "predicts": predicts} if predicts else state, tmp)
     os.replace(tmp, out)
 
 
 def load_prior(path: str | os.PathLike) -> StructurePrior:
     """A trained structure prior from its training state (tensors only, no code), in eval mode and frozen."""
     state = torch.load(path, weights_only=True)
-    model = StructurePrior(MAP_CHANNELS[state.get("map", "outline")])
+    model = StructurePrior(MAP_CHANNELS[state.get("map", "outline")], state.get("predicts", "eps"))
     model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False)
 
@@ -367,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--minutes", type=float, default=60.0)
     tr.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
     tr.add_argument("--map", choices=sorted(MAP_CHANNELS), default="outline", help="what the prior is conditioned on")
+    tr.add_argument("--predicts", choices=("eps", "x0"), default="eps", help="the network's estimate: noise or image")
+    tr.add_argument("--t-range", type=float, nargs=2, default=(0.0, 1.0), help="the noise levels it is trained on")
     an = sub.add_parser("train-annotator", help="train or resume the part annotator")
     an.add_argument("--out", type=Path, required=True)
     an.add_argument("--minutes", type=float, default=10.0)
@@ -385,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ft.add_argument("--lr", type=float, default=0.005)
     args = parser.parse_args(argv)
     if args.command == "train":
-        train(args.out, args.minutes, bf16=args.bf16, map_kind=args.map)
+        train(args.out, args.minutes, bf16=args.bf16, map_kind=args.map, predicts=args.predicts, t_range=args.t_range)
         return 0
     if args.command == "train-annotator":
         train_annotator(args.out, args.minutes)
