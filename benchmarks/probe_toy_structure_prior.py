@@ -1,23 +1,27 @@
-"""Probe: a toy-world denoiser conditioned on a style and on an image's outline map, as a guide that keeps the face.
+"""Probe: a toy-world denoiser conditioned on a style and on a map of the face, as a guide that keeps the face.
 
 Not part of the package. The style-conditioned priors of `probe_toy_denoiser.py` draw outlines but know nothing of
 the face they are given beyond the noisy image, so they lose its features (docs/toy_quality.md, "The denoising
-prior re-judged"). This prior also sees the structure of the clean image it is to produce (`structure`: the
-gradient magnitude of the blurred luminance, normalised per image), which every style of the toy world shares;
-trained on unpaired renders of all six styles (never a photo and its sketch together), it is asked to draw the
-frozen face's structure in the target style.
+prior re-judged"). This prior also sees a map of the clean image it is to produce, which every style of the toy
+world shares: ``outline`` (`structure`: the gradient magnitude of the blurred luminance, normalised per image) or
+``parts`` (the face's part groups: the renderer's for training images, `PartAnnotator`'s reading of any other
+image, as edge or segmentation detectors condition real image priors). Trained on unpaired renders of all six
+styles (never a photo and its sketch together), it is asked to draw the frozen face's map in the target style.
 
-    python benchmarks/probe_toy_structure_prior.py train --out runs/structure_prior.pt --minutes 60 --bf16
-    python benchmarks/probe_toy_structure_prior.py translate --prior runs/structure_prior.pt --t0 0.6 --cfg 3 \\
-        --out runs/translated      # judged DDIM translations of the 128 judged faces (+ a PNG of six)
-    python benchmarks/probe_toy_structure_prior.py adapt --prior runs/structure_prior.pt --weight 0.02 --cfg 3 \\
+    python benchmarks/probe_toy_structure_prior.py train-annotator --out runs/annotator.pt --minutes 30
+    python benchmarks/probe_toy_structure_prior.py train --out runs/parts_prior.pt --map parts --predicts x0 \
+        --t-range 0.2 0.9 --minutes 60 --bf16
+    python benchmarks/probe_toy_structure_prior.py translate --prior runs/parts_prior.pt --annotator runs/annotator.pt \
+        --t0 0.7 --cfg 1.5 --steps 5 --out runs/translated   # judged passes of the 128 judged faces (+ a PNG of six)
+    python benchmarks/probe_toy_structure_prior.py fit --prior runs/parts_prior.pt --annotator runs/annotator.pt \
+        --t0 0.7 --cfg 1.5 --steps 5 --out runs/fit   # the generator fine-tuned on passes of its own faces
+    python benchmarks/probe_toy_structure_prior.py adapt --prior runs/structure_prior.pt --weight 0.02 --cfg 3 \
         -- --generator toy --source photo --target sketch --out runs/sp --iterations 300
-    python benchmarks/probe_toy_structure_prior.py fit --prior runs/structure_prior.pt --t0 0.6 --cfg 3 \\
-        --out runs/fit         # the generator fine-tuned on translations of its own faces (the oracle's procedure)
 
-`train` resumes from ``--out``. One step = 32 fresh renders in random styles; 10 % lose the style, another 10 %
-the structure. `adapt` adds the delta denoising term of `probe_toy_denoiser.py`, both sides conditioned on the
-frozen image's structure.
+`train` and `train-annotator` resume from ``--out``. One step = 32 fresh renders in random styles; 10 % lose the
+style, another 10 % the map. ``--predicts x0`` trains the network to estimate the clean image (the sampler and the
+delta term use the noise derived from it). `adapt` adds the delta denoising term of `probe_toy_denoiser.py`, both
+sides conditioned on the frozen image's map.
 """
 
 from __future__ import annotations
