@@ -415,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ft = _pass_arguments(sub.add_parser("fit", help="fine-tune the generator on the prior's passes over its faces"))
     ft.add_argument("--iterations", type=int, default=300)
     ft.add_argument("--lr", type=float, default=0.005)
+    ft.add_argument("--seed", type=int, default=1, help="seed of the training latents and batches (never the judged)")
     args = parser.parse_args(argv)
     if args.command == "train":
         train(args.out, args.minutes, bf16=args.bf16, map_kind=args.map, predicts=args.predicts, t_range=args.t_range)
@@ -425,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("translate", "fit"):
         passes = (args.prior, args.out, args.t0, args.cfg, args.style, args.steps)
         if args.command == "fit":
-            print(json.dumps(fit(*passes, args.iterations, args.lr, args.annotator)))
+            print(json.dumps(fit(*passes, args.iterations, args.lr, args.annotator, args.seed)))
         else:
             print(json.dumps(translate_judged(*passes, args.annotator)))
         return 0
