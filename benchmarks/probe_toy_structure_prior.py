@@ -123,13 +123,21 @@ NO_STRUCTURE = -2.0  # outside the map's range [-1, 1]: "no outline map given"
 
 
 def guided_eps(
-    model: StructurePrior, x: torch.Tensor, t: torch.Tensor, style: int, s: torch.Tensor, cfg: float
+    model: StructurePrior,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    style: int,
+    s: torch.Tensor,
+    cfg: float,
+    luma_only: bool = False,
 ) -> torch.Tensor:
-    """Noise prediction [N, 3, H, W] guided towards ``style`` (weight ``cfg``), the outline maps s always given."""
+    """Noise prediction [N, 3, H, W] guided towards ``style`` (weight ``cfg``), the maps s always given; with
+    ``luma_only`` the guidance moves the channel mean alone and the colour follows the conditional prediction."""
     n = x.shape[0]
     y = torch.cat([torch.full((n,), style), torch.full((n,), UNCONDITIONED)])
     cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), y, torch.cat([s, s])).chunk(2)
-    return uncond + cfg * (cond - uncond)
+    guided = uncond + cfg * (cond - uncond)
+    return guided.mean(1, keepdim=True) + cond - cond.mean(1, keepdim=True) if luma_only else guided
 
 
 def train(
@@ -254,11 +262,12 @@ def translate(
     steps: int = 10,
     seed: int = 0,
     read_map: Callable[[torch.Tensor], torch.Tensor] = structure,
+    luma_only: bool = False,
 ) -> torch.Tensor:
     """Images [N, 3, H, W] in [-1, 1] noised to t0 and redrawn as ``style`` by a deterministic DDIM pass, each
     conditioned on its own map (``read_map``, the one the prior was trained on): [N, 3, H, W] in [-1, 1]."""
     s = read_map(images)
-    x = ddim_pass(images, t0, steps, lambda x, t: guided_eps(model, x, t, style, s, cfg), seed)
+    x = ddim_pass(images, t0, steps, lambda x, t: guided_eps(model, x, t, style, s, cfg, luma_only), seed)
     return x.clamp(-1, 1)
 
 
@@ -290,7 +299,15 @@ class StructureDelta:
 
 @torch.no_grad()
 def translate_judged(
-    prior: Path, out: Path, t0: float, cfg: float, style: str, steps: int, annotator: Path | None = None, n: int = 128
+    prior: Path,
+    out: Path,
+    t0: float,
+    cfg: float,
+    style: str,
+    steps: int,
+    annotator: Path | None = None,
+    luma_only: bool = False,
+    n: int = 128,
 ) -> dict:
     """Translate the n judged faces of the packaged toy generator into ``style``; save them (targets.pt: latents and
     images), a PNG of six (faces, translations, true renders) and the judge's verdict (verdict.json)."""
@@ -304,7 +321,7 @@ def translate_judged(
     model, read_map = load_prior(prior), map_reader(prior, annotator)
     index = R.STYLES.index(style)
     images = torch.cat(
-        [translate(model, faces[i : i + 32], t0, index, cfg, steps, i, read_map) for i in range(0, n, 32)]
+        [translate(model, faces[i : i + 32], t0, index, cfg, steps, i, read_map, luma_only) for i in range(0, n, 32)]
     )
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"z": z, "images": images}, out / "targets.pt")
@@ -348,6 +365,7 @@ def fit(
     lr: float,
     annotator: Path | None = None,
     seed: int = 1,
+    luma_only: bool = False,
 ) -> dict:
     """The oracle's procedure (`bench_toy_guidance.oracle_finetune`) with the prior's translations of the frozen
     generator's own faces as targets in place of the true renders; judged on the 128 judged latents (the training
@@ -363,7 +381,7 @@ def fit(
     def targets(z: torch.Tensor, step: int) -> torch.Tensor:
         with torch.no_grad():
             faces = G0(z, noise_mode="const")
-            return translate(model, faces, t0, R.STYLES.index(style), cfg, steps, step, read_map)
+            return translate(model, faces, t0, R.STYLES.index(style), cfg, steps, step, read_map, luma_only)
 
     z = latents(G0, 128, 0)
     G = oracle_finetune(G0, z, style, iterations, lr, seed=seed, targets=targets)
@@ -385,6 +403,7 @@ def _pass_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps from t0 to 0")
     parser.add_argument("--style", default="sketch")
     parser.add_argument("--annotator", type=Path, help="the part annotator (priors conditioned on part maps)")
+    parser.add_argument("--luma-guidance", action="store_true", help="guide the luminance only, keep the colour")
     return parser
 
 
@@ -426,9 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("translate", "fit"):
         passes = (args.prior, args.out, args.t0, args.cfg, args.style, args.steps)
         if args.command == "fit":
-            print(json.dumps(fit(*passes, args.iterations, args.lr, args.annotator, args.seed)))
+            print(json.dumps(fit(*passes, args.iterations, args.lr, args.annotator, args.seed, args.luma_guidance)))
         else:
-            print(json.dumps(translate_judged(*passes, args.annotator)))
+            print(json.dumps(translate_judged(*passes, args.annotator, args.luma_guidance)))
         return 0
     from nada.frontends.cli import main as nada_main
 
