@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -297,20 +298,35 @@ class StructureDelta:
         return surrogate(toward - away, img_train)
 
 
+@dataclass(frozen=True)
+class Pass:
+    """A DDIM pass through a trained prior (``translate``): from noise level t0, guidance cfg, in ``steps`` steps,
+    towards ``style``; ``annotator`` reads the part maps of priors conditioned on them."""
+
+    prior: Path
+    t0: float = 0.6
+    cfg: float = 3.0
+    steps: int = 10
+    style: str = "sketch"
+    annotator: Path | None = None
+    luma_only: bool = False
+
+    def load(self) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """The pass as a function of images [N, 3, 64, 64] in [-1, 1] and the seed of its noise."""
+        model, read_map, index = (
+            load_prior(self.prior),
+            map_reader(self.prior, self.annotator),
+            R.STYLES.index(self.style),
+        )
+        return lambda images, seed: translate(
+            model, images, self.t0, index, self.cfg, self.steps, seed, read_map, self.luma_only
+        )
+
+
 @torch.no_grad()
-def translate_judged(
-    prior: Path,
-    out: Path,
-    t0: float,
-    cfg: float,
-    style: str,
-    steps: int,
-    annotator: Path | None = None,
-    luma_only: bool = False,
-    n: int = 128,
-) -> dict:
-    """Translate the n judged faces of the packaged toy generator into ``style``; save them (targets.pt: latents and
-    images), a PNG of six (faces, translations, true renders) and the judge's verdict (verdict.json)."""
+def translate_judged(spec: Pass, out: Path, n: int = 128) -> dict:
+    """Translate the n judged faces of the packaged toy generator by the pass ``spec``; save them (targets.pt:
+    latents and images), a PNG of six (faces, translations, true renders) and the judge's verdict (verdict.json)."""
     from nada.generator.checkpoints import load_generator
     from nada.toy.judge import true_renders
     from nada.toy.quality import latents
@@ -318,15 +334,12 @@ def translate_judged(
     toy = load_generator("toy").eval()
     z = latents(toy, n, 0)
     faces = toy(z, noise_mode="const")
-    model, read_map = load_prior(prior), map_reader(prior, annotator)
-    index = R.STYLES.index(style)
-    images = torch.cat(
-        [translate(model, faces[i : i + 32], t0, index, cfg, steps, i, read_map, luma_only) for i in range(0, n, 32)]
-    )
+    run = spec.load()
+    images = torch.cat([run(faces[i : i + 32], i) for i in range(0, n, 32)])
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"z": z, "images": images}, out / "targets.pt")
-    save_rows(out / "six.png", [faces[:6], images[:6], true_renders(z[:6], style)])
-    verdict = judge_images(images, faces, z, style)
+    save_rows(out / "six.png", [faces[:6], images[:6], true_renders(z[:6], spec.style)])
+    verdict = judge_images(images, faces, z, spec.style)
     (out / "verdict.json").write_text(json.dumps(verdict, indent=1))
     return verdict
 
@@ -354,19 +367,7 @@ def judge_images(images: torch.Tensor, faces: torch.Tensor, z: torch.Tensor, sty
     }
 
 
-def fit(
-    prior: Path,
-    out: Path,
-    t0: float,
-    cfg: float,
-    style: str,
-    steps: int,
-    iterations: int,
-    lr: float,
-    annotator: Path | None = None,
-    seed: int = 1,
-    luma_only: bool = False,
-) -> dict:
+def fit(spec: Pass, out: Path, iterations: int, lr: float, seed: int = 1) -> dict:
     """The oracle's procedure (`bench_toy_guidance.oracle_finetune`) with the prior's translations of the frozen
     generator's own faces as targets in place of the true renders; judged on the 128 judged latents (the training
     latents are drawn from ``seed``, never those)."""
@@ -375,13 +376,12 @@ def fit(
     from nada.toy.judge import true_renders
     from nada.toy.quality import latents, render_pairs
 
-    model, read_map = load_prior(prior), map_reader(prior, annotator)
+    run, style = spec.load(), spec.style
     G0 = load_generator("toy").eval().requires_grad_(False)
 
     def targets(z: torch.Tensor, step: int) -> torch.Tensor:
         with torch.no_grad():
-            faces = G0(z, noise_mode="const")
-            return translate(model, faces, t0, R.STYLES.index(style), cfg, steps, step, read_map, luma_only)
+            return run(G0(z, noise_mode="const"), step)
 
     z = latents(G0, 128, 0)
     G = oracle_finetune(G0, z, style, iterations, lr, seed=seed, targets=targets)
@@ -398,10 +398,10 @@ def _pass_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of a DDIM pass through the prior (``translate`` and ``fit``)."""
     parser.add_argument("--prior", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--t0", type=float, default=0.6, help="the noise level the faces are taken to")
-    parser.add_argument("--cfg", type=float, default=3.0, help="guidance towards the style")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps from t0 to 0")
-    parser.add_argument("--style", default="sketch")
+    parser.add_argument("--t0", type=float, default=Pass.t0, help="the noise level the faces are taken to")
+    parser.add_argument("--cfg", type=float, default=Pass.cfg, help="guidance towards the style")
+    parser.add_argument("--steps", type=int, default=Pass.steps, help="DDIM steps from t0 to 0")
+    parser.add_argument("--style", default=Pass.style)
     parser.add_argument("--annotator", type=Path, help="the part annotator (priors conditioned on part maps)")
     parser.add_argument("--luma-guidance", action="store_true", help="guide the luminance only, keep the colour")
     return parser
@@ -443,11 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_annotator(args.out, args.minutes)
         return 0
     if args.command in ("translate", "fit"):
-        passes = (args.prior, args.out, args.t0, args.cfg, args.style, args.steps)
+        spec = Pass(args.prior, args.t0, args.cfg, args.steps, args.style, args.annotator, args.luma_guidance)
         if args.command == "fit":
-            print(json.dumps(fit(*passes, args.iterations, args.lr, args.annotator, args.seed, args.luma_guidance)))
+            print(json.dumps(fit(spec, args.out, args.iterations, args.lr, args.seed)))
         else:
-            print(json.dumps(translate_judged(*passes, args.annotator, args.luma_guidance)))
+            print(json.dumps(translate_judged(spec, args.out)))
         return 0
     from nada.frontends.cli import main as nada_main
 
