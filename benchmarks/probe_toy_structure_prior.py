@@ -76,11 +76,11 @@ class StructurePrior(nn.Module):
     indices y [N] (UNCONDITIONED: none) and maps s [N, C, 64, 64] in [-1, 1] (all -2: none). With ``predicts="x0"``
     the network estimates the clean image, and the noise is derived from it (the same sampler and delta term)."""
 
-    def __init__(self, map_channels: int = 1, predicts: str = "eps") -> None:
+    def __init__(self, map_kind: str = "outline", predicts: str = "eps") -> None:
         super().__init__()
         assert predicts in ("eps", "x0"), predicts
-        self.net, self.predicts = Denoiser(), predicts
-        self.net.inp = nn.Conv2d(3 + map_channels, self.net.inp.out_channels, 3, padding=1)
+        self.net, self.map_kind, self.predicts = Denoiser(), map_kind, predicts
+        self.net.inp = nn.Conv2d(3 + MAP_CHANNELS[map_kind], self.net.inp.out_channels, 3, padding=1)
 
     def raw(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The network's own estimate [N, 3, H, W]: the noise, or the clean image when ``predicts`` is "x0"."""
@@ -154,7 +154,7 @@ def train(
     """Train (or resume) the prior on fresh renders of every style until ``minutes`` have passed; saves every 50.
     Times are drawn from ``t_range``; the loss is the mean squared error of what the network ``predicts``."""
     torch.manual_seed(0)
-    model = StructurePrior(MAP_CHANNELS[map_kind], predicts)
+    model = StructurePrior(map_kind, predicts)
 
     def loss_at(step: int) -> torch.Tensor:
         rng = np.random.default_rng([step, 7])
@@ -236,18 +236,18 @@ def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, ma
 def load_prior(path: str | os.PathLike) -> StructurePrior:
     """A trained structure prior from its training state (tensors only, no code), in eval mode and frozen."""
     state = torch.load(path, weights_only=True)
-    model = StructurePrior(MAP_CHANNELS[state.get("map", "outline")], state.get("predicts", "eps"))
+    model = StructurePrior(state.get("map", "outline"), state.get("predicts", "eps"))
     model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False)
 
 
-def map_reader(prior: str | os.PathLike, annotator: str | os.PathLike | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The map a prior was trained on, read from images [N, 3, 64, 64] in [-1, 1]: `structure`, or the annotator's
+def map_reader(prior: StructurePrior, annotator: str | os.PathLike | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map ``prior`` was trained on, read from images [N, 3, 64, 64] in [-1, 1]: `structure`, or the annotator's
     part groups (``annotator`` required then)."""
-    if torch.load(prior, weights_only=True).get("map", "outline") == "outline":
+    if prior.map_kind == "outline":
         return structure
     if annotator is None:
-        raise SystemExit(f"{prior} is conditioned on part maps: pass --annotator PATH (train-annotator makes one)")
+        raise SystemExit("the prior is conditioned on part maps: pass --annotator PATH (train-annotator makes one)")
     model = PartAnnotator()
     model.load_state_dict(torch.load(annotator, weights_only=True)["model"])
     return model.eval().requires_grad_(False)
@@ -313,11 +313,8 @@ class Pass:
 
     def load(self) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """The pass as a function of images [N, 3, 64, 64] in [-1, 1] and the seed of its noise."""
-        model, read_map, index = (
-            load_prior(self.prior),
-            map_reader(self.prior, self.annotator),
-            R.STYLES.index(self.style),
-        )
+        model = load_prior(self.prior)
+        read_map, index = map_reader(model, self.annotator), R.STYLES.index(self.style)
         return lambda images, seed: translate(
             model, images, self.t0, index, self.cfg, self.steps, seed, read_map, self.luma_only
         )
@@ -451,9 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from nada.frontends.cli import main as nada_main
 
-    read_map = map_reader(args.prior, args.annotator)
     model, styles = load_prior(args.prior), (args.source_style, args.target_style)
-    term = StructureDelta(model, *styles, args.cfg, tuple(args.t_range), read_map)
+    term = StructureDelta(model, *styles, args.cfg, tuple(args.t_range), map_reader(model, args.annotator))
     with with_direction_term(term, args.weight):
         return nada_main(["adapt", *[a for a in args.adapt_args if a != "--"]])
 
