@@ -743,12 +743,11 @@ DETAIL_PARTS = ("brows", "eye_white", "iris", "lids", "mouth", "teeth", "lens", 
 
 
 def _photo_part_map(params: FaceParams, combine: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
-    """float32 [N, 64, 64]: ``combine`` of the visible part coverages, chunk by chunk, in the photo render's
-    geometry."""
-    out = np.empty((len(params), IMAGE_SIZE, IMAGE_SIZE), np.float32)
-    for start in range(0, len(params), _CHUNK):
-        out[start : start + _CHUNK] = combine(_visible(_face_layers(params.subset(slice(start, start + _CHUNK)))))
-    return out
+    """float32 [N, ..., 64, 64]: ``combine`` of the visible part coverages [n, 64, 64], chunk by chunk, in the photo
+    render's geometry."""
+    chunks = range(0, len(params), _CHUNK)
+    maps = [combine(_visible(_face_layers(params.subset(slice(i, i + _CHUNK))))) for i in chunks]
+    return np.concatenate(maps).astype(np.float32, copy=False)
 
 
 def detail_mask(params: FaceParams) -> np.ndarray:
@@ -780,12 +779,10 @@ PART_GROUPS: dict[str, tuple[str, ...]] = {
 def part_maps(params: FaceParams) -> np.ndarray:
     """Visible coverage float32 [N, len(PART_GROUPS), 64, 64] in [0, 1] of each part group, photo-aligned; the same
     for every style of a face (a segmentation, no colour or texture)."""
-    out = np.empty((len(params), len(PART_GROUPS), IMAGE_SIZE, IMAGE_SIZE), np.float32)
-    for start in range(0, len(params), _CHUNK):
-        visible = _visible(_face_layers(params.subset(slice(start, start + _CHUNK))))
-        for i, names in enumerate(PART_GROUPS.values()):
-            out[start : start + _CHUNK, i] = np.clip(sum(visible[k] for k in names), 0.0, 1.0)
-    return out
+    return _photo_part_map(
+        params,
+        lambda visible: np.stack([np.clip(sum(visible[k] for k in names), 0, 1) for names in PART_GROUPS.values()], 1),
+    )
 
 
 def to_tensor(images: np.ndarray, device: "torch.device | str" = "cpu") -> "torch.Tensor":
