@@ -174,7 +174,7 @@ def train(
             predicted = model.raw(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, y, s)
         return (predicted.float() - (noise if predicts == "eps" else x0)).pow(2).mean()
 
-    _optimise(out, model, lr, minutes, map_kind, loss_at, predicts)
+    _optimise(out, model, lr, minutes, loss_at, {"map": map_kind, "predicts": predicts})
 
 
 def train_annotator(out: Path, minutes: float, batch: int = 32, lr: float = 1e-3) -> None:
@@ -189,7 +189,11 @@ def train_annotator(out: Path, minutes: float, batch: int = 32, lr: float = 1e-3
         x = R.to_tensor(R.render_mixed(faces, [R.STYLES[i] for i in styles], step))
         return F.binary_cross_entropy_with_logits(model.logits(x), torch.from_numpy(R.part_maps(faces)))
 
-    _optimise(out, model, lr, minutes, "parts", loss_at)
+    _optimise(out, model, lr, minutes, loss_at, {"map": "parts"})
+
+
+# What the first outline priors' files, written before these keys, hold.
+EARLIER_META = {"map": "outline", "predicts": "eps"}
 
 
 def _optimise(
@@ -197,17 +201,17 @@ def _optimise(
     model: nn.Module,
     lr: float,
     minutes: float,
-    map_kind: str,
     loss_at: Callable[[int], torch.Tensor],
-    predicts: str = "",
+    meta: dict[str, str],
 ) -> None:
-    """Adam on ``loss_at(step)``, resumed from ``out`` when it exists, until ``minutes`` have passed; saves every 50."""
+    """Adam on ``loss_at(step)``, resumed from ``out`` when it exists, until ``minutes`` have passed; saves every 50
+    steps with ``meta`` (what kind of model it is), which a resumed file must match."""
     opt = torch.optim.Adam(model.parameters(), lr)
     step = 0
     if out.exists():
         state = torch.load(out, weights_only=True)
-        assert state.get("map", "outline") == map_kind, f"{out} holds a model of {state.get('map', 'outline')} maps"
-        assert state.get("predicts", "eps" if predicts else "") == predicts, f"{out} predicts something else"
+        held = {key: state.get(key, EARLIER_META.get(key)) for key in meta}
+        assert held == meta, f"{out} holds a model of {held}, not {meta}"
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
@@ -221,22 +225,21 @@ def _optimise(
         losses.append(loss.item())
         if step % 50 == 0:
             print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
-            _save(out, model, opt, step, map_kind, predicts)
-    _save(out, model, opt, step, map_kind, predicts)
+            _save(out, model, opt, step, meta)
+    _save(out, model, opt, step, meta)
 
 
-def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, map_kind: str, predicts: str) -> None:
-    """Write the training state atomically (a temporary file, then a rename)."""
+def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict[str, str]) -> None:
+    """Write the training state and ``meta`` atomically (a temporary file, then a rename)."""
     tmp = out.with_suffix(".tmp")
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "map": map_kind}
-    torch.save({**state, "predicts": predicts} if predicts else state, tmp)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, **meta}, tmp)
     os.replace(tmp, out)
 
 
 def load_prior(path: str | os.PathLike) -> StructurePrior:
     """A trained structure prior from its training state (tensors only, no code), in eval mode and frozen."""
     state = torch.load(path, weights_only=True)
-    model = StructurePrior(state.get("map", "outline"), state.get("predicts", "eps"))
+    model = StructurePrior(*(state.get(key, default) for key, default in EARLIER_META.items()))
     model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False)
 
