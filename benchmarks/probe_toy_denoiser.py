@@ -19,7 +19,6 @@ noise for both, the gradient on x is w_cfg-guided eps(x_t | target style) - eps(
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -29,78 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nada.toy import render as R
 from nada.toy.filters import gaussian_blur
-
-UNCONDITIONED = len(R.STYLES)  # the class index of "no style given"
-
-
-def alpha_bar(t: torch.Tensor) -> torch.Tensor:
-    """Cosine noise schedule: the signal's share of variance at times t in [0, 1]."""
-    return torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-
-def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features [N, dim] of times t [N] in [0, 1]."""
-    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
-    angles = t[:, None].float() * 1000 * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], 1)
-
-
-class ResBlock(nn.Module):
-    """Two 3x3 convolutions with a scale and shift from the time-and-style embedding."""
-
-    def __init__(self, cin: int, cout: int, emb: int) -> None:
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(8, cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.film = nn.Linear(emb, 2 * cout)
-        self.norm2, self.conv2 = nn.GroupNorm(8, cout), nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(e)[:, :, None, None].chunk(2, 1)
-        h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
-        return h + self.skip(x)
-
-
-class Denoiser(nn.Module):
-    """A small UNet predicting the noise of [N, 3, 64, 64] images at times t [N] for conditions y: style indices [N]
-    (``text_dim`` 0) or unit text features [N, text_dim] (zero rows: unconditioned)."""
-
-    def __init__(self, channels: Sequence[int] = (32, 64, 96, 128), emb: int = 128, text_dim: int = 0) -> None:
-        super().__init__()
-        self.emb = emb
-        self.time = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.style = nn.Linear(text_dim, emb) if text_dim else nn.Embedding(UNCONDITIONED + 1, emb)
-        self.inp = nn.Conv2d(3, channels[0], 3, padding=1)
-        widths = [channels[0], *channels]
-        self.down = nn.ModuleList(ResBlock(a, b, emb) for a, b in zip(widths[:-1], widths[1:]))
-        self.mid = ResBlock(channels[-1], channels[-1], emb)
-        ups, c = [], channels[-1]
-        for skip in reversed(channels):
-            ups.append(ResBlock(c + skip, skip, emb))
-            c = skip
-        self.up = nn.ModuleList(ups)
-        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        e = F.silu(self.time(time_features(t, self.emb)) + self.style(y))
-        h, skips = self.inp(x), []
-        for i, block in enumerate(self.down):
-            h = block(h, e)
-            skips.append(h)
-            if i < len(self.down) - 1:
-                h = F.avg_pool2d(h, 2)
-        h = self.mid(h, e)
-        for block, skip in zip(self.up, reversed(skips)):
-            if h.shape[-1] != skip.shape[-1]:
-                h = F.interpolate(h, scale_factor=2, mode="nearest")
-            h = block(torch.cat([h, skip], 1), e)
-        return self.out(h)
+from nada.toy.translator import UNCONDITIONED, alpha_bar, ddim_pass
+from nada.toy.translator import UNet as Denoiser
 
 
 def guided_eps(
@@ -326,28 +259,6 @@ def translate(
 
 
 @torch.no_grad()
-def ddim_pass(
-    images: torch.Tensor,
-    t0: float,
-    steps: int,
-    eps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    seed: int = 0,
-) -> torch.Tensor:
-    """Images [N, 3, H, W] in [-1, 1] noised to t0 (noise seeded by ``seed``) and denoised to t = 0 by ``steps``
-    deterministic DDIM steps of the noise prediction eps(x_t, t): [N, 3, H, W], near [-1, 1]."""
-    ab = alpha_bar(torch.tensor(t0))
-    x = ab.sqrt() * images + (1 - ab).sqrt() * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-    times = torch.linspace(t0, 0.0, steps + 1)
-    for now, after in zip(times[:-1], times[1:]):
-        t = torch.full((len(x),), float(now))
-        predicted = eps(x, t)
-        ab_now, ab_after = alpha_bar(t)[:, None, None, None], alpha_bar(after)
-        clean = ((x - (1 - ab_now).sqrt() * predicted) / ab_now.sqrt()).clamp(-1, 1)
-        x = ab_after.sqrt() * clean + (1 - ab_after).sqrt() * predicted
-    return x
-
-
-@torch.no_grad()
 def save_translations(out: Path, passes: Sequence[tuple[str, float, float]], n: int = 6, style: str = "sketch") -> None:
     """A PNG of n judged latents: the packaged toy generator's faces, one row per (prior, t0, cfg) of ``passes``
     (`translate` of those faces into ``style``), and the true renders of the same faces in ``style``."""
@@ -435,14 +346,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--t-range {lo:g} {hi:g} is not a band of noise levels: give 0 <= LOW < HIGH <= 1")
     if args.command == "train":
         decay = None if args.decay is None else (int(args.decay[0]), int(args.decay[1]), args.decay[2])
-        train(args.out, args.minutes, tuple(args.t_range), args.text, decay=decay, ema=args.ema, bf16=args.bf16,
-              keep_every=args.keep_every)
+        train(
+            args.out,
+            args.minutes,
+            tuple(args.t_range),
+            args.text,
+            decay=decay,
+            ema=args.ema,
+            bf16=args.bf16,
+            keep_every=args.keep_every,
+        )
         return 0
     from nada.frontends.cli import main as nada_main
 
     model = load_denoiser(args.denoiser, raw=args.raw)
-    term = DeltaDenoising(model, args.source_style, args.target_style, args.cfg, tuple(args.t_range), args.high_boost,
-                          args.fixed_noise)
+    term = DeltaDenoising(
+        model, args.source_style, args.target_style, args.cfg, tuple(args.t_range), args.high_boost, args.fixed_noise
+    )
     rest = [a for a in args.adapt_args if a != "--"]
     with with_direction_term(term, args.weight):
         return nada_main(["adapt", *rest])

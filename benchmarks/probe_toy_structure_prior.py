@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +42,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nada.toy import render as R  # noqa: E402
 from nada.toy.filters import gaussian_blur  # noqa: E402
+from nada.toy.translator import UNCONDITIONED, UNet, alpha_bar, ddim_pass, face_maps  # noqa: E402
+from nada.toy.translator_train import optimise  # noqa: E402
 from probe_toy_denoiser import (  # noqa: E402
-    UNCONDITIONED,
-    Denoiser,
-    alpha_bar,
-    ddim_pass,
     noised_pair,
     save_rows,
     surrogate,
@@ -67,8 +64,9 @@ def structure(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
 
 
 # Channels of each kind of map: "outline" is `structure`, "parts" the face's part groups (`R.part_maps`), which the
-# renderer knows for training images and `PartAnnotator` reads from any image.
-MAP_CHANNELS = {"outline": 1, "parts": len(R.PART_GROUPS)}
+# renderer knows for training images and `PartAnnotator` reads from any image; "parts_hair" adds the face's hair
+# colour where its hair is (what a person names, whatever the style draws).
+MAP_CHANNELS = {"outline": 1, "parts": len(R.PART_GROUPS), "parts_hair": len(R.PART_GROUPS) + 3}
 
 
 class StructurePrior(nn.Module):
@@ -79,8 +77,7 @@ class StructurePrior(nn.Module):
     def __init__(self, map_kind: str = "outline", predicts: str = "eps") -> None:
         super().__init__()
         assert predicts in ("eps", "x0"), predicts
-        self.net, self.map_kind, self.predicts = Denoiser(), map_kind, predicts
-        self.net.inp = nn.Conv2d(3 + MAP_CHANNELS[map_kind], self.net.inp.out_channels, 3, padding=1)
+        self.net, self.map_kind, self.predicts = UNet(3 + MAP_CHANNELS[map_kind], 3), map_kind, predicts
 
     def raw(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The network's own estimate [N, 3, H, W]: the noise, or the clean image when ``predicts`` is "x0"."""
@@ -100,11 +97,10 @@ class PartAnnotator(nn.Module):
     """Part-group maps [N, C, 64, 64] in [-1, 1] of images [N, 3, 64, 64] in [-1, 1] of any style: the probe's UNet at
     t = 0 with one output channel per group (a segmentation network, as edge and pose detectors are to real priors)."""
 
-    def __init__(self) -> None:
+    def __init__(self, map_kind: str = "parts") -> None:
         super().__init__()
-        self.net = Denoiser()
-        width = self.net.out[-1].in_channels
-        self.net.out[-1] = nn.Conv2d(width, MAP_CHANNELS["parts"], 3, padding=1)
+        assert map_kind != "outline", "outline maps are computed, not annotated"
+        self.net, self.map_kind = UNet(3, MAP_CHANNELS[map_kind]), map_kind
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Per-group coverage logits [N, C, H, W] of images [N, 3, H, W] in [-1, 1]."""
@@ -116,8 +112,17 @@ class PartAnnotator(nn.Module):
 
 
 def true_maps(kind: str, images: torch.Tensor, faces: R.FaceParams) -> torch.Tensor:
-    """Training maps [N, C, 64, 64] in [-1, 1]: the outline map of the images, or the renderer's part groups."""
-    return structure(images) if kind == "outline" else torch.from_numpy(R.part_maps(faces)) * 2 - 1
+    """Training maps [N, C, 64, 64] in [-1, 1]: the outline map of the images, or the renderer's part groups (and
+    the hair colour on the hair)."""
+    if kind == "outline":
+        return structure(images)
+    return annotation(kind, faces) * 2 - 1
+
+
+def annotation(kind: str, faces: R.FaceParams) -> torch.Tensor:
+    """What the annotator learns to read, [N, C, 64, 64] in [0, 1]: part-group coverage, then for "parts_hair" the
+    hair colour times the hair's coverage."""
+    return torch.from_numpy(R.part_maps(faces)) if kind == "parts" else face_maps(faces)
 
 
 NO_STRUCTURE = -2.0  # outside the map's range [-1, 1]: "no outline map given"
@@ -177,19 +182,19 @@ def train(
     _optimise(out, model, lr, minutes, loss_at, {"map": map_kind, "predicts": predicts})
 
 
-def train_annotator(out: Path, minutes: float, batch: int = 32, lr: float = 1e-3) -> None:
+def train_annotator(out: Path, minutes: float, map_kind: str = "parts", batch: int = 32, lr: float = 1e-3) -> None:
     """Train (or resume) the part annotator on fresh renders of every style (binary cross-entropy against the
-    renderer's part groups) until ``minutes`` have passed; saves every 50 steps."""
+    renderer's `annotation`) until ``minutes`` have passed; saves every 50 steps."""
     torch.manual_seed(0)
-    model = PartAnnotator()
+    model = PartAnnotator(map_kind)
 
     def loss_at(step: int) -> torch.Tensor:
         styles = np.random.default_rng([step, 11]).integers(0, len(R.STYLES), batch)
         faces = R.sample_params(batch, seed=step + 40_000)
         x = R.to_tensor(R.render_mixed(faces, [R.STYLES[i] for i in styles], step))
-        return F.binary_cross_entropy_with_logits(model.logits(x), torch.from_numpy(R.part_maps(faces)))
+        return F.binary_cross_entropy_with_logits(model.logits(x), annotation(map_kind, faces))
 
-    _optimise(out, model, lr, minutes, loss_at, {"map": "parts"})
+    _optimise(out, model, lr, minutes, loss_at, {"map": map_kind})
 
 
 # What the first outline priors' files, written before these keys, hold.
@@ -197,43 +202,10 @@ EARLIER_META = {"map": "outline", "predicts": "eps"}
 
 
 def _optimise(
-    out: Path,
-    model: nn.Module,
-    lr: float,
-    minutes: float,
-    loss_at: Callable[[int], torch.Tensor],
-    meta: dict[str, str],
+    out: Path, model: nn.Module, lr: float, minutes: float, loss_at: Callable[[int], torch.Tensor], meta: dict[str, str]
 ) -> None:
-    """Adam on ``loss_at(step)``, resumed from ``out`` when it exists, until ``minutes`` have passed; saves every 50
-    steps with ``meta`` (what kind of model it is), which a resumed file must match."""
-    opt = torch.optim.Adam(model.parameters(), lr)
-    step = 0
-    if out.exists():
-        state = torch.load(out, weights_only=True)
-        held = {key: state.get(key, EARLIER_META.get(key)) for key in meta}
-        assert held == meta, f"{out} holds a model of {held}, not {meta}"
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-    deadline, losses = time.time() + minutes * 60, []
-    while time.time() < deadline:
-        loss = loss_at(step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        losses.append(loss.item())
-        if step % 50 == 0:
-            print(f"step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
-            _save(out, model, opt, step, meta)
-    _save(out, model, opt, step, meta)
-
-
-def _save(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict[str, str]) -> None:
-    """Write the training state and ``meta`` atomically (a temporary file, then a rename)."""
-    tmp = out.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, **meta}, tmp)
-    os.replace(tmp, out)
+    """The package's resumable training loop (`nada.toy.translator_train.optimise`), knowing the first files."""
+    optimise(out, model, lr, minutes, loss_at, meta, earlier=EARLIER_META)
 
 
 def load_prior(path: str | os.PathLike) -> StructurePrior:
@@ -251,8 +223,11 @@ def map_reader(prior: StructurePrior, annotator: str | os.PathLike | None) -> Ca
         return structure
     if annotator is None:
         raise SystemExit("the prior is conditioned on part maps: pass --annotator PATH (train-annotator makes one)")
-    model = PartAnnotator()
-    model.load_state_dict(torch.load(annotator, weights_only=True)["model"])
+    state = torch.load(annotator, weights_only=True)
+    if state["map"] != prior.map_kind:
+        raise SystemExit(f"{annotator} reads {state['map']} maps, the prior needs {prior.map_kind}: pass its annotator")
+    model = PartAnnotator(prior.map_kind)
+    model.load_state_dict(state["model"])
     return model.eval().requires_grad_(False)
 
 
@@ -421,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     an = sub.add_parser("train-annotator", help="train or resume the part annotator")
     an.add_argument("--out", type=Path, required=True)
     an.add_argument("--minutes", type=float, default=10.0)
+    an.add_argument("--map", choices=("parts", "parts_hair"), default="parts", help="what it reads")
     _pass_arguments(sub.add_parser("translate", help="judged DDIM translations of the judged faces"))
     ad = sub.add_parser("adapt", help="nada adapt with the structure-conditioned delta denoising term")
     ad.add_argument("--prior", type=Path, required=True)
@@ -440,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(args.out, args.minutes, bf16=args.bf16, map_kind=args.map, predicts=args.predicts, t_range=args.t_range)
         return 0
     if args.command == "train-annotator":
-        train_annotator(args.out, args.minutes)
+        train_annotator(args.out, args.minutes, args.map)
         return 0
     if args.command in ("translate", "fit"):
         spec = Pass(args.prior, args.t0, args.cfg, args.steps, args.style, args.annotator, args.luma_guidance)

@@ -19,6 +19,7 @@ from nada.errors import NadaError
 from nada.guidance.clip import parse_clip_spec
 from nada.guidance.losses import keep_groups
 from nada.guidance.templates import attribute_groups, prompt_set_for, prompt_sets
+from nada.guidance.translators import check_translator
 from nada.limits import check_truncation
 from nada.profiles import get_profile, profile_base
 from nada.weights.preset_table import Preset, get_preset, trained_dir
@@ -79,6 +80,10 @@ class AdaptConfig:
     # Cross-sample consistency: each adapted image's CLIP similarities to the other images of the batch (all
     # views) keep the frozen images' distribution (Ojha et al.'s cross-domain correspondence; losses.consistency_loss).
     lambda_consistency: float = 0.0
+    # An image translator (a registered name, nada.guidance.translators) redraws each frozen image in the target
+    # domain, and the translation term pulls the trained image of the same latent towards that drawing (MSE).
+    translator: str = ""
+    lambda_translate: float = 0.0
     # Attributes the adapted images must keep, read zero-shot by the CLIP: prompt groups split by ';', the
     # values of one attribute by '|' ("a smiling face|a neutral face|a frowning face; a face with glasses|a
     # face without glasses"), or the name of registered attribute groups ("NAME", or "NAME:a,b" for some of
@@ -246,6 +251,10 @@ class AdaptConfig:
                 f"batch_size {self.batch_size} x clip_views {self.clip_views} gives fewer than 3 images; "
                 "raise --batch-size or --clip-views, or set lambda_consistency to 0"
             )
+        if self.lambda_translate > 0:
+            if not self.translator.strip():
+                raise NadaError("lambda_translate is set but no translator is named: pass --translator NAME")
+            check_translator(self.translator)
         self.resolved_keep()  # a keep spec that names no attribute or unknown ones fails here, not in the run
         if self.templates not in (AUTO, *prompt_sets()):
             raise NadaError(f"unknown templates {self.templates!r}: use one of {', '.join((AUTO, *prompt_sets()))}")

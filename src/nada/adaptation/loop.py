@@ -66,6 +66,7 @@ from nada.generator.domains import DomainGenerator, is_domain_payload, save_doma
 from nada.guidance import losses
 from nada.guidance.clip import load_clip_ensemble, parse_clip_spec
 from nada.guidance.templates import get_prompt_set
+from nada.guidance.translators import Translate, load_translator
 from nada.io import (
     TMP_SUFFIX,
     BackgroundWriter,
@@ -505,23 +506,31 @@ def loss_terms(
     img_train: torch.Tensor,
     config: AdaptConfig,
     rng: torch.Generator,
+    translated: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every active loss term (lambda > 0), each summed over the ensemble with the models' weights.
 
-    Images [N, 3, H, W] in [-1, 1]; gradients reach ``img_train`` only. Each model encodes each image
-    batch once and all of its terms reuse those features. The texture term compares the unnormalised
-    features of the ensemble's own models (the official code always loads CLIP RN50 for it).
+    Images [N, 3, H, W] in [-1, 1]; gradients reach ``img_train`` only; ``translated``: the translator's drawings
+    of ``img_frozen`` (the translation term). Each model encodes each image batch once and all of its terms reuse
+    those features. The texture term compares the unnormalised features of the ensemble's own models (the
+    official code always loads CLIP RN50 for it).
     """
     terms: dict[str, torch.Tensor] = {}
 
     def add(name: str, value: torch.Tensor) -> None:
         terms[name] = terms.get(name, 0) + value
 
+    if config.lambda_translate > 0:
+        assert translated is not None, "the translation term needs the translator's drawings"
+        add("translate", losses.translation_loss(img_train, translated))
+
     centers = None
     if config.lambda_patch > 0:
         centers = losses.random_patch_centers(img_train.shape, 1, patch_size_for(img_train.shape[-1]), generator=rng)
     if config.lambda_structure > 0:  # on the generated images themselves, before any CLIP view
         add("structure", losses.structure_loss(img_frozen, img_train))
+    if not uses_clip_terms(config):
+        return terms
     seen_frozen, seen_train = img_frozen, img_train  # what the CLIP terms encode; the patch term cuts its own crops
     # Only the plain directional term asks which pairs are still equal images.
     plain_direction = config.lambda_direction > 0 and config.first_step != "shift"
@@ -561,6 +570,13 @@ def loss_terms(
                 * losses.patch_directional_loss(g.clip, img_frozen, img_train, g.part_directions, centers, size),
             )
     return terms
+
+
+def uses_clip_terms(config: AdaptConfig) -> bool:
+    """Whether any loss term of ``config`` reads CLIP features (else the images need not be encoded)."""
+    clip_terms = ("direction", "global", "manifold", "texture", "patch", "consistency")
+    keeps = bool(config.keep.strip()) and config.lambda_keep > 0
+    return keeps or any(getattr(config, f"lambda_{name}") > 0 for name in clip_terms)
 
 
 def paired_views(n: int, views: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -789,6 +805,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     rng: torch.Generator
     noise_rng: torch.Generator
+    translate: "Translate | None" = None  # the translator of the translation term (nada.guidance.translators)
     step: int = 0
     selected: list[str] | None = None
     trained: set[str] = field(default_factory=set)
@@ -897,6 +914,8 @@ def _setup(
         sample_noise=None if config.select_noise == "const" else lambda n: fresh_noise(G_frozen, n, noise_rng, device),
     )
     run.autocast = _autocast(config, device)
+    if config.lambda_translate > 0:
+        run.translate = load_translator(config.translator, config.source, config.target, device)
     return run
 
 
@@ -996,8 +1015,14 @@ def _forward(run: _Run) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
             img_frozen = run.G_frozen.synthesis(ws, noise=noise_frozen, noise_mode=noise_mode)
         img_train = run.G_train.synthesis(ws, noise=noise_train, noise_mode=noise_mode)
-        # 4. weighted CLIP losses
-        terms = loss_terms(run.guides, img_frozen, img_train, config, run.rng)
+    # 4. the translator's drawings of the frozen images, their noise seeded by the step (the same on resume)
+    translated = None
+    if run.translate is not None:
+        with torch.no_grad():
+            translated = run.translate(img_frozen.float(), config.seed * 1_000_003 + run.step)
+    with run.autocast():
+        # 5. weighted losses
+        terms = loss_terms(run.guides, img_frozen, img_train, config, run.rng, translated)
     loss = sum(getattr(config, f"lambda_{name}") * value for name, value in terms.items())
     return loss, terms
 

@@ -40,6 +40,7 @@ from nada.generator.generate import (
     write_outputs,
 )
 from nada.generator.video import WALKS
+from nada.guidance.translators import registered_translators
 from nada.io import (
     atomic_save_image,
     check_writable_file,
@@ -338,6 +339,9 @@ ADAPT_HELP: dict[str, str] = {
     "lambda_structure": "weight of the structure loss (edge maps kept from the frozen image)",
     "lambda_consistency": "weight of the cross-sample consistency loss (CLIP similarities between the batch's "
     "images kept)",
+    "translator": "a registered image translator whose drawings of the frozen images are the translation "
+    "term's targets (nada presets translators)",
+    "lambda_translate": "weight of the translation term (MSE to the translator's drawings; needs --translator)",
     "keep": "attributes the adapted images keep, read by CLIP: 'a smiling face|a neutral face; a face with "
     "glasses|a face without glasses', or registered attribute groups by name (NAME or NAME:a,b)",
     "lambda_keep": "weight of the keep loss (used only with --keep)",
@@ -441,6 +445,7 @@ def _presets_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
     sub.add_parser("list", help="table of presets: name, base, domain, whether it is on this machine")
     sub.add_parser("generators", help="table of registered base generators (names for --checkpoint and --generator)")
+    sub.add_parser("translators", help="table of registered image translators (names for --translator)")
     show = sub.add_parser("show", help="details of one preset, with the `nada adapt` command that trains it")
     show.add_argument("name", help="preset name")
     pack = sub.add_parser(
@@ -478,6 +483,8 @@ def _run_presets(args: argparse.Namespace) -> int:
 
         rows = [(g.name, str(g.resolution), local(g), g.description) for g in registered_generators()]
         print(_table(("NAME", "SIZE", "LOCAL", "DESCRIPTION"), rows))
+    elif args.presets_command == "translators":
+        print(_table(("NAME", "DESCRIPTION"), [(t.name, t.description) for t in registered_translators()]))
     elif args.presets_command == "show":
         _show_preset(presets.get_preset(args.name))
     else:

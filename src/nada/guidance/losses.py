@@ -136,6 +136,17 @@ def structure_loss(img_src: torch.Tensor, img_tgt: torch.Tensor) -> torch.Tensor
     return (1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-8)).mean()
 
 
+def translation_loss(img_tgt: torch.Tensor, translated: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of generated images [N,3,H,W] in [-1, 1] and a translator's drawings of the frozen
+    images (`nada.guidance.translators`), which carry no gradient.
+
+    Not part of StyleGAN-NADA: the pixel targets come from an image-to-image model, not from CLIP. Each drawing
+    is one sample of the translator's noise; over many iterations the generator learns their mean for a latent.
+    """
+    assert img_tgt.shape == translated.shape, f"image shapes differ: {img_tgt.shape} vs {translated.shape}"
+    return (img_tgt - translated.detach()).pow(2).mean()
+
+
 def global_loss(
     img_feat: torch.Tensor, text_feat: torch.Tensor, logit_scale: float | torch.Tensor = 100.0
 ) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The toy world as a nada plugin: registers its generator, prompt sets, profile, presets, judge and CLI commands.
+"""The toy world as a nada plugin: registers its generator, prompts, profile, presets, translator, judge, commands.
 
 nada's core knows nothing of the toy world: `register` (named in pyproject's ``nada.plugins`` entry points)
 adds every part through the same public functions a third-party base would use (docs/plugins.md).
@@ -56,6 +56,7 @@ def register() -> None:
     _register_prompts()
     _register_profile()
     _register_presets()
+    _register_translator()
     _register_commands()
 
 
@@ -130,6 +131,15 @@ def _register_presets() -> None:
             weights,
             "toy faces as watercolour washes (a domain vector: 1,312 numbers, 9 KB)",
         )
+    )
+
+
+def _register_translator() -> None:
+    from nada.guidance.translators import register_translator
+    from nada.toy.translator import load_toy_translator
+
+    register_translator(
+        NAME, load_toy_translator, "toy faces redrawn in a toy style by a denoising prior on their part maps (packaged)"
     )
 
 

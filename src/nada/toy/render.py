@@ -785,6 +785,11 @@ def part_maps(params: FaceParams) -> np.ndarray:
     )
 
 
+def hair_rgb(params: FaceParams) -> np.ndarray:
+    """The face's own hair colour float32 [N, 3] in [0, 1] (the photo's flat colour), whatever the style draws."""
+    return _part_colors(params)["hair_back"]
+
+
 def to_tensor(images: np.ndarray, device: "torch.device | str" = "cpu") -> "torch.Tensor":
     """uint8 [N, 64, 64, 3] -> float32 [N, 3, 64, 64] in [-1, 1]."""
 
