@@ -3,9 +3,10 @@
 Each row adapts the toy generator (photo style only) with `nada.adaptation.loop.adapt` and measures the result
 with `nada.toy.quality` on the same seeded latents for the frozen and the adapted generator. Rows:
 
-- styles: photo -> sketch, watercolor, pixel art (directional loss; the toy presets' recipe
-  ``nada.toy.plugin.TOY_RECIPE``, with a packaged preset's own changes for its style, unless ``--recipe
-  defaults`` asks for the plain AdaptConfig defaults);
+- styles: photo -> sketch, watercolor, pixel art (the packaged preset's recipe for its style: for sketch the
+  toy translator's drawings as targets, ``nada.toy.plugin.TRANSLATOR_RECIPE``; for the others the directional
+  loss of ``nada.toy.plugin.TOY_RECIPE`` with the preset's changes; ``--recipe defaults`` asks for the plain
+  AdaptConfig defaults). Every other row changes ``TOY_RECIPE`` (the CLIP recipe; "all" is that recipe itself);
 - the keep term: sketch without it (``keep`` empty);
 - a content edit: "face" -> "smiling face", judged as mouth=smiling (keeping the other five attributes);
 - the loss: sketch with the global CLIP loss alone (lambda_direction 0, lambda_global 1, no keep term);
@@ -129,7 +130,8 @@ def run_row(
     from nada.toy.quality import measure_quality, render_pairs
 
     source, target, judged, own = ROWS[name]
-    settings = {**base_settings(args.recipe, target), "seed": args.seed, **changes, **own}
+    # Rows that change the recipe study the CLIP recipe; the plain style rows run their preset's (sketch: translator).
+    settings = {**base_settings(args.recipe, "" if own else target), "seed": args.seed, **changes, **own}
     if args.clip is not None:
         settings["clip"] = args.clip
     if args.iterations is not None:

@@ -1,10 +1,11 @@
 """The end-to-end run on the toy world: the photo-only toy generator adapted towards "sketch" with the
-toy CLIPs and the toy presets' recipe, through the public API, judged by the strict toy judge (a CNN
-the adaptation never sees, trained to answer "none" for global filters of photos and style blends).
+`toy-sketch` preset's recipe (the README command: the toy translator's drawings as targets), through the
+public API, judged by the strict toy judge (a CNN the adaptation never sees, trained to answer "none" for
+global filters of photos and style blends).
 
-What it reaches is measured in docs/toy_quality.md ("Status (2026-12-05)"): the judge answers "none"
-for the adapted faces (no longer photos, not sketches); their strokes are no closer to the true sketch
-renders than the unadapted photos'.
+What it reaches is measured in docs/toy_quality.md ("Status (2026-12-06)"): the judge calls 95-98 % of the
+adapted faces sketches (seeds 0-3), content kept 87-91 %, and their strokes are closer to the true sketch
+renders than any global filter of the unadapted faces, though not yet half-way to the supervised oracle.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ def missing_toy_assets() -> list[str]:
     """Toy-world files the run needs that the package does not hold."""
     folder = Path(__file__).resolve().parents[1] / "src" / "nada" / "assets" / "toy"
     needed = ["generator.pt", "clip.pt", "clip_config.json", "evaluator.pt"]
+    needed += ["translator/prior.pt", "translator/reader.pt"]
     needed += [f"{guide}/{name}" for guide in ("clip_robust", "clip_rn") for name in ("clip.pt", "clip_config.json")]
     return [str(folder / name) for name in needed if not (folder / name).is_file()]
 
 
 @pytest.fixture(scope="module")
 def sketch_run(tmp_path_factory):
-    """One photo -> sketch run with the toy presets' recipe:
-    (quality report, per-iteration log, run folder, adapted generator)."""
+    """One photo -> sketch run with the toy-sketch preset's recipe: (quality report, per-iteration log, run folder,
+    adapted generator, the worst global filter of the unadapted faces and its sketch rate)."""
     missing = missing_toy_assets()
     if missing:
         pytest.skip("the toy-world run needs the trained toy assets: " + ", ".join(missing))
@@ -37,8 +39,8 @@ def sketch_run(tmp_path_factory):
     from nada.config import AdaptConfig
     from nada.generator.checkpoints import load_generator
     from nada.toy.evaluator import load_evaluator
-    from nada.toy.plugin import TOY_RECIPE
     from nada.toy.quality import measure_quality
+    from nada.weights.presets import get_preset
 
     out = tmp_path_factory.mktemp("toy-sketch")
     config = AdaptConfig(
@@ -48,7 +50,7 @@ def sketch_run(tmp_path_factory):
         out_dir=str(out),
         sample_every=0,
         save_every=0,
-        **dict(TOY_RECIPE),
+        **dict(get_preset("toy-sketch").options),
     )
     adapted = adapt(config, progress=False)
     base = load_generator("toy")
@@ -63,25 +65,20 @@ def sketch_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
-    report, log, out, adapted, (filter_name, filter_rate) = sketch_run
+def test_toy_run_follows_the_translator_and_keeps_the_faces(sketch_run):
+    report, log, out, adapted, _ = sketch_run
     summary = f"{report.to_dict()}"
-    from nada.guidance.clip import parse_clip_spec
-    from nada.toy.plugin import TOY_RECIPE
-
-    # The CLIP side: the directional loss (summed over the guides with their weights) starts at 1 per unit of
-    # weight (equal images) and falls (measured: 0.27 per unit over the last 20 iterations).
-    weight = sum(w for _, w in parse_clip_spec(dict(TOY_RECIPE)["clip"]))
-    assert log[0]["direction"] / weight == pytest.approx(1.0, abs=1e-4)
-    assert sum(r["direction"] for r in log[-20:]) / 20 / weight < 0.6, [r["direction"] for r in log[-20:]]
-    # The strict judge's side: no image was a sketch before, and afterwards the faces are no longer photos to it
-    # (measured with the README command: none of them, every one answered "none"); they keep their attributes
-    # (all six for 74 %, 0.95 per attribute on average) and their variety (0.93); no collapse onto one image.
-    # Whether they became sketches is the strict xfail below.
+    # The translation term alone trains (no CLIP term) and falls (measured: 0.295 over the first 10 iterations,
+    # 0.046 over the last 20).
+    assert all(set(r) >= {"translate"} and "direction" not in r for r in log)
+    first, last = sum(r["translate"] for r in log[:10]) / 10, sum(r["translate"] for r in log[-20:]) / 20
+    assert last < 0.5 * first, (first, last)
+    # No image was a sketch before; afterwards the judge calls hardly any "none" and the faces keep their
+    # attributes (measured: 87 % all six, 0.98 per attribute on average) and their variety (0.95).
     assert report.frozen_target_rate < 0.05, summary
-    assert report.reject_rate > 0.5, summary
-    assert report.content_kept > 0.70 and report.content_kept_mean > 0.9, summary
-    assert report.diversity_ratio > 0.8, summary
+    assert report.reject_rate < 0.1, summary
+    assert report.content_kept > 0.8 and report.content_kept_mean > 0.95, summary
+    assert report.diversity_ratio > 0.85, summary
     # The run wrote what a user loads afterwards, and loading it gives the same generator.
     from nada.generator.checkpoints import load_generator
 
@@ -92,26 +89,33 @@ def test_toy_run_follows_the_text_and_keeps_the_faces(sketch_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the guidance's known limit (docs/toy_quality.md, 2026-12-05): the judge calls no adapted face a sketch",
-)
 def test_toy_run_makes_sketches_the_judge_accepts(sketch_run):
     report, _, _, _, (filter_name, filter_rate) = sketch_run
-    # The issue's bar: at least 90 % sketches, and clearly more than any global filter of the unadapted faces.
+    # The issue's bar: at least 90 % sketches (measured 98 %), and clearly more than any global filter of the
+    # unadapted faces (at most 2.3 %).
     assert report.target_rate >= 0.9 and report.target_rate > filter_rate + 0.10, report.to_dict()
+
+
+@pytest.mark.slow
+def test_toy_run_draws_the_true_sketch_strokes_better_than_any_filter(sketch_run):
+    fid = sketch_run[0].fidelity
+    # Clearly closer (stroke distance) to the true sketch renders than the best filter (measured 0.0155 against
+    # 0.0184).
+    assert fid["adapted"]["stroke"] < 0.9 * fid["best_filter"]["stroke"], fid
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="the guidance's known limit (docs/toy_quality.md, 2026-12-04): the adapted "
-    "faces are no closer to the true sketch renders than the best global filter of the unadapted ones",
+    reason="not yet met (docs/toy_quality.md, 2026-12-06): content kept 87 % (hair colour), stroke 0.0155, "
+    "short of half-way from the best filter (0.0184) to the oracle (0.0121)",
 )
-def test_toy_run_draws_the_true_sketch_strokes_better_than_any_filter(sketch_run):
-    fid = sketch_run[0].fidelity
-    # The issue's bar for a real adaptation: clearly closer (stroke distance) than the best filter.
-    assert fid["adapted"]["stroke"] < 0.9 * fid["best_filter"]["stroke"], fid
+def test_toy_run_meets_the_whole_bar_of_a_real_adaptation(sketch_run):
+    report = sketch_run[0]
+    # The issue's goals beyond the sketch rate: content kept >= 0.9 and a stroke distance at least half-way from the
+    # best filter to the supervised oracle (0.0121, docs/toy_quality.md; not fine-tuned in CI).
+    halfway = (report.fidelity["best_filter"]["stroke"] + 0.0121) / 2
+    assert report.content_kept >= 0.9 and report.fidelity["adapted"]["stroke"] <= halfway, report.to_dict()
 
 
 def test_cli_run_on_the_toy_base_writes_the_evaluator_metrics(tmp_path, capsys):

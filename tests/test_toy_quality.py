@@ -139,18 +139,20 @@ def _bench_module():
 def test_quality_benchmark_runs_the_toy_recipe_and_writes_its_table_and_figure(tmp_path, capsys):
     import json
 
-    from nada.toy.plugin import TOY_RECIPE
+    from nada.toy.plugin import TOY_RECIPE, TRANSLATOR_RECIPE
 
     bench = _bench_module()
     assert bench.main(["--rows", "sketch,last:2", "--iterations", "1", "--n", "8", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["row"] for r in rows] == ["sketch", "last:2"]
     assert rows[0]["clip"] == dict(TOY_RECIPE)["clip"] and rows[0]["layers"] == "all" and rows[1]["layers"] == "last:2"
-    assert rows[0]["lr"] == dict(TOY_RECIPE)["lr"] and all(0 <= r["target_rate"] <= 1 for r in rows)
+    assert rows[0]["lr"] == TRANSLATOR_RECIPE["lr"] and rows[1]["lr"] == dict(TOY_RECIPE)["lr"]
+    assert all(0 <= r["target_rate"] <= 1 for r in rows)
     assert (tmp_path / "quality.png").stat().st_size > 1000 and "goal met" in capsys.readouterr().out
     assert bench.base_settings("defaults") == {"clip": "toy"}
     # A style with a packaged preset starts from that preset's own recipe (pixel art: a larger lr).
     from nada.weights.presets import get_preset
 
-    assert bench.base_settings("toy", "sketch") == dict(TOY_RECIPE) == dict(get_preset("toy-sketch").options)
+    assert bench.base_settings("toy", "sketch") == {**dict(TOY_RECIPE), **TRANSLATOR_RECIPE}
+    assert bench.base_settings("toy", "sketch") == dict(get_preset("toy-sketch").options)
     assert bench.base_settings("toy", "pixel art") == dict(get_preset("toy-pixel-art").options) != dict(TOY_RECIPE)

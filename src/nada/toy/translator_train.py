@@ -1,7 +1,7 @@
 """Train the toy translator's networks (`nada.toy.translator`) on fresh renders of all six styles, and pack them.
 
-    python -m nada.toy.translator_train reader --out runs/reader.pt --minutes 50
-    python -m nada.toy.translator_train prior --out runs/prior.pt --minutes 60
+    python -m nada.toy.translator_train reader --out runs/reader.pt --minutes 50 --until 1700
+    python -m nada.toy.translator_train prior --out runs/prior.pt --minutes 60 --until 2550
     python -m nada.toy.translator_train pack --prior runs/prior.pt --reader runs/reader.pt \\
         --out src/nada/assets/toy/translator
 
@@ -9,7 +9,10 @@ Both resume from ``--out`` (a training state: weights, Adam state, step, and wha
 resume) and save every 50 steps; one step is 32 fresh renders in random styles, so the data never repeat. The
 prior's network runs under bf16 autocast on the CPU (measured 1.6x faster here, the same loss); 10 % of its
 examples lose the style, another 10 % the face map (classifier-free guidance needs both unconditioned).
-`pack` writes the float16 weights the package ships (tensors only).
+`pack` writes the float16 weights the package ships (tensors only). The shipped files are the reader at 1700
+steps and the prior at 2550 (chosen on validation latents, docs/toy_quality.md "The toy translator"), trained by
+`benchmarks/probe_toy_structure_prior.py` (``train-annotator --map parts_hair``; ``train --map parts_hair
+--predicts x0 --t-range 0.2 0.9 --bf16``), which runs these same steps from another draw of the initial weights.
 """
 
 from __future__ import annotations
@@ -89,10 +92,11 @@ def optimise(
     loss_at: Callable[[int], torch.Tensor],
     meta: dict[str, str],
     earlier: dict[str, str] | None = None,
+    until: int | None = None,
 ) -> int:
-    """Adam on ``loss_at(step)``, resumed from ``out`` when it exists, until ``minutes`` have passed; saves every 50
-    steps with ``meta`` (what kind of network it is), which a resumed file must match (``earlier``: what files
-    written before a key existed hold). Returns the step reached."""
+    """Adam on ``loss_at(step)``, resumed from ``out`` when it exists, until ``minutes`` have passed or step ``until``
+    is reached; saves every 50 steps with ``meta`` (what kind of network it is), which a resumed file must match
+    (``earlier``: what files written before a key existed hold). Returns the step reached."""
     opt = torch.optim.Adam(model.parameters(), lr)
     step = 0
     if out.exists():
@@ -104,7 +108,7 @@ def optimise(
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
     deadline, losses = time.time() + minutes * 60, []
-    while time.time() < deadline:
+    while time.time() < deadline and (until is None or step < until):
         loss = loss_at(step)
         opt.zero_grad()
         loss.backward()
@@ -143,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"train or resume the {name}")
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--minutes", type=float, default=30.0)
+        p.add_argument("--until", type=int, default=None, help="stop at this step (the shipped prior: 2550)")
     pk = sub.add_parser("pack", help="write the shipped float16 files")
     pk.add_argument("--prior", type=Path, required=True)
     pk.add_argument("--reader", type=Path, required=True)
@@ -151,10 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     if args.command == "prior":
         model = PartPrior()
-        optimise(args.out, model, 3e-4, args.minutes, lambda step: prior_loss(model, step), PRIOR_META)
+        loss_at: Callable[[int], torch.Tensor] = lambda step: prior_loss(model, step)  # noqa: E731
+        optimise(args.out, model, 3e-4, args.minutes, loss_at, PRIOR_META, until=args.until)
     elif args.command == "reader":
         reader = PartReader()
-        optimise(args.out, reader, 1e-3, args.minutes, lambda step: reader_loss(reader, step), READER_META)
+        loss_at = lambda step: reader_loss(reader, step)  # noqa: E731
+        optimise(args.out, reader, 1e-3, args.minutes, loss_at, READER_META, until=args.until)
     else:
         for path in pack(args.prior, args.reader, args.out):
             print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
