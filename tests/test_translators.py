@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from nada.adaptation.loop import RunPaths, adapt
+from nada.adaptation.loop import adapt
 from nada.config import AdaptConfig
 from nada.errors import NadaError
-from nada.generator.networks import Generator
 from nada.guidance import translators
-
-CHANNELS = {4: 32, 8: 32, 16: 16, 32: 16}
-
-
-def make_generator() -> Generator:
-    torch.manual_seed(0)
-    G = Generator(32, style_dim=32, n_mlp=2, channels=CHANNELS).eval()
-    G.compute_mean_latent(n=512, seed=0)
-    return G
+from test_adapt import config as adapt_config
+from test_adapt import log_of, make_generator
 
 
 class Grey:
@@ -46,29 +37,17 @@ def grey(monkeypatch: pytest.MonkeyPatch) -> Grey:
 
 
 def config(tmp_path: Path, **kw) -> AdaptConfig:
-    base = dict(
-        source="photo",
-        target="sketch",
-        generator="tiny-test",
-        templates="plain",
-        layers="all",
+    """test_adapt's tiny run, trained by the "test-grey" translator alone."""
+    translated = dict(
         iterations=12,
-        lr=0.01,
         noise_mode="const",
         translator="test-grey",
         lambda_translate=1.0,
         lambda_direction=0.0,
-        out_dir=str(tmp_path / "run"),
-        n_sample_images=2,
         sample_every=0,
         save_every=0,
-        device="cpu",
     )
-    return AdaptConfig(**{**base, **kw})
-
-
-def log_of(cfg: AdaptConfig) -> list[dict]:
-    return [json.loads(line) for line in RunPaths(Path(cfg.out_dir)).log.read_text().splitlines()]
+    return adapt_config(tmp_path, **{**translated, **kw})
 
 
 def test_unknown_or_missing_translator_is_one_line_naming_the_fix(grey: Grey) -> None:
