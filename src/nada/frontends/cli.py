@@ -509,6 +509,8 @@ def _show_preset(p: "Preset") -> None:  # noqa: F821
     if status.path is not None and presets.is_compact(status.path):
         info = presets.packed_info(status.path)
         trained = {k: info["metadata"][k] for k in ("iterations", "layers", "clip") if k in info["metadata"]}
+        translator = (info["metadata"].get("adapt_config") or {}).get("translator")
+        trained.update({"translator": translator} if translator else {})
         print(
             f"packed:      {info['tensors']} changed tensors, {info['parameters']:,} parameters; "
             f"trained with {trained or 'unknown settings'}"
