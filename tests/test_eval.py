@@ -296,9 +296,9 @@ def test_toy_compare_two_presets_matches_the_toy_judge(tmp_path, capsys):
     assert sketch["toy"]["target_rate"] == pytest.approx(want["target_rate"])
     assert sketch["toy"]["content_kept"] == pytest.approx(want["content_kept"])
     assert sketch["toy"]["diversity_ratio"] == pytest.approx(want["diversity_ratio"], rel=1e-4)
-    # the preset's faces leave the photos: the judge calls none of them (and none of the base's) sketches but
-    # answers "none" for them (12 of 12 measured), and FID on the judge's features falls
-    assert sketch["toy"]["frozen_target_rate"] == 0.0 and want["reject_rate"] > 0.5, want
+    # the preset's faces become sketches: the judge calls none of the base's faces sketches and most of the
+    # preset's (11 of 12 measured, the twelfth "none"), and FID on the judge's features falls
+    assert sketch["toy"]["frozen_target_rate"] == 0.0 and want["target_rate"] > 0.8, want
     assert sketch["clip_direction"] > 0.3
     assert sketch["fid"] < report["base_metrics"]["fid"]
     assert "TOY-TGT" in out.out and "FID" in out.out and "warning: FID on 12 generated" in out.err
