@@ -101,3 +101,16 @@ def test_translation_term_adds_to_the_clip_terms_and_resumes_bit_identical(tmp_p
     resumed = adapt(cut, progress=False, G_base=make_generator(), clip=tiny, resume=True)
     ref = full.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in resumed.state_dict().items())
+
+
+def test_a_run_without_clip_terms_loads_no_clip(tmp_path: Path, grey: Grey, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nada.adaptation.loop as loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("no CLIP term and a fixed layer set: no CLIP may be loaded")
+
+    monkeypatch.setattr(loop, "load_clip_ensemble", refuse)
+    adapt(config(tmp_path, iterations=2), progress=False, G_base=make_generator())
+    assert grey.seeds == [0, 1]
+    with pytest.raises(AssertionError, match="no CLIP may be loaded"):  # the directional term needs one
+        adapt(config(tmp_path / "b", iterations=2, lambda_direction=1.0), progress=False, G_base=make_generator())

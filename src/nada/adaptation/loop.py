@@ -890,7 +890,9 @@ def _setup(
     device = resolve_device(config.device)
     G_frozen, G_train = _generators(config, G_base, G_start, selector, device)
     if clip is None:
-        ensemble = load_clip_ensemble(config.resolved_clip(), device, antialias=config.antialias)
+        # Only the CLIP terms and the data-driven layer selections read CLIP; a run with neither loads none.
+        needed = uses_clip_terms(config) or selector.dynamic
+        ensemble = load_clip_ensemble(config.resolved_clip(), device, antialias=config.antialias) if needed else []
     else:
         ensemble = _as_ensemble(clip)
     clip_label = config.resolved_clip() if clip is None else ", ".join(f"{m.name}:{w}" for m, w in ensemble)
